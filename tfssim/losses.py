@@ -1,0 +1,250 @@
+"""Keras 3 losses for autoencoders: SSIM, MS-SSIM, l2 and feature matching.
+
+All losses compute in float32 whatever the model's dtype policy, return one value per
+sample (Keras applies the reduction) and are registered for ``.keras`` serialization, so a
+model compiled with them reloads with ``keras.saving.load_model``.
+
+Example:
+    >>> model = tfssim.models.build_autoencoder(patch_size=128, latent_dim=100)
+    >>> model.compile(optimizer=keras.optimizers.AdamW(2e-4, weight_decay=1e-5),
+    ...               loss=tfssim.losses.SSIMLoss(window_size=11))
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfssim import ssim as ssim_lib
+from tfssim.models.features import build_feature_extractor, extract_features
+
+__all__ = ["SSIMLoss", "MSSSIMLoss", "L2Loss", "FeatureMatchingLoss", "get"]
+
+_PACKAGE = "tfssim"
+
+
+def _as_float32(y_true: Any, y_pred: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    y_true = tf.cast(tf.convert_to_tensor(y_true), tf.float32)
+    y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
+    if y_true.shape.rank != 4 or y_pred.shape.rank != 4:
+        raise ValueError(
+            f"autoencoder losses expect image batches [batch, height, width, channels]; "
+            f"got targets {y_true.shape} and predictions {y_pred.shape}"
+        )
+    if y_true.shape[-1] is not None and y_pred.shape[-1] is not None and y_true.shape[-1] != y_pred.shape[-1]:
+        raise ValueError(
+            f"targets have {y_true.shape[-1]} channels but the model outputs {y_pred.shape[-1]}; "
+            "build the model with the same channel count as the data (grayscale=1, RGB=3)"
+        )
+    return y_true, y_pred
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SSIMLoss(keras.losses.Loss):
+    """``1 - mean SSIM`` between targets and reconstructions (Bergmann et al. 2019, Eq. 5).
+
+    Args:
+        window_size: Odd side K of the Gaussian window (paper: 11).
+        sigma: Gaussian standard deviation in pixels.
+        k1: Luminance constant K1, ``C1 = (K1 * data_range) ** 2``.
+        k2: Contrast constant K2, ``C2 = (K2 * data_range) ** 2``.
+        data_range: Dynamic range of pixel values.
+        alpha: Luminance exponent.
+        beta: Contrast exponent.
+        gamma: Structure exponent.
+        reduction: Keras reduction over the per-sample losses.
+        name: Loss name.
+
+    Returns (when called):
+        The reduced loss; per sample it lies in ``[0, 2]``, 0 for a perfect reconstruction.
+
+    Example:
+        >>> loss = SSIMLoss()
+        >>> x = tf.random.uniform([2, 32, 32, 1])
+        >>> float(loss(x, x)) < 1e-6
+        True
+    """
+
+    def __init__(
+        self,
+        window_size: int = 11,
+        sigma: float = 1.5,
+        k1: float = 0.01,
+        k2: float = 0.03,
+        data_range: float = 1.0,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "ssim_loss",
+        dtype: Any = None,
+    ) -> None:
+        ssim_lib.validate_window(window_size, sigma)
+        super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
+        self.window_size = window_size
+        self.sigma = sigma
+        self.k1 = k1
+        self.k2 = k2
+        self.data_range = data_range
+        self.alpha = alpha
+        self.beta = beta
+        self.gamma = gamma
+
+    @property
+    def ssim_kwargs(self) -> dict[str, Any]:
+        """The SSIM parameters, as keyword arguments of :func:`tfssim.ssim.ssim_maps`."""
+        return dict(
+            window_size=self.window_size, sigma=self.sigma, k1=self.k1, k2=self.k2,
+            data_range=self.data_range, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
+        )
+
+    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+        y_true, y_pred = _as_float32(y_true, y_pred)
+        return 1.0 - ssim_lib.ssim(y_true, y_pred, **self.ssim_kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(self.ssim_kwargs)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MSSSIMLoss(keras.losses.Loss):
+    """``1 - MS-SSIM`` (multi-scale SSIM, Wang et al. 2003), see :func:`tfssim.ssim.ms_ssim`.
+
+    Args:
+        power_factors: Per-scale weights; ``None`` fits the standard five weights to the
+            patch size (a 128-pixel patch with an 11 window gets four scales).
+        window_size: Odd Gaussian window side.
+        sigma: Gaussian standard deviation.
+        k1: Luminance constant.
+        k2: Contrast constant.
+        data_range: Dynamic range of pixel values.
+    """
+
+    def __init__(
+        self,
+        power_factors: tuple[float, ...] | list[float] | None = None,
+        window_size: int = 11,
+        sigma: float = 1.5,
+        k1: float = 0.01,
+        k2: float = 0.03,
+        data_range: float = 1.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "ms_ssim_loss",
+        dtype: Any = None,
+    ) -> None:
+        ssim_lib.validate_window(window_size, sigma)
+        super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
+        self.power_factors = tuple(power_factors) if power_factors is not None else None
+        self.window_size = window_size
+        self.sigma = sigma
+        self.k1 = k1
+        self.k2 = k2
+        self.data_range = data_range
+
+    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+        y_true, y_pred = _as_float32(y_true, y_pred)
+        return 1.0 - ssim_lib.ms_ssim(
+            y_true, y_pred, power_factors=self.power_factors, window_size=self.window_size,
+            sigma=self.sigma, k1=self.k1, k2=self.k2, data_range=self.data_range,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            power_factors=list(self.power_factors) if self.power_factors is not None else None,
+            window_size=self.window_size, sigma=self.sigma, k1=self.k1, k2=self.k2,
+            data_range=self.data_range,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class L2Loss(keras.losses.Loss):
+    """Per-pixel squared error, averaged over pixels and channels (the paper's Eq. 2 / HWC).
+
+    The mean rather than the sum keeps the loss scale independent of the patch size, so the
+    same learning rate works for 32, 64 and 128 pixel patches.
+    """
+
+    def __init__(self, reduction: str = "sum_over_batch_size", name: str = "l2_loss", dtype: Any = None) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
+
+    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+        y_true, y_pred = _as_float32(y_true, y_pred)
+        return tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FeatureMatchingLoss(keras.losses.Loss):
+    """Feature-matching loss ``l2(x, x_hat) + weight * mean((F(x) - F(x_hat))**2)`` (Eq. 3).
+
+    ``F`` is a frozen feature extractor: the first ``num_conv_layers`` convolutions of a
+    pretrained ImageNet CNN (see :func:`tfssim.models.features.build_feature_extractor`).
+    The paper used AlexNet's first three conv layers with ``weight = 1``; Keras ships no
+    AlexNet, so the default is VGG16's first three (``block1_conv1``, ``block1_conv2``,
+    ``block2_conv1``). Grayscale inputs are repeated to three channels.
+
+    Args:
+        weight: lambda, the weight of the feature term.
+        backbone: ``"vgg16"`` or ``"vgg19"``.
+        num_conv_layers: How many leading conv layers form F.
+        weights: ``"imagenet"`` (downloaded by Keras on first use), a path to a local
+            weights file for the backbone (``.h5`` / ``.weights.h5``), or ``None`` for random
+            weights (tests only: random features carry no perceptual meaning).
+        feature_extractor: An already-built frozen ``keras.Model`` taking VGG "caffe" input
+            to use as F instead; not serialised (the backbone arguments are).
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        backbone: str = "vgg16",
+        num_conv_layers: int = 3,
+        weights: str | None = "imagenet",
+        feature_extractor: keras.Model | None = None,
+        reduction: str = "sum_over_batch_size",
+        name: str = "feature_matching_loss",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
+        if weight < 0:
+            raise ValueError(f"feature-matching weight lambda must be >= 0, got {weight}")
+        self.weight = float(weight)
+        self.backbone = backbone
+        self.num_conv_layers = int(num_conv_layers)
+        self.weights = weights
+        # Built eagerly so that a missing weights file fails at construction, not mid-fit.
+        self.feature_extractor = feature_extractor or build_feature_extractor(
+            backbone=backbone, num_conv_layers=num_conv_layers, weights=weights
+        )
+
+    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+        y_true, y_pred = _as_float32(y_true, y_pred)
+        pixel = tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
+        f_true = tf.stop_gradient(tf.cast(extract_features(self.feature_extractor, y_true), tf.float32))
+        f_pred = tf.cast(extract_features(self.feature_extractor, y_pred), tf.float32)
+        feature = tf.reduce_mean(tf.square(f_true - f_pred), axis=[1, 2, 3])
+        return pixel + self.weight * feature
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            weight=self.weight, backbone=self.backbone, num_conv_layers=self.num_conv_layers,
+            weights=self.weights,
+        )
+        return config
+
+
+_LOSSES = {"ssim": SSIMLoss, "ms_ssim": MSSSIMLoss, "l2": L2Loss, "fm": FeatureMatchingLoss}
+
+
+def get(name: str, **kwargs: Any) -> keras.losses.Loss:
+    """Build a loss by short name: ``"ssim"``, ``"ms_ssim"``, ``"l2"`` or ``"fm"``."""
+    try:
+        cls = _LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(_LOSSES)}") from None
+    return cls(**kwargs)

@@ -1,0 +1,108 @@
+"""The convolutional autoencoder of Bergmann et al. 2019 (their Figure 3 / Table in DESIGN.md)."""
+from __future__ import annotations
+
+import keras
+
+__all__ = ["ENCODER_LAYERS", "build_encoder", "build_decoder", "build_autoencoder", "validate_architecture"]
+
+# (name, filters, kernel, stride) of the paper's encoder for 128x128 input; Conv9's kernel is
+# patch_size / 16 so that any of the paper's patch sizes (32, 64, 128) ends in a 1x1xd code.
+ENCODER_LAYERS: tuple[tuple[str, int, int, int], ...] = (
+    ("conv1", 32, 4, 2),
+    ("conv2", 32, 4, 2),
+    ("conv3", 32, 3, 1),
+    ("conv4", 64, 4, 2),
+    ("conv5", 64, 3, 1),
+    ("conv6", 128, 4, 2),
+    ("conv7", 64, 3, 1),
+    ("conv8", 32, 3, 1),
+)
+_NEG_SLOPE = 0.2
+
+
+def validate_architecture(patch_size: int, channels: int, latent_dim: int) -> None:
+    """Raise ``ValueError`` unless the three sizes define a valid paper autoencoder."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 16 or patch_size % 16:
+        raise ValueError(
+            f"patch size must be a multiple of 16 (the encoder halves it four times), got {patch_size!r}; "
+            "the paper uses 32, 64 or 128"
+        )
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+        raise ValueError(f"latent dimension d must be a positive integer, got {latent_dim!r}")
+
+
+def _leaky(name: str) -> keras.layers.Layer:
+    return keras.layers.LeakyReLU(negative_slope=_NEG_SLOPE, name=f"{name}_lrelu")
+
+
+def build_encoder(
+    patch_size: int = 128, channels: int = 1, latent_dim: int = 100, code_channels: int | None = None,
+    name: str = "encoder",
+) -> keras.Model:
+    """Encoder ``[B, p, p, C] -> [B, 1, 1, code_channels]`` (Conv1-Conv9 of the paper).
+
+    ``code_channels`` defaults to ``latent_dim``; the VAE asks for ``2 * latent_dim`` (mean
+    and log-variance). Every layer but the last is followed by LeakyReLU(0.2).
+    """
+    validate_architecture(patch_size, channels, latent_dim)
+    inputs = keras.Input((patch_size, patch_size, channels), name="patch")
+    x = inputs
+    for layer_name, filters, kernel, stride in ENCODER_LAYERS:
+        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", name=layer_name)(x)
+        x = _leaky(layer_name)(x)
+    x = keras.layers.Conv2D(code_channels or latent_dim, patch_size // 16, padding="valid", name="conv9")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def build_decoder(patch_size: int = 128, channels: int = 1, latent_dim: int = 100, name: str = "decoder") -> keras.Model:
+    """Decoder ``[B, 1, 1, d] -> [B, p, p, C]``, the encoder mirrored.
+
+    Transposed convolutions stand where the encoder downsamples; LeakyReLU(0.2) follows every
+    layer but the output, which is a sigmoid computed in float32 (images live in [0, 1], and
+    under mixed precision the output must not be float16).
+    """
+    validate_architecture(patch_size, channels, latent_dim)
+    code = keras.Input((1, 1, latent_dim), name="code")
+    x = keras.layers.Conv2DTranspose(32, patch_size // 16, padding="valid", name="deconv9")(code)
+    x = _leaky("deconv9")(x)
+    mirrored = list(ENCODER_LAYERS[1:])[::-1]  # conv8 ... conv2; conv1 becomes the output layer
+    input_filters = [f for _, f, _, _ in ENCODER_LAYERS]
+    for (layer_name, _, kernel, stride), filters in zip(mirrored, input_filters[:-1][::-1]):
+        # A decoder layer outputs what the mirrored encoder layer took in.
+        name_ = "de" + layer_name
+        if stride == 2:
+            x = keras.layers.Conv2DTranspose(filters, kernel, strides=2, padding="same", name=name_)(x)
+        else:
+            x = keras.layers.Conv2D(filters, kernel, padding="same", name=name_)(x)
+        x = _leaky(name_)(x)
+    x = keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same", name="deconv1")(x)
+    outputs = keras.layers.Activation("sigmoid", dtype="float32", name="reconstruction")(x)
+    return keras.Model(code, outputs, name=name)
+
+
+def build_autoencoder(
+    patch_size: int = 128, channels: int = 1, latent_dim: int = 100, name: str = "autoencoder"
+) -> keras.Model:
+    """The paper's convolutional autoencoder as a Functional ``keras.Model``.
+
+    Args:
+        patch_size: Side of the square input patches; a multiple of 16 (paper: 32, 64, 128).
+        channels: 1 for grayscale, 3 for RGB.
+        latent_dim: Size d of the bottleneck (paper's best: 100; ablation 50-1000).
+        name: Model name.
+
+    Returns:
+        A model mapping ``[B, p, p, C]`` in [0, 1] to reconstructions of the same shape, with
+        ``encoder`` and ``decoder`` sub-models (``model.get_layer("encoder")``). For
+        ``patch_size=128, channels=1, latent_dim=100`` it has 1,048,549 parameters.
+
+    Example:
+        >>> model = build_autoencoder(128, 1, 100)
+        >>> model.compile(optimizer="adam", loss=tfssim.losses.SSIMLoss())
+    """
+    encoder = build_encoder(patch_size, channels, latent_dim)
+    decoder = build_decoder(patch_size, channels, latent_dim)
+    inputs = keras.Input((patch_size, patch_size, channels), name="patch")
+    return keras.Model(inputs, decoder(encoder(inputs)), name=name)
