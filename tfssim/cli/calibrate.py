@@ -1,0 +1,34 @@
+"""``tfssim-calibrate``: set an export's threshold from defect-free images at a pixel FPR."""
+from __future__ import annotations
+
+import click
+
+from tfssim.cli._common import setup_logging, usage_errors
+from tfssim.cli.predict import expand_inputs
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("export", type=click.Path(exists=True, file_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              help="Share of defect-free pixels allowed above the threshold.")
+@click.option("--verbose", "-v", is_flag=True)
+def main(export: str, images: tuple[str, ...], fpr: float, verbose: bool) -> None:
+    """Compute the threshold of EXPORT from defect-free IMAGES (files, folders or globs) so that
+    a share FPR of their pixels lies above it, and store it in the export's metadata."""
+    setup_logging(verbose)
+    from tfssim import data, export as export_lib, postprocess
+    from tfssim.evaluation import compute_maps
+    from tfssim.inference import ExportedModel
+
+    paths = expand_inputs(images)
+    with usage_errors():
+        model = ExportedModel.load(export)
+        maps = compute_maps(model, [data.read_image(p, model.channels) for p in paths], "calibrate")
+        threshold = postprocess.threshold_at_fpr(maps, fpr)
+        export_lib.update_threshold(model.path, threshold, fpr=fpr)
+    click.echo(f"threshold {threshold:.6f} at pixel FPR {fpr:g} from {len(paths)} image(s), written to {model.path}")
+
+
+if __name__ == "__main__":
+    main()

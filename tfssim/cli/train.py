@@ -1,0 +1,111 @@
+"""``tfssim-train``: train one of the four autoencoders into a resumable run folder."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import click
+
+from tfssim.cli._common import setup_logging, usage_errors
+
+_MODELS = ("ssim", "l2", "vae", "fm")
+
+
+def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager ``--config`` callback: the file's values become defaults that flags override."""
+    if value is None:
+        return None
+    from tfssim.training import load_config
+
+    try:
+        values = load_config(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+    except OSError as err:
+        raise click.BadParameter(f"cannot read {value}: {err.strerror}", ctx=ctx, param=param) from None
+    renames = {"grayscale": "grayscale", "augment": "augment"}
+    ctx.default_map = {**(ctx.default_map or {}), **{renames.get(k, k): v for k, v in values.items()}}
+    return value
+
+
+def _odd_window(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if value < 1 or value % 2 == 0:
+        raise click.BadParameter(f"must be an odd number such as 7, 11 or 15 (got {value}); an even window has no centre pixel")
+    return value
+
+
+def _virtual_cpus(count: int) -> None:
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("data", type=click.Path(exists=True, file_okay=False), required=False)
+@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,
+              expose_value=False, help="YAML or JSON file of option values (keys as option names); flags override it.")
+@click.option("--model", type=click.Choice(_MODELS), default="ssim", help="Which autoencoder to train.")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Run folder to create (or continue with --resume).")
+@click.option("--layout", type=click.Choice(("auto", "nanotwice", "mvtec", "folder")), default="auto", help="Dataset layout of DATA.")
+@click.option("--epochs", type=click.IntRange(min=1), default=200)
+@click.option("--patches-per-epoch", type=click.IntRange(min=1), default=20000, help="Random patches drawn per epoch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size (split across replicas).")
+@click.option("--patch-size", type=click.IntRange(min=16), default=128, help="Patch side; multiple of 16.")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=100, help="Latent size d.")
+@click.option("--ssim-window", type=int, default=11, callback=_odd_window, help="SSIM window K (odd).")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-4)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-5)
+@click.option("--seed", type=int, default=0)
+@click.option("--grayscale/--rgb", default=True, help="Train on 1-channel or 3-channel images.")
+@click.option("--augment/--no-augment", default=True, help="Random flips and 90-degree rotations.")
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+              help="Share of a plain folder / MVTec train/good held out for validation.")
+@click.option("--vae-samples", type=click.IntRange(min=1), default=10, help="VAE: latent samples N per pixel score.")
+@click.option("--fm-weight", type=click.FloatRange(min=0), default=1.0, help="FM-AE: weight lambda of the feature term.")
+@click.option("--weights", "fm_weights", type=str, default="imagenet",
+              help="FM-AE: 'imagenet' (download) or a local VGG16 weights file.")
+@click.option("--mixed-precision", type=click.Choice(("auto", "on", "off")), default="auto",
+              help="auto: mixed_float16 when a GPU is visible.")
+@click.option("--strategy", type=click.Choice(("auto", "none", "mirrored", "multiworker")), default="auto",
+              help="auto: MirroredStrategy when 2+ GPUs; multiworker reads TF_CONFIG.")
+@click.option("--virtual-cpus", type=click.IntRange(min=1), default=None,
+              help="Split the CPU into N logical devices (to try --strategy mirrored without GPUs).")
+@click.option("--skip-bad-images", is_flag=True, help="Skip unreadable images (listed in the log) instead of stopping.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
+@click.option("--verbose", "-v", is_flag=True)
+def main(data: str | None, output: str | None, virtual_cpus: int | None, resume: bool, verbose: bool, **options: Any) -> None:
+    """Train an autoencoder on the defect-free images in DATA.
+
+    DATA is a plain folder of images, an MVTec AD category folder, or a NanoTWICE folder
+    (detected; --layout forces one). The run folder gets the final and best models, the
+    configuration, the history, a training-curve plot, TensorBoard logs and examples.
+    """
+    setup_logging(verbose)
+    ctx = click.get_current_context()
+    if data is None:
+        data = (ctx.default_map or {}).get("data")
+        if data is None:
+            raise click.UsageError("missing argument DATA (a folder of defect-free images), or give 'data' in --config")
+        if not os.path.isdir(data):
+            raise click.BadParameter(f"folder {data!r} does not exist", param_hint="DATA")
+    output = output or (ctx.default_map or {}).get("output")
+    if output is None:
+        raise click.UsageError("missing option --output RUN_DIR (the run folder to create)")
+    if virtual_cpus:
+        _virtual_cpus(virtual_cpus)
+
+    from tfssim.training import TrainConfig, train
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in options.items() if k in known}
+    extra = {k: v for k, v in (ctx.default_map or {}).items() if k in known and k not in values and k not in ("data", "output")}
+    with usage_errors():
+        config = TrainConfig(data=data, output=output, **extra, **values)
+        result = train(config, resume=resume)
+    click.echo(f"trained {config.model} for {result.epochs_run} epochs in {result.seconds:.1f} s; run folder: {result.run_dir}")
+
+
+if __name__ == "__main__":
+    main()

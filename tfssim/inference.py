@@ -1,0 +1,106 @@
+"""Run an exported SavedModel from Python, with TensorFlow alone (no Keras model code)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ExportedModel", "resolve_export_dir"]
+
+METADATA_PATH = Path("assets") / "tfssim.json"
+
+
+def resolve_export_dir(path: str | Path) -> Path:
+    """A version folder (holding ``saved_model.pb``) from itself or its model folder (newest version).
+
+    Raises ``ValueError`` naming the path when neither holds an export with tfssim metadata.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"export {path} does not exist")
+    if not (path / "saved_model.pb").exists():
+        versions = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        if not versions:
+            raise ValueError(f"{path} is not a SavedModel (no saved_model.pb) and has no numbered version folders")
+        path = versions[-1]
+        if not (path / "saved_model.pb").exists():
+            raise ValueError(f"{path} has no saved_model.pb; is the export complete?")
+    if not (path / METADATA_PATH).exists():
+        raise ValueError(
+            f"export {path} has no {METADATA_PATH} metadata; it was not written by tfssim-export "
+            "(re-export the model with tfssim-export)"
+        )
+    return path
+
+
+@dataclass
+class ExportedModel:
+    """A tfssim export loaded for inference.
+
+    Example:
+        >>> model = ExportedModel.load("exported_models/nanotwice/1")
+        >>> maps = model.predict(image)          # image: [H, W, C] float in [0, 1]
+        >>> maps["anomaly_map"].shape            # (H, W)
+    """
+
+    path: Path
+    metadata: dict[str, Any]
+    _loaded: Any = field(repr=False, default=None)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExportedModel":
+        import tensorflow as tf
+
+        export_dir = resolve_export_dir(path)
+        metadata = json.loads((export_dir / METADATA_PATH).read_text())
+        return cls(export_dir, metadata, tf.saved_model.load(str(export_dir)))
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name") or self.path.parent.name
+
+    @property
+    def channels(self) -> int:
+        return int(self.metadata["channels"])
+
+    @property
+    def threshold(self) -> float | None:
+        value = self.metadata.get("threshold")
+        return None if value is None else float(value)
+
+    def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Maps of one image ``[H, W]`` or ``[H, W, C]`` float in [0, 1] (or uint8).
+
+        Returns a dict of ``[H, W]`` float32 arrays: ``anomaly_map`` and, where the model has
+        them, the component residual maps, plus ``reconstruction`` ``[H, W, C]``.
+        """
+        import tensorflow as tf
+
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[-1] != self.channels:
+            raise ValueError(
+                f"image of shape {image.shape} does not fit this export, which takes [H, W, {self.channels}] images"
+            )
+        signatures = self._loaded.signatures
+        if image.dtype == np.uint8:
+            fn = signatures["serving_default"]
+            arg = tf.constant(image)
+        else:
+            fn = signatures[self.metadata.get("float_signature", "serve_float")]
+            arg = tf.constant(image.astype(np.float32))
+        (input_name,) = fn.structured_input_signature[1].keys()
+        outputs = fn(**{input_name: arg})
+        result = {}
+        for key, value in outputs.items():
+            array = value.numpy()
+            if array.ndim == 4:
+                array = array[0]
+            if key != "reconstruction" and array.ndim == 3 and array.shape[-1] == 1:
+                array = array[..., 0]
+            result[key] = array
+        return result
