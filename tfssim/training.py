@@ -222,21 +222,16 @@ def _load_images(config: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.nd
     from tfssim import data
 
     split = data.load_dataset(config.data, layout=config.layout, val_fraction=config.val_split, seed=config.seed)
-    paths = list(split.train) + list(split.val)
-    good, bad = data.check_images(paths, channels=config.channels)
-    skipped = [f"{p}: {reason}" for p, reason in bad]
-    if bad and not config.skip_bad_images:
-        listing = "; ".join(skipped)
-        raise ValueError(f"unreadable images in {config.data}: {listing} (fix or remove them, or pass --skip-bad-images)")
-    bad_paths = {Path(p) for p, _ in bad}
-    train = [data.read_image(p, config.channels) for p in split.train if Path(p) not in bad_paths]
-    val = [data.read_image(p, config.channels) for p in split.val if Path(p) not in bad_paths]
+    train, train_paths, bad_train = data.read_images(split.train, config.channels)
+    val, _, bad_val = data.read_images(split.val, config.channels)
+    skipped = [f"{p}: {reason}" for p, reason in bad_train + bad_val]
+    if skipped and not config.skip_bad_images:
+        raise ValueError(
+            f"unreadable images in {config.data}: {'; '.join(skipped)} (fix or remove them, or pass --skip-bad-images)"
+        )
     if not train:
         raise ValueError(f"no readable training images in {config.data}")
-    too_small = [
-        (str(p), img.shape) for p, img in zip([p for p in split.train if Path(p) not in bad_paths], train)
-        if min(img.shape[:2]) < config.patch_size
-    ]
+    too_small = [(p, img.shape) for p, img in zip(train_paths, train) if min(img.shape[:2]) < config.patch_size]
     if too_small:
         raise ValueError(
             f"images smaller than the {config.patch_size}x{config.patch_size} patch: "
@@ -332,18 +327,18 @@ def _compile(model: keras.Model, config: TrainConfig) -> None:
 
 
 def _save_examples(model: keras.Model, config: TrainConfig, patches: np.ndarray, folder: Path) -> None:
-    from tfssim import plots, scoring
+    from tfssim import plots
+    from tfssim.ssim import ssim_maps
 
     folder.mkdir(exist_ok=True)
-    count = min(4, len(patches))
-    if count == 0:
+    x = patches[:4]
+    if len(x) == 0:
         return
-    x = patches[:count]
     recon = np.asarray(model.predict(x, verbose=0))
     if config.model == "vae":
         residual = np.asarray(model.anomaly_map(x, config.vae_samples))
     elif get_spec(config.model).residual == "ssim":
-        residual = np.asarray(scoring.ssim_residual_maps(tf.constant(x), tf.constant(recon), **config.ssim_params)[0])
+        residual = 1.0 - ssim_maps(x, recon, padding="same", **config.ssim_params).ssim.numpy().mean(axis=-1)
     else:
         residual = np.mean(np.square(x - recon), axis=-1)
     plots.plot_examples(list(x), list(recon), list(residual), folder / "examples.png")
@@ -373,7 +368,17 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
     from tfssim import data, plots
 
     config.validate()
+    # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF work.
+    policy = precision.set_precision(config.mixed_precision)
+    strategy = _make_strategy(config.strategy)
+    chief = _is_chief(strategy)
     run_dir = Path(config.output)
+    if not chief:
+        # Other workers train in lock-step with the chief but keep their files out of its run folder.
+        import tempfile
+
+        run_dir = Path(tempfile.mkdtemp(prefix="tfssim-worker-"))
+        resume = False
     progress_path = run_dir / "state" / "progress.json"
     config_path = run_dir / CONFIG_NAME
     if resume:
@@ -391,9 +396,6 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
             f"run folder {run_dir} already exists and is not empty; pass --resume to continue it or choose another --output"
         )
 
-    policy = precision.set_precision(config.mixed_precision)
-    strategy = _make_strategy(config.strategy)
-    chief = _is_chief(strategy)
     split, train_images, val_images, skipped = _load_images(config)
 
     initial_epoch, best = 0, math.inf
@@ -447,7 +449,7 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
             train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
             validation_data=(val_patches, val_patches) if val_patches is not None else None,
             validation_batch_size=config.batch_size,
-            callbacks=callbacks, verbose=verbose,
+            callbacks=callbacks, verbose=verbose, shuffle=False,
         )
     seconds = time.perf_counter() - started
     if state.nan_epoch is not None:

@@ -1,0 +1,23 @@
+"""Reading datasets, the ``tf.data`` patch pipeline, and synthetic data.
+
+Example:
+    >>> split = load_dataset("NanoTWICE")                      # layout detected
+    >>> images = [read_image(p) for p in split.train]
+    >>> ds = patch_dataset(images, patch_size=128, patches_per_epoch=20000, batch_size=32)
+"""
+from tfssim.data.io import IMAGE_SUFFIXES, check_binary_mask, list_images, read_image, read_images, read_mask
+from tfssim.data.layouts import (
+    LAYOUTS, DatasetSplit, detect_layout, load_dataset, load_folder, load_mvtec, load_nanotwice,
+)
+from tfssim.data.patches import fixed_patches, patch_dataset, steps_per_epoch, validate_images
+from tfssim.data.synthetic import (
+    TEXTURES, SyntheticDataset, add_defects, checkerboard, checkerboard_patches, defective_checkerboard,
+    texture_dataset, write_dataset,
+)
+
+__all__ = [
+    "IMAGE_SUFFIXES", "LAYOUTS", "TEXTURES", "DatasetSplit", "SyntheticDataset", "add_defects", "check_binary_mask",
+    "checkerboard", "checkerboard_patches", "defective_checkerboard", "detect_layout", "fixed_patches",
+    "list_images", "load_dataset", "load_folder", "load_mvtec", "load_nanotwice", "patch_dataset", "read_image",
+    "read_images", "read_mask", "steps_per_epoch", "texture_dataset", "validate_images", "write_dataset",
+]

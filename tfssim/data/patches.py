@@ -1,0 +1,151 @@
+"""The ``tf.data`` training pipeline: random patches of decoded images, index-seeded.
+
+Patch ``i`` of a run is a pure function of ``(seed, i)`` (stateless random ops pick the image,
+the crop origin and the flips/rotation), so a pipeline is deterministic, parallel ``map``
+cannot reorder randomness, and a resumed run starts at patch ``start_batch * batch_size``
+without recomputing anything before it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["patch_dataset", "steps_per_epoch", "fixed_patches", "validate_images"]
+
+
+def validate_images(images: Sequence[np.ndarray], patch_size: int) -> int:
+    """Check a list of ``[H, W, C]`` images against a patch size; return the channel count.
+
+    Raises
+    ------
+    ValueError
+        Empty list, wrong rank, mixed channel counts, or an image smaller than the patch.
+    """
+    if len(images) == 0:
+        raise ValueError("no images to draw patches from; give at least one defect-free image")
+    if patch_size < 1:
+        raise ValueError(f"patch size must be positive, got {patch_size}")
+    channels = None
+    for i, image in enumerate(images):
+        shape = np.shape(image)
+        if len(shape) != 3:
+            raise ValueError(f"image {i} has shape {shape}; expected [height, width, channels]")
+        if channels is None:
+            channels = shape[2]
+        elif shape[2] != channels:
+            raise ValueError(f"image {i} has {shape[2]} channels but image 0 has {channels}; convert all to gray or all to RGB")
+        if shape[0] < patch_size or shape[1] < patch_size:
+            raise ValueError(
+                f"image {i} is {shape[0]}x{shape[1]}, smaller than the {patch_size}x{patch_size} patch; "
+                "use a smaller --patch-size or larger images"
+            )
+    return int(channels)
+
+
+def steps_per_epoch(patches_per_epoch: int, batch_size: int) -> int:
+    """Batches per epoch: ``patches_per_epoch // batch_size`` (at least 1)."""
+    return max(1, patches_per_epoch // batch_size)
+
+
+def patch_dataset(
+    images: Sequence[np.ndarray],
+    patch_size: int = 128,
+    patches_per_epoch: int = 20000,
+    batch_size: int = 32,
+    seed: int = 0,
+    augment: bool = True,
+    start_batch: int = 0,
+    repeat: bool = True,
+) -> tf.data.Dataset:
+    """Batches of random patches as ``(x, x)`` pairs for autoencoder ``fit``.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        Decoded float32 images ``[H, W, C]`` in [0, 1] (sizes may differ; see
+        :func:`tfssim.data.read_image`). They are held in memory once, padded to a common size.
+    patch_size : int
+        Side of the square patches (the paper: 128).
+    patches_per_epoch : int
+        Patches per epoch (the paper: 20,000); with ``repeat=False`` the dataset holds
+        exactly ``steps_per_epoch(patches_per_epoch, batch_size)`` batches.
+    batch_size : int
+        Patches per batch (the global batch under a distribution strategy).
+    seed : int
+        Seed of everything random; the same seed gives the same patches.
+    augment : bool
+        Random horizontal/vertical flips and 90-degree rotations.
+    start_batch : int
+        Index of the first batch: a resumed run passes ``epochs_done * steps_per_epoch``.
+    repeat : bool
+        Infinite stream (use with ``fit(steps_per_epoch=...)``) or one epoch.
+
+    Returns
+    -------
+    tf.data.Dataset
+        Elements ``(x, x)``, float32 ``[batch_size, patch_size, patch_size, C]`` in [0, 1].
+
+    Examples
+    --------
+    >>> ds = patch_dataset([np.random.rand(200, 300, 1).astype("float32")], 64, 256, 32)
+    >>> x, y = next(iter(ds))
+    >>> x.shape
+    TensorShape([32, 64, 64, 1])
+    """
+    channels = validate_images(images, patch_size)
+    if batch_size < 1 or patches_per_epoch < 1 or start_batch < 0:
+        raise ValueError("batch_size and patches_per_epoch must be >= 1 and start_batch >= 0")
+    heights = np.array([img.shape[0] for img in images], np.int32)
+    widths = np.array([img.shape[1] for img in images], np.int32)
+    stack = np.zeros((len(images), heights.max(), widths.max(), channels), np.float32)
+    for i, img in enumerate(images):
+        stack[i, : img.shape[0], : img.shape[1]] = img
+    # Images are picked with probability proportional to the number of patch origins they offer.
+    origins = (heights - patch_size + 1).astype(np.float64) * (widths - patch_size + 1)
+    logits = tf.constant(np.log(origins / origins.sum())[None], tf.float32)
+    stack_t = tf.constant(stack)
+    heights_t = tf.constant(heights)
+    widths_t = tf.constant(widths)
+    p = patch_size
+
+    def make_patch(index: tf.Tensor) -> tf.Tensor:
+        def sub(k: int) -> tf.Tensor:
+            return tf.stack([tf.constant(seed, tf.int64) * 7919 + k, index])
+
+        k = tf.random.stateless_categorical(logits, 1, seed=sub(0), dtype=tf.int32)[0, 0]
+        y = tf.random.stateless_uniform([], sub(1), 0, heights_t[k] - p + 1, dtype=tf.int32)
+        x = tf.random.stateless_uniform([], sub(2), 0, widths_t[k] - p + 1, dtype=tf.int32)
+        patch = stack_t[k, y : y + p, x : x + p, :]
+        if augment:
+            flips = tf.random.stateless_uniform([2], sub(3))
+            patch = tf.cond(flips[0] < 0.5, lambda: tf.reverse(patch, [1]), lambda: patch)
+            patch = tf.cond(flips[1] < 0.5, lambda: tf.reverse(patch, [0]), lambda: patch)
+            turns = tf.random.stateless_uniform([], sub(4), 0, 4, dtype=tf.int32)
+            patch = tf.image.rot90(patch, turns)
+        return tf.ensure_shape(patch, [p, p, channels])
+
+    first = start_batch * batch_size
+    if repeat:
+        indices = tf.data.Dataset.counter(first, dtype=tf.int64)
+    else:
+        indices = tf.data.Dataset.range(first, first + steps_per_epoch(patches_per_epoch, batch_size) * batch_size)
+    ds = indices.map(make_patch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True).map(lambda x: (x, x))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def fixed_patches(images: Sequence[np.ndarray], patch_size: int, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` deterministic random patches ``[count, p, p, C]`` (no augmentation), e.g. for validation."""
+    validate_images(images, patch_size)
+    rng = np.random.default_rng(seed)
+    areas = np.array([(img.shape[0] - patch_size + 1) * (img.shape[1] - patch_size + 1) for img in images], float)
+    picks = rng.choice(len(images), size=count, p=areas / areas.sum())
+    out = np.empty((count, patch_size, patch_size, images[0].shape[2]), np.float32)
+    for j, k in enumerate(picks):
+        img = images[k]
+        y = rng.integers(0, img.shape[0] - patch_size + 1)
+        x = rng.integers(0, img.shape[1] - patch_size + 1)
+        out[j] = img[y : y + patch_size, x : x + patch_size]
+    return out

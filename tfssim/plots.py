@@ -1,0 +1,145 @@
+"""Figures people would rather look at than read: ROC and overlap curves, maps, overlays, training curves.
+
+Every function builds its own ``matplotlib.figure.Figure`` (no pyplot state) and writes a PNG
+atomically (a temporary file renamed into place).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_roc_curves", "plot_pro_quantiles", "plot_anomaly_map", "plot_overlay", "plot_training_curves",
+    "plot_examples", "save_figure",
+]
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` (PNG) atomically and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    return np.clip(image, 0, 1)
+
+
+def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | os.PathLike) -> Path:
+    """Pixel ROC curves of several models in one plot, AUC in the legend (paper Figure 5, left).
+
+    Parameters
+    ----------
+    curves : mapping
+        ``name -> (fpr, tpr, auc)``.
+    path : path-like
+        PNG to write.
+    """
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="gray", lw=0.8, label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title="pixel ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_pro_quantiles(fpr: np.ndarray, quantiles: Mapping[float, np.ndarray] | np.ndarray, path: str | os.PathLike,
+                       max_fpr: float = 0.3) -> Path:
+    """Per-region overlap quantiles against the false-positive rate (paper Figure 5, right).
+
+    ``quantiles`` maps a quantile level (e.g. 0.25) to the overlap at each FPR, or is an array
+    ``[levels, len(fpr)]`` for the levels 0.1, 0.25, 0.5, 0.75, 0.9.
+    """
+    if not isinstance(quantiles, Mapping):
+        quantiles = dict(zip((0.1, 0.25, 0.5, 0.75, 0.9), np.asarray(quantiles)))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    for level, values in sorted(quantiles.items()):
+        ax.plot(fpr, values, label=f"{int(round(level * 100))}% quantile")
+    ax.set(xlabel="false positive rate", ylabel="per-region overlap", xlim=(0, max_fpr), ylim=(0, 1.01),
+           title="per-region overlap")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_anomaly_map(image: np.ndarray, anomaly_map: np.ndarray, path: str | os.PathLike) -> Path:
+    """The input beside its anomaly map with a colour bar."""
+    fig = Figure(figsize=(11, 4.5))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.imshow(_gray(image), cmap="gray", vmin=0, vmax=1)
+    ax1.set_title("input")
+    im = ax2.imshow(np.asarray(anomaly_map), cmap="inferno")
+    ax2.set_title("anomaly map")
+    fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.04)
+    for ax in (ax1, ax2):
+        ax.axis("off")
+    return save_figure(fig, path)
+
+
+def plot_overlay(image: np.ndarray, segmentation: np.ndarray, gt_mask: np.ndarray | None, path: str | os.PathLike) -> Path:
+    """Input in gray, segmentation filled green, ground-truth contours red (paper Figure 1 style)."""
+    from skimage.measure import find_contours
+
+    gray = _gray(image)
+    rgb = np.stack([gray] * 3, axis=-1) if gray.ndim == 2 else gray[..., :3]
+    seg = np.asarray(segmentation, bool)
+    overlay = rgb.copy()
+    overlay[seg] = 0.55 * overlay[seg] + 0.45 * np.array([0.0, 1.0, 0.0])
+    h, w = seg.shape
+    fig = Figure(figsize=(max(4, w / 100), max(3, h / 100)))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.imshow(overlay)
+    if gt_mask is not None:
+        for contour in find_contours(np.asarray(gt_mask, float), 0.5):
+            ax.plot(contour[:, 1], contour[:, 0], c="red", lw=1)
+    ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5))
+    ax.axis("off")
+    return save_figure(fig, path)
+
+
+def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> Path:
+    """Loss curves per epoch (e.g. ``loss`` and ``val_loss``); log scale when they span a decade."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    values = []
+    for name, series in history.items():
+        epochs = np.arange(1, len(series) + 1)
+        ax.plot(epochs, series, marker="o" if len(series) < 30 else None, label=name)
+        values.extend(v for v in series if np.isfinite(v))
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 10:
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="loss", title="training")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_examples(inputs: Sequence[np.ndarray], reconstructions: Sequence[np.ndarray], residuals: Sequence[np.ndarray],
+                  path: str | os.PathLike) -> Path:
+    """Rows of input / reconstruction / residual map."""
+    n = len(inputs)
+    fig = Figure(figsize=(7.5, 2.5 * n))
+    axes = np.asarray(fig.subplots(n, 3, squeeze=False))
+    for row, (x, r, e) in enumerate(zip(inputs, reconstructions, residuals)):
+        for col, (img, title, cmap) in enumerate(((x, "input", "gray"), (r, "reconstruction", "gray"), (e, "residual", "inferno"))):
+            ax = axes[row, col]
+            shown = _gray(img) if cmap == "gray" else np.asarray(img).squeeze()
+            ax.imshow(shown, cmap=cmap, **({"vmin": 0, "vmax": 1} if cmap == "gray" else {}))
+            ax.set_title(title if row == 0 else "")
+            ax.axis("off")
+    return save_figure(fig, path)
