@@ -56,6 +56,13 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="Keras 3.15.1 model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): first "
+    "'_maybe_symbolic_build' reduces the first PerReplica batch ('unsupported type PerReplica'), and with that "
+    "bypassed, 'reduce_per_replica' reduces scalar logs with axis=0 ('Invalid reduction dimension 0'). "
+    "strict: this test starts failing (XPASS) once Keras fixes it.",
+)
 def test_multiworker_strategy_with_two_processes_on_loopback(image_folder: Path, tmp_path: Path) -> None:
     workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
     run = tmp_path / "run"

@@ -199,16 +199,20 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _make_strategy(name: str) -> tf.distribute.Strategy:
+    if name == "multiworker":
+        # Must run before anything initialises the TF runtime (even listing logical devices).
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable describing the cluster")
+        logger.warning(
+            "MultiWorkerMirroredStrategy: Keras 3 (checked up to 3.15.1) fails in model.fit with it "
+            "(keras-team/keras#20585); use --strategy mirrored on one machine until Keras fixes it"
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "none" or (name == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
-    if name in ("auto", "mirrored"):
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    # multiworker: the cluster comes from the TF_CONFIG environment variable.
-    if "TF_CONFIG" not in os.environ:
-        raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable describing the cluster")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices=devices)
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -369,8 +373,8 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
 
     config.validate()
     # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF work.
-    policy = precision.set_precision(config.mixed_precision)
     strategy = _make_strategy(config.strategy)
+    policy = precision.set_precision(config.mixed_precision)
     chief = _is_chief(strategy)
     run_dir = Path(config.output)
     if not chief:
@@ -445,12 +449,13 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         verbose = 1 if os.isatty(1) else 2
     started = time.perf_counter()
     if initial_epoch < config.epochs:
-        model.fit(
-            train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-            validation_data=(val_patches, val_patches) if val_patches is not None else None,
-            validation_batch_size=config.batch_size,
-            callbacks=callbacks, verbose=verbose, shuffle=False,
-        )
+        with strategy.scope():
+            model.fit(
+                train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                validation_data=(val_patches, val_patches) if val_patches is not None else None,
+                validation_batch_size=config.batch_size,
+                callbacks=callbacks, verbose=verbose, shuffle=False,
+            )
     seconds = time.perf_counter() - started
     if state.nan_epoch is not None:
         raise FloatingPointError(
