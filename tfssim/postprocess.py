@@ -88,7 +88,7 @@ def segment(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int 
         Drop regions with fewer pixels (after the hull).
     """
     from skimage.measure import label, regionprops
-    from skimage.morphology import binary_opening
+    from skimage.morphology import opening
 
     anomaly_map = np.asarray(anomaly_map)
     if anomaly_map.ndim == 3 and anomaly_map.shape[-1] == 1:
@@ -97,7 +97,7 @@ def segment(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int 
         raise ValueError(f"anomaly map must be 2-D [height, width], got shape {anomaly_map.shape}")
     mask = anomaly_map > threshold
     if opening_diameter:
-        mask = binary_opening(mask, opening_footprint(opening_diameter))
+        mask = opening(mask, opening_footprint(opening_diameter))
     if convex_hull or min_area:
         labels = label(mask, connectivity=2)
         out = np.zeros_like(mask)

@@ -29,7 +29,8 @@ def ssim_residual_maps(x: tf.Tensor, reconstruction: tf.Tensor, **ssim_kwargs: A
     batched = x.shape.rank == 4
     if not batched:
         x, reconstruction = x[None], reconstruction[None]
-    maps = ssim_maps(x, reconstruction, padding="same", **ssim_kwargs)
+    # Whole images: the 1-D convolution blur (O(HWK) memory; band matrices grow with H*H).
+    maps = ssim_maps(x, reconstruction, padding="same", blur="conv", **ssim_kwargs)
     out = {
         "anomaly_map": 1.0 - tf.reduce_mean(maps.ssim, axis=-1),
         "luminance_map": 1.0 - tf.reduce_mean(maps.luminance, axis=-1),
