@@ -138,6 +138,13 @@ def _check_pair(x: tf.Tensor, y: tf.Tensor, window_size: int, padding: str) -> N
             f"images of {h}x{w} pixels are smaller than the {window_size}x{window_size} SSIM window; "
             "use a smaller window or padding='same'"
         )
+    r = window_size // 2
+    if padding == "same" and ((h is not None and h < r) or (w is not None and w < r)):
+        # tf.pad(mode="SYMMETRIC") cannot pad by more than the image side.
+        raise ValueError(
+            f"images of {h}x{w} pixels are too small for padding='same' with a {window_size}x{window_size} "
+            f"SSIM window: the mirror padding needs sides of at least {r} pixels; use a smaller window"
+        )
 
 
 def _contrast_structure(var_x: tf.Tensor, var_y: tf.Tensor, cov: tf.Tensor, c2: float) -> tf.Tensor:
@@ -210,14 +217,20 @@ def ssim_maps(
 
     kernel = gaussian_kernel(window_size, sigma)
     # One blur over the five stacked statistics instead of five separate blurs.
-    stats = tf.concat([x, y, x * x, y * y, x * y], axis=-1)
-    mu_x, mu_y, e_xx, e_yy, e_xy = tf.split(gaussian_blur(stats, kernel, blur), 5, axis=-1)
+    # (Co)variances are shift-invariant: computing them on images centred by their global mean
+    # avoids most of the float32 cancellation in E[x^2] - mu^2 on flat regions.
+    shift_x = tf.stop_gradient(tf.reduce_mean(x, axis=[1, 2], keepdims=True))
+    shift_y = tf.stop_gradient(tf.reduce_mean(y, axis=[1, 2], keepdims=True))
+    xc, yc = x - shift_x, y - shift_y
+    stats = tf.concat([xc, yc, xc * xc, yc * yc, xc * yc], axis=-1)
+    mu_xc, mu_yc, e_xx, e_yy, e_xy = tf.split(gaussian_blur(stats, kernel, blur), 5, axis=-1)
+    mu_x, mu_y = mu_xc + shift_x, mu_yc + shift_y
 
     mu_xy = mu_x * mu_y
     mu_sq = tf.square(mu_x) + tf.square(mu_y)
-    var_x = e_xx - tf.square(mu_x)
-    var_y = e_yy - tf.square(mu_y)
-    cov = e_xy - mu_xy
+    var_x = e_xx - tf.square(mu_xc)
+    var_y = e_yy - tf.square(mu_yc)
+    cov = e_xy - mu_xc * mu_yc
 
     luminance = (2.0 * mu_xy + c1) / (mu_sq + c1)
     # sigma_x * sigma_y; the tiny epsilon keeps the sqrt differentiable on flat patches.
@@ -259,9 +272,12 @@ def ms_ssim(
     """Multi-scale SSIM per image ``[B]`` (Wang et al. 2003).
 
     The contrast-structure term is averaged at every scale and luminance at the coarsest;
-    images are halved by 2x2 average pooling between scales. ``power_factors`` defaults to
-    the standard five weights, truncated (and renormalised) to as many scales as the image
-    size allows for the window: a 128-pixel patch with an 11 window gets four scales.
+    images are halved by 2x2 average pooling between scales (an odd side is first extended
+    by repeating its last row/column). As in ``tf.image.ssim_multiscale``, MS-SSIM is
+    computed per channel and then averaged over channels; with the same ``power_factors``
+    the two agree. ``power_factors`` defaults to the standard five weights, truncated (and
+    renormalised) to as many scales as the image size allows for the window: a 128-pixel
+    patch with an 11 window gets four scales.
     """
     validate_window(window_size, sigma)
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
@@ -272,19 +288,19 @@ def ms_ssim(
         if side is None:
             raise ValueError("ms_ssim needs static image sizes unless power_factors is given")
         scales = 1
-        while scales < len(_MS_SSIM_WEIGHTS) and side // (2 ** scales) >= window_size:
+        while scales < len(_MS_SSIM_WEIGHTS) and _halved(side, scales) >= window_size:
             scales += 1
         weights = _MS_SSIM_WEIGHTS[:scales]
         power_factors = tuple(w / sum(weights) for w in weights)
-    elif side is not None and side // (2 ** (len(power_factors) - 1)) < window_size:
+    elif side is not None and _halved(side, len(power_factors) - 1) < window_size:
         raise ValueError(
             f"{len(power_factors)} MS-SSIM scales need images of at least "
-            f"{window_size * 2 ** (len(power_factors) - 1)} pixels for a {window_size} window; got {side}"
+            f"{(window_size - 1) * 2 ** (len(power_factors) - 1) + 1} pixels for a {window_size} window; got {side}"
         )
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
     kernel = gaussian_kernel(window_size, sigma)
-    result = tf.ones(tf.shape(x)[:1])
+    result = tf.ones(tf.shape(x)[::3])  # [B, C]: MS-SSIM per channel, averaged at the end
     for i, weight in enumerate(power_factors):
         stats = tf.concat([x, y, x * x, y * y, x * y], axis=-1)
         mu_x, mu_y, e_xx, e_yy, e_xy = tf.split(gaussian_blur(stats, kernel), 5, axis=-1)
@@ -292,8 +308,21 @@ def ms_ssim(
         if i == len(power_factors) - 1:
             cs = cs * (2.0 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
         else:
-            x = tf.nn.avg_pool2d(x, 2, 2, "VALID")
-            y = tf.nn.avg_pool2d(y, 2, 2, "VALID")
+            x, y = _halve(x), _halve(y)
         # relu as in tf.image.ssim_multiscale: a negative term would make the power undefined.
-        result = result * tf.pow(tf.nn.relu(tf.reduce_mean(cs, axis=[1, 2, 3])) + 1e-12, weight)
-    return result
+        result = result * tf.pow(tf.nn.relu(tf.reduce_mean(cs, axis=[1, 2])) + 1e-12, weight)
+    return tf.reduce_mean(result, axis=-1)
+
+
+def _halved(side: int, times: int) -> int:
+    """Side length after ``times`` halvings by :func:`_halve` (odd sides round up)."""
+    for _ in range(times):
+        side = (side + 1) // 2
+    return side
+
+
+def _halve(x: tf.Tensor) -> tf.Tensor:
+    """2x2 average pooling; an odd side is first padded by repeating its last row/column."""
+    shape = tf.shape(x)
+    pads = [[0, 0], [0, shape[1] % 2], [0, shape[2] % 2], [0, 0]]
+    return tf.nn.avg_pool2d(tf.pad(x, pads, mode="SYMMETRIC"), 2, 2, "VALID")
