@@ -1,0 +1,131 @@
+"""Pixel ROC AUC, per-region overlap and image AUROC against independent references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from tfssim import metrics
+
+
+def _pooled(maps, masks):
+    return np.concatenate([np.ravel(g) for g in masks]), np.concatenate([np.ravel(m) for m in maps])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pixel_auc_matches_sklearn_on_random_maps(seed):
+    rng = np.random.default_rng(seed)
+    masks = [rng.random((40 + i, 50)) < 0.1 for i in range(4)]
+    maps = [rng.random(g.shape).astype(np.float32) + 0.4 * g for g in masks]
+    labels, scores = _pooled(maps, masks)
+    assert metrics.pixel_roc_auc(maps, masks) == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+
+
+def test_pixel_auc_matches_sklearn_with_many_ties():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((64, 64)) < 0.2 for _ in range(3)]
+    maps = [np.round(rng.random(g.shape) + 0.3 * g, 1).astype(np.float32) for g in masks]  # ~14 distinct values
+    labels, scores = _pooled(maps, masks)
+    assert metrics.pixel_roc_auc(maps, masks) == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+
+
+def test_pixel_auc_on_real_texture_maps():
+    from skimage import data, filters
+
+    image = data.brick().astype(np.float32) / 255
+    mask = np.zeros(image.shape, bool)
+    mask[100:140, 200:260] = True
+    score = np.abs(filters.sobel(image)) + 0.05 * mask  # a real, structured map with a weak signal
+    labels, scores = _pooled([score], [mask])
+    got = metrics.pixel_roc_auc([score], [mask])
+    assert got == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert 0.5 < got < 1.0
+
+
+def test_roc_curve_ends_and_is_monotone():
+    rng = np.random.default_rng(4)
+    masks = [rng.random((30, 30)) < 0.3]
+    fpr, tpr, thr = metrics.pixel_roc([rng.random((30, 30))], masks)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0) and np.isinf(thr[0])
+
+
+def test_28_million_pixels_work_and_random_scores_give_chance():
+    rng = np.random.default_rng(5)
+    masks = [rng.random((696, 1024)) < 0.05 for _ in range(40)]
+    maps = [rng.random((696, 1024), dtype=np.float32) for _ in range(40)]
+    assert 0.49 < metrics.pixel_roc_auc(maps, masks) < 0.51
+
+
+def _slow_pro(maps, masks, thresholds):
+    """Obviously-correct reference: loop over thresholds and labelled regions."""
+    good = np.concatenate([m[~g] for m, g in zip(maps, masks)])
+    fprs, means = [], []
+    for t in thresholds:
+        fprs.append(np.mean(good > t))
+        overlaps = []
+        for m, g in zip(maps, masks):
+            labels, n = ndimage.label(g, structure=np.ones((3, 3)))
+            for region in range(1, n + 1):
+                pixels = labels == region
+                overlaps.append(np.mean(m[pixels] > t))
+        means.append(np.mean(overlaps))
+    return np.array(fprs), np.array(means)
+
+
+def test_pro_curve_matches_slow_reference():
+    rng = np.random.default_rng(6)
+    masks = []
+    for _ in range(3):
+        g = np.zeros((40, 40), bool)
+        g[5:12, 5:15] = True
+        g[25:35, 20 + rng.integers(0, 5) : 30] = True
+        g[30, 2] = True  # a one-pixel region counts as much as a big one
+        masks.append(g)
+    maps = [rng.random((40, 40)) + 0.5 * g * rng.random((40, 40)) for g in masks]
+    curve = metrics.pro_curve(maps, masks, num_thresholds=25)
+    fpr, mean = _slow_pro(maps, masks, curve["thresholds"])
+    np.testing.assert_allclose(curve["fpr"], fpr, atol=1e-12)
+    np.testing.assert_allclose(curve["mean"], mean, atol=1e-12)
+    assert int(curve["regions"]) == 9
+    assert np.all(np.diff(curve["fpr"]) >= 0) and curve["fpr"][-1] <= 0.3 + 1e-9
+
+
+def test_aupro_perfect_random_and_range():
+    rng = np.random.default_rng(7)
+    masks = [rng.random((50, 50)) < 0.1 for _ in range(2)]
+    perfect = [g.astype(float) + 0.01 * rng.random(g.shape) for g in masks]
+    assert metrics.aupro(perfect, masks) == pytest.approx(1.0, abs=0.01)
+    chance = [rng.random(g.shape) for g in masks]
+    assert 0.10 < metrics.aupro(chance, masks) < 0.20  # mean overlap ~ FPR -> area / 0.3 ~ 0.15
+
+
+def test_image_auroc_matches_sklearn_and_handles_one_class():
+    rng = np.random.default_rng(8)
+    maps = [rng.random((10, 10)) + (0.5 if i % 3 == 0 else 0) for i in range(12)]
+    labels = [i % 3 == 0 for i in range(12)]
+    assert metrics.image_roc_auc(maps, labels) == pytest.approx(roc_auc_score(labels, [m.max() for m in maps]))
+    assert metrics.image_roc_auc(maps, [True] * 12) is None
+
+
+def test_f1_iou_by_hand():
+    seg = [np.array([[1, 1, 0, 0]], bool)]
+    gt = [np.array([[1, 0, 1, 0]], bool)]
+    f1, iou = metrics.f1_iou(seg, gt)
+    assert f1 == pytest.approx(2 * 1 / (2 * 1 + 1 + 1)) and iou == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    "maps, masks, message",
+    [
+        ([np.zeros((4, 4))], [np.zeros((4, 5), bool)], r"anomaly map 0 has shape \(4, 4\) but its mask has shape \(4, 5\)"),
+        ([np.zeros((4, 4))], [np.array([[0, 1, 2, 0]] * 4)], "not binary"),
+        ([], [], "no anomaly maps"),
+        ([np.zeros((4, 4))], [np.zeros((4, 4), bool)], "both defect and good pixels"),
+        ([np.zeros((4, 4))], [], "1 anomaly maps but 0 masks"),
+    ],
+)
+def test_bad_input_is_a_clear_error(maps, masks, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.pixel_roc_auc(maps, masks)
