@@ -18,6 +18,11 @@ ENCODER_LAYERS: tuple[tuple[str, int, int, int], ...] = (
     ("conv8", 32, 3, 1),
 )
 _NEG_SLOPE = 0.2
+# He initialisation: with Keras' default Glorot-uniform the signal shrinks through the 18 layers
+# (LeakyReLU halves the variance, and each stride-2 transposed convolution feeds every output
+# pixel from only a quarter of its taps), so an untrained model outputs sigmoid(~1e-6) = 0.5
+# everywhere, gradients are ~1e-7 (Adam's epsilon) and training stalls at the mean image.
+_INIT = "he_normal"
 
 
 def validate_architecture(patch_size: int, channels: int, latent_dim: int) -> None:
@@ -50,9 +55,13 @@ def build_encoder(
     inputs = keras.Input((patch_size, patch_size, channels), name="patch")
     x = inputs
     for layer_name, filters, kernel, stride in ENCODER_LAYERS:
-        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", name=layer_name)(x)
+        x = keras.layers.Conv2D(
+            filters, kernel, strides=stride, padding="same", kernel_initializer=_INIT, name=layer_name
+        )(x)
         x = _leaky(layer_name)(x)
-    x = keras.layers.Conv2D(code_channels or latent_dim, patch_size // 16, padding="valid", name="conv9")(x)
+    x = keras.layers.Conv2D(
+        code_channels or latent_dim, patch_size // 16, padding="valid", kernel_initializer=_INIT, name="conv9"
+    )(x)
     return keras.Model(inputs, x, name=name)
 
 
@@ -65,7 +74,9 @@ def build_decoder(patch_size: int = 128, channels: int = 1, latent_dim: int = 10
     """
     validate_architecture(patch_size, channels, latent_dim)
     code = keras.Input((1, 1, latent_dim), name="code")
-    x = keras.layers.Conv2DTranspose(32, patch_size // 16, padding="valid", name="deconv9")(code)
+    x = keras.layers.Conv2DTranspose(
+        32, patch_size // 16, padding="valid", kernel_initializer=_INIT, name="deconv9"
+    )(code)
     x = _leaky("deconv9")(x)
     mirrored = list(ENCODER_LAYERS[1:])[::-1]  # conv8 ... conv2; conv1 becomes the output layer
     input_filters = [f for _, f, _, _ in ENCODER_LAYERS]
@@ -73,11 +84,15 @@ def build_decoder(patch_size: int = 128, channels: int = 1, latent_dim: int = 10
         # A decoder layer outputs what the mirrored encoder layer took in.
         name_ = "de" + layer_name
         if stride == 2:
-            x = keras.layers.Conv2DTranspose(filters, kernel, strides=2, padding="same", name=name_)(x)
+            x = keras.layers.Conv2DTranspose(
+                filters, kernel, strides=2, padding="same", kernel_initializer=_INIT, name=name_
+            )(x)
         else:
-            x = keras.layers.Conv2D(filters, kernel, padding="same", name=name_)(x)
+            x = keras.layers.Conv2D(filters, kernel, padding="same", kernel_initializer=_INIT, name=name_)(x)
         x = _leaky(name_)(x)
-    x = keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same", name="deconv1")(x)
+    x = keras.layers.Conv2DTranspose(
+        channels, 4, strides=2, padding="same", kernel_initializer=_INIT, name="deconv1"
+    )(x)
     outputs = keras.layers.Activation("sigmoid", dtype="float32", name="reconstruction")(x)
     return keras.Model(code, outputs, name=name)
 
