@@ -18,7 +18,7 @@ from tfssim.cli._common import setup_logging, usage_errors
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="demo_output", help="Folder for everything the demo makes.")
 @click.option("--texture", type=click.Choice(("brick", "grass", "gravel")), default="brick", help="scikit-image texture to inspect.")
-@click.option("--epochs", type=click.IntRange(min=1), default=8)
+@click.option("--epochs", type=click.IntRange(min=1), default=40)
 @click.option("--patches-per-epoch", type=click.IntRange(min=1), default=2048)
 @click.option("--patch-size", type=click.IntRange(min=16), default=64)
 @click.option("--latent-dim", type=click.IntRange(min=1), default=100)
