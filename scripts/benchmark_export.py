@@ -1,114 +1,203 @@
 #!/usr/bin/env python
-"""How close is the exported signature to the compute floor? Prints, from one run, for a
-700x1024 grayscale image at stride 30 (651 tiles) and the paper's 128x128 model (d = 100):
+"""How close is the exported signature to the compute floor? From one run, for a 700x1024
+grayscale image at stride 30 (651 tiles) and the paper's 128x128 model (d = 100), it times:
 
-(a) the exported ``serving_default`` signature end to end (tiling, model, averaging, SSIM maps);
-(b) the bare batched forward pass of the Keras model over exactly the same tiles, precomputed;
-(c) a per-tile ``model.predict`` loop, as public implementations do it (timed on ``--loop-tiles``
-    tiles and scaled to 651, stated as such);
-(d) a 2048x2048 float32 matmul, this machine's practical FLOP/s;
+(a) the exported ``serving_default`` signature end to end (uint8 in; tiling, model, averaging,
+    SSIM maps out), loaded with ``tf.saved_model.load``, for each ``--chunk-sizes`` (and with
+    XLA when ``--jit`` asks);
+(b) the bare batched forward pass of the Keras model over exactly the same tiles, precomputed
+    (the compute floor), at the same batch sizes;
+(c) a per-tile ``model.predict`` loop, as public implementations do it (all tiles by default;
+    ``--loop-tiles N`` times N and scales, and says so);
+(d) a 2048x2048 float32 matmul in the same process: this machine's practical FLOP/s;
 
-and the ratios (a)/(b) (target <= 1.25), (c)/(a) (target >= 8), (a) vs the paper's 9.6 s per image on
-a Tesla K40c, and the forward pass's FLOP/s against the matmul's (target >= 0.5).
+then prints the tile count, the times and the ratios (a)/(b) (target <= 1.25), (c)/(a)
+(target >= 8), (a) against the paper's 9.6 s per image on a Tesla K40c, and the forward pass's
+FLOP/s against the matmul's (target >= 0.5). (a), (b) and (d) are timed round-robin, best of
+``--repeats`` rounds, so that other load on the machine hits them alike; (c) runs once.
+``--large`` also runs the export on a 4096x4096 image and reports the peak memory it added.
+
+Thread pools must be set before TensorFlow starts, so compare ``--intra-op`` / ``--inter-op``
+settings across runs.
+
+    python scripts/benchmark_export.py                       # the issue's configuration
+    python scripts/benchmark_export.py --chunk-sizes 32,64,128 --jit both
 """
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import tempfile
 import time
 
-import numpy as np
-import tensorflow as tf
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+PAPER_SECONDS_PER_IMAGE = 9.6  # Bergmann et al. 2019, NanoTWICE 700x1024 on a Tesla K40c
 
 
 def forward_flops(model) -> float:
-    """Multiply-adds x 2 of the convolutions for one tile."""
+    """2 x multiply-adds of the convolutions and transposed convolutions for one tile."""
+    import keras
+
     total = 0
-    for sub in model.layers:
-        for layer in getattr(sub, "layers", []):
-            kernel = getattr(layer, "kernel", None)
-            if kernel is None:
-                continue
-            k_h, k_w = kernel.shape[:2]
-            c_in_out = kernel.shape[2] * kernel.shape[3]
+    for layer in model._flatten_layers(include_self=False, recursive=True):  # noqa: SLF001
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            k_h, k_w, c_out, c_in = layer.kernel.shape
+            inp = layer.input.shape  # every input pixel scatters a k x k x c_out kernel
+            total += inp[1] * inp[2] * k_h * k_w * c_in * c_out
+        elif isinstance(layer, keras.layers.Conv2D):
+            k_h, k_w, c_in, c_out = layer.kernel.shape
             out = layer.output.shape
-            if "Transpose" in type(layer).__name__:
-                inp = layer.input.shape  # each input pixel scatters a k x k x c_out kernel
-                total += inp[1] * inp[2] * k_h * k_w * c_in_out
-            else:
-                total += out[1] * out[2] * k_h * k_w * c_in_out
+            total += out[1] * out[2] * k_h * k_w * c_in * c_out
     return 2.0 * total
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--loop-tiles", type=int, default=60)
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--loop-tiles", type=int, default=0, help="tiles for (c); 0 = all")
+    parser.add_argument("--chunk-sizes", default="64", help="comma-separated tiles per model call to try")
+    parser.add_argument("--jit", choices=("off", "on", "both"), default="off", help="XLA for the model call")
+    parser.add_argument("--intra-op", type=int, default=0, help="intra-op threads (0 = TensorFlow's default)")
+    parser.add_argument("--inter-op", type=int, default=0, help="inter-op threads (0 = TensorFlow's default)")
+    parser.add_argument("--height", type=int, default=700)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--stride", type=int, default=30)
+    parser.add_argument("--large", action="store_true", help="also run a 4096x4096 image through the export")
     args = parser.parse_args()
+    if args.intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
+    if args.inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+
+    import keras
 
     from tfssim import export, tiling
     from tfssim.models import build_model
 
+    chunks = [int(c) for c in args.chunk_sizes.split(",")]
+    jits = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
+    keras.utils.set_random_seed(0)
     model = build_model("ssim", 128, 1, 100)
-    rng = np.random.default_rng(0)
-    image = (rng.random((700, 1024, 1)) * 255).astype(np.uint8)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export.export_model(model, tmp, name="bench", stride=30, chunk_size=args.chunk_size)
-        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-        serve(image=tf.constant(image))  # warm-up
-        t_a = best_of(lambda: serve(image=tf.constant(image))["anomaly_map"].numpy(), args.repeats)
+    flops = forward_flops(model)
+    image = (np.random.default_rng(0).random((args.height, args.width, 1)) * 255).astype(np.uint8)
+    n = tiling.num_tiles(args.height, args.width, 128, args.stride)
+    print(f"device                        : {'GPU ' + tf.config.list_physical_devices('GPU')[0].name if tf.config.list_physical_devices('GPU') else 'CPU'}"
+          f", {os.cpu_count()} cores, TensorFlow {tf.__version__}, intra-op {args.intra_op or 'default'}, "
+          f"inter-op {args.inter_op or 'default'}")
+    print(f"tiles                         : {n} ({args.height}x{args.width}, stride {args.stride}, 128x128 patches)")
+    print(f"model                         : {flops / 1e9:.3f} GFLOP per tile, {model.count_params():,} parameters")
 
-    origins = tiling.tile_grid(700, 1024, 128, 30)
-    tiles = tiling.extract_tiles(tf.constant(image.astype(np.float32) / 255), origins, 128)
-    n = int(tiles.shape[0])
-
-    @tf.function
-    def forward(batch):
-        return model(batch, training=False)
-
-    def batched() -> None:
-        for start in range(0, n, args.chunk_size):
-            forward(tiles[start : start + args.chunk_size]).numpy()
-
-    batched()
-    t_b = best_of(batched, args.repeats)
-
-    sample = tiles[: args.loop_tiles].numpy()
-    model.predict(sample[:1], verbose=0)
-    started = time.perf_counter()
-    for i in range(len(sample)):
-        model.predict(sample[i : i + 1], verbose=0)
-    t_c = (time.perf_counter() - started) / len(sample) * n
+    # Every candidate is set up and warmed first, then all are timed round-robin, `--repeats`
+    # rounds, best of each: other load on the machine then hits all of them alike.
+    candidates: dict[str, object] = {}
 
     a = tf.random.normal([2048, 2048])
     matmul = tf.function(lambda: tf.matmul(a, a))
-    matmul()
-    t_d = best_of(lambda: matmul().numpy(), 5)
-    matmul_flops = 2 * 2048**3 / t_d
-    flops = forward_flops(model)
-    forward_rate = flops * n / t_b
+    candidates["d"] = lambda: matmul().numpy()
 
-    print(f"tiles                         : {n} (700x1024, stride 30, 128x128 patches)")
-    print(f"model                         : {flops / 1e9:.3f} GFLOP per tile")
-    print(f"(a) exported signature        : {t_a:7.3f} s per image")
-    print(f"(b) batched forward, floor    : {t_b:7.3f} s  ({t_b / n * 1e3:.1f} ms per tile)")
-    print(f"(c) per-tile predict loop     : {t_c:7.3f} s  (timed on {len(sample)} tiles, scaled to {n})")
-    print(f"(d) 2048^3 matmul             : {matmul_flops / 1e9:7.1f} GFLOP/s")
-    print(f"(a)/(b)                       : {t_a / t_b:7.2f}  (target <= 1.25)")
+    # (b) bare batched forward over the precomputed tiles.
+    tiles, _ = tiling.extract_tiles(tf.constant(image.astype(np.float32) / 255), 128, args.stride)
+    assert int(tiles.shape[0]) == n
+    for jit in jits:
+        forward = tf.function(lambda batch: model(batch, training=False), jit_compile=jit)
+        for chunk in chunks:
+            batches = [tiles[i : i + chunk] for i in range(0, n, chunk)]
+
+            def batched(forward=forward, batches=batches) -> None:
+                for batch in batches:
+                    out = forward(batch)
+                out.numpy()
+
+            candidates[f"b {chunk} {int(jit)}"] = batched
+
+    # (a) the exported signature, end to end.
+    tmp = tempfile.TemporaryDirectory()
+    request = tf.constant(image)
+    signatures = {}
+    for jit in jits:
+        for chunk in chunks:
+            path = export.export_model(model, tmp.name, name=f"bench_{chunk}_{int(jit)}", stride=args.stride,
+                                       chunk_size=chunk, jit_compile=jit)
+            signatures[chunk, jit] = tf.saved_model.load(str(path)).signatures["serving_default"]
+            candidates[f"a {chunk} {int(jit)}"] = (
+                lambda serve=signatures[chunk, jit]: serve(image=request)["anomaly_map"].numpy()
+            )
+
+    for fn in candidates.values():  # warm-up: tracing, allocation, XLA compilation
+        fn()
+    times = {key: [] for key in candidates}
+    for round_ in range(args.repeats):
+        for key, fn in candidates.items():
+            started = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - started)
+        print(f"round {round_ + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items()),
+              flush=True)
+    best = {key: min(v) for key, v in times.items()}
+    t_d = best["d"]
+    matmul_rate = 2 * 2048**3 / t_d
+    floor = {(chunk, jit): best[f"b {chunk} {int(jit)}"] for jit in jits for chunk in chunks}
+    served = {(chunk, jit): best[f"a {chunk} {int(jit)}"] for jit in jits for chunk in chunks}
+    for (chunk, jit), value in floor.items():
+        print(f"(b) forward, batch {chunk:4d}{' XLA' if jit else '    '}  : {value:7.3f} s "
+              f"({value / n * 1e3:.2f} ms per tile)")
+    for (chunk, jit), value in served.items():
+        print(f"(a) signature, chunk {chunk:4d}{' XLA' if jit else '    '}: {value:7.3f} s "
+              f"(/(b) same batch: {value / floor[chunk, jit]:.2f})")
+
+    large = None
+    if args.large:
+        key = min(served, key=served.get)
+        serve = signatures[key]
+        big = tf.constant((np.random.default_rng(1).random((4096, 4096, 1)) * 255).astype(np.uint8))
+        before = peak_rss_mb()
+        started = time.perf_counter()
+        serve(image=big)["anomaly_map"].numpy()
+        large = (time.perf_counter() - started, peak_rss_mb() - before, tiling.num_tiles(4096, 4096, 128, args.stride),
+                 key[0])
+    tmp.cleanup()
+
+    # (c) per-tile model.predict loop.
+    count = args.loop_tiles or n
+    sample = tiles[:count].numpy()
+    model.predict(sample[:1], verbose=0)
+    started = time.perf_counter()
+    for i in range(count):
+        model.predict(sample[i : i + 1], verbose=0)
+    t_c = (time.perf_counter() - started) / count * n
+
+    best_a = min(served, key=served.get)
+    best_b = min(floor, key=floor.get)
+    t_a, t_b = served[best_a], floor[best_b]
+    same_b = floor.get(best_a, t_b)
+    forward_rate = flops * n / t_b
+    label = lambda key: f"chunk {key[0]}{', XLA' if key[1] else ''}"  # noqa: E731
+    print()
+    print(f"tiles                         : {n}")
+    print(f"(a) exported signature        : {t_a:7.3f} s per image ({label(best_a)}; {t_a / n * 1e3:.2f} ms per tile)")
+    print(f"(b) batched forward, floor    : {t_b:7.3f} s ({label(best_b)}; {t_b / n * 1e3:.2f} ms per tile)")
+    scaled = "" if count == n else f", timed on {count} tiles and scaled to {n}"
+    print(f"(c) per-tile predict loop     : {t_c:7.3f} s ({t_c / n * 1e3:.1f} ms per tile{scaled})")
+    print(f"(d) 2048^3 float32 matmul     : {t_d * 1e3:7.1f} ms = {matmul_rate / 1e9:.1f} GFLOP/s")
+    print(f"(a)/(b)                       : {t_a / t_b:7.2f}  (target <= 1.25; {t_a / same_b:.2f} against the same "
+          f"batch size)")
     print(f"(c)/(a)                       : {t_c / t_a:7.1f}  (target >= 8)")
-    print(f"(a) vs paper's 9.6 s on a K40c: {t_a / 9.6:7.2f} x")
-    print(f"forward FLOP/s / matmul FLOP/s: {forward_rate / matmul_flops:7.2f}  "
-          f"({forward_rate / 1e9:.1f} vs {matmul_flops / 1e9:.1f} GFLOP/s; target >= 0.5)")
+    print(f"(a) vs paper, 9.6 s per image : {t_a:7.3f} s = {t_a / PAPER_SECONDS_PER_IMAGE:.2f} x the paper's time")
+    print(f"forward / matmul FLOP/s       : {forward_rate / matmul_rate:7.2f}  ({forward_rate / 1e9:.1f} vs "
+          f"{matmul_rate / 1e9:.1f} GFLOP/s; target >= 0.5)")
+    if large:
+        seconds, added, tiles_large, chunk = large
+        print(f"4096x4096 image               : {tiles_large} tiles in {seconds:.1f} s, peak memory +{added:.0f} MB "
+              f"(all tiles at once would be {tiles_large * 128 * 128 * 4 / 2**20:.0f} MB; chunk {chunk})")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,21 +14,28 @@ from click.testing import CliRunner
 
 from tfssim import export, scoring
 from tfssim.cli.export import main as export_cli
+from tfssim.losses import FeatureMatchingLoss, SSIMLoss
 from tfssim.models import build_model
 
 PATCH = 32
+SSIM = {"window_size": 7, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0}
 
 
 @pytest.fixture(scope="module")
 def ssim_model():
+    keras.utils.set_random_seed(0)
     return build_model("ssim", PATCH, 1, 8)
 
 
 @pytest.fixture(scope="module")
 def exported(ssim_model, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("exports")
-    return export.export_model(ssim_model, root, name="tiny", stride=12,
-                               ssim_kwargs={"window_size": 7, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0})
+    return export.export_model(ssim_model, root, name="tiny", stride=12, ssim_kwargs=SSIM, training_config={"epochs": 3})
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(str(exported))
 
 
 @pytest.fixture(scope="module")
@@ -35,86 +43,145 @@ def image() -> np.ndarray:
     return (np.random.default_rng(0).random((45, 77, 1)) * 255).astype(np.uint8)
 
 
+def numpy_reconstruct(model, image: np.ndarray, patch: int, stride: int) -> np.ndarray:
+    """Plain NumPy tiling (origins min(i*s, n-p)) and overlap averaging around the Keras model."""
+    h, w, _ = image.shape
+    axis = lambda n: sorted({min(i * stride, n - patch) for i in range(-(-(n - patch) // stride) + 1)})  # noqa: E731
+    origins = [(y, x) for y in axis(h) for x in axis(w)]
+    tiles = np.stack([image[y : y + patch, x : x + patch] for y, x in origins])
+    recon = model(tiles, training=False).numpy()
+    total, count = np.zeros(image.shape), np.zeros((h, w, 1))
+    for (y, x), tile in zip(origins, recon):
+        total[y : y + patch, x : x + patch] += tile
+        count[y : y + patch, x : x + patch] += 1
+    return total / count
+
+
 def test_tf_serving_layout_and_metadata(exported: Path):
     assert exported.name == "1" and exported.parent.name == "tiny"
-    for name in ("saved_model.pb", "variables", "assets/tfssim.json", "assets.extra/tf_serving_warmup_requests"):
+    for name in ("saved_model.pb", "variables/variables.index", "assets/tfssim.json",
+                 "assets.extra/tf_serving_warmup_requests"):
         assert (exported / name).exists(), name
     meta = export.read_metadata(exported)
-    assert meta["kind"] == "ssim" and meta["patch_size"] == PATCH and meta["stride"] == 12 and meta["channels"] == 1
-    assert meta["ssim"]["window_size"] == 7 and meta["threshold"] is None
+    assert meta["kind"] == "ssim" and meta["residual"] == "ssim"
+    assert (meta["patch_size"], meta["stride"], meta["channels"]) == (PATCH, 12, 1)
+    assert meta["ssim"]["window_size"] == 7 and meta["ssim"]["k2"] == 0.03 and meta["threshold"] is None
+    assert meta["training_config"] == {"epochs": 3}
+    assert meta["outputs"] == ["reconstruction", "anomaly_map", "luminance_map", "contrast_map", "structure_map"]
+    assert set(meta["signatures"]) == {"serving_default", "serve_float", "serve_with_stride"}
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")], "no partial exports left behind"
 
 
-def test_versions_increment_and_are_never_overwritten(ssim_model, tmp_path):
+def test_versions_increment_are_never_overwritten_and_a_crash_leaves_nothing(ssim_model, tmp_path, monkeypatch):
     first = export.export_model(ssim_model, tmp_path, name="m", stride=16)
-    second = export.export_model(ssim_model, tmp_path, name="m", stride=16)
-    assert (first.name, second.name) == ("1", "2")
     stamp = (first / "saved_model.pb").stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="never overwritten"):
         export.export_model(ssim_model, tmp_path, name="m", version=1, stride=16)
     assert (first / "saved_model.pb").stat().st_mtime_ns == stamp
 
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash while writing")
 
-def test_signature_maps_equal_the_library_maps(exported, ssim_model, image):
-    loaded = tf.saved_model.load(str(exported))
+    monkeypatch.setattr(export, "_write_warmup", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export.export_model(ssim_model, tmp_path, name="m", stride=16)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"], "no half export, no temporary folder"
+    assert export.next_version(tmp_path / "m") == 2
+
+
+def test_signature_maps_equal_the_library_maps_and_the_numpy_reference(loaded, ssim_model, image):
     out = loaded.signatures["serving_default"](image=tf.constant(image))
-    want = scoring.anomaly_maps(ssim_model, image.astype(np.float32) / 255, residual="ssim", patch_size=PATCH,
-                                stride=12, ssim_kwargs={"window_size": 7})
-    assert out["anomaly_map"].shape == image.shape[:2]
-    for key in ("reconstruction", "anomaly_map", "luminance_map", "contrast_map", "structure_map"):
+    floats = image.astype(np.float32) / 255
+    want = scoring.anomaly_maps(ssim_model, floats, "ssim", stride=12, ssim_kwargs=SSIM)
+    assert out["anomaly_map"].shape == image.shape[:2] and out["reconstruction"].shape == image.shape
+    assert all(v.dtype == tf.float32 for v in out.values())
+    np.testing.assert_allclose(out["reconstruction"].numpy(), numpy_reconstruct(ssim_model, floats, PATCH, 12),
+                               atol=1e-5)
+    for key in ("reconstruction", "anomaly_map", "luminance_map", "contrast_map"):
         np.testing.assert_allclose(out[key].numpy(), want[key].numpy(), atol=1e-5, err_msg=key)
-    # [1, H, W, C] input and the float and explicit-stride signatures give the same maps.
+    # The structure term divides by sigma_x sigma_y + C3: graph vs eager rounding shows a bit more.
+    np.testing.assert_allclose(out["structure_map"].numpy(), want["structure_map"].numpy(), atol=1e-4)
+    # The anomaly map is tfssim.ssim of the input and the averaged reconstruction.
+    maps = scoring.ssim_residual_maps(floats, out["reconstruction"], **SSIM)
+    np.testing.assert_allclose(out["anomaly_map"].numpy(), maps["anomaly_map"].numpy(), atol=1e-5)
+
+
+def test_batched_float_and_stride_signatures_agree(loaded, ssim_model, image):
+    out = loaded.signatures["serving_default"](image=tf.constant(image))
     batched = loaded.signatures["serving_default"](image=tf.constant(image[None]))
     np.testing.assert_allclose(batched["anomaly_map"].numpy(), out["anomaly_map"].numpy(), atol=1e-6)
-    floats = tf.constant(image.astype(np.float32) / 255)
-    f = loaded.signatures["serve_float"](image=floats)
+    floats = image.astype(np.float32) / 255
+    f = loaded.signatures["serve_float"](image=tf.constant(floats))
     np.testing.assert_allclose(f["anomaly_map"].numpy(), out["anomaly_map"].numpy(), atol=1e-5)
-    s = loaded.signatures["serve_with_stride"](image=floats, stride=tf.constant(12))
+    s = loaded.signatures["serve_with_stride"](image=tf.constant(floats), stride=tf.constant(12))
     np.testing.assert_allclose(s["anomaly_map"].numpy(), out["anomaly_map"].numpy(), atol=1e-5)
-    other = loaded.signatures["serve_with_stride"](image=floats, stride=tf.constant(5))
-    assert not np.allclose(other["reconstruction"].numpy(), out["reconstruction"].numpy(), atol=1e-7)
+    other = loaded.signatures["serve_with_stride"](image=tf.constant(floats[:40, :70]), stride=tf.constant(5))
+    np.testing.assert_allclose(other["reconstruction"].numpy(), numpy_reconstruct(ssim_model, floats[:40, :70], PATCH, 5),
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize(
-    "bad, message",
+    "signature, bad, message",
     [
-        (np.zeros((20, 77, 1), np.uint8), "at least the patch size 32"),
-        (np.zeros((45, 77, 3), np.uint8), "must have 1 channel"),
-        (np.zeros((2, 45, 77, 1), np.uint8), "one image per request"),
-        (np.zeros((45, 77), np.uint8), "image must be"),
+        ("serving_default", np.zeros((20, 77, 1), np.uint8), "at least the patch size 32"),
+        ("serving_default", np.zeros((0, 0, 1), np.uint8), "at least the patch size 32"),
+        ("serving_default", np.zeros((45, 77, 3), np.uint8), "must have 1 channel"),
+        ("serving_default", np.zeros((2, 45, 77, 1), np.uint8), "one image per request"),
+        ("serving_default", np.zeros((45, 77), np.uint8), r"image must be \[height, width, 1\]"),
+        ("serving_default", np.zeros((), np.uint8), r"image must be \[height, width, 1\]"),
+        ("serving_default", np.zeros((1, 1, 45, 77, 1), np.uint8), r"image must be \[height, width, 1\]"),
+        ("serve_float", np.full((45, 77, 1), 200.0, np.float32), r"in \[0, 1\]"),
+        ("serve_float", np.full((45, 77, 1), np.nan, np.float32), r"finite and in \[0, 1\]"),
     ],
 )
-def test_bad_requests_get_clear_errors(exported, bad, message):
-    fn = tf.saved_model.load(str(exported)).signatures["serving_default"]
+def test_bad_requests_get_clear_errors_and_the_model_keeps_working(loaded, image, signature, bad, message):
+    fn = loaded.signatures[signature]
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         fn(image=tf.constant(bad))
+    assert loaded.signatures["serving_default"](image=tf.constant(image))["anomaly_map"].shape == (45, 77)
 
 
-def test_bad_stride_request_is_a_clear_error(exported):
-    fn = tf.saved_model.load(str(exported)).signatures["serve_with_stride"]
-    with pytest.raises(tf.errors.InvalidArgumentError, match="stride must be <= the patch size"):
-        fn(image=tf.zeros([40, 40, 1]), stride=tf.constant(33))
+@pytest.mark.parametrize("stride, message", [(33, "stride must be <= the patch size 32"), (0, "stride must be >= 1")])
+def test_bad_stride_request_is_a_clear_error(loaded, stride, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.signatures["serve_with_stride"](image=tf.zeros([40, 40, 1]), stride=tf.constant(stride))
 
 
-def test_fresh_process_with_tensorflow_only_gets_the_same_maps(exported, image, tmp_path):
+def test_wrong_dtype_is_refused_by_the_signature(loaded, image):
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match="uint8"):
+        loaded.signatures["serving_default"](image=tf.constant(image.astype(np.float32)))
+
+
+def test_fresh_process_with_tensorflow_only_gets_the_same_maps(exported, loaded, image, tmp_path):
     np.save(tmp_path / "image.npy", image)
+    # `import tensorflow` itself imports part of keras (TF 2.21); loading and running the export
+    # must add no keras module and no tfssim module.
     script = (
         "import sys, numpy as np, tensorflow as tf\n"
+        "before = set(sys.modules)\n"
         f"fn = tf.saved_model.load({str(exported)!r}).signatures['serving_default']\n"
         f"out = fn(image=tf.constant(np.load({str(tmp_path / 'image.npy')!r})))\n"
-        f"np.save({str(tmp_path / 'map.npy')!r}, out['anomaly_map'].numpy())\n"
-        "assert not any(m.split('.')[0] == 'tfssim' for m in sys.modules), 'tfssim was imported'\n"
+        f"np.savez({str(tmp_path / 'maps.npz')!r}, **{{k: v.numpy() for k, v in out.items()}})\n"
+        "added = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('keras', 'tfssim'))\n"
+        "assert not added, added\n"
+        "assert not [m for m in sys.modules if m == 'tfssim' or m.startswith('tfssim.')]\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, cwd=tmp_path)
-    here = tf.saved_model.load(str(exported)).signatures["serving_default"](image=tf.constant(image))
-    np.testing.assert_allclose(np.load(tmp_path / "map.npy"), here["anomaly_map"].numpy(), atol=1e-6)
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    here = loaded.signatures["serving_default"](image=tf.constant(image))
+    there = np.load(tmp_path / "maps.npz")
+    assert set(there.files) == set(here)
+    for key in here:
+        np.testing.assert_allclose(there[key], here[key].numpy(), atol=1e-6, err_msg=key)
 
 
-def test_saved_model_cli_shows_and_runs_the_signature(exported, image, tmp_path):
+def test_saved_model_cli_shows_and_runs_the_signature(exported, loaded, image, tmp_path):
     cli = Path(sys.executable).parent / "saved_model_cli"
-    shown = subprocess.run([str(cli), "show", "--dir", str(exported), "--all"], capture_output=True, text=True, check=True)
-    assert "signature_def['serving_default']" in shown.stdout and "anomaly_map" in shown.stdout
-    assert "signature_def['serve_with_stride']" in shown.stdout
+    shown = subprocess.run([str(cli), "show", "--dir", str(exported), "--all"], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for text in ("signature_def['serving_default']", "signature_def['serve_float']",
+                 "signature_def['serve_with_stride']", "anomaly_map", "structure_map", "DT_UINT8", "stride"):
+        assert text in shown.stdout, text
     np.save(tmp_path / "image.npy", image)
     ran = subprocess.run(
         [str(cli), "run", "--dir", str(exported), "--tag_set", "serve", "--signature_def", "serving_default",
@@ -123,93 +190,149 @@ def test_saved_model_cli_shows_and_runs_the_signature(exported, image, tmp_path)
     )
     assert ran.returncode == 0, ran.stderr[-2000:]
     got = np.load(tmp_path / "out" / "anomaly_map.npy")
-    assert got.shape == image.shape[:2] and np.isfinite(got).all()
+    want = loaded.signatures["serving_default"](image=tf.constant(image))["anomaly_map"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def _read_fields(data: bytes) -> dict[int, list[bytes]]:
     """Minimal protobuf reader for length-delimited fields (test-only, to check the wire layout)."""
     fields: dict[int, list[bytes]] = {}
     i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value, shift = 0, 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
     while i < len(data):
-        key, shift = 0, 0
-        while True:
-            byte = data[i]; i += 1
-            key |= (byte & 0x7F) << shift; shift += 7
-            if not byte & 0x80:
-                break
+        key = varint()
         assert key & 7 == 2, "only length-delimited fields expected"
-        length, shift = 0, 0
-        while True:
-            byte = data[i]; i += 1
-            length |= (byte & 0x7F) << shift; shift += 7
-            if not byte & 0x80:
-                break
+        length = varint()
         fields.setdefault(key >> 3, []).append(data[i : i + length])
         i += length
     return fields
 
 
-def test_warmup_file_holds_a_predict_request_for_serving_default(exported):
+def test_warmup_file_holds_predict_requests_that_run(exported, loaded):
     from tensorflow.core.framework import tensor_pb2
 
-    records = list(tf.data.TFRecordDataset(str(exported / "assets.extra" / "tf_serving_warmup_requests")).as_numpy_iterator())
-    assert len(records) == 1
-    log = _read_fields(records[0])
-    request = _read_fields(_read_fields(log[6][0])[1][0])  # PredictionLog.predict_log -> PredictLog.request
-    spec = _read_fields(request[1][0])
-    assert spec[1] == [b"tiny"] and spec[3] == [b"serving_default"]
-    entry = _read_fields(request[2][0])
-    assert entry[1] == [b"image"]
-    tensor = tensor_pb2.TensorProto.FromString(entry[2][0])
-    array = tf.make_ndarray(tensor)
-    assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 1 and min(array.shape[:2]) >= PATCH
-    out = tf.saved_model.load(str(exported)).signatures["serving_default"](image=tf.constant(array))
-    assert out["anomaly_map"].shape == array.shape[:2]
+    path = exported / "assets.extra" / "tf_serving_warmup_requests"
+    records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
+    assert len(records) == 3
+    seen = set()
+    for record in records:
+        request = _read_fields(_read_fields(_read_fields(record)[6][0])[1][0])  # PredictionLog > PredictLog > request
+        spec = _read_fields(request[1][0])
+        assert spec[1] == [b"tiny"]
+        signature = spec[3][0].decode()
+        inputs = {}
+        for entry in map(_read_fields, request[2]):
+            inputs[entry[1][0].decode()] = tf.make_ndarray(tensor_pb2.TensorProto.FromString(entry[2][0]))
+        image = inputs["image"]
+        assert image.ndim == 3 and image.shape[-1] == 1 and min(image.shape[:2]) >= PATCH
+        out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+        assert out["anomaly_map"].shape == image.shape[:2]
+        seen.add(signature)
+    assert seen == {"serving_default", "serve_float", "serve_with_stride"}
 
 
 def test_warmup_record_parses_with_the_real_serving_protos_when_installed():
     apis = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
-    record = export.warmup_record("m", "serving_default", "image", np.zeros((40, 40, 1), np.uint8))
+    record = export.warmup_record("m", "serve_with_stride",
+                                  {"image": np.zeros((40, 40, 1), np.float32), "stride": np.array(7, np.int32)})
     log = apis.PredictionLog.FromString(record)
-    assert log.predict_log.request.model_spec.signature_name == "serving_default"
-    assert tf.make_ndarray(log.predict_log.request.inputs["image"]).shape == (40, 40, 1)
+    request = log.predict_log.request
+    assert request.model_spec.name == "m" and request.model_spec.signature_name == "serve_with_stride"
+    assert tf.make_ndarray(request.inputs["image"]).shape == (40, 40, 1)
+    assert int(tf.make_ndarray(request.inputs["stride"])) == 7
+    assert log.SerializeToString(deterministic=True) == record
 
 
 def test_update_threshold_rewrites_only_the_metadata(exported):
     before = (exported / "saved_model.pb").read_bytes()
-    export.update_threshold(exported, 0.25, fpr=0.01)
-    meta = export.read_metadata(exported)
-    assert meta["threshold"] == 0.25 and meta["threshold_fpr"] == 0.01
+    meta = export.update_threshold(exported, 0.25, fpr=0.01)
+    assert meta == export.read_metadata(exported)
+    assert meta["threshold"] == 0.25 and meta["threshold_fpr"] == 0.01 and meta["patch_size"] == PATCH
     assert (exported / "saved_model.pb").read_bytes() == before
+    assert sorted(p.name for p in (exported / "assets").iterdir()) == ["tfssim.json"], "no temporary file left"
+    with pytest.raises(ValueError, match="finite"):
+        export.update_threshold(exported, float("nan"))
 
 
 @pytest.mark.parametrize("kind", ["l2", "vae"])
 def test_other_kinds_export_their_residual(kind, tmp_path, image):
     model = build_model(kind, PATCH, 1, 8)
     path = export.export_model(model, tmp_path, name=kind, stride=16)
+    meta = export.read_metadata(path)
+    assert meta["kind"] == kind and meta["ssim"] is None
     out = tf.saved_model.load(str(path)).signatures["serving_default"](image=tf.constant(image))
-    assert set(out) == {"reconstruction", "anomaly_map"}
-    want = scoring.anomaly_maps(model, image.astype(np.float32) / 255, residual=kind, patch_size=PATCH, stride=16,
-                                vae_samples=export.read_metadata(path)["vae_samples"] or 10)
+    assert set(out) == {"reconstruction", "anomaly_map"} == set(meta["outputs"])
+    want = scoring.anomaly_maps(model, image.astype(np.float32) / 255, kind, stride=16,
+                                vae_samples=meta["vae_samples"])
     np.testing.assert_allclose(out["anomaly_map"].numpy(), want["anomaly_map"].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_ssim_parameters_come_from_the_compiled_loss_of_a_bare_keras_file(ssim_model, tmp_path):
+    model = keras.models.clone_model(ssim_model)
+    model.compile(optimizer="adam", loss=SSIMLoss(window_size=5, k2=0.05))
+    model.save(tmp_path / "m.keras")
+    loaded_model, info = export.load_for_export(tmp_path / "m.keras")
+    assert info["ssim"]["window_size"] == 5 and info["ssim"]["k2"] == 0.05
+    assert getattr(loaded_model, "optimizer", None) is None, "loaded with compile=False: no optimizer slots"
+
+
+def test_a_feature_matching_model_loads_without_building_its_loss(tmp_path, monkeypatch):
+    model = build_model("fm", PATCH, 1, 8)
+    model.compile(optimizer="adam", loss=FeatureMatchingLoss(weights=None))
+    model.save(tmp_path / "fm.keras")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the FM loss (and its ImageNet backbone) must not be built when exporting")
+
+    monkeypatch.setattr("tfssim.models.features.build_feature_extractor", no_download)
+    monkeypatch.setattr("tfssim.losses.build_feature_extractor", no_download)
+    loaded_model, info = export.load_for_export(tmp_path / "fm.keras")
+    assert info["ssim"] is None
+    from tfssim.models import kind_of
+
+    assert kind_of(loaded_model) == "fm"
 
 
 def test_cli_exports_a_run_folder_and_rejects_bad_input(ssim_model, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     ssim_model.save(run / "best.keras")
-    (run / "config.json").write_text(json.dumps({"model": "ssim", "ssim": {"window_size": 7}, "config": {"epochs": 1}}))
+    ssim_model.save(run / "final.keras")
+    record = {"model": "ssim", "patch_size": PATCH, "channels": 1, "latent_dim": 8, "ssim": {"window_size": 5},
+              "config": {"model": "ssim", "epochs": 1, "patch_size": PATCH, "ssim_window": 5}}
+    (run / "config.json").write_text(json.dumps(record))
     runner = CliRunner()
-    ok = runner.invoke(export_cli, [str(run), "--name", "cli", "--output", str(tmp_path / "ex"), "--stride", "16"])
+    out = str(tmp_path / "ex")
+    ok = runner.invoke(export_cli, [str(run), "--name", "cli", "--output", out, "--stride", "16"])
     assert ok.exit_code == 0, ok.output
+    assert ok.stdout.strip() == str(tmp_path / "ex" / "cli" / "1")
     meta = export.read_metadata(tmp_path / "ex" / "cli" / "1")
-    assert meta["ssim"]["window_size"] == 7 and meta["training_config"] == {"epochs": 1}
-    again = runner.invoke(export_cli, [str(run), "--name", "cli", "--output", str(tmp_path / "ex"), "--version", "1"])
-    assert again.exit_code == 2 and "never overwritten" in again.output
-    wide = runner.invoke(export_cli, [str(run), "--name", "cli", "--output", str(tmp_path / "ex"), "--stride", "40"])
-    assert wide.exit_code == 2 and "larger than the patch size" in wide.output
+    assert meta["ssim"]["window_size"] == 5 and meta["training_config"]["epochs"] == 1 and meta["stride"] == 16
+    assert meta["source"].endswith("best.keras")
+    for args, message in [
+        (["--version", "1"], "never overwritten"),
+        (["--stride", "40"], "stride must be <= the patch size 32"),
+        (["--kind", "vae"], "needs a tfssim VariationalAutoencoder"),
+    ]:
+        bad = runner.invoke(export_cli, [str(run), "--name", "cli", "--output", out, *args])
+        assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
+        assert "Traceback" not in bad.output
     empty = tmp_path / "empty"
     empty.mkdir()
-    nothing = runner.invoke(export_cli, [str(empty), "--name", "x", "--output", str(tmp_path / "ex")])
+    nothing = runner.invoke(export_cli, [str(empty), "--name", "x", "--output", out])
     assert nothing.exit_code == 2 and "neither best.keras nor final.keras" in nothing.output
-    assert "Traceback" not in nothing.output
+    badname = runner.invoke(export_cli, [str(run), "--name", "../up", "--output", out])
+    assert badname.exit_code == 2 and "invalid model name" in badname.output
+    missing = runner.invoke(export_cli, [str(tmp_path / "nope"), "--name", "x", "--output", out])
+    assert missing.exit_code == 2

@@ -2,29 +2,39 @@
 
 Layout (TensorFlow Serving's): ``<output_root>/<name>/<version>/`` with ``saved_model.pb``,
 ``variables/``, ``assets/tfssim.json`` (metadata for the post-processor) and
-``assets.extra/tf_serving_warmup_requests``. The export is built in a temporary folder beside
-its destination and renamed into place only when complete; an existing version is never
-overwritten.
+``assets.extra/tf_serving_warmup_requests``. The export is built in a hidden temporary folder
+beside its destination (``.<version>.partial-*``, which TF Serving ignores: not an integer) and
+renamed into place only when complete; an existing version is never overwritten.
 
-Signatures (each takes one image, ``[H, W, C]`` or ``[1, H, W, C]``, ``H, W >= patch``):
+Signatures (each takes one image, ``[H, W, C]`` or ``[1, H, W, C]``, ``H, W >= patch``; a
+SavedModel signature cannot have optional inputs, so the default stride has its own ones):
 
-* ``serving_default``: ``image`` uint8, stride fixed at export time;
-* ``serve_float``: ``image`` float32 in [0, 1], same stride;
-* ``serve_with_stride``: ``image`` float32 plus ``stride`` int32 scalar (signatures cannot
-  have optional inputs, so the default stride lives in the first two).
+* ``serving_default``: ``image`` uint8 (0..255), stride fixed at export time;
+* ``serve_float``: ``image`` float32 in [0, 1], the same stride;
+* ``serve_with_stride``: ``image`` float32 in [0, 1] and ``stride`` int32 scalar in ``[1, patch]``.
 
 Outputs, all float32 at the input's size: ``reconstruction [H, W, C]``, ``anomaly_map [H, W]``
 and, for SSIM models, ``luminance_map``, ``contrast_map`` and ``structure_map`` (``1 -`` each
 SSIM component). Tiling, chunked reconstruction, overlap averaging and the residual map all
-run inside the graph (:mod:`tfssim.tiling`, :mod:`tfssim.scoring`).
+run inside the graph (:mod:`tfssim.tiling`, :mod:`tfssim.scoring`); a bad request (wrong rank,
+batch, channel count, an image smaller than the patch, a stride out of range, float values
+outside [0, 1]) fails with ``INVALID_ARGUMENT`` and a readable message.
+
+Example:
+    >>> path = export_model("runs/nanotwice_ssim", name="nanotwice", stride=30)
+    >>> fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    >>> fn(image=tf.constant(uint8_image))["anomaly_map"]
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,46 +43,134 @@ import numpy as np
 import tensorflow as tf
 
 from tfssim import __version__, scoring, tiling
-from tfssim.models import VariationalAutoencoder, get_spec, kind_of
+from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
 
-__all__ = ["export_model", "read_metadata", "update_threshold", "next_version", "load_for_export", "METADATA_FILE"]
+__all__ = [
+    "export_model",
+    "read_metadata",
+    "update_threshold",
+    "next_version",
+    "load_for_export",
+    "warmup_record",
+    "METADATA_FILE",
+    "WARMUP_FILE",
+    "SIGNATURES",
+    "DEFAULT_CHUNK",
+]
+
+logger = logging.getLogger(__name__)
 
 METADATA_FILE = Path("assets") / "tfssim.json"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+# Tiles per model call inside the graph; see scripts/benchmark_export.py.
 DEFAULT_CHUNK = 64
+DEFAULT_SSIM = {"window_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0,
+                "alpha": 1.0, "beta": 1.0, "gamma": 1.0}
+SIGNATURES = {
+    "serving_default": {"inputs": {"image": "uint8 [H, W, C] or [1, H, W, C], 0..255"}, "stride": "export default"},
+    "serve_float": {"inputs": {"image": "float32 [H, W, C] or [1, H, W, C], in [0, 1]"}, "stride": "export default"},
+    "serve_with_stride": {"inputs": {"image": "float32 [H, W, C] or [1, H, W, C], in [0, 1]",
+                                     "stride": "int32 scalar, 1 <= stride <= patch_size"}, "stride": "input"},
+}
+# Float inputs may stray this far outside [0, 1] (resampling overshoot) before they are refused.
+_FLOAT_TOLERANCE = 1e-3
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _ssim_from_keras_file(path: Path) -> dict[str, Any] | None:
+    """SSIM parameters of the compiled ``SSIMLoss`` stored in a ``.keras`` file, without loading it.
+
+    Reads the archive's ``config.json`` (``compile_config.loss``) so that nothing is
+    deserialised: a feature-matching loss would otherwise build VGG and download ImageNet weights.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    loss = (config.get("compile_config") or {}).get("loss")
+    if not isinstance(loss, dict) or loss.get("class_name") != "SSIMLoss":
+        return None
+    params = loss.get("config") or {}
+    return {k: params[k] for k in scoring.SSIM_KEYS if k in params} or None
+
+
+def _ssim_from_run_config(record: dict[str, Any]) -> dict[str, Any] | None:
+    """SSIM parameters from a run folder's ``config.json`` (an ``ssim`` dict, or ``ssim_*`` keys)."""
+    if isinstance(record.get("ssim"), dict):
+        return {k: v for k, v in record["ssim"].items() if k in scoring.SSIM_KEYS}
+    for source in (record, record.get("config") or {}):
+        if "ssim_window" in source:
+            params = {"window_size": source["ssim_window"]}
+            for key in ("sigma", "k1", "k2"):
+                if f"ssim_{key}" in source:
+                    params[key] = source[f"ssim_{key}"]
+            return params
+    return None
 
 
 def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:
     """Load a model from a run folder (``best.keras``, else ``final.keras``) or a ``.keras`` file.
 
     Returns the model (loaded with ``compile=False``: an FM model's loss would otherwise try to
-    download ImageNet weights) and what is known about how it was trained.
+    download ImageNet weights) and what is known about how it was trained: ``kind``, ``ssim``
+    (parameters), ``training_config``, ``model_path`` where available.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: not a run folder or ``.keras`` file, no model in the folder, the model
+            does not load, or the run's config contradicts the model.
     """
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist; give a run folder made by tfssim-train or a .keras file")
     info: dict[str, Any] = {}
+    record: dict[str, Any] = {}
     if source.is_dir():
-        config_path = source / "config.json"
-        candidates = [source / "best.keras", source / "final.keras"]
-        model_path = next((p for p in candidates if p.exists()), None)
+        model_path = next((p for p in (source / "best.keras", source / "final.keras") if p.exists()), None)
         if model_path is None:
             raise ValueError(f"run folder {source} holds neither best.keras nor final.keras; has training finished?")
+        config_path = source / "config.json"
         if config_path.exists():
-            record = json.loads(config_path.read_text())
-            config = record.get("config", {})
-            info = {"kind": record.get("model", config.get("model")), "ssim": record.get("ssim"),
-                    "training_config": config, "vae_samples": config.get("vae_samples")}
+            try:
+                record = json.loads(config_path.read_text())
+            except ValueError as err:
+                raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+            config = record.get("config") if isinstance(record.get("config"), dict) else record
+            info["kind"] = record.get("model", config.get("model"))
+            info["ssim"] = _ssim_from_run_config(record)
+            info["training_config"] = config
+            info["vae_samples"] = config.get("vae_samples")
     elif source.suffix == ".keras":
         model_path = source
     else:
         raise ValueError(f"{source} is neither a run folder nor a .keras file")
     try:
         model = keras.saving.load_model(model_path, compile=False)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
         raise ValueError(f"cannot load model {model_path}: {type(err).__name__}: {err}") from None
+    if not info.get("ssim"):
+        info["ssim"] = _ssim_from_keras_file(model_path)
+    config = record.get("config") if isinstance(record.get("config"), dict) else record
+    expected = {"patch_size": record.get("patch_size", config.get("patch_size")), "channels": record.get("channels")}
+    for (key, want), have in zip(expected.items(), _model_geometry(model)):
+        if want is not None and int(want) != have:
+            raise ValueError(f"{model_path} has {key} {have} but the run's config.json says {want}")
     info["model_path"] = str(model_path)
     return model, info
+
+
+def _model_geometry(model: keras.Model) -> tuple[int, int]:
+    """``(patch_size, channels)`` of a tfssim model."""
+    if isinstance(model, VariationalAutoencoder):
+        return int(model.patch_size), int(model.channels)
+    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if shape is None or shape.__len__() != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] is None:
+        raise ValueError(f"model {model.name!r} does not take square [batch, p, p, C] patches (input {shape})")
+    return int(shape[1]), int(shape[3])
 
 
 def next_version(model_root: str | os.PathLike) -> int:
@@ -80,6 +178,10 @@ def next_version(model_root: str | os.PathLike) -> int:
     root = Path(model_root)
     versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
     return max(versions, default=0) + 1
+
+
+# --------------------------------------------------------------------------------------------
+# Warm-up requests (TensorFlow Serving's assets.extra/tf_serving_warmup_requests)
 
 
 def _varint(value: int) -> bytes:
@@ -97,34 +199,50 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def warmup_record(model_name: str, signature: str, input_name: str, image: np.ndarray) -> bytes:
+def warmup_record(model_name: str, signature: str, inputs: dict[str, np.ndarray] | str,
+                  image: np.ndarray | None = None) -> bytes:
     """A serialized ``tensorflow.serving.PredictionLog`` holding one ``PredictRequest``.
 
-    Encoded by hand (``predict_log = 6`` > ``request = 1`` > ``model_spec = 1`` {name = 1,
-    signature_name = 3}, ``inputs = 2`` map entry {key = 1, value = 2: TensorProto}) so that
-    exporting does not need the ``tensorflow-serving-api`` package; the tests parse it with
-    TensorFlow's own TensorProto and check the wire layout.
+    ``inputs`` maps input names to arrays (``warmup_record(name, sig, "image", array)`` is
+    short for one input). Encoded by hand from TensorFlow Serving's protos
+    (``PredictionLog.predict_log = 6`` > ``PredictLog.request = 1`` > ``PredictRequest``
+    {``model_spec = 1`` {``name = 1``, ``signature_name = 3``}, ``inputs = 2``: map entries
+    {``key = 1``, ``value = 2``: ``TensorProto``}}) so exporting does not need the optional
+    ``tensorflow-serving-api`` package; the result parses with that package's
+    ``PredictionLog`` (checked in the tests when it is installed).
     """
+    if isinstance(inputs, str):
+        inputs = {inputs: image}
     spec = _field(1, model_name.encode()) + _field(3, signature.encode())
-    tensor = tf.make_tensor_proto(image).SerializeToString()
-    entry = _field(1, input_name.encode()) + _field(2, tensor)
-    request = _field(1, spec) + _field(2, entry)
+    request = _field(1, spec)
+    for key in sorted(inputs):
+        tensor = tf.make_tensor_proto(np.asarray(inputs[key])).SerializeToString()
+        request += _field(2, _field(1, key.encode()) + _field(2, tensor))
     return _field(6, _field(1, request))
 
 
-def _write_warmup(path: Path, model_name: str, patch_size: int, channels: int) -> None:
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(patch_size + patch_size // 2, patch_size + patch_size // 2, channels), dtype=np.uint8)
+def _write_warmup(path: Path, model_name: str, patch_size: int, channels: int, stride: int) -> None:
+    """One request per signature, on a random image of 1.5 patches per side."""
+    side = patch_size + patch_size // 2
+    image = np.random.default_rng(0).integers(0, 256, size=(side, side, channels), dtype=np.uint8)
+    floats = image.astype(np.float32) / 255.0
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        writer.write(warmup_record(model_name, "serving_default", "image", image))
+        writer.write(warmup_record(model_name, "serving_default", {"image": image}))
+        writer.write(warmup_record(model_name, "serve_float", {"image": floats}))
+        writer.write(warmup_record(model_name, "serve_with_stride",
+                                   {"image": floats, "stride": np.array(stride, np.int32)}))
+
+
+# --------------------------------------------------------------------------------------------
+# The serving graph
 
 
 class _Scorer:
     """The traced serving functions around one model."""
 
     def __init__(self, model: keras.Model, residual: str, patch_size: int, channels: int, stride: int,
-                 chunk_size: int, ssim_kwargs: dict[str, Any], vae_samples: int) -> None:
+                 chunk_size: int, ssim_kwargs: dict[str, Any], vae_samples: int, jit_compile: bool) -> None:
         self.model = model
         self.residual = residual
         self.patch_size = patch_size
@@ -133,46 +251,76 @@ class _Scorer:
         self.chunk_size = chunk_size
         self.ssim_kwargs = ssim_kwargs
         self.vae_samples = vae_samples
+        self.jit_compile = jit_compile
 
     def _prepare(self, image: tf.Tensor) -> tf.Tensor:
+        """Validate one request's image and return it as ``[H, W, C]``."""
         p, c = self.patch_size, self.channels
-        tf.debugging.assert_rank_in(image, [3, 4], message=f"image must be [height, width, {c}] or [1, height, width, {c}]")
-        shape = tf.shape(image)
-        checks = [
-            tf.debugging.assert_equal(tf.logical_or(tf.equal(tf.size(shape), 3), tf.equal(shape[0], 1)), True,
-                                      message="send one image per request: a batch dimension must be 1"),
-            tf.debugging.assert_equal(shape[-1], c, message=f"image must have {c} channel(s)"),
-            tf.debugging.assert_greater_equal(tf.reduce_min(shape[-3:-1]), p,
-                                              message=f"image height and width must be at least the patch size {p}"),
-        ]
+        rank_ok = tf.debugging.assert_rank_in(
+            image, [3, 4], message=f"image must be [height, width, {c}] or [1, height, width, {c}]"
+        )
+        with tf.control_dependencies([rank_ok]):  # nothing below may index a wrong-rank shape first
+            shape = tf.shape(image)
+            checks = [
+                tf.debugging.assert_equal(
+                    tf.logical_or(tf.equal(tf.size(shape), 3), tf.equal(shape[0], 1)), True,
+                    message="send one image per request: a leading batch dimension must be 1",
+                ),
+                tf.debugging.assert_equal(shape[-1], c, message=f"image must have {c} channel(s) (the model's)"),
+                tf.debugging.assert_greater_equal(
+                    tf.reduce_min(shape[-3:-1]), p,
+                    message=f"image height and width must be at least the patch size {p}",
+                ),
+            ]
         with tf.control_dependencies(checks):
             return tf.ensure_shape(tf.reshape(image, shape[-3:]), [None, None, c])
 
-    def maps(self, image: tf.Tensor, stride: tf.Tensor) -> dict[str, tf.Tensor]:
-        checks = [
-            tf.debugging.assert_greater_equal(stride, 1, message="stride must be >= 1"),
-            tf.debugging.assert_less_equal(stride, self.patch_size,
-                                           message=f"stride must be <= the patch size {self.patch_size}"),
-        ]
-        with tf.control_dependencies(checks):
-            stride = tf.identity(stride)
-        return scoring.anomaly_maps(
-            self.model, image, residual=self.residual, patch_size=self.patch_size, stride=stride,
-            chunk_size=self.chunk_size, ssim_kwargs=self.ssim_kwargs, vae_samples=self.vae_samples,
+    def _in_range(self, image: tf.Tensor) -> tf.Tensor:
+        lo, hi = tf.reduce_min(image), tf.reduce_max(image)
+        check = tf.debugging.assert_equal(
+            tf.logical_and(lo >= -_FLOAT_TOLERANCE, hi <= 1.0 + _FLOAT_TOLERANCE), True,
+            message="float image values must be finite and in [0, 1] (send uint8 0..255 to serving_default)",
         )
+        with tf.control_dependencies([check]):
+            return tf.clip_by_value(image, 0.0, 1.0)
+
+    def maps(self, image: tf.Tensor, stride: tf.Tensor | int) -> dict[str, tf.Tensor]:
+        model = self.model
+        if self.residual == "vae":
+            n = self.vae_samples
+            fn = lambda t: model.sample_reconstructions(t, n, seed=0)  # noqa: E731
+        else:
+            fn = lambda t: model(t, training=False)  # noqa: E731
+        if self.jit_compile:
+            fn = tf.function(fn, jit_compile=True)
+        image = tf.cast(image, tf.float32)
+        if self.residual == "vae":
+            samples = tiling.reconstruct(fn, image, self.patch_size, stride, self.chunk_size, samples=self.vae_samples)
+            return {"reconstruction": tf.reduce_mean(samples, axis=0),
+                    "anomaly_map": scoring.vae_residual_map(image, samples, model.observation_std)}
+        recon = tiling.reconstruct(fn, image, self.patch_size, stride, self.chunk_size)
+        if self.residual == "ssim":
+            return {"reconstruction": recon, **scoring.ssim_residual_maps(image, recon, **self.ssim_kwargs)}
+        return {"reconstruction": recon, "anomaly_map": scoring.l2_residual_map(image, recon)}
 
     def serve_uint8(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self.maps(tf.cast(self._prepare(image), tf.float32) / 255.0, tf.constant(self.stride))
+        return self.maps(tf.cast(self._prepare(image), tf.float32) / 255.0, self.stride)
 
     def serve_float(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self.maps(tf.clip_by_value(self._prepare(image), 0.0, 1.0), tf.constant(self.stride))
+        return self.maps(self._in_range(self._prepare(image)), self.stride)
 
     def serve_with_stride(self, image: tf.Tensor, stride: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self.maps(tf.clip_by_value(self._prepare(image), 0.0, 1.0), stride)
+        return self.maps(self._in_range(self._prepare(image)), stride)
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0") \
+            or name != name.strip():
+        raise ValueError(f"invalid model name {name!r}: use a plain folder name such as 'nanotwice_ssim'")
 
 
 def export_model(
-    source: str | os.PathLike | keras.Model,
+    model_or_path: str | os.PathLike | keras.Model,
     output_root: str | os.PathLike = "exported_models",
     name: str = "tfssim",
     version: int | None = None,
@@ -180,76 +328,113 @@ def export_model(
     kind: str | None = None,
     ssim_kwargs: dict[str, Any] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
-    vae_samples: int | None = None,
     training_config: dict[str, Any] | None = None,
     threshold: float | None = None,
+    *,
+    vae_samples: int | None = None,
+    jit_compile: bool = False,
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
 
     Args:
-        source: A run folder, a ``.keras`` file or a ``keras.Model``.
-        output_root: Folder of exported models (TF Serving's model base path parent).
-        name: Model name: the export goes to ``output_root/name/version``.
-        version: Integer version; default the next free one. An existing one raises.
-        stride: Default tiling stride of the signatures (the paper: 30 for 128 patches).
+        model_or_path: A ``tfssim-train`` run folder (``best.keras`` preferred), a ``.keras``
+            file or a ``keras.Model``.
+        output_root: Folder of exported models: the export goes to ``output_root/name/version``.
+        name: Model name (TF Serving's ``--model_name``), a plain folder name.
+        version: Positive integer version; default the next free one. An existing one raises.
+        stride: Default tiling stride of the signatures, ``1 <= stride <= patch`` (paper: 30 for 128).
         kind: ``"ssim"``, ``"l2"``, ``"vae"`` or ``"fm"``; default from the run folder or the model.
-        ssim_kwargs: SSIM parameters of the anomaly map; default those of training.
-        chunk_size: Tiles per model call inside the graph (bounds memory).
-        vae_samples: VAE posterior samples per pixel score.
+        ssim_kwargs: SSIM parameters of the anomaly map; default those of training (run
+            folder, else the ``.keras`` file's compiled ``SSIMLoss``, else the paper's).
+        chunk_size: Tiles per model call inside the graph (bounds memory; see the benchmark).
         training_config: Stored in the metadata (default: the run folder's).
         threshold: A calibrated threshold to store (see :func:`update_threshold`).
+        vae_samples: VAE posterior samples per pixel score (default: training's or the model's).
+        jit_compile: Compile the model call with XLA. Off by default: TensorFlow Serving
+            refuses XLA-compiled graphs on CPU unless started with
+            ``--xla_cpu_compilation_enabled``.
+
+    Returns:
+        The version folder ``output_root/name/version``.
 
     Raises:
-        FileExistsError: the version exists. ValueError: bad arguments or model.
+        FileExistsError: the version exists. FileNotFoundError: ``model_or_path`` does not.
+        ValueError: bad arguments or model.
     """
-    if isinstance(source, keras.Model):
-        model, info = source, {}
+    _check_name(name)
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
+        raise ValueError(f"stride must be an integer, got {stride!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk size must be a positive integer, got {chunk_size!r}")
+    if threshold is not None and not math.isfinite(float(threshold)):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    stride, chunk_size = int(stride), int(chunk_size)
+    if isinstance(model_or_path, keras.Model):
+        model, info = model_or_path, {}
     else:
-        model, info = load_for_export(source)
+        model, info = load_for_export(model_or_path)
     kind = kind or info.get("kind") or kind_of(model)
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     residual = get_spec(kind).residual
-    input_shape = model.inputs[0].shape if getattr(model, "inputs", None) else (None, model.patch_size, model.patch_size, model.channels)
-    patch_size, channels = int(input_shape[1]), int(input_shape[3])
+    if residual == "vae" and not isinstance(model, VariationalAutoencoder):
+        raise ValueError(f"kind 'vae' needs a tfssim VariationalAutoencoder, got {type(model).__name__}")
+    patch_size, channels = _model_geometry(model)
     tiling.check_tiling(patch_size, stride)
-    if chunk_size < 1:
-        raise ValueError(f"chunk size must be >= 1, got {chunk_size}")
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"invalid model name {name!r}: use a plain folder name such as 'nanotwice_ssim'")
-    ssim_params = dict(ssim_kwargs or info.get("ssim") or {"window_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03,
-                                                          "data_range": 1.0})
+    ssim_params = dict(DEFAULT_SSIM)
+    ssim_params.update(ssim_kwargs if ssim_kwargs is not None else (info.get("ssim") or {}))
+    unknown = set(ssim_params) - set(scoring.SSIM_KEYS)
+    if unknown:
+        raise ValueError(f"unknown SSIM parameter(s) {sorted(unknown)}; expected some of {', '.join(scoring.SSIM_KEYS)}")
     if vae_samples is None:
-        vae_samples = info.get("vae_samples") or (model.num_samples if isinstance(model, VariationalAutoencoder) else 10)
+        vae_samples = info.get("vae_samples") or getattr(model, "num_samples", 10)
+    vae_samples = int(vae_samples)
+    if vae_samples < 1:
+        raise ValueError(f"vae_samples must be >= 1, got {vae_samples}")
 
     model_root = Path(output_root) / name
-    version = next_version(model_root) if version is None else int(version)
-    if version < 1:
-        raise ValueError(f"version must be a positive integer, got {version}")
+    version = next_version(model_root) if version is None else version
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    version = int(version)
     destination = model_root / str(version)
     if destination.exists():
-        raise FileExistsError(f"{destination} already exists; exports are never overwritten (omit --version for the next free one)")
+        raise FileExistsError(
+            f"{destination} already exists; exports are never overwritten (omit --version for the next free one)"
+        )
     model_root.mkdir(parents=True, exist_ok=True)
 
-    scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params, int(vae_samples))
+    scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params, vae_samples, jit_compile)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    image_any = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
-    archive.add_endpoint("serving_default", scorer.serve_uint8, input_signature=[image_any(tf.uint8)])
-    archive.add_endpoint("serve_float", scorer.serve_float, input_signature=[image_any(tf.float32)])
+    any_image = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
+    archive.add_endpoint("serving_default", scorer.serve_uint8, input_signature=[any_image(tf.uint8)])
+    archive.add_endpoint("serve_float", scorer.serve_float, input_signature=[any_image(tf.float32)])
     archive.add_endpoint("serve_with_stride", scorer.serve_with_stride,
-                         input_signature=[image_any(tf.float32), tf.TensorSpec([], tf.int32, name="stride")])
+                         input_signature=[any_image(tf.float32), tf.TensorSpec([], tf.int32, name="stride")])
 
-    outputs = ["reconstruction", "anomaly_map"] + (["luminance_map", "contrast_map", "structure_map"] if residual == "ssim" else [])
+    outputs = ["reconstruction", "anomaly_map"]
+    if residual == "ssim":
+        outputs += ["luminance_map", "contrast_map", "structure_map"]
     metadata = {
-        "name": name, "version": version, "kind": kind, "residual": residual, "patch_size": patch_size,
-        "channels": channels, "stride": stride, "chunk_size": chunk_size, "ssim": ssim_params,
-        "vae_samples": int(vae_samples) if residual == "vae" else None,
-        "observation_std": float(model.observation_std) if isinstance(model, VariationalAutoencoder) else None,
-        "threshold": threshold, "threshold_fpr": None, "opening_diameter": 4, "convex_hull": True,
-        "signatures": {"serving_default": "uint8 image", "serve_float": "float32 image in [0, 1]",
-                       "serve_with_stride": "float32 image + int32 stride"},
-        "float_signature": "serve_float", "outputs": outputs, "input_name": "image",
+        "format": 1,
+        "name": name, "version": version, "kind": kind, "residual": residual,
+        "patch_size": patch_size, "channels": channels, "stride": stride, "chunk_size": chunk_size,
+        "ssim": ssim_params if residual == "ssim" else None,
+        "ssim_padding": "same (mirror, tfssim.ssim padding='same')" if residual == "ssim" else None,
+        "vae_samples": vae_samples if residual == "vae" else None,
+        "vae_seed": 0 if residual == "vae" else None,
+        "observation_std": float(model.observation_std) if residual == "vae" else None,
+        "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
+        "threshold": None if threshold is None else float(threshold), "threshold_fpr": None,
+        "opening_diameter": 4, "convex_hull": True,
+        "input_name": "image", "uint8_scale": 1 / 255, "float_signature": "serve_float",
+        "stride_signature": "serve_with_stride", "signatures": SIGNATURES, "outputs": outputs,
+        "output_shapes": {k: ("[H, W, C]" if k == "reconstruction" else "[H, W]") for k in outputs},
+        "jit_compile": bool(jit_compile),
         "training_config": training_config if training_config is not None else info.get("training_config"),
         "source": info.get("model_path"), "tfssim_version": __version__, "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_root))
@@ -257,16 +442,27 @@ def export_model(
         export_dir = tmp / "export"
         archive.write_out(str(export_dir), verbose=False)
         (export_dir / "assets").mkdir(exist_ok=True)
-        (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-        _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels)
-        os.rename(export_dir, destination)  # atomic on one file system; fails if it appeared meanwhile
+        (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+        _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride)
+        if destination.exists():
+            raise FileExistsError(f"{destination} appeared while exporting; exports are never overwritten")
+        try:
+            os.rename(export_dir, destination)  # atomic on one file system
+        except OSError as err:
+            raise FileExistsError(f"cannot move the export into {destination} ({err}); exports are never overwritten") \
+                from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("exported %s (%s model, patch %d, stride %d)", destination, kind, patch_size, stride)
     return destination
 
 
+# --------------------------------------------------------------------------------------------
+# Metadata
+
+
 def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
-    """The tfssim metadata of an export version folder."""
+    """The tfssim metadata (``assets/tfssim.json``) of an export version folder."""
     path = Path(export_dir) / METADATA_FILE
     if not path.exists():
         raise ValueError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export (re-export with tfssim-export)")
@@ -274,13 +470,25 @@ def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None) -> dict[str, Any]:
-    """Store a calibrated threshold (and the FPR it was set at) in an export's metadata, atomically."""
+    """Store a calibrated threshold (and the pixel FPR it was set at) in an export's metadata.
+
+    Only ``assets/tfssim.json`` changes; it is rewritten atomically (temporary file + rename),
+    so a reader never sees half a file. Returns the new metadata.
+    """
+    threshold = float(threshold)
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     metadata = read_metadata(export_dir)
-    metadata["threshold"] = float(threshold)
+    metadata["threshold"] = threshold
     metadata["threshold_fpr"] = None if fpr is None else float(fpr)
     path = Path(export_dir) / METADATA_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=2))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=".tfssim.", suffix=".json.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(metadata, indent=2, default=str))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return metadata
-

@@ -307,30 +307,45 @@ def reconstruct(
     image = tf.cast(_as_image(image), tf.float32)
     shape = tf.shape(image)
     stride, height, width = _checked(patch_size, stride, *_height_width(image))
+    p = patch_size
     channels = image.shape[-1] if image.shape[-1] is not None else shape[2]
-    oy = _origins(height, patch_size, stride)
-    ox = _origins(width, patch_size, stride)
-    nx = tf.size(ox)
-    count = tf.size(oy) * nx
-    # The running sum is [H, W, C], or [H, W, N, C] with samples (scatter indices address
-    # the two leading axes, so every sample of a tile lands in one scatter).
-    dims = [height, width, channels] if samples is None else [height, width, samples, channels]
-    total = tf.zeros(tf.stack(dims), tf.float32)
-    tile_shape = [None, patch_size, patch_size, image.shape[-1]]
+    depth = channels * (samples or 1)  # samples ride along as extra channels while summing
+    oy = _origins(height, p, stride)
+    ox = _origins(width, p, stride)
+    ny, nx = tf.size(oy), tf.size(ox)
+    # Each step takes a block of `block_rows` tile rows x `block_cols` tile columns, at most
+    # `chunk_size` tiles: a whole tile row (several when they are short), or a part of one.
+    block_cols = tf.minimum(nx, chunk_size)
+    block_rows = tf.maximum(1, chunk_size // block_cols)
+    col_blocks = (nx + block_cols - 1) // block_cols
+    steps = (ny + block_rows - 1) // block_rows * col_blocks
+    offsets = tf.range(p)
+    tile_shape = [None, p, p, image.shape[-1]]
 
-    def body(i: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        index = tf.range(i * chunk_size, tf.minimum((i + 1) * chunk_size, count))
-        indices = _pixel_indices(tf.gather(oy, index // nx), tf.gather(ox, index % nx), patch_size)
-        tiles = tf.ensure_shape(tf.gather_nd(image, indices), tile_shape)
-        recon = tf.cast(model_fn(tiles), tf.float32)
+    def body(step: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        row0 = step // col_blocks * block_rows
+        col0 = step % col_blocks * block_cols
+        rows = oy[row0 : row0 + block_rows][:, None] + offsets[None]  # [R, p] image rows
+        cols = ox[col0 : col0 + block_cols][:, None] + offsets[None]  # [K, p] image columns
+        r, k = tf.shape(rows)[0], tf.shape(cols)[0]
+        # Tiles by two gathers: the bands of rows, then the columns of each tile.
+        tiles = tf.gather(tf.gather(image, rows), cols, axis=2)  # [R, p, K, p, C]
+        tiles = tf.reshape(tf.transpose(tiles, [0, 2, 1, 3, 4]), tf.stack([r * k, p, p, channels]))
+        recon = tf.cast(model_fn(tf.ensure_shape(tiles, tile_shape)), tf.float32)
         if samples is not None:
             recon = tf.transpose(recon, [1, 2, 3, 0, 4])  # [T, p, p, N, C]
-        return i + 1, tf.tensor_scatter_nd_add(total, indices, recon)
+        # Overlap-add: sum the tiles of each band along the columns ([W, R, p, D]), then add
+        # the bands into the running sum by rows; both scatters move whole rows of pixels.
+        recon = tf.reshape(recon, tf.stack([r, k, p, p, depth]))
+        recon = tf.reshape(tf.transpose(recon, [1, 3, 0, 2, 4]), tf.stack([k * p, r, p, depth]))
+        bands = tf.scatter_nd(tf.reshape(cols, [-1, 1]), recon, tf.stack([width, r, p, depth]))
+        bands = tf.reshape(tf.transpose(bands, [1, 2, 0, 3]), tf.stack([r * p, width, depth]))
+        return step + 1, tf.tensor_scatter_nd_add(total, tf.reshape(rows, [-1, 1]), bands)
 
-    _, total = tf.while_loop(
-        lambda i, _: i < _num_chunks(count, chunk_size), body, (tf.constant(0), total), parallel_iterations=1
-    )
-    cov = _coverage(height, width, patch_size, stride)
+    total = tf.zeros(tf.stack([height, width, depth]), tf.float32)
+    _, total = tf.while_loop(lambda step, _: step < steps, body, (tf.constant(0), total), parallel_iterations=1)
+    total = total / _coverage(height, width, p, stride)
     if samples is None:
-        return total / cov
-    return tf.transpose(total / cov[..., None], [2, 0, 1, 3])
+        return total
+    total = tf.reshape(total, tf.stack([height, width, samples, channels]))
+    return tf.transpose(total, [2, 0, 1, 3])

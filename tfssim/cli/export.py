@@ -9,24 +9,28 @@ from tfssim.cli._common import setup_logging, usage_errors
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("source", metavar="RUN_DIR_OR_MODEL", type=click.Path(exists=True))
 @click.option("--name", required=True, help="Model name: the export goes to OUTPUT/NAME/VERSION.")
-@click.option("--version", type=click.IntRange(min=1), default=None, help="Version number; default the next free one.")
-@click.option("--stride", type=click.IntRange(min=1), default=30, help="Default tiling stride (the paper: 30 for 128 patches).")
+@click.option("--version", type=click.IntRange(min=1), default=None,
+              help="Version number; default the next free one. An existing version is never overwritten.")
+@click.option("--stride", type=click.IntRange(min=1), default=30,
+              help="Default tiling stride of the signatures, at most the patch size (the paper: 30 for 128).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="exported_models", help="Export root folder.")
 @click.option("--kind", type=click.Choice(("ssim", "l2", "vae", "fm")), default=None,
-              help="Model kind; default from the run folder or the model's name.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=64, help="Tiles per model call inside the graph.")
+              help="Model kind; default from the run folder or the model.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Tiles per model call inside the graph (bounds memory)  [default: 64]")
 @click.option("--threshold", type=float, default=None, help="A calibrated threshold to store in the metadata.")
 @click.option("--verbose", "-v", is_flag=True)
-def main(source: str, name: str, version: int | None, stride: int, output: str, kind: str | None, chunk_size: int,
-         threshold: float | None, verbose: bool) -> None:
-    """Export the model in RUN_DIR_OR_MODEL (a tfssim-train run folder or a .keras file)."""
+def main(source: str, name: str, version: int | None, stride: int, output: str, kind: str | None,
+         chunk_size: int | None, threshold: float | None, verbose: bool) -> None:
+    """Export the model in RUN_DIR_OR_MODEL (a tfssim-train run folder or a .keras file) to
+    OUTPUT/NAME/VERSION in TensorFlow Serving's layout, and print that folder."""
     setup_logging(verbose)
-    from tfssim.export import export_model
+    from tfssim.export import DEFAULT_CHUNK, export_model
 
     with usage_errors():
         path = export_model(source, output_root=output, name=name, version=version, stride=stride, kind=kind,
-                            chunk_size=chunk_size, threshold=threshold)
-    click.echo(f"exported {path}")
+                            chunk_size=chunk_size or DEFAULT_CHUNK, threshold=threshold)
+    click.echo(str(path))
 
 
 if __name__ == "__main__":
