@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from tfssim import export, scoring
+from tfssim import export, scoring, ssim
 from tfssim.cli.export import main as export_cli
 from tfssim.losses import FeatureMatchingLoss, SSIMLoss
 from tfssim.models import build_model
@@ -55,6 +55,40 @@ def numpy_reconstruct(model, image: np.ndarray, patch: int, stride: int) -> np.n
         total[y : y + patch, x : x + patch] += tile
         count[y : y + patch, x : x + patch] += 1
     return total / count
+
+
+@pytest.fixture(scope="module")
+def conv128(tmp_path_factory):
+    """A cheap model with the paper's 128x128 patch (one 3x3 conv), exported once as an SSIM model."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((128, 128, 1)), keras.layers.Conv2D(1, 3, padding="same")])
+    path = export.export_model(model, tmp_path_factory.mktemp("conv128"), name="conv128", kind="ssim", stride=30)
+    return model, tf.saved_model.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def big_image() -> np.ndarray:
+    return np.random.default_rng(3).random((700, 1024, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("stride", [30, 64, 128])
+@pytest.mark.parametrize("size", [(128, 128), (130, 257), (700, 1024), (696, 1024)])
+def test_exported_reconstruction_equals_the_numpy_reference(conv128, big_image, size, stride):
+    model, loaded = conv128
+    floats = big_image[: size[0], : size[1]]
+    out = loaded.signatures["serve_with_stride"](image=tf.constant(floats), stride=tf.constant(stride))
+    assert out["reconstruction"].shape == floats.shape
+    np.testing.assert_allclose(out["reconstruction"].numpy(), numpy_reconstruct(model, floats, 128, stride),
+                               atol=1e-5)
+
+
+def test_exported_anomaly_map_is_ssim_of_input_and_averaged_reconstruction(conv128, big_image):
+    model, loaded = conv128
+    floats = big_image[:130, :257]
+    out = loaded.signatures["serve_with_stride"](image=tf.constant(floats), stride=tf.constant(30))
+    recon = numpy_reconstruct(model, floats, 128, 30).astype(np.float32)
+    want = 1.0 - ssim.ssim_maps(floats[None], recon[None], padding="same", **export.DEFAULT_SSIM).ssim[0, ..., 0]
+    np.testing.assert_allclose(out["anomaly_map"].numpy(), want.numpy(), atol=1e-5)
 
 
 def test_tf_serving_layout_and_metadata(exported: Path):
@@ -180,8 +214,12 @@ def test_saved_model_cli_shows_and_runs_the_signature(exported, loaded, image, t
     shown = subprocess.run([str(cli), "show", "--dir", str(exported), "--all"], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr[-2000:]
     for text in ("signature_def['serving_default']", "signature_def['serve_float']",
-                 "signature_def['serve_with_stride']", "anomaly_map", "structure_map", "DT_UINT8", "stride"):
+                 "signature_def['serve_with_stride']", "anomaly_map", "structure_map", "DT_UINT8"):
         assert text in shown.stdout, text
+    section = shown.stdout.split("signature_def['serve_with_stride']:", 1)[1].split("signature_def[", 1)[0]
+    inputs = section.split("The given SavedModel SignatureDef contains the following output(s):", 1)[0]
+    stride_input = inputs.split("inputs['stride'] tensor_info:", 1)[1].split("inputs[", 1)[0]
+    assert "dtype: DT_INT32" in stride_input and "shape: ()" in stride_input, section
     np.save(tmp_path / "image.npy", image)
     ran = subprocess.run(
         [str(cli), "run", "--dir", str(exported), "--tag_set", "serve", "--signature_def", "serving_default",
@@ -242,16 +280,46 @@ def test_warmup_file_holds_predict_requests_that_run(exported, loaded):
     assert seen == {"serving_default", "serve_float", "serve_with_stride"}
 
 
-def test_warmup_record_parses_with_the_real_serving_protos_when_installed():
+def test_exported_warmup_file_parses_with_the_real_serving_protos_when_installed(exported, loaded):
     apis = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
-    record = export.warmup_record("m", "serve_with_stride",
-                                  {"image": np.zeros((40, 40, 1), np.float32), "stride": np.array(7, np.int32)})
-    log = apis.PredictionLog.FromString(record)
-    request = log.predict_log.request
-    assert request.model_spec.name == "m" and request.model_spec.signature_name == "serve_with_stride"
-    assert tf.make_ndarray(request.inputs["image"]).shape == (40, 40, 1)
-    assert int(tf.make_ndarray(request.inputs["stride"])) == 7
-    assert log.SerializeToString(deterministic=True) == record
+    path = exported / "assets.extra" / "tf_serving_warmup_requests"
+    records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
+    signatures = []
+    for record in records:
+        log = apis.PredictionLog.FromString(record)
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        assert request.model_spec.name == "tiny"
+        signatures.append(request.model_spec.signature_name)
+        inputs = {key: tf.make_ndarray(value) for key, value in request.inputs.items()}
+        assert inputs["image"].shape == (48, 48, 1)
+        if request.model_spec.signature_name == "serve_with_stride":
+            assert int(inputs["stride"]) == 12 and request.inputs["stride"].dtype == tf.int32.as_datatype_enum
+        out = loaded.signatures[request.model_spec.signature_name](**{k: tf.constant(v) for k, v in inputs.items()})
+        assert out["anomaly_map"].shape == (48, 48)
+        assert log.SerializeToString(deterministic=True) == record
+    assert sorted(signatures) == ["serve_float", "serve_with_stride", "serving_default"]
+
+
+def test_the_final_move_never_lands_on_a_destination_created_meanwhile(tmp_path):
+    source = tmp_path / "export"
+    source.mkdir()
+    (source / "saved_model.pb").write_bytes(b"model")
+    taken = tmp_path / "1"
+    taken.mkdir()  # an empty folder: a plain os.rename would replace it on Linux
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        export._rename_noreplace(source, taken)
+    assert list(taken.iterdir()) == [] and (source / "saved_model.pb").exists()
+    # The atomic path itself (the fallback above checks first and could be raced):
+    try:
+        moved = export._renameat2(source, taken)
+    except FileExistsError:
+        pass
+    else:
+        assert moved is None, "renameat2 replaced an existing empty folder"
+    assert list(taken.iterdir()) == []
+    export._rename_noreplace(source, tmp_path / "2")
+    assert (tmp_path / "2" / "saved_model.pb").read_bytes() == b"model" and not source.exists()
 
 
 def test_update_threshold_rewrites_only_the_metadata(exported):

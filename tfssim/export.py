@@ -313,6 +313,57 @@ class _Scorer:
         return self.maps(self._in_range(self._prepare(image)), stride)
 
 
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _renameat2(source: Path, destination: Path) -> bool | None:
+    """Linux ``renameat2(..., RENAME_NOREPLACE)``: True when moved, None when unavailable here.
+
+    Raises ``FileExistsError`` when ``destination`` exists (even an empty folder).
+    """
+    import ctypes
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # glibc < 2.28 or another libc without the wrapper
+        return None
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or file system without the flag
+        return None
+    if code in (errno.EEXIST, errno.ENOTEMPTY):
+        raise FileExistsError(f"{destination} appeared while exporting; exports are never overwritten")
+    raise OSError(code, f"cannot move the export into {destination}: {os.strerror(code)}", str(destination))
+
+
+def _rename_noreplace(source: Path, destination: Path) -> None:
+    """Move the finished export folder into place, never replacing anything there.
+
+    On Linux ``renameat2(RENAME_NOREPLACE)`` makes check and move one atomic step. Elsewhere
+    (or where the file system lacks the flag) it falls back to check-then-``os.rename``, which
+    refuses a non-empty destination but could still land on an *empty* folder created by
+    another process in between.
+    """
+    if _renameat2(source, destination):
+        return
+    if destination.exists():
+        raise FileExistsError(f"{destination} appeared while exporting; exports are never overwritten")
+    try:
+        os.rename(source, destination)  # atomic on one file system
+    except OSError as err:
+        raise FileExistsError(f"cannot move the export into {destination} ({err}); exports are never overwritten") \
+            from None
+
+
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0") \
             or name != name.strip():
@@ -350,6 +401,10 @@ def export_model(
         training_config: Stored in the metadata (default: the run folder's).
         threshold: A calibrated threshold to store (see :func:`update_threshold`).
         vae_samples: VAE posterior samples per pixel score (default: training's or the model's).
+            The VAE's noise is drawn with seed 0 (metadata ``vae_seed``) for every chunk of
+            ``chunk_size`` tiles, so a VAE's maps are deterministic for one export but depend
+            on ``chunk_size`` and the image's tiling: compare VAE maps only across exports
+            with the same chunk size.
         jit_compile: Compile the model call with XLA. Off by default: TensorFlow Serving
             refuses XLA-compiled graphs on CPU unless started with
             ``--xla_cpu_compilation_enabled``.
@@ -444,13 +499,7 @@ def export_model(
         (export_dir / "assets").mkdir(exist_ok=True)
         (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
         _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride)
-        if destination.exists():
-            raise FileExistsError(f"{destination} appeared while exporting; exports are never overwritten")
-        try:
-            os.rename(export_dir, destination)  # atomic on one file system
-        except OSError as err:
-            raise FileExistsError(f"cannot move the export into {destination} ({err}); exports are never overwritten") \
-                from None
+        _rename_noreplace(export_dir, destination)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("exported %s (%s model, patch %d, stride %d)", destination, kind, patch_size, stride)
