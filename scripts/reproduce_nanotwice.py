@@ -28,6 +28,24 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
+def fm_weights_file(weights: str, output: Path) -> str:
+    """``--weights`` for the FM-AE: as given, or for ``none`` a VGG16 file with random weights.
+
+    Pretrained weights need a download; ``none`` keeps the FM-AE runnable offline (its
+    features are then random convolutions, which the results table says).
+    """
+    if weights != "none":
+        return weights
+    path = output / "vgg16_random_init.weights.h5"
+    if not path.exists():
+        import keras
+
+        output.mkdir(parents=True, exist_ok=True)
+        keras.utils.set_random_seed(0)
+        keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3)).save_weights(path)
+    return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
@@ -59,7 +77,7 @@ def main() -> None:
                    "--epochs", str(epochs), "--patches-per-epoch", str(patches),
                    "--batch-size", str(args.batch_size)]
             if model == "fm":
-                cmd += ["--weights", args.fm_weights]
+                cmd += ["--weights", fm_weights_file(args.fm_weights, args.output)]
             if (run_dir / "config.json").exists():
                 cmd.append("--resume")
             run(cmd)
