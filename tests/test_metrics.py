@@ -85,6 +85,10 @@ def test_pro_curve_matches_slow_reference():
         masks.append(g)
     maps = [rng.random((40, 40)) + 0.5 * g * rng.random((40, 40)) for g in masks]
     curve = metrics.pro_curve(maps, masks, num_thresholds=25)
+    # The sweep points sit where they should: at most 1/N_good below each target FPR, never above.
+    n_good = sum(int((~g).sum()) for g in masks)
+    targets = np.linspace(0.0, 0.3, 25)
+    assert np.all(curve["fpr"] <= targets + 1e-12) and np.all(targets - curve["fpr"] < 1.0 / n_good)
     fpr, mean = _slow_pro(maps, masks, curve["thresholds"])
     np.testing.assert_allclose(curve["fpr"], fpr, atol=1e-12)
     np.testing.assert_allclose(curve["mean"], mean, atol=1e-12)
@@ -99,6 +103,28 @@ def test_aupro_perfect_random_and_range():
     assert metrics.aupro(perfect, masks) == pytest.approx(1.0, abs=0.01)
     chance = [rng.random(g.shape) for g in masks]
     assert 0.10 < metrics.aupro(chance, masks) < 0.20  # mean overlap ~ FPR -> area / 0.3 ~ 0.15
+
+
+def test_area_under_a_built_curve_equals_aupro():
+    rng = np.random.default_rng(9)
+    masks = [rng.random((40, 40)) < 0.1 for _ in range(2)]
+    maps = [rng.random(g.shape) + 0.3 * g for g in masks]
+    curve = metrics.pro_curve(maps, masks, num_thresholds=300, max_fpr=0.3)
+    assert metrics.area_under_pro(curve, 0.3) == metrics.aupro(maps, masks, max_fpr=0.3)
+
+
+def test_thinned_roc_keeps_ends_and_shape():
+    rng = np.random.default_rng(10)
+    masks = [rng.random((300, 300)) < 0.2]
+    maps = [rng.random((300, 300)) + 0.5 * masks[0]]
+    fpr, tpr, _ = metrics.pixel_roc(maps, masks)
+    x, y = metrics.thin_curve(fpr, tpr, 2000)
+    assert fpr.size > 50_000 and x.size <= 2002
+    assert (x[0], y[0], x[-1], y[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0)
+    # Every point of the full curve has a kept point below-left of it within one grid cell (1/1000).
+    k = np.minimum(np.searchsorted(x, fpr, side="right"), np.searchsorted(y, tpr, side="right")) - 1
+    assert np.all(fpr - x[k] < 1e-3 + 1e-12) and np.all(tpr - y[k] < 1e-3 + 1e-12)
 
 
 def test_image_auroc_matches_sklearn_and_handles_one_class():

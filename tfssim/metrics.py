@@ -13,7 +13,10 @@ import numpy as np
 
 from tfssim.data.io import check_binary_mask
 
-__all__ = ["pixel_roc", "pixel_roc_auc", "pro_curve", "aupro", "image_roc_auc", "f1_iou", "PRO_QUANTILES"]
+__all__ = [
+    "pixel_roc", "pixel_roc_auc", "pro_curve", "aupro", "area_under_pro", "thin_curve", "image_roc_auc", "f1_iou",
+    "PRO_QUANTILES",
+]
 
 PRO_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -158,15 +161,41 @@ def pro_curve(
 
 def aupro(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], max_fpr: float = 0.3, num_thresholds: int = 300) -> float:
     """Normalised area under the mean per-region-overlap curve up to ``max_fpr`` (MVTec AD standard)."""
-    curve = pro_curve(maps, masks, num_thresholds=num_thresholds, max_fpr=max_fpr)
-    fpr, pro = curve["fpr"], curve["mean"]
+    return area_under_pro(pro_curve(maps, masks, num_thresholds=num_thresholds, max_fpr=max_fpr), max_fpr)
+
+
+def area_under_pro(curve: dict[str, np.ndarray], max_fpr: float = 0.3) -> float:
+    """Normalised area under the ``mean`` overlap of a :func:`pro_curve` result up to ``max_fpr``.
+
+    Use it with a curve built for the same ``max_fpr`` to get :func:`aupro` without sweeping twice.
+    """
+    fpr, pro = np.asarray(curve["fpr"]), np.asarray(curve["mean"])
     keep = fpr <= max_fpr
     fpr, pro = fpr[keep], pro[keep]
     if fpr[-1] < max_fpr:
-        # Extend with the next (higher-FPR) point interpolated at max_fpr; overlap is monotone.
+        # The sweep's last point lies less than 1 / (number of good pixels) below max_fpr:
+        # close that gap with a constant step at the last overlap (a lower bound, as overlap
+        # only grows with the FPR), not an interpolation.
         fpr = np.r_[fpr, max_fpr]
         pro = np.r_[pro, pro[-1]]
     return float(np.trapezoid(pro, fpr) / max_fpr)
+
+
+def thin_curve(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most about ``max_points`` points of a monotone curve in the unit square, for plotting.
+
+    Keeps the first point of every cell of a ``max_points / 2`` grid the curve enters (so
+    steep and flat parts both keep their shape at 1 / (max_points / 2) resolution) and the
+    last point. Compute areas on the full curve, then thin it.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.size <= max_points:
+        return x, y
+    cells = max(1, max_points // 2)
+    key = np.floor(np.clip(x, 0, 1) * cells) + np.floor(np.clip(y, 0, 1) * cells)
+    keep = np.r_[True, key[1:] != key[:-1]]
+    keep[-1] = True
+    return x[keep], y[keep]
 
 
 def image_roc_auc(maps: Sequence[np.ndarray], labels: Sequence[bool]) -> float | None:
