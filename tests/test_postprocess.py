@@ -34,12 +34,14 @@ def test_footprint_is_a_true_diameter_4_disk():
 
 def test_opening_removes_a_3_pixel_blob_and_keeps_a_10_pixel_one():
     score = np.zeros((60, 60))
-    score[10:13, 10:13] = 1.0  # 3 px wide
-    rr, cc = disk((40, 40), 5)
-    score[rr, cc] = 1.0  # 10 px wide
-    mask = postprocess.segment(score, 0.5, convex_hull=False)
-    assert not mask[10:13, 10:13].any()
-    assert mask[40, 40] and mask[rr, cc].mean() > 0.9
+    score[10:13, 10:25] = 1.0  # a bar 3 px wide
+    score[35:45, 35:45] = 1.0  # a square 10 px wide
+    for hull in (False, True):
+        mask = postprocess.segment(score, 0.5, convex_hull=hull)
+        assert not mask[:30].any(), "the 3-pixel-wide blob is removed"
+        # The 4x4 disk (a square without corners) fits everywhere but the square's 4 corner pixels.
+        assert mask.sum() == 96 and mask[35:45, 35:45].sum() == 96
+        assert not mask[35, 35] and not mask[44, 44] and mask[35, 36] and mask[40, 40]
 
 
 def test_convex_hull_fills_a_ring_hole():
