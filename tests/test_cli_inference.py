@@ -1,6 +1,7 @@
 """tfssim-calibrate, tfssim-predict and tfssim-evaluate end to end on a tiny export."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from skimage import io
 from sklearn.metrics import roc_auc_score
 
-from tfssim import data, export
+from tfssim import data, evaluation, export, postprocess
 from tfssim.cli.calibrate import main as calibrate_cli
 from tfssim.cli.evaluate import main as evaluate_cli
 from tfssim.cli.predict import main as predict_cli
@@ -70,33 +71,118 @@ def test_predict_reports_a_bad_image_and_processes_the_rest(exports, dataset, tm
     assert len(list((tmp_path / "o").glob("*_overlay.png"))) == 3
 
 
+def test_predict_reports_an_image_smaller_than_the_patch_and_processes_the_rest(exports, dataset, tmp_path):
+    images = tmp_path / "imgs"
+    shutil.copytree(dataset / "test", images)
+    io.imsave(images / "small.png", np.full((20, 60), 128, np.uint8), check_contrast=False)
+    result = CliRunner().invoke(predict_cli, [str(exports[0]), str(images), "--output", str(tmp_path / "o"),
+                                              "--threshold", "0.3"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert f"{images / 'small.png'}: " in result.output and "at least the patch size 32" in result.output
+    assert len(list((tmp_path / "o").glob("*_overlay.png"))) == 3
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert len(summary["failed"]) == 1 and "small.png" in summary["failed"][0]
+
+
+def test_calibrate_reports_an_image_smaller_than_the_patch_in_one_line(exports, dataset, tmp_path):
+    small = tmp_path / "small.png"
+    io.imsave(small, np.full((20, 60), 128, np.uint8), check_contrast=False)
+    result = CliRunner().invoke(calibrate_cli, [str(exports[1]), str(dataset / "val"), str(small)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert str(small) in result.output and "at least the patch size 32" in result.output
+
+
+def _red_pixels(path: Path) -> int:
+    rgb = io.imread(path)[..., :3].astype(int)
+    return int(np.count_nonzero((rgb[..., 0] > 180) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)))
+
+
+def test_predict_finds_nanotwice_gt_masks_and_warns_about_missing_ones(exports, dataset, tmp_path):
+    stems = [p.stem for p in data.list_images(dataset / "test")]
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for stem in stems[:2]:  # NanoTWICE names: <stem>_gt.png; the third image has no mask
+        shutil.copy(dataset / "ground_truth" / f"{stem}_mask.png", gt / f"{stem}_gt.png")
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(predict_cli, [str(exports[0]), str(dataset / "test"), "--output", str(out),
+                                              "--threshold", "1e9", "--masks", str(gt)])
+    assert result.exit_code == 0, result.output
+    assert f"no ground-truth mask for {dataset / 'test' / stems[2]}.png" in result.output
+    assert "_gt.*" in result.output and result.output.count("no ground-truth mask") == 1
+    # The threshold flags nothing, so any red comes from the ground-truth contours.
+    assert _red_pixels(out / f"{stems[0]}_overlay.png") > 20 and _red_pixels(out / f"{stems[1]}_overlay.png") > 20
+    assert _red_pixels(out / f"{stems[2]}_overlay.png") == 0
+    assert json.loads((out / "summary.json").read_text())["images_without_mask"] == 1
+
+
+def test_predict_names_same_stem_images_by_their_folder(exports, dataset, tmp_path):
+    source = data.list_images(dataset / "test")[0]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(source, tmp_path / folder / "x.png")
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(predict_cli, [str(exports[1]), str(tmp_path / "a"), str(tmp_path / "b"),
+                                              "--output", str(out), "--threshold", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*_overlay.png")) == ["a_x_overlay.png", "b_x_overlay.png"]
+
+
 def test_predict_without_threshold_is_a_usage_error(exports, dataset, tmp_path):
     result = CliRunner().invoke(predict_cli, [str(exports[1]), str(dataset / "test"), "--output", str(tmp_path / "o")])
     assert result.exit_code == 2 and "tfssim-calibrate" in result.output
 
 
-def test_evaluate_compares_exports_and_matches_sklearn(exports, dataset, tmp_path):
+def test_evaluate_compares_exports_and_matches_independent_scores(exports, dataset, tmp_path):
+    ds = shutil.copytree(dataset, tmp_path / "ds")
+    # One defect-free test image (no mask: it counts as good), cut from the training texture.
+    train = io.imread(data.list_images(ds / "train")[0])
+    io.imsave(ds / "test" / "brick_good_000.png", train[:64, :80], check_contrast=False)
+    export.update_threshold(shutil.copytree(exports[1], tmp_path / "l2" / "1"), 0.125)
     out = tmp_path / "eval"
-    result = CliRunner().invoke(evaluate_cli, [str(dataset), *map(str, exports), "--output", str(out), "--fpr", "0.05"])
+    result = CliRunner().invoke(evaluate_cli, [str(ds), str(exports[0]), str(tmp_path / "l2" / "1"), "--output",
+                                               str(out), "--fpr", "0.05"])
     assert result.exit_code == 0, result.output
-    results = json.loads((out / "results.json").read_text())["exports"]
-    assert set(results) == {"ssim/1", "l2/1"}
-    for name, scores in results.items():
-        for key in ("pixel_auroc", "aupro_0.3", "image_auroc", "threshold", "f1", "iou"):
-            assert key in scores
-        assert scores["image_auroc"] is None  # every test image has a defect
-        assert 0 <= scores["aupro_0.3"] <= 1 and 0 <= scores["f1"] <= 1
+    payload = json.loads((out / "results.json").read_text())
+    results = payload["exports"]
+    assert set(results) == {"ssim/1", "l2/1"} and payload["counts"] == {"val": 2, "test": 4, "defective": 3}
     for name in ("roc.png", "results.csv", "pro_ssim_1.png", "pro_l2_1.png"):
         assert (out / name).stat().st_size > 0
     assert "pixel_auroc" in result.output and "ssim/1" in result.output
-    # Independent check of the pooled pixel AUC.
-    model = ExportedModel.load(exports[0])
-    split = data.load_dataset(dataset)
-    maps = [model.predict(data.read_image(p))["anomaly_map"] for p in split.test]
-    masks = [data.read_mask(p) for p in split.test_masks]
+    assert results["ssim/1"]["export_threshold"] is None and results["l2/1"]["export_threshold"] == 0.125
+    assert "threshold stored in the export 0.1250" in result.output
+
+    split = data.load_dataset(ds)
+    defective = [m is not None for m in split.test_masks]
+    assert sorted(defective) == [False, True, True, True]
+    masks = [np.zeros((64, 80), bool) if p is None else data.read_mask(p) for p in split.test_masks]
     labels = np.concatenate([m.ravel() for m in masks])
-    want = roc_auc_score(labels, np.concatenate([m.ravel() for m in maps]))
-    assert results["ssim/1"]["pixel_auroc"] == pytest.approx(want, abs=1e-6)
+    for name, path in (("ssim/1", exports[0]), ("l2/1", tmp_path / "l2" / "1")):
+        scores = results[name]
+        model = ExportedModel.load(path)
+        maps = [model.predict(data.read_image(p))["anomaly_map"] for p in split.test]
+        # Pooled pixel AUC and image AUC (score = map maximum) against sklearn.
+        want = roc_auc_score(labels, np.concatenate([m.ravel() for m in maps]))
+        assert scores["pixel_auroc"] == pytest.approx(want, abs=1e-6)
+        assert scores["image_auroc"] == pytest.approx(roc_auc_score(defective, [m.max() for m in maps]), abs=1e-12)
+        # F1 and IoU: segment at the reported threshold, count the pooled pixels here.
+        seg = np.concatenate([postprocess.segment(m, scores["threshold"]).ravel() for m in maps])
+        tp, fp, fn = np.sum(seg & labels), np.sum(seg & ~labels), np.sum(~seg & labels)
+        assert scores["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+        assert scores["iou"] == pytest.approx(tp / (tp + fp + fn))
+        assert 0 <= scores["aupro_0.3"] <= 1
+
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["model"] for r in rows] == list(results)
+    for row in rows:
+        scores = results[row["model"]]
+        assert set(row) == {"model", "seconds", *evaluation.CSV_KEYS}
+        for key in evaluation.CSV_KEYS:
+            if scores[key] is None:
+                assert row[key] == "", key
+            else:
+                assert float(row[key]) == scores[key], key
 
 
 def _copy_dataset(dataset: Path, tmp_path: Path) -> Path:

@@ -27,11 +27,17 @@ logger = logging.getLogger(__name__)
 __all__ = ["ExportEvaluation", "compute_maps", "evaluate_maps", "evaluate", "format_table"]
 
 RESULT_KEYS = ("pixel_auroc", "aupro_0.3", "image_auroc", "threshold", "fpr_target", "val_fpr", "f1", "iou")
+# Columns of results.csv: the scores, then the threshold stored in the export (null if never calibrated).
+CSV_KEYS = (*RESULT_KEYS, "export_threshold")
+ROC_POINTS = 2000  # the stored / plotted ROC curve is thinned to about this many points
+PRO_THRESHOLDS = 300  # FPR sweep of the overlap curve (that of metrics.aupro)
+PRO_MAX_FPR = 0.3
 
 
 @dataclass
 class ExportEvaluation:
-    """Scores of one export and the curves behind them."""
+    """Scores of one export and the curves behind them (``roc``: thinned to about
+    :data:`ROC_POINTS` points after its area was computed on the full curve)."""
 
     name: str
     scores: dict[str, float | None]
@@ -48,12 +54,20 @@ def _progress(iterable: Sequence[Any], desc: str, enabled: bool) -> Any:
     return tqdm(iterable, desc=desc, unit="img", leave=False)
 
 
-def compute_maps(model: ExportedModel, images: Sequence[np.ndarray], desc: str = "maps", progress: bool = True) -> list[np.ndarray]:
-    """Anomaly maps ``[H, W]`` of ``images`` with ``model``."""
-    return [model.predict(img)["anomaly_map"] for img in _progress(images, desc, progress)]
+def compute_maps(model: ExportedModel, images: Sequence[np.ndarray], desc: str = "maps", progress: bool = True,
+                 sources: Sequence[Any] | None = None) -> list[np.ndarray]:
+    """Anomaly maps ``[H, W]`` of ``images`` with ``model``.
+
+    ``sources`` (e.g. the image paths) name the image in the ``ValueError`` of one the export refuses.
+    """
+    if sources is not None and len(sources) != len(images):
+        raise ValueError(f"{len(images)} images but {len(sources)} sources")
+    names = sources if sources is not None else [None] * len(images)
+    pairs = list(zip(images, names))
+    return [model.predict(img, source=name)["anomaly_map"] for img, name in _progress(pairs, desc, progress)]
 
 
-def _segmentation_scores(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], threshold: float,
+def _segmentation_scores(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                          processor: postprocess.PostProcessor) -> tuple[float, float]:
     tp = fp = fn = 0
     for anomaly_map, mask in zip(maps, masks):
@@ -91,13 +105,16 @@ def evaluate_maps(
     val_fpr = float(sum(int(np.count_nonzero(m > threshold)) for m in val_maps) / sum(m.size for m in val_maps))
     fpr_curve, tpr_curve, _ = metrics.pixel_roc(test_maps, masks)
     auroc = float(np.trapezoid(tpr_curve, fpr_curve))
+    roc = metrics.thin_curve(fpr_curve, tpr_curve, ROC_POINTS)  # the AUC above used every point
+    del fpr_curve, tpr_curve
     has_defects = [bool(m.any()) for m in masks]
-    pro = metrics.pro_curve(test_maps, masks)
+    # One sweep serves both the plotted overlap curve and its area (as metrics.aupro computes it).
+    pro = metrics.pro_curve(test_maps, masks, num_thresholds=PRO_THRESHOLDS, max_fpr=PRO_MAX_FPR)
     processor = postprocess.PostProcessor(threshold=threshold, opening_diameter=opening_diameter)
-    f1, iou = _segmentation_scores(test_maps, masks, threshold, processor)
+    f1, iou = _segmentation_scores(test_maps, masks, processor)
     scores: dict[str, float | None] = {
         "pixel_auroc": auroc,
-        "aupro_0.3": float(metrics.aupro(test_maps, masks, max_fpr=0.3)),
+        "aupro_0.3": metrics.area_under_pro(pro, PRO_MAX_FPR),
         "image_auroc": metrics.image_roc_auc(test_maps, has_defects),
         "threshold": float(threshold),
         "fpr_target": float(fpr),
@@ -105,7 +122,7 @@ def evaluate_maps(
         "f1": float(f1),
         "iou": float(iou),
     }
-    return ExportEvaluation(name, scores, (fpr_curve, tpr_curve), pro, time.perf_counter() - started)
+    return ExportEvaluation(name, scores, roc, pro, time.perf_counter() - started)
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -121,6 +138,11 @@ def format_table(results: Sequence[ExportEvaluation]) -> str:
     for r in results:
         cells = "".join(f"{'-' if r.scores.get(k) is None else format(r.scores[k], '.4f'):>12}" for k in RESULT_KEYS)
         lines.append(f"{r.name[:24]:<24}{cells}")
+    for r in results:
+        stored = r.scores.get("export_threshold")
+        if stored is not None:
+            lines.append(f"{r.name}: threshold stored in the export {stored:.4f} "
+                         f"(recalibrated here: {r.scores['threshold']:.4f})")
     return "\n".join(lines)
 
 
@@ -178,9 +200,11 @@ def evaluate(
     for name, model in zip(names, exports):
         started = time.perf_counter()
         logger.info("evaluating %s on %d validation and %d test images", name, len(val_images), len(test_images))
-        val_maps = compute_maps(model, val_images, f"{name}: validation", progress)
-        test_maps = compute_maps(model, test_images, f"{name}: test", progress)
+        val_maps = compute_maps(model, val_images, f"{name}: validation", progress, sources=split.val)
+        test_maps = compute_maps(model, test_images, f"{name}: test", progress, sources=split.test)
         result = evaluate_maps(name, val_maps, test_maps, masks, fpr=fpr)
+        # Beside the threshold recalibrated here: the one stored in the export (what serving uses).
+        result.scores["export_threshold"] = model.threshold
         result.seconds = time.perf_counter() - started
         results.append(result)
         safe = name.replace("/", "_").replace(" ", "_")
@@ -205,9 +229,9 @@ def evaluate(
     def write_csv(path: Path) -> None:
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["model", *RESULT_KEYS, "seconds"])
+            writer.writerow(["model", *CSV_KEYS, "seconds"])
             for r in results:
-                writer.writerow([r.name, *[r.scores.get(k) for k in RESULT_KEYS], round(r.seconds, 2)])
+                writer.writerow([r.name, *[r.scores.get(k) for k in CSV_KEYS], round(r.seconds, 2)])  # None -> ""
 
     _atomic_write(output / "results.csv", write_csv)
     return results

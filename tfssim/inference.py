@@ -2,15 +2,31 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ExportedModel", "resolve_export_dir"]
+__all__ = ["ExportedModel", "readable_tf_error", "resolve_export_dir"]
 
 METADATA_PATH = Path("assets") / "tfssim.json"
+
+
+def readable_tf_error(message: str) -> str:
+    """The human part of a TensorFlow op error: an assertion's own text, else its first real line.
+
+    ``tf.debugging.assert_*`` failures read ``... assertion failed: [text] [Condition ...]
+    [x = ] [20] ...``; this returns ``text`` (TensorFlow escapes quotes inside it).
+    """
+    found = re.search(r"assertion failed: \[(.*?)\](?: \[|$)", message, flags=re.S)
+    if found:
+        return found.group(1).replace("\\'", "'").strip()
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(noise)]
+    return (useful or lines or ["TensorFlow error"])[0]
 
 
 def resolve_export_dir(path: str | Path) -> Path:
@@ -71,20 +87,26 @@ class ExportedModel:
         value = self.metadata.get("threshold")
         return None if value is None else float(value)
 
-    def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(self, image: np.ndarray, source: str | Path | None = None) -> dict[str, np.ndarray]:
         """Maps of one image ``[H, W]`` or ``[H, W, C]`` float in [0, 1] (or uint8).
 
         Returns a dict of ``[H, W]`` float32 arrays: ``anomaly_map`` and, where the model has
         them, the component residual maps, plus ``reconstruction`` ``[H, W, C]``.
+
+        Raises ``ValueError`` (prefixed with ``source``, e.g. the image's path, when given) for
+        an image the export refuses: wrong channel count, smaller than the patch, values out
+        of range; the signature's ``InvalidArgumentError`` is turned into its readable message.
         """
         import tensorflow as tf
 
+        where = f"{source}: " if source is not None else ""
         image = np.asarray(image)
         if image.ndim == 2:
             image = image[..., None]
         if image.ndim != 3 or image.shape[-1] != self.channels:
             raise ValueError(
-                f"image of shape {image.shape} does not fit this export, which takes [H, W, {self.channels}] images"
+                f"{where}image of shape {image.shape} does not fit this export, which takes "
+                f"[H, W, {self.channels}] images"
             )
         signatures = self._loaded.signatures
         if image.dtype == np.uint8:
@@ -94,7 +116,12 @@ class ExportedModel:
             fn = signatures[self.metadata.get("float_signature", "serve_float")]
             arg = tf.constant(image.astype(np.float32))
         (input_name,) = fn.structured_input_signature[1].keys()
-        outputs = fn(**{input_name: arg})
+        try:
+            outputs = fn(**{input_name: arg})
+        except tf.errors.InvalidArgumentError as err:
+            raise ValueError(
+                f"{where}the export refused the image of shape {image.shape}: {readable_tf_error(err.message)}"
+            ) from None
         result = {}
         for key, value in outputs.items():
             array = value.numpy()

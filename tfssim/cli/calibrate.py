@@ -24,7 +24,8 @@ def main(export: str, images: tuple[str, ...], fpr: float, verbose: bool) -> Non
     paths = expand_inputs(images)
     with usage_errors():
         model = ExportedModel.load(export)
-        maps = compute_maps(model, [data.read_image(p, model.channels) for p in paths], "calibrate")
+        maps = compute_maps(model, [data.read_image(p, model.channels) for p in paths], "calibrate",
+                            sources=paths)
         threshold = postprocess.threshold_at_fpr(maps, fpr)
         export_lib.update_threshold(model.path, threshold, fpr=fpr)
     click.echo(f"threshold {threshold:.6f} at pixel FPR {fpr:g} from {len(paths)} image(s), written to {model.path}")

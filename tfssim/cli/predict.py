@@ -12,6 +12,10 @@ import numpy as np
 
 from tfssim.cli._common import setup_logging, usage_errors
 
+# Ground-truth mask names tried for an image <stem>, in order: NanoTWICE's <stem>_gt, a mask with
+# the image's own stem, MVTec AD's <stem>_mask (the suffixes tfssim.data.layouts matches).
+MASK_SUFFIXES = ("_gt", "", "_mask")
+
 
 def expand_inputs(items: tuple[str, ...]) -> list[Path]:
     """Files, folders (their images) and glob patterns -> a sorted, de-duplicated list of paths."""
@@ -33,6 +37,33 @@ def expand_inputs(items: tuple[str, ...]) -> list[Path]:
     if not unique:
         raise click.BadParameter("no images found in " + ", ".join(items), param_hint="IMAGES")
     return unique
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """A distinct output name per image: its stem, prefixed by its folder's name where stems collide."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    stems: list[str] = []
+    for path in paths:
+        stem = path.stem if counts[path.stem] == 1 else f"{path.parent.name or 'root'}_{path.stem}"
+        candidate, i = stem, 2
+        while candidate in stems or (candidate != path.stem and candidate in counts):
+            candidate, i = f"{stem}_{i}", i + 1
+        stems.append(candidate)
+    return stems
+
+
+def find_mask(mask_dir: Path, image: Path) -> Path | None:
+    """The ground-truth mask of ``image`` in ``mask_dir`` (see :data:`MASK_SUFFIXES`), or ``None``."""
+    from tfssim.data import IMAGE_SUFFIXES
+
+    for suffix in MASK_SUFFIXES:
+        for ext in IMAGE_SUFFIXES:
+            for candidate in (mask_dir / f"{image.stem}{suffix}{ext}", mask_dir / f"{image.stem}{suffix}{ext.upper()}"):
+                if candidate.is_file():
+                    return candidate
+    return None
 
 
 def _save_tiff(path: Path, array: np.ndarray) -> None:
@@ -57,7 +88,8 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Folder for the results.")
 @click.option("--threshold", type=float, default=None, help="Score threshold; default: the export's calibrated one.")
 @click.option("--masks", "mask_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder of ground-truth masks (<stem>.png or <stem>_mask.png) drawn as red contours.")
+              help="Folder of ground-truth masks (<stem>_gt, <stem> or <stem>_mask; .png, .tif, ...) "
+                   "drawn as red contours.")
 @click.option("--min-area", type=click.IntRange(min=0), default=0, help="Drop regions smaller than this (pixels).")
 @click.option("--verbose", "-v", is_flag=True)
 def main(export: str, images: tuple[str, ...], output: str, threshold: float | None, mask_dir: str | None,
@@ -84,29 +116,36 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
-    for path in tqdm(paths, desc="predict", unit="img", disable=None):
+    missing_masks = 0
+    for path, stem in tqdm(list(zip(paths, output_stems(paths))), desc="predict", unit="img", disable=None):
         try:
             image = data.read_image(path, model.channels)
             gt = None
             if mask_dir:
-                candidates = [Path(mask_dir) / f"{path.stem}{s}" for s in (".png", "_mask.png", ".tif", ".bmp")]
-                found = next((c for c in candidates if c.exists()), None)
-                gt = data.read_mask(found, shape=image.shape[:2]) if found else None
-            maps = model.predict(image)
+                found = find_mask(Path(mask_dir), path)
+                if found is None:
+                    missing_masks += 1
+                    tqdm.write(f"warning: no ground-truth mask for {path} in {mask_dir} (looked for "
+                               f"{', '.join(path.stem + s + '.*' for s in MASK_SUFFIXES)})", file=sys.stderr)
+                else:
+                    gt = data.read_mask(found, shape=image.shape[:2])
+            maps = model.predict(image, source=path)
         except ValueError as err:
-            failures.append(f"{path}: {err}")
-            tqdm.write(f"skipped {path}: {err}", file=sys.stderr)
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            failures.append(message)
+            tqdm.write(f"skipped {message}", file=sys.stderr)
             continue
         anomaly_map = maps["anomaly_map"]
         mask, regions = processor(anomaly_map)
-        stem = path.stem
         _save_tiff(out / f"{stem}_anomaly_map.tif", anomaly_map)
         plots.plot_anomaly_map(image, anomaly_map, out / f"{stem}_anomaly_map.png")
         _save_png(out / f"{stem}_mask.png", (mask * 255).astype(np.uint8))
         plots.plot_overlay(image, mask, gt, out / f"{stem}_overlay.png")
         postprocess.regions_to_json(regions, out / f"{stem}_regions.json")
-        tqdm.write(f"{path.name}: {'DEFECT' if regions else 'ok'}  regions {len(regions)}  max score {anomaly_map.max():.4f}")
-    summary = {"export": str(model.path), "threshold": threshold, "images": len(paths), "failed": failures}
+        label = path.name if stem == path.stem else str(path)
+        tqdm.write(f"{label}: {'DEFECT' if regions else 'ok'}  regions {len(regions)}  max score {anomaly_map.max():.4f}")
+    summary = {"export": str(model.path), "threshold": threshold, "images": len(paths), "failed": failures,
+               "images_without_mask": missing_masks if mask_dir else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if failures:
         click.echo(f"{len(failures)} of {len(paths)} image(s) could not be processed:", err=True)
