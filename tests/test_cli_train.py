@@ -4,20 +4,25 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
+import tensorflow as tf
+from click.testing import CliRunner, Result
 from skimage import io
 
 from tfssim.cli.train import main
 
 TINY = ["--patch-size", "32", "--latent-dim", "8", "--batch-size", "8", "--patches-per-epoch", "32"]
+# The cheapest real training run: one batch of 16 patches of 32x32 per epoch.
+ONE_STEP = ["--patch-size", "32", "--latent-dim", "8", "--batch-size", "16", "--patches-per-epoch", "16"]
 
 
 def _texture(seed: int, shape=(80, 96)) -> np.ndarray:
@@ -41,19 +46,94 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_train_writes_complete_run_folder(image_folder: Path, tmp_path: Path) -> None:
+def assert_one_error_line(result: Result, problem: str, fix: str, exit_code: int = 2) -> str:
+    """A clean failure: the exit status, no exception but SystemExit, one ``Error:`` line with both parts."""
+    assert result.exit_code == exit_code, result.output
+    # CliRunner keeps an unhandled exception (which would print a traceback) in result.exception.
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert problem in errors[0], errors[0]
+    assert fix in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def vgg16_weights(tmp_path_factory) -> str:
+    """A local VGG16 (no top) weights file with random weights: stands in for the ImageNet download."""
+    path = tmp_path_factory.mktemp("vgg") / "vgg16_notop.weights.h5"
+    keras.applications.VGG16(weights=None, include_top=False).save_weights(str(path))
+    return str(path)
+
+
+RUN_ARGS = ["--epochs", "2", "--val-split", "0.25", "--patch-size", "32", "--latent-dim", "8",
+            "--batch-size", "16", "--patches-per-epoch", "64"]
+
+
+@pytest.mark.parametrize("kind, extra", [("ssim", []), ("l2", []), ("vae", []), ("fm", ["<config>"]), ("ssim", ["--rgb"])],
+                         ids=["ssim", "l2", "vae", "fm", "ssim-rgb"])
+def test_train_writes_complete_run_folder(kind: str, extra: list[str], image_folder: Path, tmp_path: Path,
+                                          request: pytest.FixtureRequest) -> None:
+    from tfssim.models import kind_of
+
     run = tmp_path / "run"
-    result = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--epochs", "2", "--val-split", "0.25", *TINY])
+    if extra == ["<config>"]:  # fm: the weights file through the config key 'weights' (the option's name)
+        cfg = tmp_path / "fm.yaml"
+        cfg.write_text(f"weights: {request.getfixturevalue('vgg16_weights')}\nfm-weight: 0.5\n")
+        extra = ["--config", str(cfg)]
+    result = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--model", kind, *RUN_ARGS, *extra])
     assert result.exit_code == 0, result.output
+    assert result.exception is None
     for name in ("config.json", "final.keras", "best.keras", "history.csv", "training_curves.png", "examples/examples.png"):
         assert (run / name).exists(), name
     assert any((run / "tensorboard").rglob("*tfevents*"))
     config = json.loads((run / "config.json").read_text())
-    assert config["config"]["patch_size"] == 32 and config["model"] == "ssim"
+    channels = 3 if "--rgb" in extra else 1
+    assert config["config"]["patch_size"] == 32 and config["model"] == kind and config["channels"] == channels
     assert config["versions"]["tensorflow"]
+    if kind == "fm":
+        assert config["config"]["fm_weights"] == request.getfixturevalue("vgg16_weights")
+        assert config["config"]["fm_weight"] == 0.5
     rows = _rows(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert all(np.isfinite(float(r["val_loss"])) for r in rows)
+    assert all(np.isfinite(float(r["loss"])) and np.isfinite(float(r["val_loss"])) for r in rows)
+    model = keras.saving.load_model(run / "final.keras", compile=False)
+    assert kind_of(model) == kind
+    assert np.asarray(model(np.zeros((1, 32, 32, channels), np.float32))).shape == (1, 32, 32, channels)
+
+    out = result.output
+    # start banner: data found, layout, patch count, device, precision, strategy
+    assert f"data      {image_folder} (layout: folder): 3 training images" in out and "1 validation images" in out
+    assert f"patches   64 of 32x32x{channels} per epoch, batch 16" in out
+    assert "devices   /device:CPU:0" in out
+    assert "precision float32; strategy _DefaultDistributionStrategy (1 replica(s))" in out
+    if not tf.config.list_physical_devices("GPU"):
+        assert "precision: float32 (auto: no GPU visible" in out  # --mixed-precision auto says what it chose
+    # one summary line per epoch
+    for epoch in (1, 2):
+        assert re.search(rf"epoch {epoch}/2  loss \d+\.\d{{5}}  val_loss \d+\.\d{{5}}  \(\d+\.\d s\)", out), out
+
+
+def test_layout_forced_overrides_detection(tmp_path: Path) -> None:
+    # Images directly in the folder, plus empty Normal/ and Anomalous/ folders: auto-detection
+    # takes it for NanoTWICE (and fails on the empty Normal/); --layout folder trains on the images.
+    data = tmp_path / "mixed"
+    (data / "Normal").mkdir(parents=True)
+    (data / "Anomalous").mkdir()
+    for i in range(2):
+        io.imsave(data / f"img{i}.png", (_texture(i, (48, 48)) * 255).astype(np.uint8), check_contrast=False)
+    auto = CliRunner().invoke(main, [str(data), "--output", str(tmp_path / "r1"), "--epochs", "1", *ONE_STEP])
+    assert_one_error_line(auto, f"no images (png, tif, tiff, jpg, jpeg, bmp) found in {data / 'Normal'}", "put the image files")
+    forced = CliRunner().invoke(
+        main, [str(data), "--output", str(tmp_path / "r2"), "--epochs", "1", "--layout", "folder", *ONE_STEP]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert f"data      {data} (layout: folder): 1 training images" in forced.output
+    assert json.loads((tmp_path / "r2" / "config.json").read_text())["layout"] == "folder"
+    # a forced layout that does not fit says which layout it tried and how to fix it
+    wrong = CliRunner().invoke(main, [str(data), "--output", str(tmp_path / "r3"), "--layout", "mvtec", *ONE_STEP])
+    assert_one_error_line(wrong, "does not look like a mvtec dataset", "use --layout auto")
+    assert "train/good" in wrong.output
 
 
 def test_existing_run_folder_is_not_overwritten(image_folder: Path, tmp_path: Path) -> None:
@@ -61,38 +141,139 @@ def test_existing_run_folder_is_not_overwritten(image_folder: Path, tmp_path: Pa
     run.mkdir()
     (run / "keep.txt").write_text("x")
     result = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--epochs", "1", *TINY])
-    assert result.exit_code == 2
-    assert "already exists" in result.output and "--resume" in result.output
+    assert_one_error_line(result, "already exists", "pass --resume to continue it or choose another --output")
     assert (run / "keep.txt").read_text() == "x"
 
 
+def test_resume_refuses_changed_settings_and_folders_without_a_run(image_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--epochs", "1", *ONE_STEP])
+    assert first.exit_code == 0, first.output
+    before = (run / "history.csv").read_text()
+    changed = CliRunner().invoke(
+        main, [str(image_folder), "--output", str(run), "--epochs", "2", "--resume", *ONE_STEP, "--latent-dim", "4"]
+    )
+    assert_one_error_line(changed, "latent_dim was 8, now 4", "only --epochs may change")
+    assert (run / "history.csv").read_text() == before  # the run was left alone
+    for folder in (tmp_path / "never-made", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        nothing = CliRunner().invoke(main, [str(image_folder), "--output", str(folder), "--resume", *ONE_STEP])
+        assert_one_error_line(nothing, "holds no run", "drop --resume to start one")
+
+
 @pytest.mark.parametrize(
-    "args, message",
+    "args, problem, fix",
     [
-        (["{missing}", "--output", "{run}"], "does not exist"),
-        (["{empty}", "--output", "{run}"], "no images"),
-        (["{small}", "--output", "{run}", "--patch-size", "128"], "smaller than the 128x128 patch"),
-        (["{data}", "--output", "{run}", "--ssim-window", "10"], "odd"),
-        (["{data}", "--output", "{run}", "--model", "gan"], "'gan' is not one of"),
-        (["{data}", "--output", "{run}", "--config", "{badconfig}"], "unknown keys ['lerning_rate']"),
-        (["{data}", "--output", "{run}", "--patch-size", "40"], "multiple of 16"),
-        (["{data}"], "missing option --output"),
+        (["{missing}", "--output", "{run}"], "folder '{missing}' does not exist", "pass the folder of defect-free"),
+        (["{afile}", "--output", "{run}"], "is a file, not a folder", "pass the folder that holds"),
+        (["{empty}", "--output", "{run}"], "no images (png", "put the image files directly in it"),
+        (["{small}", "--output", "{run}", "--patch-size", "128"], "smaller than the 128x128 patch: ",
+         "use --patch-size 64 or smaller"),
+        (["{data}", "--output", "{run}", "--ssim-window", "10"], "must be odd (got 10", "use an odd size such as 7, 11"),
+        (["{data}", "--output", "{run}", "--model", "gan"], "'gan' is not one of", "'ssim', 'l2', 'vae', 'fm'"),
+        (["{data}", "--output", "{run}", "--config", "{badconfig}"], "unknown keys: 'lerning_rate'",
+         "did you mean 'learning_rate'?"),
+        (["{data}", "--output", "{run}", "--config", "{badyaml}"], "is not valid YAML", "fix the syntax"),
+        (["{data}", "--output", "{run}", "--config", "{badjson}"], "is not valid JSON", "fix the syntax"),
+        (["{data}", "--output", "{run}", "--config", "{missing}.yaml"], "cannot read", "check the --config path"),
+        (["{data}", "--output", "{run}", "--patch-size", "40"], "multiple of 16", "the paper uses 32, 64 or 128"),
+        (["{data}"], "missing option --output", "the run folder to create"),
     ],
+    ids=["missing-data", "data-is-file", "empty-folder", "too-small", "even-window", "unknown-model",
+         "unknown-config-key", "bad-yaml", "bad-json", "missing-config", "patch-not-16", "no-output"],
 )
-def test_bad_input_exits_2_with_one_clear_line(args: list[str], message: str, image_folder: Path, tmp_path: Path) -> None:
+def test_bad_input_exits_2_with_one_clear_line(args: list[str], problem: str, fix: str, image_folder: Path,
+                                               tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     small = tmp_path / "small"
     small.mkdir()
-    io.imsave(small / "a.png", np.zeros((64, 64), np.uint8), check_contrast=False)
+    io.imsave(small / "a.png", np.zeros((64, 72), np.uint8), check_contrast=False)
     bad = tmp_path / "bad.yaml"
     bad.write_text("lerning_rate: 0.1\n")
+    badyaml = tmp_path / "broken.yaml"
+    badyaml.write_text("epochs: [1, 2\nseed: 3\n")
+    badjson = tmp_path / "broken.json"
+    badjson.write_text('{"epochs": 1,}')
+    afile = tmp_path / "a.png"
+    afile.write_bytes(b"x")
     fill = {"missing": tmp_path / "nope", "empty": empty, "small": small, "data": image_folder,
-            "run": tmp_path / "run", "badconfig": bad}
+            "run": tmp_path / "run", "badconfig": bad, "badyaml": badyaml, "badjson": badjson, "afile": afile}
     result = CliRunner().invoke(main, [a.format(**fill) for a in args])
-    assert result.exit_code == 2, result.output
-    assert message in result.output
-    assert "Traceback" not in result.output
+    assert_one_error_line(result, problem.format(**fill), fix)
+    assert not (tmp_path / "run").exists()  # nothing written on bad input
+
+
+def test_failed_imagenet_download_is_a_clean_error_naming_weights(image_folder: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args, **kwargs):
+        if kwargs.get("weights") == "imagenet":
+            raise OSError("URL fetch failure on https://storage.googleapis.com/...: [Errno -3] name resolution")
+        raise AssertionError("only the ImageNet download is simulated here")
+
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--model", "fm", *ONE_STEP])
+    line = assert_one_error_line(result, "could not download the ImageNet weights of vgg16", "--weights FILE")
+    assert "URL fetch failure" in line
+    assert not run.exists()  # nothing half-made: the same command with --weights FILE can run next
+
+
+def test_virtual_cpus_after_tensorflow_started_is_a_clean_error(image_folder: Path, tmp_path: Path) -> None:
+    have = len(tf.config.list_logical_devices("CPU"))  # starts the runtime: devices are fixed from here on
+    result = CliRunner().invoke(
+        main, [str(image_folder), "--output", str(tmp_path / "run"), "--virtual-cpus", str(have + 1), *ONE_STEP]
+    )
+    assert_one_error_line(result, f"--virtual-cpus {have + 1} cannot be applied", "run tfssim-train in a new process")
+    assert len(tf.config.list_logical_devices("CPU")) == have
+
+
+def test_nan_loss_stops_with_one_line_and_exit_1(image_folder: Path, tmp_path: Path) -> None:
+    # A learning rate of 1e30 makes the first update blow the weights up: the loss is NaN in epoch 1.
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, [str(image_folder), "--output", str(run), "--epochs", "3", "--learning-rate", "1e30", "--patch-size", "32",
+               "--latent-dim", "8", "--batch-size", "16", "--patches-per-epoch", "64"]
+    )
+    assert "loss: nan" in result.output  # Keras's own epoch line: the loss really was NaN
+    assert_one_error_line(result, "training failed: the loss became NaN or infinite in epoch 1",
+                          "lower --learning-rate (was 1e+30)", exit_code=1)
+    assert "no epoch finished" in result.output
+    assert not (run / "final.keras").exists() and not (run / "best.keras").exists()
+    assert "trained ssim" not in result.output
+
+
+def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(image_folder: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import tfssim.data
+
+    real = tfssim.data.patch_dataset
+
+    def poisoned_after_epoch_1(*args, **kwargs):  # every patch from the second epoch on is NaN
+        steps = tfssim.data.steps_per_epoch(kwargs["patches_per_epoch"], kwargs["batch_size"])
+        ds = real(*args, **kwargs).enumerate()
+        return ds.map(lambda i, xy: tuple(x + tf.where(i >= steps, np.nan, 0.0) for x in xy))
+
+    monkeypatch.setattr(tfssim.data, "patch_dataset", poisoned_after_epoch_1)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, [str(image_folder), "--output", str(run), "--epochs", "3", "--val-split", "0.25", "--patch-size", "32",
+               "--latent-dim", "8", "--batch-size", "16", "--patches-per-epoch", "32"]
+    )
+    line = assert_one_error_line(result, "the loss became NaN or infinite in epoch 2",
+                                 "lower --learning-rate (was 0.0002)", exit_code=1)
+    assert "the last good state (epoch 1) is kept" in line and "best.keras" in line
+    assert [int(r["epoch"]) for r in _rows(run)] == [1]
+    assert json.loads((run / "state" / "progress.json").read_text())["epochs_done"] == 1
+    assert not (run / "final.keras").exists()
+    best = keras.saving.load_model(run / "best.keras", compile=False)
+    assert all(np.isfinite(w).all() for w in best.get_weights())
+    x = np.full((2, 32, 32, 1), 0.5, np.float32)
+    assert np.isfinite(np.asarray(best(x))).all()
+    # the resume checkpoint holds the same (good) weights
+    best.load_weights(run / "state" / "checkpoint.weights.h5")
+    assert all(np.isfinite(w).all() for w in best.get_weights())
 
 
 def test_corrupt_image_is_reported_or_skipped(image_folder: Path, tmp_path: Path) -> None:

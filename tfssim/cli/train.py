@@ -23,15 +23,21 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
     except ValueError as err:
         raise click.BadParameter(str(err), ctx=ctx, param=param) from None
     except OSError as err:
-        raise click.BadParameter(f"cannot read {value}: {err.strerror}", ctx=ctx, param=param) from None
-    renames = {"grayscale": "grayscale", "augment": "augment"}
-    ctx.default_map = {**(ctx.default_map or {}), **{renames.get(k, k): v for k, v in values.items()}}
+        raise click.BadParameter(
+            f"cannot read {value}: {err.strerror or err}; check the --config path", ctx=ctx, param=param
+        ) from None
+    # Keys are TrainConfig field names here (load_config maps 'weights' to 'fm_weights', which is
+    # also the --weights option's parameter name), so they work as click defaults directly.
+    ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
 
 def _odd_window(ctx: click.Context, param: click.Parameter, value: int) -> int:
     if value < 1 or value % 2 == 0:
-        raise click.BadParameter(f"must be an odd number such as 7, 11 or 15 (got {value}); an even window has no centre pixel")
+        raise click.BadParameter(
+            f"the SSIM window must be odd (got {value}; an even window has no centre pixel); "
+            "use an odd size such as 7, 11 (the paper's) or 15"
+        )
     return value
 
 
@@ -39,11 +45,33 @@ def _virtual_cpus(count: int) -> None:
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:
+        # TensorFlow fixes its devices when the runtime starts (in this process: before this call).
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have == count:
+            return
+        raise click.UsageError(
+            f"--virtual-cpus {count} cannot be applied: TensorFlow already started with {have} CPU device(s) in this "
+            "process; run tfssim-train in a new process, or call main() before any TensorFlow work"
+        ) from None
+
+
+def _check_data(data: str) -> None:
+    if not os.path.exists(data):
+        raise click.BadParameter(
+            f"folder {data!r} does not exist; pass the folder of defect-free training images "
+            "(a plain folder, an MVTec AD category or a NanoTWICE folder)", param_hint="DATA",
+        )
+    if not os.path.isdir(data):
+        raise click.BadParameter(
+            f"{data!r} is a file, not a folder; pass the folder that holds the training images", param_hint="DATA"
+        )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.argument("data", type=click.Path(exists=True, file_okay=False), required=False)
+@click.argument("data", type=click.Path(), required=False)
 @click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,
               expose_value=False, help="YAML or JSON file of option values (keys as option names); flags override it.")
 @click.option("--model", type=click.Choice(_MODELS), default="ssim", help="Which autoencoder to train.")
@@ -81,6 +109,9 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
     DATA is a plain folder of images, an MVTec AD category folder, or a NanoTWICE folder
     (detected; --layout forces one). The run folder gets the final and best models, the
     configuration, the history, a training-curve plot, TensorBoard logs and examples.
+
+    Exit status: 0 trained; 1 training failed at run time (the loss became NaN or infinite:
+    the last good checkpoint is kept); 2 bad input (options, config file, data, run folder).
     """
     setup_logging(verbose)
     ctx = click.get_current_context()
@@ -88,14 +119,14 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
         data = (ctx.default_map or {}).get("data")
         if data is None:
             raise click.UsageError("missing argument DATA (a folder of defect-free images), or give 'data' in --config")
-        if not os.path.isdir(data):
-            raise click.BadParameter(f"folder {data!r} does not exist", param_hint="DATA")
+    _check_data(str(data))
     output = output or (ctx.default_map or {}).get("output")
     if output is None:
         raise click.UsageError("missing option --output RUN_DIR (the run folder to create)")
     if virtual_cpus:
         _virtual_cpus(virtual_cpus)
 
+    from tfssim.models import WeightsUnavailableError
     from tfssim.training import TrainConfig, train
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -103,7 +134,13 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
     extra = {k: v for k, v in (ctx.default_map or {}).items() if k in known and k not in values and k not in ("data", "output")}
     with usage_errors():
         config = TrainConfig(data=data, output=output, **extra, **values)
-        result = train(config, resume=resume)
+        try:
+            result = train(config, resume=resume)
+        except WeightsUnavailableError as err:
+            raise click.UsageError(str(err)) from None
+        except FloatingPointError as err:
+            # A run-time failure, not bad input: exit status 1 (see the help text).
+            raise click.ClickException(f"training failed: {err}") from None
     click.echo(f"trained {config.model} for {result.epochs_run} epochs in {result.seconds:.1f} s; run folder: {result.run_dir}")
 
 

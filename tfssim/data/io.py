@@ -29,7 +29,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
         raise ValueError(f"{folder} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found in {folder}")
+        raise ValueError(
+            f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found in {folder}; put the image files "
+            "directly in it (subfolders are not searched) or choose another folder"
+        )
     return files
 
 

@@ -22,13 +22,13 @@ import keras
 
 from tfssim import losses
 from tfssim.models.cae import ENCODER_LAYERS, build_autoencoder, build_decoder, build_encoder, validate_architecture
-from tfssim.models.features import build_feature_extractor, extract_features
+from tfssim.models.features import WeightsUnavailableError, build_feature_extractor, extract_features
 from tfssim.models.vae import VariationalAutoencoder, reconstruction_nll
 
 __all__ = [
     "ENCODER_LAYERS", "MODEL_KINDS", "ModelSpec", "VariationalAutoencoder", "build_autoencoder",
     "build_decoder", "build_encoder", "build_feature_extractor", "extract_features", "get_spec",
-    "build_model", "build_loss", "reconstruction_nll", "validate_architecture", "kind_of",
+    "build_model", "build_loss", "reconstruction_nll", "validate_architecture", "kind_of", "WeightsUnavailableError",
 ]
 
 

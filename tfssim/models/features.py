@@ -1,14 +1,30 @@
 """Frozen feature extractor F for the feature-matching autoencoder (Dosovitskiy & Brox 2016)."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 
-__all__ = ["build_feature_extractor", "extract_features", "BACKBONES"]
+__all__ = ["build_feature_extractor", "extract_features", "BACKBONES", "WeightsUnavailableError"]
 
 BACKBONES = ("vgg16", "vgg19")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The backbone's ImageNet weights could not be downloaded; the message names ``--weights FILE``."""
+
+
+@contextlib.contextmanager
+def _float32_policy() -> Iterator[None]:
+    """Build layers with a float32 dtype policy whatever the global (e.g. mixed) policy is."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _backbone(name: str, weights: str | None) -> keras.Model:
@@ -19,20 +35,28 @@ def _backbone(name: str, weights: str | None) -> keras.Model:
             f"feature-extractor weights file {weights!r} does not exist; pass an existing "
             f"{name} weights file with --weights FILE, or 'imagenet' to download them"
         )
-    try:
-        model = ctor(include_top=False, weights=None if local else weights, input_shape=(None, None, 3))
-    except Exception as err:  # network errors surface as several exception types
-        raise RuntimeError(
-            f"could not download the ImageNet weights of {name} ({type(err).__name__}: {err}); "
-            f"on a machine without internet pass a local weights file with --weights FILE "
-            f"(for example {name}_weights_tf_dim_ordering_tf_kernels_notop.h5 copied from a "
-            "machine where keras.applications has downloaded it)"
-        ) from err
+    if weights != "imagenet":
+        model = ctor(include_top=False, weights=None, input_shape=(None, None, 3))
+    else:
+        try:
+            model = ctor(include_top=False, weights="imagenet", input_shape=(None, None, 3))
+        except Exception as err:  # network errors surface as several exception types
+            reason = " ".join(str(err).split())
+            raise WeightsUnavailableError(
+                f"could not download the ImageNet weights of {name} ({type(err).__name__}: {reason}); "
+                f"pass a local weights file with --weights FILE "
+                f"(for example {name}_weights_tf_dim_ordering_tf_kernels_notop.h5 copied from a "
+                "machine where keras.applications has downloaded it)"
+            ) from err
     if local:
         try:
             model.load_weights(weights)
         except Exception as err:
-            raise ValueError(f"cannot load {name} weights from {weights!r}: {err}") from err
+            reason = " ".join(str(err).split())
+            raise ValueError(
+                f"cannot load {name} weights from {weights!r} ({type(err).__name__}: {reason}); pass a file saved "
+                f"from keras.applications.{name.upper()}(include_top=False) with --weights FILE"
+            ) from err
     return model
 
 
@@ -47,21 +71,27 @@ def build_feature_extractor(
         weights: ``"imagenet"``, a local weights file, or ``None`` for random weights.
 
     Returns:
-        A non-trainable ``keras.Model`` on the backbone's own input (BGR, 0-255, mean
-        subtracted); call it through :func:`extract_features`, which converts ``[0, 1]``
-        gray or RGB images to that input.
+        A non-trainable float32 ``keras.Model`` (whatever the global dtype policy) on the
+        backbone's own input (BGR, 0-255, mean subtracted); call it through
+        :func:`extract_features`, which converts ``[0, 1]`` gray or RGB images to that input.
+
+    Raises:
+        ValueError: bad arguments, a missing or unreadable local weights file.
+        WeightsUnavailableError: the ImageNet weights could not be downloaded.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown feature-extractor backbone {backbone!r}; choose one of {BACKBONES}")
     if num_conv_layers < 1:
         raise ValueError(f"num_conv_layers must be >= 1, got {num_conv_layers}")
-    base = _backbone(backbone, weights)
-    convs = [layer for layer in base.layers if isinstance(layer, keras.layers.Conv2D)]
-    if num_conv_layers > len(convs):
-        raise ValueError(f"{backbone} has only {len(convs)} conv layers, asked for {num_conv_layers}")
-    last = convs[num_conv_layers - 1]
-
-    extractor = keras.Model(base.inputs, last.output, name=f"{backbone}_first{num_conv_layers}")
+    # F always computes in float32: under a mixed policy its features (squared differences of
+    # activations in the hundreds) would lose precision or overflow in float16.
+    with _float32_policy():
+        base = _backbone(backbone, weights)
+        convs = [layer for layer in base.layers if isinstance(layer, keras.layers.Conv2D)]
+        if num_conv_layers > len(convs):
+            raise ValueError(f"{backbone} has only {len(convs)} conv layers, asked for {num_conv_layers}")
+        last = convs[num_conv_layers - 1]
+        extractor = keras.Model(base.inputs, last.output, name=f"{backbone}_first{num_conv_layers}")
     extractor.trainable = False
     return extractor
 
