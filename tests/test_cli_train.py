@@ -339,3 +339,26 @@ def test_killed_run_resumes_to_the_same_epoch_count(sig: int, image_folder: Path
     for old, new in zip(before[: progress["epochs_done"]], after):
         assert old == new
     assert (run / "final.keras").exists()
+
+
+def test_validation_images_smaller_than_the_patch_are_named_in_a_warning(tmp_path: Path, caplog) -> None:
+    from tfssim.training import TrainConfig, _load_images
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "val").mkdir()
+    io.imsave(data / "train" / "big.png", (_texture(0, (64, 64)) * 255).astype(np.uint8), check_contrast=False)
+    io.imsave(data / "val" / "tiny.png", (_texture(1, (24, 40)) * 255).astype(np.uint8), check_contrast=False)
+    config = TrainConfig(data=str(data), output=str(tmp_path / "run"), patch_size=32)
+    with caplog.at_level("WARNING", logger="tfssim.training"):
+        _, train, val, _ = _load_images(config)
+    assert len(train) == 1 and val == []
+    assert "validation images smaller than the 32x32 patch are not used" in caplog.text
+    assert f"{data / 'val' / 'tiny.png'} 24x40" in caplog.text
+    assert "best.keras is chosen by the training loss" in caplog.text
+    # a large enough validation image stays, without a warning
+    io.imsave(data / "val" / "fine.png", (_texture(2, (48, 48)) * 255).astype(np.uint8), check_contrast=False)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tfssim.training"):
+        _, _, val, _ = _load_images(config)
+    assert len(val) == 1 and "training loss" not in caplog.text and "tiny.png" in caplog.text

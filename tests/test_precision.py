@@ -91,3 +91,21 @@ def test_mixed_float16_vae_outputs_float32(restore_policy):
     vae.compile(optimizer="adam", loss=L2Loss())
     history = vae.fit(x, x, epochs=2, batch_size=2, verbose=0).history["loss"]
     assert np.isfinite(history).all()
+
+
+def test_feature_extractor_computes_in_float32_under_mixed_precision(restore_policy):
+    from tfssim.losses import FeatureMatchingLoss
+    from tfssim.models import extract_features
+
+    precision.set_precision("on")
+    loss = FeatureMatchingLoss(weights=None)
+    extractor = loss.feature_extractor
+    assert keras.mixed_precision.global_policy().name == "mixed_float16"  # left as it was
+    assert {layer.compute_dtype for layer in extractor.layers} == {"float32"}
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 1)).astype(np.float32)
+    assert extract_features(extractor, x).dtype == tf.float32
+    # a float16 reconstruction is scored in float32 as well
+    value = loss(x, tf.cast(np.clip(x + 0.1, 0, 1), tf.float16))
+    assert value.dtype == tf.float32 and np.isfinite(float(value))
+    # built under the default policy, the same layers would have computed in float16
+    assert keras.layers.Conv2D(4, 3).compute_dtype == "float16"
