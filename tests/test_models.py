@@ -59,7 +59,7 @@ def _shape(layer: keras.layers.Layer) -> tuple:
 
 
 # --------------------------------------------------------------------------- architecture
-def test_paper_table_shapes_and_parameter_count():
+def test_paper_table_shapes_and_parameter_count(capsys):
     model = build_autoencoder(128, 1, 100)
     encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
     enc, dec = expected_shapes(128, 1, 100)
@@ -82,7 +82,8 @@ def test_paper_table_shapes_and_parameter_count():
     assert isinstance(encoder.layers[-1], keras.layers.Conv2D)
 
     n = model.count_params()
-    print(f"\nCAE 128x128x1, d=100: {n:,} parameters (paper table: {expected_param_count(1, 100):,})")
+    with capsys.disabled():  # shown in a normal (captured, -q) run too
+        print(f"\nCAE 128x128x1, d=100: {n:,} parameters (paper table: {expected_param_count(1, 100):,})")
     assert n == expected_param_count(1, 100) == 1_048_549
 
 
