@@ -159,6 +159,31 @@ def test_patches_are_crops_of_the_images_without_augmentation():
         assert any(np.all(w == patch, axis=(2, 3)).any() for w in windows)
 
 
+@pytest.mark.parametrize("kind, stored", [("8bit", "uint8"), ("16bit", "uint16"), ("float", "float32")])
+def test_patches_are_exact_crops_whatever_the_storage(kind, stored):
+    # Images of different widths and 3 channels: the unpadded buffer must use each image's own
+    # row stride, and 8-/16-bit codes must come back bit-identical to read_image's floats.
+    from tfssim.data.patches import _storage_dtype
+
+    rng = np.random.default_rng(1)
+    shapes = [(40, 57, 3), (45, 36, 3), (36, 80, 3)]
+    if kind == "8bit":
+        images = [rng.integers(0, 256, s).astype(np.float32) / 255.0 for s in shapes]
+    elif kind == "16bit":
+        images = [rng.integers(0, 65536, s).astype(np.float32) / 65535.0 for s in shapes]
+    else:
+        images = [rng.random(s, dtype=np.float32) for s in shapes]
+    assert _storage_dtype(images)[0] == np.dtype(stored)
+    x, _ = next(iter(data.patch_dataset(images, patch_size=16, patches_per_epoch=64, batch_size=64, augment=False)))
+    windows = [np.lib.stride_tricks.sliding_window_view(img, (16, 16, 3))[:, :, 0] for img in images]
+    found = []
+    for patch in x.numpy():
+        hits = [i for i, w in enumerate(windows) if np.all(w == patch, axis=(2, 3, 4)).any()]
+        assert hits, "a patch that is no crop of any image"
+        found.extend(hits)
+    assert set(found) == {0, 1, 2}  # every image contributes
+
+
 def test_same_seed_same_patches_and_resume_skips_ahead():
     images = _images()
     a = [b[0].numpy() for b in data.patch_dataset(images, 32, 128, 16, seed=3).take(4)]

@@ -44,6 +44,28 @@ def validate_images(images: Sequence[np.ndarray], patch_size: int) -> int:
     return int(channels)
 
 
+def _storage_dtype(images: Sequence[np.ndarray]) -> tuple[np.dtype, float | None]:
+    """The smallest dtype that holds every image exactly: 8- or 16-bit codes, else float32.
+
+    Images read from 8-/16-bit files are ``code / 255`` or ``code / 65535`` in float32; storing
+    the codes and dividing per patch (the same float32 division) gives bit-identical patches
+    in a quarter or half of the memory.
+    """
+    for dtype, scale in ((np.uint8, 255.0), (np.uint16, 65535.0)):
+        exact = True
+        for img in images:
+            img = np.asarray(img, np.float32)
+            codes = np.round(img * scale)
+            if codes.min() < 0 or codes.max() > scale or not np.array_equal(
+                codes.astype(dtype).astype(np.float32) / np.float32(scale), img
+            ):
+                exact = False
+                break
+        if exact:
+            return np.dtype(dtype), scale
+    return np.dtype(np.float32), None
+
+
 def steps_per_epoch(patches_per_epoch: int, batch_size: int) -> int:
     """Batches per epoch: ``patches_per_epoch // batch_size`` (at least 1)."""
     return max(1, patches_per_epoch // batch_size)
@@ -65,7 +87,8 @@ def patch_dataset(
     ----------
     images : sequence of ndarray
         Decoded float32 images ``[H, W, C]`` in [0, 1] (sizes may differ; see
-        :func:`tfssim.data.read_image`). They are held in memory once, padded to a common size.
+        :func:`tfssim.data.read_image`). They are held in memory once, unpadded, as 8- or
+        16-bit codes when they came from 8-/16-bit files (bit-identical patches), else float32.
     patch_size : int
         Side of the square patches (the paper: 128).
     patches_per_epoch : int
@@ -99,13 +122,20 @@ def patch_dataset(
         raise ValueError("batch_size and patches_per_epoch must be >= 1 and start_batch >= 0")
     heights = np.array([img.shape[0] for img in images], np.int32)
     widths = np.array([img.shape[1] for img in images], np.int32)
-    stack = np.zeros((len(images), heights.max(), widths.max(), channels), np.float32)
-    for i, img in enumerate(images):
-        stack[i, : img.shape[0], : img.shape[1]] = img
+    # All images in one flat buffer, unpadded, as 8-/16-bit codes when that is exact (see
+    # _storage_dtype): memory is the images' own pixel count times 1, 2 or 4 bytes.
+    dtype, scale = _storage_dtype(images)
+    sizes = heights.astype(np.int64) * widths * channels
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    flat = np.empty(int(sizes.sum()), dtype)
+    for img, offset, size in zip(images, offsets, sizes):
+        img = np.asarray(img, np.float32)
+        flat[offset : offset + size] = (np.round(img * scale) if scale else img).astype(dtype).ravel()
     # Images are picked with probability proportional to the number of patch origins they offer.
     origins = (heights - patch_size + 1).astype(np.float64) * (widths - patch_size + 1)
     logits = tf.constant(np.log(origins / origins.sum())[None], tf.float32)
-    stack_t = tf.constant(stack)
+    flat_t = tf.constant(flat)
+    offsets_t = tf.constant(offsets)
     heights_t = tf.constant(heights)
     widths_t = tf.constant(widths)
     p = patch_size
@@ -117,7 +147,12 @@ def patch_dataset(
         k = tf.random.stateless_categorical(logits, 1, seed=sub(0), dtype=tf.int32)[0, 0]
         y = tf.random.stateless_uniform([], sub(1), 0, heights_t[k] - p + 1, dtype=tf.int32)
         x = tf.random.stateless_uniform([], sub(2), 0, widths_t[k] - p + 1, dtype=tf.int32)
-        patch = stack_t[k, y : y + p, x : x + p, :]
+        # rows y .. y+p of image k are one contiguous run of the buffer: slice, view, crop
+        row_stride = tf.cast(widths_t[k], tf.int64) * channels
+        start = offsets_t[k] + tf.cast(y, tf.int64) * row_stride
+        band = tf.reshape(flat_t[start : start + p * row_stride], tf.stack([p, widths_t[k], channels]))
+        patch = band[:, x : x + p, :]
+        patch = tf.cast(patch, tf.float32) / scale if scale else patch
         if augment:
             flips = tf.random.stateless_uniform([2], sub(3))
             patch = tf.cond(flips[0] < 0.5, lambda: tf.reverse(patch, [1]), lambda: patch)
