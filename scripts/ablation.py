@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--sweep", default="window", help="comma-separated: latent, window, patch")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--patches-per-epoch", type=int, default=2000)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--fpr", type=float, default=0.01)
     args = parser.parse_args()
 
@@ -54,7 +55,8 @@ def main() -> None:
             run_dir = args.output / "runs" / key.replace("=", "_")
             if not (run_dir / "final.keras").exists():
                 cmd = [str(BIN / "tfssim-train"), str(args.data), "--model", "ssim", "--output", str(run_dir),
-                       option, str(value), "--epochs", str(args.epochs), "--patches-per-epoch", str(args.patches_per_epoch)]
+                       option, str(value), "--epochs", str(args.epochs), "--patches-per-epoch", str(args.patches_per_epoch),
+                       "--learning-rate", str(args.learning_rate)]
                 if (run_dir / "config.json").exists():
                     cmd.append("--resume")
                 run(cmd)
@@ -83,7 +85,7 @@ def main() -> None:
             lines.append(f"| {v} | {'-' if r is None else f'{r:.3f}'} | {p:.3f} |")
         lines.append("")
     table = "\n".join(lines)
-    (args.output / "ablation.md").write_text(f"Budget: {args.epochs} epochs x {args.patches_per_epoch} patches\n\n{table}")
+    (args.output / "ablation.md").write_text(f"Budget: {args.epochs} epochs x {args.patches_per_epoch} patches, learning rate {args.learning_rate:g}\n\n{table}")
     print(table)
 
 

@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--patches-per-epoch", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=2e-4, help="the paper: 2e-4 (for 200 x 20,000 patches)")
     parser.add_argument("--budget", action="append", default=[], metavar="MODEL=EPOCHSxPATCHES",
                         help="per-model budget overriding --epochs/--patches-per-epoch, e.g. fm=4x2000 (repeatable)")
     parser.add_argument("--fm-weights", default="imagenet", help="VGG16 weights for the FM-AE ('imagenet', a file, or 'none')")
@@ -75,7 +76,7 @@ def main() -> None:
         if not (run_dir / "final.keras").exists():
             cmd = [str(BIN / "tfssim-train"), str(args.data), "--model", model, "--output", str(run_dir),
                    "--epochs", str(epochs), "--patches-per-epoch", str(patches),
-                   "--batch-size", str(args.batch_size)]
+                   "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)]
             if model == "fm":
                 cmd += ["--weights", fm_weights_file(args.fm_weights, args.output)]
             if (run_dir / "config.json").exists():
@@ -101,7 +102,7 @@ def main() -> None:
     evaluate_s = time.perf_counter() - started
     results = json.loads((args.output / "evaluation" / "results.json").read_text())
     budget = {"per_model": {m: {"epochs": e, "patches_per_epoch": p} for m, (e, p) in budgets.items()},
-              "batch_size": args.batch_size, "stride": args.stride, "fm_weights": args.fm_weights}
+              "batch_size": args.batch_size, "learning_rate": args.learning_rate, "stride": args.stride, "fm_weights": args.fm_weights}
     summary = {"budget": budget, "timings": timings, "evaluate_s": round(evaluate_s, 1), "results": results["exports"]}
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
     # The paper gives 0.966 (SSIM) in its text and the others only as curves in its Figure 5.

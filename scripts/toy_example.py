@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="training steps per model")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--latent-dim", type=int, default=100)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -66,7 +67,7 @@ def main() -> None:
     for kind, loss in (("l2", losses.L2Loss()), ("ssim", losses.SSIMLoss(window_size=11))):
         keras.utils.set_random_seed(args.seed)
         model = models.build_autoencoder(128, 1, args.latent_dim, name=f"{kind}_autoencoder")
-        model.compile(optimizer=keras.optimizers.AdamW(2e-4, weight_decay=1e-5), loss=loss)
+        model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate, weight_decay=1e-5), loss=loss)
         started = time.perf_counter()
         model.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=2)
         seconds[kind] = round(time.perf_counter() - started, 1)
@@ -76,7 +77,7 @@ def main() -> None:
     aucs = {f"{kind}-AE {name}": metrics.pixel_roc_auc([panel], [mask])
             for kind, panels in rows.items() for name, panel in panels.items()}
 
-    fig = Figure(figsize=(21, 6.6))
+    fig = Figure(figsize=(21, 7.4), layout="constrained")
     layout = [
         [("input", image[..., 0], None), ("l2-AE reconstruction", recon["l2"][0, ..., 0], None)]
         + [(f"l2-AE {n}", p, aucs[f"l2-AE {n}"]) for n, p in rows["l2"].items()],
@@ -90,10 +91,11 @@ def main() -> None:
             ax.imshow(panel, cmap="inferno" if residual else "gray", vmin=None if residual else 0, vmax=None if residual else 1)
             ax.set_title(title + (f"\nAUC {auc:.3f}" if residual else ""), fontsize=10)
             ax.axis("off")
-    fig.suptitle(f"Toy example (Bergmann et al., Fig. 3): {args.steps} steps x {args.batch_size} boards per model")
-    fig.tight_layout()
+    fig.suptitle(f"Toy example (Bergmann et al., Fig. 3): {args.steps} steps x {args.batch_size} boards per model, "
+                 f"learning rate {args.learning_rate:g}")
     fig.savefig(args.output / "toy_example.png", dpi=90)
-    report = {"pixel_auroc": aucs, "steps": args.steps, "batch_size": args.batch_size, "train_seconds": seconds}
+    report = {"pixel_auroc": aucs, "steps": args.steps, "batch_size": args.batch_size,
+              "learning_rate": args.learning_rate, "train_seconds": seconds}
     (args.output / "toy_auc.json").write_text(json.dumps(report, indent=2))
     for name, auc in aucs.items():
         print(f"{name:>26}: pixel ROC AUC {auc:.3f}")
