@@ -265,14 +265,16 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(image_folder: Path,
                                  "lower --learning-rate (was 0.0002)", exit_code=1)
     assert "the last good state (epoch 1) is kept" in line and "best.keras" in line
     assert [int(r["epoch"]) for r in _rows(run)] == [1]
-    assert json.loads((run / "state" / "progress.json").read_text())["epochs_done"] == 1
+    progress = json.loads((run / "state" / "progress.json").read_text())
+    assert progress["epochs_done"] == 1
     assert not (run / "final.keras").exists()
     best = keras.saving.load_model(run / "best.keras", compile=False)
     assert all(np.isfinite(w).all() for w in best.get_weights())
     x = np.full((2, 32, 32, 1), 0.5, np.float32)
     assert np.isfinite(np.asarray(best(x))).all()
     # the resume checkpoint holds the same (good) weights
-    best.load_weights(run / "state" / "checkpoint.weights.h5")
+    assert sorted(p.name for p in (run / "state").glob("*.weights.h5")) == [progress["weights"]]
+    best.load_weights(run / "state" / progress["weights"])
     assert all(np.isfinite(w).all() for w in best.get_weights())
 
 
@@ -304,15 +306,17 @@ def _train_cmd(data: Path, run: Path, *extra: str) -> list[str]:
             "--patch-size", "32", "--latent-dim", "8", "--batch-size", "8", "--patches-per-epoch", "800", *extra]
 
 
-def _wait_for_rows(run: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for_epochs(run: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``count`` epochs are committed (state/progress.json, written after the history row)."""
+    progress = run / "state" / "progress.json"
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if (run / "history.csv").exists() and len(_rows(run)) >= count:
+        if progress.exists() and json.loads(progress.read_text())["epochs_done"] >= count:
             return
         if proc.poll() is not None:
             raise AssertionError(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
         time.sleep(0.05)
-    raise AssertionError("no history rows in time")
+    raise AssertionError(f"not {count} epochs in time")
 
 
 @pytest.mark.slow
@@ -321,7 +325,7 @@ def test_killed_run_resumes_to_the_same_epoch_count(sig: int, image_folder: Path
     run = tmp_path / "run"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(_train_cmd(image_folder, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    _wait_for_rows(run, 2, proc)
+    _wait_for_epochs(run, 2, proc)
     time.sleep(0.3)  # into the next epoch
     proc.send_signal(sig)
     proc.wait(timeout=60)

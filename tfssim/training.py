@@ -11,7 +11,8 @@ A run lives in one folder::
       training_curves.png   loss / val_loss per epoch
       tensorboard/          TensorBoard logs
       examples/             input / reconstruction / residual PNGs of validation patches
-      state/                resume state: weights + optimizer after the last finished epoch
+      state/                resume state: progress.json (epochs done, best value) naming the
+                            weights + optimizer file of the last finished epoch
 
 Every file is written atomically (temporary name, then ``os.replace``), so a run killed at
 any moment resumes from its last finished epoch with ``resume=True`` and keeps every history
@@ -47,6 +48,7 @@ STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LAYOUTS = ("auto", "nanotwice", "mvtec", "folder")
 CONFIG_NAME = "config.json"
 HISTORY_NAME = "history.csv"
+PROGRESS_NAME = "progress.json"
 # Config-file keys that are option names but not TrainConfig fields (``--weights`` sets fm_weights).
 CONFIG_ALIASES = {"weights": "fm_weights"}
 
@@ -329,16 +331,24 @@ class _RunState(keras.callbacks.Callback):
         monitor = logs.get("val_loss", logs.get("loss"))
         if not self.chief:
             return
-        _write_history(self.run_dir / HISTORY_NAME, self.rows)
+        # progress.json is the commit point, written last: it names this epoch's weights file,
+        # so a kill at any moment before it leaves the previous epoch's state whole (weights,
+        # and history rows beyond epochs_done are dropped on resume).
+        state = self.run_dir / "state"
+        state.mkdir(exist_ok=True)
+        weights = f"epoch-{epoch + 1:05d}.weights.h5"
+        tmp = state / "checkpoint.tmp.weights.h5"
+        self.model.save_weights(tmp)
+        os.replace(tmp, state / weights)
         if monitor < self.best:
             self.best = monitor
             _atomic_save_model(self.model, self.run_dir / "best.keras")
-        state = self.run_dir / "state"
-        state.mkdir(exist_ok=True)
-        tmp = state / "checkpoint.tmp.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, state / "checkpoint.weights.h5")
-        _atomic_write_text(state / "progress.json", json.dumps({"epochs_done": epoch + 1, "best": self.best}))
+        _write_history(self.run_dir / HISTORY_NAME, self.rows)
+        _atomic_write_text(state / PROGRESS_NAME,
+                           json.dumps({"epochs_done": epoch + 1, "best": self.best, "weights": weights}))
+        for old in state.glob("*.weights.h5"):
+            if old.name != weights:
+                old.unlink(missing_ok=True)
         summary = "  ".join(f"{k} {v:.5f}" for k, v in logs.items() if k != "learning_rate")
         logger.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, summary, seconds)
 
@@ -443,7 +453,7 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
 
         run_dir = Path(tempfile.mkdtemp(prefix="tfssim-worker-"))
         resume = False
-    progress_path = run_dir / "state" / "progress.json"
+    progress_path = run_dir / "state" / PROGRESS_NAME
     config_path = run_dir / CONFIG_NAME
     if resume:
         if not config_path.exists():
@@ -467,10 +477,12 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
     with strategy.scope():
         loss = _build_loss(config)
 
-    initial_epoch, best = 0, math.inf
+    initial_epoch, best, weights_path = 0, math.inf, None
     if resume and progress_path.exists():
         progress = json.loads(progress_path.read_text())
         initial_epoch, best = int(progress["epochs_done"]), float(progress["best"])
+        # runs written before progress.json named its weights file used checkpoint.weights.h5
+        weights_path = run_dir / "state" / progress.get("weights", "checkpoint.weights.h5")
     rows: list[dict[str, Any]] = _read_history(run_dir / HISTORY_NAME)[:initial_epoch]
     rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
 
@@ -505,7 +517,7 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         # make TensorFlow trace the training step twice (measured: fit start-up 9.3 -> 4.5 s).
         model.optimizer.build(model.trainable_variables)
         if initial_epoch:
-            model.load_weights(run_dir / "state" / "checkpoint.weights.h5")
+            model.load_weights(weights_path)
 
     state = _RunState(run_dir, rows, best, config.epochs, chief)
     callbacks: list[keras.callbacks.Callback] = [state]
