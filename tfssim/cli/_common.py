@@ -10,13 +10,39 @@ from typing import Iterator
 import click
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a record is written, not when it was made.
+
+    click's ``CliRunner`` swaps ``sys.stderr`` for a capture stream during each invocation and
+    closes it afterwards: a handler holding that stream would fail ("--- Logging error ---") on
+    every later record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__/setStream assign it: ignored
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Plain ``HH:MM:SS message`` lines on stderr; TensorFlow's C++ chatter silenced."""
+    """Plain ``HH:MM:SS message`` lines on stderr; TensorFlow's C++ chatter silenced.
+
+    Calling it again replaces its own handler (no duplicate lines) and leaves other handlers alone.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr, force=True,
-    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
