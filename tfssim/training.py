@@ -14,6 +14,9 @@ A run lives in one folder::
       state/                resume state: progress.json (epochs done, best value) naming the
                             weights + optimizer file of the last finished epoch
 
+Under ``strategy="multiworker"`` only the chief (task 0) writes the run folder, and training runs
+in a custom distributed loop instead of ``model.fit`` (see ``_custom_fit``).
+
 Every file is written atomically (temporary name, then ``os.replace``), so a run killed at
 any moment resumes from its last finished epoch with ``resume=True`` and keeps every history
 row it had; the patch pipeline is index-seeded and skips ahead to the batches not yet seen.
@@ -195,6 +198,7 @@ class TrainResult:
     final_path: Path
     seconds: float
     images: dict[str, int] = field(default_factory=dict)
+    chief: bool = True  # False on the other workers of a multi-worker run, which write no files
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -236,16 +240,19 @@ def _make_strategy(name: str) -> tf.distribute.Strategy:
         # Must run before anything initialises the TF runtime (even listing logical devices).
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable describing the cluster")
-        logger.warning(
-            "MultiWorkerMirroredStrategy: Keras 3 (checked up to 3.15.1) fails in model.fit with it "
-            "(keras-team/keras#20585); use --strategy mirrored on one machine until Keras fixes it"
-        )
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "none" or (name == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def _strategy_name(strategy: tf.distribute.Strategy) -> str:
+    # tf.distribute.MultiWorkerMirroredStrategy is the class CollectiveAllReduceStrategy.
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(strategy).__name__
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -371,7 +378,7 @@ def _banner(config: TrainConfig, split: Any, train: Sequence[np.ndarray], val: S
         f"batch {config.batch_size}, augment {'on' if config.augment else 'off'}",
         f"training  {config.epochs} epochs, AdamW lr {config.learning_rate:g}, weight decay {config.weight_decay:g}"
         + (f", resuming after epoch {initial_epoch}" if initial_epoch else ""),
-        f"devices   {devices}; precision {policy}; strategy {type(strategy).__name__} "
+        f"devices   {devices}; precision {policy}; strategy {_strategy_name(strategy)} "
         f"({strategy.num_replicas_in_sync} replica(s))",
     ]
     if skipped:
@@ -405,7 +412,9 @@ def _save_examples(model: keras.Model, config: TrainConfig, patches: np.ndarray,
     x = patches[:4]
     if len(x) == 0:
         return
-    recon = np.asarray(model.predict(x, verbose=0))
+    # A direct call, not predict(): under MultiWorkerMirroredStrategy predict() would distribute
+    # the batch over the workers, and only the chief gets here.
+    recon = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)
     if config.model == "vae":
         residual = np.asarray(model.anomaly_map(x, config.vae_samples))
     elif get_spec(config.model).residual == "ssim":
@@ -413,6 +422,115 @@ def _save_examples(model: keras.Model, config: TrainConfig, patches: np.ndarray,
     else:
         residual = np.mean(np.square(x - recon), axis=-1)
     plots.plot_examples(list(x), list(recon), list(residual), folder / "examples.png")
+
+
+def _from_chief(strategy: tf.distribute.Strategy, tensors: Sequence[Any]) -> list[tf.Tensor]:
+    """Every worker gets task 0's values of ``tensors`` (one all-reduce of a flat float64 vector).
+
+    Only the chief reads the run folder, so on ``--resume`` the other workers take the epoch
+    count and the restored weights from it. Replica 0 lives on the chief (task 0: the chief,
+    else worker 0), as ``_is_chief`` decides.
+    """
+    values = [tf.convert_to_tensor(t) for t in tensors]
+    flat = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in values], 0)
+
+    def pick(ctx: tf.distribute.experimental.ValueContext) -> tf.Tensor:
+        return flat if ctx.replica_id_in_sync_group == 0 else tf.zeros_like(flat)
+
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.experimental_distribute_values_from_function(pick),
+                            axis=None)
+    parts = tf.split(total, [int(np.prod(v.shape)) for v in values])
+    return [tf.cast(tf.reshape(part, v.shape), v.dtype) for part, v in zip(parts, values)]
+
+
+def _custom_fit(model: keras.Model, strategy: tf.distribute.Strategy, train_ds: tf.data.Dataset,
+                val_patches: np.ndarray | None, *, batch_size: int, epochs: int, initial_epoch: int, steps: int,
+                callbacks: list[keras.callbacks.Callback], verbose: int, jit_compile: bool) -> None:
+    """``model.fit`` as a custom loop, for MultiWorkerMirroredStrategy only.
+
+    Keras 3 (checked up to 3.15.1) cannot ``fit`` under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585: ``_maybe_symbolic_build`` reduces the first PerReplica batch, and
+    ``reduce_per_replica`` reduces the scalar logs along axis 0), while TensorFlow runs the
+    strategy fine. The step is ``fit``'s own: ``model.compute_loss`` (Keras divides each replica's
+    mean loss by the number of replicas, so their SUM is the global batch's mean), the
+    optimizer's loss scaling, and ``apply_gradients``, which all-reduces (sums) the gradients.
+    ``batch_size`` is the global batch: each global batch of the index-seeded pipeline is split
+    across the replicas, so the patches seen match a one-device run. The callbacks (the run
+    state, TensorBoard, Keras's progress bar) get the same calls and logs as under ``fit``.
+    """
+    sum_ = tf.distribute.ReduceOp.SUM
+    replicas = strategy.num_replicas_in_sync
+    options = tf.data.Options()
+    # Every worker builds the same global batches and keeps its replicas' share of each
+    # (the pipeline has no files to shard by).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_dist = strategy.experimental_distribute_dataset(train_ds.with_options(options))
+    val_dist = None
+    if val_patches is not None:
+        val_ds = tf.data.Dataset.from_tensor_slices((val_patches, val_patches)).batch(batch_size)
+        val_dist = strategy.experimental_distribute_dataset(val_ds.with_options(options))
+
+    def replica_gradients(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            scaled = model.optimizer.scale_loss(loss)
+        return loss, tape.gradient(scaled, model.trainable_weights)
+
+    def replica_test_loss(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # Summed per patch, so the uneven last batch (some replicas may get none) weighs right.
+        count = tf.cast(tf.shape(x)[0], tf.float32)
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
+        return loss * replicas * count, count
+
+    if jit_compile:
+        # XLA compiles the model, loss and gradients; the update stays outside, because XLA
+        # cannot compile collectives on CPU ("Collectives are not yet implemented for CPU
+        # devices when compiling with XLA").
+        replica_gradients = tf.function(replica_gradients, jit_compile=True)
+        replica_test_loss = tf.function(replica_test_loss, jit_compile=True)
+
+    def replica_train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        loss, gradients = replica_gradients(x, y)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_weights))
+        return loss
+
+    @tf.function
+    def train_step(iterator: Any) -> tf.Tensor:
+        return strategy.reduce(sum_, strategy.run(replica_train_step, args=next(iterator)), axis=None)
+
+    @tf.function
+    def test_step(batch: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        total, count = strategy.run(replica_test_loss, args=batch)
+        return strategy.reduce(sum_, total, axis=None), strategy.reduce(sum_, count, axis=None)
+
+    callback_list = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, model=model,
+                                                 verbose=verbose, epochs=epochs, steps=steps)
+    model.stop_training = False
+    iterator = iter(train_dist)
+    logs: dict[str, float] = {}
+    callback_list.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        callback_list.on_epoch_begin(epoch)
+        total = 0.0
+        for step in range(steps):
+            callback_list.on_train_batch_begin(step)
+            # The reduced loss is the same on every worker, so all stop at the same step.
+            total += float(train_step(iterator))
+            logs = {"loss": total / (step + 1)}
+            callback_list.on_train_batch_end(step, logs)
+            if model.stop_training:
+                break
+        if val_dist is not None and math.isfinite(logs["loss"]):
+            val_total, val_count = 0.0, 0.0
+            for batch in val_dist:
+                batch_total, batch_count = test_step(batch)
+                val_total, val_count = val_total + float(batch_total), val_count + float(batch_count)
+            logs["val_loss"] = val_total / max(val_count, 1.0)
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -425,8 +543,8 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         config: The run's configuration (validated here).
         resume: Continue the run in ``config.output`` from its last finished epoch. Without it
             an existing run folder raises :class:`RunExistsError`.
-        verbose: Keras ``fit`` verbosity (``"auto"``: a progress bar on a terminal, one line
-            per epoch otherwise).
+        verbose: Keras ``fit`` verbosity, also the multi-worker loop's (``"auto"``: a progress
+            bar on a terminal, one line per epoch otherwise).
 
     Returns:
         A :class:`TrainResult`.
@@ -448,10 +566,11 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
     chief = _is_chief(strategy)
     run_dir = Path(config.output)
     if not chief:
-        # Other workers train in lock-step with the chief but keep their files out of its run folder.
+        # Other workers train in lock-step with the chief and write no files (every write below
+        # is the chief's); this path, never created, only stands in for the run folder.
         import tempfile
 
-        run_dir = Path(tempfile.mkdtemp(prefix="tfssim-worker-"))
+        run_dir = Path(tempfile.gettempdir()) / f"tfssim-worker-{os.getpid()}"
         resume = False
     progress_path = run_dir / "state" / PROGRESS_NAME
     config_path = run_dir / CONFIG_NAME
@@ -487,25 +606,16 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
     rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
 
     _banner(config, split, train_images, val_images, policy, strategy, skipped, initial_epoch)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
         record = {"config": config.to_dict(), "versions": _versions(), "layout": split.layout,
                   "channels": config.channels, "ssim": config.ssim_params, "patch_size": config.patch_size,
                   "latent_dim": config.latent_dim, "model": config.model, "precision": policy,
-                  "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+                  "strategy": _strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
                   "train_images": [str(p) for p in split.train], "val_images": [str(p) for p in split.val],
                   "skipped_images": skipped}
         _atomic_write_text(config_path, json.dumps(record, indent=2))
 
-    steps = data.steps_per_epoch(config.patches_per_epoch, config.batch_size)
-    train_ds = data.patch_dataset(
-        train_images, patch_size=config.patch_size, patches_per_epoch=config.patches_per_epoch,
-        batch_size=config.batch_size, seed=config.seed, augment=config.augment,
-        start_batch=initial_epoch * steps, repeat=True,
-    )
-    val_patches = (
-        data.fixed_patches(val_images, config.patch_size, config.val_patches, seed=config.seed + 1) if val_images else None
-    )
     with strategy.scope():
         spec = get_spec(config.model)
         extra = {"observation_std": config.vae_observation_std, "num_samples": config.vae_samples, "seed": config.seed} \
@@ -516,9 +626,29 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         # Built here rather than on fit's first step: variables created inside the first call
         # make TensorFlow trace the training step twice (measured: fit start-up 9.3 -> 4.5 s).
         model.optimizer.build(model.trainable_variables)
-        if initial_epoch:
-            model.load_weights(weights_path)
+    if initial_epoch:
+        # Outside strategy.scope(): Keras's weight loading and saving create variables (a
+        # throwaway optimizer's iteration and learning_rate), which MultiWorkerMirroredStrategy
+        # would initialise by a broadcast from the chief that the other workers never join.
+        model.load_weights(weights_path)
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multiworker:
+        # Only the chief read the run folder: every worker takes its epoch count and weights.
+        variables = list({id(v): v for v in [*model.variables, *model.optimizer.variables]}.values())
+        epoch_t, *values = _from_chief(strategy, [float(initial_epoch), *variables])
+        initial_epoch = int(epoch_t)
+        for variable, value in zip(variables, values):
+            variable.assign(value)
 
+    steps = data.steps_per_epoch(config.patches_per_epoch, config.batch_size)
+    train_ds = data.patch_dataset(
+        train_images, patch_size=config.patch_size, patches_per_epoch=config.patches_per_epoch,
+        batch_size=config.batch_size, seed=config.seed, augment=config.augment,
+        start_batch=initial_epoch * steps, repeat=True,
+    )
+    val_patches = (
+        data.fixed_patches(val_images, config.patch_size, config.val_patches, seed=config.seed + 1) if val_images else None
+    )
     state = _RunState(run_dir, rows, best, config.epochs, chief)
     callbacks: list[keras.callbacks.Callback] = [state]
     if chief:
@@ -527,7 +657,14 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
     if verbose == "auto":
         verbose = 1 if os.isatty(1) else 2
     started = time.perf_counter()
-    if initial_epoch < config.epochs:
+    if initial_epoch < config.epochs and multiworker:
+        # Keras's fit fails under this strategy (keras-team/keras#20585): see _custom_fit. Run
+        # outside strategy.scope(), so that the chief's checkpoint saves (which create variables,
+        # see load_weights above) start no collective broadcast.
+        _custom_fit(model, strategy, train_ds, val_patches, batch_size=config.batch_size, epochs=config.epochs,
+                    initial_epoch=initial_epoch, steps=steps, callbacks=callbacks,
+                    verbose=verbose if chief else 0, jit_compile=config.jit_compile)
+    elif initial_epoch < config.epochs:
         with strategy.scope():
             model.fit(
                 train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
@@ -540,7 +677,9 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         fix = f"lower --learning-rate (was {config.learning_rate:g})" + (
             " or use --mixed-precision off" if policy != "float32" else ""
         )
-        if state.rows:
+        if not chief:
+            kept = "the chief's run folder keeps the last good state, if an epoch finished"
+        elif state.rows:
             kept = (f"the last good state (epoch {len(state.rows)}) is kept: {run_dir / 'best.keras'}, "
                     f"{run_dir / 'state'} and {run_dir / HISTORY_NAME}")
         else:
@@ -560,6 +699,8 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
             plots.plot_training_curves({k: v for k, v in history.items() if "loss" in k}, run_dir / "training_curves.png")
         examples = val_patches if val_patches is not None else data.fixed_patches(train_images, config.patch_size, 4, seed=config.seed + 2)
         _save_examples(model, config, examples, run_dir / "examples")
-    logger.info("run folder %s: final.keras, best.keras, history.csv, training_curves.png (%.1f s)", run_dir, seconds)
+        logger.info("run folder %s: final.keras, best.keras, history.csv, training_curves.png (%.1f s)", run_dir, seconds)
+    else:
+        logger.info("worker done (%.1f s); the chief wrote the run folder", seconds)
     return TrainResult(run_dir, history, len(state.rows), best_path, final_path, seconds,
-                       {"train": len(train_images), "val": len(val_images)})
+                       {"train": len(train_images), "val": len(val_images)}, chief)

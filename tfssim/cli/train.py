@@ -141,6 +141,10 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
         except FloatingPointError as err:
             # A run-time failure, not bad input: exit status 1 (see the help text).
             raise click.ClickException(f"training failed: {err}") from None
+    if not result.chief:
+        click.echo(f"worker: trained {config.model} in lock-step with the chief in {result.seconds:.1f} s; "
+                   f"the chief wrote the run folder")
+        return
     click.echo(f"trained {config.model} for {result.epochs_run} epochs in {result.seconds:.1f} s; run folder: {result.run_dir}")
 
 
