@@ -1,0 +1,316 @@
+"""Run an export on image files and write, per image, the anomaly map, mask, overlay and region table.
+
+The library behind ``tfssim-predict`` (which is a thin wrapper around :func:`predict_files`), for
+scripts that inspect folders of images without going through the command line.
+
+Example:
+    >>> from tfssim.inference import ExportedModel
+    >>> from tfssim.prediction import expand_inputs, predict_files
+    >>> model = ExportedModel.load("exported_models/nanotwice/1")   # threshold set by tfssim-calibrate
+    >>> summary = predict_files(model, expand_inputs(["images/*.tif"]), "predictions", mask_dir="gt")
+    >>> [r.path.name for r in summary.results if r.defect], summary.failures
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from tfssim.inference import ExportedModel
+
+__all__ = [
+    "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "ImageResult", "PredictionSummary", "expand_inputs", "find_mask",
+    "output_stems", "predict_files",
+]
+
+# Ground-truth mask names tried for an image <stem>, in order: NanoTWICE's <stem>_gt, a mask with
+# the image's own stem, MVTec AD's <stem>_mask (the suffixes tfssim.data.layouts matches).
+MASK_SUFFIXES = ("_gt", "", "_mask")
+
+# The files written per image, as ``<stem><suffix>`` in the output folder, by kind.
+OUTPUT_SUFFIXES = {
+    "anomaly_map_tif": "_anomaly_map.tif",
+    "anomaly_map_png": "_anomaly_map.png",
+    "mask": "_mask.png",
+    "overlay": "_overlay.png",
+    "regions": "_regions.json",
+}
+
+
+@dataclass
+class ImageResult:
+    """What :func:`predict_files` found and wrote for one image.
+
+    Attributes:
+        path: The input image.
+        stem: Prefix of its output files (see :func:`output_stems`).
+        regions: The region table (``tfssim.postprocess.region_table`` rows), as in ``<stem>_regions.json``.
+        max_score: Maximum of the anomaly map.
+        files: Paths of the files written, keyed as :data:`OUTPUT_SUFFIXES`.
+        ground_truth: The mask file drawn on the overlay, or ``None``.
+    """
+
+    path: Path
+    stem: str
+    regions: list[dict[str, Any]]
+    max_score: float
+    files: dict[str, Path]
+    ground_truth: Path | None = None
+
+    @property
+    def defect(self) -> bool:
+        """Whether the post-processed segmentation has at least one region."""
+        return bool(self.regions)
+
+    def summary_line(self) -> str:
+        """``name: DEFECT|ok  regions N  max score S`` (the full path where the stem was renamed)."""
+        label = self.path.name if self.stem == self.path.stem else str(self.path)
+        return (f"{label}: {'DEFECT' if self.regions else 'ok'}  regions {len(self.regions)}  "
+                f"max score {self.max_score:.4f}")
+
+
+@dataclass
+class PredictionSummary:
+    """The outcome of :func:`predict_files`.
+
+    Attributes:
+        export: Version folder of the export that made the maps.
+        threshold: Score threshold of the segmentation.
+        output_dir: Folder holding the per-image files and ``summary.json``.
+        images: Number of input images (processed and failed).
+        results: One :class:`ImageResult` per processed image, in input order.
+        failures: One message per skipped image (unreadable, refused by the export, bad mask).
+        images_without_mask: Processed images with no ground-truth mask in ``mask_dir``;
+            ``None`` when no ``mask_dir`` was given.
+    """
+
+    export: Path
+    threshold: float
+    output_dir: Path
+    images: int
+    results: list[ImageResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    images_without_mask: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every image was processed."""
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of ``summary.json``."""
+        return {"export": str(self.export), "threshold": self.threshold, "images": self.images,
+                "failed": list(self.failures), "images_without_mask": self.images_without_mask}
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files, folders (their images) and glob patterns -> a sorted, de-duplicated list of paths.
+
+    Args:
+        items: Image files, folders (the image files directly in them, see
+            ``tfssim.data.IMAGE_SUFFIXES``) and glob patterns (``*``, ``?``, ``[``).
+
+    Returns:
+        The paths in the order of ``items`` (each folder's and pattern's matches sorted), each once.
+
+    Raises:
+        FileNotFoundError: A pattern matches nothing, or a path does not exist.
+        ValueError: No image was found at all.
+
+    Example:
+        >>> expand_inputs(["scans/", "extra/*.tif", "one.png"])
+    """
+    from tfssim.data import IMAGE_SUFFIXES
+
+    items = [os.fspath(item) for item in items]
+    paths: list[Path] = []
+    for item in items:
+        matches = [Path(m) for m in sorted(glob.glob(item))] if any(c in item for c in "*?[") else [Path(item)]
+        if not matches:
+            raise FileNotFoundError(f"no file matches {item!r}")
+        for path in matches:
+            if path.is_dir():
+                paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            elif path.exists():
+                paths.append(path)
+            else:
+                raise FileNotFoundError(f"{path} does not exist")
+    unique = list(dict.fromkeys(paths))
+    if not unique:
+        raise ValueError("no images found in " + ", ".join(items))
+    return unique
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """A distinct output name per image: its stem, prefixed by its folder's name where stems collide.
+
+    Args:
+        paths: The images.
+
+    Returns:
+        One name per path, e.g. ``["a_x", "b_x", "y"]`` for ``a/x.png, b/x.png, c/y.png``; a
+        further ``_2``, ``_3``, ... keeps names distinct where folder names collide too.
+    """
+    paths = [Path(p) for p in paths]
+    counts: dict[str, int] = {}
+    for path in paths:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    stems: list[str] = []
+    for path in paths:
+        stem = path.stem if counts[path.stem] == 1 else f"{path.parent.name or 'root'}_{path.stem}"
+        candidate, i = stem, 2
+        while candidate in stems or (candidate != path.stem and candidate in counts):
+            candidate, i = f"{stem}_{i}", i + 1
+        stems.append(candidate)
+    return stems
+
+
+def find_mask(mask_dir: str | os.PathLike, image: str | os.PathLike) -> Path | None:
+    """The ground-truth mask of ``image`` in ``mask_dir``, or ``None``.
+
+    Tries ``<stem><suffix><ext>`` for each suffix of :data:`MASK_SUFFIXES` in order and each image
+    extension (lower and upper case), e.g. ``x_gt.png``, ``x.tif``, ``x_mask.PNG`` for ``x.png``.
+    """
+    from tfssim.data import IMAGE_SUFFIXES
+
+    mask_dir, image = Path(mask_dir), Path(image)
+    for suffix in MASK_SUFFIXES:
+        for ext in IMAGE_SUFFIXES:
+            for candidate in (mask_dir / f"{image.stem}{suffix}{ext}", mask_dir / f"{image.stem}{suffix}{ext.upper()}"):
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+def _save_tiff(path: Path, array: np.ndarray) -> None:
+    import tifffile
+
+    tmp = path.with_name(path.stem + ".tmp.tif")
+    tifffile.imwrite(tmp, array.astype(np.float32))
+    os.replace(tmp, path)
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    from skimage import io
+
+    tmp = path.with_name(path.stem + ".tmp.png")
+    io.imsave(tmp, array, check_contrast=False)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def predict_files(
+    model: ExportedModel,
+    paths: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    mask_dir: str | os.PathLike | None = None,
+    min_area: int = 0,
+    progress: bool = True,
+) -> PredictionSummary:
+    """Run ``model`` on image files and write the per-image results and ``summary.json``.
+
+    For each image ``<stem>`` (see :func:`output_stems`) the output folder gets the anomaly
+    map as float32 TIFF (``<stem>_anomaly_map.tif``) and as a PNG beside the input with a colour
+    bar (``<stem>_anomaly_map.png``), the binary segmentation (``<stem>_mask.png``: threshold,
+    opening, convex hulls — ``tfssim.postprocess.PostProcessor``), an overlay (segmentation
+    green, ground-truth contours red; ``<stem>_overlay.png``) and the region table
+    (``<stem>_regions.json``). An image that cannot be read, that the export refuses (e.g.
+    smaller than the patch) or whose mask cannot be read is skipped and recorded in
+    ``failures``; the others are still processed. Every file is written atomically (temporary
+    name, then ``os.replace``).
+
+    Args:
+        model: The loaded export.
+        paths: Image files (:func:`expand_inputs` turns folders and globs into these).
+        output_dir: Folder for the results; created if missing.
+        threshold: Score threshold; default: the one calibrated into the export.
+        mask_dir: Folder of ground-truth masks found by :func:`find_mask`, drawn on the overlays.
+        min_area: Drop regions smaller than this many pixels.
+        progress: Show a progress bar and print one summary line per image on stdout (warnings
+            and skipped images on stderr), as ``tfssim-predict`` does; ``False`` prints nothing
+            (everything is in the returned summary).
+
+    Returns:
+        A :class:`PredictionSummary`; ``summary.json`` in ``output_dir`` holds its :meth:`~PredictionSummary.to_dict`.
+
+    Raises:
+        ValueError: No ``threshold`` given and the export has none, or ``min_area`` is negative.
+        FileNotFoundError: ``mask_dir`` is not a folder.
+
+    Example:
+        >>> summary = predict_files(model, ["a.png", "b.png"], "out", threshold=0.3, progress=False)
+        >>> summary.failures, [(r.stem, r.defect, r.max_score) for r in summary.results]
+    """
+    from tqdm.auto import tqdm
+
+    from tfssim import data, plots, postprocess
+
+    threshold = threshold if threshold is not None else model.threshold
+    if threshold is None:
+        raise ValueError(
+            f"export {model.path} has no calibrated threshold; run tfssim-calibrate on defect-free images first "
+            "or pass a threshold"
+        )
+    if min_area < 0:
+        raise ValueError(f"min_area must be >= 0, got {min_area}")
+    masks = Path(mask_dir) if mask_dir is not None else None
+    if masks is not None and not masks.is_dir():
+        raise FileNotFoundError(f"mask folder {masks} does not exist or is not a folder")
+    paths = [Path(p) for p in paths]
+    processor = postprocess.PostProcessor(threshold=float(threshold), min_area=min_area,
+                                          opening_diameter=int(model.metadata.get("opening_diameter", 4)))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = PredictionSummary(model.path, float(threshold), out, len(paths),
+                                images_without_mask=0 if masks is not None else None)
+
+    def say(line: str, err: bool = False) -> None:
+        if progress:
+            tqdm.write(line, file=sys.stderr if err else None)
+
+    for path, stem in tqdm(list(zip(paths, output_stems(paths))), desc="predict", unit="img",
+                           disable=None if progress else True):
+        found = None
+        try:
+            image = data.read_image(path, model.channels)
+            gt = None
+            if masks is not None:
+                found = find_mask(masks, path)
+                if found is None:
+                    summary.images_without_mask += 1
+                    say(f"warning: no ground-truth mask for {path} in {mask_dir} (looked for "
+                        f"{', '.join(path.stem + s + '.*' for s in MASK_SUFFIXES)})", err=True)
+                else:
+                    gt = data.read_mask(found, shape=image.shape[:2])
+            maps = model.predict(image, source=path)
+        except ValueError as err:
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            summary.failures.append(message)
+            say(f"skipped {message}", err=True)
+            continue
+        anomaly_map = maps["anomaly_map"]
+        mask, regions = processor(anomaly_map)
+        files = {kind: out / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+        _save_tiff(files["anomaly_map_tif"], anomaly_map)
+        plots.plot_anomaly_map(image, anomaly_map, files["anomaly_map_png"])
+        _save_png(files["mask"], (mask * 255).astype(np.uint8))
+        plots.plot_overlay(image, mask, gt, files["overlay"])
+        postprocess.regions_to_json(regions, files["regions"])
+        result = ImageResult(path, stem, regions, float(anomaly_map.max()), files, found)
+        summary.results.append(result)
+        say(result.summary_line())
+    _write_json(out / "summary.json", summary.to_dict())
+    return summary
