@@ -1,0 +1,63 @@
+"""tfssim.prediction.predict_files, the library behind tfssim-predict, on the tiny export of test_cli_inference."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from skimage import io
+
+from test_cli_inference import dataset, exports  # noqa: F401  (module fixtures: tiny dataset and exports)
+from tfssim import data
+from tfssim.inference import ExportedModel
+from tfssim.prediction import OUTPUT_SUFFIXES, PredictionSummary, expand_inputs, predict_files
+
+
+@pytest.fixture(scope="module")
+def model(exports) -> ExportedModel:  # noqa: F811
+    return ExportedModel.load(exports[0])
+
+
+def test_predict_files_writes_results_and_records_a_skipped_image(model, dataset, tmp_path, capsys):  # noqa: F811
+    images = shutil.copytree(dataset / "test", tmp_path / "imgs")
+    (images / "broken.png").write_bytes(b"garbage")
+    paths = expand_inputs([images])
+    out = tmp_path / "pred"
+    summary = predict_files(model, paths, out, threshold=0.3, mask_dir=dataset / "ground_truth", progress=False)
+
+    assert capsys.readouterr() == ("", "")  # progress=False: silent, everything is in the summary
+    assert isinstance(summary, PredictionSummary) and not summary.ok
+    assert summary.images == 4 and summary.threshold == 0.3 and summary.export == model.path
+    assert len(summary.failures) == 1 and "broken.png" in summary.failures[0]
+    assert summary.images_without_mask == 0
+    stems = [p.stem for p in data.list_images(dataset / "test")]
+    assert [r.stem for r in summary.results] == stems
+    for result in summary.results:
+        assert result.ground_truth == dataset / "ground_truth" / f"{result.stem}_mask.png"
+        assert set(result.files) == set(OUTPUT_SUFFIXES)
+        for kind, suffix in OUTPUT_SUFFIXES.items():
+            assert result.files[kind] == out / f"{result.stem}{suffix}" and result.files[kind].stat().st_size > 0
+        saved = io.imread(result.files["anomaly_map_tif"])
+        assert saved.shape == (64, 80) and saved.dtype == np.float32
+        assert result.max_score == pytest.approx(float(saved.max()))
+        assert json.loads(result.files["regions"].read_text()) == result.regions
+        mask = io.imread(result.files["mask"]) > 0
+        assert sum(r["area"] for r in result.regions) == mask.sum() and result.defect == bool(mask.any())
+        assert result.summary_line().startswith(f"{result.stem}.png: {'DEFECT' if result.defect else 'ok'}  ")
+    assert not list(out.glob("broken*")) and not list(out.glob("*tmp*"))
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary.to_dict() == {
+        "export": str(model.path), "threshold": 0.3, "images": 4, "failed": summary.failures,
+        "images_without_mask": 0,
+    }
+
+
+def test_predict_files_needs_a_threshold_and_expand_inputs_names_bad_paths(model, dataset, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="no calibrated threshold"):
+        predict_files(model, data.list_images(dataset / "test"), tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
+        expand_inputs([tmp_path / "missing.png"])
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        expand_inputs([str(tmp_path / "*.png")])
