@@ -1,8 +1,9 @@
 """``tfssim-demo``: the whole inspection pipeline on built-in data, in minutes on a CPU.
 
 Train an SSIM autoencoder on a real texture shipped with scikit-image, export it for TF
-Serving, calibrate the threshold on defect-free validation images, segment test images with
-synthetic defects and evaluate against their exact masks.
+Serving, calibrate the threshold on defect-free validation images and store it in the export,
+evaluate against the test images' exact masks, and predict on those test images with the
+export's threshold (per-image maps, masks, overlays and region tables in ``predictions/``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
          stride: int | None, fpr: float, seed: int, verbose: bool) -> None:
     """Run train -> export -> calibrate -> predict -> evaluate on built-in texture images."""
     setup_logging(verbose)
-    from tfssim import data, evaluation, export
+    from tfssim import data, evaluation, export, prediction
     from tfssim.inference import ExportedModel
     from tfssim.training import TrainConfig, train
 
@@ -53,19 +54,29 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
         click.echo(f"[3/5] export: SavedModel with in-graph tiling at stride {stride}")
         export_dir = export.export_model(out / "run", output_root=out / "exported_models", name="demo", stride=stride)
 
-        click.echo(f"[4/5] calibrate + predict + evaluate at pixel FPR {fpr:g}")
+        click.echo(f"[4/5] calibrate + evaluate + predict at pixel FPR {fpr:g}")
         model = ExportedModel.load(export_dir)
         split = data.load_dataset(out / "data", layout="folder", seed=seed)
         (result,) = evaluation.evaluate(split, [model], out / "evaluation", fpr=fpr)
-        export.update_threshold(export_dir, result.scores["threshold"], fpr=fpr)
+        # The loaded model takes the metadata just written, so predict uses the export's own threshold.
+        model.metadata = export.update_threshold(export_dir, result.scores["threshold"], fpr=fpr)
+        predictions = prediction.predict_files(model, split.test, out / "predictions",
+                                               mask_dir=out / "data" / "ground_truth", progress=False)
+        flagged = sum(r.defect for r in predictions.results)
+        click.echo(f"      predicted {len(predictions.results)} test images ({flagged} with defect regions) "
+                   f"-> {out / 'predictions'}")
+        for line in predictions.failures:
+            click.echo(f"      warning: skipped {line}", err=True)
 
     seconds = time.perf_counter() - started
     summary = {"pixel_auroc": result.scores["pixel_auroc"], **result.scores, "export": str(export_dir),
-               "evaluation": str(out / "evaluation"), "seconds": round(seconds, 1)}
+               "evaluation": str(out / "evaluation"), "predictions": str(out / "predictions"),
+               "seconds": round(seconds, 1)}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     click.echo("[5/5] done\n" + evaluation.format_table([result]))
-    click.echo(f"\nexport:    {export_dir}\noverlays:  {out / 'evaluation' / 'overlays'}\n"
-               f"ROC plot:  {out / 'evaluation' / 'roc.png'}\nresults:   {out / 'results.json'}")
+    click.echo(f"\nexport:      {export_dir}\noverlays:    {out / 'evaluation' / 'overlays'}\n"
+               f"predictions: {out / 'predictions'}\n"
+               f"ROC plot:    {out / 'evaluation' / 'roc.png'}\nresults:     {out / 'results.json'}")
     click.echo(f"pixel ROC AUC {result.scores['pixel_auroc']:.4f}  (total {seconds / 60:.1f} min)")
 
 
