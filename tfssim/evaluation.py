@@ -104,7 +104,7 @@ def evaluate_maps(
     threshold = postprocess.threshold_at_fpr(val_maps, fpr)
     val_fpr = float(sum(int(np.count_nonzero(m > threshold)) for m in val_maps) / sum(m.size for m in val_maps))
     fpr_curve, tpr_curve, _ = metrics.pixel_roc(test_maps, masks)
-    auroc = float(np.trapezoid(tpr_curve, fpr_curve))
+    auroc = metrics.area_under_curve(fpr_curve, tpr_curve)
     roc = metrics.thin_curve(fpr_curve, tpr_curve, ROC_POINTS)  # the AUC above used every point
     del fpr_curve, tpr_curve
     has_defects = [bool(m.any()) for m in masks]

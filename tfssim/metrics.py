@@ -90,10 +90,16 @@ def pixel_roc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[
     return fpr, tpr, np.r_[np.inf, thresholds]
 
 
+def area_under_curve(x: np.ndarray, y: np.ndarray) -> float:
+    """Trapezoidal area under ``y(x)`` (``np.trapezoid``; ``np.trapz`` on NumPy < 2, which lacks it)."""
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    return float(trapezoid(y, x))
+
+
 def pixel_roc_auc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float:
     """Area under the pooled pixel ROC curve (ties count half, as ``sklearn.metrics.roc_auc_score``)."""
     fpr, tpr, _ = pixel_roc(maps, masks)
-    return float(np.trapezoid(tpr, fpr))
+    return area_under_curve(fpr, tpr)
 
 
 def pro_curve(
@@ -178,7 +184,7 @@ def area_under_pro(curve: dict[str, np.ndarray], max_fpr: float = 0.3) -> float:
         # only grows with the FPR), not an interpolation.
         fpr = np.r_[fpr, max_fpr]
         pro = np.r_[pro, pro[-1]]
-    return float(np.trapezoid(pro, fpr) / max_fpr)
+    return area_under_curve(fpr, pro) / max_fpr
 
 
 def thin_curve(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
