@@ -9,17 +9,16 @@ the post-processed segmentation (threshold, opening, convex hulls) at the calibr
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from tfssim import metrics, plots, postprocess
+from tfssim._io import atomic_write, atomic_write_json
 from tfssim.inference import ExportedModel
 
 logger = logging.getLogger(__name__)
@@ -125,12 +124,6 @@ def evaluate_maps(
     return ExportEvaluation(name, scores, roc, pro, time.perf_counter() - started)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def format_table(results: Sequence[ExportEvaluation]) -> str:
     """A one-screen text table of the scores."""
     header = f"{'model':<24}" + "".join(f"{k:>12}" for k in RESULT_KEYS)
@@ -224,7 +217,7 @@ def evaluate(
         "counts": {"val": len(val_images), "test": len(test_images), "defective": sum(bool(m.any()) for m in masks)},
         "exports": {r.name: {**r.scores, "path": str(m.path), "seconds": round(r.seconds, 2)} for r, m in zip(results, exports)},
     }
-    _atomic_write(output / "results.json", lambda p: p.write_text(json.dumps(payload, indent=2)))
+    atomic_write_json(output / "results.json", payload)
 
     def write_csv(path: Path) -> None:
         with path.open("w", newline="") as fh:
@@ -233,5 +226,5 @@ def evaluate(
             for r in results:
                 writer.writerow([r.name, *[r.scores.get(k) for k in CSV_KEYS], round(r.seconds, 2)])  # None -> ""
 
-    _atomic_write(output / "results.csv", write_csv)
+    atomic_write(output / "results.csv", write_csv)
     return results

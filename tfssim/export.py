@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfssim import __version__, scoring, tiling
+from tfssim._io import atomic_write_json
 from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
 
 __all__ = [
@@ -530,14 +531,5 @@ def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float
     metadata = read_metadata(export_dir)
     metadata["threshold"] = threshold
     metadata["threshold_fpr"] = None if fpr is None else float(fpr)
-    path = Path(export_dir) / METADATA_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".tfssim.", suffix=".json.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(metadata, indent=2, default=str))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(Path(export_dir) / METADATA_FILE, metadata, default=str)
     return metadata

@@ -7,13 +7,14 @@ replace each remaining region by its convex hull to close spurious holes.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from tfssim._io import atomic_write_json
 
 __all__ = ["threshold_at_fpr", "opening_footprint", "segment", "region_table", "regions_to_json", "PostProcessor"]
 
@@ -136,11 +137,7 @@ def region_table(mask: np.ndarray, anomaly_map: np.ndarray) -> list[dict[str, An
 
 def regions_to_json(regions: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write a region table as JSON atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(list(regions), indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, list(regions))
 
 
 @dataclass

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from tfssim._io import atomic_write, atomic_write_json
 from tfssim.inference import ExportedModel
 
 __all__ = [
@@ -191,23 +191,13 @@ def find_mask(mask_dir: str | os.PathLike, image: str | os.PathLike) -> Path | N
 def _save_tiff(path: Path, array: np.ndarray) -> None:
     import tifffile
 
-    tmp = path.with_name(path.stem + ".tmp.tif")
-    tifffile.imwrite(tmp, array.astype(np.float32))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array.astype(np.float32)))
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
     from skimage import io
 
-    tmp = path.with_name(path.stem + ".tmp.png")
-    io.imsave(tmp, array, check_contrast=False)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: io.imsave(tmp, array, check_contrast=False))
 
 
 def predict_files(
@@ -312,5 +302,5 @@ def predict_files(
         result = ImageResult(path, stem, regions, float(anomaly_map.max()), files, found)
         summary.results.append(result)
         say(result.summary_line())
-    _write_json(out / "summary.json", summary.to_dict())
+    atomic_write_json(out / "summary.json", summary.to_dict())
     return summary

@@ -7,12 +7,12 @@ export's threshold (per-image maps, masks, overlays and region tables in ``predi
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
 
+from tfssim._io import atomic_write_json
 from tfssim.cli._common import setup_logging, usage_errors
 
 
@@ -72,7 +72,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
     summary = {"pixel_auroc": result.scores["pixel_auroc"], **result.scores, "export": str(export_dir),
                "evaluation": str(out / "evaluation"), "predictions": str(out / "predictions"),
                "seconds": round(seconds, 1)}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "results.json", summary)
     click.echo("[5/5] done\n" + evaluation.format_table([result]))
     click.echo(f"\nexport:      {export_dir}\noverlays:    {out / 'evaluation' / 'overlays'}\n"
                f"predictions: {out / 'predictions'}\n"
