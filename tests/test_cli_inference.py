@@ -17,19 +17,9 @@ from tfssim.cli.calibrate import main as calibrate_cli
 from tfssim.cli.evaluate import main as evaluate_cli
 from tfssim.cli.predict import main as predict_cli
 from tfssim.inference import ExportedModel
-from tfssim.models import build_model
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    ds = data.texture_dataset("brick", n_val=2, n_test=3, test_size=(64, 80), seed=1)
-    return data.write_dataset(ds, tmp_path_factory.mktemp("data") / "brick")
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("exports")
-    return [export.export_model(build_model(kind, 32, 1, 8), root, name=kind, stride=16) for kind in ("ssim", "l2")]
+# The fixtures `dataset` and `exports` (tiny, built once per session) are in conftest.py.
 
 
 def test_calibrate_writes_a_threshold_with_the_requested_fpr(exports, dataset, tmp_path):

@@ -9,7 +9,13 @@ from skimage import io
 
 from tfssim import data
 
+# The real NanoTWICE data set, beside the repository (../shared/data/NanoTWICE); not shipped with it.
 NANOTWICE = Path(__file__).resolve().parents[2] / "shared" / "data" / "NanoTWICE"
+NANOTWICE_PRESENT = all((NANOTWICE / sub).is_dir() for sub in ("Normal", "Anomalous/images", "Anomalous/gt"))
+needs_nanotwice = pytest.mark.skipif(
+    not NANOTWICE_PRESENT,
+    reason=f"needs the NanoTWICE data set (Normal/, Anomalous/images/, Anomalous/gt/) at {NANOTWICE}, absent here",
+)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -81,7 +87,7 @@ def test_masks_are_checked(tmp_path):
 # --- layouts ---------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not NANOTWICE.exists(), reason="NanoTWICE not present beside the repository")
+@needs_nanotwice
 def test_nanotwice_layout_as_distributed():
     split = data.load_dataset(NANOTWICE)
     assert split.layout == "nanotwice"

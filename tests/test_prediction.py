@@ -1,4 +1,4 @@
-"""tfssim.prediction.predict_files, the library behind tfssim-predict, on the tiny export of test_cli_inference."""
+"""tfssim.prediction.predict_files, the library behind tfssim-predict, on the session's tiny export (conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 from skimage import io
 
-from test_cli_inference import dataset, exports  # noqa: F401  (module fixtures: tiny dataset and exports)
 from tfssim import data
 from tfssim.inference import ExportedModel
 from tfssim.prediction import OUTPUT_SUFFIXES, PredictionSummary, expand_inputs, predict_files
 
 
 @pytest.fixture(scope="module")
-def model(exports) -> ExportedModel:  # noqa: F811
+def model(exports) -> ExportedModel:
     return ExportedModel.load(exports[0])
 
 
-def test_predict_files_writes_results_and_records_a_skipped_image(model, dataset, tmp_path, capsys):  # noqa: F811
+def test_predict_files_writes_results_and_records_a_skipped_image(model, dataset, tmp_path, capsys):
     images = shutil.copytree(dataset / "test", tmp_path / "imgs")
     (images / "broken.png").write_bytes(b"garbage")
     paths = expand_inputs([images])
@@ -53,7 +52,7 @@ def test_predict_files_writes_results_and_records_a_skipped_image(model, dataset
     }
 
 
-def test_predict_files_needs_a_threshold_and_expand_inputs_names_bad_paths(model, dataset, tmp_path):  # noqa: F811
+def test_predict_files_needs_a_threshold_and_expand_inputs_names_bad_paths(model, dataset, tmp_path):
     with pytest.raises(ValueError, match="no calibrated threshold"):
         predict_files(model, data.list_images(dataset / "test"), tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
