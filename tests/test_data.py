@@ -119,8 +119,90 @@ def test_mvtec_layout(tmp_path):
     assert split.test_masks[2] is None and split.test_masks[0].name == "000_mask.png"
     assert data.load_dataset(root, val_fraction=0.2, seed=1) == split  # seeded
     (root / "ground_truth" / "cut" / "001_mask.png").unlink()
-    with pytest.raises(ValueError, match="no mask for test image"):
+    with pytest.raises(ValueError, match=r"no mask for test image .*001\.png .*looked for 001_gt\.\*, 001\.\*, 001_mask\.\*"):
         data.load_dataset(root)
+    _png(root / "ground_truth" / "cut" / "001_gt.png")  # every loader takes every name of MASK_SUFFIXES
+    assert data.load_dataset(root).test_masks[1].name == "001_gt.png"
+
+
+def test_one_list_of_mask_names_for_every_loader_and_for_prediction(tmp_path):
+    from tfssim import prediction
+    from tfssim.cli import predict
+
+    assert data.MASK_SUFFIXES == ("_gt", "", "_mask")
+    assert prediction.MASK_SUFFIXES is data.MASK_SUFFIXES and predict.MASK_SUFFIXES is data.MASK_SUFFIXES
+    assert prediction.find_mask is data.find_mask
+    for name in ("a_gt.png", "b.TIF", "c_mask.png", "d_label.png"):
+        _png(tmp_path / name)
+    assert [data.find_mask(tmp_path, f"x/{s}.png") for s in "abcd"] == [
+        tmp_path / "a_gt.png", tmp_path / "b.TIF", tmp_path / "c_mask.png", None]
+    assert data.mask_names("x/a.png") == "a_gt.*, a.*, a_mask.*"
+
+
+def _folder_dataset(root: Path) -> Path:
+    for i in range(3):
+        _png(root / "train" / f"t{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("suffix", ["_gt", "", "_mask"])
+def test_plain_folder_finds_masks_of_every_suffix_and_good_images_need_none(tmp_path, suffix):
+    root = _folder_dataset(tmp_path / "ds")
+    for stem in ("a", "b", "ok"):
+        _png(root / "test" / f"{stem}.png")
+    for stem in ("a", "b"):
+        _png(root / "ground_truth" / f"{stem}{suffix}.png")
+    split = data.load_dataset(root, val_fraction=0.34, seed=0)
+    assert split.layout == "folder" and [p.name for p in split.test] == ["a.png", "b.png", "ok.png"]
+    assert [m and m.name for m in split.test_masks] == [f"a{suffix}.png", f"b{suffix}.png", None]
+    assert split.test_labels == ["defect", "defect", "good"]
+
+
+def test_plain_folder_refuses_masks_that_fit_no_test_image(tmp_path):
+    # Misnamed masks used to leave every test image "good" with an all-zero mask: silently wrong metrics.
+    root = _folder_dataset(tmp_path / "ds")
+    _png(root / "test" / "a.png")
+    _png(root / "ground_truth" / "a-label.png")
+    with pytest.raises(ValueError, match=r"1 mask\(s\) in .*ground_truth fit no image in .*test: a-label\.png; "
+                                         r"a test image <stem> takes the mask <stem>_gt or <stem> or <stem>_mask"):
+        data.load_dataset(root)
+
+
+def test_folder_with_defect_subfolders_needs_a_mask_for_every_defect_image(tmp_path):
+    root = _folder_dataset(tmp_path / "ds")
+    _png(root / "test" / "good" / "g.png")
+    _png(root / "test" / "crack" / "c1.png")
+    _png(root / "test" / "crack" / "c2.png")
+    _png(root / "test" / "hole" / "h1.png")
+    _png(root / "ground_truth" / "crack" / "c1_gt.png")
+    _png(root / "ground_truth" / "crack" / "c2_mask.png")
+    _png(root / "ground_truth" / "h1.png")  # no ground_truth/hole/: the ground-truth folder itself
+    split = data.load_dataset(root)
+    assert split.layout == "folder" and split.test_labels == ["crack", "crack", "good", "hole"]
+    assert [m and m.name for m in split.test_masks] == ["c1_gt.png", "c2_mask.png", None, "h1.png"]
+    (root / "ground_truth" / "crack" / "c2_mask.png").unlink()
+    with pytest.raises(ValueError, match=r"no mask for test image .*crack/c2\.png in .*ground_truth/crack "
+                                         r"\(looked for c2_gt\.\*, c2\.\*, c2_mask\.\*\)"):
+        data.load_dataset(root)
+    for path in (root / "ground_truth").rglob("*.png"):
+        path.unlink()
+    (root / "ground_truth" / "crack").rmdir()
+    (root / "ground_truth").rmdir()
+    with pytest.raises(ValueError, match=r"defect folder .*crack need ground-truth masks.*looked for c1_gt\.\*"):
+        data.load_dataset(root)
+
+
+def test_nanotwice_layout_names_a_test_image_without_mask(tmp_path):
+    root = tmp_path / "nt"
+    for i in range(2):
+        _png(root / "Normal" / f"n{i}.tif")
+    for stem in ("x", "y"):
+        _png(root / "Anomalous" / "images" / f"{stem}.tif")
+    _png(root / "Anomalous" / "gt" / "x_gt.png")
+    with pytest.raises(ValueError, match=r"no mask for test image .*y\.tif .*looked for y_gt\.\*, y\.\*, y_mask\.\*"):
+        data.load_dataset(root)
+    _png(root / "Anomalous" / "gt" / "y_mask.png")
+    assert [m.name for m in data.load_dataset(root).test_masks] == ["x_gt.png", "y_mask.png"]
 
 
 def test_plain_folder_and_structured_folder(tmp_path):

@@ -29,9 +29,16 @@ __all__ = [
     "output_stems", "predict_files",
 ]
 
-# Ground-truth mask names tried for an image <stem>, in order: NanoTWICE's <stem>_gt, a mask with
-# the image's own stem, MVTec AD's <stem>_mask (the suffixes tfssim.data.layouts matches).
-MASK_SUFFIXES = ("_gt", "", "_mask")
+
+def __getattr__(name: str) -> Any:
+    # MASK_SUFFIXES and find_mask live in tfssim.data.layouts (one list for every dataset loader
+    # and for --masks); looked up lazily because importing tfssim.data imports TensorFlow.
+    if name in ("MASK_SUFFIXES", "find_mask"):
+        from tfssim.data import layouts
+
+        return getattr(layouts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The files written per image, as ``<stem><suffix>`` in the output folder, by kind.
 OUTPUT_SUFFIXES = {
@@ -171,23 +178,6 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def find_mask(mask_dir: str | os.PathLike, image: str | os.PathLike) -> Path | None:
-    """The ground-truth mask of ``image`` in ``mask_dir``, or ``None``.
-
-    Tries ``<stem><suffix><ext>`` for each suffix of :data:`MASK_SUFFIXES` in order and each image
-    extension (lower and upper case), e.g. ``x_gt.png``, ``x.tif``, ``x_mask.PNG`` for ``x.png``.
-    """
-    from tfssim.data import IMAGE_SUFFIXES
-
-    mask_dir, image = Path(mask_dir), Path(image)
-    for suffix in MASK_SUFFIXES:
-        for ext in IMAGE_SUFFIXES:
-            for candidate in (mask_dir / f"{image.stem}{suffix}{ext}", mask_dir / f"{image.stem}{suffix}{ext.upper()}"):
-                if candidate.is_file():
-                    return candidate
-    return None
-
-
 def _save_tiff(path: Path, array: np.ndarray) -> None:
     import tifffile
 
@@ -227,7 +217,9 @@ def predict_files(
         paths: Image files (:func:`expand_inputs` turns folders and globs into these).
         output_dir: Folder for the results; created if missing.
         threshold: Score threshold; default: the one calibrated into the export.
-        mask_dir: Folder of ground-truth masks found by :func:`find_mask`, drawn on the overlays.
+        mask_dir: Folder of ground-truth masks, drawn on the overlays: ``<stem>_gt``, ``<stem>`` or
+            ``<stem>_mask`` with any image extension (``tfssim.data.MASK_SUFFIXES``, the names
+            every dataset loader looks for; :func:`tfssim.data.find_mask`).
         min_area: Drop regions smaller than this many pixels.
         progress: Show a progress bar and print one summary line per image on stdout (warnings
             and skipped images on stderr), as ``tfssim-predict`` does; ``False`` prints nothing
@@ -259,6 +251,7 @@ def predict_files(
     masks = Path(mask_dir) if mask_dir is not None else None
     if masks is not None and not masks.is_dir():
         raise FileNotFoundError(f"mask folder {masks} does not exist or is not a folder")
+    index = data.mask_index(masks) if masks is not None else {}
     paths = [Path(p) for p in paths]
     processor = postprocess.PostProcessor(threshold=float(threshold), min_area=min_area,
                                           opening_diameter=int(model.metadata.get("opening_diameter", 4)))
@@ -278,11 +271,11 @@ def predict_files(
             image = data.read_image(path, model.channels)
             gt = None
             if masks is not None:
-                found = find_mask(masks, path)
+                found = data.find_mask(masks, path, index)
                 if found is None:
                     summary.images_without_mask += 1
                     say(f"warning: no ground-truth mask for {path} in {mask_dir} (looked for "
-                        f"{', '.join(path.stem + s + '.*' for s in MASK_SUFFIXES)})", err=True)
+                        f"{data.mask_names(path)})", err=True)
                 else:
                     gt = data.read_mask(found, shape=image.shape[:2])
             maps = model.predict(image, source=path)

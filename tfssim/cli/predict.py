@@ -10,9 +10,17 @@ import click
 
 from tfssim.cli._common import setup_logging, usage_errors
 # The work is tfssim.prediction's; its helpers stay importable from here as before.
-from tfssim.prediction import MASK_SUFFIXES, expand_inputs, find_mask, output_stems, predict_files
+from tfssim.prediction import expand_inputs, output_stems, predict_files
 
 __all__ = ["main", "MASK_SUFFIXES", "expand_inputs", "find_mask", "output_stems"]
+
+
+def __getattr__(name: str):
+    if name in ("MASK_SUFFIXES", "find_mask"):  # tfssim.data's, imported lazily (it imports TensorFlow)
+        from tfssim.data import layouts
+
+        return getattr(layouts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -7,7 +7,8 @@ Example:
 """
 from tfssim.data.io import IMAGE_SUFFIXES, check_binary_mask, list_images, read_image, read_images, read_mask
 from tfssim.data.layouts import (
-    LAYOUTS, DatasetSplit, detect_layout, load_dataset, load_folder, load_mvtec, load_nanotwice,
+    LAYOUTS, MASK_SUFFIXES, DatasetSplit, detect_layout, find_mask, load_dataset, load_folder, load_mvtec,
+    load_nanotwice, mask_index, mask_names,
 )
 from tfssim.data.patches import fixed_patches, patch_dataset, steps_per_epoch, validate_images
 from tfssim.data.synthetic import (
@@ -16,8 +17,9 @@ from tfssim.data.synthetic import (
 )
 
 __all__ = [
-    "IMAGE_SUFFIXES", "LAYOUTS", "TEXTURES", "DatasetSplit", "SyntheticDataset", "add_defects", "check_binary_mask",
-    "checkerboard", "checkerboard_patches", "defective_checkerboard", "detect_layout", "fixed_patches",
-    "list_images", "load_dataset", "load_folder", "load_mvtec", "load_nanotwice", "patch_dataset", "read_image",
-    "read_images", "read_mask", "steps_per_epoch", "texture_dataset", "validate_images", "write_dataset",
+    "IMAGE_SUFFIXES", "LAYOUTS", "MASK_SUFFIXES", "TEXTURES", "DatasetSplit", "SyntheticDataset", "add_defects",
+    "check_binary_mask", "checkerboard", "checkerboard_patches", "defective_checkerboard", "detect_layout",
+    "find_mask", "fixed_patches", "list_images", "load_dataset", "load_folder", "load_mvtec", "load_nanotwice",
+    "mask_index", "mask_names", "patch_dataset", "read_image", "read_images", "read_mask", "steps_per_epoch",
+    "texture_dataset", "validate_images", "write_dataset",
 ]

@@ -5,12 +5,20 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from tfssim.data.io import IMAGE_SUFFIXES, list_images
 
-__all__ = ["DatasetSplit", "LAYOUTS", "detect_layout", "load_dataset", "load_nanotwice", "load_mvtec", "load_folder"]
+__all__ = [
+    "DatasetSplit", "LAYOUTS", "MASK_SUFFIXES", "detect_layout", "find_mask", "load_dataset", "load_folder",
+    "load_mvtec", "load_nanotwice", "mask_index", "mask_names",
+]
 
 LAYOUTS = ("nanotwice", "mvtec", "folder")
+# Ground-truth mask names tried for a test image <stem>, in this order, by every loader here and
+# by tfssim-predict --masks: NanoTWICE's <stem>_gt, a mask with the image's own stem, MVTec AD's
+# <stem>_mask (each with any image extension).
+MASK_SUFFIXES = ("_gt", "", "_mask")
 
 
 @dataclass(frozen=True)
@@ -55,18 +63,47 @@ def _split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path
     return sorted(shuffled[count:]), val
 
 
-def _match_masks(images: list[Path], mask_dir: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    masks = {}
-    for path in mask_dir.iterdir():
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            masks[path.stem] = path
+def mask_names(image: str | os.PathLike) -> str:
+    """The mask names looked for for ``image``, for messages: ``x_gt.*, x.*, x_mask.*``."""
+    stem = Path(image).stem
+    return ", ".join(f"{stem}{suffix}.*" for suffix in MASK_SUFFIXES)
+
+
+def mask_index(mask_dir: str | os.PathLike) -> dict[str, Path]:
+    """The image files directly in ``mask_dir`` by stem (any image extension, any case).
+
+    Where two files share a stem (``x.png`` and ``x.tif``), the first in sorted order wins.
+    """
+    index: dict[str, Path] = {}
+    for path in sorted(Path(mask_dir).iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            index.setdefault(path.stem, path)
+    return index
+
+
+def find_mask(mask_dir: str | os.PathLike, image: str | os.PathLike,
+              index: Mapping[str, Path] | None = None) -> Path | None:
+    """The ground-truth mask of ``image`` in ``mask_dir``, or ``None``.
+
+    Tries ``<stem><suffix>.<ext>`` for each suffix of :data:`MASK_SUFFIXES` in order (any
+    image extension, any case): ``x_gt.png``, ``x.tif``, ``x_mask.PNG`` for ``x.png``.
+    ``index`` (:func:`mask_index` of ``mask_dir``) saves listing the folder once per image.
+    """
+    index = mask_index(mask_dir) if index is None else index
+    stem = Path(image).stem
+    return next((index[stem + s] for s in MASK_SUFFIXES if stem + s in index), None)
+
+
+def _match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
+    """The mask of every image in ``mask_dir``; ``ValueError`` naming the first image without one."""
+    if not mask_dir.is_dir():
+        raise ValueError(f"no ground-truth folder {mask_dir} for the test images in {images[0].parent}")
+    index = mask_index(mask_dir)
     matched = []
     for image in images:
-        found = next((masks[image.stem + s] for s in suffixes if image.stem + s in masks), None)
+        found = find_mask(mask_dir, image, index)
         if found is None:
-            raise ValueError(
-                f"no mask for test image {image} in {mask_dir} (looked for {', '.join(image.stem + s + '.*' for s in suffixes)})"
-            )
+            raise ValueError(f"no mask for test image {image} in {mask_dir} (looked for {mask_names(image)})")
         matched.append(found)
     return matched
 
@@ -83,7 +120,7 @@ def load_nanotwice(root: str | os.PathLike) -> DatasetSplit:
     if len(normal) < 2:
         raise ValueError(f"{root / 'Normal'} needs at least 2 images (train + validation), found {len(normal)}")
     test = list_images(root / "Anomalous" / "images")
-    masks = _match_masks(test, root / "Anomalous" / "gt", ("_gt", "", "_mask"))
+    masks = _match_masks(test, root / "Anomalous" / "gt")
     return DatasetSplit("nanotwice", root, normal[:-1], normal[-1:], test, list(masks), ["defect"] * len(test))
 
 
@@ -105,18 +142,35 @@ def load_mvtec(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0
             if defect_dir.name == "good":
                 masks.extend([None] * len(images))
             else:
-                masks.extend(_match_masks(images, root / "ground_truth" / defect_dir.name, ("_mask", "")))
+                masks.extend(_match_masks(images, root / "ground_truth" / defect_dir.name))
             test.extend(images)
             labels.extend([defect_dir.name] * len(images))
     return DatasetSplit("mvtec", root, train, val, test, masks, labels)
 
 
 def load_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> DatasetSplit:
-    """A plain folder of defect-free images, or a folder with ``train/`` and optional
-    ``val/``, ``test/`` and ``ground_truth/`` (masks ``<stem>_mask.*`` or ``<stem>.*``;
-    a test image without a mask counts as defect-free).
+    """A plain folder of defect-free images, or a folder with ``train/`` and optional ``val/``,
+    ``test/`` and ``ground_truth/`` (or ``test_masks/``).
 
     Without ``val/``, a seeded ``val_fraction`` of the training images is held out.
+
+    ``test/`` holds the test images directly, or in one subfolder per defect type as in MVTec AD,
+    or both. Masks are found by :func:`find_mask` (``<stem>_gt``, ``<stem>``, ``<stem>_mask``;
+    any image extension):
+
+    * images directly in ``test/``: one with a mask in the ground-truth folder is defective
+      (label ``"defect"``), one without is defect-free (``"good"``); a mask file there that
+      fits no test image is an error, since a naming mistake would otherwise turn defective
+      images into good ones with empty masks;
+    * ``test/good/`` needs no masks; every image in any other ``test/<type>/`` needs one, in
+      ``ground_truth/<type>/`` if that exists, else in the ground-truth folder itself
+      (label ``<type>``).
+
+    Raises
+    ------
+    ValueError
+        A test image in a defect folder without a mask (naming the image and the names looked
+        for), or a mask that fits no test image.
     """
     root = Path(root)
     if not root.exists():
@@ -129,13 +183,46 @@ def load_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 
         val = list_images(root / "val")
     else:
         train, val = _split(train, val_fraction, seed)
-    test = list_images(root / "test") if (root / "test").is_dir() else []
+    test: list[Path] = []
     masks: list[Path | None] = []
+    labels: list[str] = []
+    test_root = root / "test"
+    if not test_root.is_dir():
+        return DatasetSplit("folder", root, train, val)
     gt_dir = next((root / n for n in ("ground_truth", "test_masks") if (root / n).is_dir()), None)
-    available = {p.stem: p for p in gt_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES} if gt_dir else {}
-    for image in test:
-        masks.append(available.get(image.stem + "_mask") or available.get(image.stem))
-    labels = ["good" if m is None else "defect" for m in masks]
+    index = mask_index(gt_dir) if gt_dir is not None else {}
+    flat = sorted(p for p in test_root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    typed = sorted(p for p in test_root.iterdir() if p.is_dir())
+    if not flat and not typed:
+        list_images(test_root)  # raises: no images
+    for image in flat:
+        found = find_mask(gt_dir, image, index) if gt_dir is not None else None
+        test.append(image)
+        masks.append(found)
+        labels.append("good" if found is None else "defect")
+    for type_dir in typed:
+        images = list_images(type_dir)
+        if type_dir.name == "good":
+            masks.extend([None] * len(images))
+        elif gt_dir is None:
+            raise ValueError(
+                f"test images in the defect folder {type_dir} need ground-truth masks, but {root} has no "
+                f"ground_truth/ folder (looked for {mask_names(images[0])} of {images[0]})"
+            )
+        else:
+            sub = gt_dir / type_dir.name
+            masks.extend(_match_masks(images, sub if sub.is_dir() else gt_dir))
+        test.extend(images)
+        labels.extend([type_dir.name] * len(images))
+    if flat and gt_dir is not None:
+        used = {m for m in masks if m is not None}
+        stray = [p.name for p in index.values() if p not in used]
+        if stray:
+            raise ValueError(
+                f"{len(stray)} mask(s) in {gt_dir} fit no image in {test_root}: {', '.join(stray[:5])}"
+                f"{' ...' if len(stray) > 5 else ''}; a test image <stem> takes the mask "
+                f"{' or '.join(f'<stem>{s}' for s in MASK_SUFFIXES)} (any image extension)"
+            )
     return DatasetSplit("folder", root, train, val, test, masks, labels)
 
 
