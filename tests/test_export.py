@@ -322,6 +322,16 @@ def test_the_final_move_never_lands_on_a_destination_created_meanwhile(tmp_path)
     assert (tmp_path / "2" / "saved_model.pb").read_bytes() == b"model" and not source.exists()
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_the_serving_graph_compiles_the_model_call_with_xla_only_when_asked(ssim_model, jit):
+    # _Scorer.maps is scoring.anomaly_maps (one implementation); jit_compile must still reach it.
+    scorer = export._Scorer(ssim_model, "ssim", PATCH, 1, 12, 64, dict(export.DEFAULT_SSIM), 1, jit)
+    graph = tf.function(scorer.serve_float).get_concrete_function(tf.TensorSpec(None, tf.float32)).graph
+    compiled = [f for f in graph.as_graph_def().library.function
+                if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
+    assert len(compiled) == (1 if jit else 0)
+
+
 def test_update_threshold_rewrites_only_the_metadata(exported):
     before = (exported / "saved_model.pb").read_bytes()
     meta = export.update_threshold(exported, 0.25, fpr=0.01)

@@ -140,6 +140,12 @@ def test_f1_iou_by_hand():
     gt = [np.array([[1, 0, 1, 0]], bool)]
     f1, iou = metrics.f1_iou(seg, gt)
     assert f1 == pytest.approx(2 * 1 / (2 * 1 + 1 + 1)) and iou == pytest.approx(1 / 3)
+    assert metrics.f1_iou([seg[0].astype(np.float32)], [gt[0].astype(np.uint8) * 255]) == (f1, iou)
+    assert metrics.f1_iou([np.zeros((2, 3), bool)], [np.zeros((2, 3), bool)]) == (1.0, 1.0)
+    with pytest.raises(ValueError, match=r"segmentation 0 has shape \(1, 4\) but its mask has shape \(1, 5\)"):
+        metrics.f1_iou(seg, [np.zeros((1, 5), bool)])
+    with pytest.raises(ValueError, match="not binary"):
+        metrics.f1_iou(seg, [np.array([[0, 1, 2, 0]])])
 
 
 @pytest.mark.parametrize(

@@ -66,19 +66,6 @@ def compute_maps(model: ExportedModel, images: Sequence[np.ndarray], desc: str =
     return [model.predict(img, source=name)["anomaly_map"] for img, name in _progress(pairs, desc, progress)]
 
 
-def _segmentation_scores(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                         processor: postprocess.PostProcessor) -> tuple[float, float]:
-    tp = fp = fn = 0
-    for anomaly_map, mask in zip(maps, masks):
-        seg, _ = processor(anomaly_map)
-        tp += int(np.count_nonzero(seg & mask))
-        fp += int(np.count_nonzero(seg & ~mask))
-        fn += int(np.count_nonzero(~seg & mask))
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
-    return f1, iou
-
-
 def evaluate_maps(
     name: str,
     val_maps: Sequence[np.ndarray],
@@ -110,7 +97,7 @@ def evaluate_maps(
     # One sweep serves both the plotted overlap curve and its area (as metrics.aupro computes it).
     pro = metrics.pro_curve(test_maps, masks, num_thresholds=PRO_THRESHOLDS, max_fpr=PRO_MAX_FPR)
     processor = postprocess.PostProcessor(threshold=threshold, opening_diameter=opening_diameter)
-    f1, iou = _segmentation_scores(test_maps, masks, processor)
+    f1, iou = metrics.f1_iou([processor.segment(m) for m in test_maps], masks)
     scores: dict[str, float | None] = {
         "pixel_auroc": auroc,
         "aupro_0.3": metrics.area_under_pro(pro, PRO_MAX_FPR),

@@ -44,7 +44,9 @@ import tensorflow as tf
 
 from tfssim import __version__, scoring, tiling
 from tfssim._io import atomic_write_json
+from tfssim.inference import METADATA_FILE  # one definition, beside the loader (no keras import there)
 from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
+from tfssim.tiling import DEFAULT_CHUNK
 
 __all__ = [
     "export_model",
@@ -56,15 +58,11 @@ __all__ = [
     "METADATA_FILE",
     "WARMUP_FILE",
     "SIGNATURES",
-    "DEFAULT_CHUNK",
 ]
 
 logger = logging.getLogger(__name__)
 
-METADATA_FILE = Path("assets") / "tfssim.json"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-# Tiles per model call inside the graph; see scripts/benchmark_export.py.
-DEFAULT_CHUNK = 64
 DEFAULT_SSIM = {"window_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0,
                 "alpha": 1.0, "beta": 1.0, "gamma": 1.0}
 SIGNATURES = {
@@ -73,6 +71,8 @@ SIGNATURES = {
     "serve_with_stride": {"inputs": {"image": "float32 [H, W, C] or [1, H, W, C], in [0, 1]",
                                      "stride": "int32 scalar, 1 <= stride <= patch_size"}, "stride": "input"},
 }
+# Seed of the VAE's posterior sampling in exported graphs (metadata "vae_seed").
+VAE_SEED = 0
 # Float inputs may stray this far outside [0, 1] (resampling overshoot) before they are refused.
 _FLOAT_TOLERANCE = 1e-3
 
@@ -286,23 +286,15 @@ class _Scorer:
             return tf.clip_by_value(image, 0.0, 1.0)
 
     def maps(self, image: tf.Tensor, stride: tf.Tensor | int) -> dict[str, tf.Tensor]:
-        model = self.model
-        if self.residual == "vae":
-            n = self.vae_samples
-            fn = lambda t: model.sample_reconstructions(t, n, seed=0)  # noqa: E731
-        else:
-            fn = lambda t: model(t, training=False)  # noqa: E731
-        if self.jit_compile:
-            fn = tf.function(fn, jit_compile=True)
-        image = tf.cast(image, tf.float32)
-        if self.residual == "vae":
-            samples = tiling.reconstruct(fn, image, self.patch_size, stride, self.chunk_size, samples=self.vae_samples)
-            return {"reconstruction": tf.reduce_mean(samples, axis=0),
-                    "anomaly_map": scoring.vae_residual_map(image, samples, model.observation_std)}
-        recon = tiling.reconstruct(fn, image, self.patch_size, stride, self.chunk_size)
-        if self.residual == "ssim":
-            return {"reconstruction": recon, **scoring.ssim_residual_maps(image, recon, **self.ssim_kwargs)}
-        return {"reconstruction": recon, "anomaly_map": scoring.l2_residual_map(image, recon)}
+        """The library's pipeline (:func:`tfssim.scoring.anomaly_maps`), traced into the graph.
+
+        The VAE's noise is seeded with 0 (metadata ``vae_seed``), so its maps are reproducible.
+        """
+        return scoring.anomaly_maps(
+            self.model, image, self.residual, self.patch_size, stride, chunk_size=self.chunk_size,
+            ssim_kwargs=self.ssim_kwargs, vae_samples=self.vae_samples, vae_seed=VAE_SEED,
+            jit_compile=self.jit_compile,
+        )
 
     def serve_uint8(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         return self.maps(tf.cast(self._prepare(image), tf.float32) / 255.0, self.stride)
@@ -479,7 +471,7 @@ def export_model(
         "ssim": ssim_params if residual == "ssim" else None,
         "ssim_padding": "same (mirror, tfssim.ssim padding='same')" if residual == "ssim" else None,
         "vae_samples": vae_samples if residual == "vae" else None,
-        "vae_seed": 0 if residual == "vae" else None,
+        "vae_seed": VAE_SEED if residual == "vae" else None,
         "observation_std": float(model.observation_std) if residual == "vae" else None,
         "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
         "threshold": None if threshold is None else float(threshold), "threshold_fpr": None,

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ExportedModel", "readable_tf_error", "resolve_export_dir"]
+__all__ = ["ExportedModel", "METADATA_FILE", "readable_tf_error", "resolve_export_dir"]
 
-METADATA_PATH = Path("assets") / "tfssim.json"
+# The tfssim metadata inside an export version folder (tfssim.export writes it, re-exports the name).
+METADATA_FILE = Path("assets") / "tfssim.json"
 
 
 def readable_tf_error(message: str) -> str:
@@ -44,9 +45,9 @@ def resolve_export_dir(path: str | Path) -> Path:
         path = versions[-1]
         if not (path / "saved_model.pb").exists():
             raise ValueError(f"{path} has no saved_model.pb; is the export complete?")
-    if not (path / METADATA_PATH).exists():
+    if not (path / METADATA_FILE).exists():
         raise ValueError(
-            f"export {path} has no {METADATA_PATH} metadata; it was not written by tfssim-export "
+            f"export {path} has no {METADATA_FILE} metadata; it was not written by tfssim-export "
             "(re-export the model with tfssim-export)"
         )
     return path
@@ -71,7 +72,7 @@ class ExportedModel:
         import tensorflow as tf
 
         export_dir = resolve_export_dir(path)
-        metadata = json.loads((export_dir / METADATA_PATH).read_text())
+        metadata = json.loads((export_dir / METADATA_FILE).read_text())
         return cls(export_dir, metadata, tf.saved_model.load(str(export_dir)))
 
     @property

@@ -225,11 +225,33 @@ def image_roc_auc(maps: Sequence[np.ndarray], labels: Sequence[bool]) -> float |
 
 
 def f1_iou(segmentations: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[float, float]:
-    """Pooled pixel F1 and IoU of binary segmentations against the ground truth."""
-    segs, gts = _validate([np.asarray(s, np.float32) for s in segmentations], masks)
+    """Pooled pixel F1 and IoU of binary segmentations against the ground truth.
+
+    Every pixel of every image counts once (as the paper pools its pixel metrics). A
+    segmentation is a bool array, or numbers where ``> 0.5`` is defect; masks as for
+    :func:`pixel_roc`. Both scores are 1.0 when neither segmentations nor masks hold a defect pixel.
+
+    Raises
+    ------
+    ValueError
+        No segmentations, a count or shape mismatch, or a mask that is not binary.
+    """
+    if len(segmentations) == 0:
+        raise ValueError("no segmentations given")
+    if len(segmentations) != len(masks):
+        raise ValueError(f"{len(segmentations)} segmentations but {len(masks)} masks; give one mask per segmentation")
     tp = fp = fn = 0
-    for s, g in zip(segs, gts):
-        s = s > 0.5
+    for i, (s, g) in enumerate(zip(segmentations, masks)):
+        s, g = np.asarray(s), np.asarray(g)
+        s = s[..., 0] if s.ndim == 3 and s.shape[-1] == 1 else s
+        g = g[..., 0] if g.ndim == 3 and g.shape[-1] == 1 else g
+        if s.shape != g.shape:
+            raise ValueError(f"segmentation {i} has shape {s.shape} but its mask has shape {g.shape}; they must match")
+        if s.dtype != bool:
+            s = s > 0.5
+        if g.dtype != bool:
+            check_binary_mask(g, f"#{i}")
+            g = g != 0
         tp += int(np.count_nonzero(s & g))
         fp += int(np.count_nonzero(s & ~g))
         fn += int(np.count_nonzero(~s & g))

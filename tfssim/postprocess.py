@@ -165,7 +165,12 @@ class PostProcessor:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def __call__(self, anomaly_map: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        mask = segment(anomaly_map, self.threshold, opening_diameter=self.opening_diameter,
+    def segment(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """The binary mask alone (:func:`segment` with these settings)."""
+        return segment(anomaly_map, self.threshold, opening_diameter=self.opening_diameter,
                        convex_hull=self.convex_hull, min_area=self.min_area)
+
+    def __call__(self, anomaly_map: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The mask and its region table (:func:`region_table`)."""
+        mask = self.segment(anomaly_map)
         return mask, region_table(mask, anomaly_map)

@@ -9,7 +9,8 @@
 
 All maps are ``[H, W]`` float32, averaged over channels. :func:`anomaly_maps` runs the whole
 pipeline (tiling, chunked model calls, overlap averaging, residual) for one image without
-exporting; the exported serving signature runs exactly the same code in its graph.
+exporting; the exported serving signatures call this same function inside their graph
+(``tfssim.export``), so there is one implementation.
 
 Example:
     >>> maps = anomaly_maps(model, image, "ssim", stride=30)   # image [H, W, C] in [0, 1]
@@ -138,6 +139,7 @@ def anomaly_maps(
     ssim_kwargs: dict[str, Any] | None = None,
     vae_samples: int | None = None,
     vae_seed: int = 0,
+    jit_compile: bool = False,
 ) -> dict[str, tf.Tensor]:
     """Reconstruction and anomaly maps of one whole image, by strided tiling and averaging.
 
@@ -151,6 +153,8 @@ def anomaly_maps(
         ssim_kwargs: SSIM parameters of the anomaly map for SSIM models (default: 11 window).
         vae_samples: Posterior samples per tile for the VAE (default: the model's ``num_samples``).
         vae_seed: Seed of the VAE's sampling (a fixed seed gives the same map every call).
+        jit_compile: Compile the model call on each chunk with XLA (a ``tf.function`` made per
+            call: meant for use inside a traced function such as the exported signatures).
 
     Returns:
         Float32 tensors: ``reconstruction [H, W, C]``, ``anomaly_map [H, W]`` and, for SSIM
@@ -164,13 +168,16 @@ def anomaly_maps(
         if not isinstance(model, VariationalAutoencoder):
             raise ValueError("the 'vae' residual needs a tfssim VariationalAutoencoder")
         n = int(vae_samples or model.num_samples)
-        samples = tiling.reconstruct(
-            lambda t: model.sample_reconstructions(t, n, seed=vae_seed), image, patch_size, stride, chunk_size,
-            samples=n,
-        )
+        fn = lambda t: model.sample_reconstructions(t, n, seed=vae_seed)  # noqa: E731
+    else:
+        fn = lambda t: model(t, training=False)  # noqa: E731
+    if jit_compile:
+        fn = tf.function(fn, jit_compile=True)
+    if residual == "vae":
+        samples = tiling.reconstruct(fn, image, patch_size, stride, chunk_size, samples=n)
         return {"reconstruction": tf.reduce_mean(samples, axis=0),
                 "anomaly_map": vae_residual_map(image, samples, model.observation_std)}
-    recon = tiling.reconstruct(lambda t: model(t, training=False), image, patch_size, stride, chunk_size)
+    recon = tiling.reconstruct(fn, image, patch_size, stride, chunk_size)
     if residual == "ssim":
         return {"reconstruction": recon, **ssim_residual_maps(image, recon, **(ssim_kwargs or {}))}
     return {"reconstruction": recon, "anomaly_map": l2_residual_map(image, recon)}

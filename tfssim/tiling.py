@@ -41,6 +41,7 @@ __all__ = [
     "reconstruct",
 ]
 
+# Tiles per model call (bounds memory), also inside exported graphs; see scripts/benchmark_export.py.
 DEFAULT_CHUNK = 64
 
 

@@ -25,7 +25,8 @@ def main(source: str, name: str, version: int | None, stride: int, output: str, 
     """Export the model in RUN_DIR_OR_MODEL (a tfssim-train run folder or a .keras file) to
     OUTPUT/NAME/VERSION in TensorFlow Serving's layout, and print that folder."""
     setup_logging(verbose)
-    from tfssim.export import DEFAULT_CHUNK, export_model
+    from tfssim.export import export_model
+    from tfssim.tiling import DEFAULT_CHUNK
 
     with usage_errors():
         path = export_model(source, output_root=output, name=name, version=version, stride=stride, kind=kind,
