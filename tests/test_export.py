@@ -322,6 +322,55 @@ def test_the_final_move_never_lands_on_a_destination_created_meanwhile(tmp_path)
     assert (tmp_path / "2" / "saved_model.pb").read_bytes() == b"model" and not source.exists()
 
 
+def test_an_automatic_version_taken_meanwhile_moves_to_the_next_free_one(ssim_model, tmp_path, monkeypatch):
+    # Two exports without --version both choose version 1; the one that finishes second used to
+    # fail with FileExistsError after its whole build.
+    real = export._rename_noreplace
+    raced = []
+
+    def other_export_finishes_first(source, destination):
+        if not raced:
+            destination.mkdir()
+            (destination / "saved_model.pb").write_bytes(b"other")
+            raced.append(destination.name)
+        return real(source, destination)
+
+    monkeypatch.setattr(export, "_rename_noreplace", other_export_finishes_first)
+    path = export.export_model(ssim_model, tmp_path, name="m", stride=16)
+    assert raced == ["1"] and path == tmp_path / "m" / "2"
+    assert (tmp_path / "m" / "1" / "saved_model.pb").read_bytes() == b"other", "the other export is untouched"
+    assert export.read_metadata(path)["version"] == 2 and (path / "variables").is_dir()
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2"], "no temporary folder left"
+    # An explicit version is never renumbered: see the next test (auto=False).
+
+
+def test_the_final_move_retries_a_bounded_number_of_later_versions(tmp_path, monkeypatch):
+    root = tmp_path / "m"
+    source = root / ".2.partial-x" / "export"
+    source.mkdir(parents=True)
+    (source / "saved_model.pb").write_bytes(b"mine")
+    for version in (1, 3, 4):
+        (root / str(version)).mkdir()
+    tried = []
+
+    def always_taken(src, destination):
+        tried.append(destination.name)
+        raise FileExistsError(f"{destination} appeared while exporting; exports are never overwritten")
+
+    monkeypatch.setattr(export, "_rename_noreplace", always_taken)
+    with pytest.raises(FileExistsError, match="never overwritten; gave up after 3 retries"):
+        export._move_into_place(source, root, 2, auto=True, retries=3)
+    assert tried == ["2", "5", "6", "7"]  # then the next free number each time
+    tried.clear()
+    with pytest.raises(FileExistsError, match="never overwritten$"):
+        export._move_into_place(source, root, 2, auto=False)
+    assert tried == ["2"]
+    monkeypatch.undo()
+    # The real move: "1" and "3" exist (empty folders count as taken), so 1 -> 5.
+    assert export._move_into_place(source, root, 1, auto=True) == root / "5"
+    assert (root / "5" / "saved_model.pb").read_bytes() == b"mine" and not source.exists()
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_the_serving_graph_compiles_the_model_call_with_xla_only_when_asked(ssim_model, jit):
     # _Scorer.maps is scoring.anomaly_maps (one implementation); jit_compile must still reach it.

@@ -4,7 +4,8 @@ Layout (TensorFlow Serving's): ``<output_root>/<name>/<version>/`` with ``saved_
 ``variables/``, ``assets/tfssim.json`` (metadata for the post-processor) and
 ``assets.extra/tf_serving_warmup_requests``. The export is built in a hidden temporary folder
 beside its destination (``.<version>.partial-*``, which TF Serving ignores: not an integer) and
-renamed into place only when complete; an existing version is never overwritten.
+renamed into place only when complete; an existing version is never overwritten. A version chosen
+automatically (no ``version``) that a concurrent export takes meanwhile becomes the next free one.
 
 Signatures (each takes one image, ``[H, W, C]`` or ``[1, H, W, C]``, ``H, W >= patch``; a
 SavedModel signature cannot have optional inputs, so the default stride has its own ones):
@@ -357,6 +358,44 @@ def _rename_noreplace(source: Path, destination: Path) -> None:
             from None
 
 
+# How often an export whose version was chosen automatically takes the next free number when
+# another export (e.g. a concurrent tfssim-export) took its version while it was being built.
+MAX_VERSION_RETRIES = 20
+
+
+def _move_into_place(export_dir: Path, model_root: Path, version: int, *, auto: bool,
+                     metadata: dict[str, Any] | None = None, retries: int = MAX_VERSION_RETRIES) -> Path:
+    """Rename the finished ``export_dir`` to ``model_root/version``, never replacing anything there.
+
+    With ``auto`` (the version was chosen by :func:`next_version`, not by the user), a version
+    taken meanwhile by another export is no error: the export takes the next free number
+    instead, at most ``retries`` times, rewriting the ``version`` of ``metadata`` (when given)
+    in ``export_dir`` first. An explicit version raises ``FileExistsError`` at once.
+
+    Returns:
+        The version folder the export now lives in.
+    """
+    for attempt in range(retries + 1):
+        destination = model_root / str(version)
+        try:
+            _rename_noreplace(export_dir, destination)
+            return destination
+        except FileExistsError as err:
+            if not auto:
+                raise
+            if attempt == retries:
+                raise FileExistsError(
+                    f"{err}; gave up after {retries} retries with later versions (concurrent exports?)"
+                ) from None
+        taken, version = version, max(version + 1, next_version(model_root))
+        logger.warning("%s was taken by another export meanwhile; this export becomes version %d",
+                       model_root / str(taken), version)
+        if metadata is not None:
+            metadata["version"] = version
+            atomic_write_json(export_dir / METADATA_FILE, metadata, default=str)
+    raise AssertionError("unreachable")
+
+
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0") \
             or name != name.strip():
@@ -385,7 +424,9 @@ def export_model(
             file or a ``keras.Model``.
         output_root: Folder of exported models: the export goes to ``output_root/name/version``.
         name: Model name (TF Serving's ``--model_name``), a plain folder name.
-        version: Positive integer version; default the next free one. An existing one raises.
+        version: Positive integer version; default the next free one (if another export takes
+            that one while this one is built, the next free one then, up to
+            :data:`MAX_VERSION_RETRIES` times). An existing explicit version raises.
         stride: Default tiling stride of the signatures, ``1 <= stride <= patch`` (paper: 30 for 128).
         kind: ``"ssim"``, ``"l2"``, ``"vae"`` or ``"fm"``; default from the run folder or the model.
         ssim_kwargs: SSIM parameters of the anomaly map; default those of training (run
@@ -441,7 +482,8 @@ def export_model(
         raise ValueError(f"vae_samples must be >= 1, got {vae_samples}")
 
     model_root = Path(output_root) / name
-    version = next_version(model_root) if version is None else version
+    auto_version = version is None
+    version = next_version(model_root) if auto_version else version
     if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1:
         raise ValueError(f"version must be a positive integer, got {version!r}")
     version = int(version)
@@ -492,7 +534,7 @@ def export_model(
         (export_dir / "assets").mkdir(exist_ok=True)
         (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
         _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride)
-        _rename_noreplace(export_dir, destination)
+        destination = _move_into_place(export_dir, model_root, version, auto=auto_version, metadata=metadata)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("exported %s (%s model, patch %d, stride %d)", destination, kind, patch_size, stride)
