@@ -49,6 +49,7 @@ def test_predict_files_writes_results_and_records_a_skipped_image(model, dataset
     assert on_disk == summary.to_dict() == {
         "export": str(model.path), "threshold": 0.3, "images": 4, "failed": summary.failures,
         "images_without_mask": 0,
+        "postprocess": {"threshold": 0.3, "opening_diameter": 4, "convex_hull": True, "min_area": 0},
     }
 
 
@@ -60,3 +61,47 @@ def test_predict_files_needs_a_threshold_and_expand_inputs_names_bad_paths(model
         expand_inputs([tmp_path / "missing.png"])
     with pytest.raises(FileNotFoundError, match="no file matches"):
         expand_inputs([str(tmp_path / "*.png")])
+
+
+def _edited_copy(export_dir, folder, **changes):
+    """A copy of an export whose metadata JSON has ``changes``."""
+    target = shutil.copytree(export_dir, folder / "1")
+    meta_path = target / "assets" / "tfssim.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **changes}))
+    return target
+
+
+def test_predict_files_post_processes_as_the_export_metadata_says(exports, dataset, tmp_path, monkeypatch):
+    from tfssim import postprocess
+
+    yy, xx = np.mgrid[:64, :80]
+    radius = np.hypot(yy - 32, xx - 40)
+    ring = ((radius > 9) & (radius < 17)).astype(np.float32)  # a hull fills its hole, a plain mask keeps it
+    image = data.list_images(dataset / "test")[:1]
+
+    def run(export_dir, out, **kwargs):
+        model = ExportedModel.load(export_dir)
+        monkeypatch.setattr(model, "predict", lambda image, source=None: {"anomaly_map": ring})
+        summary = predict_files(model, image, tmp_path / out, progress=False, **kwargs)
+        (result,) = summary.results
+        return summary, result, io.imread(result.files["mask"]) > 0
+
+    plain = _edited_copy(exports[0], tmp_path / "plain", threshold=0.5, convex_hull=False)
+    summary, result, mask = run(plain, "plain")
+    assert summary.postprocess == {"threshold": 0.5, "opening_diameter": 4, "convex_hull": False, "min_area": 0}
+    np.testing.assert_array_equal(mask, postprocess.segment(ring, 0.5, convex_hull=False))
+    assert not mask[32, 40] and mask[32, 40 + 13] and len(result.regions) == 1
+
+    hull = _edited_copy(exports[0], tmp_path / "hull", threshold=0.5)  # convex_hull true, as exported
+    _, _, mask = run(hull, "hull")
+    np.testing.assert_array_equal(mask, postprocess.segment(ring, 0.5, convex_hull=True))
+    assert mask[32, 40]
+
+    # min_area from the metadata drops the ring; the caller's min_area (tfssim-predict --min-area)
+    # and threshold override the metadata.
+    big = _edited_copy(exports[0], tmp_path / "big", threshold=0.5, convex_hull=False, min_area=10_000)
+    summary, result, mask = run(big, "big")
+    assert summary.postprocess["min_area"] == 10_000 and not mask.any() and result.regions == []
+    summary, result, mask = run(big, "big0", min_area=0, threshold=0.25)
+    assert summary.postprocess == {"threshold": 0.25, "opening_diameter": 4, "convex_hull": False, "min_area": 0}
+    assert summary.threshold == 0.25 and mask.any() and not mask[32, 40]

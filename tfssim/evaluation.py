@@ -9,9 +9,9 @@ the post-processed segmentation (threshold, opening, convex hulls) at the calibr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,7 +33,7 @@ PRO_THRESHOLDS = 300  # FPR sweep of the overlap curve (that of metrics.aupro)
 PRO_MAX_FPR = 0.3
 
 
-@dataclass
+@dataclasses.dataclass
 class ExportEvaluation:
     """Scores of one export and the curves behind them (``roc``: thinned to about
     :data:`ROC_POINTS` points after its area was computed on the full curve)."""
@@ -74,6 +74,8 @@ def evaluate_maps(
     *,
     fpr: float = 0.01,
     opening_diameter: int = 4,
+    convex_hull: bool = True,
+    min_area: int = 0,
 ) -> ExportEvaluation:
     """All metrics of one model from its validation and test maps (no model needed).
 
@@ -83,7 +85,9 @@ def evaluate_maps(
         test_maps: Maps of the test images.
         test_masks: Boolean ground truth of the test images (all False for good images).
         fpr: Target pixel false-positive rate of the threshold.
-        opening_diameter: Diameter of the opening's circular structuring element.
+        opening_diameter, convex_hull, min_area: Post-processing of the segmentation scored by
+            F1 / IoU (:class:`tfssim.postprocess.PostProcessor`); :func:`evaluate` takes them
+            from each export's metadata.
     """
     started = time.perf_counter()
     masks = [np.asarray(m, dtype=bool) for m in test_masks]
@@ -96,7 +100,7 @@ def evaluate_maps(
     has_defects = [bool(m.any()) for m in masks]
     # One sweep serves both the plotted overlap curve and its area (as metrics.aupro computes it).
     pro = metrics.pro_curve(test_maps, masks, num_thresholds=PRO_THRESHOLDS, max_fpr=PRO_MAX_FPR)
-    processor = postprocess.PostProcessor(threshold=threshold, opening_diameter=opening_diameter)
+    processor = postprocess.PostProcessor(threshold, opening_diameter, convex_hull, min_area)
     f1, iou = metrics.f1_iou([processor.segment(m) for m in test_maps], masks)
     scores: dict[str, float | None] = {
         "pixel_auroc": auroc,
@@ -182,14 +186,18 @@ def evaluate(
         logger.info("evaluating %s on %d validation and %d test images", name, len(val_images), len(test_images))
         val_maps = compute_maps(model, val_images, f"{name}: validation", progress, sources=split.val)
         test_maps = compute_maps(model, test_images, f"{name}: test", progress, sources=split.test)
-        result = evaluate_maps(name, val_maps, test_maps, masks, fpr=fpr)
+        # Segment as prediction and serving users do: the export's post-processing settings,
+        # at the threshold calibrated here.
+        settings = postprocess.PostProcessor.from_metadata(model.metadata, threshold=0.0)
+        result = evaluate_maps(name, val_maps, test_maps, masks, fpr=fpr, opening_diameter=settings.opening_diameter,
+                               convex_hull=settings.convex_hull, min_area=settings.min_area)
         # Beside the threshold recalibrated here: the one stored in the export (what serving uses).
         result.scores["export_threshold"] = model.threshold
         result.seconds = time.perf_counter() - started
         results.append(result)
         safe = name.replace("/", "_").replace(" ", "_")
         plots.plot_pro_quantiles(result.pro["fpr"], result.pro["quantiles"], output / f"pro_{safe}.png")
-        processor = postprocess.PostProcessor(threshold=result.scores["threshold"])
+        processor = dataclasses.replace(settings, threshold=result.scores["threshold"])
         overlay_dir = output / "overlays" / safe
         overlay_dir.mkdir(parents=True, exist_ok=True)
         for path, image, anomaly_map, mask in list(zip(split.test, test_images, test_maps, masks))[:max_overlays]:

@@ -156,11 +156,26 @@ class PostProcessor:
     min_area: int = 0
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> "PostProcessor":
-        if metadata.get("threshold") is None:
+    def from_metadata(cls, metadata: Mapping[str, Any], *, threshold: float | None = None,
+                      opening_diameter: int | None = None, convex_hull: bool | None = None,
+                      min_area: int | None = None) -> "PostProcessor":
+        """The settings stored in an export's metadata (``threshold``, ``opening_diameter``,
+        ``convex_hull``, ``min_area``; the paper's 4 / true / 0 where missing), each replaced by
+        the keyword argument of the same name unless that is ``None`` (e.g. a command-line option).
+
+        Raises ``ValueError`` when neither the metadata nor ``threshold`` gives a threshold.
+        """
+        def pick(given: Any, key: str, default: Any) -> Any:
+            if given is not None:
+                return given
+            stored = metadata.get(key)
+            return default if stored is None else stored
+
+        threshold = pick(threshold, "threshold", None)
+        if threshold is None:
             raise ValueError("the export has no calibrated threshold; run tfssim-calibrate on defect-free images first")
-        return cls(float(metadata["threshold"]), int(metadata.get("opening_diameter", 4)),
-                   bool(metadata.get("convex_hull", True)), int(metadata.get("min_area", 0)))
+        return cls(float(threshold), int(pick(opening_diameter, "opening_diameter", 4)),
+                   bool(pick(convex_hull, "convex_hull", True)), int(pick(min_area, "min_area", 0)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -95,6 +95,8 @@ class PredictionSummary:
         failures: One message per skipped image (unreadable, refused by the export, bad mask).
         images_without_mask: Processed images with no ground-truth mask in ``mask_dir``;
             ``None`` when no ``mask_dir`` was given.
+        postprocess: The segmentation settings used (``PostProcessor.to_dict``: threshold,
+            opening_diameter, convex_hull, min_area).
     """
 
     export: Path
@@ -104,6 +106,7 @@ class PredictionSummary:
     results: list[ImageResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     images_without_mask: int | None = None
+    postprocess: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -113,7 +116,8 @@ class PredictionSummary:
     def to_dict(self) -> dict[str, Any]:
         """The content of ``summary.json``."""
         return {"export": str(self.export), "threshold": self.threshold, "images": self.images,
-                "failed": list(self.failures), "images_without_mask": self.images_without_mask}
+                "failed": list(self.failures), "images_without_mask": self.images_without_mask,
+                "postprocess": self.postprocess}
 
 
 def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
@@ -197,7 +201,7 @@ def predict_files(
     *,
     threshold: float | None = None,
     mask_dir: str | os.PathLike | None = None,
-    min_area: int = 0,
+    min_area: int | None = None,
     progress: bool = True,
 ) -> PredictionSummary:
     """Run ``model`` on image files and write the per-image results and ``summary.json``.
@@ -205,7 +209,8 @@ def predict_files(
     For each image ``<stem>`` (see :func:`output_stems`) the output folder gets the anomaly
     map as float32 TIFF (``<stem>_anomaly_map.tif``) and as a PNG beside the input with a colour
     bar (``<stem>_anomaly_map.png``), the binary segmentation (``<stem>_mask.png``: threshold,
-    opening, convex hulls — ``tfssim.postprocess.PostProcessor``), an overlay (segmentation
+    opening, convex hulls, minimum area, as the export's metadata sets them —
+    ``tfssim.postprocess.PostProcessor.from_metadata``, the settings serving users read), an overlay (segmentation
     green, ground-truth contours red; ``<stem>_overlay.png``) and the region table
     (``<stem>_regions.json``). An image that cannot be read, that the export refuses (e.g.
     smaller than the patch) or whose mask cannot be read is skipped and recorded in
@@ -220,7 +225,8 @@ def predict_files(
         mask_dir: Folder of ground-truth masks, drawn on the overlays: ``<stem>_gt``, ``<stem>`` or
             ``<stem>_mask`` with any image extension (``tfssim.data.MASK_SUFFIXES``, the names
             every dataset loader looks for; :func:`tfssim.data.find_mask`).
-        min_area: Drop regions smaller than this many pixels.
+        min_area: Drop regions smaller than this many pixels; default: the export metadata's
+            ``min_area`` (0 where it has none). Opening and convex hulls always follow the metadata.
         progress: Show a progress bar and print one summary line per image on stdout (warnings
             and skipped images on stderr), as ``tfssim-predict`` does; ``False`` prints nothing
             (everything is in the returned summary).
@@ -246,19 +252,19 @@ def predict_files(
             f"export {model.path} has no calibrated threshold; run tfssim-calibrate on defect-free images first "
             "or pass a threshold"
         )
-    if min_area < 0:
+    if min_area is not None and min_area < 0:
         raise ValueError(f"min_area must be >= 0, got {min_area}")
     masks = Path(mask_dir) if mask_dir is not None else None
     if masks is not None and not masks.is_dir():
         raise FileNotFoundError(f"mask folder {masks} does not exist or is not a folder")
     index = data.mask_index(masks) if masks is not None else {}
     paths = [Path(p) for p in paths]
-    processor = postprocess.PostProcessor(threshold=float(threshold), min_area=min_area,
-                                          opening_diameter=int(model.metadata.get("opening_diameter", 4)))
+    processor = postprocess.PostProcessor.from_metadata(model.metadata, threshold=threshold, min_area=min_area)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = PredictionSummary(model.path, float(threshold), out, len(paths),
-                                images_without_mask=0 if masks is not None else None)
+    summary = PredictionSummary(model.path, processor.threshold, out, len(paths),
+                                images_without_mask=0 if masks is not None else None,
+                                postprocess=processor.to_dict())
 
     def say(line: str, err: bool = False) -> None:
         if progress:

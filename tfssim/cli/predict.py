@@ -31,12 +31,15 @@ def __getattr__(name: str):
 @click.option("--masks", "mask_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of ground-truth masks (<stem>_gt, <stem> or <stem>_mask; .png, .tif, ...) "
                    "drawn as red contours.")
-@click.option("--min-area", type=click.IntRange(min=0), default=0, help="Drop regions smaller than this (pixels).")
+@click.option("--min-area", type=click.IntRange(min=0), default=None,
+              help="Drop regions smaller than this (pixels); default: the export metadata's min_area, else 0.")
 @click.option("--verbose", "-v", is_flag=True)
 def main(export: str, images: tuple[str, ...], output: str, threshold: float | None, mask_dir: str | None,
-         min_area: int, verbose: bool) -> None:
+         min_area: int | None, verbose: bool) -> None:
     """Run the export in EXPORT on IMAGES (files, folders or globs) and write per image: the
-    anomaly map (float TIFF + PNG with colour bar), the binary mask, an overlay and the region JSON."""
+    anomaly map (float TIFF + PNG with colour bar), the binary mask (threshold, opening, convex hulls and
+    minimum area as the export's metadata sets them; --threshold and --min-area override), an overlay
+    and the region JSON."""
     setup_logging(verbose)
     from tfssim.inference import ExportedModel
 
