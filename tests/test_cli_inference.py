@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from skimage import io
 from sklearn.metrics import roc_auc_score
 
-from tfssim import data, evaluation, export, postprocess
+from tfssim import data, evaluation, export, metrics, postprocess
 from tfssim.cli.calibrate import main as calibrate_cli
 from tfssim.cli.evaluate import main as evaluate_cli
 from tfssim.cli.predict import main as predict_cli
@@ -139,8 +139,28 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
     payload = json.loads((out / "results.json").read_text())
     results = payload["exports"]
     assert set(results) == {"ssim/1", "l2/1"} and payload["counts"] == {"val": 2, "test": 4, "defective": 3}
-    for name in ("roc.png", "results.csv", "pro_ssim_1.png", "pro_l2_1.png"):
+    for name in ("roc.png", "results.csv", "pro_ssim_1.png", "pro_l2_1.png", "roc_ssim_1.csv", "roc_l2_1.csv",
+                 "pro_ssim_1.csv", "pro_l2_1.csv"):
         assert (out / name).stat().st_size > 0
+    assert "roc_*.csv" in result.output and "pro_*.csv" in result.output
+    assert not [p.name for p in out.iterdir() if "tmp" in p.name]
+    for name, safe in (("ssim/1", "ssim_1"), ("l2/1", "l2_1")):
+        # The curves behind the plots: the thinned ROC's area is the full curve's AUC to 1e-3,
+        # and the PRO CSV's mean overlap gives aupro_0.3 back.
+        with (out / f"roc_{safe}.csv").open() as fh:
+            roc = list(csv.DictReader(fh))
+        assert list(roc[0]) == ["fpr", "tpr"] and 10 < len(roc) <= 2 * evaluation.ROC_POINTS
+        fpr, tpr = (np.array([float(r[k]) for r in roc]) for k in ("fpr", "tpr"))
+        assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+        assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+        assert metrics.area_under_curve(fpr, tpr) == pytest.approx(results[name]["pixel_auroc"], abs=1e-3)
+        with (out / f"pro_{safe}.csv").open() as fh:
+            pro = list(csv.DictReader(fh))
+        assert list(pro[0]) == ["fpr", "threshold", "mean", "q0.1", "q0.25", "q0.5", "q0.75", "q0.9"]
+        assert len(pro) == evaluation.PRO_THRESHOLDS
+        curve = {k: np.array([float(r[k]) for r in pro]) for k in ("fpr", "mean")}
+        assert metrics.area_under_pro(curve, 0.3) == pytest.approx(results[name]["aupro_0.3"], abs=1e-12)
+        assert all(float(r["q0.1"]) <= float(r["q0.5"]) <= float(r["q0.9"]) for r in pro)
     assert "pixel_auroc" in result.output and "ssim/1" in result.output
     assert results["ssim/1"]["export_threshold"] is None and results["l2/1"]["export_threshold"] == 0.125
     assert "threshold stored in the export 0.1250" in result.output

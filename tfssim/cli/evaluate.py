@@ -33,7 +33,7 @@ def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: 
         models = [ExportedModel.load(e) for e in exports]
         results = evaluation.evaluate(split, models, output, fpr=fpr)
     click.echo(evaluation.format_table(results))
-    click.echo(f"results: {output}/results.json, results.csv, roc.png, pro_*.png, overlays/ "
+    click.echo(f"results: {output}/results.json, results.csv, roc.png, roc_*.csv, pro_*.png, pro_*.csv, overlays/ "
                f"({time.perf_counter() - started:.1f} s)")
 
 
