@@ -228,3 +228,58 @@ def test_evaluate_rejects_bad_input(exports, dataset, tmp_path):
         assert isinstance(r.exception, SystemExit) and r.exception.code == 2, repr(r.exception)
         assert r.output.count("Error: ") == 1
 
+
+def _with_training_config(export_dir: Path, folder: Path, config: dict | None) -> Path:
+    """A copy of ``export_dir`` whose metadata holds ``config`` as its training_config."""
+    target = shutil.copytree(export_dir, folder / "1")
+    meta_path = target / "assets" / "tfssim.json"
+    meta = json.loads(meta_path.read_text())
+    meta["training_config"] = config
+    meta_path.write_text(json.dumps(meta))
+    return target
+
+
+def test_evaluate_splits_validation_as_the_export_was_trained(exports, dataset, tmp_path, monkeypatch):
+    # A model trained with --val-split 0.5 --seed 3 must be calibrated on that run's validation
+    # images, not on the default 0.1 / 0 split (which could be its own training images).
+    seen = []
+
+    def load_dataset(root, layout="auto", val_fraction=0.1, seed=0):  # stops before any model is loaded
+        seen.append((val_fraction, seed))
+        raise ValueError("stop after the split")
+
+    monkeypatch.setattr(data, "load_dataset", load_dataset)
+    a = _with_training_config(exports[0], tmp_path / "a", {"val_split": 0.5, "seed": 3, "epochs": 2})
+    b = _with_training_config(exports[1], tmp_path / "b", {"val_split": 0.25, "seed": 4})
+    partial = _with_training_config(exports[1], tmp_path / "c", {"seed": 5})
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(evaluate_cli, [str(dataset), *map(str, args), "--output", str(tmp_path / "out")])
+        assert result.exit_code == 2 and "stop after the split" in result.output, result.output
+        return result
+
+    assert "warning" not in run(a).output.lower() and seen[-1] == (0.5, 3)
+    run(a, "--val-split", "0.2", "--seed", "7")
+    assert seen[-1] == (0.2, 7)
+    run(exports[0])  # no training_config: tfssim-train's defaults
+    assert seen[-1] == (0.1, 0)
+    run(partial)
+    assert seen[-1] == (0.1, 5)
+    both = run(a, b)
+    assert seen[-1] == (0.5, 3)
+    assert f"different val_split ({a}: 0.5, {b}: 0.25); using 0.5 from {a}" in both.output
+    assert f"different seed ({a}: 3, {b}: 4); using 3 from {a}" in both.output and "--seed" in both.output
+    given = run(a, b, "--seed", "3", "--val-split", "0.5")
+    assert "different" not in given.output and seen[-1] == (0.5, 3)
+
+
+def test_split_settings_prefers_given_values_then_the_first_training_config():
+    from tfssim.cli.evaluate import split_settings
+
+    meta = [{"training_config": {"val_split": 0.3, "seed": 2}}, {"training_config": None}, {}]
+    assert split_settings(meta, None, None) == (0.3, 2, [])
+    assert split_settings(meta[1:], None, None) == (0.1, 0, [])
+    assert split_settings(meta, 0.2, None) == (0.2, 2, [])
+    _, _, warnings = split_settings([meta[0], {"training_config": {"val_split": 0.3, "seed": 9}}], None, None, ["x", "y"])
+    assert len(warnings) == 1 and "different seed (x: 2, y: 9); using 2 from x" in warnings[0]
