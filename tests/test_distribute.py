@@ -130,3 +130,38 @@ def test_multiworker_strategy_with_two_processes_on_loopback(image_folder: Path,
     for key in ("loss", "val_loss"):
         np.testing.assert_allclose([float(r[key]) for r in after], [float(r[key]) for r in _history(single)],
                                    rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "cluster, task, chief",
+    [
+        ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),
+        ({"worker": ["a:1", "b:1"]}, ("worker", 1), False),
+        ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("chief", 0), True),
+        ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("worker", 0), False),  # the chief task is chief
+        ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("worker", 1), False),
+        ({"chief": ["c:1"], "worker": ["a:1"], "evaluator": ["e:1"]}, ("evaluator", 0), True),
+        ({"worker": ["a:1", "b:1"], "ps": ["p:1"]}, ("ps", 0), False),
+        ({"worker": ["a:1"]}, (None, None), True),  # no task: a single process
+    ],
+    ids=["worker0", "worker1", "chief", "worker0-with-chief", "worker1-with-chief", "evaluator", "ps", "no-task"],
+)
+def test_is_chief_follows_tensorflow(cluster: dict, task: tuple, chief: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorflow as tf
+    from tensorflow.python.distribute import multi_worker_util
+
+    from tfssim.training import _is_chief
+
+    tf_config = {"cluster": cluster}
+    if task[0] is not None:
+        tf_config["task"] = {"type": task[0], "index": task[1]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()  # reads TF_CONFIG, starts nothing
+
+    class Strategy:  # what _is_chief reads of a MultiWorkerMirroredStrategy
+        cluster_resolver = resolver
+
+    assert _is_chief(Strategy()) is chief
+    if task[0] is not None:  # TensorFlow's own rule agrees
+        assert multi_worker_util.is_chief(cluster, *task) is chief
+    assert _is_chief(tf.distribute.get_strategy())  # the default strategy has no cluster

@@ -256,10 +256,21 @@ def _strategy_name(strategy: tf.distribute.Strategy) -> str:
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process is the chief, the one that writes the run folder.
+
+    TensorFlow's rule (``tensorflow.python.distribute.multi_worker_util.is_chief``): the
+    ``chief`` task (and an ``evaluator``, which runs on its own) is chief; worker 0 is chief only
+    when the cluster has no ``chief`` task; no cluster (one process) is chief. It is also the
+    task that holds replica 0 (``multi_worker_util.id_in_cluster``), which ``_from_chief`` uses.
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
+    task_type = getattr(resolver, "task_type", None) if resolver is not None else None
+    if not task_type:
         return True
-    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
+    if task_type in ("chief", "evaluator"):
+        return True
+    has_chief_task = bool(resolver.cluster_spec().as_dict().get("chief"))
+    return task_type == "worker" and int(resolver.task_id or 0) == 0 and not has_chief_task
 
 
 def _load_images(config: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.ndarray], list[str]]:
