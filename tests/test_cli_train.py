@@ -106,7 +106,12 @@ def test_train_writes_complete_run_folder(kind: str, extra: list[str], image_fol
     assert f"data      {image_folder} (layout: folder): 3 training images" in out and "1 validation images" in out
     assert f"patches   64 of 32x32x{channels} per epoch, batch 16" in out
     assert "devices   /device:CPU:0" in out
-    assert "precision float32; strategy _DefaultDistributionStrategy (1 replica(s))" in out
+    # --mixed-precision auto picks mixed_float16 where a GPU is visible, and 2+ GPUs mirror
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    policy = "mixed_float16" if gpus else "float32"
+    strategy = "default (1 device)" if gpus < 2 else f"MirroredStrategy ({gpus} replica(s))"
+    assert f"precision {policy}; strategy {strategy}" in out
+    assert config["precision"] == policy and config["strategy"] == ("default" if gpus < 2 else "MirroredStrategy")
     if not tf.config.list_physical_devices("GPU"):
         assert "precision: float32 (auto: no GPU visible" in out  # --mixed-precision auto says what it chose
     # one summary line per epoch

@@ -249,10 +249,21 @@ def _make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def _strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The strategy's public name, or ``"default"`` for TensorFlow's no-distribution strategy."""
     # tf.distribute.MultiWorkerMirroredStrategy is the class CollectiveAllReduceStrategy.
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return "MultiWorkerMirroredStrategy"
-    return type(strategy).__name__
+    name = type(strategy).__name__
+    # tf.distribute.get_strategy() outside any scope: the private _DefaultDistributionStrategy
+    return "default" if name.startswith("_") else name
+
+
+def _strategy_label(strategy: tf.distribute.Strategy) -> str:
+    """For the banner: ``default (1 device)`` or ``MirroredStrategy (2 replica(s))``."""
+    name = _strategy_name(strategy)
+    if name == "default":
+        return "default (1 device)"
+    return f"{name} ({strategy.num_replicas_in_sync} replica(s))"
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -389,8 +400,7 @@ def _banner(config: TrainConfig, split: Any, train: Sequence[np.ndarray], val: S
         f"batch {config.batch_size}, augment {'on' if config.augment else 'off'}",
         f"training  {config.epochs} epochs, AdamW lr {config.learning_rate:g}, weight decay {config.weight_decay:g}"
         + (f", resuming after epoch {initial_epoch}" if initial_epoch else ""),
-        f"devices   {devices}; precision {policy}; strategy {_strategy_name(strategy)} "
-        f"({strategy.num_replicas_in_sync} replica(s))",
+        f"devices   {devices}; precision {policy}; strategy {_strategy_label(strategy)}",
     ]
     if skipped:
         lines.append(f"skipped   {len(skipped)} unreadable image(s): " + "; ".join(skipped))
