@@ -371,3 +371,61 @@ def test_validation_images_smaller_than_the_patch_are_named_in_a_warning(tmp_pat
     with caplog.at_level("WARNING", logger="tfssim.training"):
         _, _, val, _ = _load_images(config)
     assert len(val) == 1 and "training loss" not in caplog.text and "tiny.png" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "text, problem, fix",
+    [
+        ('jit_compile: "no"\n', "jit_compile must be true or false, got 'no'", "write jit_compile: true or jit_compile: false"),
+        ("val_patches: 0\n", "val_patches must be an integer >= 1, got 0", "set val_patches to an integer >= 1"),
+        ("val-patches: 2.5\n", "val_patches must be an integer >= 1, got 2.5", "set val_patches to an integer >= 1"),
+        ("ssim_sigma: -1.5\n", "ssim_sigma must be a number > 0, got -1.5", "set ssim_sigma to a number > 0"),
+        ("ssim_k2: 2\n", "ssim_k2 must be a number > 0 and < 1, got 2", "set ssim_k2 to a number > 0 and < 1"),
+        ("vae_observation_std: .nan\n", "vae_observation_std must be a number > 0, got nan", "set vae_observation_std"),
+        ("seed: -1\n", "seed (--seed) must be an integer >= 0 and <= 4294967295, got -1", "set seed to an integer"),
+    ],
+    ids=["bool-as-string", "zero-val-patches", "fractional-val-patches", "negative-sigma", "k2-above-1", "nan-std",
+         "negative-seed"],
+)
+def test_config_file_only_keys_are_checked(text: str, problem: str, fix: str, image_folder: Path, tmp_path: Path) -> None:
+    # These keys have no option, so click checks nothing: TrainConfig.validate must.
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--config", str(cfg), *ONE_STEP])
+    assert_one_error_line(result, problem, fix)
+    assert not run.exists()
+
+
+def test_train_config_validate_coerces_every_field(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tfssim.training import TrainConfig
+
+    config = TrainConfig(data=tmp_path, output=tmp_path / "run", epochs=np.int64(3), val_patches=8.0,
+                         learning_rate="1e-4", ssim_sigma=2, jit_compile=np.bool_(True), fm_weights=None)
+    config.validate()
+    assert config.data == str(tmp_path) and config.output == str(tmp_path / "run")
+    assert (config.epochs, config.val_patches, config.learning_rate, config.ssim_sigma) == (3, 8, 1e-4, 2.0)
+    assert [type(v) for v in (config.epochs, config.val_patches, config.learning_rate, config.ssim_sigma)] == \
+        [int, int, float, float]
+    assert config.jit_compile is True
+    json.dumps(config.to_dict())  # plain Python types: config.json can hold them
+    good = dataclasses.asdict(TrainConfig(data="d", output="o"))
+    for field, value, message in [
+        ("grayscale", 1, "grayscale (--grayscale/--rgb) must be true or false, got 1"),
+        ("skip_bad_images", "false", "skip_bad_images (--skip-bad-images) must be true or false"),
+        ("epochs", True, "epochs (--epochs) must be an integer >= 1, got True"),
+        ("batch_size", "many", "batch_size (--batch-size) must be an integer >= 1, got 'many'"),
+        ("patch_size", 8, "patch_size (--patch-size) must be an integer >= 16, got 8"),
+        ("val_split", 1.0, "val_split (--val-split) must be a number >= 0 and < 1, got 1.0"),
+        ("learning_rate", float("inf"), "learning_rate (--learning-rate) must be a number > 0"),
+        ("weight_decay", -1e-5, "weight_decay (--weight-decay) must be a number >= 0"),
+        ("ssim_k1", 0, "ssim_k1 must be a number > 0 and < 1, got 0"),
+        ("model", 3, "unknown model 3 for model (--model); choose one of ssim, l2, vae, fm"),
+        ("mixed_precision", True, "unknown mixed precision True"),
+        ("fm_weights", "", "fm_weights (--weights) must be 'imagenet' or a weights file path"),
+        ("data", 5, "data (DATA) must be a path, got 5"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            TrainConfig(**{**good, field: value}).validate()

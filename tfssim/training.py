@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import os
 import platform
 import time
@@ -109,30 +110,109 @@ class TrainConfig:
         return dict(window_size=self.ssim_window, sigma=self.ssim_sigma, k1=self.ssim_k1, k2=self.ssim_k2, data_range=1.0)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first option that is out of range."""
-        if self.model not in MODEL_KINDS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_KINDS)}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        precision.resolve_precision(self.mixed_precision)
+        """Check every field and coerce it to its type; raise ``ValueError`` naming the first bad one.
+
+        Numbers may come as other numeric types or numeric strings (YAML reads ``1e-4`` as a
+        string) and are converted; an integral float is accepted for an integer field. Booleans
+        must be real booleans (``"no"`` would be true). Config-file keys that have no option
+        (``ssim_sigma``, ``val_patches``, ``jit_compile``, ...) get no checking from click, so
+        this is where they are checked.
+        """
+        for name in ("data", "output"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{_key(name)} must be a path, got {value!r}; set it to a folder path")
+            setattr(self, name, value)
+        for name, choices in (("model", MODEL_KINDS), ("layout", LAYOUTS), ("strategy", STRATEGIES),
+                              ("mixed_precision", precision.PRECISION_MODES)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f"unknown {name.replace('_', ' ')} {value!r} for {_key(name)}; "
+                                 f"choose one of {', '.join(choices)}")
+        for name, low, high in _INT_FIELDS:
+            setattr(self, name, _checked_int(name, getattr(self, name), low, high))
+        for name, low, low_open, high, high_open in _FLOAT_FIELDS:
+            setattr(self, name, _checked_float(name, getattr(self, name), low, low_open, high, high_open))
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(
+                    f"{_key(name)} must be true or false, got {value!r}; write {name}: true or {name}: false "
+                    "(a YAML/JSON boolean, without quotes)"
+                )
+            setattr(self, name, bool(value))
+        if isinstance(self.fm_weights, os.PathLike):
+            self.fm_weights = os.fspath(self.fm_weights)
+        if self.fm_weights is not None and (not isinstance(self.fm_weights, str) or not self.fm_weights):
+            raise ValueError(f"{_key('fm_weights')} must be 'imagenet' or a weights file path, got {self.fm_weights!r}")
         validate_architecture(self.patch_size, self.channels, self.latent_dim)
         validate_window(self.ssim_window, self.ssim_sigma)
-        for name in ("epochs", "patches_per_epoch", "batch_size", "vae_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.patches_per_epoch < self.batch_size:
             raise ValueError(
                 f"patches-per-epoch ({self.patches_per_epoch}) must be at least the batch size ({self.batch_size})"
             )
-        if not 0 <= self.val_split < 1:
-            raise ValueError(f"val-split must be in [0, 1), got {self.val_split}")
-        if self.learning_rate <= 0 or self.weight_decay < 0:
-            raise ValueError("learning-rate must be > 0 and weight-decay >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# How validate() names a field: the config key, with its option where it has one.
+_NO_OPTION = {"ssim_sigma", "ssim_k1", "ssim_k2", "val_patches", "vae_observation_std", "jit_compile"}
+_OPTION_OF = {"data": "DATA", "fm_weights": "--weights", "grayscale": "--grayscale/--rgb",
+              "augment": "--augment/--no-augment"}
+# (field, minimum, maximum or None); seed: NumPy's seeds are 32-bit
+_INT_FIELDS = (("epochs", 1, None), ("patches_per_epoch", 1, None), ("batch_size", 1, None), ("patch_size", 16, None),
+               ("latent_dim", 1, None), ("ssim_window", 1, None), ("seed", 0, 2**32 - 1), ("val_patches", 1, None),
+               ("vae_samples", 1, None))
+# (field, low, low excluded, high or None, high excluded)
+_FLOAT_FIELDS = (("ssim_sigma", 0.0, True, None, False), ("ssim_k1", 0.0, True, 1.0, True),
+                 ("ssim_k2", 0.0, True, 1.0, True), ("learning_rate", 0.0, True, None, False),
+                 ("weight_decay", 0.0, False, None, False), ("val_split", 0.0, False, 1.0, True),
+                 ("vae_observation_std", 0.0, True, None, False), ("fm_weight", 0.0, False, None, False))
+_BOOL_FIELDS = ("grayscale", "augment", "skip_bad_images", "jit_compile")
+
+
+def _key(name: str) -> str:
+    if name in _NO_OPTION:
+        return name
+    return f"{name} ({_OPTION_OF.get(name, '--' + name.replace('_', '-'))})"
+
+
+def _checked_int(name: str, value: Any, low: int, high: int | None) -> int:
+    wanted = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+    number = None
+    if isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        number = int(value)
+    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and float(value).is_integer():
+        number = int(value)
+    if number is None or number < low or (high is not None and number > high):
+        raise ValueError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
+    return number
+
+
+def _checked_float(name: str, value: Any, low: float, low_open: bool, high: float | None, high_open: bool) -> float:
+    wanted = f"a number {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        wanted += f" and {'<' if high_open else '<='} {high:g}"
+    number = None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    if (number is None or not math.isfinite(number) or number < low or (low_open and number == low)
+            or (high is not None and (number > high or (high_open and number == high)))):
+        raise ValueError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
+    return number
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
