@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import click
 from click.testing import CliRunner, Result
 from skimage import io
 
@@ -429,3 +430,30 @@ def test_train_config_validate_coerces_every_field(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             TrainConfig(**{**good, field: value}).validate()
+
+
+def test_output_that_cannot_be_created_is_one_line_naming_it(image_folder: Path, tmp_path: Path) -> None:
+    from tfssim.cli._common import usage_errors
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    runs = [afile / "run"]  # under a file: NotADirectoryError, for root too
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # root ignores the permission bits
+        locked.chmod(0o500)
+        runs.append(locked / "run")
+    try:
+        for run in runs:
+            result = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--epochs", "1", *ONE_STEP])
+            assert_one_error_line(result, f"cannot use {str(run)!r}: ", "that you may write there")
+            assert not run.exists()
+    finally:
+        locked.chmod(0o700)
+    # the same line for any OSError with a path; tfssim's own messages are kept as they are
+    with pytest.raises(click.UsageError, match=re.escape("cannot use '/data/run': Permission denied; check")):
+        with usage_errors():
+            raise PermissionError(13, "Permission denied", "/data/run")
+    with pytest.raises(click.UsageError, match=r"^no images here; add some$"):
+        with usage_errors():
+            raise FileNotFoundError("no images here; add some")

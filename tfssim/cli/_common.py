@@ -49,8 +49,25 @@ def setup_logging(verbose: bool = False) -> None:
 
 @contextlib.contextmanager
 def usage_errors() -> Iterator[None]:
-    """Report a library ``ValueError``/``FileNotFoundError``/``FileExistsError`` as one line, exit 2."""
+    """Report a library ``ValueError`` or an ``OSError`` as one ``Error:`` line, exit 2.
+
+    tfssim's own errors (``ValueError``, ``FileNotFoundError``/``FileExistsError`` raised with a
+    message) are printed as they are; an operating-system error (e.g. ``PermissionError``
+    creating ``--output``) becomes one line naming the path and the reason.
+    """
     try:
         yield
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except ValueError as err:
         raise click.UsageError(str(err)) from None
+    except OSError as err:
+        raise click.UsageError(_os_error_line(err)) from None
+
+
+def _os_error_line(err: OSError) -> str:
+    if err.filename is None:
+        return str(err)
+    paths = repr(os.fspath(err.filename)) if err.filename2 is None else (
+        f"{os.fspath(err.filename)!r} -> {os.fspath(err.filename2)!r}")
+    reason = err.strerror or type(err).__name__
+    return (f"cannot use {paths}: {reason}; check that the path is right, that its parent folders exist and are "
+            "folders, and that you may write there")
