@@ -432,6 +432,36 @@ def test_train_config_validate_coerces_every_field(tmp_path: Path) -> None:
             TrainConfig(**{**good, field: value}).validate()
 
 
+def test_train_restores_the_global_dtype_policy(image_folder: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tfssim import training
+
+    def config(run: str) -> training.TrainConfig:
+        return training.TrainConfig(data=str(image_folder), output=str(tmp_path / run), epochs=1, patch_size=32,
+                                    latent_dim=8, batch_size=16, patches_per_epoch=16, mixed_precision="on",
+                                    strategy="none")
+
+    original = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        training.train(config("run"), verbose=0)
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "mixed_float16"
+        assert keras.config.dtype_policy().name == "float32"  # not left in mixed_float16 after returning
+        seen = []
+
+        def failing_load(cfg):
+            seen.append(keras.config.dtype_policy().name)
+            raise ValueError("stop here")
+
+        monkeypatch.setattr(training, "_load_images", failing_load)
+        with pytest.raises(ValueError, match="stop here"):
+            training.train(config("run2"))
+        assert seen == ["mixed_float16"]  # it failed while the run's policy was set ...
+        assert keras.config.dtype_policy().name == "float32"  # ... and raising restored the caller's
+    finally:
+        keras.config.set_dtype_policy(original)
+
+
 def test_output_that_cannot_be_created_is_one_line_naming_it(image_folder: Path, tmp_path: Path) -> None:
     from tfssim.cli._common import usage_errors
 

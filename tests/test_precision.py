@@ -46,6 +46,21 @@ def test_set_precision_sets_and_logs_global_policy(restore_policy, caplog):
     assert keras.mixed_precision.global_policy().name == "float32"  # unchanged by the bad call
 
 
+def test_precision_policy_restores_the_previous_policy(restore_policy):
+    keras.mixed_precision.set_global_policy("float32")
+    with precision.precision_policy("on") as name:
+        assert name == "mixed_float16" == keras.mixed_precision.global_policy().name
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(RuntimeError, match="inside"):
+        with precision.precision_policy("on"):
+            raise RuntimeError("inside")
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(ValueError):
+        with precision.precision_policy("sometimes"):
+            pass
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 def test_mixed_float16_model_outputs_float32_and_trains(restore_policy):
     precision.set_precision("on")
     keras.utils.set_random_seed(0)

@@ -1,7 +1,9 @@
 """Mixed-precision policy selection (``auto | on | off``)."""
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Iterator
 
 import keras
 import tensorflow as tf
@@ -48,3 +50,17 @@ def set_precision(mode: str = "auto") -> str:
             logger.warning("mixed_float16 on CPU runs correctly but is several times slower than float32")
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+@contextlib.contextmanager
+def precision_policy(mode: str = "auto") -> Iterator[str]:
+    """:func:`set_precision` for a ``with`` block; yields the policy name.
+
+    The global dtype policy the block found is restored when it ends, also on an exception,
+    so a caller (``tfssim.training.train``) does not leave the process in ``mixed_float16``.
+    """
+    previous = keras.config.dtype_policy()
+    try:
+        yield set_precision(mode)
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -653,17 +653,33 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
     Raises:
         ValueError: bad configuration or data (message names the option/path and the fix).
         RunExistsError: ``config.output`` holds a run and ``resume`` is false.
+        OSError: the run folder cannot be created or written (e.g. no permission).
         FloatingPointError: the loss (or a weight) became NaN/inf; the last good epoch's state
             is kept and no final model is written.
         tfssim.models.WeightsUnavailableError: ``model="fm"`` with ImageNet weights that cannot
             be downloaded (the message names ``--weights FILE``); nothing is written.
-    """
-    from tfssim import data, plots
 
+    Side effects on the calling process:
+        * Random seeds: the model is built after ``keras.utils.set_random_seed(config.seed)``,
+          which seeds Python's ``random``, NumPy's global generator and TensorFlow's global seed
+          (and Keras's). That makes the initial weights reproducible; the seeds are not
+          restored afterwards, so random draws after ``train`` returns follow from
+          ``config.seed``. (The patch pipeline has its own index-seeded generators.)
+        * Keras's global dtype policy is set from ``config.mixed_precision`` for the run and
+          restored to the caller's when ``train`` returns or raises.
+        * ``strategy="multiworker"`` starts TensorFlow's collective runtime in this process.
+    """
     config.validate()
     # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF work.
     strategy = _make_strategy(config.strategy)
-    policy = precision.set_precision(config.mixed_precision)
+    with precision.precision_policy(config.mixed_precision) as policy:
+        return _train(config, strategy, policy, resume=resume, verbose=verbose)
+
+
+def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *, resume: bool,
+           verbose: int | str) -> TrainResult:
+    from tfssim import data, plots
+
     chief = _is_chief(strategy)
     run_dir = Path(config.output)
     if not chief:
@@ -721,6 +737,7 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         spec = get_spec(config.model)
         extra = {"observation_std": config.vae_observation_std, "num_samples": config.vae_samples, "seed": config.seed} \
             if config.model == "vae" else {}
+        # Seeds the whole process (documented in train()): the initial weights are reproducible.
         keras.utils.set_random_seed(config.seed)
         model = spec.build_model(config.patch_size, config.channels, config.latent_dim, **extra)
         _compile(model, config, loss)
