@@ -62,8 +62,9 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _multiworker(data: Path, run: Path, *extra: str, timeout: float = 180) -> list[tuple[int, str, str]]:
-    """Two tfssim-train worker processes on loopback ports: (exit status, stdout, stderr) of each.
+def _multiworker(data: Path, run: Path, *extra: str, timeout: float = 180,
+                 env: dict | None = None) -> list[tuple[int, str, str, int]]:
+    """Two tfssim-train worker processes on loopback ports: (exit status, stdout, stderr, pid) of each.
 
     Bounded: a hung worker fails the test after ``timeout`` seconds; both are killed on any failure.
     """
@@ -73,7 +74,7 @@ def _multiworker(data: Path, run: Path, *extra: str, timeout: float = 180) -> li
         for index in range(2):
             tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
             procs.append(_train(data, run, "--strategy", "multiworker", *extra,
-                                env={"TF_CONFIG": json.dumps(tf_config)}))
+                                env={**(env or {}), "TF_CONFIG": json.dumps(tf_config)}))
         deadline = time.monotonic() + timeout
         outputs = []
         for proc in procs:
@@ -81,7 +82,7 @@ def _multiworker(data: Path, run: Path, *extra: str, timeout: float = 180) -> li
                 out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pytest.fail(f"multi-worker training did not finish in {timeout:.0f} s")
-            outputs.append((proc.returncode, out.decode(), err.decode()))
+            outputs.append((proc.returncode, out.decode(), err.decode(), proc.pid))
         return outputs
     finally:
         for proc in procs:
@@ -95,8 +96,11 @@ def test_multiworker_strategy_with_two_processes_on_loopback(image_folder: Path,
     # Keras's fit cannot run this strategy (keras-team/keras#20585); tfssim trains with its own
     # distributed loop (tfssim.training._custom_fit), which this exercises end to end.
     run = tmp_path / "run"
-    outputs = _multiworker(image_folder, run)
-    for code, out, err in outputs:
+    # the workers' temporary folder, to check that the non-chief's stand-in run folder stays unmade
+    worker_tmp = tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
+    outputs = _multiworker(image_folder, run, env={"TMPDIR": str(worker_tmp)})
+    for code, out, err, _ in outputs:
         assert code == 0, err[-3000:]
     config = json.loads((run / "config.json").read_text())
     assert config["strategy"] == "MultiWorkerMirroredStrategy" and config["replicas"] == 2
@@ -111,12 +115,20 @@ def test_multiworker_strategy_with_two_processes_on_loopback(image_folder: Path,
     assert "strategy MultiWorkerMirroredStrategy (2 replica(s))" in chief_err
     assert "epoch 2/2  loss" in chief_err and "epoch 2/2" not in worker_err  # only the chief logs epochs
     assert "the chief wrote the run folder" in outputs[1][1]
-    # Only the chief writes into the run folder.
-    assert not any(p.name.startswith("tfssim-worker") for p in run.iterdir())
+    # Only the chief writes into the run folder: exactly the chief's files, and its TensorBoard
+    # event files (named host.PID) are the chief process's alone. The worker made no folder of
+    # its own in its temporary folder either.
+    made = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and p.parts[len(run.parts)] != "tensorboard"}
+    assert made == {"config.json", "final.keras", "best.keras", "history.csv", "training_curves.png",
+                    "examples/examples.png", "state/progress.json", f"state/{progress['weights']}"}, sorted(made)
+    events = list((run / "tensorboard").rglob("*tfevents*"))
+    chief_pid = outputs[0][3]
+    assert events and all(f".{chief_pid}." in p.name for p in events), [p.name for p in events]
+    assert not any(worker_tmp.glob("tfssim-worker*")), list(worker_tmp.iterdir())
 
     # --resume: the chief reads the run folder and hands the epoch count and weights to the worker.
     resumed = _multiworker(image_folder, run, "--epochs", "3", "--resume")
-    for code, out, err in resumed:
+    for code, out, err, _ in resumed:
         assert code == 0, err[-3000:]
     assert "resuming after epoch 2" in resumed[0][2]
     after = _history(run)
