@@ -144,6 +144,25 @@ def test_multiworker_strategy_with_two_processes_on_loopback(image_folder: Path,
                                    rtol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
+def test_multiworker_workers_stop_cleanly_when_only_the_chief_fails(image_folder: Path, tmp_path: Path) -> None:
+    # Only the chief checks the run folder: here it refuses an existing one. The other worker must
+    # learn that before its first collective and exit with one clean line (it used to die there with a
+    # TensorFlow UnavailableError traceback, exit 1, once the health check saw the chief gone).
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("x")
+    outputs = _multiworker(image_folder, run, timeout=120)
+    (chief_code, _, chief_err, _), (worker_code, _, worker_err, _) = outputs
+    for code, err in ((chief_code, chief_err), (worker_code, worker_err)):
+        assert code == 2, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert len([line for line in err.splitlines() if line.startswith("Error:")]) == 1, err[-3000:]
+    assert "Error: run folder" in chief_err and "pass --resume to continue it" in chief_err
+    assert "Error: the chief stopped before training" in worker_err and "start every worker again" in worker_err
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+
+
 @pytest.mark.parametrize(
     "cluster, task, chief",
     [

@@ -23,6 +23,7 @@ row it had; the patch pipeline is index-seeded and skips ahead to the batches no
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -34,7 +35,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -651,7 +652,9 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         A :class:`TrainResult`.
 
     Raises:
-        ValueError: bad configuration or data (message names the option/path and the fix).
+        ValueError: bad configuration or data (message names the option/path and the fix). Under
+            ``strategy="multiworker"`` a worker whose chief (or another worker) stopped before
+            training raises it too, saying so, instead of waiting for it.
         RunExistsError: ``config.output`` holds a run and ``resume`` is false.
         OSError: the run folder cannot be created or written (e.g. no permission).
         FloatingPointError: the loss (or a weight) became NaN/inf; the last good epoch's state
@@ -676,6 +679,52 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         return _train(config, strategy, policy, resume=resume, verbose=verbose)
 
 
+class _StoppedElsewhere(ValueError):
+    """Another worker of a multi-worker run failed before training; this one stops too."""
+
+
+@contextlib.contextmanager
+def _all_workers(strategy: tf.distribute.Strategy, chief: bool) -> Iterator[None]:
+    """Run a block that may fail on some workers only; afterwards every worker knows whether one did.
+
+    Under MultiWorkerMirroredStrategy a worker that raises while the others go on leaves them
+    waiting in their next collective (hung, or a TensorFlow error when the health check notices
+    the dead peer). Here each worker ends the block with one small all-reduce of "did I fail"
+    (and "was it the chief"): a worker that failed re-raises its own error, the others raise
+    :class:`_StoppedElsewhere` (a ``ValueError``: the CLI's one ``Error:`` line, exit 2). The
+    block must run no collective itself (or the same ones on every worker up to its failure).
+    A no-op under the other strategies, which run in one process.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        yield
+        return
+    try:
+        yield
+    except Exception:
+        _count_failures(strategy, chief, failed=True)
+        raise
+    chief_failed, failed = _count_failures(strategy, chief, failed=False)
+    if chief_failed:
+        raise _StoppedElsewhere(
+            "the chief stopped before training (its Error: line names the problem, e.g. a run folder that exists "
+            "without --resume); fix that and start every worker again"
+        )
+    if failed:
+        raise _StoppedElsewhere(
+            "another worker stopped before training (its Error: line names the problem); fix that and start every "
+            "worker again"
+        )
+
+
+def _count_failures(strategy: tf.distribute.Strategy, chief: bool, failed: bool) -> tuple[bool, bool]:
+    """(did the chief fail, did any worker fail): one all-reduce over every replica of the cluster."""
+    flags = tf.constant([float(failed and chief), float(failed)], tf.float32)
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                            strategy.experimental_distribute_values_from_function(lambda ctx: flags), axis=None)
+    chief_failed, any_failed = (float(v) for v in total.numpy())
+    return chief_failed > 0, any_failed > 0
+
+
 def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *, resume: bool,
            verbose: int | str) -> TrainResult:
     from tfssim import data, plots
@@ -691,47 +740,57 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
         resume = False
     progress_path = run_dir / "state" / PROGRESS_NAME
     config_path = run_dir / CONFIG_NAME
-    if resume:
-        if not config_path.exists():
-            raise ValueError(f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one")
-        saved = json.loads(config_path.read_text())["config"]
-        changed = {k: (saved[k], v) for k, v in config.to_dict().items() if k in saved and saved[k] != v and k not in ("epochs",)}
-        if changed:
-            raise ValueError(
-                f"--resume with settings that differ from the run in {run_dir}: "
-                + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-                + f"; repeat the run's settings (see {config_path}; only --epochs may change) or train into a new --output"
+    # Each block below may fail on one worker only (the run-folder checks are the chief's): every
+    # worker learns of it at the block's end, before the next collective (see _all_workers).
+    with _all_workers(strategy, chief):
+        if resume:
+            if not config_path.exists():
+                raise ValueError(
+                    f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
+                )
+            saved = json.loads(config_path.read_text())["config"]
+            changed = {k: (saved[k], v) for k, v in config.to_dict().items()
+                       if k in saved and saved[k] != v and k not in ("epochs",)}
+            if changed:
+                raise ValueError(
+                    f"--resume with settings that differ from the run in {run_dir}: "
+                    + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                    + f"; repeat the run's settings (see {config_path}; only --epochs may change) or train into a "
+                    "new --output"
+                )
+        elif run_dir.exists() and any(run_dir.iterdir()):
+            raise RunExistsError(
+                f"run folder {run_dir} already exists and is not empty; pass --resume to continue it or choose "
+                "another --output"
             )
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise RunExistsError(
-            f"run folder {run_dir} already exists and is not empty; pass --resume to continue it or choose another --output"
-        )
 
-    split, train_images, val_images, skipped = _load_images(config)
-    # Built before anything is written: a feature extractor whose weights cannot be loaded or
-    # downloaded fails here and leaves no half-made run folder behind.
-    with strategy.scope():
-        loss = _build_loss(config)
+        split, train_images, val_images, skipped = _load_images(config)
+        initial_epoch, best, weights_path = 0, math.inf, None
+        if resume and progress_path.exists():
+            progress = json.loads(progress_path.read_text())
+            initial_epoch, best = int(progress["epochs_done"]), float(progress["best"])
+            # runs written before progress.json named its weights file used checkpoint.weights.h5
+            weights_path = run_dir / "state" / progress.get("weights", "checkpoint.weights.h5")
+        rows: list[dict[str, Any]] = _read_history(run_dir / HISTORY_NAME)[:initial_epoch]
+        rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
 
-    initial_epoch, best, weights_path = 0, math.inf, None
-    if resume and progress_path.exists():
-        progress = json.loads(progress_path.read_text())
-        initial_epoch, best = int(progress["epochs_done"]), float(progress["best"])
-        # runs written before progress.json named its weights file used checkpoint.weights.h5
-        weights_path = run_dir / "state" / progress.get("weights", "checkpoint.weights.h5")
-    rows: list[dict[str, Any]] = _read_history(run_dir / HISTORY_NAME)[:initial_epoch]
-    rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
+    with _all_workers(strategy, chief):
+        # Built before anything is written: a feature extractor whose weights cannot be loaded or
+        # downloaded fails here and leaves no half-made run folder behind. (Its variables are
+        # created, by the same collective broadcasts on every worker, before the weights load.)
+        with strategy.scope():
+            loss = _build_loss(config)
 
-    _banner(config, split, train_images, val_images, policy, strategy, skipped, initial_epoch)
-    if chief:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record = {"config": config.to_dict(), "versions": _versions(), "layout": split.layout,
-                  "channels": config.channels, "ssim": config.ssim_params, "patch_size": config.patch_size,
-                  "latent_dim": config.latent_dim, "model": config.model, "precision": policy,
-                  "strategy": _strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
-                  "train_images": [str(p) for p in split.train], "val_images": [str(p) for p in split.val],
-                  "skipped_images": skipped}
-        _atomic_write_text(config_path, json.dumps(record, indent=2))
+        _banner(config, split, train_images, val_images, policy, strategy, skipped, initial_epoch)
+        if chief:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            record = {"config": config.to_dict(), "versions": _versions(), "layout": split.layout,
+                      "channels": config.channels, "ssim": config.ssim_params, "patch_size": config.patch_size,
+                      "latent_dim": config.latent_dim, "model": config.model, "precision": policy,
+                      "strategy": _strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
+                      "train_images": [str(p) for p in split.train], "val_images": [str(p) for p in split.val],
+                      "skipped_images": skipped}
+            _atomic_write_text(config_path, json.dumps(record, indent=2))
 
     with strategy.scope():
         spec = get_spec(config.model)
@@ -744,11 +803,12 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
         # Built here rather than on fit's first step: variables created inside the first call
         # make TensorFlow trace the training step twice (measured: fit start-up 9.3 -> 4.5 s).
         model.optimizer.build(model.trainable_variables)
-    if initial_epoch:
-        # Outside strategy.scope(): Keras's weight loading and saving create variables (a
-        # throwaway optimizer's iteration and learning_rate), which MultiWorkerMirroredStrategy
-        # would initialise by a broadcast from the chief that the other workers never join.
-        model.load_weights(weights_path)
+    with _all_workers(strategy, chief):
+        if initial_epoch:
+            # Outside strategy.scope(): Keras's weight loading and saving create variables (a
+            # throwaway optimizer's iteration and learning_rate), which MultiWorkerMirroredStrategy
+            # would initialise by a broadcast from the chief that the other workers never join.
+            model.load_weights(weights_path)
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if multiworker:
         # Only the chief read the run folder: every worker takes its epoch count and weights.
