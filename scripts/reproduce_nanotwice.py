@@ -9,7 +9,8 @@ finished training or export is reused, an interrupted training continues.
 
 Example (the budget used for the README table):
     python scripts/reproduce_nanotwice.py ../shared/data/NanoTWICE --output runs/nanotwice \
-        --epochs 10 --patches-per-epoch 4000
+        --epochs 15 --patches-per-epoch 4000 --budget ssim=40x4000 --budget fm=2x2000 \
+        --learning-rate 1e-3 --fm-weights none
 """
 from __future__ import annotations
 
