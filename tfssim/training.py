@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfssim import __version__, precision
+from tfssim._io import atomic_write, atomic_write_text
 from tfssim.models import MODEL_KINDS, get_spec, validate_architecture
 from tfssim.ssim import validate_window
 
@@ -285,18 +286,6 @@ class TrainResult:
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save_model(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
 def _read_history(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
@@ -307,13 +296,13 @@ def _read_history(path: Path) -> list[dict[str, str]]:
 def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    columns = list(rows[0])
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def _make_strategy(name: str) -> tf.distribute.Strategy:
@@ -447,14 +436,14 @@ class _RunState(keras.callbacks.Callback):
         state = self.run_dir / "state"
         state.mkdir(exist_ok=True)
         weights = f"epoch-{epoch + 1:05d}.weights.h5"
-        tmp = state / "checkpoint.tmp.weights.h5"
+        tmp = state / "checkpoint.tmp.weights.h5"  # save_weights needs the .weights.h5 ending
         self.model.save_weights(tmp)
         os.replace(tmp, state / weights)
         if monitor < self.best:
             self.best = monitor
-            _atomic_save_model(self.model, self.run_dir / "best.keras")
+            atomic_write(self.run_dir / "best.keras", self.model.save)
         _write_history(self.run_dir / HISTORY_NAME, self.rows)
-        _atomic_write_text(state / PROGRESS_NAME,
+        atomic_write_text(state / PROGRESS_NAME,
                            json.dumps({"epochs_done": epoch + 1, "best": self.best, "weights": weights}))
         for old in state.glob("*.weights.h5"):
             if old.name != weights:
@@ -790,7 +779,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
                       "strategy": _strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
                       "train_images": [str(p) for p in split.train], "val_images": [str(p) for p in split.val],
                       "skipped_images": skipped}
-            _atomic_write_text(config_path, json.dumps(record, indent=2))
+            atomic_write_text(config_path, json.dumps(record, indent=2))
 
     with strategy.scope():
         spec = get_spec(config.model)
@@ -870,9 +859,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
     history = {k: [float(r[k]) for r in state.rows] for k in (state.rows[0] if state.rows else {}) if k != "epoch"}
     final_path, best_path = run_dir / "final.keras", run_dir / "best.keras"
     if chief:
-        _atomic_save_model(model, final_path)
+        atomic_write(final_path, model.save)
         if not best_path.exists():
-            _atomic_save_model(model, best_path)
+            atomic_write(best_path, model.save)
         if state.rows:
             plots.plot_training_curves({k: v for k, v in history.items() if "loss" in k}, run_dir / "training_curves.png")
         examples = val_patches if val_patches is not None else data.fixed_patches(train_images, config.patch_size, 4, seed=config.seed + 2)
