@@ -330,7 +330,10 @@ def _wait_for_epochs(run: Path, count: int, proc: subprocess.Popen, timeout: flo
 def test_killed_run_resumes_to_the_same_epoch_count(sig: int, image_folder: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen(_train_cmd(image_folder, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # A shell runs background jobs (nohup, `cmd &`) with SIGINT ignored, and Python then keeps it
+    # ignored: restore the default so that SIGINT means Ctrl-C in the child, wherever pytest runs.
+    proc = subprocess.Popen(_train_cmd(image_folder, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_epochs(run, 2, proc)
     time.sleep(0.3)  # into the next epoch
     proc.send_signal(sig)
