@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from tfssim.cli._common import setup_logging, usage_errors
-from tfssim.cli.predict import expand_inputs
+from tfssim.prediction import expand_inputs
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
