@@ -116,6 +116,8 @@ def read_gray(path: Path) -> np.ndarray:
     image = np.asarray(io.imread(path))
     if image.dtype != np.uint8:
         raise ValueError(f"{path}: expected an 8-bit image, got {image.dtype}")
+    if image.ndim == 3 and image.shape[-1] <= 2:  # gray, or gray + alpha
+        image = image[..., 0]
     if image.ndim == 3:
         from skimage.color import rgb2gray
 
@@ -235,6 +237,15 @@ def main(argv: list[str] | None = None) -> int:
 
         record["versions"]["jax"] = jax.__version__
         record["device"] = str(jax.devices()[0].device_kind)
+    if rows and (out / "config.json").exists():
+        # A resumed run keeps its model, loss and optimizer (they come from state.keras): refuse
+        # arguments that would silently not apply, rather than record them in config.json.
+        before = json.loads((out / "config.json").read_text()).get("config", {})
+        changed = [f"{key} {before[key]!r} -> {value!r}" for key, value in record["config"].items()
+                   if key not in ("epochs", "data", "output") and key in before and before[key] != value]
+        if changed:
+            raise SystemExit(f"error: {out} was started with other settings ({'; '.join(changed)}); "
+                             "resume with the original ones (only --epochs may change) or use a new --output")
     (out / "config.json").write_text(json.dumps(record, indent=2))
     print(f"{args.loss}-AE d={args.latent_dim} p={args.patch_size}: {model.count_params():,} parameters; "
           f"{args.epochs} x {args.patches_per_epoch} patches, batch {args.batch_size}, lr {args.learning_rate:g}, "

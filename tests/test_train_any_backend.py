@@ -310,6 +310,13 @@ def test_main_end_to_end_resume_time_limit_and_export(grass_folder, tmp_path, ca
     assert tab.main([*base, "--epochs", "5", "--time-limit", "0"]) == 3
     assert _history(run) == limited
 
+    # Resuming with a setting that state.keras would silently override is refused, config.json kept.
+    config_before = (run / "config.json").read_text()
+    with pytest.raises(SystemExit) as err:
+        tab.main([*base, "--epochs", "5", "--learning-rate", "1e-3"])
+    assert "learning_rate 0.0002 -> 0.001" in str(err.value) and str(run) in str(err.value)
+    assert (run / "config.json").read_text() == config_before and _history(run) == limited
+
 
 def test_main_l2_loss_writes_l2_run(grass_folder, tmp_path):
     run = tmp_path / "l2"
