@@ -4,8 +4,14 @@
 Trains the SSIM-AE, l2-AE, VAE and FM-AE with ``tfssim-train`` (the paper's split: 4 normal
 images train, the 5th validates / sets the threshold, 40 test), exports each with
 ``tfssim-export`` and evaluates all of them in one ``tfssim-evaluate`` run, which writes the
-ROC figure, the per-region-overlap figures and the results table. Re-running resumes: a
-finished training or export is reused, an interrupted training continues.
+ROC figure, the per-region-overlap figures and the results table, with both pixel ROC AUCs:
+of the raw anomaly maps, and of the post-processed segmentations (threshold, opening, convex
+hulls) swept over thresholds, which is how the paper counts pixels "classified as defect".
+Re-running resumes: a finished training or export is reused, an interrupted training continues.
+
+A run folder already holding ``final.keras`` is used as it is, e.g. one that
+``scripts/train_any_backend.py`` trained at the paper's budget on a GPU machine without
+TensorFlow (put it at ``OUTPUT/runs/<model>``); the table names where each model was trained.
 
 Example (the budget used for the README table):
     python scripts/reproduce_nanotwice.py ../shared/data/NanoTWICE --output runs/nanotwice \
@@ -99,22 +105,36 @@ def main() -> None:
 
     started = time.perf_counter()
     run([str(BIN / "tfssim-evaluate"), str(args.data), *exports, "--output", str(args.output / "evaluation"),
-         "--fpr", str(args.fpr)])
+         "--fpr", str(args.fpr), "--segmentation-auroc"])
     evaluate_s = time.perf_counter() - started
     results = json.loads((args.output / "evaluation" / "results.json").read_text())
-    budget = {"per_model": {m: {"epochs": e, "patches_per_epoch": p} for m, (e, p) in budgets.items()},
+    trained = {}
+    for model in args.models.split(","):
+        record = json.loads((args.output / "runs" / model / "config.json").read_text())
+        config = record.get("config", {})
+        epochs = int(config.get("epochs", budgets[model][0]))
+        history = args.output / "runs" / model / "history.csv"
+        if history.exists():  # the epochs actually run (a run stopped early records more in its config)
+            epochs = len(history.read_text().strip().splitlines()) - 1
+        budgets[model] = (epochs, int(config.get("patches_per_epoch", budgets[model][1])))
+        trained[model] = {"trainer": record.get("trainer", "tfssim-train"), "device": record.get("device", "GPU" if record.get("precision") == "mixed_float16" else "CPU"),
+                          "learning_rate": config.get("learning_rate"), "batch_size": config.get("batch_size")}
+    budget = {"per_model": {m: {"epochs": e, "patches_per_epoch": p, **trained[m]} for m, (e, p) in budgets.items()},
               "batch_size": args.batch_size, "learning_rate": args.learning_rate, "stride": args.stride, "fm_weights": args.fm_weights}
     summary = {"budget": budget, "timings": timings, "evaluate_s": round(evaluate_s, 1), "results": results["exports"]}
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
     # The paper gives 0.966 (SSIM) in its text and the others only as curves in its Figure 5.
     paper = {"ssim": "0.966", "l2": "≈0.69", "vae": "barely above chance", "fm": "between l2 and SSIM"}
-    lines = ["| model | budget (epochs x patches) | pixel ROC AUC | paper | AUPRO@0.3 | F1 | IoU | train min |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | budget (epochs x patches) | lr | trained on | pixel ROC AUC (raw map) | "
+             "pixel ROC AUC (segmentation) | paper | AUPRO@0.3 | F1 | IoU | train min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, export in zip(args.models.split(","), exports):
         key = next(k for k, v in results["exports"].items() if v["path"].endswith(str(Path(export))) or Path(v["path"]) == Path(export))
         r = results["exports"][key]
         epochs, patches = budgets[model]
-        lines.append(f"| {model} | {epochs} x {patches} | {r['pixel_auroc']:.3f} | {paper.get(model, '')} | "
+        where = trained[model]
+        lines.append(f"| {model} | {epochs} x {patches} | {where['learning_rate']:g} | {where['device']} ({where['trainer']}) | "
+                     f"{r['pixel_auroc']:.3f} | {r['segmentation_auroc']:.3f} | {paper.get(model, '')} | "
                      f"{r['aupro_0.3']:.3f} | {r['f1']:.3f} | {r['iou']:.3f} | {timings[model]['train_s'] / 60:.1f} |")
     table = "\n".join(lines)
     (args.output / "table.md").write_text(table + "\n")

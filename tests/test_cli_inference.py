@@ -134,13 +134,13 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
     export.update_threshold(shutil.copytree(exports[1], tmp_path / "l2" / "1"), 0.125)
     out = tmp_path / "eval"
     result = CliRunner().invoke(evaluate_cli, [str(ds), str(exports[0]), str(tmp_path / "l2" / "1"), "--output",
-                                               str(out), "--fpr", "0.05"])
+                                               str(out), "--fpr", "0.05", "--segmentation-auroc"])
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "results.json").read_text())
     results = payload["exports"]
     assert set(results) == {"ssim/1", "l2/1"} and payload["counts"] == {"val": 2, "test": 4, "defective": 3}
     for name in ("roc.png", "results.csv", "pro_ssim_1.png", "pro_l2_1.png", "roc_ssim_1.csv", "roc_l2_1.csv",
-                 "pro_ssim_1.csv", "pro_l2_1.csv"):
+                 "pro_ssim_1.csv", "pro_l2_1.csv", "segroc_ssim_1.csv", "segroc_l2_1.csv"):
         assert (out / name).stat().st_size > 0
     assert "roc_*.csv" in result.output and "pro_*.csv" in result.output
     assert not [p.name for p in out.iterdir() if "tmp" in p.name]
@@ -184,6 +184,19 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
         assert scores["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
         assert scores["iou"] == pytest.approx(tp / (tp + fp + fn))
         assert 0 <= scores["aupro_0.3"] <= 1
+        # The segmentation ROC: at each threshold of its CSV, segment (threshold, opening, hulls)
+        # and count the pooled pixels here.
+        with (out / f"segroc_{name.replace('/', '_')}.csv").open() as fh:
+            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+        assert (rows[0]["fpr"], rows[0]["tpr"], rows[-1]["fpr"], rows[-1]["tpr"]) == (0, 0, 1, 1)
+        inner = [r for r in rows if not np.isnan(r["threshold"])]
+        assert len(inner) >= 5
+        for r in inner:
+            seg = np.concatenate([postprocess.segment(m, r["threshold"]).ravel() for m in maps])
+            assert r["fpr"] == pytest.approx(np.sum(seg & ~labels) / np.sum(~labels))
+            assert r["tpr"] == pytest.approx(np.sum(seg & labels) / np.sum(labels))
+        area = metrics.area_under_curve(np.array([r["fpr"] for r in rows]), np.array([r["tpr"] for r in rows]))
+        assert scores["segmentation_auroc"] == pytest.approx(area, abs=1e-12) and 0 <= area <= 1
 
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))

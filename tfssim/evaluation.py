@@ -5,6 +5,9 @@ requested pixel false-positive rate (the paper's procedure); the test maps give 
 pixel ROC AUC, the per-region overlap (PRO) curve and its normalised area up to FPR 0.3,
 the image-level ROC AUC (score = map maximum) where good test images exist, and F1 / IoU of
 the post-processed segmentation (threshold, opening, convex hulls) at the calibrated threshold.
+On request, also the ROC of the post-processed segmentations swept over thresholds
+(``segmentation_auroc``, :func:`tfssim.metrics.segmentation_roc`): the paper counts pixels
+"classified as defect" by its whole pipeline.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ExportEvaluation", "compute_maps", "evaluate_maps", "evaluate", "format_table", "write_curves"]
 
-RESULT_KEYS = ("pixel_auroc", "aupro_0.3", "image_auroc", "threshold", "fpr_target", "val_fpr", "f1", "iou")
+RESULT_KEYS = ("pixel_auroc", "segmentation_auroc", "aupro_0.3", "image_auroc", "threshold", "fpr_target", "val_fpr", "f1", "iou")
 # Columns of results.csv: the scores, then the threshold stored in the export (null if never calibrated).
 CSV_KEYS = (*RESULT_KEYS, "export_threshold")
 ROC_POINTS = 2000  # the stored / plotted ROC curve is thinned to about this many points
@@ -43,6 +46,7 @@ class ExportEvaluation:
     roc: tuple[np.ndarray, np.ndarray]
     pro: dict[str, np.ndarray]
     seconds: float
+    segmentation_roc: dict[str, Any] | None = None
 
 
 def _progress(iterable: Sequence[Any], desc: str, enabled: bool) -> Any:
@@ -76,6 +80,7 @@ def evaluate_maps(
     opening_diameter: int = 4,
     convex_hull: bool = True,
     min_area: int = 0,
+    segmentation_auroc: bool = False,
 ) -> ExportEvaluation:
     """All metrics of one model from its validation and test maps (no model needed).
 
@@ -88,6 +93,9 @@ def evaluate_maps(
         opening_diameter, convex_hull, min_area: Post-processing of the segmentation scored by
             F1 / IoU (:class:`tfssim.postprocess.PostProcessor`); :func:`evaluate` takes them
             from each export's metadata.
+        segmentation_auroc: Also sweep the post-processed segmentation over thresholds
+            (:func:`tfssim.metrics.segmentation_roc`; tens of seconds per model on large
+            images); the score is ``None`` otherwise.
     """
     started = time.perf_counter()
     masks = [np.asarray(m, dtype=bool) for m in test_masks]
@@ -102,8 +110,15 @@ def evaluate_maps(
     pro = metrics.pro_curve(test_maps, masks, num_thresholds=PRO_THRESHOLDS, max_fpr=PRO_MAX_FPR)
     processor = postprocess.PostProcessor(threshold, opening_diameter, convex_hull, min_area)
     f1, iou = metrics.f1_iou([processor.segment(m) for m in test_maps], masks)
+    seg_roc = None
+    if segmentation_auroc:
+        def segment_at(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
+            return dataclasses.replace(processor, threshold=threshold).segment(anomaly_map)
+
+        seg_roc = metrics.segmentation_roc(test_maps, masks, segment_at)
     scores: dict[str, float | None] = {
         "pixel_auroc": auroc,
+        "segmentation_auroc": None if seg_roc is None else float(seg_roc["auc"]),
         "aupro_0.3": metrics.area_under_pro(pro, PRO_MAX_FPR),
         "image_auroc": metrics.image_roc_auc(test_maps, has_defects),
         "threshold": float(threshold),
@@ -112,7 +127,7 @@ def evaluate_maps(
         "f1": float(f1),
         "iou": float(iou),
     }
-    return ExportEvaluation(name, scores, roc, pro, time.perf_counter() - started)
+    return ExportEvaluation(name, scores, roc, pro, time.perf_counter() - started, seg_roc)
 
 
 def _write_csv(path: Path, header: Sequence[str], columns: Sequence[np.ndarray]) -> Path:
@@ -132,7 +147,8 @@ def write_curves(result: ExportEvaluation, output: str | Path, stem: str | None 
     :data:`ROC_POINTS` points; its trapezoid area is within about 1e-3 of ``pixel_auroc``, which
     used every point). ``pro_<stem>.csv``: ``fpr``, ``threshold``, ``mean`` (the overlap whose
     normalised area is ``aupro_0.3``) and one column ``q<level>`` per overlap quantile plotted
-    (``q0.1`` ... ``q0.9``). ``stem`` defaults to the export's name with ``/`` and spaces as ``_``.
+    (``q0.1`` ... ``q0.9``). With a segmentation ROC, also ``segroc_<stem>.csv``: ``fpr, tpr,
+    threshold`` (NaN threshold at the end points). ``stem`` defaults to the export's name with ``/`` and spaces as ``_``.
 
     Returns:
         The two paths.
@@ -143,6 +159,9 @@ def write_curves(result: ExportEvaluation, output: str | Path, stem: str | None 
     levels = [f"q{float(level):g}" for level in np.asarray(result.pro["levels"])]
     pro = _write_csv(output / f"pro_{stem}.csv", ["fpr", "threshold", "mean", *levels],
                      [result.pro["fpr"], result.pro["thresholds"], result.pro["mean"], *np.asarray(result.pro["quantiles"])])
+    if result.segmentation_roc is not None:
+        curve = result.segmentation_roc
+        _write_csv(output / f"segroc_{stem}.csv", ["fpr", "tpr", "threshold"], [curve["fpr"], curve["tpr"], curve["thresholds"]])
     return roc, pro
 
 
@@ -180,13 +199,15 @@ def evaluate(
     fpr: float = 0.01,
     max_overlays: int = 8,
     progress: bool = True,
+    segmentation_auroc: bool = False,
 ) -> list[ExportEvaluation]:
     """Evaluate ``exports`` on a :class:`tfssim.data.DatasetSplit` and write the reports.
 
     Writes to ``output``: ``results.json`` (per export the scores and wall time),
     ``results.csv``, ``roc.png`` (all exports), per export ``roc_<name>.csv`` and
     ``pro_<name>.csv`` (the curves, see :func:`write_curves`) and ``pro_<name>.png`` (overlap
-    quantiles vs FPR), and overlays of the first test images for each export under
+    quantiles vs FPR), with ``segmentation_auroc`` ``segroc_<name>.csv`` (the ROC of the
+    post-processed segmentations), and overlays of the first test images for each export under
     ``overlays/``. ``<name>`` is the export's ``name/version`` with ``/`` as ``_``.
     """
     from tfssim import data
@@ -223,7 +244,8 @@ def evaluate(
         # at the threshold calibrated here.
         settings = postprocess.PostProcessor.from_metadata(model.metadata, threshold=0.0)
         result = evaluate_maps(name, val_maps, test_maps, masks, fpr=fpr, opening_diameter=settings.opening_diameter,
-                               convex_hull=settings.convex_hull, min_area=settings.min_area)
+                               convex_hull=settings.convex_hull, min_area=settings.min_area,
+                               segmentation_auroc=segmentation_auroc)
         # Beside the threshold recalibrated here: the one stored in the export (what serving uses).
         result.scores["export_threshold"] = model.threshold
         result.seconds = time.perf_counter() - started

@@ -7,14 +7,14 @@ the share of all good pixels that are flagged. The computations sort the pooled 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from tfssim.data.io import check_binary_mask
 
 __all__ = [
-    "pixel_roc", "pixel_roc_auc", "pro_curve", "aupro", "area_under_pro", "thin_curve", "image_roc_auc", "f1_iou",
+    "pixel_roc", "pixel_roc_auc", "segmentation_roc", "SEGMENTATION_ROC_FPRS", "pro_curve", "aupro", "area_under_pro", "thin_curve", "image_roc_auc", "f1_iou",
     "PRO_QUANTILES",
 ]
 
@@ -100,6 +100,67 @@ def pixel_roc_auc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> fl
     """Area under the pooled pixel ROC curve (ties count half, as ``sklearn.metrics.roc_auc_score``)."""
     fpr, tpr, _ = pixel_roc(maps, masks)
     return area_under_curve(fpr, tpr)
+
+
+# Raw-map false-positive rates whose thresholds :func:`segmentation_roc` sweeps by default: dense
+# where detectors operate (FPR <= 5 %), sparse towards 0.5, past which a curve is near (1, 1).
+SEGMENTATION_ROC_FPRS = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.015, 0.01, 0.007,
+                         0.005, 0.003, 0.002, 0.001, 5e-4, 2e-4, 1e-4)
+
+
+def segmentation_roc(
+    maps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    segment: Callable[[np.ndarray, float], np.ndarray],
+    fprs: Sequence[float] = SEGMENTATION_ROC_FPRS,
+) -> dict[str, np.ndarray | float]:
+    """Pooled pixel ROC of the *segmentations* a post-processor makes, swept over thresholds.
+
+    Bergmann et al. count "the percentage of pixels that were correctly classified as defect"
+    after their whole pipeline (threshold, opening, convex hulls). That ROC differs from the raw
+    map's (:func:`pixel_roc`): the opening removes thin false positives, the hulls fill defects.
+    At each threshold (the raw good-pixel score quantile of each rate in ``fprs``) every map is
+    segmented and the flagged good / defect pixels are pooled; the curve is closed with (0, 0)
+    and (1, 1) and its area is the trapezoid area (linear between the sampled points).
+
+    Parameters
+    ----------
+    maps, masks : sequences of ndarray
+        Test anomaly maps ``[H, W]`` and boolean ground truth of the same shapes; at least one
+        defect pixel and one good pixel overall.
+    segment : callable
+        ``segment(map, threshold) -> bool mask``, e.g. ``PostProcessor.segment`` with the
+        threshold replaced (see :func:`tfssim.postprocess.segment`).
+    fprs : sequence of float
+        Raw-map false-positive rates in (0, 1) that pick the thresholds.
+
+    Returns
+    -------
+    dict
+        ``fpr``, ``tpr`` (curve, sorted by FPR, with the end points), ``thresholds`` (per
+        sampled point, NaN at the end points) and ``auc``.
+    """
+    maps, masks = _validate(maps, masks)
+    fprs = np.asarray(fprs, np.float64)
+    if fprs.ndim != 1 or fprs.size == 0 or np.any((fprs <= 0) | (fprs >= 1)):
+        raise ValueError(f"fprs must be false-positive rates in (0, 1), got {fprs.tolist()}")
+    good = np.concatenate([np.asarray(m, np.float32)[~k].ravel() for m, k in zip(maps, masks)])
+    n_defect = sum(int(k.sum()) for k in masks)
+    if good.size == 0 or n_defect == 0:
+        raise ValueError("a segmentation ROC needs both defect and good pixels in the test masks")
+    thresholds = np.unique(np.quantile(good, 1.0 - fprs))
+    del good
+    points = [(0.0, 0.0, np.nan), (1.0, 1.0, np.nan)]
+    for threshold in thresholds:
+        false_pos = true_pos = 0
+        for anomaly_map, mask in zip(maps, masks):
+            flagged = np.asarray(segment(anomaly_map, float(threshold)), bool)
+            true_pos += int(np.count_nonzero(flagged & mask))
+            false_pos += int(np.count_nonzero(flagged & ~mask))
+        points.append((false_pos / (sum(k.size for k in masks) - n_defect), true_pos / n_defect, float(threshold)))
+    points.sort(key=lambda p: (p[0], p[1]))
+    fpr, tpr, ths = (np.asarray(column) for column in zip(*points))
+    return {"fpr": fpr, "tpr": tpr, "thresholds": ths, "auc": area_under_curve(fpr, tpr)}
 
 
 def pro_curve(

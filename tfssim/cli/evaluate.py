@@ -60,9 +60,12 @@ def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None,
 @click.option("--seed", type=int, default=None,
               help="Seed of the validation split; default the one the (first) export was trained with, "
                    f"else {DEFAULT_SEED}.")
+@click.option("--segmentation-auroc", is_flag=True,
+              help="Also the ROC AUC of the post-processed segmentations (threshold, opening, convex hulls) "
+                   "swept over 20 thresholds, as the paper counts pixels classified as defect; slower.")
 @click.option("--verbose", "-v", is_flag=True)
 def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: float, val_split: float | None,
-         seed: int | None, verbose: bool) -> None:
+         seed: int | None, segmentation_auroc: bool, verbose: bool) -> None:
     """Evaluate EXPORTS (export folders) on the labelled DATASET (NanoTWICE, MVTec AD category,
     or a folder with val/, test/ and ground_truth/)."""
     setup_logging(verbose)
@@ -85,9 +88,10 @@ def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: 
             logging.getLogger(__name__).info("validation split %g, seed %d (%s)", val_split, seed, source)
         split = data.load_dataset(dataset, layout=layout, val_fraction=val_split, seed=seed)
         models = [ExportedModel.load(f) for f in folders]
-        results = evaluation.evaluate(split, models, output, fpr=fpr)
+        results = evaluation.evaluate(split, models, output, fpr=fpr, segmentation_auroc=segmentation_auroc)
     click.echo(evaluation.format_table(results))
-    click.echo(f"results: {output}/results.json, results.csv, roc.png, roc_*.csv, pro_*.png, pro_*.csv, overlays/ "
+    click.echo(f"results: {output}/results.json, results.csv, roc.png, roc_*.csv, pro_*.png, pro_*.csv, "
+               f"{'segroc_*.csv, ' if segmentation_auroc else ''}overlays/ "
                f"({time.perf_counter() - started:.1f} s)")
 
 
