@@ -167,10 +167,11 @@ def write_curves(result: ExportEvaluation, output: str | Path, stem: str | None 
 
 def format_table(results: Sequence[ExportEvaluation]) -> str:
     """A one-screen text table of the scores."""
-    header = f"{'model':<24}" + "".join(f"{k:>12}" for k in RESULT_KEYS)
+    widths = {k: max(12, len(k) + 2) for k in RESULT_KEYS}
+    header = f"{'model':<24}" + "".join(f"{k:>{widths[k]}}" for k in RESULT_KEYS)
     lines = [header, "-" * len(header)]
     for r in results:
-        cells = "".join(f"{'-' if r.scores.get(k) is None else format(r.scores[k], '.4f'):>12}" for k in RESULT_KEYS)
+        cells = "".join(f"{'-' if r.scores.get(k) is None else format(r.scores[k], '.4f'):>{widths[k]}}" for k in RESULT_KEYS)
         lines.append(f"{r.name[:24]:<24}{cells}")
     for r in results:
         stored = r.scores.get("export_threshold")
