@@ -48,6 +48,15 @@ def main() -> None:
 
     store = args.output / "ablation.json"
     results: dict[str, float] = json.loads(store.read_text()) if store.exists() else {}
+    # One output folder holds one budget: finished configurations (and the shared baseline) are
+    # reused, so another budget must not mix into their table.
+    budget_file = args.output / "budget.json"
+    budget = {"epochs": args.epochs, "patches_per_epoch": args.patches_per_epoch, "learning_rate": args.learning_rate}
+    if budget_file.exists() and json.loads(budget_file.read_text()) != budget:
+        raise SystemExit(f"error: {args.output} holds a sweep with budget {budget_file.read_text().strip()}; "
+                         f"use the same --epochs/--patches-per-epoch/--learning-rate or another --output")
+    args.output.mkdir(parents=True, exist_ok=True)
+    budget_file.write_text(json.dumps(budget))
     for sweep in args.sweep.split(","):
         option, values = GRIDS[sweep]
         for value in values:

@@ -80,6 +80,11 @@ def main() -> None:
         epochs, patches = budgets[model]
         run_dir = args.output / "runs" / model
         started = time.perf_counter()
+        if not (run_dir / "final.keras").exists() and (run_dir / "config.json").exists():
+            trainer = json.loads((run_dir / "config.json").read_text()).get("trainer", "tfssim-train")
+            if trainer != "tfssim-train":
+                raise SystemExit(f"error: {run_dir} is an unfinished {trainer} run (no final.keras); finish it "
+                                 "with that script (run its command again) before reproducing")
         if not (run_dir / "final.keras").exists():
             cmd = [str(BIN / "tfssim-train"), str(args.data), "--model", model, "--output", str(run_dir),
                    "--epochs", str(epochs), "--patches-per-epoch", str(patches),
@@ -133,7 +138,8 @@ def main() -> None:
         r = results["exports"][key]
         epochs, patches = budgets[model]
         where = trained[model]
-        lines.append(f"| {model} | {epochs} x {patches} | {where['learning_rate']:g} | {where['device']} ({where['trainer']}) | "
+        lr = "?" if where["learning_rate"] is None else format(where["learning_rate"], "g")
+        lines.append(f"| {model} | {epochs} x {patches} | {lr} | {where['device']} ({where['trainer']}) | "
                      f"{r['pixel_auroc']:.3f} | {r['segmentation_auroc']:.3f} | {paper.get(model, '')} | "
                      f"{r['aupro_0.3']:.3f} | {r['f1']:.3f} | {r['iou']:.3f} | {timings[model]['train_s'] / 60:.1f} |")
     table = "\n".join(lines)

@@ -115,7 +115,8 @@ def read_gray(path: Path) -> np.ndarray:
 
     image = np.asarray(io.imread(path))
     if image.dtype != np.uint8:
-        raise ValueError(f"{path}: expected an 8-bit image, got {image.dtype}")
+        raise SystemExit(f"error: {path} is a {image.dtype} image; this script reads 8-bit images "
+                         "(tfssim-train reads 16-bit ones too)")
     if image.ndim == 3 and image.shape[-1] <= 2:  # gray, or gray + alpha
         image = image[..., 0]
     if image.ndim == 3:
@@ -177,11 +178,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-limit", type=float, default=None,
                         help="stop cleanly between epochs before this many seconds; run again to resume")
     args = parser.parse_args(argv)
-    for name in ("epochs", "patches_per_epoch", "batch_size", "latent_dim", "val_patches", "steps_per_execution"):
+    for name in ("epochs", "patches_per_epoch", "batch_size", "latent_dim", "val_count", "val_patches",
+                 "steps_per_execution"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.ssim_window < 1 or args.ssim_window % 2 == 0:
         parser.error(f"--ssim-window must be odd and positive, got {args.ssim_window}")
+    if args.patch_size < 16 or args.patch_size % 16:
+        parser.error(f"--patch-size must be a multiple of 16 (the encoder halves it four times), got {args.patch_size}")
+    if args.ssim_window > args.patch_size:
+        parser.error(f"--ssim-window {args.ssim_window} is larger than the {args.patch_size}-pixel patch")
     return args
 
 
@@ -237,15 +243,32 @@ def main(argv: list[str] | None = None) -> int:
 
         record["versions"]["jax"] = jax.__version__
         record["device"] = str(jax.devices()[0].device_kind)
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        record["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    else:
+        record["device"] = "cpu"
     if rows and (out / "config.json").exists():
         # A resumed run keeps its model, loss and optimizer (they come from state.keras): refuse
         # arguments that would silently not apply, rather than record them in config.json.
-        before = json.loads((out / "config.json").read_text()).get("config", {})
+        previous = json.loads((out / "config.json").read_text())
+        before = previous.get("config", {})
         changed = [f"{key} {before[key]!r} -> {value!r}" for key, value in record["config"].items()
                    if key not in ("epochs", "data", "output") and key in before and before[key] != value]
+        for key in ("train_images", "val_images"):  # the same images by name (the folder may move)
+            names = [Path(f).name for f in previous.get(key, [])]
+            if names and names != [Path(f).name for f in record[key]]:
+                changed.append(f"{key} {names} -> {[Path(f).name for f in record[key]]}")
         if changed:
             raise SystemExit(f"error: {out} was started with other settings ({'; '.join(changed)}); "
                              "resume with the original ones (only --epochs may change) or use a new --output")
+        # Where earlier legs ran stays on record (a GPU run finished on a CPU is not "a CPU run").
+        devices = previous.get("devices") or [previous.get("device", "cpu")]
+        if record.get("device", "cpu") not in devices:
+            devices.append(record.get("device", "cpu"))
+        record["devices"] = devices
+        record["device"] = " + ".join(devices)
     (out / "config.json").write_text(json.dumps(record, indent=2))
     print(f"{args.loss}-AE d={args.latent_dim} p={args.patch_size}: {model.count_params():,} parameters; "
           f"{args.epochs} x {args.patches_per_epoch} patches, batch {args.batch_size}, lr {args.learning_rate:g}, "

@@ -211,13 +211,17 @@ def test_segmentation_roc_opening_and_hull_beat_the_raw_map_on_speckle():
     raw = metrics.pixel_roc_auc(maps, masks)
     curve = metrics.segmentation_roc(maps, masks, lambda m, th: segment(m, th, opening_diameter=4, convex_hull=True))
     assert curve["auc"] > raw + 0.02
+    # Opening and hulls are increasing operators: a lower threshold flags a superset, so the
+    # sampled curve rises in both coordinates.
+    assert np.all(np.diff(curve["tpr"]) >= 0)
+    inner = ~np.isnan(curve["thresholds"])
+    assert np.all(np.diff(curve["thresholds"][inner]) <= 0)
     # The pipeline finds 96 % of the defect pixels (the opening only rounds the square's corners)
     # with under 1 % false alarms: the opening removes the speckle, the hull fills the pin holes.
     # On the raw map the holes (5 %, scored 0) cost over half of the good pixels.
     assert np.any((curve["tpr"] >= 0.96) & (curve["fpr"] < 0.01))
     raw_fpr, raw_tpr, _ = metrics.pixel_roc(maps, masks)
     assert raw_fpr[np.argmax(raw_tpr >= 0.96)] > 0.5
-    assert np.all(np.diff(curve["fpr"]) >= 0)
 
 
 @pytest.mark.parametrize("fprs", [(), (0.0, 0.5), (0.5, 1.0), ((0.1,),)])
@@ -230,3 +234,9 @@ def test_segmentation_roc_rejects_bad_rates(fprs):
 def test_segmentation_roc_needs_both_classes():
     with pytest.raises(ValueError, match="both defect and good pixels"):
         metrics.segmentation_roc([np.ones((4, 4))], [np.zeros((4, 4), bool)], _thresholded)
+
+
+def test_segmentation_roc_rejects_a_segmenter_of_the_wrong_shape():
+    masks = [np.eye(8, dtype=bool)]
+    with pytest.raises(ValueError, match=r"returned a \(8, 8, 1\) mask for a \(8, 8\) map"):
+        metrics.segmentation_roc([np.eye(8)], masks, lambda m, th: (m > th)[..., None])

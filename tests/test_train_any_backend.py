@@ -353,9 +353,39 @@ def test_missing_folder_and_small_images_are_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [["--ssim-window", "4"], ["--ssim-window", "0"], ["--epochs", "0"],
-                                 ["--batch-size", "0"]])
+                                 ["--batch-size", "0"], ["--val-count", "0"], ["--patch-size", "40"],
+                                 ["--patch-size", "0"], ["--ssim-window", "35"]])
 def test_bad_arguments_are_argparse_errors(tmp_path, capsys, bad):
     with pytest.raises(SystemExit) as err:
         tab.main([str(tmp_path), "--output", str(tmp_path / "run"), *TINY, *bad])
     assert err.value.code == 2
     assert bad[0] in capsys.readouterr().err
+
+
+def test_resume_refuses_other_images_and_keeps_where_earlier_legs_ran(grass_folder, tmp_path):
+    run = tmp_path / "run"
+    assert tab.main([str(grass_folder), "--output", str(run), *TINY, "--epochs", "1"]) == 0
+    # An earlier leg on another device: its name stays on record after a resume here.
+    record = json.loads((run / "config.json").read_text())
+    record["device"] = "NVIDIA H100 80GB HBM3"
+    (run / "config.json").write_text(json.dumps(record))
+    assert tab.main([str(grass_folder), "--output", str(run), *TINY, "--epochs", "2"]) == 0
+    record = json.loads((run / "config.json").read_text())
+    assert record["devices"] == ["NVIDIA H100 80GB HBM3", "cpu"] and record["device"] == "NVIDIA H100 80GB HBM3 + cpu"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(3):
+        io.imsave(other / f"x_{i}.png", skdata.grass()[:80, :96], check_contrast=False)
+    with pytest.raises(SystemExit, match="train_images"):
+        tab.main([str(other), "--output", str(run), *TINY, "--epochs", "3"])
+    assert len(_history(run)) == 2
+
+
+def test_sixteen_bit_images_are_a_clear_error(tmp_path):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    for i in range(2):
+        io.imsave(folder / f"{i}.png", (skdata.grass()[:80, :96].astype(np.uint16) * 257), check_contrast=False)
+    with pytest.raises(SystemExit, match="uint16 image"):
+        tab.main([str(folder), "--output", str(tmp_path / "run"), *TINY])

@@ -103,9 +103,10 @@ def pixel_roc_auc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> fl
 
 
 # Raw-map false-positive rates whose thresholds :func:`segmentation_roc` sweeps by default: dense
-# where detectors operate (FPR <= 5 %), sparse towards 0.5, past which a curve is near (1, 1).
-SEGMENTATION_ROC_FPRS = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.015, 0.01, 0.007,
-                         0.005, 0.003, 0.002, 0.001, 5e-4, 2e-4, 1e-4)
+# where detectors operate (FPR <= 5 %), sparser up to 0.99 so that a weak model's curve is
+# measured, not a straight line to (1, 1).
+SEGMENTATION_ROC_FPRS = (0.99, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02,
+                         0.015, 0.01, 0.007, 0.005, 0.003, 0.002, 0.001, 5e-4, 2e-4, 1e-4)
 
 
 def segmentation_roc(
@@ -155,10 +156,14 @@ def segmentation_roc(
         false_pos = true_pos = 0
         for anomaly_map, mask in zip(maps, masks):
             flagged = np.asarray(segment(anomaly_map, float(threshold)), bool)
+            if flagged.shape != mask.shape:
+                raise ValueError(f"segment() returned a {flagged.shape} mask for a {mask.shape} map; "
+                                 "it must return one boolean value per map pixel")
             true_pos += int(np.count_nonzero(flagged & mask))
             false_pos += int(np.count_nonzero(flagged & ~mask))
         points.append((false_pos / (sum(k.size for k in masks) - n_defect), true_pos / n_defect, float(threshold)))
-    points.sort(key=lambda p: (p[0], p[1]))
+    # By FPR, then TPR, then falling threshold (ties stay in threshold order).
+    points.sort(key=lambda p: (p[0], p[1], 0.0 if np.isnan(p[2]) else -p[2]))
     fpr, tpr, ths = (np.asarray(column) for column in zip(*points))
     return {"fpr": fpr, "tpr": tpr, "thresholds": ths, "auc": area_under_curve(fpr, tpr)}
 
