@@ -463,3 +463,24 @@ def test_cli_exports_a_run_folder_and_rejects_bad_input(ssim_model, tmp_path):
     assert badname.exit_code == 2 and "invalid model name" in badname.output
     missing = runner.invoke(export_cli, [str(tmp_path / "nope"), "--name", "x", "--output", out])
     assert missing.exit_code == 2
+
+
+def test_cli_scores_with_another_ssim_window_or_weighting(ssim_model, tmp_path, image):
+    """--ssim-weighting / --ssim-window change the anomaly map's SSIM, not the model."""
+    ssim_model.save(tmp_path / "m.keras")
+    runner = CliRunner()
+    out = str(tmp_path / "ex")
+    ok = runner.invoke(export_cli, [str(tmp_path / "m.keras"), "--name", "u", "--output", out,
+                                    "--ssim-weighting", "uniform", "--ssim-window", "9"])
+    assert ok.exit_code == 0, ok.output
+    meta = export.read_metadata(tmp_path / "ex" / "u" / "1")
+    assert meta["ssim"]["weighting"] == "uniform" and meta["ssim"]["window_size"] == 9
+    maps = tf.saved_model.load(str(tmp_path / "ex" / "u" / "1")).signatures["serving_default"](image=tf.constant(image))
+    x = image.astype(np.float32) / 255.0
+    want = scoring.ssim_residual_maps(x, maps["reconstruction"].numpy(), **meta["ssim"])["anomaly_map"].numpy()
+    np.testing.assert_allclose(maps["anomaly_map"].numpy(), want, atol=1e-5)
+    gaussian = scoring.ssim_residual_maps(x, maps["reconstruction"].numpy(), window_size=9)["anomaly_map"].numpy()
+    assert np.abs(gaussian - want).max() > 1e-3
+    for args, message in [(["--ssim-window", "8"], "is even"), (["--ssim-window", "41"], "larger than the 32-pixel patch")]:
+        bad = runner.invoke(export_cli, [str(tmp_path / "m.keras"), "--name", "v", "--output", out, *args])
+        assert bad.exit_code == 2 and message in bad.output, (args, bad.output)

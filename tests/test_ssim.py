@@ -567,3 +567,34 @@ def test_ms_ssim_gradient_finite_nonzero():
         value = tf.reduce_sum(ms_ssim(x, y))
     grad = tape.gradient(value, y).numpy()
     assert np.isfinite(grad).all() and np.abs(grad).max() > 1e-5
+
+
+# --------------------------------------------------------------------------- uniform window
+@pytest.mark.parametrize("window", [7, 11])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_uniform_window_matches_skimage_plain_patch_means(real_pairs, window, padding):
+    """``weighting="uniform"``: plain K x K means (Bergmann et al.'s definition), which is
+    scikit-image's ``gaussian_weights=False`` (its full map mirror-pads like ``"same"``)."""
+    a, b = real_pairs["grass", "blur"]
+    ours = ssim_maps(a[None, ..., None], b[None, ..., None], window_size=window, weighting="uniform",
+                     padding=padding).ssim.numpy()[0, ..., 0]
+    mean, ref = structural_similarity(a.astype(np.float64), b.astype(np.float64), win_size=window,
+                                      gaussian_weights=False, use_sample_covariance=False, data_range=1, full=True)
+    r = window // 2
+    np.testing.assert_allclose(ours, ref if padding == "same" else crop(ref, r), atol=MAP_ATOL)
+    if padding == "valid":
+        assert float(ssim(a[None, ..., None], b[None, ..., None], window_size=window, weighting="uniform")[0]) == \
+            pytest.approx(mean, abs=MEAN_ATOL)
+    # ... and it is not the Gaussian map.
+    gaussian = ssim_maps(a[None, ..., None], b[None, ..., None], window_size=window, padding=padding).ssim.numpy()
+    assert np.abs(gaussian[0, ..., 0] - ours).max() > 0.01
+
+
+def test_window_kernel_and_bad_weighting():
+    from tfssim.ssim import window_kernel
+
+    np.testing.assert_allclose(window_kernel(5, weighting="uniform").numpy(), np.full(5, 0.2), rtol=1e-6)
+    np.testing.assert_allclose(window_kernel(11, 1.5).numpy(), gaussian_kernel(11, 1.5).numpy())
+    x = tf.zeros([1, 16, 16, 1])
+    with pytest.raises(ValueError, match="weighting must be one of gaussian, uniform, got 'box'"):
+        ssim_maps(x, x, weighting="box")

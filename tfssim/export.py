@@ -47,6 +47,7 @@ from tfssim import __version__, scoring, tiling
 from tfssim._io import atomic_write_json
 from tfssim.inference import METADATA_FILE  # one definition, beside the loader (no keras import there)
 from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
+from tfssim.ssim import validate_window
 from tfssim.tiling import DEFAULT_CHUNK
 
 __all__ = [
@@ -65,7 +66,7 @@ logger = logging.getLogger(__name__)
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 DEFAULT_SSIM = {"window_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0,
-                "alpha": 1.0, "beta": 1.0, "gamma": 1.0}
+                "alpha": 1.0, "beta": 1.0, "gamma": 1.0, "weighting": "gaussian"}
 SIGNATURES = {
     "serving_default": {"inputs": {"image": "uint8 [H, W, C] or [1, H, W, C], 0..255"}, "stride": "export default"},
     "serve_float": {"inputs": {"image": "float32 [H, W, C] or [1, H, W, C], in [0, 1]"}, "stride": "export default"},
@@ -416,6 +417,7 @@ def export_model(
     *,
     vae_samples: int | None = None,
     jit_compile: bool = False,
+    ssim_overrides: dict[str, Any] | None = None,
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
 
@@ -439,6 +441,9 @@ def export_model(
             ``chunk_size`` tiles, so a VAE's maps are deterministic for one export but depend
             on ``chunk_size`` and the image's tiling: compare VAE maps only across exports
             with the same chunk size.
+        ssim_overrides: SSIM parameters to change after the defaults above are resolved, e.g.
+            ``{"weighting": "uniform"}`` to score with plain patch means (the paper's SSIM
+            definition) a model trained with ``tf.image.ssim``'s Gaussian window.
         jit_compile: Compile the model call with XLA. Off by default: TensorFlow Serving
             refuses XLA-compiled graphs on CPU unless started with
             ``--xla_cpu_compilation_enabled``.
@@ -472,9 +477,13 @@ def export_model(
     tiling.check_tiling(patch_size, stride)
     ssim_params = dict(DEFAULT_SSIM)
     ssim_params.update(ssim_kwargs if ssim_kwargs is not None else (info.get("ssim") or {}))
+    ssim_params.update(ssim_overrides or {})
     unknown = set(ssim_params) - set(scoring.SSIM_KEYS)
     if unknown:
         raise ValueError(f"unknown SSIM parameter(s) {sorted(unknown)}; expected some of {', '.join(scoring.SSIM_KEYS)}")
+    validate_window(ssim_params["window_size"], ssim_params["sigma"], ssim_params["weighting"])
+    if ssim_params["window_size"] > patch_size:
+        raise ValueError(f"SSIM window {ssim_params['window_size']} is larger than the {patch_size}-pixel patch")
     if vae_samples is None:
         vae_samples = info.get("vae_samples") or getattr(model, "num_samples", 10)
     vae_samples = int(vae_samples)

@@ -53,6 +53,8 @@ class SSIMLoss(keras.losses.Loss):
         alpha: Luminance exponent.
         beta: Contrast exponent.
         gamma: Structure exponent.
+        weighting: ``"gaussian"`` window (default, ``tf.image.ssim``) or ``"uniform"`` (plain
+            patch means, the paper's definition).
         reduction: Keras reduction over the per-sample losses.
         name: Loss name.
 
@@ -76,11 +78,12 @@ class SSIMLoss(keras.losses.Loss):
         alpha: float = 1.0,
         beta: float = 1.0,
         gamma: float = 1.0,
+        weighting: str = "gaussian",
         reduction: str = "sum_over_batch_size",
         name: str = "ssim_loss",
         dtype: Any = None,
     ) -> None:
-        ssim_lib.validate_window(window_size, sigma)
+        ssim_lib.validate_window(window_size, sigma, weighting)
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
         self.window_size = window_size
         self.sigma = sigma
@@ -90,6 +93,7 @@ class SSIMLoss(keras.losses.Loss):
         self.alpha = alpha
         self.beta = beta
         self.gamma = gamma
+        self.weighting = weighting
 
     @property
     def ssim_kwargs(self) -> dict[str, Any]:
@@ -97,6 +101,7 @@ class SSIMLoss(keras.losses.Loss):
         return dict(
             window_size=self.window_size, sigma=self.sigma, k1=self.k1, k2=self.k2,
             data_range=self.data_range, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
+            weighting=self.weighting,
         )
 
     def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:

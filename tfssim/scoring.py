@@ -40,7 +40,7 @@ __all__ = [
 
 RESIDUALS = ("ssim", "l2", "vae")
 # The keyword arguments of tfssim.ssim.ssim_maps that describe the SSIM itself.
-SSIM_KEYS = ("window_size", "sigma", "k1", "k2", "data_range", "alpha", "beta", "gamma")
+SSIM_KEYS = ("window_size", "sigma", "k1", "k2", "data_range", "alpha", "beta", "gamma", "weighting")
 
 
 def residual_of(kind: str) -> str:
@@ -67,7 +67,7 @@ def ssim_residual_maps(x: tf.Tensor, reconstruction: tf.Tensor, **ssim_kwargs: A
         x: Images ``[H, W, C]`` or ``[B, H, W, C]`` in ``[0, data_range]``.
         reconstruction: Their reconstructions, same shape.
         **ssim_kwargs: SSIM parameters of :func:`tfssim.ssim.ssim_maps` (``window_size``,
-            ``sigma``, ``k1``, ``k2``, ``data_range``, ``alpha``, ``beta``, ``gamma``).
+            ``sigma``, ``k1``, ``k2``, ``data_range``, ``alpha``, ``beta``, ``gamma``, ``weighting``).
 
     Returns:
         ``anomaly_map`` (``1 - SSIM``), ``luminance_map``, ``contrast_map``, ``structure_map``:

@@ -35,6 +35,8 @@ import tensorflow as tf
 __all__ = [
     "SSIMMaps",
     "gaussian_kernel",
+    "window_kernel",
+    "WEIGHTINGS",
     "gaussian_blur",
     "ssim_maps",
     "ssim_map",
@@ -57,8 +59,16 @@ class SSIMMaps(NamedTuple):
     structure: tf.Tensor
 
 
-def validate_window(window_size: int, sigma: float = 1.5) -> None:
-    """Raise ``ValueError`` unless ``window_size`` is an odd integer >= 1 and ``sigma > 0``."""
+# How the K x K window weights its pixels: Wang et al.'s (and tf.image.ssim's) Gaussian, or the
+# plain patch means of Bergmann et al.'s definition (scikit-image's gaussian_weights=False).
+WEIGHTINGS = ("gaussian", "uniform")
+
+
+def validate_window(window_size: int, sigma: float = 1.5, weighting: str = "gaussian") -> None:
+    """Raise ``ValueError`` unless ``window_size`` is an odd integer >= 1, ``sigma > 0`` and
+    ``weighting`` is one of :data:`WEIGHTINGS`."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"SSIM window weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1 or window_size % 2 == 0:
         raise ValueError(
             f"SSIM window size must be an odd positive integer (3, 7, 11, ...), got {window_size!r}; "
@@ -74,6 +84,15 @@ def gaussian_kernel(window_size: int = 11, sigma: float = 1.5) -> tf.Tensor:
     coords = tf.range(window_size, dtype=tf.float32) - (window_size - 1) / 2.0
     g = tf.exp(-0.5 * tf.square(coords / sigma))
     return g / tf.reduce_sum(g)
+
+
+def window_kernel(window_size: int = 11, sigma: float = 1.5, weighting: str = "gaussian") -> tf.Tensor:
+    """The normalised 1-D window: :func:`gaussian_kernel`, or ``1 / K`` taps for ``"uniform"``
+    (whose separable product is the K x K box of plain patch means; ``sigma`` is then unused)."""
+    validate_window(window_size, sigma, weighting)
+    if weighting == "uniform":
+        return tf.fill([window_size], 1.0 / window_size)
+    return gaussian_kernel(window_size, sigma)
 
 
 def _band_matrix(kernel: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
@@ -170,6 +189,7 @@ def ssim_maps(
     alpha: float = 1.0,
     beta: float = 1.0,
     gamma: float = 1.0,
+    weighting: str = "gaussian",
     padding: str = "valid",
     blur: str = "auto",
 ) -> SSIMMaps:
@@ -186,6 +206,8 @@ def ssim_maps(
         alpha: Exponent of the luminance term.
         beta: Exponent of the contrast term.
         gamma: Exponent of the structure term (applied sign-preserving, as s can be negative).
+        weighting: ``"gaussian"`` (default, as ``tf.image.ssim``) or ``"uniform"`` (plain K x K
+            patch means, as the paper defines SSIM and scikit-image's ``gaussian_weights=False``).
         padding: ``"valid"`` or ``"same"``; see the module docstring for the border handling.
         blur: Gaussian blur implementation, see :func:`gaussian_blur`.
 
@@ -199,7 +221,7 @@ def ssim_maps(
         >>> maps.ssim.shape
         TensorShape([2, 54, 54, 1])
     """
-    validate_window(window_size, sigma)
+    validate_window(window_size, sigma, weighting)
     x = tf.convert_to_tensor(x)
     y = tf.convert_to_tensor(y)
     _check_pair(x, y, window_size, padding)
@@ -215,7 +237,7 @@ def ssim_maps(
         x = tf.pad(x, pads, mode="SYMMETRIC")
         y = tf.pad(y, pads, mode="SYMMETRIC")
 
-    kernel = gaussian_kernel(window_size, sigma)
+    kernel = window_kernel(window_size, sigma, weighting)
     # One blur over the five stacked statistics instead of five separate blurs.
     # (Co)variances are shift-invariant: computing them on images centred by their global mean
     # avoids most of the float32 cancellation in E[x^2] - mu^2 on flat regions.
