@@ -52,20 +52,23 @@ def load_cae_module() -> Any:
     return module
 
 
-def gaussian_window(window_size: int, sigma: float) -> np.ndarray:
-    """The normalised 1-D Gaussian of ``tf.image.ssim`` / ``tfssim.ssim.gaussian_kernel``."""
+def gaussian_window(window_size: int, sigma: float, weighting: str = "gaussian") -> np.ndarray:
+    """The normalised 1-D window of ``tfssim.ssim.window_kernel``: ``tf.image.ssim``'s Gaussian,
+    or ``1 / K`` taps for ``"uniform"`` (plain patch means)."""
+    if weighting == "uniform":
+        return np.full(window_size, 1.0 / window_size, np.float32)
     coords = np.arange(window_size, dtype=np.float64) - (window_size - 1) / 2.0
     g = np.exp(-(coords**2) / (2.0 * sigma**2))
     return (g / g.sum()).astype(np.float32)
 
 
 def ssim_per_sample(x: Any, y: Any, window_size: int = 11, sigma: float = 1.5, k1: float = 0.01,
-                    k2: float = 0.03, data_range: float = 1.0) -> Any:
+                    k2: float = 0.03, data_range: float = 1.0, weighting: str = "gaussian") -> Any:
     """Mean SSIM over the valid windows of each image pair ``[B, H, W, C]`` -> ``[B]`` (keras.ops)."""
     x = ops.cast(x, "float32")
     y = ops.cast(y, "float32")
     channels = x.shape[-1]
-    g = gaussian_window(window_size, sigma)
+    g = gaussian_window(window_size, sigma, weighting)
     # The five statistics of every channel are blurred in one separable depthwise convolution.
     stacked = ops.concatenate([x, y, x * x, y * y, x * y], axis=-1)
     n = 5 * channels
@@ -88,16 +91,18 @@ class BackendSSIMLoss(keras.losses.Loss):
     """``1 - mean SSIM`` per sample, in ``keras.ops`` (any backend)."""
 
     def __init__(self, window_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03,
-                 name: str = "ssim_loss", **kwargs: Any) -> None:
+                 weighting: str = "gaussian", name: str = "ssim_loss", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.window_size, self.sigma, self.k1, self.k2 = window_size, sigma, k1, k2
+        self.weighting = weighting
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        return 1.0 - ssim_per_sample(y_true, y_pred, self.window_size, self.sigma, self.k1, self.k2)
+        return 1.0 - ssim_per_sample(y_true, y_pred, self.window_size, self.sigma, self.k1, self.k2,
+                                     weighting=self.weighting)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "window_size": self.window_size, "sigma": self.sigma,
-                "k1": self.k1, "k2": self.k2}
+                "k1": self.k1, "k2": self.k2, "weighting": self.weighting}
 
 
 @keras.saving.register_keras_serializable(package="tfssim_any_backend")
@@ -167,6 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, default=128)
     parser.add_argument("--latent-dim", type=int, default=100)
     parser.add_argument("--ssim-window", type=int, default=11)
+    parser.add_argument("--ssim-weighting", choices=("gaussian", "uniform"), default="gaussian",
+                        help="SSIM window weighting of the loss (and of the exported anomaly map)")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-5)
     parser.add_argument("--val-count", type=int, default=1)
@@ -218,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         keras.utils.set_random_seed(args.seed)
         model = load_cae_module().build_autoencoder(args.patch_size, 1, args.latent_dim)
-        loss = BackendSSIMLoss(args.ssim_window) if args.loss == "ssim" else BackendL2Loss(name="l2_loss")
+        loss = (BackendSSIMLoss(args.ssim_window, weighting=args.ssim_weighting) if args.loss == "ssim"
+                else BackendL2Loss(name="l2_loss"))
         model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate, weight_decay=args.weight_decay),
                       loss=loss, steps_per_execution=args.steps_per_execution)
     val = sample_patches(val_images, args.val_patches, args.patch_size, np.random.default_rng([args.seed, 10**6]), False)
@@ -228,14 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"data": str(args.images), "output": str(out), "model": args.loss, "layout": "folder",
                    "epochs": args.epochs, "patches_per_epoch": args.patches_per_epoch, "batch_size": args.batch_size,
                    "patch_size": args.patch_size, "latent_dim": args.latent_dim, "ssim_window": args.ssim_window,
-                   "ssim_sigma": 1.5, "ssim_k1": 0.01, "ssim_k2": 0.03, "learning_rate": args.learning_rate,
+                   "ssim_sigma": 1.5, "ssim_k1": 0.01, "ssim_k2": 0.03, "ssim_weighting": args.ssim_weighting,
+                   "learning_rate": args.learning_rate,
                    "weight_decay": args.weight_decay, "seed": args.seed, "grayscale": True, "augment": args.augment,
                    "val_patches": args.val_patches},
         "trainer": "scripts/train_any_backend.py",
         "versions": {"keras": keras.__version__, "backend": keras.backend.backend(), "numpy": np.__version__,
                      "python": platform.python_version()},
         "channels": 1, "patch_size": args.patch_size, "latent_dim": args.latent_dim, "model": args.loss,
-        "ssim": {"window_size": args.ssim_window, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0},
+        "ssim": {"window_size": args.ssim_window, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0,
+                 "weighting": args.ssim_weighting},
         "train_images": [str(p) for p in train_files], "val_images": [str(p) for p in val_files],
     }
     if keras.backend.backend() == "jax":

@@ -104,6 +104,30 @@ def test_ssim_per_sample_matches_skimage_and_tf_on_textures(gray_pairs):
     np.testing.assert_allclose(swapped, ours[::-1], atol=1e-6)
 
 
+def test_uniform_weighting_matches_skimage_plain_means_and_the_library(gray_pairs):
+    from tfssim.ssim import ssim as library_ssim
+
+    a, b = gray_pairs
+    ours = keras.ops.convert_to_numpy(tab.ssim_per_sample(a, b, weighting="uniform"))
+    for i in range(2):
+        _, full = structural_similarity(a[i, ..., 0].astype(np.float64), b[i, ..., 0].astype(np.float64), win_size=11,
+                                        gaussian_weights=False, use_sample_covariance=False, data_range=1.0, full=True)
+        assert ours[i] == pytest.approx(full[5:-5, 5:-5].mean(), abs=1e-4)
+    np.testing.assert_allclose(ours, library_ssim(a, b, weighting="uniform").numpy(), atol=1e-5)
+    assert np.abs(ours - keras.ops.convert_to_numpy(tab.ssim_per_sample(a, b))).max() > 1e-3
+
+
+def test_uniform_run_exports_with_its_weighting(grass_folder, tmp_path):
+    from tfssim.export import load_for_export
+
+    run = tmp_path / "uniform"
+    assert tab.main([str(grass_folder), "--output", str(run), *TINY, "--epochs", "1", "--ssim-weighting", "uniform"]) == 0
+    state = keras.saving.load_model(run / "state.keras")
+    assert state.loss.weighting == "uniform"
+    _, info = load_for_export(run)
+    assert info["ssim"]["weighting"] == "uniform"
+
+
 def test_ssim_per_sample_identical_images_is_one(gray_pairs):
     a, _ = gray_pairs
     np.testing.assert_allclose(keras.ops.convert_to_numpy(tab.ssim_per_sample(a, a)), 1.0, atol=1e-5)
@@ -265,7 +289,8 @@ def test_main_end_to_end_resume_time_limit_and_export(grass_folder, tmp_path, ca
     record = json.loads((run / "config.json").read_text())
     assert record["model"] == "ssim" and record["patch_size"] == 32 and record["channels"] == 1
     assert record["latent_dim"] == 8
-    assert record["ssim"] == {"window_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0}
+    assert record["ssim"] == {"window_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0,
+                              "weighting": "gaussian"}
     assert record["config"]["epochs"] == 2 and record["config"]["patches_per_epoch"] == 32
     assert record["train_images"] == [str(grass_folder / "img_0.png"), str(grass_folder / "img_1.png")]
     assert record["val_images"] == [str(grass_folder / "img_2.png")]
