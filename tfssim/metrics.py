@@ -150,6 +150,7 @@ def segmentation_roc(
     if good.size == 0 or n_defect == 0:
         raise ValueError("a segmentation ROC needs both defect and good pixels in the test masks")
     thresholds = np.unique(np.quantile(good, 1.0 - fprs))
+    n_good = good.size
     del good
     points = [(0.0, 0.0, np.nan), (1.0, 1.0, np.nan)]
     for threshold in thresholds:
@@ -161,7 +162,7 @@ def segmentation_roc(
                                  "it must return one boolean value per map pixel")
             true_pos += int(np.count_nonzero(flagged & mask))
             false_pos += int(np.count_nonzero(flagged & ~mask))
-        points.append((false_pos / (sum(k.size for k in masks) - n_defect), true_pos / n_defect, float(threshold)))
+        points.append((false_pos / n_good, true_pos / n_defect, float(threshold)))
     # By FPR, then TPR, then falling threshold (ties stay in threshold order).
     points.sort(key=lambda p: (p[0], p[1], 0.0 if np.isnan(p[2]) else -p[2]))
     fpr, tpr, ths = (np.asarray(column) for column in zip(*points))

@@ -62,7 +62,7 @@ def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None,
                    f"else {DEFAULT_SEED}.")
 @click.option("--segmentation-auroc", is_flag=True,
               help="Also the ROC AUC of the post-processed segmentations (threshold, opening, convex hulls) "
-                   "swept over 20 thresholds, as the paper counts pixels classified as defect; slower.")
+                   "swept over 25 thresholds, as the paper counts pixels classified as defect; slower.")
 @click.option("--verbose", "-v", is_flag=True)
 def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: float, val_split: float | None,
          seed: int | None, segmentation_auroc: bool, verbose: bool) -> None:
