@@ -484,3 +484,32 @@ def test_cli_scores_with_another_ssim_window_or_weighting(ssim_model, tmp_path, 
     for args, message in [(["--ssim-window", "8"], "must be an odd size >= 1 (got 8"), (["--ssim-window", "41"], "larger than the 32-pixel patch")]:
         bad = runner.invoke(export_cli, [str(tmp_path / "m.keras"), "--name", "v", "--output", out, *args])
         assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
+
+
+def test_cli_exports_smoothed_maps_and_records_the_sigma(ssim_model, tmp_path, image):
+    """--map-sigma blurs every served map inside the graph (SciPy's gaussian_filter as the oracle)."""
+    from scipy.ndimage import gaussian_filter
+
+    ssim_model.save(tmp_path / "m.keras")
+    runner = CliRunner()
+    out = str(tmp_path / "ex")
+    ok = runner.invoke(export_cli, [str(tmp_path / "m.keras"), "--name", "s", "--output", out, "--stride", "12",
+                                    "--map-sigma", "1.5"])
+    assert ok.exit_code == 0, ok.output
+    meta = export.read_metadata(tmp_path / "ex" / "s" / "1")
+    assert meta["map_sigma"] == 1.5
+    maps = tf.saved_model.load(str(tmp_path / "ex" / "s" / "1")).signatures["serving_default"](image=tf.constant(image))
+    x = image.astype(np.float32) / 255.0
+    raw = scoring.ssim_residual_maps(x, maps["reconstruction"].numpy(), **meta["ssim"])
+    for key in ("anomaly_map", "luminance_map", "contrast_map"):
+        want = gaussian_filter(raw[key].numpy(), 1.5, mode="reflect")
+        np.testing.assert_allclose(maps[key].numpy(), want, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(maps["structure_map"].numpy(), gaussian_filter(raw["structure_map"].numpy(), 1.5,
+                                                                              mode="reflect"), atol=1e-4)
+    assert np.abs(maps["anomaly_map"].numpy() - raw["anomaly_map"].numpy()).max() > 1e-3
+    plain = export.export_model(ssim_model, tmp_path / "ex", name="p", stride=12)
+    assert export.read_metadata(plain)["map_sigma"] == 0.0
+    for args, message in [(["--map-sigma", "8"], "does not fit the 32-pixel patch"), (["--map-sigma", "-1"], "x>=0")]:
+        bad = runner.invoke(export_cli, [str(tmp_path / "m.keras"), "--name", "v", "--output", out, *args])
+        assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
+    assert not (tmp_path / "ex" / "v").exists() or not any((tmp_path / "ex" / "v").iterdir())

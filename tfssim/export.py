@@ -245,7 +245,8 @@ class _Scorer:
     """The traced serving functions around one model."""
 
     def __init__(self, model: keras.Model, residual: str, patch_size: int, channels: int, stride: int,
-                 chunk_size: int, ssim_kwargs: dict[str, Any], vae_samples: int, jit_compile: bool) -> None:
+                 chunk_size: int, ssim_kwargs: dict[str, Any], vae_samples: int, jit_compile: bool,
+                 map_sigma: float = 0.0) -> None:
         self.model = model
         self.residual = residual
         self.patch_size = patch_size
@@ -255,6 +256,7 @@ class _Scorer:
         self.ssim_kwargs = ssim_kwargs
         self.vae_samples = vae_samples
         self.jit_compile = jit_compile
+        self.map_sigma = map_sigma
 
     def _prepare(self, image: tf.Tensor) -> tf.Tensor:
         """Validate one request's image and return it as ``[H, W, C]``."""
@@ -295,7 +297,7 @@ class _Scorer:
         return scoring.anomaly_maps(
             self.model, image, self.residual, self.patch_size, stride, chunk_size=self.chunk_size,
             ssim_kwargs=self.ssim_kwargs, vae_samples=self.vae_samples, vae_seed=VAE_SEED,
-            jit_compile=self.jit_compile,
+            jit_compile=self.jit_compile, map_sigma=self.map_sigma,
         )
 
     def serve_uint8(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -418,6 +420,7 @@ def export_model(
     vae_samples: int | None = None,
     jit_compile: bool = False,
     ssim_overrides: dict[str, Any] | None = None,
+    map_sigma: float = 0.0,
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
 
@@ -444,6 +447,10 @@ def export_model(
         ssim_overrides: SSIM parameters to change after the defaults above are resolved, e.g.
             ``{"weighting": "uniform"}`` to score with plain patch means (the paper's SSIM
             definition) a model trained with ``tf.image.ssim``'s Gaussian window.
+        map_sigma: Gaussian smoothing (standard deviation in pixels) of every served map,
+            inside the graph (:func:`tfssim.scoring.smooth_map`); 0 (default) serves the maps
+            as the paper computes them. Recorded in the metadata as ``map_sigma``, so a
+            threshold calibrated on this export applies to the smoothed maps.
         jit_compile: Compile the model call with XLA. Off by default: TensorFlow Serving
             refuses XLA-compiled graphs on CPU unless started with
             ``--xla_cpu_compilation_enabled``.
@@ -489,6 +496,7 @@ def export_model(
     vae_samples = int(vae_samples)
     if vae_samples < 1:
         raise ValueError(f"vae_samples must be >= 1, got {vae_samples}")
+    map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
 
     model_root = Path(output_root) / name
     auto_version = version is None
@@ -503,7 +511,8 @@ def export_model(
         )
     model_root.mkdir(parents=True, exist_ok=True)
 
-    scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params, vae_samples, jit_compile)
+    scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params, vae_samples, jit_compile,
+                     map_sigma)
     archive = keras.export.ExportArchive()
     archive.track(model)
     any_image = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
@@ -524,6 +533,7 @@ def export_model(
         "vae_samples": vae_samples if residual == "vae" else None,
         "vae_seed": VAE_SEED if residual == "vae" else None,
         "observation_std": float(model.observation_std) if residual == "vae" else None,
+        "map_sigma": map_sigma,
         "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
         "threshold": None if threshold is None else float(threshold), "threshold_fpr": None,
         "opening_diameter": 4, "convex_hull": True,

@@ -7,7 +7,9 @@
 * ``vae``: ``-log`` of the per-pixel reconstruction probability over N posterior samples, each
   sample's tiles averaged over the overlaps first.
 
-All maps are ``[H, W]`` float32, averaged over channels. :func:`anomaly_maps` runs the whole
+All maps are ``[H, W]`` float32, averaged over channels. :func:`smooth_map` optionally blurs
+them with a Gaussian (``map_sigma``; not in the paper, off by default): a residual map is noisy
+at the scale of single fibres or grains, a defect is not. :func:`anomaly_maps` runs the whole
 pipeline (tiling, chunked model calls, overlap averaging, residual) for one image without
 exporting; the exported serving signatures call this same function inside their graph
 (``tfssim.export``), so there is one implementation.
@@ -18,6 +20,8 @@ Example:
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import keras
@@ -25,7 +29,7 @@ import tensorflow as tf
 
 from tfssim import tiling
 from tfssim.models import VariationalAutoencoder, get_spec, kind_of, reconstruction_nll
-from tfssim.ssim import ssim_maps
+from tfssim.ssim import gaussian_blur, gaussian_kernel, ssim_maps
 
 __all__ = [
     "RESIDUALS",
@@ -35,6 +39,9 @@ __all__ = [
     "vae_residual_map",
     "residual_of",
     "model_patch_size",
+    "smoothing_radius",
+    "validate_map_sigma",
+    "smooth_map",
     "anomaly_maps",
 ]
 
@@ -100,6 +107,64 @@ def vae_residual_map(x: tf.Tensor, samples: tf.Tensor, observation_std: float) -
     return reconstruction_nll(tf.convert_to_tensor(x)[None], tf.convert_to_tensor(samples)[:, None], observation_std)[0]
 
 
+def smoothing_radius(sigma: float) -> int:
+    """Half-width of :func:`smooth_map`'s kernel: ``int(4 * sigma + 0.5)`` pixels, the truncation
+    of ``scipy.ndimage.gaussian_filter`` (the kernel has ``2 * radius + 1`` taps)."""
+    return int(4.0 * float(sigma) + 0.5)
+
+
+def validate_map_sigma(sigma: float, patch_size: int | None = None) -> float:
+    """Return ``sigma`` as a float; raise ``ValueError`` unless it is finite and ``>= 0`` and,
+    given the patch size (the smallest image a model scores), its kernel fits inside a patch."""
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"map smoothing sigma must be a finite number >= 0 (0 = no smoothing), got {sigma!r}")
+    sigma = float(sigma)
+    if patch_size is not None and smoothing_radius(sigma) >= patch_size:
+        raise ValueError(
+            f"map smoothing sigma {sigma:g} needs a {smoothing_radius(sigma)}-pixel kernel radius, which does not fit "
+            f"the {patch_size}-pixel patch (the smallest image scored); use sigma < {(patch_size - 0.5) / 4:g}"
+        )
+    return sigma
+
+
+def smooth_map(anomaly_map: tf.Tensor, sigma: float) -> tf.Tensor:
+    """Gaussian blur of an anomaly map, with mirrored borders.
+
+    The same filter as ``scipy.ndimage.gaussian_filter(map, sigma, mode="reflect")`` (kernel
+    truncated at 4 sigma): float32 ``[H, W]`` or ``[B, H, W]`` in, same shape out. ``sigma == 0``
+    returns the map unchanged. Both sides must exceed :func:`smoothing_radius`.
+
+    Args:
+        anomaly_map: Map(s) ``[H, W]`` or ``[B, H, W]``.
+        sigma: Standard deviation of the Gaussian in pixels (``>= 0``).
+
+    Returns:
+        The smoothed map(s), float32, same shape.
+
+    Example:
+        >>> smooth_map(tf.random.uniform([64, 64]), 2.0).shape
+        TensorShape([64, 64])
+    """
+    sigma = validate_map_sigma(sigma)
+    x = tf.cast(tf.convert_to_tensor(anomaly_map), tf.float32)
+    if sigma == 0:
+        return x
+    if x.shape.rank not in (2, 3):
+        raise ValueError(f"anomaly map must be [H, W] or [B, H, W], got shape {x.shape}")
+    radius = smoothing_radius(sigma)
+    sides = x.shape[-2:]
+    if any(side is not None and side <= radius for side in sides):
+        raise ValueError(
+            f"anomaly map of shape {x.shape} is too small for smoothing sigma {sigma:g} "
+            f"(kernel radius {radius}); use a smaller sigma"
+        )
+    batched = x.shape.rank == 3
+    x = x[..., None] if batched else x[None, ..., None]
+    x = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
+    x = gaussian_blur(x, gaussian_kernel(2 * radius + 1, sigma), method="conv")[..., 0]
+    return x if batched else x[0]
+
+
 def model_patch_size(model: keras.Model) -> int:
     """The square input side of a tfssim model (static)."""
     size = getattr(model, "patch_size", None)
@@ -122,6 +187,7 @@ def anomaly_maps(
     vae_samples: int | None = None,
     vae_seed: int = 0,
     jit_compile: bool = False,
+    map_sigma: float = 0.0,
 ) -> dict[str, tf.Tensor]:
     """Reconstruction and anomaly maps of one whole image, by strided tiling and averaging.
 
@@ -137,6 +203,8 @@ def anomaly_maps(
         vae_seed: Seed of the VAE's sampling (a fixed seed gives the same map every call).
         jit_compile: Compile the model call on each chunk with XLA (a ``tf.function`` made per
             call: meant for use inside a traced function such as the exported signatures).
+        map_sigma: Gaussian smoothing of every map (:func:`smooth_map`); 0 (default, the paper)
+            leaves them as computed.
 
     Returns:
         Float32 tensors: ``reconstruction [H, W, C]``, ``anomaly_map [H, W]`` and, for SSIM
@@ -145,6 +213,15 @@ def anomaly_maps(
     """
     residual = residual_of(kind or kind_of(model))
     patch_size = patch_size or model_patch_size(model)
+    map_sigma = validate_map_sigma(map_sigma, patch_size)
+    maps = _maps(model, image, residual, patch_size, stride, chunk_size, ssim_kwargs, vae_samples, vae_seed, jit_compile)
+    return {k: (smooth_map(v, map_sigma) if k.endswith("_map") else v) for k, v in maps.items()}
+
+
+def _maps(model: keras.Model, image: tf.Tensor, residual: str, patch_size: int, stride: int | tf.Tensor,
+          chunk_size: int, ssim_kwargs: dict[str, Any] | None, vae_samples: int | None, vae_seed: int,
+          jit_compile: bool) -> dict[str, tf.Tensor]:
+    """:func:`anomaly_maps` before smoothing."""
     image = tf.cast(tf.convert_to_tensor(image), tf.float32)
     if residual == "vae":
         if not isinstance(model, VariationalAutoencoder):
