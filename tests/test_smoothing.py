@@ -1,6 +1,9 @@
 """Gaussian smoothing of anomaly maps (tfssim.scoring.smooth_map), cross-checked with SciPy."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -50,3 +53,27 @@ def test_anomaly_maps_smooths_every_map_but_not_the_reconstruction():
         assert np.std(smooth[key].numpy()) < np.std(plain[key].numpy())
     with pytest.raises(ValueError, match="does not fit the 32-pixel patch"):
         scoring.anomaly_maps(model, image, "ssim", stride=12, map_sigma=10.0)
+
+
+def test_an_export_with_wide_smoothing_scores_a_large_image(tmp_path):
+    """Regression: with oneDNN's convolution as the blur, this export (sigma 12: 97 taps) asked for
+    a 16 GB scratchpad on a 700x1024 image and aborted the whole process ("Check failed: dtype()
+    == expected_dtype"), hence the fresh interpreter. The map must also still equal SciPy's blur of the unsmoothed map."""
+    script = f"""
+import numpy as np, keras
+from scipy.ndimage import gaussian_filter
+from tfssim import export
+from tfssim.inference import ExportedModel
+from tfssim.models import build_model
+keras.utils.set_random_seed(0)
+model = build_model("ssim", 128, 1, 16)
+image = np.random.default_rng(0).random((700, 1024, 1)).astype(np.float32)
+maps = {{s: ExportedModel.load(export.export_model(model, r"{tmp_path}", name=f"s{{s}}", stride=64, map_sigma=s))
+         .predict(image)["anomaly_map"] for s in (0.0, 12.0)}}
+err = np.abs(maps[12.0] - gaussian_filter(maps[0.0], 12.0, mode="reflect")).max()
+print("max error", err)
+assert err < 1e-5, err
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max error" in result.stdout

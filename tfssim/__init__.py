@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "ssim", "losses", "models", "data", "precision", "tiling", "scoring", "export",
-    "postprocess", "metrics", "plots", "training", "prediction",
+    "postprocess", "metrics", "plots", "training", "prediction", "tuning",
 )
 
 
