@@ -19,8 +19,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +34,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the results (written atomically)")
     args = parser.parse_args()
 
-    from tfssim import _io, data, metrics, scoring, tuning
+    from tfssim import _io, data, evaluation, metrics, scoring, tuning
     from tfssim.inference import ExportedModel
 
     split = data.load_dataset(args.data)
@@ -58,9 +56,8 @@ def main() -> None:
 
     if args.test:
         images = [data.read_image(p, model.channels) for p in split.test]
-        masks = [np.zeros(i.shape[:2], bool) if m is None else data.read_mask(m, shape=i.shape[:2])
-                 for i, m in zip(images, split.test_masks)]
-        raw = [model.predict(image)["anomaly_map"] for image in images]
+        masks = data.read_test_masks(split.test_masks, images)
+        raw = evaluation.compute_maps(model, images, "test")
         result["test_aurocs"] = [metrics.pixel_roc_auc([scoring.smooth_map(m, s).numpy() for m in raw], masks)
                                  for s in choice.sigmas]
         for sigma, auc in zip(choice.sigmas, result["test_aurocs"]):

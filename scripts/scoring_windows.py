@@ -23,8 +23,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 
 def parse_window(text: str) -> dict:
     parts = text.split(":")
@@ -55,8 +53,7 @@ def main() -> None:
     split = data.load_dataset(args.data)
     model = ExportedModel.load(args.export)
     images = [data.read_image(p, model.channels) for p in split.test]
-    masks = [np.zeros(i.shape[:2], bool) if m is None else data.read_mask(m, shape=i.shape[:2])
-             for i, m in zip(images, split.test_masks)]
+    masks = data.read_test_masks(split.test_masks, images)
     reconstructions = [model.predict(image)["reconstruction"] for image in images]
     rows = []
     for spec in args.window:

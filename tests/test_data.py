@@ -84,6 +84,18 @@ def test_masks_are_checked(tmp_path):
         data.read_mask(tmp_path / "n.png")
 
 
+
+def test_test_masks_are_read_at_their_image_size_and_empty_for_good_images(tmp_path):
+    io.imsave(tmp_path / "m.png", (np.eye(10) * 255).astype(np.uint8), check_contrast=False)
+    images = [np.zeros((10, 10, 1)), np.zeros((6, 7))]
+    defective, good = data.read_test_masks([tmp_path / "m.png", None], images)
+    np.testing.assert_array_equal(defective, np.eye(10, dtype=bool))
+    assert good.shape == (6, 7) and good.dtype == bool and not good.any()
+    with pytest.raises(ValueError, match=r"is 10x10 but its image is 6x7"):
+        data.read_test_masks([tmp_path / "m.png"], images[1:])
+    with pytest.raises(ValueError, match="2 mask paths but 1 images"):
+        data.read_test_masks([None, None], images[:1])
+
 # --- layouts ---------------------------------------------------------------------------------
 
 

@@ -228,12 +228,7 @@ def evaluate(
     (ch,) = channels
     val_images = [data.read_image(p, ch) for p in split.val]
     test_images = [data.read_image(p, ch) for p in split.test]
-    masks = []
-    for path, mask_path, image in zip(split.test, split.test_masks, test_images):
-        if mask_path is None:
-            masks.append(np.zeros(image.shape[:2], dtype=bool))
-        else:
-            masks.append(data.read_mask(mask_path, shape=image.shape[:2]))
+    masks = data.read_test_masks(split.test_masks, test_images)
 
     results: list[ExportEvaluation] = []
     for name, model in zip(names, exports):

@@ -144,6 +144,15 @@ def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None) -> np
     return mask
 
 
+def read_test_masks(paths: Sequence[str | os.PathLike | None], images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Ground-truth masks of test images: each path read by :func:`read_mask` at its image's size,
+    an all-False mask where the path is ``None`` (a defect-free test image)."""
+    if len(paths) != len(images):
+        raise ValueError(f"{len(paths)} mask paths but {len(images)} images")
+    return [np.zeros(np.shape(image)[:2], bool) if path is None else read_mask(path, shape=np.shape(image)[:2])
+            for path, image in zip(paths, images)]
+
+
 def read_images(
     paths: Iterable[str | os.PathLike], channels: int = 1
 ) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]]]:
