@@ -14,7 +14,7 @@ Example (the README's NanoTWICE numbers):
     python scripts/scoring_windows.py ../shared/data/NanoTWICE runs/nanotwice_final/exported_models/nanotwice_ssim/1 \\
         --window gaussian:11:1.5 --window gaussian:19:2.59 --window gaussian:27:3.68 \\
         --window uniform:7 --window uniform:11 --output scoring_windows.json
-    python scripts/scoring_windows.py ../shared/data/NanoTWICE EXPORT --window uniform:11 \
+    python scripts/scoring_windows.py ../shared/data/NanoTWICE EXPORT --window uniform:11 \\
         --map-sigma 0 --map-sigma 4 --map-sigma 8 --map-sigma 12 --segmentation-auroc --output smoothing.json
 """
 from __future__ import annotations

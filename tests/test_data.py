@@ -84,7 +84,6 @@ def test_masks_are_checked(tmp_path):
         data.read_mask(tmp_path / "n.png")
 
 
-
 def test_test_masks_are_read_at_their_image_size_and_empty_for_good_images(tmp_path):
     io.imsave(tmp_path / "m.png", (np.eye(10) * 255).astype(np.uint8), check_contrast=False)
     images = [np.zeros((10, 10, 1)), np.zeros((6, 7))]
@@ -95,6 +94,7 @@ def test_test_masks_are_read_at_their_image_size_and_empty_for_good_images(tmp_p
         data.read_test_masks([tmp_path / "m.png"], images[1:])
     with pytest.raises(ValueError, match="2 mask paths but 1 images"):
         data.read_test_masks([None, None], images[:1])
+
 
 # --- layouts ---------------------------------------------------------------------------------
 

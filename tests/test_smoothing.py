@@ -58,7 +58,8 @@ def test_anomaly_maps_smooths_every_map_but_not_the_reconstruction():
 def test_an_export_with_wide_smoothing_scores_a_large_image(tmp_path):
     """Regression: with oneDNN's convolution as the blur, this export (sigma 12: 97 taps) asked for
     a 16 GB scratchpad on a 700x1024 image and aborted the whole process ("Check failed: dtype()
-    == expected_dtype"), hence the fresh interpreter. The map must also still equal SciPy's blur of the unsmoothed map."""
+    == expected_dtype"), hence the fresh interpreter. The map must also still equal SciPy's blur
+    of the unsmoothed map."""
     script = f"""
 import numpy as np, keras
 from scipy.ndimage import gaussian_filter

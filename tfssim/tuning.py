@@ -23,6 +23,7 @@ import numpy as np
 
 from tfssim import metrics
 from tfssim.data.synthetic import add_defects
+from tfssim.evaluation import compute_maps
 from tfssim.inference import ExportedModel
 from tfssim.scoring import smooth_map, validate_map_sigma
 
@@ -120,20 +121,14 @@ def choose_map_sigma(
     sigmas = [validate_map_sigma(s, patch_size) for s in sigmas]
 
     rng = np.random.default_rng(seed)
-    jobs = []
+    painted = []
     for image in images:
         h, w = np.shape(image)[:2]
         count = max(1, int(round(defects_per_patch * h * w / patch_size**2)))
         for _ in range(copies):
-            jobs.append(paint_defects(image, rng, count))
-    if progress:
-        from tqdm.auto import tqdm
-
-        jobs = tqdm(jobs, desc="synthetic defects", unit="img", leave=False)
-    raw_maps, masks = [], []
-    for defective, mask in jobs:
-        raw_maps.append(model.predict(defective)["anomaly_map"])
-        masks.append(mask)
+            painted.append(paint_defects(image, rng, count))
+    raw_maps = compute_maps(model, [defective for defective, _ in painted], "synthetic defects", progress)
+    masks = [mask for _, mask in painted]
 
     aurocs = []
     for sigma in sigmas:
