@@ -58,7 +58,9 @@ def test_client_modules_import_and_run_where_tensorflow_cannot_be_imported(run_w
     assert result["blocked"], "the subprocess could import tensorflow: this test would prove nothing"
     assert result["loaded"] == []  # neither TensorFlow nor Keras (which would import its backend)
     assert result["image"] == [40, 48, 1] and result["mask_pixels"] == 200
-    assert result["regions"] == 1 and result["region_area"] == 200
+    # one region: the 10x20 rectangle less its 4 corner pixels, which the opening's diameter-4 disk
+    # (a 4x4 square without its corners) cannot reach
+    assert result["regions"] == 1 and result["region_area"] == 196
     assert result["auroc"] == pytest.approx(1.0)
     assert result["figure"]
     # the tf.data names are still there, and fail only on use, naming the missing module
