@@ -88,7 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
         signature_name = request.get("signature_name", "serving_default")
         loaded = versions[int(version)]
         if signature_name not in loaded.signatures:
-            return self._answer(400, {"error": f'Serving signature name: "{signature_name}" not found in signature def'})
+            message = f'Serving signature name: "{signature_name}" not found in signature def'
+            return self._answer(400, {"error": message})
         fn = loaded.signatures[signature_name]
         specs = fn.structured_input_signature[1]
         inputs = request["inputs"] if isinstance(request["inputs"], dict) else {next(iter(specs)): request["inputs"]}
@@ -158,6 +159,7 @@ print(json.dumps({"regions": regions, "loaded": sorted(m for m in ("tensorflow",
 """
 
 
+@pytest.mark.slow  # 10-15 s measured here: a fresh interpreter and four predictions of a 64x80 image
 def test_client_without_tensorflow_gives_the_maps_and_regions_of_the_export(stand_in, exports, dataset, tmp_path,
                                                                            run_without_tensorflow, no_proxy):
     image_path = data.list_images(dataset / "test")[0]

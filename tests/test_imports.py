@@ -23,7 +23,11 @@ for name in sys.argv[1:]:
     importlib.import_module(name)
 import numpy as np
 from skimage import io
+
+import tfssim
 from tfssim import data, metrics, plots, postprocess
+
+assert tfssim.client.ServingClient and tfssim.metadata.ExportMetadata  # lazy attributes of the package
 
 # ... and they run: read an image and a mask, post-process a map, score it, draw a figure.
 folder = Path(tempfile.mkdtemp())

@@ -16,15 +16,36 @@ import importlib
 from typing import Any
 
 from tfssim.data.io import (
-    IMAGE_SUFFIXES, check_binary_mask, list_images, read_image, read_images, read_mask, read_test_masks,
+    IMAGE_SUFFIXES,
+    check_binary_mask,
+    list_images,
+    read_image,
+    read_images,
+    read_mask,
+    read_test_masks,
 )
 from tfssim.data.layouts import (
-    LAYOUTS, MASK_SUFFIXES, DatasetSplit, detect_layout, find_mask, load_dataset, load_folder, load_mvtec,
-    load_nanotwice, mask_index, mask_names,
+    LAYOUTS,
+    MASK_SUFFIXES,
+    DatasetSplit,
+    detect_layout,
+    find_mask,
+    load_dataset,
+    load_folder,
+    load_mvtec,
+    load_nanotwice,
+    mask_index,
+    mask_names,
 )
 from tfssim.data.synthetic import (
-    TEXTURES, SyntheticDataset, add_defects, checkerboard, checkerboard_patches, defective_checkerboard,
-    texture_dataset, write_dataset,
+    TEXTURES,
+    SyntheticDataset,
+    add_defects,
+    checkerboard,
+    checkerboard_patches,
+    defective_checkerboard,
+    texture_dataset,
+    write_dataset,
 )
 
 # Names served by a submodule that imports TensorFlow: resolved on first access only.
