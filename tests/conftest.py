@@ -23,3 +23,40 @@ def exports(tmp_path_factory) -> list[Path]:
 
     root = tmp_path_factory.mktemp("exports")
     return [export.export_model(build_model(kind, 32, 1, 8), root, name=kind, stride=16) for kind in ("ssim", "l2")]
+
+
+# A meta-path finder that makes `import tensorflow` fail, run before the code of a subprocess: the
+# code then behaves as on a machine where only `pip install tfssim` (no TensorFlow) was run.
+_BLOCK_TENSORFLOW = '''
+import importlib.abc, sys
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, _NoTensorFlow())
+'''
+
+
+@pytest.fixture
+def run_without_tensorflow():
+    """Run Python ``code`` in a fresh interpreter in which importing ``tensorflow`` fails.
+
+    Returns a function ``(code, *args, timeout=120) -> subprocess.CompletedProcess`` (text output);
+    the repository root is put first on ``PYTHONPATH`` so the subprocess imports this checkout.
+    """
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+
+    def run(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        return subprocess.run([sys.executable, "-c", _BLOCK_TENSORFLOW + "\n" + code, *args], env=env,
+                              capture_output=True, text=True, timeout=timeout, cwd=root)
+
+    return run

@@ -403,6 +403,8 @@ def restore_policy():
 
 
 def test_float16_inputs_give_float32_equal_to_float32_computation(real_pairs, restore_policy):
+    # Equal to 1e-6 only if the statistics are computed in float32: the same formula in float16
+    # arithmetic was off by 0.1 on this pair (up to 1.6 on others; /work/shared NOTES, "SSIM").
     a, b = real_pairs["grass", "noise"]
     x16, y16 = to_batch(a[:64, :64]).astype(np.float16), to_batch(b[:64, :64]).astype(np.float16)
     ref = ssim_maps(x16.astype(np.float32), y16.astype(np.float32))
@@ -416,22 +418,6 @@ def test_float16_inputs_give_float32_equal_to_float32_computation(real_pairs, re
         np.testing.assert_allclose(ms_ssim(x16, y16, power_factors=(0.5, 0.5)).numpy(),
                                    ms_ssim(x16.astype(np.float32), y16.astype(np.float32),
                                            power_factors=(0.5, 0.5)).numpy(), atol=1e-6)
-    # ... and that needs the float32 arithmetic: the same formula computed in float16 (float16
-    # blur, E[x^2] - mu^2 cancellation in float16) is far off. Worst pixel, measured on 64x64 crops
-    # of this file's pairs: 0.10 for this grass/noise one, up to 1.6 (gravel/blur); < 1e-3 above.
-    g = gaussian_kernel(11, 1.5)
-    kernel = tf.cast(tf.tensordot(g, g, axes=0)[..., None, None], tf.float16)
-
-    def blur(z):
-        return tf.nn.conv2d(z, kernel, 1, "VALID")
-
-    x, y = tf.constant(x16), tf.constant(y16)
-    mx, my = blur(x), blur(y)
-    var_x, var_y, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-    c1, c2 = tf.constant(0.01 ** 2, tf.float16), tf.constant(0.03 ** 2, tf.float16)
-    in_float16 = (2 * mx * my + c1) * (2 * cov + c2) / ((mx * mx + my * my + c1) * (var_x + var_y + c2))
-    assert in_float16.dtype == tf.float16
-    assert np.abs(in_float16.numpy().astype(np.float32) - ref.ssim.numpy()).max() > 0.05
 
 
 # --------------------------------------------------------------------------- gradients

@@ -1,22 +1,60 @@
 """Reading datasets, the ``tf.data`` patch pipeline, and synthetic data.
 
+The readers (:mod:`tfssim.data.io`), the dataset layouts and the synthetic data import no
+TensorFlow. The ``tf.data`` pipeline (:mod:`tfssim.data.patches`) is loaded on first use of one of
+its names (PEP 562 module ``__getattr__``), so that ``import tfssim.data`` (and every module that
+reads images or masks, such as :mod:`tfssim.metrics`) stays usable without TensorFlow installed.
+
 Example:
     >>> split = load_dataset("NanoTWICE")                      # layout detected
     >>> images = [read_image(p) for p in split.train]
-    >>> ds = patch_dataset(images, patch_size=128, patches_per_epoch=20000, batch_size=32)
+    >>> ds = patch_dataset(images, patch_size=128, patches_per_epoch=20000, batch_size=32)  # imports TF
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from tfssim.data.io import (
-    IMAGE_SUFFIXES, check_binary_mask, list_images, read_image, read_images, read_mask, read_test_masks,
+    IMAGE_SUFFIXES,
+    check_binary_mask,
+    list_images,
+    read_image,
+    read_images,
+    read_mask,
+    read_test_masks,
 )
 from tfssim.data.layouts import (
-    LAYOUTS, MASK_SUFFIXES, DatasetSplit, detect_layout, find_mask, load_dataset, load_folder, load_mvtec,
-    load_nanotwice, mask_index, mask_names,
+    LAYOUTS,
+    MASK_SUFFIXES,
+    DatasetSplit,
+    detect_layout,
+    find_mask,
+    load_dataset,
+    load_folder,
+    load_mvtec,
+    load_nanotwice,
+    mask_index,
+    mask_names,
 )
-from tfssim.data.patches import fixed_patches, patch_dataset, steps_per_epoch, validate_images
 from tfssim.data.synthetic import (
-    TEXTURES, SyntheticDataset, add_defects, checkerboard, checkerboard_patches, defective_checkerboard,
-    texture_dataset, write_dataset,
+    TEXTURES,
+    SyntheticDataset,
+    add_defects,
+    checkerboard,
+    checkerboard_patches,
+    defective_checkerboard,
+    texture_dataset,
+    write_dataset,
 )
+
+# Names served by a submodule that imports TensorFlow: resolved on first access only.
+_LAZY = {
+    "fixed_patches": "tfssim.data.patches",
+    "patch_dataset": "tfssim.data.patches",
+    "steps_per_epoch": "tfssim.data.patches",
+    "validate_images": "tfssim.data.patches",
+}
 
 __all__ = [
     "IMAGE_SUFFIXES", "LAYOUTS", "MASK_SUFFIXES", "TEXTURES", "DatasetSplit", "SyntheticDataset", "add_defects",
@@ -26,3 +64,24 @@ __all__ = [
     "steps_per_epoch",
     "texture_dataset", "validate_images", "write_dataset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the TensorFlow part of the package on first use of one of its names.
+
+    The value is stored in the module's namespace, so later lookups are plain attribute reads and
+    ``monkeypatch.setattr(tfssim.data, "patch_dataset", ...)`` replaces what callers see.
+
+    Raises:
+        AttributeError: ``name`` is not a name of this package.
+    """
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

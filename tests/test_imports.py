@@ -1,0 +1,85 @@
+"""The TensorFlow-free part of tfssim: what a TF Serving client needs imports and runs without TensorFlow."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# Every module a client without TensorFlow uses (issue 15: post-processing, metrics, image and mask
+# reading, plots, the metadata type, the REST client).
+TF_FREE = ["tfssim", "tfssim.postprocess", "tfssim.metrics", "tfssim.data", "tfssim.data.io", "tfssim.data.layouts",
+           "tfssim.data.synthetic", "tfssim.plots", "tfssim.metadata", "tfssim.client", "tfssim._io"]
+
+_USE_WITHOUT_TENSORFLOW = """
+import importlib, json, sys, tempfile
+from pathlib import Path
+
+try:
+    import tensorflow  # noqa: F401
+    blocked = False
+except ModuleNotFoundError:
+    blocked = True
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+import numpy as np
+from skimage import io
+
+import tfssim
+from tfssim import data, metrics, plots, postprocess
+
+assert tfssim.client.ServingClient and tfssim.metadata.ExportMetadata  # lazy attributes of the package
+
+# ... and they run: read an image and a mask, post-process a map, score it, draw a figure.
+folder = Path(tempfile.mkdtemp())
+image = np.zeros((40, 48), np.uint8)
+image[10:20, 10:30] = 255
+io.imsave(folder / "a.png", image, check_contrast=False)
+io.imsave(folder / "a_gt.png", image, check_contrast=False)
+read = data.read_image(folder / "a.png")
+mask = data.read_mask(folder / "a_gt.png")
+found = postprocess.PostProcessor(threshold=0.5)(read)
+auroc = metrics.pixel_roc_auc([read[..., 0] + 0.1 * np.random.default_rng(0).random((40, 48))], [mask])
+figure = plots.plot_roc_curves({"x": (np.array([0, 1.0]), np.array([0, 1.0]), 0.5)}, folder / "roc.png")
+try:
+    from tfssim.data import patch_dataset  # noqa: F401  (the tf.data pipeline: needs TensorFlow)
+    lazy_error = None
+except ModuleNotFoundError as err:
+    lazy_error = err.name
+print(json.dumps({
+    "blocked": blocked,
+    "loaded": sorted(m for m in ("tensorflow", "keras", "tf_keras", "jax", "torch") if m in sys.modules),
+    "image": list(read.shape), "mask_pixels": int(mask.sum()), "regions": len(found[1]),
+    "region_area": found[1][0]["area"], "auroc": auroc, "figure": figure.stat().st_size > 0,
+    "lazy_error": lazy_error,
+}))
+"""
+
+
+def test_client_modules_import_and_run_where_tensorflow_cannot_be_imported(run_without_tensorflow):
+    done = run_without_tensorflow(_USE_WITHOUT_TENSORFLOW, *TF_FREE)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["blocked"], "the subprocess could import tensorflow: this test would prove nothing"
+    assert result["loaded"] == []  # neither TensorFlow nor Keras (which would import its backend)
+    assert result["image"] == [40, 48, 1] and result["mask_pixels"] == 200
+    # one region: the 10x20 rectangle less its 4 corner pixels, which the opening's diameter-4 disk
+    # (a 4x4 square without its corners) cannot reach
+    assert result["regions"] == 1 and result["region_area"] == 196
+    assert result["auroc"] == pytest.approx(1.0)
+    assert result["figure"]
+    # the tf.data names are still there, and fail only on use, naming the missing module
+    assert result["lazy_error"] == "tensorflow"
+
+
+def test_the_tf_data_names_of_tfssim_data_resolve_lazily_to_the_pipeline():
+    import tfssim.data
+    import tfssim.data.patches
+
+    for name in ("patch_dataset", "fixed_patches", "steps_per_epoch", "validate_images"):
+        assert name in tfssim.data.__all__ and name in dir(tfssim.data)
+        assert getattr(tfssim.data, name) is getattr(tfssim.data.patches, name)
+    from tfssim.data import steps_per_epoch
+
+    assert steps_per_epoch(100, 32) == tfssim.data.patches.steps_per_epoch(100, 32)
+    with pytest.raises(AttributeError, match="has no attribute 'patch_datasets'"):
+        tfssim.data.patch_datasets  # noqa: B018

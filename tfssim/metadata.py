@@ -1,0 +1,302 @@
+"""The metadata of a tfssim export (``assets/tfssim.json``), read and validated without TensorFlow.
+
+``tfssim.export.export_model`` writes one JSON object next to the SavedModel: the model's kind
+and geometry, the SSIM parameters of its anomaly map, the signatures it serves, and the
+post-processing settings (threshold, opening, convex hull). :class:`ExportMetadata` is that
+object as a typed dataclass, so that a TF Serving client, the post-processor and the command-line
+tools read one validated type instead of string keys. This module imports only the standard
+library: a service that calls TF Serving over REST can read an export's metadata without
+installing TensorFlow.
+
+Reading is tolerant and strict at once: keys this version does not know (written by a newer
+tfssim) are kept in :attr:`ExportMetadata.extra` and written back unchanged by
+:meth:`ExportMetadata.to_dict`, while every known key must have the type and range the exporter
+writes.
+
+Example:
+    >>> meta = ExportMetadata.read("exported_models/nanotwice")     # newest version folder
+    >>> meta.patch_size, meta.stride, meta.threshold
+    (128, 30, 0.412)
+    >>> PostProcessor.from_metadata(meta.to_dict())                   # tfssim.postprocess
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["ExportMetadata", "FORMAT", "METADATA_FILE", "metadata_path"]
+
+# The metadata file inside an export version folder.
+METADATA_FILE = Path("assets") / "tfssim.json"
+# The metadata format this module reads and writes ("format" key); a larger one is refused.
+FORMAT = 1
+
+# Keys every export since the first has written: a file without one of them is not tfssim metadata.
+_REQUIRED = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# Per key: (what it must be, in words; the check). ``None`` is allowed where the field's type is
+# Optional (checked separately from the field default).
+_CHECKS: dict[str, tuple[str, Any]] = {
+    "format": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "name": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "version": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "kind": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "residual": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "patch_size": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "channels": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "stride": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "chunk_size": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "ssim": ("an object of SSIM parameters", lambda v: isinstance(v, dict)),
+    "ssim_padding": ("a string", lambda v: isinstance(v, str)),
+    "vae_samples": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "vae_seed": ("an integer", _is_int),
+    "observation_std": ("a positive number", lambda v: _is_number(v) and v > 0),
+    "map_sigma": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "latent_dim": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "threshold": ("a finite number", _is_number),
+    "threshold_fpr": ("a number between 0 and 1", lambda v: _is_number(v) and 0 < v < 1),
+    "opening_diameter": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "convex_hull": ("true or false", lambda v: isinstance(v, bool)),
+    "input_name": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "uint8_scale": ("a positive number", lambda v: _is_number(v) and v > 0),
+    "float_signature": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "stride_signature": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "signatures": ("an object", lambda v: isinstance(v, dict)),
+    "outputs": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "output_shapes": ("an object of strings",
+                      lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+    "jit_compile": ("true or false", lambda v: isinstance(v, bool)),
+    "training_config": ("an object", lambda v: isinstance(v, dict)),
+    "source": ("a string", lambda v: isinstance(v, str)),
+    "tfssim_version": ("a string", lambda v: isinstance(v, str)),
+    "tensorflow_version": ("a string", lambda v: isinstance(v, str)),
+    "keras_version": ("a string", lambda v: isinstance(v, str)),
+    "created": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+@dataclass
+class ExportMetadata:
+    """The metadata ``tfssim-export`` writes into ``assets/tfssim.json`` of an export.
+
+    Fields other than the first eight are optional: an export written before a field existed
+    gets the value that exporter behaved with (e.g. ``map_sigma`` 0: no smoothing).
+
+    Attributes:
+        format: Metadata format (1).
+        name: Model name (TF Serving's ``--model_name``).
+        version: Version folder number.
+        kind: Model kind (``ssim``, ``l2``, ``vae``, ``fm``).
+        residual: How the anomaly map is computed (``ssim``, ``l2``, ``vae``).
+        patch_size: Side of the square patches the model reconstructs.
+        channels: Image channels the model takes.
+        stride: Default tiling stride of the signatures.
+        chunk_size: Tiles per model call inside the graph.
+        ssim: SSIM parameters of the anomaly map (``residual == "ssim"`` only).
+        ssim_padding: How the SSIM map is padded at the image border.
+        vae_samples: Posterior samples per pixel score (VAE only).
+        vae_seed: Seed of the VAE's posterior sampling (VAE only).
+        observation_std: The VAE's observation noise (VAE only).
+        map_sigma: Gaussian smoothing of the served maps, in pixels (0: none).
+        latent_dim: Size of the latent code.
+        threshold: Calibrated anomaly-map threshold (``None`` until ``tfssim-calibrate``).
+        threshold_fpr: Pixel false-positive rate the threshold was set at.
+        opening_diameter: Diameter of the opening's circular element (0: no opening).
+        convex_hull: Replace each region by its convex hull.
+        input_name: Name of the image input of every signature.
+        uint8_scale: Factor from ``serving_default``'s uint8 input to [0, 1].
+        float_signature: Signature taking float32 images in [0, 1].
+        stride_signature: Signature taking float32 images and a stride.
+        signatures: Description of every signature (inputs, stride).
+        outputs: Names of the signatures' outputs.
+        output_shapes: Shape of each output, in words.
+        jit_compile: Whether the model call is XLA-compiled.
+        training_config: The training run's settings, when known.
+        source: The model file the export was made from.
+        tfssim_version: tfssim version that wrote the export.
+        tensorflow_version: TensorFlow version that wrote the export.
+        keras_version: Keras version that wrote the export.
+        created: UTC time of the export (ISO 8601).
+        extra: Keys this version does not know, kept so that rewriting the file loses nothing.
+    """
+
+    format: int
+    name: str
+    version: int
+    kind: str
+    residual: str
+    patch_size: int
+    channels: int
+    stride: int
+    chunk_size: int | None = None
+    ssim: dict[str, Any] | None = None
+    ssim_padding: str | None = None
+    vae_samples: int | None = None
+    vae_seed: int | None = None
+    observation_std: float | None = None
+    map_sigma: float = 0.0
+    latent_dim: int | None = None
+    threshold: float | None = None
+    threshold_fpr: float | None = None
+    opening_diameter: int = 4
+    convex_hull: bool = True
+    input_name: str = "image"
+    uint8_scale: float = 1 / 255
+    float_signature: str = "serve_float"
+    stride_signature: str = "serve_with_stride"
+    signatures: dict[str, Any] | None = None
+    outputs: list[str] = field(default_factory=lambda: ["reconstruction", "anomaly_map"])
+    output_shapes: dict[str, str] | None = None
+    jit_compile: bool = False
+    training_config: dict[str, Any] | None = None
+    source: str | None = None
+    tfssim_version: str | None = None
+    tensorflow_version: str | None = None
+    keras_version: str | None = None
+    created: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The metadata keys this version knows, in the order the exporter writes them."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str | os.PathLike | None = None) -> "ExportMetadata":
+        """Metadata from the decoded JSON object.
+
+        Args:
+            values: The object of ``assets/tfssim.json``.
+            source: Where it came from (e.g. the file), named in error messages.
+
+        Returns:
+            The validated metadata; unknown keys are kept in ``extra``.
+
+        Raises:
+            ValueError: ``values`` is not an object, misses a required key, holds a known key
+                of the wrong type or range, or has a newer ``format`` than this version reads.
+        """
+        where = f"{source}: " if source is not None else ""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{where}tfssim metadata must be a JSON object, got {_type_name(values)}")
+        missing = [key for key in _REQUIRED if key not in values]
+        if missing:
+            raise ValueError(f"{where}tfssim metadata lacks {', '.join(missing)}; is this a tfssim export? "
+                             "(re-export the model with tfssim-export)")
+        known = set(cls.keys())
+        given = {key: value for key, value in values.items() if key in known}
+        extra = {key: value for key, value in values.items() if key not in known}
+        try:
+            return cls(**given, extra=extra)
+        except ValueError as err:
+            raise ValueError(f"{where}{err}") from None
+
+    def validate(self) -> None:
+        """Check every field's type and range (called on construction).
+
+        Raises:
+            ValueError: one line naming the first wrong key, what it must be and what it is.
+        """
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key, (expected, check) in _CHECKS.items():
+            value = getattr(self, key)
+            if value is None and (key not in _REQUIRED and defaults.get(key) is None):
+                continue
+            if not check(value):
+                raise ValueError(f"tfssim metadata key {key!r} must be {expected}, got {value!r}")
+        if self.format > FORMAT:
+            raise ValueError(f"tfssim metadata format {self.format} is newer than this tfssim reads ({FORMAT}); "
+                             "upgrade tfssim")
+        if self.stride > self.patch_size:
+            raise ValueError(f"tfssim metadata stride {self.stride} is larger than its patch size {self.patch_size}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra metadata must be a dict, got {_type_name(self.extra)}")
+        clash = set(self.extra) & set(self.keys())
+        if clash:
+            raise ValueError(f"extra metadata repeats known key(s) {sorted(clash)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object to write: every known key (``None`` included), then the unknown ones.
+
+        ``ExportMetadata.from_dict(m.to_dict()) == m``, and a file read and written again keeps
+        the keys a newer tfssim added.
+        """
+        values = {key: getattr(self, key) for key in self.keys()}
+        values = json.loads(json.dumps(values))  # deep copy, tuples as lists: what a reader sees
+        values.update(json.loads(json.dumps(self.extra)))
+        return values
+
+    def replace(self, **changes: Any) -> "ExportMetadata":
+        """A validated copy with some fields changed (e.g. ``threshold=0.4, threshold_fpr=0.01``)."""
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ExportMetadata":
+        """Read the metadata of an export.
+
+        Args:
+            path: A version folder (holding ``assets/tfssim.json``), a model folder (its newest
+                numbered version is read), or the JSON file itself (e.g. a copy on a client).
+
+        Returns:
+            The validated metadata.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: no metadata there, not valid JSON, or invalid metadata.
+        """
+        file = metadata_path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{file} is not a UTF-8 text file ({err.reason})") from None
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                             "re-export the model with tfssim-export") from None
+        return cls.from_dict(values, source=file)
+
+
+def metadata_path(path: str | os.PathLike) -> Path:
+    """The metadata file of an export, from the file itself, its version folder or its model folder.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: neither ``path`` nor its newest numbered version folder holds ``assets/tfssim.json``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"export {path} does not exist")
+    if path.is_file():
+        return path
+    if (path / METADATA_FILE).is_file():
+        return path / METADATA_FILE
+    versions = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    if versions and (versions[-1] / METADATA_FILE).is_file():
+        return versions[-1] / METADATA_FILE
+    where = f"{path} (newest version {versions[-1].name})" if versions else str(path)
+    raise ValueError(f"{where} has no {METADATA_FILE}; it is not a tfssim export (re-export with tfssim-export)")
