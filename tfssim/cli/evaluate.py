@@ -67,7 +67,10 @@ def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None,
 def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: float, val_split: float | None,
          seed: int | None, segmentation_auroc: bool, verbose: bool) -> None:
     """Evaluate EXPORTS (export folders) on the labelled DATASET (NanoTWICE, MVTec AD category,
-    or a folder with val/, test/ and ground_truth/)."""
+    or a folder with val/, test/ and ground_truth/).
+
+    Test sets sorted by defect type (MVTec AD, or test/<type>/ folders) are also scored per type:
+    each type's images together with the good test images."""
     setup_logging(verbose)
     import json
 
@@ -91,7 +94,8 @@ def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: 
         results = evaluation.evaluate(split, models, output, fpr=fpr, segmentation_auroc=segmentation_auroc)
     click.echo(evaluation.format_table(results))
     click.echo(f"results: {output}/results.json, results.csv, roc.png, roc_*.csv, pro_*.png, pro_*.csv, "
-               f"{'segroc_*.csv, ' if segmentation_auroc else ''}overlays/ "
+               f"{'segroc_*.csv, ' if segmentation_auroc else ''}"
+               f"{'per_type.png, ' if any(r.per_type for r in results) else ''}overlays/ "
                f"({time.perf_counter() - started:.1f} s)")
 
 

@@ -1,0 +1,157 @@
+"""Issue 18: per-defect-type scores, relocatable run folders, a clear word without TensorFlow,
+and the checkpoint an export took."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from skimage import io
+from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
+
+from tfssim import data, evaluation
+from tfssim.cli.evaluate import main as evaluate_cli
+from tfssim.inference import ExportedModel
+
+# ---------------------------------------------------------------------------------------------
+# 1. Per-defect-type scores
+
+
+def _synthetic_maps(seed: int = 0):
+    """Maps and masks of 2 'crack' (separable), 2 'stain' (inverted) and 3 good test images."""
+    rng = np.random.default_rng(seed)
+    maps, masks, labels = [], [], []
+    for kind, count in (("crack", 2), ("stain", 2), ("good", 3)):
+        for _ in range(count):
+            m = rng.uniform(0.2, 0.6, (24, 30))
+            g = np.zeros((24, 30), bool)
+            if kind != "good":
+                y, x = rng.integers(2, 12), rng.integers(2, 18)
+                g[y:y + 6, x:x + 8] = True
+                # crack: every defect pixel above every good pixel; stain: below every good pixel.
+                m[g] = rng.uniform(0.7, 0.9, int(g.sum())) if kind == "crack" else rng.uniform(0.0, 0.1, int(g.sum()))
+            maps.append(m)
+            masks.append(g)
+            labels.append(kind)
+    val = [rng.uniform(0.2, 0.6, (24, 30)) for _ in range(2)]
+    return val, maps, masks, labels
+
+
+def test_per_type_scores_match_sklearn_on_each_types_pixels():
+    val, maps, masks, labels = _synthetic_maps()
+    result = evaluation.evaluate_maps("m", val, maps, masks, fpr=0.05, opening_diameter=0, convex_hull=False,
+                                      test_labels=labels)
+    assert list(result.per_type) == ["crack", "stain"]
+    threshold = result.scores["threshold"]
+    good = [i for i, k in enumerate(labels) if k == "good"]
+    for kind, scores in result.per_type.items():
+        own = [i for i, k in enumerate(labels) if k == kind]
+        chosen = own + good
+        y = np.concatenate([masks[i].ravel() for i in chosen])
+        s = np.concatenate([maps[i].ravel() for i in chosen])
+        assert scores["pixel_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        image_labels = [1] * len(own) + [0] * len(good)
+        assert scores["image_auroc"] == pytest.approx(roc_auc_score(image_labels, [maps[i].max() for i in chosen]))
+        seg = s > threshold  # no opening, no hulls: the segmentation is the thresholded map
+        assert scores["f1"] == pytest.approx(f1_score(y, seg, zero_division=1.0))
+        assert scores["iou"] == pytest.approx(jaccard_score(y, seg, zero_division=1.0))
+        assert (scores["images"], scores["good_images"]) == (2, 3)
+    # Known by construction: crack's defect pixels outscore every good pixel, stain's none.
+    assert result.per_type["crack"]["pixel_auroc"] == 1.0 and result.per_type["crack"]["aupro_0.3"] == 1.0
+    assert result.per_type["stain"]["pixel_auroc"] == 0.0 and result.per_type["stain"]["aupro_0.3"] == 0.0
+    # The other type's images are not in a type's pixels: the pooled score lies between the two.
+    pooled = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
+    assert result.scores["pixel_auroc"] == pytest.approx(pooled, abs=1e-12) and 0.2 < pooled < 0.8
+    # Without labels: no per-type scores.
+    assert evaluation.evaluate_maps("m", val, maps, masks, fpr=0.05).per_type is None
+
+
+def _typed_folder(dataset: Path, root: Path) -> Path:
+    """The conftest dataset re-sorted by defect type: test/crack (2), test/stain (1), test/good (1)."""
+    shutil.copytree(dataset / "train", root / "train")
+    shutil.copytree(dataset / "val", root / "val")
+    tests = data.list_images(dataset / "test")
+    for kind, images in (("crack", tests[:2]), ("stain", tests[2:])):
+        (root / "test" / kind).mkdir(parents=True)
+        (root / "ground_truth" / kind).mkdir(parents=True)
+        for image in images:
+            shutil.copy(image, root / "test" / kind / image.name)
+            shutil.copy(dataset / "ground_truth" / f"{image.stem}_mask.png", root / "ground_truth" / kind)
+    (root / "test" / "good").mkdir()
+    train = io.imread(data.list_images(dataset / "train")[0])
+    io.imsave(root / "test" / "good" / "ok_000.png", train[:64, :80], check_contrast=False)
+    return root
+
+
+def test_defect_types_of_each_layout(dataset, tmp_path):
+    typed = _typed_folder(dataset, tmp_path / "typed")
+    assert evaluation.defect_types(data.load_dataset(typed)) == ["crack", "stain"]
+    assert evaluation.defect_types(data.load_dataset(dataset)) == []  # flat test/ folder
+    mvtec = tmp_path / "mvtec"
+    shutil.copytree(dataset / "train", mvtec / "train" / "good")
+    shutil.copytree(typed / "test", mvtec / "test")
+    shutil.copytree(typed / "ground_truth", mvtec / "ground_truth")
+    split = data.load_dataset(mvtec)
+    assert split.layout == "mvtec" and evaluation.defect_types(split) == ["crack", "stain"]
+    nano = tmp_path / "nano"
+    (nano / "Anomalous").mkdir(parents=True)
+    shutil.copytree(dataset / "val", nano / "Normal")
+    shutil.copytree(dataset / "test", nano / "Anomalous" / "images")
+    (nano / "Anomalous" / "gt").mkdir()
+    for mask in (dataset / "ground_truth").iterdir():
+        shutil.copy(mask, nano / "Anomalous" / "gt" / mask.name.replace("_mask", "_gt"))
+    assert evaluation.defect_types(data.load_dataset(nano)) == []
+
+
+@pytest.mark.slow  # two evaluations of a tiny export: about 15 s here
+def test_evaluate_reports_each_defect_type_beside_the_pooled_scores(exports, dataset, tmp_path):
+    typed = _typed_folder(dataset, tmp_path / "typed")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(evaluate_cli, [str(typed), str(exports[0]), "--output", str(out), "--fpr", "0.05"])
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    payload = json.loads((out / "results.json").read_text())
+    scores = payload["exports"]["ssim/1"]
+    assert payload["counts"]["per_type"] == {"crack": 2, "stain": 1, "good": 1}
+    assert set(scores["per_type"]) == {"crack", "stain"} and "pixel_auroc" in scores
+    assert (out / "per_type.png").stat().st_size > 0 and "per_type.png" in result.output
+    assert "per defect type" in result.output and "crack" in result.output and "stain" in result.output
+
+    # Cross-check against scikit-learn on the model's own maps, type by type.
+    split = data.load_dataset(typed)
+    model = ExportedModel.load(exports[0])
+    maps = [model.predict(data.read_image(p))["anomaly_map"] for p in split.test]
+    masks = [np.zeros((64, 80), bool) if p is None else data.read_mask(p) for p in split.test_masks]
+    good = [i for i, k in enumerate(split.test_labels) if k == "good"]
+    for kind in ("crack", "stain"):
+        own = [i for i, k in enumerate(split.test_labels) if k == kind]
+        y = np.concatenate([masks[i].ravel() for i in own + good])
+        s = np.concatenate([maps[i].ravel() for i in own + good])
+        assert scores["per_type"][kind]["pixel_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+        want = roc_auc_score([1] * len(own) + [0] * len(good), [maps[i].max() for i in own + good])
+        assert scores["per_type"][kind]["image_auroc"] == pytest.approx(want, abs=1e-12)
+        assert 0 <= scores["per_type"][kind]["aupro_0.3"] <= 1
+
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["model"], r["defect_type"]) for r in rows] == [("ssim/1", "all"), ("ssim/1", "crack"),
+                                                              ("ssim/1", "stain")]
+    assert float(rows[0]["pixel_auroc"]) == scores["pixel_auroc"]
+    assert float(rows[1]["pixel_auroc"]) == scores["per_type"]["crack"]["pixel_auroc"]
+    assert float(rows[2]["f1"]) == scores["per_type"]["stain"]["f1"]
+    assert rows[1]["threshold"] == rows[0]["threshold"] and rows[1]["segmentation_auroc"] == ""
+    assert (rows[0]["test_images"], rows[1]["test_images"], rows[2]["test_images"]) == ("4", "3", "2")
+
+    # A flat test folder keeps the pooled report alone.
+    flat_out = tmp_path / "flat"
+    flat = CliRunner().invoke(evaluate_cli, [str(dataset), str(exports[0]), "--output", str(flat_out)])
+    assert flat.exit_code == 0, flat.output
+    flat_payload = json.loads((flat_out / "results.json").read_text())
+    assert "per_type" not in flat_payload["exports"]["ssim/1"] and "per_type" not in flat_payload["counts"]
+    assert not (flat_out / "per_type.png").exists() and "per defect type" not in flat.output
+    with (flat_out / "results.csv").open() as fh:
+        assert next(csv.reader(fh)) == ["model", *evaluation.CSV_KEYS, "seconds"]
