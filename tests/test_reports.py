@@ -155,3 +155,116 @@ def test_evaluate_reports_each_defect_type_beside_the_pooled_scores(exports, dat
     assert not (flat_out / "per_type.png").exists() and "per defect type" not in flat.output
     with (flat_out / "results.csv").open() as fh:
         assert next(csv.reader(fh)) == ["model", *evaluation.CSV_KEYS, "seconds"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Relocatable run folders
+
+TINY_RUN = ["--patch-size", "32", "--latent-dim", "8", "--batch-size", "16", "--patches-per-epoch", "16",
+            "--val-split", "0.25"]
+
+
+def _one_error_line(result, *parts: str) -> str:
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    for part in parts:
+        assert part in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        io.imsave(folder / f"img{i}.png", rng.integers(0, 256, (48, 56), dtype=np.uint8), check_contrast=False)
+    return folder
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with (run / "history.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow  # three tiny training legs: about 20 s here
+def test_a_moved_run_folder_and_dataset_resume_with_their_history(images: Path, tmp_path: Path):
+    from tfssim.cli.train import main as train_cli
+
+    run = tmp_path / "disk1" / "run"
+    first = CliRunner().invoke(train_cli, [str(images), "--output", str(run), "--epochs", "1", *TINY_RUN])
+    assert first.exit_code == 0, first.output
+    record = json.loads((run / "config.json").read_text())
+    assert [name for name, _, _ in record["data_fingerprint"]["train"]] == \
+        [Path(p).name for p in record["train_images"]]
+    first_row = _history(run)[0]
+
+    # The run folder moves to another disk and the dataset to another folder: resume there.
+    moved = tmp_path / "disk2" / "run"
+    shutil.copytree(run, moved)
+    shutil.rmtree(run)
+    data_moved = shutil.copytree(images, tmp_path / "elsewhere" / "images")
+    resumed = CliRunner().invoke(train_cli, [str(data_moved), "--output", str(moved), "--epochs", "2", "--resume",
+                                             *TINY_RUN])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming after epoch 1" in resumed.output
+    rows = _history(moved)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == first_row  # the history came along
+    again = json.loads((moved / "config.json").read_text())
+    assert again["config"]["output"] == str(moved) and again["config"]["data"] == str(data_moved)
+    assert again["previous_locations"] == [{"output": str(run), "data": str(images)}]
+    assert again["data_fingerprint"] == record["data_fingerprint"]
+    assert not run.exists()
+
+    # Same names and sizes, one pixel changed: refused, naming the image, nothing touched.
+    changed = shutil.copytree(images, tmp_path / "changed")
+    pixels = io.imread(changed / "img0.png")
+    pixels[0, 0] ^= 1
+    io.imsave(changed / "img0.png", pixels, check_contrast=False)
+    before = (moved / "history.csv").read_text()
+    refused = CliRunner().invoke(train_cli, [str(changed), "--output", str(moved), "--epochs", "3", "--resume",
+                                             *TINY_RUN])
+    line = _one_error_line(refused, "img0.png", "differ", "give DATA the run's images")
+    assert "SHA-256" in line
+    assert (moved / "history.csv").read_text() == before
+
+    # A run from before fingerprints: names decide; another name is refused.
+    del again["data_fingerprint"]
+    (moved / "config.json").write_text(json.dumps(again))
+    renamed = shutil.copytree(images, tmp_path / "renamed")
+    (renamed / "img3.png").rename(renamed / "img9.png")
+    old = CliRunner().invoke(train_cli, [str(renamed), "--output", str(moved), "--epochs", "3", "--resume", *TINY_RUN])
+    _one_error_line(old, "img9.png", "compared by names")
+    assert (moved / "history.csv").read_text() == before
+
+
+def test_resume_data_check_without_a_recorded_fingerprint_goes_by_names(images: Path, tmp_path: Path, caplog):
+    from tfssim import training
+
+    config = training.TrainConfig(data=str(images), output=str(tmp_path / "run"), val_split=0.25)
+    split = data.load_dataset(images, val_fraction=0.25)
+    previous = {"config": {"data": str(images)}, "train_images": [str(p) for p in split.train],
+                "val_images": [str(p) for p in split.val]}
+    # Same place: nothing is read; the fingerprint is made when the record is written.
+    assert training._check_same_data(previous, config, split, tmp_path) is None
+    # Moved with the same names (one image's content changed: names cannot tell): accepted, with a warning.
+    moved = shutil.copytree(images, tmp_path / "moved")
+    pixels = io.imread(moved / "img1.png")
+    io.imsave(moved / "img1.png", 255 - pixels, check_contrast=False)
+    config.data = str(moved)
+    moved_split = data.load_dataset(moved, val_fraction=0.25)
+    with caplog.at_level("WARNING", logger="tfssim.training"):
+        got = training._check_same_data(previous, config, moved_split, tmp_path)
+    assert "only the image names were compared" in caplog.text
+    assert got == training.data_fingerprint(moved, moved_split.train, moved_split.val)
+    # The fingerprint is recorded from now on: the next move compares contents.
+    import hashlib
+
+    name, size, digest = got["train"][0]
+    path = moved / name
+    assert (size, digest) == (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+    with pytest.raises(ValueError, match="same size, other content|bytes"):
+        training._check_same_data({**previous, "data_fingerprint": training.data_fingerprint(
+            images, split.train, split.val)}, config, moved_split, tmp_path)
