@@ -268,3 +268,109 @@ def test_resume_data_check_without_a_recorded_fingerprint_goes_by_names(images: 
     with pytest.raises(ValueError, match="same size, other content|bytes"):
         training._check_same_data({**previous, "data_fingerprint": training.data_fingerprint(
             images, split.train, split.val)}, config, moved_split, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Without TensorFlow
+
+# Runs a module as __main__ in a Python where `import tensorflow` fails as it does when the
+# package is not installed (a meta-path finder raising ModuleNotFoundError for it).
+_NO_TF = """
+import importlib.abc, runpy, sys
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, NoTensorFlow())
+for module in [m for m in list(sys.modules) if m.split(".")[0] in ("tensorflow", "keras")]:
+    del sys.modules[module]
+kind, target, *args = sys.argv[1:]
+if kind == "run":
+    sys.argv = [target, *args]
+    runpy.run_module(target, run_name="__main__")
+else:
+    exec(target)
+"""
+INSTALL = "pip install 'tfssim[cpu]' (or 'tfssim[gpu]')"
+COMMANDS = ("train", "export", "calibrate", "predict", "evaluate", "demo")
+
+
+def _without_tf(kind: str, target: str, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-c", _NO_TF, kind, target, *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_works_without_tensorflow(command):
+    done = _without_tf("run", f"tfssim.cli.{command}", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_says_how_to_install_tensorflow(command, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    args = {
+        "train": [str(folder), "--output", str(tmp_path / "run")],
+        "export": [str(folder), "--name", "x", "--output", str(tmp_path / "exports")],
+        "calibrate": [str(folder), str(folder)],
+        "predict": [str(folder), str(folder / "a.png"), "--output", str(tmp_path / "out")],
+        "evaluate": [str(folder), str(folder), "--output", str(tmp_path / "out")],
+        "demo": ["--output", str(tmp_path / "out")],
+    }[command]
+    done = _without_tf("run", f"tfssim.cli.{command}", *args)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].endswith(INSTALL), done.stderr
+    assert "TensorFlow is not installed" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]  # nothing written
+
+
+def test_train_config_file_without_tensorflow(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 3\n")
+    done = _without_tf("run", "tfssim.cli.train", "--config", str(config), str(tmp_path), "--output", str(tmp_path / "r"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("Error:")] == [
+        f"Error: TensorFlow is not installed, and this needs it; install tfssim with a TensorFlow flavour: {INSTALL}"]
+
+
+def test_importing_a_tensorflow_module_without_it_names_the_install_command():
+    check = """
+import tfssim, tfssim.inference, tfssim.postprocess, tfssim.plots, tfssim.cli._common  # no TensorFlow needed
+for name in ("tfssim.training", "tfssim.export", "tfssim.ssim", "tfssim.models", "tfssim.data", "tfssim.scoring"):
+    try:
+        __import__(name)
+    except ModuleNotFoundError as err:
+        assert err.name == "tensorflow" and str(err).endswith(INSTALL), (name, str(err))
+    else:
+        raise AssertionError(name + " imported without TensorFlow")
+try:
+    tfssim.inference.ExportedModel.load(".")
+except ImportError as err:
+    assert str(err).endswith(INSTALL), str(err)
+else:
+    raise AssertionError("loaded")
+print("ok")
+""".replace("INSTALL", repr(INSTALL))
+    done = _without_tf("exec", check)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_broken_tensorflow_is_one_line_too():
+    from tfssim._requirements import is_tensorflow_import_error, tensorflow_message
+
+    err = ImportError("libcudart.so.12: cannot open shared object file\nmore", name="tensorflow")
+    line = tensorflow_message(err)
+    assert line == f"TensorFlow is installed but does not import (libcudart.so.12: cannot open shared object " \
+                   f"file); reinstall it: {INSTALL}"
+    assert is_tensorflow_import_error(err) and not is_tensorflow_import_error(ModuleNotFoundError("x", name="yaml"))

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import click
 
-from tfssim.cli._common import setup_logging, usage_errors
+from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
 
 # The validation split of MVTec AD and plain folders when neither the command line nor the
 # export's training_config gives it (tfssim-train's defaults).
@@ -64,6 +64,7 @@ def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None,
               help="Also the ROC AUC of the post-processed segmentations (threshold, opening, convex hulls) "
                    "swept over 25 thresholds, as the paper counts pixels classified as defect; slower.")
 @click.option("--verbose", "-v", is_flag=True)
+@tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: float, val_split: float | None,
          seed: int | None, segmentation_auroc: bool, verbose: bool) -> None:
     """Evaluate EXPORTS (export folders) on the labelled DATASET (NanoTWICE, MVTec AD category,
