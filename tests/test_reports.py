@@ -217,6 +217,13 @@ def test_a_moved_run_folder_and_dataset_resume_with_their_history(images: Path, 
     assert again["previous_locations"] == [{"output": str(run), "data": str(images)}]
     assert again["data_fingerprint"] == record["data_fingerprint"]
     assert not run.exists()
+    # The export of the moved run records the epoch best.keras holds: the lowest val_loss's.
+    from tfssim import export
+
+    _, info = export.load_for_export(moved)
+    lowest = min(rows, key=lambda r: float(r["val_loss"]))
+    assert info["checkpoint"]["file"] == "best.keras" and info["checkpoint"]["epoch"] == int(lowest["epoch"])
+    assert info["checkpoint"]["val_loss"] == float(lowest["val_loss"]) and info["checkpoint"]["epochs_configured"] == 2
 
     # Same names and sizes, one pixel changed: refused, naming the image, nothing touched.
     changed = shutil.copytree(images, tmp_path / "changed")
@@ -374,3 +381,112 @@ def test_a_broken_tensorflow_is_one_line_too():
     assert line == f"TensorFlow is installed but does not import (libcudart.so.12: cannot open shared object " \
                    f"file); reinstall it: {INSTALL}"
     assert is_tensorflow_import_error(err) and not is_tensorflow_import_error(ModuleNotFoundError("x", name="yaml"))
+
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The checkpoint an export took
+
+
+def _hold_lock(path: Path, how: str):
+    """A process that holds ``how`` ('flock' or 'lockf') on ``path`` until it is killed."""
+    import subprocess
+    import sys
+
+    code = ("import fcntl, sys\nf = open(sys.argv[1], 'a')\n"
+            f"fcntl.{how}(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _write_run(run: Path, val_losses, epochs: int = 5) -> None:
+    """A run folder as tfssim-train leaves it: config.json, history.csv, best.keras and final.keras."""
+    from tfssim.models import build_model
+
+    run.mkdir(parents=True)
+    model = build_model("ssim", 32, 1, 8)
+    model.save(run / "final.keras")
+    model.save(run / "best.keras")
+    (run / "config.json").write_text(json.dumps({"config": {"epochs": epochs, "model": "ssim", "patch_size": 32},
+                                                 "model": "ssim", "channels": 1, "patch_size": 32}))
+    with (run / "history.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", "loss", "val_loss", "seconds"])
+        for i, v in enumerate(val_losses):
+            writer.writerow([i + 1, 0.9 - 0.1 * i, v, 1.0])
+
+
+def test_training_running_sees_a_held_lock(tmp_path):
+    from tfssim.export import RUN_LOCK_FILE, training_running
+
+    assert training_running(tmp_path) is None  # no lock file: cannot tell
+    (tmp_path / RUN_LOCK_FILE).touch()
+    assert training_running(tmp_path) is False
+    for how in ("flock", "lockf"):
+        holder = _hold_lock(tmp_path / RUN_LOCK_FILE, how)
+        try:
+            assert training_running(tmp_path) is True, how
+        finally:
+            holder.kill()
+            holder.wait()
+        assert training_running(tmp_path) is False, how
+
+
+def test_checkpoint_info_reads_the_epoch_from_history(tmp_path):
+    import os
+
+    from tfssim.export import checkpoint_info
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").touch()
+    (run / "final.keras").touch()
+    val = [0.5, 0.3, 0.4, 0.3]
+    with (run / "history.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([["epoch", "loss", "val_loss", "seconds"],
+                                  *[[i + 1, 1.0 / (i + 1), v, 2.0] for i, v in enumerate(val)]])
+    best = checkpoint_info(run, run / "best.keras", {"config": {"epochs": 10}})
+    assert (best["epoch"], best["val_loss"], best["loss"]) == (2, 0.3, 0.5)  # the first of two equal lowest
+    assert (best["epochs_done"], best["epochs_configured"], best["monitor"]) == (4, 10, "val_loss")
+    assert best["training_running"] is None
+    # final.keras written after the last history row: the last epoch; older than history: unknown.
+    os.utime(run / "history.csv", (1_000_000, 1_000_000))
+    assert checkpoint_info(run, run / "final.keras")["epoch"] == 4
+    os.utime(run / "final.keras", (999_000, 999_000))
+    assert checkpoint_info(run, run / "final.keras")["epoch"] is None
+    # No validation images: best.keras is chosen by the training loss.
+    with (run / "history.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([["epoch", "loss", "seconds"], [1, 0.4, 1], [2, 0.2, 1], [3, 0.25, 1]])
+    best = checkpoint_info(run, run / "best.keras")
+    assert (best["epoch"], best["monitor"], best["loss"], best["val_loss"]) == (2, "loss", 0.2, None)
+
+
+@pytest.mark.slow  # two tiny exports: about 10 s here
+def test_export_records_and_prints_its_checkpoint_and_warns_while_training_runs(tmp_path):
+    from tfssim.cli.export import main as export_cli
+    from tfssim.export import RUN_LOCK_FILE, read_metadata
+
+    run = tmp_path / "run"
+    _write_run(run, [0.5, 0.2, 0.3])
+    done = CliRunner().invoke(export_cli, [str(run), "--name", "m", "--output", str(tmp_path / "exports")])
+    assert done.exit_code == 0 and done.exception is None, done.output
+    meta = read_metadata(tmp_path / "exports" / "m" / "1")
+    checkpoint = meta["checkpoint"]
+    assert (checkpoint["file"], checkpoint["epoch"], checkpoint["val_loss"]) == ("best.keras", 2, 0.2)
+    assert checkpoint["epochs_done"] == 3 and checkpoint["epochs_configured"] == 5
+    assert f"checkpoint: {run / 'best.keras'}: epoch 2 of 5 (3 done; val_loss 0.2, the lowest)" in done.output
+    assert "cannot tell whether training" in done.output and "warning" not in done.output
+
+    (run / RUN_LOCK_FILE).touch()
+    holder = _hold_lock(run / RUN_LOCK_FILE, "flock")
+    try:
+        running = CliRunner().invoke(export_cli, [str(run), "--name", "m", "--output", str(tmp_path / "exports")])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert running.exit_code == 0, running.output
+    warnings = [line for line in running.output.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "best.keras" in warnings[0] and "export again" in warnings[0]
+    assert read_metadata(tmp_path / "exports" / "m" / "2")["checkpoint"]["training_running"] is True
