@@ -463,30 +463,39 @@ def test_checkpoint_info_reads_the_epoch_from_history(tmp_path):
     assert (best["epoch"], best["monitor"], best["loss"], best["val_loss"]) == (2, "loss", 0.2, None)
 
 
-@pytest.mark.slow  # two tiny exports: about 10 s here
+def test_export_says_when_it_cannot_tell_whether_training_runs(tmp_path, caplog):
+    from tfssim import export
+
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = {"file": "final.keras", "path": str(run / "final.keras"), "epoch": 4, "epochs_configured": 4,
+                  "epochs_done": 4, "monitor": "loss", "loss": 0.25, "training_running": None}
+    with caplog.at_level("INFO", logger="tfssim.export"):
+        export._report_checkpoint(run, checkpoint)
+    assert f"checkpoint: {run / 'final.keras'}: epoch 4 of 4 (4 done; loss 0.25)" in caplog.text
+    assert "cannot tell whether training" in caplog.text and "warning" not in caplog.text
+
+
+@pytest.mark.slow  # a tiny export: about 10 s here
 def test_export_records_and_prints_its_checkpoint_and_warns_while_training_runs(tmp_path):
     from tfssim.cli.export import main as export_cli
     from tfssim.export import RUN_LOCK_FILE, read_metadata
 
     run = tmp_path / "run"
     _write_run(run, [0.5, 0.2, 0.3])
-    done = CliRunner().invoke(export_cli, [str(run), "--name", "m", "--output", str(tmp_path / "exports")])
+    (run / RUN_LOCK_FILE).touch()
+    holder = _hold_lock(run / RUN_LOCK_FILE, "flock")
+    try:
+        done = CliRunner().invoke(export_cli, [str(run), "--name", "m", "--output", str(tmp_path / "exports")])
+    finally:
+        holder.kill()
+        holder.wait()
     assert done.exit_code == 0 and done.exception is None, done.output
     meta = read_metadata(tmp_path / "exports" / "m" / "1")
     checkpoint = meta["checkpoint"]
     assert (checkpoint["file"], checkpoint["epoch"], checkpoint["val_loss"]) == ("best.keras", 2, 0.2)
     assert checkpoint["epochs_done"] == 3 and checkpoint["epochs_configured"] == 5
+    assert checkpoint["training_running"] is True
     assert f"checkpoint: {run / 'best.keras'}: epoch 2 of 5 (3 done; val_loss 0.2, the lowest)" in done.output
-    assert "cannot tell whether training" in done.output and "warning" not in done.output
-
-    (run / RUN_LOCK_FILE).touch()
-    holder = _hold_lock(run / RUN_LOCK_FILE, "flock")
-    try:
-        running = CliRunner().invoke(export_cli, [str(run), "--name", "m", "--output", str(tmp_path / "exports")])
-    finally:
-        holder.kill()
-        holder.wait()
-    assert running.exit_code == 0, running.output
-    warnings = [line for line in running.output.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "best.keras" in warnings[0] and "export again" in warnings[0]
-    assert read_metadata(tmp_path / "exports" / "m" / "2")["checkpoint"]["training_running"] is True
+    warnings = [line for line in done.output.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "best.keras" in warnings[0] and "export again" in warnings[0], done.output

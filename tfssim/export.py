@@ -247,6 +247,20 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
     return line
 
 
+def _report_checkpoint(source: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Log which checkpoint an export takes, and warn when the run is still training."""
+    if checkpoint:
+        logger.info("checkpoint: %s", describe_checkpoint(checkpoint))
+    if checkpoint.get("training_running"):
+        logger.warning(
+            "warning: training in %s is still running (%s is locked): this export takes %s as it is now, "
+            "and the run may still improve it; export again when training has finished",
+            source, Path(source) / RUN_LOCK_FILE, checkpoint.get("file"))
+    elif Path(source).is_dir() and checkpoint.get("training_running") is None:
+        logger.info("cannot tell whether training in %s is still running (it has no %s file): if it is, "
+                    "export again when it has finished", source, RUN_LOCK_FILE)
+
+
 def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:
     """Load a model from a run folder (``best.keras``, else ``final.keras``) or a ``.keras`` file.
 
@@ -616,17 +630,7 @@ def export_model(
         model, info = model_or_path, {}
     else:
         model, info = load_for_export(model_or_path)
-        checkpoint = info.get("checkpoint") or {}
-        if checkpoint:
-            logger.info("checkpoint: %s", describe_checkpoint(checkpoint))
-        if checkpoint.get("training_running"):
-            logger.warning(
-                "warning: training in %s is still running (%s is locked): this export takes %s as it is now, "
-                "and the run may still improve it; export again when training has finished",
-                model_or_path, Path(model_or_path) / RUN_LOCK_FILE, checkpoint.get("file"))
-        elif Path(model_or_path).is_dir() and checkpoint.get("training_running") is None:
-            logger.info("cannot tell whether training in %s is still running (it has no %s file): if it is, "
-                        "export again when it has finished", model_or_path, RUN_LOCK_FILE)
+        _report_checkpoint(model_or_path, info.get("checkpoint") or {})
     kind = kind or info.get("kind") or kind_of(model)
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")

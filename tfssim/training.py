@@ -457,7 +457,7 @@ def _previous_locations(previous: dict[str, Any], config: TrainConfig) -> list[d
     """The earlier ``{"output", "data"}`` places of a resumed run, oldest first, plus the last one if it moved."""
     places = [p for p in previous.get("previous_locations", []) if isinstance(p, dict)]
     before = {k: str(previous.get("config", {}).get(k, "")) for k in _LOCATION_KEYS}
-    if any(before[k] != str(getattr(config, k)) for k in _LOCATION_KEYS):
+    if not all(_same_place(before[k], str(getattr(config, k))) for k in _LOCATION_KEYS):
         places.append(before)
     return places
 
