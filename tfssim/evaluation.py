@@ -273,9 +273,10 @@ def format_table(results: Sequence[ExportEvaluation]) -> str:
                          f"(recalibrated here: {r.scores['threshold']:.4f})")
     typed = [r for r in results if r.per_type]
     if typed:
-        goods = {s["good_images"] for r in typed for s in r.per_type.values()}
-        lines += ["", f"per defect type (each type's images with the {'/'.join(map(str, sorted(goods)))} good test "
-                      "images; the threshold above):"]
+        goods = sorted({s["good_images"] for r in typed for s in r.per_type.values()})
+        plural = "" if goods == [1] else "s"
+        lines += ["", f"per defect type (each type's images with the {'/'.join(map(str, goods))} good test "
+                      f"image{plural}; the threshold above):"]
         head = f"{'model':<24}{'defect type':<20}{'images':>8}" + "".join(f"{k:>{widths[k]}}" for k in TYPE_KEYS)
         lines += [head, "-" * len(head)]
         for r in typed:
