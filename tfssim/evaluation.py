@@ -8,6 +8,9 @@ the post-processed segmentation (threshold, opening, convex hulls) at the calibr
 On request, also the ROC of the post-processed segmentations swept over thresholds
 (``segmentation_auroc``, :func:`tfssim.metrics.segmentation_roc`): the paper counts pixels
 "classified as defect" by its whole pipeline.
+
+Datasets whose test images are sorted by defect type (MVTec AD, a folder with
+``test/<type>/``) are also scored per type (:func:`per_type_scores`), as MVTec AD reports do.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from tfssim.inference import ExportedModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportEvaluation", "compute_maps", "evaluate_maps", "evaluate", "format_table", "write_curves"]
+__all__ = ["ExportEvaluation", "compute_maps", "defect_types", "evaluate_maps", "evaluate", "format_table",
+           "per_type_scores", "write_curves"]
 
 RESULT_KEYS = ("pixel_auroc", "segmentation_auroc", "aupro_0.3", "image_auroc", "threshold", "fpr_target", "val_fpr", "f1", "iou")
 # Columns of results.csv: the scores, then the threshold stored in the export (null if never calibrated).
@@ -34,6 +38,10 @@ CSV_KEYS = (*RESULT_KEYS, "export_threshold")
 ROC_POINTS = 2000  # the stored / plotted ROC curve is thinned to about this many points
 PRO_THRESHOLDS = 300  # FPR sweep of the overlap curve (that of metrics.aupro)
 PRO_MAX_FPR = 0.3
+# The scores computed per defect type (the rest are global: threshold, FPR, segmentation ROC).
+TYPE_KEYS = ("pixel_auroc", "aupro_0.3", "image_auroc", "f1", "iou")
+# The label of defect-free test images (tfssim.data.DatasetSplit.test_labels).
+GOOD = "good"
 
 
 @dataclasses.dataclass
@@ -47,6 +55,8 @@ class ExportEvaluation:
     pro: dict[str, np.ndarray]
     seconds: float
     segmentation_roc: dict[str, Any] | None = None
+    # Per defect type (:func:`per_type_scores`): None for datasets without defect types.
+    per_type: dict[str, dict[str, Any]] | None = None
 
 
 def _progress(iterable: Sequence[Any], desc: str, enabled: bool) -> Any:
@@ -81,6 +91,7 @@ def evaluate_maps(
     convex_hull: bool = True,
     min_area: int = 0,
     segmentation_auroc: bool = False,
+    test_labels: Sequence[str] | None = None,
 ) -> ExportEvaluation:
     """All metrics of one model from its validation and test maps (no model needed).
 
@@ -96,6 +107,9 @@ def evaluate_maps(
         segmentation_auroc: Also sweep the post-processed segmentation over thresholds
             (:func:`tfssim.metrics.segmentation_roc`; about a minute per model on the 40
             NanoTWICE test images); the score is ``None`` otherwise.
+        test_labels: Defect type of each test image (``"good"`` for defect-free ones, see
+            :func:`defect_types`): also score each type (:func:`per_type_scores`, in
+            ``per_type``). ``None`` (default): the pooled scores only.
     """
     started = time.perf_counter()
     masks = [np.asarray(m, dtype=bool) for m in test_masks]
@@ -109,7 +123,10 @@ def evaluate_maps(
     # One sweep serves both the plotted overlap curve and its area (as metrics.aupro computes it).
     pro = metrics.pro_curve(test_maps, masks, num_thresholds=PRO_THRESHOLDS, max_fpr=PRO_MAX_FPR)
     processor = postprocess.PostProcessor(threshold, opening_diameter, convex_hull, min_area)
-    f1, iou = metrics.f1_iou([processor.segment(m) for m in test_maps], masks)
+    segmentations = [processor.segment(m) for m in test_maps]
+    f1, iou = metrics.f1_iou(segmentations, masks)
+    per_type = None if test_labels is None else per_type_scores(test_maps, masks, test_labels, segmentations)
+    del segmentations
     seg_roc = None
     if segmentation_auroc:
         def segment_at(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
@@ -127,7 +144,83 @@ def evaluate_maps(
         "f1": float(f1),
         "iou": float(iou),
     }
-    return ExportEvaluation(name, scores, roc, pro, time.perf_counter() - started, seg_roc)
+    return ExportEvaluation(name, scores, roc, pro, time.perf_counter() - started, seg_roc, per_type)
+
+
+def defect_types(split: Any) -> list[str]:
+    """The defect types of a :class:`tfssim.data.DatasetSplit`'s test set, sorted; ``[]`` if it has none.
+
+    An MVTec AD category has types (``test/<type>/``, even a single one); so does a plain folder
+    with at least one ``test/<type>/`` subfolder (images directly in ``test/`` then form the type
+    ``"defect"``). NanoTWICE and a folder whose test images all lie directly in ``test/`` have no
+    types: their report stays the pooled one.
+    """
+    labels = list(getattr(split, "test_labels", None) or [])
+    types = sorted({label for label in labels if label != GOOD})
+    if split.layout == "mvtec" or (split.layout == "folder" and any(lb not in (GOOD, "defect") for lb in labels)):
+        return types
+    return []
+
+
+def per_type_scores(
+    test_maps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    labels: Sequence[str],
+    segmentations: Sequence[np.ndarray],
+) -> dict[str, dict[str, Any]]:
+    """Pixel AUROC, AUPRO@0.3, image AUROC, F1 and IoU of each defect type.
+
+    Which pixels count: a type is scored on *its images together with the good
+    (defect-free) test images*, every pixel of each: the defect pixels of the type's images are
+    the positives; the defect-free pixels of those images and all pixels of the good images
+    are the negatives. This is the pooling MVTec AD and anomalib use for a category (all pixels
+    of all of its test images, good ones included), restricted to one defect type, and the same
+    subset the per-type image AUROC uses (the type's images against the good test images), so the
+    false-positive rates of all types are measured on the same good images. Images of the other
+    defect types are left out.
+
+    Args:
+        test_maps: Anomaly maps of all test images.
+        masks: Boolean ground truth of each (all False for good images).
+        labels: Defect type of each image, ``"good"`` for the defect-free ones.
+        segmentations: The post-processed segmentation of each map at the calibrated threshold
+            (for F1 / IoU).
+
+    Returns:
+        ``{type: {"pixel_auroc", "aupro_0.3", "image_auroc", "f1", "iou", "images",
+        "good_images"}}`` in sorted type order. ``image_auroc`` is ``None`` without good test
+        images; ``pixel_auroc`` and ``aupro_0.3`` are ``None`` when the type's masks hold no
+        defect pixel.
+
+    Raises:
+        ValueError: the four sequences differ in length.
+
+    Example:
+        >>> scores = per_type_scores(maps, masks, split.test_labels, segmentations)
+        >>> scores["crack"]["pixel_auroc"]
+    """
+    if not len(test_maps) == len(masks) == len(labels) == len(segmentations):
+        raise ValueError(f"{len(test_maps)} maps, {len(masks)} masks, {len(labels)} labels and "
+                         f"{len(segmentations)} segmentations; give one of each per test image")
+    good = [i for i, label in enumerate(labels) if label == GOOD]
+    results: dict[str, dict[str, Any]] = {}
+    for kind in sorted({label for label in labels if label != GOOD}):
+        own = [i for i, label in enumerate(labels) if label == kind]
+        chosen = own + good
+        maps = [test_maps[i] for i in chosen]
+        gts = [np.asarray(masks[i], bool) for i in chosen]
+        has_defect_pixels = any(g.any() for g in gts)
+        f1, iou = metrics.f1_iou([segmentations[i] for i in chosen], gts)
+        results[kind] = {
+            "pixel_auroc": metrics.pixel_roc_auc(maps, gts) if has_defect_pixels else None,
+            "aupro_0.3": metrics.aupro(maps, gts, PRO_MAX_FPR, PRO_THRESHOLDS) if has_defect_pixels else None,
+            "image_auroc": metrics.image_roc_auc(maps, [True] * len(own) + [False] * len(good)),
+            "f1": float(f1),
+            "iou": float(iou),
+            "images": len(own),
+            "good_images": len(good),
+        }
+    return results
 
 
 def _write_csv(path: Path, header: Sequence[str], columns: Sequence[np.ndarray]) -> Path:
@@ -178,6 +271,18 @@ def format_table(results: Sequence[ExportEvaluation]) -> str:
         if stored is not None:
             lines.append(f"{r.name}: threshold stored in the export {stored:.4f} "
                          f"(recalibrated here: {r.scores['threshold']:.4f})")
+    typed = [r for r in results if r.per_type]
+    if typed:
+        goods = sorted({s["good_images"] for r in typed for s in r.per_type.values()})
+        plural = "" if goods == [1] else "s"
+        lines += ["", f"per defect type (each type's images with the {'/'.join(map(str, goods))} good test "
+                      f"image{plural}; the threshold above):"]
+        head = f"{'model':<24}{'defect type':<20}{'images':>8}" + "".join(f"{k:>{widths[k]}}" for k in TYPE_KEYS)
+        lines += [head, "-" * len(head)]
+        for r in typed:
+            for kind, s in r.per_type.items():
+                cells = "".join(f"{'-' if s.get(k) is None else format(s[k], '.4f'):>{widths[k]}}" for k in TYPE_KEYS)
+                lines.append(f"{r.name[:24]:<24}{kind[:19]:<20}{s['images']:>8}{cells}")
     return "\n".join(lines)
 
 
@@ -210,6 +315,12 @@ def evaluate(
     quantiles vs FPR), with ``segmentation_auroc`` ``segroc_<name>.csv`` (the ROC of the
     post-processed segmentations), and overlays of the first test images for each export under
     ``overlays/``. ``<name>`` is the export's ``name/version`` with ``/`` as ``_``.
+
+    A dataset with defect types (:func:`defect_types`) is also scored per type
+    (:func:`per_type_scores`, which says which pixels count): ``per_type`` per export in
+    ``results.json`` (and ``counts.per_type``), one ``results.csv`` row per export and type after
+    its pooled row (``defect_type`` column, ``all`` for the pooled one), and ``per_type.png`` (a
+    bar chart). Datasets without types get exactly the pooled files.
     """
     from tfssim import data
 
@@ -229,6 +340,8 @@ def evaluate(
     val_images = [data.read_image(p, ch) for p in split.val]
     test_images = [data.read_image(p, ch) for p in split.test]
     masks = data.read_test_masks(split.test_masks, test_images)
+    types = defect_types(split)
+    labels = list(split.test_labels) if types else None
 
     results: list[ExportEvaluation] = []
     for name, model in zip(names, exports):
@@ -241,7 +354,7 @@ def evaluate(
         settings = postprocess.PostProcessor.from_metadata(model.metadata, threshold=0.0)
         result = evaluate_maps(name, val_maps, test_maps, masks, fpr=fpr, opening_diameter=settings.opening_diameter,
                                convex_hull=settings.convex_hull, min_area=settings.min_area,
-                               segmentation_auroc=segmentation_auroc)
+                               segmentation_auroc=segmentation_auroc, test_labels=labels)
         # Beside the threshold recalibrated here: the one stored in the export (what serving uses).
         result.scores["export_threshold"] = model.threshold
         result.seconds = time.perf_counter() - started
@@ -264,14 +377,35 @@ def evaluate(
         "counts": {"val": len(val_images), "test": len(test_images), "defective": sum(bool(m.any()) for m in masks)},
         "exports": {r.name: {**r.scores, "path": str(m.path), "seconds": round(r.seconds, 2)} for r, m in zip(results, exports)},
     }
+    if types:
+        # Beside the pooled scores, never instead of them: datasets without types keep today's files.
+        payload["counts"]["per_type"] = {kind: split.test_labels.count(kind) for kind in [*types, GOOD]}
+        payload["per_type_pixels"] = ("each type's images and the good test images, all of their pixels "
+                                      "(positives: the type's defect pixels)")
+        for r in results:
+            payload["exports"][r.name]["per_type"] = r.per_type
+        plots.plot_per_type({r.name: r.per_type or {} for r in results}, output / "per_type.png")
     atomic_write_json(output / "results.json", payload)
 
     def write_csv(path: Path) -> None:
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["model", *CSV_KEYS, "seconds"])
+            if not types:
+                writer.writerow(["model", *CSV_KEYS, "seconds"])
+                for r in results:
+                    writer.writerow([r.name, *[r.scores.get(k) for k in CSV_KEYS], round(r.seconds, 2)])  # None -> ""
+                return
+            # One row per export and type after the pooled row ("all"); a type row holds the
+            # per-type scores and the threshold settings they were taken at (segmentation_auroc
+            # and seconds are pooled only). test_images: the images the row scores.
+            writer.writerow(["model", "defect_type", *CSV_KEYS, "seconds", "test_images"])
+            shared = ("threshold", "fpr_target", "val_fpr", "export_threshold")
             for r in results:
-                writer.writerow([r.name, *[r.scores.get(k) for k in CSV_KEYS], round(r.seconds, 2)])  # None -> ""
+                writer.writerow([r.name, "all", *[r.scores.get(k) for k in CSV_KEYS], round(r.seconds, 2),
+                                 len(test_images)])
+                for kind, s in (r.per_type or {}).items():
+                    row = [s.get(k) if k in TYPE_KEYS else r.scores.get(k) if k in shared else None for k in CSV_KEYS]
+                    writer.writerow([r.name, kind, *row, None, s["images"] + s["good_images"]])
 
     atomic_write(output / "results.csv", write_csv)
     return results

@@ -39,6 +39,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
 import numpy as np
 import tensorflow as tf
@@ -115,12 +116,159 @@ def _ssim_from_run_config(record: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+# The file a trainer holds a lock on while it trains into a run folder (tfssim-train's --resume lock).
+RUN_LOCK_FILE = ".lock"
+
+
+def training_running(run_dir: str | os.PathLike) -> bool | None:
+    """Whether a trainer holds the lock of ``run_dir`` (``RUN_DIR/.lock``) right now.
+
+    Tests without taking anything a trainer could miss: a non-blocking shared ``flock`` (taken
+    and at once released), and ``F_GETLK`` for a POSIX record lock (``fcntl.lockf``), which
+    takes no lock at all. Either lock held by another process means training is running.
+
+    Returns:
+        ``True`` (held), ``False`` (the lock file exists and nobody holds it) or ``None`` (cannot
+        tell: no lock file, as in run folders from before the lock, or no ``fcntl`` on this
+        system).
+    """
+    import struct
+
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    path = Path(run_dir) / RUN_LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        # struct flock {short l_type, l_whence; off_t l_start, l_len; pid_t l_pid}: would a
+        # write lock on the whole file conflict with a record lock someone holds?
+        query = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        try:
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        except OSError:
+            return None
+        return struct.unpack("@hhqqi4x", answer)[0] != fcntl.F_UNLCK
+    finally:
+        # Only this process's own POSIX locks on the file could be dropped by this close (a
+        # trainer in another process keeps its lock).
+        os.close(fd)
+
+
+def _read_history_rows(path: Path) -> list[dict[str, float]]:
+    import csv
+
+    rows = []
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
+            except ValueError:
+                continue  # a row that is not numbers: not an epoch record
+    return [r for r in rows if "epoch" in r]
+
+
+def checkpoint_info(run_dir: str | os.PathLike, model_path: str | os.PathLike,
+                    record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Which training epoch the model file of a run folder holds, from the run's ``history.csv``.
+
+    ``best.keras`` holds the epoch with the lowest ``val_loss`` (``loss`` without validation
+    images; the first of equal values, as the trainer keeps it); ``final.keras`` holds the last
+    epoch when it is not older than ``history.csv`` (a resumed run still training has written
+    epochs since: then its epoch is unknown).
+
+    Args:
+        run_dir: The run folder.
+        model_path: The model file taken from it (``best.keras`` or ``final.keras``).
+        record: The run's ``config.json`` (for the configured epoch count), if read.
+
+    Returns:
+        ``{"file", "path", "epoch", "monitor", "val_loss", "loss", "epochs_done",
+        "epochs_configured", "training_running"}``; values not known are ``None``.
+        ``training_running`` is :func:`training_running`.
+    """
+    run_dir, model_path = Path(run_dir), Path(model_path)
+    config = (record or {}).get("config") if isinstance((record or {}).get("config"), dict) else (record or {})
+    info: dict[str, Any] = {"file": model_path.name, "path": str(model_path), "epoch": None, "monitor": None,
+                            "val_loss": None, "loss": None, "epochs_done": None,
+                            "epochs_configured": config.get("epochs"), "training_running": training_running(run_dir)}
+    history = run_dir / "history.csv"
+    try:
+        rows = _read_history_rows(history) if history.exists() else []
+    except OSError:
+        rows = []
+    if not rows:
+        return info
+    info["epochs_done"] = int(rows[-1]["epoch"])
+    monitor = "val_loss" if any(math.isfinite(r.get("val_loss", math.nan)) for r in rows) else "loss"
+    info["monitor"] = monitor
+    chosen: dict[str, float] | None = None
+    if model_path.name == "best.keras":
+        scored = [r for r in rows if math.isfinite(r.get(monitor, math.nan))]
+        chosen = min(scored, key=lambda r: r[monitor]) if scored else None  # min keeps the first of equals
+    elif model_path.name == "final.keras":
+        if model_path.stat().st_mtime >= history.stat().st_mtime:
+            chosen = rows[-1]
+    if chosen is not None:
+        info["epoch"] = int(chosen["epoch"])
+        info["val_loss"] = chosen.get("val_loss")
+        info["loss"] = chosen.get("loss")
+    return info
+
+
+def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
+    """One line saying which checkpoint an export took, e.g. ``best.keras: epoch 7 of 10 (val_loss 0.0123, the lowest)``."""
+    line = f"{checkpoint['path']}: "
+    if checkpoint.get("epoch") is None:
+        line += "epoch unknown"
+        if checkpoint.get("file") == "final.keras" and checkpoint.get("epochs_done"):
+            line += f" (history.csv has {checkpoint['epochs_done']} epochs, written after it)"
+    else:
+        total = checkpoint.get("epochs_configured")
+        line += f"epoch {checkpoint['epoch']}" + (f" of {total}" if total else "")
+        if checkpoint.get("epochs_done") is not None:
+            line += f" ({checkpoint['epochs_done']} done"
+            monitor = checkpoint.get("monitor")
+            value = checkpoint.get(monitor) if monitor else None
+            if value is not None:
+                lowest = ", the lowest" if checkpoint.get("file") == "best.keras" else ""
+                line += f"; {monitor} {value:.6g}{lowest}"
+            line += ")"
+    return line
+
+
+def _report_checkpoint(source: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Log which checkpoint an export takes, and warn when the run is still training."""
+    if checkpoint:
+        logger.info("checkpoint: %s", describe_checkpoint(checkpoint))
+    if checkpoint.get("training_running"):
+        logger.warning(
+            "warning: training in %s is still running (%s is locked): this export takes %s as it is now, "
+            "and the run may still improve it; export again when training has finished",
+            source, Path(source) / RUN_LOCK_FILE, checkpoint.get("file"))
+    elif Path(source).is_dir() and checkpoint.get("training_running") is None:
+        logger.info("cannot tell whether training in %s is still running (it has no %s file): if it is, "
+                    "export again when it has finished", source, RUN_LOCK_FILE)
+
+
 def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:
     """Load a model from a run folder (``best.keras``, else ``final.keras``) or a ``.keras`` file.
 
     Returns the model (loaded with ``compile=False``: an FM model's loss would otherwise try to
     download ImageNet weights) and what is known about how it was trained: ``kind``, ``ssim``
-    (parameters), ``training_config``, ``model_path`` where available.
+    (parameters), ``training_config``, ``model_path`` where available, and ``checkpoint``:
+    which file and epoch was taken (:func:`checkpoint_info` for a run folder; for a ``.keras``
+    file only its name and path).
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
@@ -163,6 +311,11 @@ def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, A
         if want is not None and int(want) != have:
             raise ValueError(f"{model_path} has {key} {have} but the run's config.json says {want}")
     info["model_path"] = str(model_path)
+    if source.is_dir():
+        info["checkpoint"] = checkpoint_info(source, model_path, record)
+    else:
+        info["checkpoint"] = {"file": model_path.name, "path": str(model_path), "epoch": None,
+                              "training_running": None}
     return model, info
 
 
@@ -438,6 +591,9 @@ def export_model(
             folder, else the ``.keras`` file's compiled ``SSIMLoss``, else the paper's).
         chunk_size: Tiles per model call inside the graph (bounds memory; see the benchmark).
         training_config: Stored in the metadata (default: the run folder's).
+            The metadata's ``checkpoint`` records the file and epoch taken (see
+            :func:`load_for_export`); exporting a run folder whose training still holds its
+            lock logs a warning.
         threshold: A calibrated threshold to store (see :func:`update_threshold`).
         vae_samples: VAE posterior samples per pixel score (default: training's or the model's).
             The VAE's noise is drawn with seed 0 (metadata ``vae_seed``) for every chunk of
@@ -474,6 +630,7 @@ def export_model(
         model, info = model_or_path, {}
     else:
         model, info = load_for_export(model_or_path)
+        _report_checkpoint(model_or_path, info.get("checkpoint") or {})
     kind = kind or info.get("kind") or kind_of(model)
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
@@ -542,7 +699,8 @@ def export_model(
         "output_shapes": {k: ("[H, W, C]" if k == "reconstruction" else "[H, W]") for k in outputs},
         "jit_compile": bool(jit_compile),
         "training_config": training_config if training_config is not None else info.get("training_config"),
-        "source": info.get("model_path"), "tfssim_version": __version__, "tensorflow_version": tf.__version__,
+        "source": info.get("model_path"), "checkpoint": info.get("checkpoint"),
+        "tfssim_version": __version__, "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

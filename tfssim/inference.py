@@ -69,6 +69,7 @@ class ExportedModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExportedModel":
+        import tfssim._tensorflow  # noqa: F401 - without TensorFlow, an ImportError naming the install command
         import tensorflow as tf
 
         export_dir = resolve_export_dir(path)

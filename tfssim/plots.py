@@ -16,7 +16,7 @@ from tfssim._io import atomic_write
 
 __all__ = [
     "plot_roc_curves", "plot_pro_quantiles", "plot_anomaly_map", "plot_overlay", "plot_training_curves",
-    "plot_examples", "save_figure",
+    "plot_examples", "plot_per_type", "save_figure",
 ]
 
 
@@ -141,4 +141,42 @@ def plot_examples(inputs: Sequence[np.ndarray], reconstructions: Sequence[np.nda
             ax.imshow(shown, cmap=cmap, **({"vmin": 0, "vmax": 1} if cmap == "gray" else {}))
             ax.set_title(title if row == 0 else "")
             ax.axis("off")
+    return save_figure(fig, path)
+
+
+PER_TYPE_METRICS = (("pixel_auroc", "pixel AUROC"), ("aupro_0.3", "AUPRO@0.3"), ("image_auroc", "image AUROC"),
+                    ("f1", "F1"))
+
+
+def plot_per_type(scores: Mapping[str, Mapping[str, Mapping[str, float | None]]], path: str | os.PathLike) -> Path:
+    """Bar chart of the scores per defect type: one panel per metric, one bar per type and model.
+
+    Args:
+        scores: ``{model: {defect type: {"pixel_auroc": ..., "aupro_0.3": ..., "image_auroc": ...,
+            "f1": ...}}}`` (:func:`tfssim.evaluation.per_type_scores` per model). A missing or
+            ``None`` score leaves its bar out.
+        path: The PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    models = list(scores)
+    types = sorted({kind for per_model in scores.values() for kind in per_model})
+    fig = Figure(figsize=(max(6.0, 1.0 + 0.9 * len(types) * max(1, len(models)) ** 0.5), 2.6 * len(PER_TYPE_METRICS)))
+    axes = fig.subplots(len(PER_TYPE_METRICS), 1, squeeze=False)[:, 0]
+    x = np.arange(len(types))
+    width = 0.8 / max(1, len(models))
+    for ax, (key, label) in zip(axes, PER_TYPE_METRICS):
+        for i, model in enumerate(models):
+            values = np.array([np.nan if scores[model].get(t, {}).get(key) is None else float(scores[model][t][key])
+                               for t in types])
+            ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(values, nan=0.0), width,
+                   label=model if ax is axes[0] else None)
+        ax.set(ylabel=label, ylim=(0, 1.05), xticks=x)
+        ax.set_xticklabels(types if ax is axes[-1] else [""] * len(types), rotation=30, ha="right")
+        if key.endswith("auroc"):
+            ax.axhline(0.5, color="gray", lw=0.8, ls="--")  # chance level of an AUROC
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_title("scores per defect type")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: bars stay visible
     return save_figure(fig, path)

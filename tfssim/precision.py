@@ -5,6 +5,7 @@ import contextlib
 import logging
 from typing import Iterator
 
+import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
 import tensorflow as tf
 

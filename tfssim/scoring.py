@@ -24,6 +24,7 @@ import math
 import numbers
 from typing import Any
 
+import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
 import numpy as np
 import tensorflow as tf

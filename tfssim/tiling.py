@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import tensorflow as tf
 
 __all__ = [

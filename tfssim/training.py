@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
 import numpy as np
 import tensorflow as tf
@@ -329,6 +330,136 @@ def _strategy_name(strategy: tf.distribute.Strategy) -> str:
     name = type(strategy).__name__
     # tf.distribute.get_strategy() outside any scope: the private _DefaultDistributionStrategy
     return "default" if name.startswith("_") else name
+
+
+# TrainConfig fields that say where a run and its data live, not what the run is (see _train).
+_LOCATION_KEYS = ("output", "data")
+
+
+def data_fingerprint(root: str | os.PathLike, train: Sequence[str | os.PathLike],
+                     val: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """What identifies a run's images wherever the dataset lies: name, size and SHA-256 of each.
+
+    Names are relative to the dataset folder ``root`` (``/`` separated), so a dataset copied or
+    moved elsewhere has the same fingerprint; reading every training and validation file once
+    costs about a second per GB.
+
+    Args:
+        root: The dataset folder (``DATA``).
+        train: The training image paths (``DatasetSplit.train``).
+        val: The validation image paths (``DatasetSplit.val``).
+
+    Returns:
+        ``{"algorithm": "sha256", "train": [[name, bytes, hexdigest], ...], "val": [...]}``.
+
+    Example:
+        >>> split = data.load_dataset("NanoTWICE")
+        >>> data_fingerprint("NanoTWICE", split.train, split.val)["train"][0][0]
+        'Normal/...'
+    """
+    import hashlib
+
+    def entry(path: str | os.PathLike) -> list[Any]:
+        path = Path(path)
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        try:
+            name = path.relative_to(root).as_posix()
+        except ValueError:  # not under root (cannot happen with load_dataset): its name alone
+            name = path.name
+        return [name, path.stat().st_size, digest.hexdigest()]
+
+    return {"algorithm": "sha256", "train": [entry(p) for p in train], "val": [entry(p) for p in val]}
+
+
+def _same_place(a: str, b: str) -> bool:
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
+
+
+def _listed(names: Sequence[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_same_data(previous: dict[str, Any], config: TrainConfig, split: Any, run_dir: Path) -> dict[str, Any] | None:
+    """On ``--resume`` with ``DATA`` elsewhere than the run's: the same training and validation images?
+
+    Data in the same place is taken as it is (as before: not re-read). Elsewhere, its
+    :func:`data_fingerprint` must equal the one the run recorded (names relative to ``DATA``,
+    sizes, SHA-256). A run made before fingerprints were recorded has only its image paths: the
+    names relative to the old ``DATA`` must match, and a warning says the contents could not be
+    compared.
+
+    Returns:
+        The fingerprint to record: the saved one (same place), the new data's (moved), or
+        ``None`` (same place, none recorded yet: computed when the record is written).
+
+    Raises:
+        ValueError: the moved data holds other images; one line naming the differences.
+    """
+    old_data = str(previous.get("config", {}).get("data", config.data))
+    saved = previous.get("data_fingerprint")
+    if _same_place(old_data, config.data):
+        return saved if isinstance(saved, dict) else None
+    current = data_fingerprint(config.data, split.train, split.val)
+    problems: list[str] = []
+    if isinstance(saved, dict):
+        for part in ("train", "val"):
+            before = {name: (size, digest) for name, size, digest in saved.get(part, [])}
+            now = {name: (size, digest) for name, size, digest in current[part]}
+            role = "training" if part == "train" else "validation"
+            missing = sorted(set(before) - set(now))
+            new = sorted(set(now) - set(before))
+            differ = sorted(n for n in set(before) & set(now) if before[n] != now[n])
+            if missing:
+                problems.append(f"{len(missing)} {role} image(s) missing ({_listed(missing)})")
+            if new:
+                problems.append(f"{len(new)} {role} image(s) not in the run ({_listed(new)})")
+            if differ:
+                sizes = [f"{n} ({before[n][0]} -> {now[n][0]} bytes)" if before[n][0] != now[n][0]
+                         else f"{n} (same size, other content)" for n in differ]
+                problems.append(f"{len(differ)} {role} image(s) changed: {_listed(sizes)}")
+        how = "names, sizes and SHA-256 contents"
+    else:
+        # A run from before fingerprints: only its absolute image paths are on record.
+        for part, key in (("train", "train_images"), ("val", "val_images")):
+            def relative(path: str) -> str:
+                try:
+                    return Path(path).relative_to(old_data).as_posix()
+                except ValueError:
+                    return Path(path).name
+            before = [relative(p) for p in previous.get(key, [])]
+            now = [name for name, _, _ in current[part]]
+            if before != now:
+                role = "training" if part == "train" else "validation"
+                missing, new = sorted(set(before) - set(now)), sorted(set(now) - set(before))
+                detail = "; ".join(x for x in (missing and f"missing {_listed(missing)}",
+                                              new and f"not in the run {_listed(new)}") if x)
+                problems.append(f"other {role} images ({detail or 'another order'})")
+        how = "names (the run records no sizes or contents)"
+        if not problems:
+            logger.warning(
+                "DATA moved from %s to %s: the run in %s was made before tfssim recorded image contents, so only "
+                "the image names were compared (they match); make sure the images are the same", old_data,
+                config.data, run_dir,
+            )
+    if problems:
+        raise ValueError(
+            f"--resume with DATA {config.data} whose images differ from those the run in {run_dir} was trained on "
+            f"(in {old_data}; compared by {how}): {'; '.join(problems)}; give DATA the run's images, or train "
+            "into a new --output"
+        )
+    return current
+
+
+def _previous_locations(previous: dict[str, Any], config: TrainConfig) -> list[dict[str, str]]:
+    """The earlier ``{"output", "data"}`` places of a resumed run, oldest first, plus the last one if it moved."""
+    places = [p for p in previous.get("previous_locations", []) if isinstance(p, dict)]
+    before = {k: str(previous.get("config", {}).get(k, "")) for k in _LOCATION_KEYS}
+    if not all(_same_place(before[k], str(getattr(config, k))) for k in _LOCATION_KEYS):
+        places.append(before)
+    return places
 
 
 def _strategy_label(strategy: tf.distribute.Strategy) -> str:
@@ -742,10 +873,13 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
                 raise ValueError(
                     f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
                 )
-            saved = json.loads(config_path.read_text())["config"]
+            previous = json.loads(config_path.read_text())
+            saved = previous["config"]
             saved.setdefault("ssim_weighting", "gaussian")  # runs from before the option trained with it
+            # Where the run and its data live is no setting of the run: a copied or moved run
+            # folder resumes, and moved data is compared by its images after they are listed.
             changed = {k: (saved[k], v) for k, v in config.to_dict().items()
-                       if k in saved and saved[k] != v and k not in ("epochs",)}
+                       if k in saved and saved[k] != v and k not in ("epochs", *_LOCATION_KEYS)}
             if changed:
                 raise ValueError(
                     f"--resume with settings that differ from the run in {run_dir}: "
@@ -760,6 +894,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
             )
 
         split, train_images, val_images, skipped = _load_images(config)
+        fingerprint = _check_same_data(previous, config, split, run_dir) if resume else None
         initial_epoch, best, weights_path = 0, math.inf, None
         if resume and progress_path.exists():
             progress = json.loads(progress_path.read_text())
@@ -784,7 +919,11 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
                       "latent_dim": config.latent_dim, "model": config.model, "precision": policy,
                       "strategy": _strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
                       "train_images": [str(p) for p in split.train], "val_images": [str(p) for p in split.val],
-                      "skipped_images": skipped}
+                      "skipped_images": skipped,
+                      "data_fingerprint": fingerprint or data_fingerprint(config.data, split.train, split.val)}
+            if resume:
+                # config.json names where the run lives now; the earlier places stay on record.
+                record["previous_locations"] = _previous_locations(previous, config)
             atomic_write_text(config_path, json.dumps(record, indent=2))
 
     with strategy.scope():

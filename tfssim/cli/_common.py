@@ -73,6 +73,37 @@ def usage_errors() -> Iterator[None]:
         raise
 
 
+class MissingTensorFlowError(click.ClickException):
+    """TensorFlow is not installed (or does not import): one ``Error:`` line, exit status 2."""
+
+    exit_code = 2
+
+
+@contextlib.contextmanager
+def tensorflow_required() -> Iterator[None]:
+    """Turn a failed ``import tensorflow`` into one line naming the install command, exit 2.
+
+    ``pip install tfssim`` installs no TensorFlow (the user picks ``[cpu]`` or ``[gpu]``). Used as
+    a decorator on a command's ``main`` (under the click decorators) or around a callback that
+    imports TensorFlow; the import stays lazy, so ``--help`` works without TensorFlow. Other
+    import errors pass through.
+
+    Example:
+        >>> @click.command()
+        ... @tensorflow_required()
+        ... def main() -> None:
+        ...     from tfssim.training import train
+    """
+    from tfssim._requirements import is_tensorflow_import_error, tensorflow_message
+
+    try:
+        yield
+    except ImportError as err:
+        if not is_tensorflow_import_error(err):
+            raise
+        raise MissingTensorFlowError(tensorflow_message(err)) from None
+
+
 # Errors of the machine, not of the command line: exit 1 like any run-time failure.
 _RUNTIME_ERRNOS = {errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _DISK_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tfssim.cli._common import setup_logging, usage_errors
+from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
 from tfssim.prediction import expand_inputs
 
 
@@ -13,6 +13,7 @@ from tfssim.prediction import expand_inputs
 @click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               help="Share of defect-free pixels allowed above the threshold.")
 @click.option("--verbose", "-v", is_flag=True)
+@tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(export: str, images: tuple[str, ...], fpr: float, verbose: bool) -> None:
     """Compute the threshold of EXPORT from defect-free IMAGES (files, folders or globs) so that
     a share FPR of their pixels lies above it, and store it in the export's metadata."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from tfssim._io import atomic_write_json
-from tfssim.cli._common import setup_logging, usage_errors
+from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -27,6 +27,7 @@ from tfssim.cli._common import setup_logging, usage_errors
 @click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01)
 @click.option("--seed", type=int, default=0)
 @click.option("--verbose", "-v", is_flag=True)
+@tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_size: int, latent_dim: int,
          stride: int | None, fpr: float, seed: int, verbose: bool) -> None:
     """Run train -> export -> calibrate -> predict -> evaluate on built-in texture images."""

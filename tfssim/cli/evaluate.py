@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import click
 
-from tfssim.cli._common import setup_logging, usage_errors
+from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
 
 # The validation split of MVTec AD and plain folders when neither the command line nor the
 # export's training_config gives it (tfssim-train's defaults).
@@ -64,10 +64,14 @@ def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None,
               help="Also the ROC AUC of the post-processed segmentations (threshold, opening, convex hulls) "
                    "swept over 25 thresholds, as the paper counts pixels classified as defect; slower.")
 @click.option("--verbose", "-v", is_flag=True)
+@tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: float, val_split: float | None,
          seed: int | None, segmentation_auroc: bool, verbose: bool) -> None:
     """Evaluate EXPORTS (export folders) on the labelled DATASET (NanoTWICE, MVTec AD category,
-    or a folder with val/, test/ and ground_truth/)."""
+    or a folder with val/, test/ and ground_truth/).
+
+    Test sets sorted by defect type (MVTec AD, or test/<type>/ folders) are also scored per type:
+    each type's images together with the good test images."""
     setup_logging(verbose)
     import json
 
@@ -91,7 +95,8 @@ def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: 
         results = evaluation.evaluate(split, models, output, fpr=fpr, segmentation_auroc=segmentation_auroc)
     click.echo(evaluation.format_table(results))
     click.echo(f"results: {output}/results.json, results.csv, roc.png, roc_*.csv, pro_*.png, pro_*.csv, "
-               f"{'segroc_*.csv, ' if segmentation_auroc else ''}overlays/ "
+               f"{'segroc_*.csv, ' if segmentation_auroc else ''}"
+               f"{'per_type.png, ' if any(r.per_type for r in results) else ''}overlays/ "
                f"({time.perf_counter() - started:.1f} s)")
 
 

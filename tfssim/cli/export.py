@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tfssim.cli._common import odd_window, setup_logging, usage_errors
+from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, usage_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -29,6 +29,7 @@ from tfssim.cli._common import odd_window, setup_logging, usage_errors
                    "as in the paper. Not in the paper: it removes fibre- and grain-sized noise from the maps "
                    "(README, NanoTWICE). Calibrate the threshold on the smoothed export.")
 @click.option("--verbose", "-v", is_flag=True)
+@tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(source: str, name: str, version: int | None, stride: int, output: str, kind: str | None,
          chunk_size: int | None, threshold: float | None, ssim_window: int | None, ssim_weighting: str | None,
          map_sigma: float, verbose: bool) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from tfssim.cli._common import setup_logging, usage_errors
+from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
 # The work is tfssim.prediction's; its helpers stay importable from here as before.
 from tfssim.prediction import expand_inputs, output_stems, predict_files
 
@@ -34,6 +34,7 @@ def __getattr__(name: str):
 @click.option("--min-area", type=click.IntRange(min=0), default=None,
               help="Drop regions smaller than this (pixels); default: the export metadata's min_area, else 0.")
 @click.option("--verbose", "-v", is_flag=True)
+@tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(export: str, images: tuple[str, ...], output: str, threshold: float | None, mask_dir: str | None,
          min_area: int | None, verbose: bool) -> None:
     """Run the export in EXPORT on IMAGES (files, folders or globs) and write per image: the

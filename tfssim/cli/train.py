@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tfssim.cli._common import odd_window, setup_logging, usage_errors
+from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, usage_errors
 
 _MODELS = ("ssim", "l2", "vae", "fm")
 
@@ -16,7 +16,8 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
     """Eager ``--config`` callback: the file's values become defaults that flags override."""
     if value is None:
         return None
-    from tfssim.training import load_config
+    with tensorflow_required():  # parsed before main runs
+        from tfssim.training import load_config
 
     try:
         values = load_config(value)
@@ -97,6 +98,7 @@ def _check_data(data: str) -> None:
 @click.option("--skip-bad-images", is_flag=True, help="Skip unreadable images (listed in the log) instead of stopping.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
 @click.option("--verbose", "-v", is_flag=True)
+@tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(data: str | None, output: str | None, virtual_cpus: int | None, resume: bool, verbose: bool, **options: Any) -> None:
     """Train an autoencoder on the defect-free images in DATA.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import tensorflow as tf
 
 __all__ = ["patch_dataset", "steps_per_epoch", "fixed_patches", "validate_images"]

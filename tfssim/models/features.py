@@ -5,6 +5,7 @@ import contextlib
 import os
 from typing import Any, Iterator
 
+import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
 
 __all__ = ["build_feature_extractor", "extract_features", "BACKBONES", "WeightsUnavailableError"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
 import tensorflow as tf
 
