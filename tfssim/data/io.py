@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -133,11 +134,14 @@ def _declared_pixels(path: Path, what: str) -> int:
             with Image.open(path) as im:
                 width, height = im.size
     except Image.DecompressionBombError as err:
-        raise ValueError(f"{what} {path} is too large to read: {_one_line(err)}; Pillow's own limit "
-                         "(PIL.Image.MAX_IMAGE_PIXELS) applies too") from None
+        # Pillow refuses at twice its MAX_IMAGE_PIXELS before we see the size; its message has it.
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        if found:
+            return int(found.group(1))
+        raise ValueError(f"{what} {path} is too large to read: {_one_line(err)}") from None
     except Exception:  # UnidentifiedImageError, SyntaxError, struct.error, ... for junk
-        raise ValueError(f"cannot read {what} {path}: not a PNG, TIFF, JPEG or BMP file (it starts with "
-                         f"{head[:8]!r}); remove or replace the file") from None
+        raise ValueError(f"cannot read {what} {path}: not a readable PNG, TIFF, JPEG or BMP file (truncated, or "
+                         f"not an image: it starts with {head[:8]!r}); remove or replace the file") from None
     return int(width) * int(height)
 
 
@@ -164,7 +168,11 @@ def _decode(path: Path, what: str, max_pixels: int | None) -> np.ndarray:
             f"(raise the budget with the environment variable {MAX_IMAGE_PIXELS_ENV} if the image is genuine)"
         )
     try:
-        return np.asarray(io.imread(path))
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # within our budget
+            return np.asarray(io.imread(path))
     except MemoryError:
         raise ValueError(f"{what} {path} ({pixels:,} pixels) does not fit in memory; lower "
                          f"{MAX_IMAGE_PIXELS_ENV} or free memory") from None
@@ -173,8 +181,10 @@ def _decode(path: Path, what: str, max_pixels: int | None) -> np.ndarray:
             raise _open_error(err, path, what) from None
         raise ValueError(f"cannot read {what} {path}: {_one_line(err)}; remove or replace the file") from None
     except Exception as err:  # decoders raise many types for a corrupt file
-        raise ValueError(f"cannot read {what} {path}: {type(err).__name__}: {_one_line(err)}; "
-                         "remove or replace the file") from None
+        if type(err).__name__ == "DecompressionBombError":
+            raise ValueError(f"{what} {path} ({pixels:,} pixels) is over Pillow's own limit; raise "
+                             "PIL.Image.MAX_IMAGE_PIXELS as well as the budget to read it") from None
+        raise ValueError(f"cannot read {what} {path}: {_one_line(err)}; remove or replace the file") from None
 
 
 def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
