@@ -227,8 +227,11 @@ def test_junk_named_like_images_is_one_clean_line(tmp_path):
         image_io.read_image(tmp_path / "empty.png")
 
 
-def test_links_folders_and_missing_files(tmp_path):
+def test_links_folders_pipes_and_missing_files(tmp_path):
     (tmp_path / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")  # opening it to read would block forever
+    with pytest.raises(ValueError, match="is not a regular file"):
+        image_io.read_image(tmp_path / "pipe.png")
     (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
     with pytest.raises(ValueError, match="is a folder, not an image"):
@@ -319,7 +322,10 @@ DAMAGED_METADATA = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGED_METADATA))
-def test_damaged_metadata_is_one_error_naming_the_file(damage, copied_export, tmp_path):
+def test_damaged_metadata_is_one_error_naming_the_file(damage, copied_export, dataset, tmp_path):
+    from tfssim.cli.calibrate import main as calibrate_cli
+    from tfssim.cli.evaluate import main as evaluate_cli
+
     meta_path = copied_export / "assets" / "tfssim.json"
     content = DAMAGED_METADATA[damage](json.loads(meta_path.read_text()))
     meta_path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -338,6 +344,12 @@ def test_damaged_metadata_is_one_error_naming_the_file(damage, copied_export, tm
                                               "--threshold", "0.3"])
     assert_clean(result, 2)
     assert str(meta_path) in result.output and not (tmp_path / "out").exists()
+    for cli, args in ((calibrate_cli, [copied_export, images]),
+                      (evaluate_cli, [dataset, copied_export, "--output", tmp_path / "eval"])):
+        result = CliRunner().invoke(cli, list(map(str, args)))
+        assert_clean(result, 2)
+        assert str(meta_path) in result.output
+    assert meta_path.read_bytes() == before
 
 
 def test_post_processor_refuses_malformed_settings():
@@ -370,10 +382,11 @@ def _predict(export_dir, *args):
     return CliRunner().invoke(predict_cli, [str(export_dir), *map(str, args)])
 
 
+@pytest.mark.slow
 def test_predict_skips_every_hostile_input_and_processes_the_rest(exports, tmp_path):
     """One folder holding good images (one with spaces and non-ASCII in its name) among junk, bombs,
-    a link loop, a dangling link and a folder named like an image: every bad one is a recorded
-    failure, the good ones are processed, exit 1, no traceback, inputs untouched."""
+    a link loop, a dangling link, a named pipe and a folder named like an image: every bad one is
+    a recorded failure, the good ones are processed, exit 1, no traceback, inputs untouched."""
     images = tmp_path / "in"
     junk = junk_files(images)
     good = [good_image(images / "a.png", 1), good_image(images / "z.png", 2),
@@ -381,6 +394,7 @@ def test_predict_skips_every_hostile_input_and_processes_the_rest(exports, tmp_p
     bombs = [BOMBS[fmt](images / f"bomb_{fmt}.{fmt}") for fmt in sorted(BOMBS)]
     (images / "loop.png").symlink_to("loop.png")
     (images / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(images / "pipe.png")
     (images / "folder.png").mkdir()
     good_image(images / "folder.png" / "inner.png")  # a folder is not an image, nor searched
     before = hashes(tmp_path)
@@ -389,7 +403,7 @@ def test_predict_skips_every_hostile_input_and_processes_the_rest(exports, tmp_p
     result = _predict(exports[0], images, "-o", out, "--threshold", "0.3")
 
     assert_clean(result, 1, errors=0)
-    bad = [*junk.values(), *bombs, images / "loop.png", images / "dangling.png"]
+    bad = [*junk.values(), *bombs, images / "loop.png", images / "dangling.png", images / "pipe.png"]
     assert f"{len(bad)} of {len(bad) + len(good)} image(s) could not be processed" in result.output
     summary = strict_json(out / "summary.json")
     assert summary["images"] == len(bad) + len(good) and len(summary["failed"]) == len(bad)
@@ -409,7 +423,7 @@ def test_predict_refuses_an_output_folder_holding_its_inputs(exports, tmp_path):
     good_image(same / "a.png")
     good_image(same / "a_mask.png", 2)  # the user's file that the predicted mask of a.png would replace
     before = hashes(same)
-    for args in ([same, "-o", same], [same / "a.png", "-o", same], [str(same / "*.png"), "-o", str(same) + "/"]):
+    for args in ([same, "-o", same], [str(same / "*.png"), "-o", str(same) + "/"]):
         result = _predict(exports[0], *args, "--threshold", "0.3")
         assert_clean(result, 2)
         assert "holds the input image" in result.output
@@ -430,6 +444,7 @@ def test_predict_refuses_the_mask_folder_as_output(exports, dataset, tmp_path):
     assert "ground-truth mask folder" in result.output and hashes(masks) == before
 
 
+@pytest.mark.slow
 def test_predict_output_problems_are_found_before_the_first_image(exports, tmp_path, monkeypatch):
     images = tmp_path / "in"
     images.mkdir()
@@ -443,7 +458,10 @@ def test_predict_output_problems_are_found_before_the_first_image(exports, tmp_p
         raise AssertionError("an image was read")
 
     monkeypatch.setattr("tfssim.data.read_image", no_reading)
-    for output, message in ((a_file / "sub", "a parent of it is a file"), (a_file, "is a file")):
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "a_mask.png").mkdir()  # a folder where a result file goes
+    for output, message in ((a_file / "sub", "a parent of it is a file"), (a_file, "is a file"),
+                            (tmp_path / "blocked", "is a folder where a result file goes")):
         result = _predict(exports[0], images, "-o", output, "--threshold", "0.3")
         assert_clean(result, 2)
         assert message in result.output, result.output
@@ -484,6 +502,7 @@ def _three_images(folder: Path) -> list[Path]:
     return [good_image(folder / f"{name}.png", i) for i, name in enumerate("abc")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["ctrl_c", "disk_full"])
 def test_predict_stopped_mid_run_keeps_a_summary_and_no_partial_image(stop, exports, tmp_path, monkeypatch):
     from tfssim import plots
@@ -527,6 +546,7 @@ def test_predict_refuses_a_threshold_that_is_not_finite(value, exports, tmp_path
     assert "finite number" in result.output and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_predict_with_a_huge_finite_threshold_runs_without_warnings(exports, tmp_path):
     _three_images(tmp_path / "in")
     with warnings.catch_warnings():

@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ExportedModel", "METADATA_FILE", "check_metadata", "read_export_metadata", "readable_tf_error", "resolve_export_dir"]
+__all__ = [
+    "ExportedModel", "METADATA_FILE", "check_metadata", "read_export_metadata", "readable_tf_error",
+    "resolve_export_dir",
+]
 
 # The tfssim metadata inside an export version folder (tfssim.export writes it, re-exports the name).
 METADATA_FILE = Path("assets") / "tfssim.json"
@@ -65,7 +68,8 @@ def check_metadata(metadata: Any, source: str | os.PathLike) -> dict[str, Any]:
         raise bad("threshold_fpr", "a number between 0 and 1 (or null)")
     for key in ("opening_diameter", "min_area"):
         value = metadata.get(key)
-        if value is not None and not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0):
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if value is not None and not (whole and value >= 0):
             raise bad(key, "a whole number >= 0 (or null)")
     if metadata.get("convex_hull") is not None and not isinstance(metadata.get("convex_hull"), bool):
         raise bad("convex_hull", "true or false (or null)")

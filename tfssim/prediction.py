@@ -355,6 +355,12 @@ def predict_files(
         raise ValueError(f"output folder {output_dir} is the ground-truth mask folder; the predicted "
                          "<stem>_mask.png files would replace the masks: choose another output folder")
     out = prepare_output_dir(output_dir, paths)  # every output-side problem before the first image
+    stems = output_stems(paths)
+    blocked = [out / f"{stem}{suffix}" for stem in stems for suffix in OUTPUT_SUFFIXES.values()
+               if (out / f"{stem}{suffix}").is_dir()]
+    if blocked:
+        raise ValueError(f"{blocked[0]} is a folder where a result file goes; move it away or choose another "
+                         "output folder")
     summary = PredictionSummary(model.path, processor.threshold, out, len(paths),
                                 images_without_mask=0 if masks is not None else None,
                                 postprocess=processor.to_dict())
@@ -364,7 +370,7 @@ def predict_files(
             tqdm.write(line, file=sys.stderr if err else None)
 
     try:
-        for path, stem in tqdm(list(zip(paths, output_stems(paths))), desc="predict", unit="img",
+        for path, stem in tqdm(list(zip(paths, stems)), desc="predict", unit="img",
                                disable=None if progress else True):
             found = None
             # Reading and scoring: any failure is this image's (unreadable, over the pixel budget,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -107,6 +108,10 @@ def _declared_pixels(path: Path, what: str) -> int:
     files with Pillow, which reads only the header. Neither decodes pixel data.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # A pipe would block the read forever, a device (/dev/zero) never end.
+            raise ValueError(f"{what} {path} is not a regular file (a folder, device, pipe or socket)" if not
+                             path.is_dir() else f"{what} {path} is a folder, not an image file")
         with open(path, "rb") as fh:
             head = fh.read(16)
     except OSError as err:
