@@ -183,13 +183,18 @@ def test_the_budget_is_one_setting_for_every_format(tmp_path, monkeypatch):
         image_io.read_image(png, max_pixels=0)
 
 
-def test_a_multipage_tiff_counts_every_page(tmp_path, no_decoding):
+def test_multipage_tiffs_and_animated_pngs_count_every_page(tmp_path, no_decoding):
+    """Both are decoded with all their pages (skimage.io.imread), so all count against the budget."""
     import tifffile
+    from PIL import Image
 
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.zeros((5, 20, 30), np.uint8))
-    with pytest.raises(ValueError, match="declares 3,000 pixels"):
-        image_io.read_image(stack, max_pixels=2999)
+    frames = [Image.fromarray(np.full((20, 30), 50 * i, np.uint8)) for i in range(5)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    for path in (stack, tmp_path / "anim.png"):
+        with pytest.raises(ValueError, match="declares 3,000 pixels"):
+            image_io.read_image(path, max_pixels=2999)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for the peak memory")

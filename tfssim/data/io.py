@@ -101,7 +101,7 @@ def _open_error(err: OSError, path: Path, what: str) -> Exception:
 
 
 def _declared_pixels(path: Path, what: str) -> int:
-    """Pixels the file declares (height x width, x pages for a TIFF), read from its header alone.
+    """Pixels the file declares (height x width, x pages or frames), read from its header alone.
 
     TIFFs (recognised by their first bytes, whatever the suffix) are measured with tifffile,
     every page of the series that would be decoded, tiled and compressed ones included; other
@@ -138,6 +138,8 @@ def _declared_pixels(path: Path, what: str) -> int:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our budget decides
             with Image.open(path) as im:
                 width, height = im.size
+                # An animated PNG is decoded with all its frames (the count is in its header).
+                frames = int(getattr(im, "n_frames", 1) or 1)
     except Image.DecompressionBombError as err:
         # Pillow refuses at twice its MAX_IMAGE_PIXELS before we see the size; its message has it.
         found = re.search(r"\((\d+) pixels\)", str(err))
@@ -147,7 +149,7 @@ def _declared_pixels(path: Path, what: str) -> int:
     except Exception:  # UnidentifiedImageError, SyntaxError, struct.error, ... for junk
         raise ValueError(f"cannot read {what} {path}: not a readable PNG, TIFF, JPEG or BMP file (truncated, or "
                          f"not an image: it starts with {head[:8]!r}); remove or replace the file") from None
-    return int(width) * int(height)
+    return int(width) * int(height) * max(frames, 1)
 
 
 def _one_line(err: BaseException) -> str:
