@@ -48,8 +48,9 @@ def test_predict_files_writes_results_and_records_a_skipped_image(model, dataset
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary.to_dict() == {
         "export": str(model.path), "threshold": 0.3, "images": 4, "failed": summary.failures,
-        "images_without_mask": 0,
+        "processed": [str(images / f"{stem}.png") for stem in stems], "images_without_mask": 0,
         "postprocess": {"threshold": 0.3, "opening_diameter": 4, "convex_hull": True, "min_area": 0},
+        "interrupted": False, "error": None,
     }
 
 

@@ -43,6 +43,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, payload: Any, **dumps_kwargs: Any) -> Path:
-    """Write ``payload`` as JSON (``indent=2`` unless given) to ``path`` atomically."""
+    """Write ``payload`` as strict JSON (``indent=2`` unless given) to ``path`` atomically.
+
+    Strict: a NaN or infinite float raises ``ValueError`` before anything is written, because
+    Python's ``NaN``/``Infinity`` literals are not JSON and other readers (``jq``, browsers,
+    most JSON libraries) refuse the whole file. A writer with a value that may honestly be
+    undefined stores ``None`` (JSON ``null``) for it.
+
+    Raises:
+        ValueError: ``payload`` holds a non-finite float.
+    """
     dumps_kwargs.setdefault("indent", 2)
-    return atomic_write_text(path, json.dumps(payload, **dumps_kwargs))
+    dumps_kwargs.setdefault("allow_nan", False)
+    text = json.dumps(payload, **dumps_kwargs)  # before the temporary file: a refusal leaves nothing behind
+    return atomic_write_text(path, text)
+

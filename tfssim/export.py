@@ -723,11 +723,14 @@ def export_model(
 
 
 def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
-    """The tfssim metadata (``assets/tfssim.json``) of an export version folder."""
-    path = Path(export_dir) / METADATA_FILE
-    if not path.exists():
-        raise ValueError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export (re-export with tfssim-export)")
-    return json.loads(path.read_text())
+    """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
+
+    :func:`tfssim.inference.read_export_metadata`: strict JSON, well-formed values; any fault
+    is one ``ValueError`` naming the file.
+    """
+    from tfssim.inference import read_export_metadata
+
+    return read_export_metadata(export_dir)
 
 
 def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None) -> dict[str, Any]:
@@ -735,10 +738,15 @@ def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float
 
     Only ``assets/tfssim.json`` changes; it is rewritten atomically (temporary file + rename),
     so a reader never sees half a file. Returns the new metadata.
+
+    Raises ``ValueError`` for a threshold that is not finite, an ``fpr`` outside (0, 1), or
+    metadata that :func:`read_metadata` refuses (the file is left as it is).
     """
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    if fpr is not None and not 0 < float(fpr) < 1:
+        raise ValueError(f"fpr must be between 0 and 1 (exclusive), got {fpr!r}")
     metadata = read_metadata(export_dir)
     metadata["threshold"] = threshold
     metadata["threshold_fpr"] = None if fpr is None else float(fpr)

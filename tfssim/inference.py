@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,10 +12,110 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ExportedModel", "METADATA_FILE", "readable_tf_error", "resolve_export_dir"]
+__all__ = [
+    "ExportedModel", "METADATA_FILE", "check_metadata", "read_export_metadata", "readable_tf_error",
+    "resolve_export_dir",
+]
 
 # The tfssim metadata inside an export version folder (tfssim.export writes it, re-exports the name).
 METADATA_FILE = Path("assets") / "tfssim.json"
+# tfssim-export writes a few kB; a file far larger is not ours and is not parsed.
+_MAX_METADATA_BYTES = 16 * 2**20
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_metadata(metadata: Any, source: str | os.PathLike) -> dict[str, Any]:
+    """``metadata`` if the values every reader uses are well-formed, else a ``ValueError`` naming ``source``.
+
+    Checked: ``channels`` (1 or 3), ``threshold`` (absent/null or a finite number),
+    ``threshold_fpr`` (absent/null or a number in (0, 1)), ``opening_diameter`` and ``min_area``
+    (absent/null or a whole number >= 0), ``convex_hull`` (absent/null or true/false),
+    ``float_signature`` (absent/null or a name).
+
+    Args:
+        metadata: The parsed ``assets/tfssim.json``.
+        source: The file it came from, named in the error.
+
+    Returns:
+        ``metadata`` unchanged.
+
+    Raises:
+        ValueError: One line naming ``source``, the key, its value and what it must be.
+    """
+    def bad(key: str, must: str) -> ValueError:
+        shown = repr(metadata.get(key))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ValueError(f"export metadata {os.fspath(source)} is damaged: {key!r} must be {must}, got {shown}; "
+                          "re-export the model with tfssim-export (or set the threshold again with tfssim-calibrate)")
+
+    if not isinstance(metadata, dict):
+        raise ValueError(f"export metadata {os.fspath(source)} is damaged: it holds a JSON "
+                         f"{type(metadata).__name__}, not an object; re-export the model with tfssim-export")
+    if metadata.get("channels") not in (1, 3) or isinstance(metadata.get("channels"), bool):
+        raise bad("channels", "1 or 3")
+    value = metadata.get("threshold")
+    if value is not None and not (_is_number(value) and math.isfinite(value)):
+        raise bad("threshold", "a finite number (or null: not calibrated)")
+    value = metadata.get("threshold_fpr")
+    if value is not None and not (_is_number(value) and 0 < value < 1):
+        raise bad("threshold_fpr", "a number between 0 and 1 (or null)")
+    for key in ("opening_diameter", "min_area"):
+        value = metadata.get(key)
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if value is not None and not (whole and value >= 0):
+            raise bad(key, "a whole number >= 0 (or null)")
+    if metadata.get("convex_hull") is not None and not isinstance(metadata.get("convex_hull"), bool):
+        raise bad("convex_hull", "true or false (or null)")
+    if metadata.get("float_signature") is not None and not isinstance(metadata.get("float_signature"), str):
+        raise bad("float_signature", "a signature name (or null)")
+    return metadata
+
+
+def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
+    """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
+
+    The file must be strict JSON (no ``NaN``/``Infinity``), at most 16 MiB, an object whose
+    values pass :func:`check_metadata`. Every failure is one ``ValueError`` line naming the file.
+
+    Args:
+        export_dir: The version folder.
+
+    Returns:
+        The metadata.
+
+    Raises:
+        ValueError: The file is missing, unreadable, not strict JSON or holds malformed values.
+
+    Example:
+        >>> read_export_metadata("exported_models/nanotwice/1")["threshold"]
+    """
+    path = Path(export_dir) / METADATA_FILE
+    fix = "re-export the model with tfssim-export"
+    try:
+        if not path.is_file():
+            raise ValueError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export ({fix})")
+        size = path.stat().st_size
+        raw = path.read_bytes() if size <= _MAX_METADATA_BYTES else None
+    except OSError as err:
+        raise ValueError(f"cannot read export metadata {path}: {err.strerror or type(err).__name__}") from None
+    if raw is None:
+        raise ValueError(f"export metadata {path} is {size:,} bytes, not tfssim's (a few kB); {fix}")
+    try:
+        metadata = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ValueError(f"export metadata {path} is damaged: it is not UTF-8 text; {fix}") from None
+    except RecursionError:
+        raise ValueError(f"export metadata {path} is damaged: it is nested too deeply; {fix}") from None
+    except ValueError as err:  # json.JSONDecodeError, or NaN/Infinity (not JSON)
+        raise ValueError(f"export metadata {path} is not valid JSON ({' '.join(str(err).split())}); {fix}") from None
+    return check_metadata(metadata, path)
 
 
 def readable_tf_error(message: str) -> str:
@@ -45,7 +148,7 @@ def resolve_export_dir(path: str | Path) -> Path:
         path = versions[-1]
         if not (path / "saved_model.pb").exists():
             raise ValueError(f"{path} has no saved_model.pb; is the export complete?")
-    if not (path / METADATA_FILE).exists():
+    if not (path / METADATA_FILE).is_file():
         raise ValueError(
             f"export {path} has no {METADATA_FILE} metadata; it was not written by tfssim-export "
             "(re-export the model with tfssim-export)"
@@ -73,7 +176,7 @@ class ExportedModel:
         import tensorflow as tf
 
         export_dir = resolve_export_dir(path)
-        metadata = json.loads((export_dir / METADATA_FILE).read_text())
+        metadata = read_export_metadata(export_dir)
         return cls(export_dir, metadata, tf.saved_model.load(str(export_dir)))
 
     @property
@@ -98,6 +201,7 @@ class ExportedModel:
         Raises ``ValueError`` (prefixed with ``source``, e.g. the image's path, when given) for
         an image the export refuses: wrong channel count, smaller than the patch, values out
         of range; the signature's ``InvalidArgumentError`` is turned into its readable message.
+        ``MemoryError`` (one line, same prefix) where TensorFlow runs out of memory on it.
         """
         import tensorflow as tf
 
@@ -124,6 +228,10 @@ class ExportedModel:
             raise ValueError(
                 f"{where}the export refused the image of shape {image.shape}: {readable_tf_error(err.message)}"
             ) from None
+        except tf.errors.ResourceExhaustedError:
+            # Too large for this machine's memory: a failure of this image, not of the program.
+            raise MemoryError(f"{where}out of memory computing the maps of an image of shape {image.shape}; "
+                              "use a smaller image or a machine with more memory") from None
         result = {}
         for key, value in outputs.items():
             array = value.numpy()

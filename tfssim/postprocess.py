@@ -96,7 +96,7 @@ def segment(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int 
         anomaly_map = anomaly_map[..., 0]
     if anomaly_map.ndim != 2:
         raise ValueError(f"anomaly map must be 2-D [height, width], got shape {anomaly_map.shape}")
-    mask = anomaly_map > threshold
+    mask = anomaly_map > np.float64(threshold)  # float64: 1e308 is no float32 (overflow warning)
     if opening_diameter:
         mask = opening(mask, opening_footprint(opening_diameter))
     if convex_hull or min_area:
@@ -158,24 +158,43 @@ class PostProcessor:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], *, threshold: float | None = None,
                       opening_diameter: int | None = None, convex_hull: bool | None = None,
-                      min_area: int | None = None) -> "PostProcessor":
+                      min_area: int | None = None, source: str | os.PathLike | None = None) -> "PostProcessor":
         """The settings stored in an export's metadata (``threshold``, ``opening_diameter``,
         ``convex_hull``, ``min_area``; the paper's 4 / true / 0 where missing), each replaced by
         the keyword argument of the same name unless that is ``None`` (e.g. a command-line option).
 
-        Raises ``ValueError`` when neither the metadata nor ``threshold`` gives a threshold.
-        """
-        def pick(given: Any, key: str, default: Any) -> Any:
-            if given is not None:
-                return given
-            stored = metadata.get(key)
-            return default if stored is None else stored
+        ``source`` (e.g. the metadata file) is named in the errors about stored values.
 
-        threshold = pick(threshold, "threshold", None)
+        Raises ``ValueError`` when neither the metadata nor ``threshold`` gives a threshold, or
+        when a value is malformed: a threshold that is not a finite number (NaN, infinite, text),
+        a diameter or minimum area that is not a whole number >= 0, a convex_hull that is not
+        true/false.
+        """
+        def pick(given: Any, key: str, default: Any) -> tuple[Any, str]:
+            if given is not None:
+                return given, key
+            stored = metadata.get(key)
+            where = f"{key} in the export metadata" + ("" if source is None else f" {os.fspath(source)}")
+            return (default, key) if stored is None else (stored, where)
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+        threshold, where = pick(threshold, "threshold", None)
         if threshold is None:
             raise ValueError("the export has no calibrated threshold; run tfssim-calibrate on defect-free images first")
-        return cls(float(threshold), int(pick(opening_diameter, "opening_diameter", 4)),
-                   bool(pick(convex_hull, "convex_hull", True)), int(pick(min_area, "min_area", 0)))
+        if not (number(threshold) and np.isfinite(threshold)):
+            raise ValueError(f"{where} must be a finite number, got {threshold!r}")
+        settings: dict[str, Any] = {}
+        for key, given, default in (("opening_diameter", opening_diameter, 4), ("min_area", min_area, 0)):
+            value, where = pick(given, key, default)
+            if not (number(value) and float(value).is_integer() and value >= 0):
+                raise ValueError(f"{where} must be a whole number >= 0, got {value!r}")
+            settings[key] = int(value)
+        value, where = pick(convex_hull, "convex_hull", True)
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return cls(float(threshold), settings["opening_diameter"], bool(value), settings["min_area"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ from tfssim.inference import ExportedModel
 
 __all__ = [
     "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "ImageResult", "PredictionSummary", "expand_inputs", "find_mask",
-    "output_stems", "predict_files",
+    "output_stems", "predict_files", "prepare_output_dir",
 ]
 
 
@@ -97,6 +97,9 @@ class PredictionSummary:
             ``None`` when no ``mask_dir`` was given.
         postprocess: The segmentation settings used (``PostProcessor.to_dict``: threshold,
             opening_diameter, convex_hull, min_area).
+        interrupted: Whether the run stopped before the last image (Ctrl-C, or an error
+            writing the results); ``results`` then holds the images completed before it.
+        error: What stopped it (``"KeyboardInterrupt"`` or the write error), else ``None``.
     """
 
     export: Path
@@ -107,32 +110,39 @@ class PredictionSummary:
     failures: list[str] = field(default_factory=list)
     images_without_mask: int | None = None
     postprocess: dict[str, Any] | None = None
+    interrupted: bool = False
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
         """Whether every image was processed."""
-        return not self.failures
+        return not self.failures and not self.interrupted
 
     def to_dict(self) -> dict[str, Any]:
-        """The content of ``summary.json``."""
+        """The content of ``summary.json``: ``processed`` lists the input images whose results were
+        written, ``failed`` one message per skipped image, ``interrupted`` / ``error`` whether and
+        why the run stopped early."""
         return {"export": str(self.export), "threshold": self.threshold, "images": self.images,
-                "failed": list(self.failures), "images_without_mask": self.images_without_mask,
-                "postprocess": self.postprocess}
+                "processed": [str(r.path) for r in self.results], "failed": list(self.failures),
+                "images_without_mask": self.images_without_mask, "postprocess": self.postprocess,
+                "interrupted": self.interrupted, "error": self.error}
 
 
 def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     """Files, folders (their images) and glob patterns -> a sorted, de-duplicated list of paths.
 
     Args:
-        items: Image files, folders (the image files directly in them, see
-            ``tfssim.data.IMAGE_SUFFIXES``) and glob patterns (``*``, ``?``, ``[``).
+        items: Image files, folders (the entries directly in them named like images, see
+            ``tfssim.data.IMAGE_SUFFIXES``, except folders; broken links are kept and fail as
+            images) and glob patterns (``*``, ``?``, ``[``).
 
     Returns:
         The paths in the order of ``items`` (each folder's and pattern's matches sorted), each once.
 
     Raises:
-        FileNotFoundError: A pattern matches nothing, or a path does not exist.
-        ValueError: No image was found at all.
+        FileNotFoundError: A pattern matches nothing, or a path given by name does not exist
+            (or is a broken link).
+        ValueError: No image was found at all, or a folder cannot be listed.
 
     Example:
         >>> expand_inputs(["scans/", "extra/*.tif", "one.png"])
@@ -142,14 +152,23 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     items = [os.fspath(item) for item in items]
     paths: list[Path] = []
     for item in items:
-        matches = [Path(m) for m in sorted(glob.glob(item))] if any(c in item for c in "*?[") else [Path(item)]
+        pattern = any(c in item for c in "*?[")
+        matches = [Path(m) for m in sorted(glob.glob(item))] if pattern else [Path(item)]
         if not matches:
             raise FileNotFoundError(f"no file matches {item!r}")
         for path in matches:
             if path.is_dir():
-                paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-            elif path.exists():
-                paths.append(path)
+                try:
+                    entries = sorted(path.iterdir())
+                except OSError as err:
+                    raise ValueError(f"cannot list folder {path}: {err.strerror or type(err).__name__}") from None
+                # Everything named like an image except folders: a broken link, a link loop or a
+                # file that vanishes before it is read is that image's failure, reported with it.
+                paths.extend(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+            elif path.exists() or (pattern and path.is_symlink()):
+                paths.append(path)  # a broken link a pattern matched: reported as that image's failure
+            elif path.is_symlink():
+                raise FileNotFoundError(f"{path} is a broken symbolic link (its target is missing or it loops)")
             else:
                 raise FileNotFoundError(f"{path} does not exist")
     unique = list(dict.fromkeys(paths))
@@ -180,6 +199,69 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
             candidate, i = f"{stem}_{i}", i + 1
         stems.append(candidate)
     return stems
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Create ``output_dir`` if missing and make sure results can be written there, before any image is read.
+
+    Refused (``ValueError``): a path that is a file or lies under one, a folder that cannot be
+    created or written to (no permission, read-only file system), and a folder holding any of
+    ``inputs`` (directly or as a link's target): results written there could replace an input
+    (``a_mask.png`` is both a user's mask name and the mask of ``a.png``) and would be read back
+    as images by the next run on that folder.
+
+    Args:
+        output_dir: The folder for the results.
+        inputs: The input images.
+
+    Returns:
+        ``output_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: The folder cannot be used (one line saying why and what to do).
+        OSError: A full disk or an I/O error (no fault of the arguments).
+
+    Example:
+        >>> prepare_output_dir("predictions", expand_inputs(["scans/"]))
+    """
+    import errno
+    import tempfile
+
+    out = Path(output_dir)
+    machine = {errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file, not a folder; choose another output folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tfssim-write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        if err.errno in machine:
+            raise
+        reason = ("a parent of it is a file" if isinstance(err, (FileExistsError, NotADirectoryError))
+                  else err.strerror or type(err).__name__)
+        raise ValueError(f"cannot write results to {out}: {reason}; choose an output folder you may write to") from None
+    here = os.stat(out)
+    seen: dict[str, bool] = {}
+
+    def inside(folder: str) -> bool:
+        if folder not in seen:
+            try:
+                st = os.stat(folder)
+                seen[folder] = (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+            except OSError:
+                seen[folder] = False
+        return seen[folder]
+
+    for path in inputs:
+        path = os.path.abspath(os.fspath(path))
+        if inside(os.path.dirname(path)) or inside(os.path.dirname(os.path.realpath(path))):
+            raise ValueError(
+                f"output folder {out} holds the input image {path}; write the results to another folder "
+                "(results written beside the inputs could replace them and be read back as images)"
+            )
+    return out
 
 
 def _save_tiff(path: Path, array: np.ndarray) -> None:
@@ -235,8 +317,13 @@ def predict_files(
         A :class:`PredictionSummary`; ``summary.json`` in ``output_dir`` holds its :meth:`~PredictionSummary.to_dict`.
 
     Raises:
-        ValueError: No ``threshold`` given and the export has none, or ``min_area`` is negative.
+        ValueError: No ``threshold`` given and the export has none, a threshold that is not a
+            finite number, ``min_area`` negative, or an output folder that cannot be used
+            (:func:`prepare_output_dir`; checked before any image is read).
         FileNotFoundError: ``mask_dir`` is not a folder.
+        OSError: Writing a result failed (e.g. a full disk); the image being written has no
+            files left, ``summary.json`` (``interrupted``, ``error``) lists what was done.
+        KeyboardInterrupt: Ctrl-C; handled as a write failure.
 
     Example:
         >>> summary = predict_files(model, ["a.png", "b.png"], "out", threshold=0.3, progress=False)
@@ -245,6 +332,8 @@ def predict_files(
     from tqdm.auto import tqdm
 
     from tfssim import data, plots, postprocess
+    from tfssim.data.io import max_image_pixels
+    from tfssim.inference import METADATA_FILE
 
     threshold = threshold if threshold is not None else model.threshold
     if threshold is None:
@@ -254,14 +343,24 @@ def predict_files(
         )
     if min_area is not None and min_area < 0:
         raise ValueError(f"min_area must be >= 0, got {min_area}")
+    max_image_pixels()  # a malformed TFSSIM_MAX_IMAGE_PIXELS is one error now, not one per image
     masks = Path(mask_dir) if mask_dir is not None else None
     if masks is not None and not masks.is_dir():
         raise FileNotFoundError(f"mask folder {masks} does not exist or is not a folder")
     index = data.mask_index(masks) if masks is not None else {}
     paths = [Path(p) for p in paths]
-    processor = postprocess.PostProcessor.from_metadata(model.metadata, threshold=threshold, min_area=min_area)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    processor = postprocess.PostProcessor.from_metadata(model.metadata, threshold=threshold, min_area=min_area,
+                                                        source=model.path / METADATA_FILE)
+    if masks is not None and Path(output_dir).is_dir() and os.path.samefile(masks, output_dir):
+        raise ValueError(f"output folder {output_dir} is the ground-truth mask folder; the predicted "
+                         "<stem>_mask.png files would replace the masks: choose another output folder")
+    out = prepare_output_dir(output_dir, paths)  # every output-side problem before the first image
+    stems = output_stems(paths)
+    blocked = [out / f"{stem}{suffix}" for stem in stems for suffix in OUTPUT_SUFFIXES.values()
+               if (out / f"{stem}{suffix}").is_dir()]
+    if blocked:
+        raise ValueError(f"{blocked[0]} is a folder where a result file goes; move it away or choose another "
+                         "output folder")
     summary = PredictionSummary(model.path, processor.threshold, out, len(paths),
                                 images_without_mask=0 if masks is not None else None,
                                 postprocess=processor.to_dict())
@@ -270,36 +369,61 @@ def predict_files(
         if progress:
             tqdm.write(line, file=sys.stderr if err else None)
 
-    for path, stem in tqdm(list(zip(paths, output_stems(paths))), desc="predict", unit="img",
-                           disable=None if progress else True):
-        found = None
+    try:
+        for path, stem in tqdm(list(zip(paths, stems)), desc="predict", unit="img",
+                               disable=None if progress else True):
+            found = None
+            # Reading and scoring: any failure is this image's (unreadable, over the pixel budget,
+            # gone since listing, refused by the export, out of memory); the others go on.
+            try:
+                image = data.read_image(path, model.channels)
+                gt = None
+                if masks is not None:
+                    found = data.find_mask(masks, path, index)
+                    if found is None:
+                        summary.images_without_mask += 1
+                        say(f"warning: no ground-truth mask for {path} in {mask_dir} (looked for "
+                            f"{data.mask_names(path)})", err=True)
+                    else:
+                        gt = data.read_mask(found, shape=image.shape[:2])
+                maps = model.predict(image, source=path)
+                anomaly_map = maps["anomaly_map"]
+                if not np.isfinite(anomaly_map).all():
+                    raise ValueError("the export produced NaN or infinite scores for this image; the model is "
+                                     "broken (retrain or re-export it)")
+                mask, regions = processor(anomaly_map)
+            except (ValueError, OSError, MemoryError) as err:
+                message = str(err) if str(path) in str(err) else f"{path}: {err}"
+                summary.failures.append(message)
+                say(f"skipped {message}", err=True)
+                continue
+            # Writing: a failure here (disk full, Ctrl-C) stops the run; this image's files go,
+            # so that no image is left with part of its results.
+            files = {kind: out / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+            try:
+                _save_tiff(files["anomaly_map_tif"], anomaly_map)
+                plots.plot_anomaly_map(image, anomaly_map, files["anomaly_map_png"])
+                _save_png(files["mask"], (mask * 255).astype(np.uint8))
+                plots.plot_overlay(image, mask, gt, files["overlay"])
+                postprocess.regions_to_json(regions, files["regions"])
+            except BaseException:
+                for file in files.values():
+                    try:
+                        file.unlink(missing_ok=True)
+                    except OSError:
+                        pass
+                raise
+            result = ImageResult(path, stem, regions, float(anomaly_map.max()), files, found)
+            summary.results.append(result)
+            say(result.summary_line())
+    except BaseException as err:
+        # Stopped early: summary.json still says what was done (best effort: the disk may be full).
+        summary.interrupted = True
+        summary.error = type(err).__name__ if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
         try:
-            image = data.read_image(path, model.channels)
-            gt = None
-            if masks is not None:
-                found = data.find_mask(masks, path, index)
-                if found is None:
-                    summary.images_without_mask += 1
-                    say(f"warning: no ground-truth mask for {path} in {mask_dir} (looked for "
-                        f"{data.mask_names(path)})", err=True)
-                else:
-                    gt = data.read_mask(found, shape=image.shape[:2])
-            maps = model.predict(image, source=path)
-        except ValueError as err:
-            message = str(err) if str(path) in str(err) else f"{path}: {err}"
-            summary.failures.append(message)
-            say(f"skipped {message}", err=True)
-            continue
-        anomaly_map = maps["anomaly_map"]
-        mask, regions = processor(anomaly_map)
-        files = {kind: out / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
-        _save_tiff(files["anomaly_map_tif"], anomaly_map)
-        plots.plot_anomaly_map(image, anomaly_map, files["anomaly_map_png"])
-        _save_png(files["mask"], (mask * 255).astype(np.uint8))
-        plots.plot_overlay(image, mask, gt, files["overlay"])
-        postprocess.regions_to_json(regions, files["regions"])
-        result = ImageResult(path, stem, regions, float(anomaly_map.max()), files, found)
-        summary.results.append(result)
-        say(result.summary_line())
+            atomic_write_json(out / "summary.json", summary.to_dict())
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+        raise
     atomic_write_json(out / "summary.json", summary.to_dict())
     return summary

@@ -73,16 +73,14 @@ def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: 
     Test sets sorted by defect type (MVTec AD, or test/<type>/ folders) are also scored per type:
     each type's images together with the good test images."""
     setup_logging(verbose)
-    import json
-
     from tfssim import data, evaluation
-    from tfssim.inference import METADATA_FILE, ExportedModel, resolve_export_dir
+    from tfssim.inference import ExportedModel, read_export_metadata, resolve_export_dir
 
     started = time.perf_counter()
     with usage_errors():
         # The metadata alone first (cheap): the split must be the one of training.
         folders = [resolve_export_dir(e) for e in exports]
-        metadatas = [json.loads((f / METADATA_FILE).read_text()) for f in folders]
+        metadatas = [read_export_metadata(f) for f in folders]  # checked; a fault names the file
         given = (val_split, seed)
         val_split, seed, warnings = split_settings(metadatas, val_split, seed, [str(f) for f in folders])
         if (layout if layout != "auto" else data.detect_layout(dataset)) != "nanotwice":  # fixed split there

@@ -4,6 +4,7 @@ A thin wrapper around :func:`tfssim.prediction.predict_files`.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -23,11 +24,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """click callback: a finite threshold (NaN would flag nothing, +-inf everything or nothing)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"the threshold must be a finite number, got {value}; give a score such as 0.3 "
+                                 "or omit --threshold to use the export's calibrated one")
+    return value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("export", type=click.Path(exists=True, file_okay=False))
 @click.argument("images", nargs=-1, required=True)
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Folder for the results.")
-@click.option("--threshold", type=float, default=None, help="Score threshold; default: the export's calibrated one.")
+@click.option("--threshold", type=float, default=None, callback=_finite,
+              help="Score threshold (a finite number); default: the export's calibrated one.")
 @click.option("--masks", "mask_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of ground-truth masks (<stem>_gt, <stem> or <stem>_mask; .png, .tif, ...) "
                    "drawn as red contours.")
@@ -46,7 +56,7 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
 
     try:
         paths = expand_inputs(images)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise click.BadParameter(str(err), param_hint="IMAGES") from None
     with usage_errors():
         model = ExportedModel.load(export)
@@ -56,7 +66,15 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
             f"export {model.path} has no calibrated threshold; run tfssim-calibrate on defect-free images first "
             "or pass --threshold"
         )
-    summary = predict_files(model, paths, output, threshold=threshold, mask_dir=mask_dir, min_area=min_area)
+    try:
+        # Output-side problems are found before the first image (exit 2; a full disk exit 1); a
+        # write failure later stops the run with one line, summary.json saying what was done.
+        with usage_errors():
+            summary = predict_files(model, paths, output, threshold=threshold, mask_dir=mask_dir, min_area=min_area)
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted: the results of the images finished so far are in {output} (summary.json lists "
+                   "them; the image being written when you pressed Ctrl-C has no files)", err=True)
+        sys.exit(130)
     if summary.failures:
         click.echo(f"{len(summary.failures)} of {summary.images} image(s) could not be processed:", err=True)
         for line in summary.failures:
