@@ -164,7 +164,9 @@ def load_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 
       images into good ones with empty masks;
     * ``test/good/`` needs no masks; every image in any other ``test/<type>/`` needs one, in
       ``ground_truth/<type>/`` if that exists, else in the ground-truth folder itself
-      (label ``<type>``).
+      (label ``<type>``);
+    * in both cases every mask file (in the ground-truth folder and its subfolders) must fit a
+      test image: a mask that fits none is an error, naming the files.
 
     Raises
     ------
@@ -214,14 +216,21 @@ def load_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 
             masks.extend(_match_masks(images, sub if sub.is_dir() else gt_dir))
         test.extend(images)
         labels.extend([type_dir.name] * len(images))
-    if flat and gt_dir is not None:
+    if gt_dir is not None:
+        # Every mask must fit a test image, in test/ directly and in test/<type>/ alike: a
+        # naming mistake would otherwise turn defective images into good ones (flat) or leave
+        # masks silently unused (typed).
         used = {m for m in masks if m is not None}
-        stray = [p.name for p in index.values() if p not in used]
+        candidates = list(index.values())
+        for sub in sorted(p for p in gt_dir.iterdir() if p.is_dir() and p.name != "good"):  # good: no masks used
+            candidates.extend(mask_index(sub).values())
+        stray = [str(p.relative_to(gt_dir)) for p in candidates if p not in used]
         if stray:
             raise ValueError(
                 f"{len(stray)} mask(s) in {gt_dir} fit no image in {test_root}: {', '.join(stray[:5])}"
                 f"{' ...' if len(stray) > 5 else ''}; a test image <stem> takes the mask "
-                f"{' or '.join(f'<stem>{s}' for s in MASK_SUFFIXES)} (any image extension)"
+                f"{' or '.join(f'<stem>{s}' for s in MASK_SUFFIXES)} (any image extension) in {gt_dir.name}/, "
+                f"or for test/<type>/<stem> in {gt_dir.name}/<type>/ where that exists; rename or remove those masks"
             )
     return DatasetSplit("folder", root, train, val, test, masks, labels)
 
