@@ -256,6 +256,19 @@ def test_run_that_fails_before_its_first_epoch_removes_only_what_it_created(imag
     assert _digest(images) == before
 
 
+def test_interrupted_first_epoch_removes_the_new_run_folder(images: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C during the first epoch
+
+    monkeypatch.setattr(keras.Model, "fit", interrupted)
+    run = tmp_path / "run"
+    result = _train(images, "--output", run, *ONE_STEP)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # click's "Aborted!"
+    assert "Traceback" not in result.output
+    assert not run.exists()
+
+
 def test_failed_resume_never_removes_the_runs_files(images: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()

@@ -13,6 +13,7 @@ A run lives in one folder::
       examples/             input / reconstruction / residual PNGs of validation patches
       state/                resume state: progress.json (epochs done, best value) naming the
                             weights + optimizer file of the last finished epoch
+      .tfssim-train.lock    held (flock) while a tfssim-train uses the folder: a second one is refused
 
 Under ``strategy="multiworker"`` only the chief (task 0) writes the run folder, and training runs
 in a custom distributed loop instead of ``model.fit`` (see ``_custom_fit``).
@@ -20,6 +21,8 @@ in a custom distributed loop instead of ``model.fit`` (see ``_custom_fit``).
 Every file is written atomically (temporary name, then ``os.replace``), so a run killed at
 any moment resumes from its last finished epoch with ``resume=True`` and keeps every history
 row it had; the patch pipeline is index-seeded and skips ahead to the batches not yet seen.
+A new run that fails (or is interrupted) before its first epoch finished removes what it
+created, so that the corrected command can use the same folder.
 """
 from __future__ import annotations
 
