@@ -431,11 +431,11 @@ def test_export_of_a_junk_keras_file_says_it_is_not_a_readable_keras_file(where:
     assert path.read_bytes() == junk and not (tmp_path / "exported").exists()
 
 
-@pytest.mark.parametrize("layout", ["flat", "typed"])
+@pytest.mark.parametrize("layout", ["flat", "typed", "mvtec"])
 def test_orphan_masks_are_refused_in_flat_and_typed_test_folders(layout: str, images: Path, tmp_path: Path) -> None:
     data = tmp_path / "ds"
     for i in range(2):
-        _png(data / "train" / f"t{i}.png", i)
+        _png(data / "train" / ("good" if layout == "mvtec" else "") / f"t{i}.png", i)
     if layout == "flat":
         _png(data / "test" / "a.png")
         _png(data / "ground_truth" / "a_gt.png")
