@@ -119,8 +119,9 @@ def test_config_value_of_the_wrong_type_is_refused_naming_key_type_and_file(
         ("deep.json", lambda: "[" * 100_000 + "]" * 100_000, "nests deeper than 8 levels"),
         ("deep-value.json", lambda: '{"model": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests deeper than 8 levels"),
         ("deep.yaml", lambda: "model: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests deeper than 8 levels"),
-        ("bomb.yaml", lambda: "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
-                              + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+        ("bomb.yaml", lambda: "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"  # a billion laughs
+                              + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n"
+                                        for p, c in zip("abcdefgh", "bcdefghi"))
                               + "model: *i\n", "uses a YAML anchor or alias"),
         ("huge.yaml", lambda: "# padding\n" * 120_000 + "epochs: 1\n", "is larger than 1024 KiB"),
         ("binary.yaml", lambda: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "is not a text file"),
@@ -309,7 +310,8 @@ def test_out_of_memory_in_the_first_epoch_is_one_line_and_leaves_no_run_folder(
     # What --batch-size 100000000 --patches-per-epoch 100000000 ends in (measured: 40 s to get there).
     def oom(*args, **kwargs):
         raise tf.errors.ResourceExhaustedError(
-            None, None, "{{function_node __wrapped__X}} OOM when allocating tensor with shape[100000000,32,32,1] and type float")
+            None, None,
+            "{{function_node __wrapped__X}} OOM when allocating tensor with shape[100000000,32,32,1] and type float")
 
     monkeypatch.setattr(keras.Model, "fit", oom)
     run = tmp_path / "run"

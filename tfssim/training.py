@@ -914,8 +914,8 @@ def _out_of_memory_line(config: TrainConfig, err: BaseException) -> str:
     detail = oom.group(0) if oom else (str(err).strip().splitlines() or [type(err).__name__])[0]
     detail = detail if len(detail) <= 160 else detail[:157] + "..."
     return (f"out of memory building or training the model (patch size {config.patch_size}, latent dim "
-            f"{config.latent_dim}, batch size {config.batch_size}: {detail or type(err).__name__}); lower --batch-size, "
-            "--latent-dim or --patch-size (or free memory on the device) and train again")
+            f"{config.latent_dim}, batch size {config.batch_size}: {detail or type(err).__name__}); lower "
+            "--batch-size, --latent-dim or --patch-size (or free memory on the device) and train again")
 
 
 # A lock file in the run folder: one tfssim-train at a time per folder (see _claim_run_folder).
@@ -998,13 +998,15 @@ def _remove_created(run_dir: Path, before: set[str], created: list[Path]) -> Non
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+    removed = None
     for folder in created:  # innermost first; only if empty (never another process's files)
         try:
             folder.rmdir()
         except OSError:
             break
-    if created:
-        logger.info("no epoch finished: removed %s, which this run had created", created[-1])
+        removed = folder
+    if removed is not None:
+        logger.info("no epoch finished: removed %s, which this run had created", removed)
 
 
 class _StoppedElsewhere(ValueError):
