@@ -6,6 +6,9 @@ Layout (TensorFlow Serving's): ``<output_root>/<name>/<version>/`` with ``saved_
 beside its destination (``.<version>.partial-*``, which TF Serving ignores: not an integer) and
 renamed into place only when complete; an existing version is never overwritten. A version chosen
 automatically (no ``version``) that a concurrent export takes meanwhile becomes the next free one.
+Such a folder left by a killed export is removed by a later export of the same model once it is
+provably dead: the process recorded in it no longer runs, or (where that cannot be told) it is
+older than :data:`PARTIAL_MAX_AGE_S`.
 
 Signatures (each takes one image, ``[H, W, C]`` or ``[1, H, W, C]``, ``H, W >= patch``; a
 SavedModel signature cannot have optional inputs, so the default stride has its own ones):
@@ -299,10 +302,16 @@ def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, A
         model_path = source
     else:
         raise ValueError(f"{source} is neither a run folder nor a .keras file")
+    fix = "give a .keras file written by tfssim-train (a run folder's best.keras or final.keras)"
+    if not model_path.is_file() or not zipfile.is_zipfile(model_path):
+        # Keras would say "File not found" about a file that exists but is no .keras zip archive.
+        raise ValueError(f"{model_path} is not a readable Keras file (not a .keras zip archive); {fix}")
     try:
         model = keras.saving.load_model(model_path, compile=False)
     except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
-        raise ValueError(f"cannot load model {model_path}: {type(err).__name__}: {err}") from None
+        detail = " ".join(str(err).split())  # Keras's messages span lines: one line here
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise ValueError(f"{model_path} is not a readable Keras file ({type(err).__name__}: {detail}); {fix}") from None
     if not info.get("ssim"):
         info["ssim"] = _ssim_from_keras_file(model_path)
     config = record.get("config") if isinstance(record.get("config"), dict) else record
@@ -332,8 +341,81 @@ def _model_geometry(model: keras.Model) -> tuple[int, int]:
 def next_version(model_root: str | os.PathLike) -> int:
     """The next free integer version under ``model_root`` (1 for a new model)."""
     root = Path(model_root)
-    versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+    # Every entry named like a version counts, a stray *file* too: its number is not free.
+    versions = [int(p.name) for p in root.iterdir() if p.name.isascii() and p.name.isdigit()] if root.is_dir() else []
     return max(versions, default=0) + 1
+
+
+# TF Serving's version numbers are int64.
+MAX_VERSION = 2**63 - 1
+# A ``.<version>.partial-*`` folder whose export is dead is removed by the next export of the same
+# model: dead when the process that made it (recorded in it) no longer runs on this machine, or,
+# where that cannot be told (another machine, no record), when it is older than this. An export
+# takes minutes, so a day-old one is no running export's.
+PARTIAL_MAX_AGE_S = 24 * 3600
+_OWNER_FILE = "owner.json"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux ``/proc``; None where unknown): tells a reused PID apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        pass
+    except (OSError, OverflowError, ValueError):
+        return False
+    return started is None or _process_start(pid) in (None, started)
+
+
+def _partial_is_dead(folder: Path, now: float) -> bool:
+    """Whether ``folder`` (a ``.N.partial-*`` export folder) belongs to no running export."""
+    import socket
+
+    try:
+        owner = json.loads((folder / _OWNER_FILE).read_text())
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        owner = None
+    if owner is not None and host == socket.gethostname():
+        return not _process_alive(pid, owner.get("started"))
+    try:
+        return now - folder.stat().st_mtime > PARTIAL_MAX_AGE_S
+    except OSError:
+        return False
+
+
+def _remove_dead_partials(model_root: Path) -> None:
+    """Remove the ``.N.partial-*`` folders of killed exports in ``model_root`` (never a running export's)."""
+    import re
+    import time
+
+    if not model_root.is_dir():
+        return
+    now = time.time()
+    for folder in model_root.iterdir():
+        if re.fullmatch(r"\.\d+\.partial-.+", folder.name) and folder.is_dir() and not folder.is_symlink() \
+                and _partial_is_dead(folder, now):
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                logger.info("removed %s, left behind by an export that no longer runs", folder)
+
+
+def _record_owner(folder: Path) -> None:
+    """Write who builds the export in ``folder`` (see :func:`_partial_is_dead`)."""
+    import socket
+
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid())}
+    (folder / _OWNER_FILE).write_text(json.dumps(owner))
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,9 +635,13 @@ def _move_into_place(export_dir: Path, model_root: Path, version: int, *, auto: 
 
 
 def _check_name(name: str) -> None:
+    # Control characters (a newline, a tab) make a folder name that TF Serving's config and every
+    # log line would mangle.
     if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0") \
-            or name != name.strip():
-        raise ValueError(f"invalid model name {name!r}: use a plain folder name such as 'nanotwice_ssim'")
+            or name != name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name) \
+            or len(name.encode("utf-8", "surrogateescape")) > 255:
+        raise ValueError(f"invalid model name {name!r}: use a plain folder name such as 'nanotwice_ssim' "
+                         "(no slashes, control characters or leading dot, at most 255 bytes)")
 
 
 def export_model(
@@ -658,15 +744,16 @@ def export_model(
     model_root = Path(output_root) / name
     auto_version = version is None
     version = next_version(model_root) if auto_version else version
-    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1:
-        raise ValueError(f"version must be a positive integer, got {version!r}")
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 1 <= version <= MAX_VERSION:
+        raise ValueError(f"version must be an integer from 1 to {MAX_VERSION} (TF Serving's int64), got {version!r}")
     version = int(version)
     destination = model_root / str(version)
-    if destination.exists():
+    if destination.exists() or destination.is_symlink():
         raise FileExistsError(
             f"{destination} already exists; exports are never overwritten (omit --version for the next free one)"
         )
     model_root.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(model_root)
 
     scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params, vae_samples, jit_compile,
                      map_sigma)
@@ -706,6 +793,7 @@ def export_model(
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_root))
     try:
+        _record_owner(tmp)
         export_dir = tmp / "export"
         archive.write_out(str(export_dir), verbose=False)
         (export_dir / "assets").mkdir(exist_ok=True)

@@ -13,6 +13,7 @@ A run lives in one folder::
       examples/             input / reconstruction / residual PNGs of validation patches
       state/                resume state: progress.json (epochs done, best value) naming the
                             weights + optimizer file of the last finished epoch
+      .tfssim-train.lock    held (flock) while a tfssim-train uses the folder: a second one is refused
 
 Under ``strategy="multiworker"`` only the chief (task 0) writes the run folder, and training runs
 in a custom distributed loop instead of ``model.fit`` (see ``_custom_fit``).
@@ -20,6 +21,8 @@ in a custom distributed loop instead of ``model.fit`` (see ``_custom_fit``).
 Every file is written atomically (temporary name, then ``os.replace``), so a run killed at
 any moment resumes from its last finished epoch with ``resume=True`` and keeps every history
 row it had; the patch pipeline is index-seeded and skips ahead to the batches not yet seen.
+A new run that fails (or is interrupted) before its first epoch finished removes what it
+created, so that the corrected command can use the same folder.
 """
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ from tfssim.ssim import WEIGHTINGS, validate_window
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainResult", "train", "load_config", "RunExistsError", "STRATEGIES", "LAYOUTS"]
+__all__ = ["TrainConfig", "TrainResult", "train", "load_config", "RunExistsError", "RunInUseError", "OutOfMemoryError",
+           "STRATEGIES", "LAYOUTS"]
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LAYOUTS = ("auto", "nanotwice", "mvtec", "folder")
@@ -155,6 +159,14 @@ class TrainConfig:
             raise ValueError(f"{_key('fm_weights')} must be 'imagenet' or a weights file path, got {self.fm_weights!r}")
         validate_architecture(self.patch_size, self.channels, self.latent_dim)
         validate_window(self.ssim_window, self.ssim_sigma, self.ssim_weighting)
+        if get_spec(self.model).residual == "ssim" and self.ssim_window > self.patch_size:
+            # The SSIM loss compares whole patches: its window must fit inside one.
+            fits = self.patch_size - 1 if self.patch_size % 2 == 0 else self.patch_size
+            raise ValueError(
+                f"{_key('ssim_window')} {self.ssim_window} is larger than the {self.patch_size}x{self.patch_size} "
+                f"patch ({_key('patch_size')}); use --ssim-window {fits} or smaller (odd, e.g. 11, the paper's) "
+                "or a larger --patch-size"
+            )
         if self.patches_per_epoch < self.batch_size:
             raise ValueError(
                 f"patches-per-epoch ({self.patches_per_epoch}) must be at least the batch size ({self.batch_size})"
@@ -221,36 +233,58 @@ def _checked_float(name: str, value: Any, low: float, low_open: bool, high: floa
     return number
 
 
+# A config file holds a handful of scalar values: these bounds refuse files that are not one
+# (a log, an image, a YAML alias bomb, a deeply nested document) quickly and in little memory.
+CONFIG_MAX_BYTES = 1 << 20
+CONFIG_MAX_DEPTH = 8
+# The raw type each field takes in a config file (before any conversion): checked by
+# load_config so that ``epochs: 1.5`` or ``learning_rate: true`` is refused, not coerced.
+_STR_FIELDS = ("data", "output", "model", "layout", "ssim_weighting", "mixed_precision", "strategy", "fm_weights")
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML or JSON run configuration; keys may use dashes or underscores.
 
     Keys are ``tfssim-train`` option names (``--weights`` may be given as ``weights``) or
-    :class:`TrainConfig` field names. Raises ``ValueError`` for unknown keys (naming them, with
-    the closest valid key) and for malformed YAML/JSON (with the line).
+    :class:`TrainConfig` field names. Every value's raw type is checked before anything converts
+    it: an integer field takes an integer (not a float, not a boolean), a number field an integer
+    or a float (not a boolean), a switch a YAML/JSON boolean, the others a string (``weights``
+    may also be null). YAML reads ``1e-4`` as a number (YAML 1.2's rule), not as a string.
+
+    Args:
+        path: A ``.yaml``/``.yml`` file (YAML) or any other file (JSON).
+
+    Returns:
+        The values by :class:`TrainConfig` field name (ranges are checked later by
+        :meth:`TrainConfig.validate`).
+
+    Raises:
+        ValueError: naming the file: unknown keys (with the closest valid key), a value of the
+            wrong type (naming the key and the type it takes), malformed YAML/JSON (with the
+            line), a file over :data:`CONFIG_MAX_BYTES`, nested deeper than
+            :data:`CONFIG_MAX_DEPTH`, using YAML anchors/aliases, or not UTF-8 text.
+        OSError: the file cannot be read.
+
+    Example:
+        >>> load_config("run.yaml")  # epochs: 10 / learning-rate: 1e-4
+        {'epochs': 10, 'learning_rate': 0.0001}
     """
     path = Path(path)
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            where = getattr(err, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-            problem = getattr(err, "problem", None) or type(err).__name__
-            raise ValueError(
-                f"config file {path} is not valid YAML ({problem}{at}); fix the syntax, "
-                "one 'option-name: value' per line"
-            ) from None
-    else:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"config file {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
-                'fix the syntax, e.g. {"epochs": 10}, or use a .yaml file'
-            ) from None
+    with path.open("rb") as fh:  # read at most the bound: /dev/zero or a huge log is refused, not loaded
+        data = fh.read(CONFIG_MAX_BYTES + 1)
+    if len(data) > CONFIG_MAX_BYTES:
+        raise ValueError(f"config file {path} is larger than {CONFIG_MAX_BYTES // 1024} KiB; a run configuration is a "
+                         "few lines of 'option-name: value' (is it the right file?)")
+    try:
+        text = data.decode("utf-8-sig")
+        if "\0" in text:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path} is not a text file (byte {data[err.start]:#04x} at offset {err.start} "
+                         "is not UTF-8 text); give a YAML or JSON file of 'option-name: value' lines") from None
+    raw = _parse_yaml(path, text) if path.suffix.lower() in (".yaml", ".yml") else _parse_json(path, text)
+    if raw is None and path.suffix.lower() in (".yaml", ".yml"):
+        raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"config file {path} must hold a mapping of option names to values, e.g. 'epochs: 10'")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -265,12 +299,147 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         hints = []
         for key in unknown:
             close = difflib.get_close_matches(key, sorted(known | set(CONFIG_ALIASES)), n=1)
-            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+            hints.append(f"{_short_repr(key)} (did you mean {close[0]!r}?)" if close else _short_repr(key))
         raise ValueError(
             f"config file {path} has unknown keys: {', '.join(hints)}; fix or remove them "
             f"(valid keys: {', '.join(sorted(known | set(CONFIG_ALIASES)))})"
         )
+    for name, value in values.items():
+        _check_raw_type(path, name, value)
     return values
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_raw_type(path: Path, name: str, value: Any) -> None:
+    """Refuse a config value of the wrong type (``ValueError`` naming the file, the key and the type it takes)."""
+    if isinstance(value, (list, tuple, dict, set)):
+        got = f"a {'mapping' if isinstance(value, dict) else 'list'} {_short_repr(value)}"
+    else:
+        got = _short_repr(value)
+    if name in _BOOL_FIELDS:
+        if isinstance(value, bool):
+            return
+        raise ValueError(f"config file {path}: {_key(name)} must be true or false, got {got}; write {name}: true or "
+                         f"{name}: false (a YAML/JSON boolean, without quotes)")
+    ints = {n: (low, high) for n, low, high in _INT_FIELDS}
+    if name in ints:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return
+        low, high = ints[name]
+        wanted = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+        raise ValueError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
+                         "(a plain integer: no decimal point, no quotes)")
+    floats = {f[0]: f for f in _FLOAT_FIELDS}
+    if name in floats:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        _, low, low_open, high, high_open = floats[name]
+        wanted = f"a number {'>' if low_open else '>='} {low:g}"
+        if high is not None:
+            wanted += f" and {'<' if high_open else '<='} {high:g}"
+        raise ValueError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
+                         "(a plain number such as 0.0002 or 2e-4, without quotes)")
+    if name in _STR_FIELDS:
+        if isinstance(value, str) or (name == "fm_weights" and value is None):
+            return
+        raise ValueError(f"config file {path}: {_key(name)} must be a string, got {got}; set {name} to a "
+                         "single value, e.g. " + ("a folder path" if name in ("data", "output") else
+                                                  "'imagenet' or a weights file" if name == "fm_weights" else
+                                                  f"{name}: {getattr(TrainConfig, name)}"))
+    raise AssertionError(f"config field {name!r} has no raw type")  # a new TrainConfig field needs a type here
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"config file {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+            'fix the syntax, e.g. {"epochs": 10}, or use a .yaml file'
+        ) from None
+    except RecursionError:
+        raise ValueError(f"config file {path} nests deeper than {CONFIG_MAX_DEPTH} levels; a run configuration "
+                         "is one mapping of option names to plain values") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ValueError(f"config file {path} is not valid JSON ({err}); fix the value") from None
+    if _depth(raw, CONFIG_MAX_DEPTH + 1) > CONFIG_MAX_DEPTH:
+        raise ValueError(f"config file {path} nests deeper than {CONFIG_MAX_DEPTH} levels; a run configuration "
+                         "is one mapping of option names to plain values")
+    return raw
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of lists/dicts in ``value``, counted up to ``limit`` (no deeper recursion)."""
+    if not isinstance(value, (list, dict)) or limit <= 0:
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml
+
+    loader = _config_yaml_loader()(text)
+    try:
+        return loader.get_single_data()
+    except _YamlRefused as err:
+        raise ValueError(f"config file {path} {err}") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ValueError(
+            f"config file {path} is not valid YAML ({problem}{at}); fix the syntax, "
+            "one 'option-name: value' per line"
+        ) from None
+    except (ValueError, OverflowError) as err:  # a value YAML matched but Python cannot convert
+        raise ValueError(f"config file {path} has a value that cannot be read ({err}); fix it") from None
+    finally:
+        loader.dispose()
+
+
+class _YamlRefused(Exception):
+    """A YAML construct a config file may not use (the message completes 'config file X ...')."""
+
+
+def _config_yaml_loader() -> type:
+    """PyYAML's safe loader, bounded: no anchors or aliases, nesting depth at most CONFIG_MAX_DEPTH.
+
+    Aliases are refused outright (a run configuration has no use for them): an alias bomb (a
+    billion laughs) would otherwise expand into gigabytes. Floats follow YAML 1.2 (``1e-4`` is a
+    number; YAML 1.1, PyYAML's default, reads it as a string).
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        _depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            line = event.start_mark.line + 1 if event.start_mark is not None else "?"
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise _YamlRefused(f"uses a YAML anchor or alias (&{event.anchor} / *{event.anchor}) at line {line}; "
+                                   "write each value out instead")
+            self._depth += 1
+            try:
+                if self._depth > CONFIG_MAX_DEPTH:  # the document's mapping is level 1, as in _depth
+                    raise _YamlRefused(f"nests deeper than {CONFIG_MAX_DEPTH} levels (line {line}); a run "
+                                       "configuration is one mapping of option names to plain values")
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return Loader
 
 
 @dataclass
@@ -570,9 +739,7 @@ class _RunState(keras.callbacks.Callback):
         state = self.run_dir / "state"
         state.mkdir(exist_ok=True)
         weights = f"epoch-{epoch + 1:05d}.weights.h5"
-        tmp = state / "checkpoint.tmp.weights.h5"  # save_weights needs the .weights.h5 ending
-        self.model.save_weights(tmp)
-        os.replace(tmp, state / weights)
+        _save_checkpoint(self.model, state, weights)
         if monitor < self.best:
             self.best = monitor
             atomic_write(self.run_dir / "best.keras", self.model.save)
@@ -589,6 +756,60 @@ class _RunState(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.model.stop_training = True
+
+
+def _save_checkpoint(model: keras.Model, state: Path, weights: str) -> None:
+    """Write the weights + optimizer state to ``state/weights`` atomically; a failed write leaves no temporary file.
+
+    h5py reports a failed write (a full disk) in a message of several lines and, when its
+    half-written file is garbage-collected later, as "Exception ignored" tracebacks on stderr:
+    here the file is collected at once with those reports silenced, and the error becomes one
+    ``OSError`` line naming the file.
+    """
+    import errno
+    import gc
+    import sys
+    import traceback
+
+    tmp = state / "checkpoint.tmp.weights.h5"  # save_weights needs the .weights.h5 ending; one writer (the lock)
+    hooks = sys.unraisablehook, sys.excepthook
+    unraisable: list[Any] = []
+    printed: list[tuple[Any, ...]] = []
+    failure: OSError | None = None
+    # h5py reports its failing cleanup of a half-written file (in Keras's own error handling, and
+    # when the file is freed) from a Cython __dealloc__, which prints the traceback through
+    # sys.excepthook and then "Exception ignored" through sys.unraisablehook: both held back
+    # here, passed on if the save succeeds, dropped if it fails (the one error below reports it).
+    sys.unraisablehook = unraisable.append
+    sys.excepthook = lambda *args: printed.append(args)
+    try:
+        try:
+            model.save_weights(tmp)
+            os.replace(tmp, state / weights)
+        except Exception as err:
+            text = " ".join(str(err).split())
+            code = getattr(err, "errno", None)
+            if code is None:
+                code = next((c for c, m in ((errno.ENOSPC, "No space left on device"),
+                                            (errno.EDQUOT, "Disk quota exceeded"), (errno.EIO, "Input/output error"))
+                             if m in text), None)
+            if code is None:
+                tmp.unlink(missing_ok=True)
+                raise
+            failure = OSError(code, os.strerror(code), str(state / weights))
+            traceback.clear_frames(err.__traceback__)  # frees h5py's file now, not at some later collection
+        if failure is not None:
+            gc.collect()
+            unraisable.clear()
+            printed.clear()
+            tmp.unlink(missing_ok=True)
+            raise failure
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
+        for args in printed:
+            hooks[1](*args)
+        for report in unraisable:
+            hooks[0](report)
 
 
 def _banner(config: TrainConfig, split: Any, train: Sequence[np.ndarray], val: Sequence[np.ndarray],
@@ -801,7 +1022,122 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
     # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF work.
     strategy = _make_strategy(config.strategy)
     with precision.precision_policy(config.mixed_precision) as policy:
-        return _train(config, strategy, policy, resume=resume, verbose=verbose)
+        # Only the chief writes (and so claims) the run folder.
+        claim = _claim_run_folder(Path(config.output), resume) if _is_chief(strategy) else contextlib.nullcontext()
+        with claim:
+            try:
+                return _train(config, strategy, policy, resume=resume, verbose=verbose)
+            except (MemoryError, tf.errors.ResourceExhaustedError) as err:
+                if any(m in str(err) for m in ("No space left on device", "Disk quota exceeded")):
+                    raise  # TensorFlow reports a full disk this way too: not a memory problem
+                raise OutOfMemoryError(_out_of_memory_line(config, err)) from None
+
+
+class OutOfMemoryError(MemoryError):
+    """Building or training the model needed more memory than the machine has (the message says what to lower)."""
+
+
+def _out_of_memory_line(config: TrainConfig, err: BaseException) -> str:
+    import re
+
+    # TensorFlow's message starts with a function-node name: its "OOM when allocating ..." part says it.
+    oom = re.search(r"OOM when allocating tensor with shape\s*\[[^\]]*\]", str(err))
+    detail = oom.group(0) if oom else (str(err).strip().splitlines() or [type(err).__name__])[0]
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    return (f"out of memory building or training the model (patch size {config.patch_size}, latent dim "
+            f"{config.latent_dim}, batch size {config.batch_size}: {detail or type(err).__name__}); lower "
+            "--batch-size, --latent-dim or --patch-size (or free memory on the device) and train again")
+
+
+# A lock file in the run folder: one tfssim-train at a time per folder (see _claim_run_folder).
+LOCK_NAME = ".tfssim-train.lock"
+
+
+class RunInUseError(ValueError):
+    """Another process (a tfssim-train, e.g. a second --resume) holds the run folder."""
+
+
+@contextlib.contextmanager
+def _claim_run_folder(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Hold the run folder for this process; if the run fails before an epoch finished, remove what it made.
+
+    A lock (``fcntl.flock`` on :data:`LOCK_NAME` in the folder, released by the kernel when the
+    process ends, however it ends) refuses a second ``tfssim-train`` on the same folder, e.g.
+    two ``--resume`` of one run, which would both train and overwrite each other's checkpoints.
+
+    A new run (not ``resume``) that fails or is interrupted before its first epoch finished
+    (no ``state/progress.json``) removes the files and folders this call created, so that the
+    corrected command can run again into the same ``--output``; anything that was there before
+    stays. A resumed run never removes anything.
+    """
+    if (resume and not run_dir.is_dir()) or (
+            not resume and run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())):
+        yield  # _train refuses both ("holds no run", RunExistsError): nothing to lock or to clean up
+        return
+    created: list[Path] = []  # folders this call makes, innermost first
+    if not resume:
+        missing = run_dir
+        while not missing.exists() and not missing.is_symlink() and missing != missing.parent:
+            created.append(missing)
+            missing = missing.parent
+        run_dir.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in run_dir.iterdir()}
+    lock = _lock_run_folder(run_dir)
+    try:
+        yield
+    except BaseException:
+        if not resume and not (run_dir / "state" / PROGRESS_NAME).exists():
+            _remove_created(run_dir, before, created)
+        raise
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
+
+
+def _lock_run_folder(run_dir: Path) -> Any:
+    """An open lock file holding an exclusive ``flock`` of ``run_dir`` (None where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return None
+    handle = open(run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip()
+        handle.close()
+        raise RunInUseError(
+            f"run folder {run_dir} is in use by another tfssim-train (process {owner or 'unknown'}); wait for it to "
+            "finish (then --resume continues the run) or choose another --output"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _remove_created(run_dir: Path, before: set[str], created: list[Path]) -> None:
+    """Remove what a failed new run created in ``run_dir`` (not the entries in ``before``), then its new folders."""
+    import shutil
+
+    for entry in run_dir.iterdir() if run_dir.is_dir() else ():
+        if entry.name in before:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    removed = None
+    for folder in created:  # innermost first; only if empty (never another process's files)
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+        removed = folder
+    if removed is not None:
+        logger.info("no epoch finished: removed %s, which this run had created", removed)
 
 
 class _StoppedElsewhere(ValueError):
@@ -887,7 +1223,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
                     + f"; repeat the run's settings (see {config_path}; only --epochs may change) or train into a "
                     "new --output"
                 )
-        elif run_dir.exists() and any(run_dir.iterdir()):
+        elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             raise RunExistsError(
                 f"run folder {run_dir} already exists and is not empty; pass --resume to continue it or choose "
                 "another --output"
@@ -995,7 +1331,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
             kept = (f"the last good state (epoch {len(state.rows)}) is kept: {run_dir / 'best.keras'}, "
                     f"{run_dir / 'state'} and {run_dir / HISTORY_NAME}")
         else:
-            kept = f"no epoch finished, so {run_dir} holds no model"
+            kept = "no epoch finished, so no model was kept"
         raise FloatingPointError(
             f"the loss became NaN or infinite in epoch {state.nan_epoch} and training stopped; {kept}; "
             f"{fix} and train into a new --output"

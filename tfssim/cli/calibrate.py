@@ -22,7 +22,10 @@ def main(export: str, images: tuple[str, ...], fpr: float, verbose: bool) -> Non
     from tfssim.evaluation import compute_maps
     from tfssim.inference import ExportedModel
 
-    paths = expand_inputs(images)
+    try:
+        paths = expand_inputs(images)  # as tfssim-predict: a missing file, an empty glob or folder is bad input
+    except (ValueError, FileNotFoundError) as err:
+        raise click.BadParameter(str(err), param_hint="IMAGES") from None
     with usage_errors():
         model = ExportedModel.load(export)
         maps = compute_maps(model, [data.read_image(p, model.channels) for p in paths], "calibrate",

@@ -41,16 +41,33 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
     if out.exists() and any(out.iterdir()):
         raise click.UsageError(f"output folder {out} already exists and is not empty; choose another --output")
     stride = stride or (30 if patch_size == 128 else max(1, patch_size // 4))
+    from tfssim.tiling import check_tiling
+
+    # Every setting is checked here, before anything is written or trained.
+    try:
+        check_tiling(patch_size, stride)
+    except ValueError as err:
+        raise click.BadParameter(f"{err}; use --stride {patch_size} or smaller, or omit --stride "
+                                 "(default: a quarter of --patch-size)", param_hint="--stride") from None
+    config = TrainConfig(data=str(out / "data"), output=str(out / "run"), model="ssim", epochs=epochs,
+                         patches_per_epoch=patches_per_epoch, patch_size=patch_size, latent_dim=latent_dim,
+                         seed=seed, val_patches=256)
     with usage_errors():
-        click.echo(f"[1/5] data: scikit-image '{texture}' texture with synthetic defects -> {out / 'data'}")
+        config.validate()
         dataset = data.texture_dataset(texture, seed=seed)
+        smallest = min(min(image.shape[:2]) for image in [*dataset.train, *dataset.val, *dataset.test])
+        if smallest < patch_size:
+            raise ValueError(f"--patch-size {patch_size} is larger than the demo's {smallest}-pixel images; use "
+                             f"--patch-size {smallest // 16 * 16} or smaller (a multiple of 16)")
+
+        click.echo(f"[1/5] data: scikit-image '{texture}' texture with synthetic defects -> {out / 'data'}")
         data.write_dataset(dataset, out / "data")
 
         click.echo(f"[2/5] train: SSIM autoencoder, {epochs} epochs x {patches_per_epoch} patches of {patch_size}px")
-        config = TrainConfig(data=str(out / "data"), output=str(out / "run"), model="ssim", epochs=epochs,
-                             patches_per_epoch=patches_per_epoch, patch_size=patch_size, latent_dim=latent_dim,
-                             seed=seed, val_patches=256)
-        train(config)
+        try:
+            train(config)
+        except (FloatingPointError, MemoryError) as err:  # run-time failures (NaN loss, out of memory): exit 1
+            raise click.ClickException(f"training failed: {err}") from None
 
         click.echo(f"[3/5] export: SavedModel with in-graph tiling at stride {stride}")
         export_dir = export.export_model(out / "run", output_root=out / "exported_models", name="demo", stride=stride)

@@ -9,7 +9,7 @@ from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, u
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("source", metavar="RUN_DIR_OR_MODEL", type=click.Path(exists=True))
 @click.option("--name", required=True, help="Model name: the export goes to OUTPUT/NAME/VERSION.")
-@click.option("--version", type=click.IntRange(min=1), default=None,
+@click.option("--version", type=click.IntRange(min=1, max=2**63 - 1), default=None,
               help="Version number; default the next free one. An existing version is never overwritten.")
 @click.option("--stride", type=click.IntRange(min=1), default=30,
               help="Default tiling stride of the signatures, at most the patch size (the paper: 30 for 128).")

@@ -107,8 +107,9 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
     configuration, the history, a training-curve plot, TensorBoard logs and examples.
 
     Exit status: 0 trained; 1 training failed at run time (the loss became NaN or infinite:
-    the last good checkpoint is kept; or the disk filled up: --resume continues); 2 bad input
-    (options, config file, data, run folder).
+    the last good checkpoint is kept; out of memory; or the disk filled up: --resume continues);
+    2 bad input (options, config file, data, run folder, a run folder another tfssim-train is
+    using). A new run that fails before its first epoch finished removes what it created.
     """
     setup_logging(verbose)
     ctx = click.get_current_context()
@@ -124,7 +125,7 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
         _virtual_cpus(virtual_cpus)
 
     from tfssim.models import WeightsUnavailableError
-    from tfssim.training import TrainConfig, train
+    from tfssim.training import OutOfMemoryError, TrainConfig, train
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in options.items() if k in known}
@@ -138,6 +139,8 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
         except FloatingPointError as err:
             # A run-time failure, not bad input: exit status 1 (see the help text).
             raise click.ClickException(f"training failed: {err}") from None
+        except OutOfMemoryError as err:
+            raise click.ClickException(str(err)) from None
     if not result.chief:
         click.echo(f"worker: trained {config.model} in lock-step with the chief in {result.seconds:.1f} s; "
                    f"the chief wrote the run folder")

@@ -128,7 +128,8 @@ def load_mvtec(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0
     """One MVTec AD category: ``train/good``, ``test/<defect>/`` and
     ``ground_truth/<defect>/<stem>_mask.png`` (``test/good`` has no masks).
 
-    A seeded ``val_fraction`` of ``train/good`` is held out for validation.
+    A seeded ``val_fraction`` of ``train/good`` is held out for validation. A mask that fits no
+    test image is an error (as in :func:`load_folder`).
     """
     root = Path(root)
     train, val = _split(list_images(root / "train" / "good"), val_fraction, seed)
@@ -145,6 +146,8 @@ def load_mvtec(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0
                 masks.extend(_match_masks(images, root / "ground_truth" / defect_dir.name))
             test.extend(images)
             labels.extend([defect_dir.name] * len(images))
+        if (root / "ground_truth").is_dir():
+            _refuse_stray_masks(root / "ground_truth", test_root, masks)
     return DatasetSplit("mvtec", root, train, val, test, masks, labels)
 
 
@@ -164,7 +167,9 @@ def load_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 
       images into good ones with empty masks;
     * ``test/good/`` needs no masks; every image in any other ``test/<type>/`` needs one, in
       ``ground_truth/<type>/`` if that exists, else in the ground-truth folder itself
-      (label ``<type>``).
+      (label ``<type>``);
+    * in both cases every mask file (in the ground-truth folder and its subfolders) must fit a
+      test image: a mask that fits none is an error, naming the files.
 
     Raises
     ------
@@ -214,16 +219,30 @@ def load_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 
             masks.extend(_match_masks(images, sub if sub.is_dir() else gt_dir))
         test.extend(images)
         labels.extend([type_dir.name] * len(images))
-    if flat and gt_dir is not None:
-        used = {m for m in masks if m is not None}
-        stray = [p.name for p in index.values() if p not in used]
-        if stray:
-            raise ValueError(
-                f"{len(stray)} mask(s) in {gt_dir} fit no image in {test_root}: {', '.join(stray[:5])}"
-                f"{' ...' if len(stray) > 5 else ''}; a test image <stem> takes the mask "
-                f"{' or '.join(f'<stem>{s}' for s in MASK_SUFFIXES)} (any image extension)"
-            )
+    if gt_dir is not None:
+        _refuse_stray_masks(gt_dir, test_root, masks)
     return DatasetSplit("folder", root, train, val, test, masks, labels)
+
+
+def _refuse_stray_masks(gt_dir: Path, test_root: Path, masks: list[Path | None]) -> None:
+    """``ValueError`` naming the masks in ``gt_dir`` (and its subfolders but ``good/``) that no test image took.
+
+    One rule for test images directly in ``test/`` and in ``test/<type>/``: a naming mistake
+    would otherwise turn defective images into good ones (flat) or leave masks silently unused
+    (typed).
+    """
+    used = {m for m in masks if m is not None}
+    candidates = list(mask_index(gt_dir).values())
+    for sub in sorted(p for p in gt_dir.iterdir() if p.is_dir() and p.name != "good"):  # good: no masks used
+        candidates.extend(mask_index(sub).values())
+    stray = [str(p.relative_to(gt_dir)) for p in candidates if p not in used]
+    if stray:
+        raise ValueError(
+            f"{len(stray)} mask(s) in {gt_dir} fit no image in {test_root}: {', '.join(stray[:5])}"
+            f"{' ...' if len(stray) > 5 else ''}; a test image <stem> takes the mask "
+            f"{' or '.join(f'<stem>{s}' for s in MASK_SUFFIXES)} (any image extension) in {gt_dir.name}/, "
+            f"or for test/<type>/<stem> in {gt_dir.name}/<type>/ where that exists; rename or remove those masks"
+        )
 
 
 def detect_layout(root: str | os.PathLike) -> str:
