@@ -499,3 +499,14 @@ def test_export_records_and_prints_its_checkpoint_and_warns_while_training_runs(
     assert f"checkpoint: {run / 'best.keras'}: epoch 2 of 5 (3 done; val_loss 0.2, the lowest)" in done.output
     warnings = [line for line in done.output.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "best.keras" in warnings[0] and "export again" in warnings[0], done.output
+
+
+def test_export_sees_the_lock_tfssim_train_holds(tmp_path):
+    """The lock the trainer takes (training._claim_run_folder) is the one the export looks for."""
+    from tfssim import training
+    from tfssim.export import training_running
+
+    run = tmp_path / "run"
+    with training._claim_run_folder(run, resume=False):
+        assert training_running(run) is True
+    assert training_running(run) is False  # released with the run; the lock file stays

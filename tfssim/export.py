@@ -53,6 +53,7 @@ from tfssim.inference import METADATA_FILE  # one definition, beside the loader 
 from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
 from tfssim.ssim import validate_window
 from tfssim.tiling import DEFAULT_CHUNK
+from tfssim.training import LOCK_NAME
 
 __all__ = [
     "export_model",
@@ -119,12 +120,12 @@ def _ssim_from_run_config(record: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-# The file a trainer holds a lock on while it trains into a run folder (tfssim-train's --resume lock).
-RUN_LOCK_FILE = ".lock"
+# The file tfssim-train holds a lock on while it trains into a run folder (one definition, the trainer's).
+RUN_LOCK_FILE = LOCK_NAME
 
 
 def training_running(run_dir: str | os.PathLike) -> bool | None:
-    """Whether a trainer holds the lock of ``run_dir`` (``RUN_DIR/.lock``) right now.
+    """Whether a trainer holds the lock of ``run_dir`` (``RUN_DIR/.tfssim-train.lock``) right now.
 
     Tests without taking anything a trainer could miss: a non-blocking shared ``flock`` (taken
     and at once released), and ``F_GETLK`` for a POSIX record lock (``fcntl.lockf``), which
