@@ -205,6 +205,17 @@ def test_bad_requests_are_refused_with_the_reason():
         tuning.tune(smoothed, clean, progress=False)
     with pytest.raises(ValueError, match="does not record the Keras model"):
         tuning.find_source(fake)
+    with pytest.raises(ValueError, match=r"small\.png: image of shape \(40, 96\) is smaller than the export's 64"):
+        tuning.tune(fake, [clean[0][:40]], sources=["small.png"], progress=False)
+
+
+def test_extra_metadata_cannot_rewrite_what_the_graph_does(tmp_path):
+    from tfssim.models import build_model
+
+    with pytest.raises(ValueError, match=r"extra metadata may not set \['map_sigma', 'stride'\]"):
+        export.export_model(build_model("l2", 32, 1, 8), tmp_path, name="x",
+                            extra_metadata={"stride": 4, "map_sigma": 2.0, "min_area": 3})
+    assert not (tmp_path / "x").exists()
 
 
 # --------------------------------------------------------------------------------------------

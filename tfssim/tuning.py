@@ -185,6 +185,7 @@ def tune(
     families: Sequence[str] = defects.FAMILIES,
     tolerance: float = 0.001,
     progress: bool = True,
+    sources: Sequence[Any] | None = None,
 ) -> Tuning:
     """Choose the anomaly-map settings, post-processing and threshold of an export from defect-free images.
 
@@ -209,6 +210,7 @@ def tune(
         tolerance: A candidate within this of the best score counts as tied (the synthetic
             estimate is noisy at that level); ties go to the simpler setting.
         progress: Show progress bars.
+        sources: Names of the images (e.g. their paths) for error messages.
 
     Returns:
         A :class:`Tuning`.
@@ -260,14 +262,19 @@ def tune(
         raise ValueError(f"minimum areas must be integers >= 0, got {list(min_areas)}")
 
     images = [np.asarray(im, np.float32) for im in images]
+    names = list(sources) if sources is not None else [f"validation image {i}" for i in range(len(images))]
+    for name, image in zip(names, images):
+        if image.ndim not in (2, 3) or min(image.shape[:2]) < patch_size:
+            raise ValueError(f"{name}: image of shape {image.shape} is smaller than the export's {patch_size}-pixel "
+                             "patch (or not [H, W] / [H, W, C]); tune on images at least one patch high and wide")
     rng = np.random.default_rng(seed)
     painted = paint_copies(images, rng, copies, size_range, patch_size, defects_per_patch=defects_per_patch,
                            families=families)
     masks = [mask for _, mask, _ in painted]
     inputs = [p for p, _, _ in painted] + images  # every image through the export once
     served = []
-    sources = [f"synthetic copy {i}" for i in range(len(painted))] + [f"validation image {i}" for i in range(len(images))]
-    for image, source in _progress(list(zip(inputs, sources)), "tune: reconstructions", progress):
+    copy_names = [f"synthetic copy {k} of {name}" for name in names for k in range(copies)]
+    for image, source in _progress(list(zip(inputs, copy_names + names)), "tune: reconstructions", progress):
         out = model.predict(image, source=source)
         served.append((out["reconstruction"], out["anomaly_map"]))
     n = len(painted)

@@ -45,7 +45,8 @@ def main(export: str, images: tuple[str, ...], defect_size: tuple[float, float] 
         model = ExportedModel.load(export)
         source = tuning.find_source(model, source)  # before the work, not after
         val = [data.read_image(p, model.channels) for p in paths]
-        result = tuning.tune(model, val, size_range=defect_size, fpr=fpr, copies=copies, seed=seed)
+        result = tuning.tune(model, val, size_range=defect_size, fpr=fpr, copies=copies, seed=seed,
+                             sources=paths)
         new_version = tuning.write_tuned_export(model, result, source, check_image=val[0])
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
