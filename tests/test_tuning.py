@@ -294,6 +294,14 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
     assert meta["tuned"]["from_version"] == 1 and meta["tuned"]["settings"]["seed"] == 3
     assert meta["source"] == str(root / "model.keras") and meta["stride"] == 16
 
+    from tfssim.cli.tune import main as tune_cli
+
+    again = CliRunner().invoke(tune_cli, [str(old), str(tuned["product"]), "--output", str(root / "t")])
+    assert again.exit_code == 2 and isinstance(again.exception, SystemExit)
+    assert [line for line in again.output.splitlines() if line.startswith("Error:")] == [
+        f"Error: {root / 't' / 'tuning.json'} exists (an earlier tuning's record); choose another --output"]
+    assert sorted(p.name for p in old.parent.iterdir()) == ["1", "2"]
+
 
 @pytest.mark.slow
 def test_tuned_version_serves_the_librarys_map_with_the_chosen_settings(tuned):
@@ -329,3 +337,7 @@ def test_tune_cli_refuses_an_export_without_its_keras_model(exports, dataset, tm
 
     result = CliRunner().invoke(tune_cli, [str(old), str(dataset / "val"), "--defect-size", "9", "3"])
     assert result.exit_code == 2 and "Error: --defect-size MIN MAX needs MIN <= MAX" in result.output
+    result = CliRunner().invoke(tune_cli, [str(old), str(tmp_path / "nowhere" / "*.png")])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert [line for line in result.output.splitlines() if line.startswith("Error:")] == [
+        f"Error: no file matches {str(tmp_path / 'nowhere' / '*.png')!r}"]

@@ -38,17 +38,19 @@ def main(export: str, images: tuple[str, ...], defect_size: tuple[float, float] 
     from tfssim._io import atomic_write_json
     from tfssim.inference import ExportedModel
 
-    paths = expand_inputs(images)
     with usage_errors():
+        paths = expand_inputs(images)
         if defect_size is not None and defect_size[0] > defect_size[1]:
             raise ValueError(f"--defect-size MIN MAX needs MIN <= MAX, got {defect_size[0]:g} {defect_size[1]:g}")
+        out = Path(output)
+        if (out / "tuning.json").exists():  # the record of an earlier tuning: never overwritten
+            raise ValueError(f"{out / 'tuning.json'} exists (an earlier tuning's record); choose another --output")
         model = ExportedModel.load(export)
         source = tuning.find_source(model, source)  # before the work, not after
         val = [data.read_image(p, model.channels) for p in paths]
         result = tuning.tune(model, val, size_range=defect_size, fpr=fpr, copies=copies, seed=seed,
                              sources=paths)
         new_version = tuning.write_tuned_export(model, result, source, check_image=val[0])
-        out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
         record = {**result.as_dict(), "validation_images": [str(p) for p in paths], "new_version": str(new_version)}
         atomic_write_json(out / "tuning.json", record)
