@@ -60,7 +60,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
         click.echo(f"[3/6] export: SavedModel with in-graph tiling at stride {stride}")
         first_export = export.export_model(out / "run", output_root=out / "exported_models", name="demo", stride=stride)
 
-        click.echo(f"[4/6] tune: scoring chosen on synthetic defects in the validation images, threshold at FPR {fpr:g}")
+        click.echo(f"[4/6] tune: scoring chosen on synthetic defects in the validation images, FPR {fpr:g}")
         tune_started = time.perf_counter()
         split = data.load_dataset(out / "data", layout="folder", seed=seed)
         model = ExportedModel.load(first_export)
