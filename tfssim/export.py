@@ -78,6 +78,11 @@ SIGNATURES = {
     "serve_with_stride": {"inputs": {"image": "float32 [H, W, C] or [1, H, W, C], in [0, 1]",
                                      "stride": "int32 scalar, 1 <= stride <= patch_size"}, "stride": "input"},
 }
+# Metadata entries that describe the exported graph: export_model's extra_metadata may not set them.
+GRAPH_METADATA_KEYS = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride",
+                       "chunk_size", "ssim", "ssim_padding", "vae_samples", "vae_seed", "observation_std",
+                       "map_sigma", "input_name", "uint8_scale", "float_signature", "stride_signature",
+                       "signatures", "outputs", "output_shapes", "jit_compile")
 # Seed of the VAE's posterior sampling in exported graphs (metadata "vae_seed").
 VAE_SEED = 0
 # Float inputs may stray this far outside [0, 1] (resampling overshoot) before they are refused.
@@ -661,6 +666,7 @@ def export_model(
     jit_compile: bool = False,
     ssim_overrides: dict[str, Any] | None = None,
     map_sigma: float = 0.0,
+    extra_metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
 
@@ -697,6 +703,9 @@ def export_model(
         jit_compile: Compile the model call with XLA. Off by default: TensorFlow Serving
             refuses XLA-compiled graphs on CPU unless started with
             ``--xla_cpu_compilation_enabled``.
+        extra_metadata: More metadata entries, written with the version (e.g. the
+            post-processing and ``tuned`` record of :func:`tfssim.tuning.write_tuned_export`);
+            entries that describe the graph (:data:`GRAPH_METADATA_KEYS`) are refused.
 
     Returns:
         The version folder ``output_root/name/version``.
@@ -741,6 +750,9 @@ def export_model(
     if vae_samples < 1:
         raise ValueError(f"vae_samples must be >= 1, got {vae_samples}")
     map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
+    clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
+    if clash:
+        raise ValueError(f"extra metadata may not set {clash}: they describe the exported graph")
 
     model_root = Path(output_root) / name
     auto_version = version is None
@@ -792,6 +804,7 @@ def export_model(
         "keras_version": keras.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    metadata.update(extra_metadata or {})
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_root))
     try:
         _record_owner(tmp)

@@ -16,7 +16,7 @@ from tfssim._io import atomic_write
 
 __all__ = [
     "plot_roc_curves", "plot_pro_quantiles", "plot_anomaly_map", "plot_overlay", "plot_training_curves",
-    "plot_examples", "plot_per_type", "save_figure",
+    "plot_examples", "plot_per_type", "plot_tuning", "save_figure",
 ]
 
 
@@ -179,4 +179,40 @@ def plot_per_type(scores: Mapping[str, Mapping[str, Mapping[str, float | None]]]
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_title("scores per defect type")
     axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: bars stay visible
+    return save_figure(fig, path)
+
+
+def plot_tuning(map_candidates: Sequence[Mapping], post_candidates: Sequence[Mapping], choice: Mapping,
+                path: str | os.PathLike) -> Path:
+    """The tuner's candidates (:func:`tfssim.tuning.tune`): synthetic-defect pixel ROC AUC against
+    the map sigma, one line per SSIM window / weighting (left), and segmentation F1 against the
+    minimum area, one line per opening diameter (right); the choice is starred."""
+    fig = Figure(figsize=(11, 4.2))
+    left, right = fig.subplots(1, 2)
+    groups: dict[tuple, list[Mapping]] = {}
+    for c in map_candidates:
+        groups.setdefault((c["window_size"], c["weighting"]), []).append(c)
+    for (window, weighting), rows in groups.items():
+        rows = sorted(rows, key=lambda c: c["map_sigma"])
+        label = "map" if window is None else f"window {window}, {weighting}"
+        left.plot([c["map_sigma"] for c in rows], [c["pixel_auroc"] for c in rows], marker="o", label=label)
+    best = next(c for c in map_candidates if (c["window_size"], c["weighting"], c["map_sigma"])
+                == (choice["window_size"], choice["weighting"], choice["map_sigma"]))
+    left.plot([best["map_sigma"]], [best["pixel_auroc"]], marker="*", ms=16, c="k", ls="", label="chosen")
+    left.set(xlabel="map smoothing sigma (pixels)", ylabel="pixel ROC AUC (synthetic defects)", title="anomaly map")
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+    openings: dict[int, list[Mapping]] = {}
+    for c in post_candidates:
+        openings.setdefault(c["opening_diameter"], []).append(c)
+    for opening, rows in sorted(openings.items()):
+        rows = sorted(rows, key=lambda c: c["min_area"])
+        right.plot([c["min_area"] for c in rows], [c["f1"] for c in rows], marker="o", label=f"opening {opening}")
+    post = next(c for c in post_candidates
+                if (c["opening_diameter"], c["min_area"]) == (choice["opening_diameter"], choice["min_area"]))
+    right.plot([post["min_area"]], [post["f1"]], marker="*", ms=16, c="k", ls="", label="chosen")
+    right.set(xlabel="minimum region area (pixels)", ylabel="pixel F1 (synthetic defects)",
+              title=f"post-processing at threshold {choice['threshold']:.4g} (FPR {choice['fpr']:g})")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3)
     return save_figure(fig, path)

@@ -1,9 +1,11 @@
 """``tfssim-demo``: the whole inspection pipeline on built-in data, in minutes on a CPU.
 
 Train an SSIM autoencoder on a real texture shipped with scikit-image, export it for TF
-Serving, calibrate the threshold on defect-free validation images and store it in the export,
-evaluate against the test images' exact masks, and predict on those test images with the
-export's threshold (per-image maps, masks, overlays and region tables in ``predictions/``).
+Serving, tune its scoring on synthetic defects painted into the defect-free validation images
+(SSIM window and weighting, map smoothing, post-processing; ``tfssim-tune``) and calibrate its
+threshold there, written as a new export version, evaluate that version against the test
+images' exact masks, and predict on those test images with its threshold (per-image maps,
+masks, overlays and region tables in ``predictions/``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ import click
 
 from tfssim._io import atomic_write_json
 from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
+
+# Defective copies per validation image when the demo tunes: its 2 validation images are small,
+# so 4 copies (8 painted images) cost seconds; the re-export of the tuned version costs more.
+TUNE_COPIES = 4
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -30,9 +36,9 @@ from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
 @tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_size: int, latent_dim: int,
          stride: int | None, fpr: float, seed: int, verbose: bool) -> None:
-    """Run train -> export -> calibrate -> predict -> evaluate on built-in texture images."""
+    """Run train -> export -> tune (scoring + threshold) -> evaluate -> predict on built-in texture images."""
     setup_logging(verbose)
-    from tfssim import data, evaluation, export, prediction
+    from tfssim import data, evaluation, export, plots, prediction, tuning
     from tfssim.inference import ExportedModel
     from tfssim.training import TrainConfig, train
 
@@ -60,24 +66,38 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
             raise ValueError(f"--patch-size {patch_size} is larger than the demo's {smallest}-pixel images; use "
                              f"--patch-size {smallest // 16 * 16} or smaller (a multiple of 16)")
 
-        click.echo(f"[1/5] data: scikit-image '{texture}' texture with synthetic defects -> {out / 'data'}")
+        click.echo(f"[1/6] data: scikit-image '{texture}' texture with synthetic defects -> {out / 'data'}")
         data.write_dataset(dataset, out / "data")
 
-        click.echo(f"[2/5] train: SSIM autoencoder, {epochs} epochs x {patches_per_epoch} patches of {patch_size}px")
+        click.echo(f"[2/6] train: SSIM autoencoder, {epochs} epochs x {patches_per_epoch} patches of {patch_size}px")
         try:
             train(config)
         except (FloatingPointError, MemoryError) as err:  # run-time failures (NaN loss, out of memory): exit 1
             raise click.ClickException(f"training failed: {err}") from None
 
-        click.echo(f"[3/5] export: SavedModel with in-graph tiling at stride {stride}")
-        export_dir = export.export_model(out / "run", output_root=out / "exported_models", name="demo", stride=stride)
+        click.echo(f"[3/6] export: SavedModel with in-graph tiling at stride {stride}")
+        first_export = export.export_model(out / "run", output_root=out / "exported_models", name="demo", stride=stride)
 
-        click.echo(f"[4/5] calibrate + evaluate + predict at pixel FPR {fpr:g}")
-        model = ExportedModel.load(export_dir)
+        click.echo(f"[4/6] tune: scoring chosen on synthetic defects in the validation images, FPR {fpr:g}")
+        tune_started = time.perf_counter()
         split = data.load_dataset(out / "data", layout="folder", seed=seed)
+        model = ExportedModel.load(first_export)
+        val_images = [data.read_image(p, model.channels) for p in split.val]
+        tuned = tuning.tune(model, val_images, fpr=fpr, copies=TUNE_COPIES, seed=seed, progress=False)
+        export_dir = tuning.write_tuned_export(model, tuned)
+        (out / "tuning").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "tuning" / "tuning.json", {**tuned.as_dict(), "new_version": str(export_dir)})
+        plots.plot_tuning(tuned.map_candidates, tuned.post_candidates, tuned.choice, out / "tuning" / "tuning.png")
+        tune_seconds = time.perf_counter() - tune_started
+        c = tuned.choice
+        click.echo(f"      chosen: SSIM window {c['window_size']} ({c['weighting']}), map sigma {c['map_sigma']:g}, "
+                   f"opening {c['opening_diameter']}, min area {c['min_area']}; threshold {c['threshold']:.4f} "
+                   f"({tune_seconds:.0f} s) -> {export_dir}")
+
+        click.echo(f"[5/6] evaluate + predict with the tuned export at pixel FPR {fpr:g}")
+        # The tuned version holds its threshold and post-processing: predict uses them as served.
+        model = ExportedModel.load(export_dir)
         (result,) = evaluation.evaluate(split, [model], out / "evaluation", fpr=fpr)
-        # The loaded model takes the metadata just written, so predict uses the export's own threshold.
-        model.metadata = export.update_threshold(export_dir, result.scores["threshold"], fpr=fpr)
         predictions = prediction.predict_files(model, split.test, out / "predictions",
                                                mask_dir=out / "data" / "ground_truth", progress=False)
         flagged = sum(r.defect for r in predictions.results)
@@ -88,13 +108,18 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
 
     seconds = time.perf_counter() - started
     summary = {"pixel_auroc": result.scores["pixel_auroc"], **result.scores, "export": str(export_dir),
+               "untuned_export": str(first_export),
+               "tuning": {"choice": tuned.choice, "synthetic": tuned.synthetic,
+                          "settings": tuned.settings, "seconds": round(tune_seconds, 1),
+                          "record": str(out / "tuning" / "tuning.json")},
                "evaluation": str(out / "evaluation"), "predictions": str(out / "predictions"),
                "seconds": round(seconds, 1)}
     atomic_write_json(out / "results.json", summary)
-    click.echo("[5/5] done\n" + evaluation.format_table([result]))
+    click.echo("[6/6] done\n" + evaluation.format_table([result]))
     click.echo(f"\nexport:      {export_dir}\noverlays:    {out / 'evaluation' / 'overlays'}\n"
                f"predictions: {out / 'predictions'}\n"
-               f"ROC plot:    {out / 'evaluation' / 'roc.png'}\nresults:     {out / 'results.json'}")
+               f"ROC plot:    {out / 'evaluation' / 'roc.png'}\ntuning:      {out / 'tuning' / 'tuning.png'}\n"
+               f"results:     {out / 'results.json'}")
     click.echo(f"pixel ROC AUC {result.scores['pixel_auroc']:.4f}  (total {seconds / 60:.1f} min)")
 
 
