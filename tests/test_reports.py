@@ -300,7 +300,7 @@ else:
     exec(target)
 """
 INSTALL = "pip install 'tfssim[cpu]' (or 'tfssim[gpu]')"
-COMMANDS = ("train", "export", "calibrate", "predict", "evaluate", "demo")
+COMMANDS = ("train", "export", "calibrate", "tune", "predict", "evaluate", "demo")
 
 
 def _without_tf(kind: str, target: str, *args: str):
@@ -329,6 +329,7 @@ def test_every_command_says_how_to_install_tensorflow(command, tmp_path):
         "train": [str(folder), "--output", str(tmp_path / "run")],
         "export": [str(folder), "--name", "x", "--output", str(tmp_path / "exports")],
         "calibrate": [str(folder), str(folder)],
+        "tune": [str(folder), str(folder), "--output", str(tmp_path / "out")],
         "predict": [str(folder), str(folder / "a.png"), "--output", str(tmp_path / "out")],
         "evaluate": [str(folder), str(folder), "--output", str(tmp_path / "out")],
         "demo": ["--output", str(tmp_path / "out")],
@@ -353,8 +354,9 @@ def test_train_config_file_without_tensorflow(tmp_path):
 
 def test_importing_a_tensorflow_module_without_it_names_the_install_command():
     check = """
-import tfssim, tfssim.inference, tfssim.postprocess, tfssim.plots, tfssim.cli._common  # no TensorFlow needed
-for name in ("tfssim.training", "tfssim.export", "tfssim.ssim", "tfssim.models", "tfssim.data", "tfssim.scoring"):
+import tfssim, tfssim.inference, tfssim.postprocess, tfssim.plots, tfssim.data, tfssim.cli._common  # no TF needed
+for name in ("tfssim.training", "tfssim.export", "tfssim.ssim", "tfssim.models", "tfssim.data.patches",
+             "tfssim.scoring"):
     try:
         __import__(name)
     except ModuleNotFoundError as err:

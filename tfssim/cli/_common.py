@@ -94,9 +94,15 @@ def tensorflow_required() -> Iterator[None]:
         ... def main() -> None:
         ...     from tfssim.training import train
     """
+    import importlib.util
+
     from tfssim._requirements import is_tensorflow_import_error, tensorflow_message
 
     try:
+        # Checked up front without importing it (cheap), so that a missing TensorFlow is what the
+        # user hears first, not a complaint about an input the command could not have used anyway.
+        if importlib.util.find_spec("tensorflow") is None:
+            raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
         yield
     except ImportError as err:
         if not is_tensorflow_import_error(err):

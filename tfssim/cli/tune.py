@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tfssim.cli._common import setup_logging, usage_errors
+from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
 from tfssim.prediction import expand_inputs
 
 
@@ -23,6 +23,7 @@ from tfssim.prediction import expand_inputs
 @click.option("--model", "source", type=click.Path(exists=True), default=None,
               help="Run folder or .keras file the export was made from; default the one its metadata records.")
 @click.option("--verbose", "-v", is_flag=True)
+@tensorflow_required()  # one Error line naming the install command without TensorFlow
 def main(export: str, images: tuple[str, ...], defect_size: tuple[float, float] | None, fpr: float, copies: int,
          seed: int, output: str, source: str | None, verbose: bool) -> None:
     """Paint synthetic defects (texture transplants, smeared areas, foreign bodies, scratches;
