@@ -120,7 +120,8 @@ def test_multiworker_strategy_with_two_processes_on_loopback(image_folder: Path,
     # its own in its temporary folder either.
     made = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and p.parts[len(run.parts)] != "tensorboard"}
     assert made == {"config.json", "final.keras", "best.keras", "history.csv", "training_curves.png",
-                    "examples/examples.png", "state/progress.json", f"state/{progress['weights']}"}, sorted(made)
+                    "examples/examples.png", "state/progress.json", f"state/{progress['weights']}",
+                    ".tfssim-train.lock"}, sorted(made)
     events = list((run / "tensorboard").rglob("*tfevents*"))
     chief_pid = outputs[0][3]
     assert events and all(f".{chief_pid}." in p.name for p in events), [p.name for p in events]
