@@ -1,6 +1,7 @@
 """Keras 3 losses for autoencoders: SSIM, MS-SSIM, l2 and feature matching.
 
-All losses compute in float32 whatever the model's dtype policy, return one value per
+All losses are written in ``keras.ops`` (any Keras backend; the feature-matching loss needs
+TensorFlow for its backbone, imported when one is built), compute in float32 whatever the model's dtype policy, return one value per
 sample (Keras applies the reduction) and are registered for ``.keras`` serialization, so a
 model compiled with them reloads with ``keras.saving.load_model``.
 
@@ -13,25 +14,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
-import tensorflow as tf
+from keras import ops
 
 from tfssim import ssim as ssim_lib
-from tfssim.models.features import build_feature_extractor, extract_features
+from tfssim.ssim import SSIMParams
 
 __all__ = ["SSIMLoss", "MSSSIMLoss", "L2Loss", "FeatureMatchingLoss", "get"]
 
 _PACKAGE = "tfssim"
 
 
-def _as_float32(y_true: Any, y_pred: Any) -> tuple[tf.Tensor, tf.Tensor]:
-    y_true = tf.cast(tf.convert_to_tensor(y_true), tf.float32)
-    y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
-    if y_true.shape.rank != 4 or y_pred.shape.rank != 4:
+def _as_float32(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+    y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
+    y_pred = ops.cast(ops.convert_to_tensor(y_pred), "float32")
+    if len(y_true.shape) != 4 or len(y_pred.shape) != 4:
         raise ValueError(
             f"autoencoder losses expect image batches [batch, height, width, channels]; "
-            f"got targets {y_true.shape} and predictions {y_pred.shape}"
+            f"got targets {tuple(y_true.shape)} and predictions {tuple(y_pred.shape)}"
         )
     if y_true.shape[-1] is not None and y_pred.shape[-1] is not None and y_true.shape[-1] != y_pred.shape[-1]:
         raise ValueError(
@@ -56,6 +56,8 @@ class SSIMLoss(keras.losses.Loss):
         gamma: Structure exponent.
         weighting: ``"gaussian"`` window (default, ``tf.image.ssim``) or ``"uniform"`` (plain
             patch means, the paper's definition).
+        params: All of the above as one :class:`tfssim.ssim.SSIMParams` (then the separate
+            arguments are ignored); exposed as ``loss.params``.
         reduction: Keras reduction over the per-sample losses.
         name: Loss name.
 
@@ -64,7 +66,7 @@ class SSIMLoss(keras.losses.Loss):
 
     Example:
         >>> loss = SSIMLoss()
-        >>> x = tf.random.uniform([2, 32, 32, 1])
+        >>> x = keras.random.uniform([2, 32, 32, 1])
         >>> float(loss(x, x)) < 1e-6
         True
     """
@@ -83,35 +85,34 @@ class SSIMLoss(keras.losses.Loss):
         reduction: str = "sum_over_batch_size",
         name: str = "ssim_loss",
         dtype: Any = None,
+        *,
+        params: SSIMParams | None = None,
     ) -> None:
-        ssim_lib.validate_window(window_size, sigma, weighting)
+        if params is None:
+            params = SSIMParams(window_size=window_size, sigma=sigma, weighting=weighting, k1=k1, k2=k2,
+                                alpha=alpha, beta=beta, gamma=gamma, data_range=data_range)
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
-        self.window_size = window_size
-        self.sigma = sigma
-        self.k1 = k1
-        self.k2 = k2
-        self.data_range = data_range
-        self.alpha = alpha
-        self.beta = beta
-        self.gamma = gamma
-        self.weighting = weighting
+        self.params = params
+
+    def __getattr__(self, name: str) -> Any:
+        # loss.window_size, loss.sigma, ...: the fields of its SSIMParams.
+        if name != "params" and name in SSIMParams.keys():
+            return getattr(self.params, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def ssim_kwargs(self) -> dict[str, Any]:
         """The SSIM parameters, as keyword arguments of :func:`tfssim.ssim.ssim_maps`."""
-        return dict(
-            window_size=self.window_size, sigma=self.sigma, k1=self.k1, k2=self.k2,
-            data_range=self.data_range, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
-            weighting=self.weighting,
-        )
+        return self.params.to_dict()
 
-    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true, y_pred = _as_float32(y_true, y_pred)
-        return 1.0 - ssim_lib.ssim(y_true, y_pred, **self.ssim_kwargs)
+        return 1.0 - ssim_lib.ssim(y_true, y_pred, self.params)
 
     def get_config(self) -> dict[str, Any]:
+        # Flat keys (window_size, sigma, ...), as before SSIMParams: saved .keras files still load.
         config = super().get_config()
-        config.update(self.ssim_kwargs)
+        config.update(self.params.to_dict())
         return config
 
 
@@ -150,7 +151,7 @@ class MSSSIMLoss(keras.losses.Loss):
         self.k2 = k2
         self.data_range = data_range
 
-    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true, y_pred = _as_float32(y_true, y_pred)
         return 1.0 - ssim_lib.ms_ssim(
             y_true, y_pred, power_factors=self.power_factors, window_size=self.window_size,
@@ -178,9 +179,9 @@ class L2Loss(keras.losses.Loss):
     def __init__(self, reduction: str = "sum_over_batch_size", name: str = "l2_loss", dtype: Any = None) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
 
-    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true, y_pred = _as_float32(y_true, y_pred)
-        return tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
+        return ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -223,16 +224,20 @@ class FeatureMatchingLoss(keras.losses.Loss):
         self.num_conv_layers = int(num_conv_layers)
         self.weights = weights
         # Built eagerly so that a missing weights file fails at construction, not mid-fit.
+        from tfssim.models.features import build_feature_extractor  # TensorFlow: only when used
+
         self.feature_extractor = feature_extractor or build_feature_extractor(
             backbone=backbone, num_conv_layers=num_conv_layers, weights=weights
         )
 
-    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        from tfssim.models.features import extract_features
+
         y_true, y_pred = _as_float32(y_true, y_pred)
-        pixel = tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
-        f_true = tf.stop_gradient(tf.cast(extract_features(self.feature_extractor, y_true), tf.float32))
-        f_pred = tf.cast(extract_features(self.feature_extractor, y_pred), tf.float32)
-        feature = tf.reduce_mean(tf.square(f_true - f_pred), axis=[1, 2, 3])
+        pixel = ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3))
+        f_true = ops.stop_gradient(ops.cast(extract_features(self.feature_extractor, y_true), "float32"))
+        f_pred = ops.cast(extract_features(self.feature_extractor, y_pred), "float32")
+        feature = ops.mean(ops.square(f_true - f_pred), axis=(1, 2, 3))
         return pixel + self.weight * feature
 
     def get_config(self) -> dict[str, Any]:
