@@ -25,6 +25,18 @@ __all__ = ["SSIMLoss", "MSSSIMLoss", "L2Loss", "FeatureMatchingLoss", "get"]
 _PACKAGE = "tfssim"
 
 
+# The SSIM parameters MS-SSIM uses (a Gaussian window; no exponents).
+_MS_SSIM_KEYS = ("window_size", "sigma", "k1", "k2", "data_range")
+
+
+def _params_field(loss: keras.losses.Loss, name: str) -> Any:
+    """``loss.window_size``, ``loss.sigma``, ...: the fields of the loss's :class:`SSIMParams`."""
+    params = loss.__dict__.get("params")
+    if params is not None and name in SSIMParams.keys():
+        return getattr(params, name)
+    raise AttributeError(f"{type(loss).__name__!r} object has no attribute {name!r}")
+
+
 def _as_float32(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
     y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
     y_pred = ops.cast(ops.convert_to_tensor(y_pred), "float32")
@@ -46,18 +58,12 @@ class SSIMLoss(keras.losses.Loss):
     """``1 - mean SSIM`` between targets and reconstructions (Bergmann et al. 2019, Eq. 5).
 
     Args:
-        window_size: Odd side K of the Gaussian window (paper: 11).
-        sigma: Gaussian standard deviation in pixels.
-        k1: Luminance constant K1, ``C1 = (K1 * data_range) ** 2``.
-        k2: Contrast constant K2, ``C2 = (K2 * data_range) ** 2``.
-        data_range: Dynamic range of pixel values.
-        alpha: Luminance exponent.
-        beta: Contrast exponent.
-        gamma: Structure exponent.
-        weighting: ``"gaussian"`` window (default, ``tf.image.ssim``) or ``"uniform"`` (plain
-            patch means, the paper's definition).
-        params: All of the above as one :class:`tfssim.ssim.SSIMParams` (then the separate
-            arguments are ignored); exposed as ``loss.params``.
+        params: The SSIM's :class:`tfssim.ssim.SSIMParams` (default the paper's: Gaussian 11x11
+            window, K1 = 0.01, K2 = 0.03); exposed as ``loss.params`` and its fields as
+            attributes (``loss.window_size``).
+        **ssim_kwargs: Fields of :class:`tfssim.ssim.SSIMParams` (``window_size``, ``sigma``,
+            ``weighting``, ``k1``, ``k2``, ``alpha``, ``beta``, ``gamma``, ``data_range``),
+            overriding ``params``; ``get_config`` stores all nine flat (as before this type).
         reduction: Keras reduction over the per-sample losses.
         name: Loss name.
 
@@ -73,32 +79,19 @@ class SSIMLoss(keras.losses.Loss):
 
     def __init__(
         self,
-        window_size: int = 11,
-        sigma: float = 1.5,
-        k1: float = 0.01,
-        k2: float = 0.03,
-        data_range: float = 1.0,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-        gamma: float = 1.0,
-        weighting: str = "gaussian",
+        params: SSIMParams | None = None,
+        *,
         reduction: str = "sum_over_batch_size",
         name: str = "ssim_loss",
         dtype: Any = None,
-        *,
-        params: SSIMParams | None = None,
+        **ssim_kwargs: Any,
     ) -> None:
-        if params is None:
-            params = SSIMParams(window_size=window_size, sigma=sigma, weighting=weighting, k1=k1, k2=k2,
-                                alpha=alpha, beta=beta, gamma=gamma, data_range=data_range)
+        params = SSIMParams.of(params, **ssim_kwargs)  # validated before Keras sees anything
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
         self.params = params
 
     def __getattr__(self, name: str) -> Any:
-        # loss.window_size, loss.sigma, ...: the fields of its SSIMParams.
-        if name != "params" and name in SSIMParams.keys():
-            return getattr(self.params, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return _params_field(self, name)
 
     @property
     def ssim_kwargs(self) -> dict[str, Any]:
@@ -123,48 +116,39 @@ class MSSSIMLoss(keras.losses.Loss):
     Args:
         power_factors: Per-scale weights; ``None`` fits the standard five weights to the
             patch size (a 128-pixel patch with an 11 window gets four scales).
-        window_size: Odd Gaussian window side.
-        sigma: Gaussian standard deviation.
-        k1: Luminance constant.
-        k2: Contrast constant.
-        data_range: Dynamic range of pixel values.
+        **ssim_kwargs: The Gaussian window's ``window_size`` and ``sigma``, ``k1``, ``k2`` and
+            ``data_range`` (fields of :class:`tfssim.ssim.SSIMParams`).
     """
 
     def __init__(
         self,
         power_factors: tuple[float, ...] | list[float] | None = None,
-        window_size: int = 11,
-        sigma: float = 1.5,
-        k1: float = 0.01,
-        k2: float = 0.03,
-        data_range: float = 1.0,
+        *,
         reduction: str = "sum_over_batch_size",
         name: str = "ms_ssim_loss",
         dtype: Any = None,
+        **ssim_kwargs: Any,
     ) -> None:
-        ssim_lib.validate_window(window_size, sigma)
+        other = set(ssim_kwargs) - set(_MS_SSIM_KEYS)
+        if other:
+            raise ValueError(f"MS-SSIM takes the SSIM parameters {', '.join(_MS_SSIM_KEYS)}; got {sorted(other)}")
+        params = SSIMParams(**ssim_kwargs)
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
         self.power_factors = tuple(power_factors) if power_factors is not None else None
-        self.window_size = window_size
-        self.sigma = sigma
-        self.k1 = k1
-        self.k2 = k2
-        self.data_range = data_range
+        self.params = params
+
+    def __getattr__(self, name: str) -> Any:
+        return _params_field(self, name)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true, y_pred = _as_float32(y_true, y_pred)
-        return 1.0 - ssim_lib.ms_ssim(
-            y_true, y_pred, power_factors=self.power_factors, window_size=self.window_size,
-            sigma=self.sigma, k1=self.k1, k2=self.k2, data_range=self.data_range,
-        )
+        kwargs = {k: getattr(self.params, k) for k in _MS_SSIM_KEYS}
+        return 1.0 - ssim_lib.ms_ssim(y_true, y_pred, power_factors=self.power_factors, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            power_factors=list(self.power_factors) if self.power_factors is not None else None,
-            window_size=self.window_size, sigma=self.sigma, k1=self.k1, k2=self.k2,
-            data_range=self.data_range,
-        )
+        config["power_factors"] = list(self.power_factors) if self.power_factors is not None else None
+        config.update({k: getattr(self.params, k) for k in _MS_SSIM_KEYS})
         return config
 
 
