@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Reproduce the paper's four-model comparison on NanoTWICE (Figure 5) with tfssim's commands.
 
-Trains the SSIM-AE, l2-AE, VAE and FM-AE with ``tfssim-train`` (the paper's split: 4 normal
-images train, the 5th validates / sets the threshold, 40 test), exports each with
-``tfssim-export`` and evaluates all of them in one ``tfssim-evaluate`` run, which writes the
+Trains the SSIM-AE, l2-AE, VAE and FM-AE (the paper's split: 4 normal images train, the 5th
+validates / sets the threshold, 40 test), exports each and evaluates all of them together, with
+the library's functions (:mod:`tfssim.experiments`, no subprocesses); the evaluation writes the
 ROC figure, the per-region-overlap figures and the results table, with both pixel ROC AUCs:
 of the raw anomaly maps, and of the post-processed segmentations (threshold, opening, convex
 hulls) swept over thresholds, which is how the paper counts pixels "classified as defect".
@@ -21,18 +21,14 @@ Example (the budget used for the README table):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-
-
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+from tfssim._io import atomic_write_json, atomic_write_text
+from tfssim.experiments import Experiment, export_run, train_export_evaluate, train_run
+from tfssim.ssim import WEIGHTINGS
 
 
 def fm_weights_file(weights: str, output: Path) -> str:
@@ -53,7 +49,7 @@ def fm_weights_file(weights: str, output: Path) -> str:
     return str(path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
     parser.add_argument("--output", type=Path, default=Path("runs/nanotwice"))
@@ -65,11 +61,13 @@ def main() -> None:
     parser.add_argument("--budget", action="append", default=[], metavar="MODEL=EPOCHSxPATCHES",
                         help="per-model budget overriding --epochs/--patches-per-epoch, e.g. fm=4x2000 (repeatable)")
     parser.add_argument("--fm-weights", default="imagenet", help="VGG16 weights for the FM-AE ('imagenet', a file, or 'none')")
-    parser.add_argument("--ssim-weighting", choices=("gaussian", "uniform"), default="gaussian",
+    parser.add_argument("--ssim-weighting", choices=WEIGHTINGS, default="gaussian",
                         help="SSIM-AE loss and scoring window: Gaussian (tf.image.ssim's) or uniform (the paper's K x K means)")
     parser.add_argument("--stride", type=int, default=30)
     parser.add_argument("--fpr", type=float, default=0.01)
-    args = parser.parse_args()
+    parser.add_argument("--patch-size", type=int, default=128)
+    parser.add_argument("--latent-dim", type=int, default=100)
+    args = parser.parse_args(argv)
 
     budgets = {model: (args.epochs, args.patches_per_epoch) for model in args.models.split(",")}
     for item in args.budget:
@@ -77,7 +75,7 @@ def main() -> None:
         epochs, _, patches = value.partition("x")
         budgets[model] = (int(epochs), int(patches))
     timings: dict[str, dict[str, float]] = {}
-    exports = []
+    experiments = []
     for model in args.models.split(","):
         epochs, patches = budgets[model]
         run_dir = args.output / "runs" / model
@@ -92,36 +90,28 @@ def main() -> None:
             if had != args.ssim_weighting:
                 raise SystemExit(f"error: {run_dir} was trained with --ssim-weighting {had}, not "
                                  f"{args.ssim_weighting}; use another --output or the run's weighting")
-        if not (run_dir / "final.keras").exists():
-            cmd = [str(BIN / "tfssim-train"), str(args.data), "--model", model, "--output", str(run_dir),
-                   "--epochs", str(epochs), "--patches-per-epoch", str(patches),
-                   "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)]
-            if model == "fm":
-                cmd += ["--weights", fm_weights_file(args.fm_weights, args.output)]
-            if model == "ssim":
-                cmd += ["--ssim-weighting", args.ssim_weighting]
-            if (run_dir / "config.json").exists():
-                cmd.append("--resume")
-            run(cmd)
+        settings = {"model": model, "epochs": epochs, "patches_per_epoch": patches, "batch_size": args.batch_size,
+                    "learning_rate": args.learning_rate, "patch_size": args.patch_size, "latent_dim": args.latent_dim}
+        if model == "fm":
+            settings["fm_weights"] = fm_weights_file(args.fm_weights, args.output)
+        if model == "ssim":
+            settings["ssim_weighting"] = args.ssim_weighting
+        train_run(args.data, run_dir, settings, verbose=2)
         train_s = time.perf_counter() - started
         if train_s < 5 and (run_dir / "history.csv").exists():  # reused: report the recorded epoch times
-            import csv
-
             with open(run_dir / "history.csv") as handle:
                 train_s = sum(float(row.get("seconds") or 0) for row in csv.DictReader(handle))
-        export_dir = args.output / "exported_models" / f"nanotwice_{model}" / "1"
         started = time.perf_counter()
-        if not export_dir.exists():
-            run([str(BIN / "tfssim-export"), str(run_dir), "--name", f"nanotwice_{model}", "--version", "1",
-                 "--stride", str(args.stride), "--output", str(args.output / "exported_models")])
+        export = {"stride": args.stride}
+        export_run(run_dir, args.output / "exported_models", f"nanotwice_{model}", **export)
         timings[model] = {"train_s": round(train_s, 1), "export_s": round(time.perf_counter() - started, 1)}
-        exports.append(str(export_dir))
+        experiments.append(Experiment(f"nanotwice_{model}", settings, export, run=model))
 
     started = time.perf_counter()
-    run([str(BIN / "tfssim-evaluate"), str(args.data), *exports, "--output", str(args.output / "evaluation"),
-         "--fpr", str(args.fpr), "--segmentation-auroc"])
+    # Every run and export exists now: this evaluates them (all together, one threshold rule).
+    outcome = train_export_evaluate(args.data, args.output, experiments, fpr=args.fpr, segmentation_auroc=True)
     evaluate_s = time.perf_counter() - started
-    results = json.loads((args.output / "evaluation" / "results.json").read_text())
+    results = json.loads((outcome.evaluation_dir / "results.json").read_text())
     trained = {}
     for model in args.models.split(","):
         record = json.loads((args.output / "runs" / model / "config.json").read_text())
@@ -136,15 +126,14 @@ def main() -> None:
     budget = {"per_model": {m: {"epochs": e, "patches_per_epoch": p, **trained[m]} for m, (e, p) in budgets.items()},
               "batch_size": args.batch_size, "learning_rate": args.learning_rate, "stride": args.stride, "fm_weights": args.fm_weights}
     summary = {"budget": budget, "timings": timings, "evaluate_s": round(evaluate_s, 1), "results": results["exports"]}
-    (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(args.output / "summary.json", summary)
     # The paper gives 0.966 (SSIM) in its text and the others only as curves in its Figure 5.
     paper = {"ssim": "0.966", "l2": "≈0.69", "vae": "barely above chance", "fm": "between l2 and SSIM"}
     lines = ["| model | budget (epochs x patches) | lr | trained on | pixel ROC AUC (raw map) | "
              "pixel ROC AUC (segmentation) | paper | AUPRO@0.3 | F1 | IoU | train min |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for model, export in zip(args.models.split(","), exports):
-        key = next(k for k, v in results["exports"].items() if v["path"].endswith(str(Path(export))) or Path(v["path"]) == Path(export))
-        r = results["exports"][key]
+    for model in args.models.split(","):
+        r = outcome.scores[f"nanotwice_{model}"]
         epochs, patches = budgets[model]
         where = trained[model]
         lr = "?" if where["learning_rate"] is None else format(where["learning_rate"], "g")
@@ -152,7 +141,7 @@ def main() -> None:
                      f"{r['pixel_auroc']:.3f} | {r['segmentation_auroc']:.3f} | {paper.get(model, '')} | "
                      f"{r['aupro_0.3']:.3f} | {r['f1']:.3f} | {r['iou']:.3f} | {timings[model]['train_s'] / 60:.1f} |")
     table = "\n".join(lines)
-    (args.output / "table.md").write_text(table + "\n")
+    atomic_write_text(args.output / "table.md", table + "\n")
     print(table)
 
 

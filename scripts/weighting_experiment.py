@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Does the SSIM window's weighting matter in training, in scoring, or both? A 2 x 2 at one budget.
 
-Trains two SSIM autoencoders with ``tfssim-train`` that differ only in ``--ssim-weighting``
-(``gaussian``: ``tf.image.ssim``'s window, sigma 1.5; ``uniform``: plain K x K patch means, the
-paper's definition), exports each twice with ``tfssim-export --ssim-weighting`` (the anomaly map
-scored with either window), and evaluates the four exports in one ``tfssim-evaluate
---segmentation-auroc`` run. Writes ``OUTPUT/weighting_table.md`` and ``OUTPUT/weighting.json``
+Trains two SSIM autoencoders that differ only in the SSIM window's weighting (``gaussian``:
+``tf.image.ssim``'s window, sigma 1.5; ``uniform``: plain K x K patch means, the paper's
+definition), exports each twice (the anomaly map scored with either window), and evaluates the
+four exports together with the segmentation ROC AUC, all through
+:func:`tfssim.experiments.train_export_evaluate` (the library, no subprocesses). Writes ``OUTPUT/weighting_table.md`` and ``OUTPUT/weighting.json``
 (the ROC figure is ``OUTPUT/evaluation/roc.png``).
 Re-running resumes: finished trainings and exports are reused, an interrupted training continues.
 
@@ -18,22 +18,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from tfssim._io import atomic_write_text
-
-BIN = Path(sys.executable).parent
-WEIGHTINGS = ("gaussian", "uniform")
-
-
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+from tfssim.experiments import Experiment, train_export_evaluate
+from tfssim.ssim import WEIGHTINGS
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
     parser.add_argument("--output", type=Path, default=Path("runs/weighting"))
@@ -42,30 +34,20 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--stride", type=int, default=30)
     parser.add_argument("--fpr", type=float, default=0.01)
-    args = parser.parse_args()
+    parser.add_argument("--patch-size", type=int, default=128)
+    parser.add_argument("--latent-dim", type=int, default=100)
+    args = parser.parse_args(argv)
 
-    exports = []
-    for trained in WEIGHTINGS:
-        run_dir = args.output / "runs" / trained
-        if not (run_dir / "final.keras").exists():
-            cmd = [str(BIN / "tfssim-train"), str(args.data), "--model", "ssim", "--output", str(run_dir),
-                   "--ssim-weighting", trained, "--epochs", str(args.epochs),
-                   "--patches-per-epoch", str(args.patches_per_epoch), "--learning-rate", str(args.learning_rate)]
-            run(cmd + (["--resume"] if (run_dir / "config.json").exists() else []))
-        for scored in WEIGHTINGS:
-            name = f"train_{trained}_score_{scored}"
-            export_dir = args.output / "exported_models" / name / "1"
-            if not export_dir.exists():
-                run([str(BIN / "tfssim-export"), str(run_dir), "--name", name, "--version", "1", "--stride",
-                     str(args.stride), "--ssim-weighting", scored, "--output", str(args.output / "exported_models")])
-            exports.append((trained, scored, export_dir))
-
-    run([str(BIN / "tfssim-evaluate"), str(args.data), *(str(e) for _, _, e in exports),
-         "--output", str(args.output / "evaluation"), "--fpr", str(args.fpr), "--segmentation-auroc"])
-    results = json.loads((args.output / "evaluation" / "results.json").read_text())["exports"]
+    settings = {"model": "ssim", "epochs": args.epochs, "patches_per_epoch": args.patches_per_epoch,
+                "learning_rate": args.learning_rate, "patch_size": args.patch_size, "latent_dim": args.latent_dim}
+    experiments = [Experiment(f"train_{trained}_score_{scored}", {**settings, "ssim_weighting": trained},
+                              {"stride": args.stride, "ssim_overrides": {"weighting": scored}}, run=trained)
+                   for trained in WEIGHTINGS for scored in WEIGHTINGS]
+    outcome = train_export_evaluate(args.data, args.output, experiments, fpr=args.fpr, segmentation_auroc=True)
     rows = []
-    for trained, scored, export_dir in exports:
-        key = f"{export_dir.parent.name}/1"
+    for experiment in experiments:
+        trained, scored = experiment.run, experiment.export["ssim_overrides"]["weighting"]
+        scores = outcome.scores[experiment.name]
         with open(args.output / "runs" / trained / "history.csv") as handle:
             history = list(csv.DictReader(handle))
         # A reused run keeps its own budget: report what it was trained with, not this call's arguments.
@@ -74,9 +56,9 @@ def main() -> None:
                      "patches": len(history) * int(config["patches_per_epoch"]),
                      "learning_rate": float(config["learning_rate"]),
                      "train_s": round(sum(float(r["seconds"]) for r in history), 1),
-                     "pixel_auroc": results[key]["pixel_auroc"],
-                     "segmentation_auroc": results[key]["segmentation_auroc"],
-                     "aupro_0.3": results[key]["aupro_0.3"]})
+                     "pixel_auroc": scores["pixel_auroc"],
+                     "segmentation_auroc": scores["segmentation_auroc"],
+                     "aupro_0.3": scores["aupro_0.3"]})
     lines = ["| loss window (training) | anomaly-map window (scoring) | patches | pixel ROC AUC, raw map | "
              "pixel ROC AUC, segmentation | AUPRO@0.3 |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['trained_with']} | {r['scored_with']} | {r['patches']:,} | {r['pixel_auroc']:.3f} | "

@@ -176,6 +176,13 @@ def test_config_keeps_non_default_parameters():
     config = SSIMLoss(window_size=7, sigma=1.0, k1=0.02, k2=0.05, data_range=255.0, gamma=2.0).get_config()
     assert (config["window_size"], config["sigma"], config["k1"], config["k2"], config["data_range"],
             config["gamma"]) == (7, 1.0, 0.02, 0.05, 255.0, 2.0)
+    # one SSIMParams inside, flat keys in the config (saved .keras files keep loading)
+    from tfssim.ssim import SSIMParams
+
+    params = SSIMParams(window_size=7, sigma=1.0, k1=0.02, k2=0.05, data_range=255.0, gamma=2.0)
+    assert SSIMLoss(params=params).get_config() == config
+    reloaded = SSIMLoss.from_config(config)
+    assert reloaded.params == params and reloaded.window_size == 7
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(
         MSSSIMLoss(power_factors=[0.4, 0.6], window_size=5)))
     assert restored.power_factors == (0.4, 0.6) and restored.window_size == 5

@@ -584,3 +584,87 @@ def test_window_kernel_and_bad_weighting():
     x = tf.zeros([1, 16, 16, 1])
     with pytest.raises(ValueError, match="weighting must be one of gaussian, uniform, got 'box'"):
         ssim_maps(x, x, weighting="box")
+
+
+# --------------------------------------------------------------------------- other Keras backends
+_JAX_CHECK = r"""
+import json, sys
+import numpy as np
+import keras
+from skimage import data as skdata
+from skimage.metrics import structural_similarity
+from tfssim.ssim import SSIMParams, ssim, ssim_maps
+
+assert keras.backend.backend() == "jax", keras.backend.backend()
+rng = np.random.default_rng(0)
+a = skdata.brick()[100:164, 150:214].astype(np.float64) / 255.0
+b = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1)
+x, y = a[None, ..., None].astype(np.float32), b[None, ..., None].astype(np.float32)
+out = {}
+# Gaussian window, mirror-padded full map: skimage's full=True map (reflect padding).
+_, full = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                data_range=1.0, full=True)
+for blur in ("matmul", "conv"):
+    ours = np.asarray(ssim_maps(x, y, padding="same", blur=blur).ssim)[0, ..., 0]
+    out[f"gaussian_same_{blur}"] = float(np.abs(ours - full).max())
+# Uniform 7x7 window (skimage's default box window), valid region.
+_, box = structural_similarity(a, b, win_size=7, use_sample_covariance=False, data_range=1.0, full=True)
+ours = np.asarray(ssim_maps(x, y, SSIMParams(window_size=7, weighting="uniform")).ssim)[0, ..., 0]
+out["uniform_valid"] = float(np.abs(ours - box[3:-3, 3:-3]).max())
+import jax
+grad = jax.grad(lambda t: 1.0 - ssim(x, t)[0])(y)
+out["grad_finite"] = bool(np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0)
+out["tensorflow_imported"] = "tensorflow" in sys.modules
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # a JAX process: about 20 s here
+def test_ssim_on_jax_backend_matches_skimage_without_tensorflow():
+    """The keras.ops SSIM runs on JAX (a subprocess, KERAS_BACKEND=jax) and equals scikit-image."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install jax jaxlib: CPU wheels from PyPI)")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _JAX_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["gaussian_same_matmul"] < 1e-4, out
+    assert out["gaussian_same_conv"] < 1e-4, out
+    assert out["uniform_valid"] < 1e-4, out
+    assert out["grad_finite"], out
+    assert not out["tensorflow_imported"], out
+
+
+def test_ssim_params_round_trip_validation_and_overrides():
+    from tfssim.ssim import SSIMParams
+
+    params = SSIMParams(window_size=7, sigma=1.0, weighting="uniform", k2=0.05, gamma=2.0, data_range=255.0)
+    assert SSIMParams.from_dict(params.to_dict()) == params
+    assert set(params.to_dict()) == set(SSIMParams.keys()) == {
+        "window_size", "sigma", "weighting", "k1", "k2", "alpha", "beta", "gamma", "data_range"}
+    assert SSIMParams.from_dict({"window_size": 5}) == SSIMParams(window_size=5)
+    with pytest.raises(ValueError, match="unknown SSIM parameter"):
+        SSIMParams.from_dict({"window": 5})
+    with pytest.raises(ValueError, match="odd"):
+        SSIMParams(window_size=4)
+    with pytest.raises(ValueError, match="k1 must be a finite number > 0"):
+        SSIMParams(k1=float("nan"))
+    with pytest.raises(ValueError, match="data_range must be"):
+        SSIMParams(data_range=0)
+    # params= and keywords give the same maps, keywords overriding params
+    rng = np.random.default_rng(3)
+    x = rng.random((1, 32, 32, 1)).astype(np.float32)
+    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1).astype(np.float32)
+    np.testing.assert_array_equal(ssim(x, y, SSIMParams(window_size=7, k2=0.05)).numpy(),
+                                  ssim(x, y, window_size=7, k2=0.05).numpy())
+    np.testing.assert_array_equal(ssim(x, y, SSIMParams(window_size=7), window_size=5).numpy(),
+                                  ssim(x, y, window_size=5).numpy())

@@ -1,7 +1,8 @@
 """scripts/train_any_backend.py (Keras-3 trainer for any backend), run here on the TensorFlow backend.
 
-Its SSIM loss is checked against scikit-image's ``structural_similarity`` and ``tf.image.ssim``,
-its patch sampler against brute-force crop search, and ``main`` end to end on a tiny folder:
+Its SSIM, losses, reader and sampling rule are the library's (checked in their own tests); here:
+its patch sampler against brute-force crop search and the library's image weights, its reader
+on 16-bit files, and ``main`` end to end on a tiny folder:
 run folder contents, resume, ``--time-limit`` stops, the folder loading in ``tfssim-export``,
 and bad input.
 """
@@ -16,11 +17,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import scipy.ndimage as ndi
-import tensorflow as tf
 from skimage import data as skdata
 from skimage import io
-from skimage.metrics import structural_similarity
+
+from tfssim.losses import SSIMLoss
+from tfssim.ssim import SSIMParams
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_any_backend.py"
 MODULE_NAME = "tfssim_test_train_any_backend"
@@ -43,82 +44,10 @@ TINY = ["--patches-per-epoch", "32", "--batch-size", "16", "--patch-size", "32",
         "--val-patches", "16"]
 
 
-# --------------------------------------------------------------------------- SSIM
-def _crop(image: np.ndarray, top: int, left: int, size: int = 64) -> np.ndarray:
-    return image[top:top + size, left:left + size].astype(np.float64) / 255.0
-
-
-def _degrade(a: np.ndarray, seed: int) -> np.ndarray:
-    """Blurred and noisy version of ``a`` (float64 in [0, 1])."""
-    rng = np.random.default_rng(seed)
-    return np.clip(ndi.gaussian_filter(a, 1.0) + rng.normal(0, 0.05, a.shape), 0, 1)
-
-
-def _skimage_valid_mean(a: np.ndarray, b: np.ndarray, win_size: int = 11, sigma: float = 1.5) -> float:
-    """skimage's SSIM map (Wang et al. settings) averaged over the windows that lie inside the image.
-
-    With ``gaussian_weights`` skimage's window is ``2 * int(3.5 * sigma + 0.5) + 1`` taps (11 for
-    sigma 1.5, 7 for sigma 0.8); ``win_size`` only sets the border cropped here.
-    """
-    _, full = structural_similarity(a, b, gaussian_weights=True, sigma=sigma, use_sample_covariance=False,
-                                    data_range=1.0, win_size=win_size, full=True)
-    r = (win_size - 1) // 2
-    return float(full[r:-r, r:-r].mean())
-
-
-def _tf_ssim(a: np.ndarray, b: np.ndarray, win_size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    return tf.image.ssim(tf.constant(a, tf.float32), tf.constant(b, tf.float32), max_val=1.0,
-                         filter_size=win_size, filter_sigma=sigma, k1=0.01, k2=0.03).numpy()
-
-
-@pytest.fixture(scope="module")
-def gray_pairs() -> tuple[np.ndarray, np.ndarray]:
-    """Two 64x64 texture crops (brick, grass) and their blurred+noisy versions, ``[2, 64, 64, 1]``."""
-    a = np.stack([_crop(skdata.brick(), 100, 150), _crop(skdata.grass(), 200, 40)])
-    b = np.stack([_degrade(a[0], 1), _degrade(a[1], 2)])
-    return a[..., None], b[..., None]
-
-
-@pytest.mark.parametrize(("size", "sigma"), [(11, 1.5), (7, 0.8), (3, 1.0)])
-def test_gaussian_window_is_scipys_gaussian_filter(size, sigma):
-    # An independent implementation: SciPy's 1-D Gaussian filter with the same radius, applied
-    # to a unit impulse, returns its own (normalised, sampled) kernel. That the window is also
-    # tf.image.ssim's is checked through the SSIM values against tf.image.ssim below.
-    g = tab.gaussian_window(size, sigma)
-    assert g.shape == (size,) and g.dtype == np.float32
-    impulse = np.zeros(size)
-    impulse[size // 2] = 1.0
-    expected = ndi.gaussian_filter1d(impulse, sigma, radius=size // 2, mode="constant", cval=0.0)
-    np.testing.assert_allclose(g, expected, rtol=1e-6, atol=1e-9)
-
-
-def test_ssim_per_sample_matches_skimage_and_tf_on_textures(gray_pairs):
-    a, b = gray_pairs
-    ours = keras.ops.convert_to_numpy(tab.ssim_per_sample(a, b))
-    assert ours.shape == (2,)
-    sk = np.array([_skimage_valid_mean(a[i, ..., 0], b[i, ..., 0]) for i in range(2)])
-    # The degradation is real: SSIM well below 1 and different for the two textures.
-    assert np.all(sk < 0.9) and np.all(sk > 0.05) and abs(sk[0] - sk[1]) > 1e-3
-    np.testing.assert_allclose(ours, sk, atol=1e-4)
-    np.testing.assert_allclose(ours, _tf_ssim(a, b), atol=1e-5)
-    # Per sample, not pooled: swapping the pairs swaps the results.
-    swapped = keras.ops.convert_to_numpy(tab.ssim_per_sample(a[::-1], b[::-1]))
-    np.testing.assert_allclose(swapped, ours[::-1], atol=1e-6)
-
-
-def test_uniform_weighting_matches_skimage_plain_means_and_the_library(gray_pairs):
-    from tfssim.ssim import ssim as library_ssim
-
-    a, b = gray_pairs
-    ours = keras.ops.convert_to_numpy(tab.ssim_per_sample(a, b, weighting="uniform"))
-    for i in range(2):
-        _, full = structural_similarity(a[i, ..., 0].astype(np.float64), b[i, ..., 0].astype(np.float64), win_size=11,
-                                        gaussian_weights=False, use_sample_covariance=False, data_range=1.0, full=True)
-        assert ours[i] == pytest.approx(full[5:-5, 5:-5].mean(), abs=1e-4)
-    np.testing.assert_allclose(ours, library_ssim(a, b, weighting="uniform").numpy(), atol=1e-5)
-    assert np.abs(ours - keras.ops.convert_to_numpy(tab.ssim_per_sample(a, b))).max() > 1e-3
-
-
+# --------------------------------------------------------------------------- losses
+# The script's SSIM is the library's (tfssim.losses.SSIMLoss on tfssim.ssim, checked against
+# tf.image.ssim and scikit-image in tests/test_ssim.py, on JAX too); here: that it is used, with
+# the arguments' parameters.
 @pytest.mark.slow  # 53 s measured here (trains, on a loaded 2-core machine)
 def test_uniform_run_exports_with_its_weighting(grass_folder, tmp_path):
     from tfssim.export import load_for_export
@@ -129,51 +58,6 @@ def test_uniform_run_exports_with_its_weighting(grass_folder, tmp_path):
     assert state.loss.weighting == "uniform"
     _, info = load_for_export(run)
     assert info["ssim"]["weighting"] == "uniform"
-
-
-def test_ssim_per_sample_identical_images_is_one(gray_pairs):
-    a, _ = gray_pairs
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(tab.ssim_per_sample(a, a)), 1.0, atol=1e-5)
-
-
-def test_ssim_per_sample_other_window_matches_skimage_and_tf(gray_pairs):
-    a, b = gray_pairs
-    # A 7-tap window with sigma 0.8 is what skimage's Gaussian filter truncates to at that sigma.
-    ours = keras.ops.convert_to_numpy(tab.ssim_per_sample(a, b, window_size=7, sigma=0.8))
-    sk = np.array([_skimage_valid_mean(a[i, ..., 0], b[i, ..., 0], win_size=7, sigma=0.8) for i in range(2)])
-    np.testing.assert_allclose(ours, sk, atol=1e-4)
-    np.testing.assert_allclose(ours, _tf_ssim(a, b, 7, 0.8), atol=1e-5)
-    assert np.all(np.abs(ours - keras.ops.convert_to_numpy(tab.ssim_per_sample(a, b))) > 1e-4)
-
-
-def test_ssim_per_sample_three_channels():
-    # Three different textures as R, G, B, each channel degraded differently.
-    a = np.stack([_crop(skdata.brick(), 10, 20), _crop(skdata.grass(), 300, 100),
-                  _crop(skdata.gravel(), 50, 250)], axis=-1)
-    b = np.stack([_degrade(a[..., c], 10 + c) for c in range(3)], axis=-1)
-    b[..., 1] = np.clip(b[..., 1] * 0.8 + 0.1, 0, 1)  # a contrast/luminance change on one channel only
-    ours = float(keras.ops.convert_to_numpy(tab.ssim_per_sample(a[None], b[None]))[0])
-    per_channel = [_skimage_valid_mean(a[..., c], b[..., c]) for c in range(3)]
-    assert max(per_channel) - min(per_channel) > 1e-2  # the channels really differ
-    assert ours == pytest.approx(np.mean(per_channel), abs=1e-4)
-    assert ours == pytest.approx(float(_tf_ssim(a[None], b[None])[0]), abs=1e-5)
-    # Channels are not mixed: each channel alone gives skimage's value for that channel.
-    for c in range(3):
-        alone = keras.ops.convert_to_numpy(tab.ssim_per_sample(a[None, ..., c:c + 1], b[None, ..., c:c + 1]))[0]
-        assert float(alone) == pytest.approx(per_channel[c], abs=1e-4)
-
-
-def test_losses_are_one_minus_ssim_and_mse(gray_pairs):
-    a, b = gray_pairs
-    ssim = keras.ops.convert_to_numpy(tab.ssim_per_sample(a, b))
-    loss = tab.BackendSSIMLoss()
-    assert float(loss(a, b)) == pytest.approx(float(np.mean(1.0 - ssim)), abs=1e-6)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss.call(a, b)), 1.0 - ssim, atol=1e-6)
-    clone = tab.BackendSSIMLoss.from_config(tab.BackendSSIMLoss(window_size=7, sigma=1.0).get_config())
-    assert (clone.window_size, clone.sigma, clone.k1, clone.k2) == (7, 1.0, 0.01, 0.03)
-    l2 = tab.BackendL2Loss(name="l2_loss")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(l2.call(a, b)), np.mean((a - b) ** 2, axis=(1, 2, 3)),
-                               rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- patches
@@ -294,7 +178,7 @@ def test_main_end_to_end_resume_time_limit_and_export(grass_folder, tmp_path, ca
     assert record["model"] == "ssim" and record["patch_size"] == 32 and record["channels"] == 1
     assert record["latent_dim"] == 8
     assert record["ssim"] == {"window_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0,
-                              "weighting": "gaussian"}
+                              "weighting": "gaussian", "alpha": 1.0, "beta": 1.0, "gamma": 1.0}
     assert record["config"]["epochs"] == 2 and record["config"]["patches_per_epoch"] == 32
     assert record["train_images"] == [str(grass_folder / "img_0.png"), str(grass_folder / "img_1.png")]
     assert record["val_images"] == [str(grass_folder / "img_2.png")]
@@ -312,7 +196,7 @@ def test_main_end_to_end_resume_time_limit_and_export(grass_folder, tmp_path, ca
     state = keras.saving.load_model(run / "state.keras")
     # 3 epochs x 32 patches / 16 per batch: the optimizer state came through the resume.
     assert int(keras.ops.convert_to_numpy(state.optimizer.iterations)) == 6
-    assert isinstance(state.loss, tab.BackendSSIMLoss)
+    assert isinstance(state.loss, SSIMLoss) and state.loss.params == SSIMParams(window_size=11)
 
     # The run folder loads as a tfssim-train run folder would.
     model, info = load_for_export(run)
@@ -320,8 +204,8 @@ def test_main_end_to_end_resume_time_limit_and_export(grass_folder, tmp_path, ca
     assert info["ssim"]["window_size"] == 11 and info["ssim"]["sigma"] == 1.5
     assert info["model_path"] == str(run / "final.keras")
     assert tuple(model.inputs[0].shape[1:]) == (32, 32, 1)
-    x = tab.sample_patches([io.imread(grass_folder / "img_2.png")[..., None]], 2, 32,
-                           np.random.default_rng(0), False).astype(np.float32) / 255.0
+    x = tab.sample_patches([io.imread(grass_folder / "img_2.png")[..., None] / np.float32(255)], 2, 32,
+                           np.random.default_rng(0), False)
     np.testing.assert_allclose(model.predict(x, verbose=0), state.predict(x, verbose=0), atol=1e-6)
 
     # --time-limit: the check before each epoch adds 1.2 x the previous epoch's duration (0 before the
@@ -413,10 +297,23 @@ def test_resume_refuses_other_images_and_keeps_where_earlier_legs_ran(grass_fold
     assert len(_history(run)) == 2
 
 
-def test_sixteen_bit_images_are_a_clear_error(tmp_path):
+def test_sixteen_bit_images_are_read_at_full_depth(tmp_path):
     folder = tmp_path / "deep"
     folder.mkdir()
-    for i in range(2):
-        io.imsave(folder / f"{i}.png", (skdata.grass()[:80, :96].astype(np.uint16) * 257), check_contrast=False)
-    with pytest.raises(SystemExit, match="uint16 image"):
-        tab.main([str(folder), "--output", str(tmp_path / "run"), *TINY])
+    codes = [(skdata.grass()[:80, :96].astype(np.uint16) * 257 + i) for i in range(3)]
+    for i, image in enumerate(codes):
+        io.imsave(folder / f"{i}.png", image, check_contrast=False)
+    train_files, val_files, train, val = tab.read_split(folder, 1, 32)
+    assert [p.name for p in train_files] == ["0.png", "1.png"] and [p.name for p in val_files] == ["2.png"]
+    for image, expected in zip(train + val, codes):
+        assert image.dtype == np.float32 and image.shape == (80, 96, 1)
+        np.testing.assert_allclose(image[..., 0], expected / 65535.0, atol=1e-7)
+
+
+def test_images_are_drawn_by_their_number_of_patch_origins():
+    # A 47x47 image offers 16x16 = 256 origins for 32-pixel patches, a 32x32 one 1: 256/257 of the draws.
+    big = np.zeros((47, 47, 1), np.float32)
+    small = np.ones((32, 32, 1), np.float32)
+    patches = tab.sample_patches([big, small], 4000, 32, np.random.default_rng(0), augment=False)
+    share_small = float(np.mean(patches[:, 0, 0, 0] == 1.0))
+    assert share_small == pytest.approx(1 / 257, abs=0.004)

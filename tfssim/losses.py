@@ -1,6 +1,7 @@
 """Keras 3 losses for autoencoders: SSIM, MS-SSIM, l2 and feature matching.
 
-All losses compute in float32 whatever the model's dtype policy, return one value per
+All losses are written in ``keras.ops`` (any Keras backend; the feature-matching loss needs
+TensorFlow for its backbone, imported when one is built), compute in float32 whatever the model's dtype policy, return one value per
 sample (Keras applies the reduction) and are registered for ``.keras`` serialization, so a
 model compiled with them reloads with ``keras.saving.load_model``.
 
@@ -13,25 +14,36 @@ from __future__ import annotations
 
 from typing import Any
 
-import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
-import tensorflow as tf
+from keras import ops
 
 from tfssim import ssim as ssim_lib
-from tfssim.models.features import build_feature_extractor, extract_features
+from tfssim.ssim import SSIMParams
 
 __all__ = ["SSIMLoss", "MSSSIMLoss", "L2Loss", "FeatureMatchingLoss", "get"]
 
 _PACKAGE = "tfssim"
 
 
-def _as_float32(y_true: Any, y_pred: Any) -> tuple[tf.Tensor, tf.Tensor]:
-    y_true = tf.cast(tf.convert_to_tensor(y_true), tf.float32)
-    y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
-    if y_true.shape.rank != 4 or y_pred.shape.rank != 4:
+# The SSIM parameters MS-SSIM uses (a Gaussian window; no exponents).
+_MS_SSIM_KEYS = ("window_size", "sigma", "k1", "k2", "data_range")
+
+
+def _params_field(loss: keras.losses.Loss, name: str) -> Any:
+    """``loss.window_size``, ``loss.sigma``, ...: the fields of the loss's :class:`SSIMParams`."""
+    params = loss.__dict__.get("params")
+    if params is not None and name in SSIMParams.keys():
+        return getattr(params, name)
+    raise AttributeError(f"{type(loss).__name__!r} object has no attribute {name!r}")
+
+
+def _as_float32(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+    y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
+    y_pred = ops.cast(ops.convert_to_tensor(y_pred), "float32")
+    if len(y_true.shape) != 4 or len(y_pred.shape) != 4:
         raise ValueError(
             f"autoencoder losses expect image batches [batch, height, width, channels]; "
-            f"got targets {y_true.shape} and predictions {y_pred.shape}"
+            f"got targets {tuple(y_true.shape)} and predictions {tuple(y_pred.shape)}"
         )
     if y_true.shape[-1] is not None and y_pred.shape[-1] is not None and y_true.shape[-1] != y_pred.shape[-1]:
         raise ValueError(
@@ -46,16 +58,12 @@ class SSIMLoss(keras.losses.Loss):
     """``1 - mean SSIM`` between targets and reconstructions (Bergmann et al. 2019, Eq. 5).
 
     Args:
-        window_size: Odd side K of the Gaussian window (paper: 11).
-        sigma: Gaussian standard deviation in pixels.
-        k1: Luminance constant K1, ``C1 = (K1 * data_range) ** 2``.
-        k2: Contrast constant K2, ``C2 = (K2 * data_range) ** 2``.
-        data_range: Dynamic range of pixel values.
-        alpha: Luminance exponent.
-        beta: Contrast exponent.
-        gamma: Structure exponent.
-        weighting: ``"gaussian"`` window (default, ``tf.image.ssim``) or ``"uniform"`` (plain
-            patch means, the paper's definition).
+        params: The SSIM's :class:`tfssim.ssim.SSIMParams` (default the paper's: Gaussian 11x11
+            window, K1 = 0.01, K2 = 0.03); exposed as ``loss.params`` and its fields as
+            attributes (``loss.window_size``).
+        **ssim_kwargs: Fields of :class:`tfssim.ssim.SSIMParams` (``window_size``, ``sigma``,
+            ``weighting``, ``k1``, ``k2``, ``alpha``, ``beta``, ``gamma``, ``data_range``),
+            overriding ``params``; ``get_config`` stores all nine flat (as before this type).
         reduction: Keras reduction over the per-sample losses.
         name: Loss name.
 
@@ -64,54 +72,40 @@ class SSIMLoss(keras.losses.Loss):
 
     Example:
         >>> loss = SSIMLoss()
-        >>> x = tf.random.uniform([2, 32, 32, 1])
+        >>> x = keras.random.uniform([2, 32, 32, 1])
         >>> float(loss(x, x)) < 1e-6
         True
     """
 
     def __init__(
         self,
-        window_size: int = 11,
-        sigma: float = 1.5,
-        k1: float = 0.01,
-        k2: float = 0.03,
-        data_range: float = 1.0,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-        gamma: float = 1.0,
-        weighting: str = "gaussian",
+        params: SSIMParams | None = None,
+        *,
         reduction: str = "sum_over_batch_size",
         name: str = "ssim_loss",
         dtype: Any = None,
+        **ssim_kwargs: Any,
     ) -> None:
-        ssim_lib.validate_window(window_size, sigma, weighting)
+        params = SSIMParams.of(params, **ssim_kwargs)  # validated before Keras sees anything
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
-        self.window_size = window_size
-        self.sigma = sigma
-        self.k1 = k1
-        self.k2 = k2
-        self.data_range = data_range
-        self.alpha = alpha
-        self.beta = beta
-        self.gamma = gamma
-        self.weighting = weighting
+        self.params = params
+
+    def __getattr__(self, name: str) -> Any:
+        return _params_field(self, name)
 
     @property
     def ssim_kwargs(self) -> dict[str, Any]:
         """The SSIM parameters, as keyword arguments of :func:`tfssim.ssim.ssim_maps`."""
-        return dict(
-            window_size=self.window_size, sigma=self.sigma, k1=self.k1, k2=self.k2,
-            data_range=self.data_range, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
-            weighting=self.weighting,
-        )
+        return self.params.to_dict()
 
-    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true, y_pred = _as_float32(y_true, y_pred)
-        return 1.0 - ssim_lib.ssim(y_true, y_pred, **self.ssim_kwargs)
+        return 1.0 - ssim_lib.ssim(y_true, y_pred, self.params)
 
     def get_config(self) -> dict[str, Any]:
+        # Flat keys (window_size, sigma, ...), as before SSIMParams: saved .keras files still load.
         config = super().get_config()
-        config.update(self.ssim_kwargs)
+        config.update(self.params.to_dict())
         return config
 
 
@@ -122,48 +116,39 @@ class MSSSIMLoss(keras.losses.Loss):
     Args:
         power_factors: Per-scale weights; ``None`` fits the standard five weights to the
             patch size (a 128-pixel patch with an 11 window gets four scales).
-        window_size: Odd Gaussian window side.
-        sigma: Gaussian standard deviation.
-        k1: Luminance constant.
-        k2: Contrast constant.
-        data_range: Dynamic range of pixel values.
+        **ssim_kwargs: The Gaussian window's ``window_size`` and ``sigma``, ``k1``, ``k2`` and
+            ``data_range`` (fields of :class:`tfssim.ssim.SSIMParams`).
     """
 
     def __init__(
         self,
         power_factors: tuple[float, ...] | list[float] | None = None,
-        window_size: int = 11,
-        sigma: float = 1.5,
-        k1: float = 0.01,
-        k2: float = 0.03,
-        data_range: float = 1.0,
+        *,
         reduction: str = "sum_over_batch_size",
         name: str = "ms_ssim_loss",
         dtype: Any = None,
+        **ssim_kwargs: Any,
     ) -> None:
-        ssim_lib.validate_window(window_size, sigma)
+        other = set(ssim_kwargs) - set(_MS_SSIM_KEYS)
+        if other:
+            raise ValueError(f"MS-SSIM takes the SSIM parameters {', '.join(_MS_SSIM_KEYS)}; got {sorted(other)}")
+        params = SSIMParams(**ssim_kwargs)
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
         self.power_factors = tuple(power_factors) if power_factors is not None else None
-        self.window_size = window_size
-        self.sigma = sigma
-        self.k1 = k1
-        self.k2 = k2
-        self.data_range = data_range
+        self.params = params
 
-    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def __getattr__(self, name: str) -> Any:
+        return _params_field(self, name)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true, y_pred = _as_float32(y_true, y_pred)
-        return 1.0 - ssim_lib.ms_ssim(
-            y_true, y_pred, power_factors=self.power_factors, window_size=self.window_size,
-            sigma=self.sigma, k1=self.k1, k2=self.k2, data_range=self.data_range,
-        )
+        kwargs = {k: getattr(self.params, k) for k in _MS_SSIM_KEYS}
+        return 1.0 - ssim_lib.ms_ssim(y_true, y_pred, power_factors=self.power_factors, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            power_factors=list(self.power_factors) if self.power_factors is not None else None,
-            window_size=self.window_size, sigma=self.sigma, k1=self.k1, k2=self.k2,
-            data_range=self.data_range,
-        )
+        config["power_factors"] = list(self.power_factors) if self.power_factors is not None else None
+        config.update({k: getattr(self.params, k) for k in _MS_SSIM_KEYS})
         return config
 
 
@@ -178,9 +163,9 @@ class L2Loss(keras.losses.Loss):
     def __init__(self, reduction: str = "sum_over_batch_size", name: str = "l2_loss", dtype: Any = None) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
 
-    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true, y_pred = _as_float32(y_true, y_pred)
-        return tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
+        return ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -223,16 +208,20 @@ class FeatureMatchingLoss(keras.losses.Loss):
         self.num_conv_layers = int(num_conv_layers)
         self.weights = weights
         # Built eagerly so that a missing weights file fails at construction, not mid-fit.
+        from tfssim.models.features import build_feature_extractor  # TensorFlow: only when used
+
         self.feature_extractor = feature_extractor or build_feature_extractor(
             backbone=backbone, num_conv_layers=num_conv_layers, weights=weights
         )
 
-    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        from tfssim.models.features import extract_features
+
         y_true, y_pred = _as_float32(y_true, y_pred)
-        pixel = tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
-        f_true = tf.stop_gradient(tf.cast(extract_features(self.feature_extractor, y_true), tf.float32))
-        f_pred = tf.cast(extract_features(self.feature_extractor, y_pred), tf.float32)
-        feature = tf.reduce_mean(tf.square(f_true - f_pred), axis=[1, 2, 3])
+        pixel = ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3))
+        f_true = ops.stop_gradient(ops.cast(extract_features(self.feature_extractor, y_true), "float32"))
+        f_pred = ops.cast(extract_features(self.feature_extractor, y_pred), "float32")
+        feature = ops.mean(ops.square(f_true - f_pred), axis=(1, 2, 3))
         return pixel + self.weight * feature
 
     def get_config(self) -> dict[str, Any]:

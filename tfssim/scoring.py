@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from tfssim import tiling
 from tfssim.models import VariationalAutoencoder, get_spec, kind_of, reconstruction_nll
-from tfssim.ssim import ssim_maps
+from tfssim.ssim import SSIMParams, ssim_maps
 
 __all__ = [
     "RESIDUALS",
@@ -49,7 +49,7 @@ __all__ = [
 
 RESIDUALS = ("ssim", "l2", "vae")
 # The keyword arguments of tfssim.ssim.ssim_maps that describe the SSIM itself.
-SSIM_KEYS = ("window_size", "sigma", "k1", "k2", "data_range", "alpha", "beta", "gamma", "weighting")
+SSIM_KEYS = SSIMParams.keys()
 
 
 def residual_of(kind: str) -> str:
@@ -69,14 +69,16 @@ def _batched(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, bool]:
     return x, y, True
 
 
-def ssim_residual_maps(x: tf.Tensor, reconstruction: tf.Tensor, **ssim_kwargs: Any) -> dict[str, tf.Tensor]:
+def ssim_residual_maps(x: tf.Tensor, reconstruction: tf.Tensor, params: SSIMParams | dict[str, Any] | None = None,
+                       **ssim_kwargs: Any) -> dict[str, tf.Tensor]:
     """``1 -`` the SSIM, luminance, contrast and structure maps, full-size, averaged over channels.
 
     Args:
         x: Images ``[H, W, C]`` or ``[B, H, W, C]`` in ``[0, data_range]``.
         reconstruction: Their reconstructions, same shape.
-        **ssim_kwargs: SSIM parameters of :func:`tfssim.ssim.ssim_maps` (``window_size``,
-            ``sigma``, ``k1``, ``k2``, ``data_range``, ``alpha``, ``beta``, ``gamma``, ``weighting``).
+        params: The SSIM's :class:`tfssim.ssim.SSIMParams` (or a dict of its fields); default
+            the paper's.
+        **ssim_kwargs: Fields of :class:`tfssim.ssim.SSIMParams`, overriding ``params``.
 
     Returns:
         ``anomaly_map`` (``1 - SSIM``), ``luminance_map``, ``contrast_map``, ``structure_map``:
@@ -85,11 +87,9 @@ def ssim_residual_maps(x: tf.Tensor, reconstruction: tf.Tensor, **ssim_kwargs: A
         blur for whole images here (700x1024: 32 ms against 71 ms with whole-axis band-matrix
         matmuls; 1536x1536: 113 ms against 344 ms; best of 5 on 2 CPU cores).
     """
-    unknown = set(ssim_kwargs) - set(SSIM_KEYS)
-    if unknown:
-        raise ValueError(f"unknown SSIM parameter(s) {sorted(unknown)}; expected some of {', '.join(SSIM_KEYS)}")
+    params = SSIMParams.of(params, **ssim_kwargs)  # an unknown key raises here, before any work
     x, reconstruction, batched = _batched(x, reconstruction)
-    maps = ssim_maps(x, reconstruction, padding="same", blur="conv", **ssim_kwargs)
+    maps = ssim_maps(x, reconstruction, params, padding="same", blur="conv")
     out = {
         "anomaly_map": 1.0 - tf.reduce_mean(maps.ssim, axis=-1),
         "luminance_map": 1.0 - tf.reduce_mean(maps.luminance, axis=-1),
@@ -206,7 +206,7 @@ def anomaly_maps(
     stride: int | tf.Tensor = 30,
     *,
     chunk_size: int = tiling.DEFAULT_CHUNK,
-    ssim_kwargs: dict[str, Any] | None = None,
+    ssim_kwargs: SSIMParams | dict[str, Any] | None = None,
     vae_samples: int | None = None,
     vae_seed: int = 0,
     jit_compile: bool = False,
@@ -221,7 +221,8 @@ def anomaly_maps(
         patch_size: Tile side; default the model's input size.
         stride: Tile stride, ``1 <= stride <= p`` (the paper: 30 for 128).
         chunk_size: Tiles per model call (bounds memory).
-        ssim_kwargs: SSIM parameters of the anomaly map for SSIM models (default: 11 window).
+        ssim_kwargs: SSIM parameters of the anomaly map for SSIM models, an
+            :class:`tfssim.ssim.SSIMParams` or a dict of its fields (default: the paper's).
         vae_samples: Posterior samples per tile for the VAE (default: the model's ``num_samples``).
         vae_seed: Seed of the VAE's sampling (a fixed seed gives the same map every call).
         jit_compile: Compile the model call on each chunk with XLA (a ``tf.function`` made per
@@ -247,7 +248,7 @@ def anomaly_maps(
 
 
 def _maps(model: keras.Model, image: tf.Tensor, residual: str, patch_size: int, stride: int | tf.Tensor,
-          chunk_size: int, ssim_kwargs: dict[str, Any] | None, vae_samples: int | None, vae_seed: int,
+          chunk_size: int, ssim_kwargs: SSIMParams | dict[str, Any] | None, vae_samples: int | None, vae_seed: int,
           jit_compile: bool) -> dict[str, tf.Tensor]:
     """:func:`anomaly_maps` before smoothing."""
     image = tf.cast(tf.convert_to_tensor(image), tf.float32)
@@ -266,5 +267,5 @@ def _maps(model: keras.Model, image: tf.Tensor, residual: str, patch_size: int, 
                 "anomaly_map": vae_residual_map(image, samples, model.observation_std)}
     recon = tiling.reconstruct(fn, image, patch_size, stride, chunk_size)
     if residual == "ssim":
-        return {"reconstruction": recon, **ssim_residual_maps(image, recon, **(ssim_kwargs or {}))}
+        return {"reconstruction": recon, **ssim_residual_maps(image, recon, ssim_kwargs)}
     return {"reconstruction": recon, "anomaly_map": l2_residual_map(image, recon)}

@@ -17,23 +17,30 @@ Border handling (``padding``):
 * ``"valid"`` (default, as ``tf.image.ssim``): only windows that lie wholly inside the image;
   maps are ``(H - K + 1) x (W - K + 1)``.
 * ``"same"``: the statistics are computed on the image padded by ``K // 2`` pixels with
-  mirror padding that repeats the edge pixel (``tf.pad(mode="SYMMETRIC")``, the same as
+  mirror padding that repeats the edge pixel (``keras.ops.pad(mode="symmetric")``, the same as
   SciPy's ``mode="reflect"`` that scikit-image uses for ``full=True``); maps are ``H x W``.
   Zero padding would be wrong here: it invents dark borders and drops SSIM by up to 0.9.
 
-All arithmetic runs in float32 whatever the inputs' dtype (in float16 the map is off by up to
+Everything is written in ``keras.ops``, so the same code runs in TensorFlow's graph (training,
+the exported serving signatures) and on the JAX and PyTorch backends; the parameters of one
+SSIM are one :class:`SSIMParams`. All arithmetic runs in float32 whatever the inputs' dtype (in float16 the map is off by up to
 0.36), so the functions are safe under a ``mixed_float16`` policy. Everything is
 differentiable; the Gaussian blur is separable and runs either as two band-matrix matmuls
 (fast for training patches) or as two 1-D convolutions (memory-light for large images).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import math
+import numbers
+from typing import Any, Mapping, NamedTuple
 
-import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
-import tensorflow as tf
+import keras
+import numpy as np
+from keras import ops
 
 __all__ = [
+    "SSIMParams",
     "SSIMMaps",
     "gaussian_kernel",
     "window_kernel",
@@ -54,10 +61,10 @@ _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 class SSIMMaps(NamedTuple):
     """Per-pixel SSIM and its three component maps, each ``[B, H', W', C]`` float32."""
 
-    ssim: tf.Tensor
-    luminance: tf.Tensor
-    contrast: tf.Tensor
-    structure: tf.Tensor
+    ssim: Any
+    luminance: Any
+    contrast: Any
+    structure: Any
 
 
 # How the K x K window weights its pixels: Wang et al.'s (and tf.image.ssim's) Gaussian, or the
@@ -79,60 +86,150 @@ def validate_window(window_size: int, sigma: float = 1.5, weighting: str = "gaus
         raise ValueError(f"SSIM Gaussian sigma must be positive, got {sigma!r}")
 
 
-def gaussian_kernel(window_size: int = 11, sigma: float = 1.5) -> tf.Tensor:
+@dataclasses.dataclass(frozen=True)
+class SSIMParams:
+    """The parameters of one SSIM: the loss, the anomaly map, the training config and the export
+    metadata all describe their SSIM with this one type.
+
+    Args:
+        window_size: Odd side K of the window (the paper's best: 11).
+        sigma: Standard deviation of the Gaussian window in pixels (unused for ``"uniform"``).
+        weighting: ``"gaussian"`` (``tf.image.ssim``'s window) or ``"uniform"`` (plain K x K
+            patch means, the paper's definition; scikit-image's ``gaussian_weights=False``).
+        k1: Luminance constant K1; ``C1 = (K1 * data_range) ** 2``.
+        k2: Contrast/structure constant K2; ``C2 = (K2 * data_range) ** 2``, ``C3 = C2 / 2``.
+        alpha: Exponent of the luminance term.
+        beta: Exponent of the contrast term.
+        gamma: Exponent of the structure term (applied sign-preserving).
+        data_range: Dynamic range L of the pixel values (1 for images scaled to [0, 1]).
+
+    Raises:
+        ValueError: A parameter is out of range (see :func:`validate_window`; the constants and
+            the data range must be finite and positive, the exponents finite and >= 0).
+
+    Example:
+        >>> params = SSIMParams(window_size=7, weighting="uniform")
+        >>> SSIMParams.from_dict(params.to_dict()) == params
+        True
+    """
+
+    window_size: int = 11
+    sigma: float = 1.5
+    weighting: str = "gaussian"
+    k1: float = 0.01
+    k2: float = 0.03
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0
+    data_range: float = 1.0
+
+    def __post_init__(self) -> None:
+        validate_window(self.window_size, self.sigma, self.weighting)
+        for name in ("k1", "k2", "data_range", "alpha", "beta", "gamma"):
+            value = getattr(self, name)
+            positive = name in ("k1", "k2", "data_range")
+            if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+                    or value < 0 or (positive and value == 0)):
+                raise ValueError(f"SSIM {name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The parameter names, in field order (the keys of :meth:`to_dict`)."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """All parameters as a plain (JSON-ready) dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> SSIMParams:
+        """Parameters from a dict (missing keys keep their defaults), then ``overrides``.
+
+        Raises:
+            ValueError: An unknown key, or a value out of range.
+        """
+        merged = {**(values or {}), **overrides}
+        unknown = set(merged) - set(cls.keys())
+        if unknown:
+            raise ValueError(f"unknown SSIM parameter(s) {sorted(unknown)}; expected some of {', '.join(cls.keys())}")
+        return cls(**merged)
+
+    @classmethod
+    def of(cls, params: SSIMParams | Mapping[str, Any] | None = None, **overrides: Any) -> SSIMParams:
+        """``params`` (an :class:`SSIMParams`, a dict or ``None`` for the defaults) with ``overrides``."""
+        if isinstance(params, SSIMParams):
+            return dataclasses.replace(params, **overrides) if overrides else params
+        return cls.from_dict(params, **overrides)
+
+
+def gaussian_kernel(window_size: int = 11, sigma: float = 1.5) -> Any:
     """Normalised 1-D Gaussian window of ``window_size`` taps, float32."""
-    validate_window(window_size, sigma)
-    coords = tf.range(window_size, dtype=tf.float32) - (window_size - 1) / 2.0
-    g = tf.exp(-0.5 * tf.square(coords / sigma))
-    return g / tf.reduce_sum(g)
+    return ops.convert_to_tensor(_window_taps(window_size, sigma, "gaussian"))
 
 
-def window_kernel(window_size: int = 11, sigma: float = 1.5, weighting: str = "gaussian") -> tf.Tensor:
+def window_kernel(window_size: int = 11, sigma: float = 1.5, weighting: str = "gaussian") -> Any:
     """The normalised 1-D window: :func:`gaussian_kernel`, or ``1 / K`` taps for ``"uniform"``
     (whose separable product is the K x K box of plain patch means; ``sigma`` is then unused)."""
+    return ops.convert_to_tensor(_window_taps(window_size, sigma, weighting))
+
+
+def _window_taps(window_size: int, sigma: float, weighting: str) -> np.ndarray:
+    """The 1-D window as a NumPy float32 array (a constant in every backend's graph)."""
     validate_window(window_size, sigma, weighting)
     if weighting == "uniform":
-        return tf.fill([window_size], 1.0 / window_size)
-    return gaussian_kernel(window_size, sigma)
+        return np.full(window_size, 1.0 / window_size, np.float32)
+    coords = np.arange(window_size, dtype=np.float32) - np.float32((window_size - 1) / 2.0)
+    g = np.exp(np.float32(-0.5) * np.square(coords / np.float32(sigma)))
+    return (g / g.sum()).astype(np.float32)
 
 
-def _band_matrix(kernel: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+def _band_matrix(kernel: np.ndarray, length: Any) -> Any:
     """``[length - K + 1, length]`` matrix M with ``M[i, i + k] = kernel[k]``: a valid 1-D blur."""
-    k = tf.shape(kernel)[0]
-    rows = tf.range(length - k + 1)[:, None]
-    cols = tf.range(length)[None, :]
+    k = kernel.shape[0]
+    if isinstance(length, int):  # static side: a NumPy constant, no ops in the graph
+        m = np.zeros((length - k + 1, length), np.float32)
+        for i in range(k):
+            m[np.arange(length - k + 1), np.arange(length - k + 1) + i] = kernel[i]
+        return ops.convert_to_tensor(m)
+    rows = ops.expand_dims(ops.arange(length - k + 1), 1)
+    cols = ops.expand_dims(ops.arange(length), 0)
     offset = cols - rows
-    inside = (offset >= 0) & (offset < k)
-    return tf.where(inside, tf.gather(kernel, tf.clip_by_value(offset, 0, k - 1)), 0.0)
+    inside = ops.logical_and(offset >= 0, offset < k)
+    return ops.where(inside, ops.take(ops.convert_to_tensor(kernel), ops.clip(offset, 0, k - 1)), 0.0)
 
 
-def _blur_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    shape = tf.shape(x)
-    m_h = _band_matrix(kernel, shape[1])
-    m_w = _band_matrix(kernel, shape[2])
-    x = tf.einsum("uh,bhwc->buwc", m_h, x)
-    return tf.einsum("vw,buwc->buvc", m_w, x)
+def _blur_matmul(x: Any, kernel: np.ndarray) -> Any:
+    # Batched matmuls on [B, C, W, H] with the band matrices on the right: on TensorFlow's CPU
+    # kernels twice as fast (loss + gradient) as the same contraction written as two einsums.
+    shape = ops.shape(x)
+    m_h = ops.transpose(_band_matrix(kernel, shape[1]))  # [H, H']
+    m_w = ops.transpose(_band_matrix(kernel, shape[2]))  # [W, W']
+    x = ops.matmul(ops.transpose(x, (0, 3, 2, 1)), m_h)  # [B, C, W, H']
+    x = ops.matmul(ops.swapaxes(x, 2, 3), m_w)  # [B, C, H', W']
+    return ops.transpose(x, (0, 2, 3, 1))
 
 
-def _blur_conv(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    # Fold channels into the batch so one [K,1,1,1] kernel serves every channel.
-    shape = tf.shape(x)
-    b, h, w, c = shape[0], shape[1], shape[2], shape[3]
-    x = tf.reshape(tf.transpose(x, [0, 3, 1, 2]), tf.stack([b * c, h, w, 1]))
-    k = tf.shape(kernel)[0]
-    x = tf.nn.conv2d(x, tf.reshape(kernel, tf.stack([k, 1, 1, 1])), strides=1, padding="VALID")
-    x = tf.nn.conv2d(x, tf.reshape(kernel, tf.stack([1, k, 1, 1])), strides=1, padding="VALID")
-    out = tf.shape(x)
-    return tf.transpose(tf.reshape(x, tf.stack([b, c, out[1], out[2]])), [0, 2, 3, 1])
+def _blur_conv(x: Any, kernel: np.ndarray) -> Any:
+    # Two 1-D depthwise convolutions, one kernel per channel: on TensorFlow's CPU kernels 2.6x
+    # faster than folding channels into the batch for one plain convolution (700x1024x5: 15 ms
+    # against 39 ms), and no transposes.
+    k, c = kernel.shape[0], x.shape[3]
+    rows = np.tile(kernel.reshape(k, 1, 1, 1), (1, 1, c, 1))
+    cols = np.tile(kernel.reshape(1, k, 1, 1), (1, 1, c, 1))
+    x = ops.depthwise_conv(x, ops.convert_to_tensor(rows), strides=1, padding="valid")
+    return ops.depthwise_conv(x, ops.convert_to_tensor(cols), strides=1, padding="valid")
 
 
-def gaussian_blur(x: tf.Tensor, kernel: tf.Tensor, method: str = "auto") -> tf.Tensor:
+def gaussian_blur(x: Any, kernel: Any, method: str = "auto") -> Any:
     """Valid separable blur of ``[B, H, W, C]`` float32 ``x`` with a 1-D ``kernel``.
 
     ``method`` is ``"matmul"`` (band matrices; fastest for patches up to a few hundred pixels),
     ``"conv"`` (two 1-D convolutions; O(HWK) memory, for whole images) or ``"auto"``, which
     picks ``"matmul"`` when both static spatial sides are at most 256 and ``"conv"`` otherwise.
+    The channel count must be static.
     """
+    kernel = np.asarray(keras.ops.convert_to_numpy(kernel) if not isinstance(kernel, np.ndarray) else kernel,
+                        np.float32)
     if method == "auto":
         h, w = x.shape[1], x.shape[2]
         method = "matmul" if h is not None and w is not None and max(h, w) <= _MATMUL_MAX_SIDE else "conv"
@@ -143,16 +240,21 @@ def gaussian_blur(x: tf.Tensor, kernel: tf.Tensor, method: str = "auto") -> tf.T
     raise ValueError(f"blur method must be 'auto', 'matmul' or 'conv', got {method!r}")
 
 
-def _check_pair(x: tf.Tensor, y: tf.Tensor, window_size: int, padding: str) -> None:
+def _static_shape(x: Any) -> tuple[int | None, ...]:
+    return tuple(None if d is None else int(d) for d in x.shape)
+
+
+def _check_pair(x: Any, y: Any, window_size: int, padding: str) -> None:
     if padding not in ("valid", "same"):
         raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
-    if x.shape.rank != 4 or y.shape.rank != 4:
+    xs, ys = _static_shape(x), _static_shape(y)
+    if len(xs) != 4 or len(ys) != 4:
         raise ValueError(
-            f"SSIM expects two image batches [batch, height, width, channels]; got shapes {x.shape} and {y.shape}"
+            f"SSIM expects two image batches [batch, height, width, channels]; got shapes {xs} and {ys}"
         )
-    if not x.shape.is_compatible_with(y.shape):
-        raise ValueError(f"SSIM needs images of the same shape; got {x.shape} and {y.shape}")
-    h, w = x.shape[1], x.shape[2]
+    if any(a is not None and b is not None and a != b for a, b in zip(xs, ys)):
+        raise ValueError(f"SSIM needs images of the same shape; got {xs} and {ys}")
+    h, w = xs[1], xs[2]
     if padding == "valid" and ((h is not None and h < window_size) or (w is not None and w < window_size)):
         raise ValueError(
             f"images of {h}x{w} pixels are smaller than the {window_size}x{window_size} SSIM window; "
@@ -160,130 +262,123 @@ def _check_pair(x: tf.Tensor, y: tf.Tensor, window_size: int, padding: str) -> N
         )
     r = window_size // 2
     if padding == "same" and ((h is not None and h < r) or (w is not None and w < r)):
-        # tf.pad(mode="SYMMETRIC") cannot pad by more than the image side.
+        # Mirror padding cannot pad by more than the image side.
         raise ValueError(
             f"images of {h}x{w} pixels are too small for padding='same' with a {window_size}x{window_size} "
             f"SSIM window: the mirror padding needs sides of at least {r} pixels; use a smaller window"
         )
 
 
-def _contrast_structure(var_x: tf.Tensor, var_y: tf.Tensor, cov: tf.Tensor, c2: float) -> tf.Tensor:
+def _contrast_structure(var_x: Any, var_y: Any, cov: Any, c2: float) -> Any:
     return (2.0 * cov + c2) / (var_x + var_y + c2)
 
 
-def _signed_pow(v: tf.Tensor, exponent: float) -> tf.Tensor:
+def _signed_pow(v: Any, exponent: float) -> Any:
     if exponent == 1:
         return v
     # Structure lies in [-1, 1]; a fractional power of a negative number would be NaN.
-    return tf.sign(v) * tf.pow(tf.abs(v), exponent)
+    return ops.sign(v) * ops.power(ops.abs(v), exponent)
 
 
 def ssim_maps(
-    x: tf.Tensor,
-    y: tf.Tensor,
+    x: Any,
+    y: Any,
+    params: SSIMParams | Mapping[str, Any] | None = None,
     *,
-    window_size: int = 11,
-    sigma: float = 1.5,
-    k1: float = 0.01,
-    k2: float = 0.03,
-    data_range: float = 1.0,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    gamma: float = 1.0,
-    weighting: str = "gaussian",
     padding: str = "valid",
     blur: str = "auto",
+    **ssim_kwargs: Any,
 ) -> SSIMMaps:
     """Per-pixel SSIM of two image batches and its luminance, contrast and structure maps.
 
+    Written in ``keras.ops``: the same code runs eagerly, inside a TensorFlow graph (training,
+    the exported serving signatures) and on the JAX and PyTorch backends.
+
     Args:
-        x: Images ``[B, H, W, C]``, any float or integer dtype, values in ``[0, data_range]``.
+        x: Images ``[B, H, W, C]`` (static ``C``), any float or integer dtype, values in
+            ``[0, data_range]``.
         y: Images of the same shape (for an autoencoder: the reconstructions).
-        window_size: Side K of the Gaussian window; odd. The paper's best is 11.
-        sigma: Standard deviation of the Gaussian window in pixels.
-        k1: Luminance constant K1; ``C1 = (K1 * data_range) ** 2``.
-        k2: Contrast/structure constant K2; ``C2 = (K2 * data_range) ** 2``, ``C3 = C2 / 2``.
-        data_range: Dynamic range L of the pixel values (1 for images scaled to [0, 1]).
-        alpha: Exponent of the luminance term.
-        beta: Exponent of the contrast term.
-        gamma: Exponent of the structure term (applied sign-preserving, as s can be negative).
-        weighting: ``"gaussian"`` (default, as ``tf.image.ssim``) or ``"uniform"`` (plain K x K
-            patch means, as the paper defines SSIM and scikit-image's ``gaussian_weights=False``).
+        params: The SSIM's :class:`SSIMParams` (or a dict of them); default the paper's.
         padding: ``"valid"`` or ``"same"``; see the module docstring for the border handling.
         blur: Gaussian blur implementation, see :func:`gaussian_blur`.
+        **ssim_kwargs: Fields of :class:`SSIMParams` (``window_size``, ``sigma``, ``weighting``,
+            ``k1``, ``k2``, ``alpha``, ``beta``, ``gamma``, ``data_range``), overriding ``params``.
 
     Returns:
         :class:`SSIMMaps` of four float32 tensors ``[B, H', W', C]`` (per channel; average
         over the last axis for one map per pixel as ``tf.image.ssim`` does).
 
+    Raises:
+        ValueError: Bad parameters, shapes that differ, or images too small for the window.
+
     Example:
-        >>> x = tf.random.uniform([2, 64, 64, 1])
-        >>> maps = ssim_maps(x, x * 0.9)
-        >>> maps.ssim.shape
-        TensorShape([2, 54, 54, 1])
+        >>> x = keras.random.uniform([2, 64, 64, 1])
+        >>> maps = ssim_maps(x, x * 0.9, window_size=11)
+        >>> tuple(maps.ssim.shape)
+        (2, 54, 54, 1)
     """
-    validate_window(window_size, sigma, weighting)
-    x = tf.convert_to_tensor(x)
-    y = tf.convert_to_tensor(y)
-    _check_pair(x, y, window_size, padding)
-    x = tf.cast(x, tf.float32)
-    y = tf.cast(y, tf.float32)
-    c1 = (k1 * data_range) ** 2
-    c2 = (k2 * data_range) ** 2
+    p = SSIMParams.of(params, **ssim_kwargs)
+    x = ops.convert_to_tensor(x)
+    y = ops.convert_to_tensor(y)
+    _check_pair(x, y, p.window_size, padding)
+    x = ops.cast(x, "float32")
+    y = ops.cast(y, "float32")
+    c1 = (p.k1 * p.data_range) ** 2
+    c2 = (p.k2 * p.data_range) ** 2
     c3 = c2 / 2.0
 
     if padding == "same":
-        r = window_size // 2
-        pads = [[0, 0], [r, r], [r, r], [0, 0]]
-        x = tf.pad(x, pads, mode="SYMMETRIC")
-        y = tf.pad(y, pads, mode="SYMMETRIC")
+        r = p.window_size // 2
+        pads = ((0, 0), (r, r), (r, r), (0, 0))
+        x = ops.pad(x, pads, mode="symmetric")
+        y = ops.pad(y, pads, mode="symmetric")
 
-    kernel = window_kernel(window_size, sigma, weighting)
+    kernel = _window_taps(p.window_size, p.sigma, p.weighting)
     # One blur over the five stacked statistics instead of five separate blurs.
     # (Co)variances are shift-invariant: computing them on images centred by their global mean
     # avoids most of the float32 cancellation in E[x^2] - mu^2 on flat regions.
-    shift_x = tf.stop_gradient(tf.reduce_mean(x, axis=[1, 2], keepdims=True))
-    shift_y = tf.stop_gradient(tf.reduce_mean(y, axis=[1, 2], keepdims=True))
+    shift_x = ops.stop_gradient(ops.mean(x, axis=(1, 2), keepdims=True))
+    shift_y = ops.stop_gradient(ops.mean(y, axis=(1, 2), keepdims=True))
     xc, yc = x - shift_x, y - shift_y
-    stats = tf.concat([xc, yc, xc * xc, yc * yc, xc * yc], axis=-1)
-    mu_xc, mu_yc, e_xx, e_yy, e_xy = tf.split(gaussian_blur(stats, kernel, blur), 5, axis=-1)
+    stats = ops.concatenate([xc, yc, xc * xc, yc * yc, xc * yc], axis=-1)
+    mu_xc, mu_yc, e_xx, e_yy, e_xy = ops.split(gaussian_blur(stats, kernel, blur), 5, axis=-1)
     mu_x, mu_y = mu_xc + shift_x, mu_yc + shift_y
 
     mu_xy = mu_x * mu_y
-    mu_sq = tf.square(mu_x) + tf.square(mu_y)
-    var_x = e_xx - tf.square(mu_xc)
-    var_y = e_yy - tf.square(mu_yc)
+    mu_sq = ops.square(mu_x) + ops.square(mu_y)
+    var_x = e_xx - ops.square(mu_xc)
+    var_y = e_yy - ops.square(mu_yc)
     cov = e_xy - mu_xc * mu_yc
 
     luminance = (2.0 * mu_xy + c1) / (mu_sq + c1)
     # sigma_x * sigma_y; the tiny epsilon keeps the sqrt differentiable on flat patches.
-    sd_xy = tf.sqrt(tf.maximum(var_x, 0.0) * tf.maximum(var_y, 0.0) + 1e-12)
+    sd_xy = ops.sqrt(ops.maximum(var_x, 0.0) * ops.maximum(var_y, 0.0) + 1e-12)
     contrast = (2.0 * sd_xy + c2) / (var_x + var_y + c2)
     structure = (cov + c3) / (sd_xy + c3)
 
-    if alpha == beta == gamma == 1:
+    if p.alpha == p.beta == p.gamma == 1:
         # c * s collapses to one fraction when C3 = C2 / 2; this is tf.image.ssim's formula.
         ssim_value = luminance * _contrast_structure(var_x, var_y, cov, c2)
     else:
         ssim_value = (
-            _signed_pow(luminance, alpha) * _signed_pow(contrast, beta) * _signed_pow(structure, gamma)
+            _signed_pow(luminance, p.alpha) * _signed_pow(contrast, p.beta) * _signed_pow(structure, p.gamma)
         )
     return SSIMMaps(ssim_value, luminance, contrast, structure)
 
 
-def ssim_map(x: tf.Tensor, y: tf.Tensor, **kwargs) -> tf.Tensor:
-    """Per-pixel SSIM ``[B, H', W']`` averaged over channels; keyword arguments as :func:`ssim_maps`."""
-    return tf.reduce_mean(ssim_maps(x, y, **kwargs).ssim, axis=-1)
+def ssim_map(x: Any, y: Any, params: SSIMParams | Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+    """Per-pixel SSIM ``[B, H', W']`` averaged over channels; arguments as :func:`ssim_maps`."""
+    return ops.mean(ssim_maps(x, y, params, **kwargs).ssim, axis=-1)
 
 
-def ssim(x: tf.Tensor, y: tf.Tensor, **kwargs) -> tf.Tensor:
+def ssim(x: Any, y: Any, params: SSIMParams | Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
     """Mean SSIM per image ``[B]``; with default arguments equal to ``tf.image.ssim(x, y, 1.0)``."""
-    return tf.reduce_mean(ssim_maps(x, y, **kwargs).ssim, axis=[1, 2, 3])
+    return ops.mean(ssim_maps(x, y, params, **kwargs).ssim, axis=(1, 2, 3))
 
 
 def ms_ssim(
-    x: tf.Tensor,
-    y: tf.Tensor,
+    x: Any,
+    y: Any,
     *,
     power_factors: tuple[float, ...] | None = None,
     window_size: int = 11,
@@ -291,7 +386,7 @@ def ms_ssim(
     k1: float = 0.01,
     k2: float = 0.03,
     data_range: float = 1.0,
-) -> tf.Tensor:
+) -> Any:
     """Multi-scale SSIM per image ``[B]`` (Wang et al. 2003).
 
     The contrast-structure term is averaged at every scale and luminance at the coarsest;
@@ -303,8 +398,8 @@ def ms_ssim(
     patch with an 11 window gets four scales.
     """
     validate_window(window_size, sigma)
-    x = tf.cast(tf.convert_to_tensor(x), tf.float32)
-    y = tf.cast(tf.convert_to_tensor(y), tf.float32)
+    x = ops.cast(ops.convert_to_tensor(x), "float32")
+    y = ops.cast(ops.convert_to_tensor(y), "float32")
     _check_pair(x, y, window_size, "valid")
     side = min(s for s in (x.shape[1], x.shape[2]) if s is not None) if None not in (x.shape[1], x.shape[2]) else None
     if power_factors is None:
@@ -322,19 +417,19 @@ def ms_ssim(
         )
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
-    kernel = gaussian_kernel(window_size, sigma)
-    result = tf.ones(tf.shape(x)[::3])  # [B, C]: MS-SSIM per channel, averaged at the end
+    kernel = _window_taps(window_size, sigma, "gaussian")
+    result = 1.0  # becomes [B, C]: MS-SSIM per channel, averaged at the end
     for i, weight in enumerate(power_factors):
-        stats = tf.concat([x, y, x * x, y * y, x * y], axis=-1)
-        mu_x, mu_y, e_xx, e_yy, e_xy = tf.split(gaussian_blur(stats, kernel), 5, axis=-1)
+        stats = ops.concatenate([x, y, x * x, y * y, x * y], axis=-1)
+        mu_x, mu_y, e_xx, e_yy, e_xy = ops.split(gaussian_blur(stats, kernel), 5, axis=-1)
         cs = _contrast_structure(e_xx - mu_x * mu_x, e_yy - mu_y * mu_y, e_xy - mu_x * mu_y, c2)
         if i == len(power_factors) - 1:
             cs = cs * (2.0 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
         else:
             x, y = _halve(x), _halve(y)
         # relu as in tf.image.ssim_multiscale: a negative term would make the power undefined.
-        result = result * tf.pow(tf.nn.relu(tf.reduce_mean(cs, axis=[1, 2])) + 1e-12, weight)
-    return tf.reduce_mean(result, axis=-1)
+        result = result * ops.power(ops.relu(ops.mean(cs, axis=(1, 2))) + 1e-12, weight)
+    return ops.mean(result, axis=-1)
 
 
 def _halved(side: int, times: int) -> int:
@@ -344,8 +439,11 @@ def _halved(side: int, times: int) -> int:
     return side
 
 
-def _halve(x: tf.Tensor) -> tf.Tensor:
+def _halve(x: Any) -> Any:
     """2x2 average pooling; an odd side is first padded by repeating its last row/column."""
-    shape = tf.shape(x)
-    pads = [[0, 0], [0, shape[1] % 2], [0, shape[2] % 2], [0, 0]]
-    return tf.nn.avg_pool2d(tf.pad(x, pads, mode="SYMMETRIC"), 2, 2, "VALID")
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None:
+        shape = ops.shape(x)
+        h, w = shape[1], shape[2]
+    pads = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))
+    return ops.average_pool(ops.pad(x, pads, mode="symmetric"), 2, 2, "valid")

@@ -13,6 +13,8 @@ import numpy as np
 import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import tensorflow as tf
 
+from tfssim.data.sampling import image_probabilities
+
 __all__ = ["patch_dataset", "steps_per_epoch", "fixed_patches", "validate_images"]
 
 
@@ -133,8 +135,7 @@ def patch_dataset(
         img = np.asarray(img, np.float32)
         flat[offset : offset + size] = (np.round(img * scale) if scale else img).astype(dtype).ravel()
     # Images are picked with probability proportional to the number of patch origins they offer.
-    origins = (heights - patch_size + 1).astype(np.float64) * (widths - patch_size + 1)
-    logits = tf.constant(np.log(origins / origins.sum())[None], tf.float32)
+    logits = tf.constant(np.log(image_probabilities([img.shape for img in images], patch_size))[None], tf.float32)
     flat_t = tf.constant(flat)
     offsets_t = tf.constant(offsets)
     heights_t = tf.constant(heights)

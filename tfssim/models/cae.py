@@ -1,8 +1,7 @@
 """The convolutional autoencoder of Bergmann et al. 2019 (their Figure 3 / Table in DESIGN.md)."""
 from __future__ import annotations
 
-import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
-import keras
+import keras  # plain Keras 3, no TensorFlow: scripts/train_any_backend.py builds it on JAX/PyTorch
 
 __all__ = ["ENCODER_LAYERS", "build_encoder", "build_decoder", "build_autoencoder", "validate_architecture"]
 

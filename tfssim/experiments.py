@@ -1,0 +1,184 @@
+"""Train -> export -> evaluate in one call, for research scripts: the library's functions, no CLIs.
+
+An experiment folder holds ``runs/<run>/`` (:func:`tfssim.training.train` run folders),
+``exported_models/<name>/1/`` (:func:`tfssim.export.export_model`) and one evaluation folder
+(:func:`tfssim.evaluation.evaluate`). Every step is resumable: a finished run (``final.keras``)
+or an existing export is reused, an interrupted run continues from its last epoch, so a script
+built on :func:`train_export_evaluate` can be stopped and started again at any time.
+
+TensorFlow is imported inside the functions: importing this module is cheap.
+
+Example:
+    >>> runs = [Experiment("ssim", {"model": "ssim", "epochs": 4}),
+    ...         Experiment("l2", {"model": "l2", "epochs": 4})]
+    >>> outcome = train_export_evaluate("NanoTWICE", "runs/compare", runs)
+    >>> outcome.scores["ssim"]["pixel_auroc"]
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["Experiment", "ExperimentResult", "train_run", "export_run", "train_export_evaluate"]
+
+log = logging.getLogger(__name__)
+EXPORT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One export to evaluate, and the training it comes from.
+
+    Args:
+        name: Export name (``exported_models/<name>/1``) and, unless ``run`` is given, the run
+            folder's name (``runs/<name>``).
+        train: :class:`tfssim.training.TrainConfig` fields other than ``data`` and ``output``
+            (e.g. ``{"model": "ssim", "epochs": 4, "ssim_window": 7}``).
+        export: Keyword arguments of :func:`tfssim.export.export_model` (e.g. ``{"stride": 30,
+            "ssim_overrides": {"weighting": "uniform"}}``).
+        run: Name of the run folder, when several exports share one training.
+    """
+
+    name: str
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    export: dict[str, Any] = dataclasses.field(default_factory=dict)
+    run: str | None = None
+
+    @property
+    def run_name(self) -> str:
+        return self.run or self.name
+
+
+@dataclasses.dataclass
+class ExperimentResult:
+    """What :func:`train_export_evaluate` produced.
+
+    Attributes:
+        run_dirs: Run folder of each experiment, by experiment name.
+        exports: Export (version) folder of each experiment, by name.
+        scores: The evaluation's scores of each experiment (``pixel_auroc``, ``aupro_0.3``,
+            ``f1``, ``iou``, ``segmentation_auroc`` ...), by name.
+        evaluation_dir: The evaluation folder (``results.json``, curves, figures).
+    """
+
+    run_dirs: dict[str, Path]
+    exports: dict[str, Path]
+    scores: dict[str, dict[str, Any]]
+    evaluation_dir: Path
+
+
+def train_run(data: str | os.PathLike, run_dir: str | os.PathLike, settings: dict[str, Any] | None = None, *,
+              verbose: int | str = "auto") -> Path:
+    """Train a run folder unless it is finished: reuse (``final.keras``), resume (``config.json``) or start.
+
+    Args:
+        data: Training data folder (any layout :func:`tfssim.data.load_dataset` reads).
+        run_dir: The run folder.
+        settings: :class:`tfssim.training.TrainConfig` fields other than ``data`` and ``output``.
+        verbose: Keras ``fit`` verbosity.
+
+    Returns:
+        ``run_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: Bad settings (see :meth:`tfssim.training.TrainConfig.validate`), or a resumed
+            run started with other settings.
+    """
+    from tfssim.training import TrainConfig, train
+
+    run_dir = Path(run_dir)
+    if (run_dir / "final.keras").exists():
+        log.info("%s: finished run, reused", run_dir)
+        return run_dir
+    config = TrainConfig(data=str(data), output=str(run_dir), **(settings or {}))
+    train(config, resume=(run_dir / "config.json").exists(), verbose=verbose)
+    return run_dir
+
+
+def export_run(run_dir: str | os.PathLike, export_root: str | os.PathLike, name: str, **export_kwargs: Any) -> Path:
+    """Export a run folder as ``export_root/name/1`` unless that export exists; return its folder."""
+    from tfssim.export import export_model
+
+    folder = Path(export_root) / name / str(EXPORT_VERSION)
+    if folder.exists():
+        log.info("%s: exported before, reused", folder)
+        return folder
+    return Path(export_model(run_dir, output_root=export_root, name=name, version=EXPORT_VERSION, **export_kwargs))
+
+
+def _split_of(run_dir: Path) -> tuple[float, int]:
+    """The validation share and seed a run was trained with (its ``config.json``), else the defaults."""
+    from tfssim.training import TrainConfig
+
+    try:
+        record = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        record = {}
+    config = record.get("config", record) if isinstance(record, dict) else {}
+    return (float(config.get("val_split", TrainConfig.val_split)), int(config.get("seed", TrainConfig.seed)))
+
+
+def train_export_evaluate(
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    experiments: Sequence[Experiment],
+    *,
+    evaluation_dir: str | os.PathLike | None = None,
+    layout: str = "auto",
+    fpr: float = 0.01,
+    segmentation_auroc: bool = False,
+    progress: bool = False,
+    verbose: int | str = 2,
+) -> ExperimentResult:
+    """Train, export and evaluate ``experiments`` on one labelled dataset, resumably.
+
+    Args:
+        data: The dataset (NanoTWICE, an MVTec AD category or a plain folder with ``train/``,
+            ``val/``, ``test/`` and ``ground_truth/``): trained on its training images,
+            evaluated on its validation (threshold) and test images.
+        output: Experiment folder: ``runs/``, ``exported_models/`` and ``evaluation/``.
+        experiments: What to train and export; all exports are evaluated together.
+        evaluation_dir: Evaluation folder (default ``output/evaluation``).
+        layout: Dataset layout (``"auto"`` detects it).
+        fpr: Pixel false-positive rate on the validation images that sets the threshold.
+        segmentation_auroc: Also the ROC AUC of the post-processed segmentations (slower).
+        progress: Progress bars during evaluation.
+        verbose: Keras ``fit`` verbosity of the trainings.
+
+    Returns:
+        An :class:`ExperimentResult`.
+
+    Raises:
+        ValueError: No experiments, repeated names, or bad settings of a training or export.
+    """
+    from tfssim import data as data_lib
+    from tfssim import evaluation
+    from tfssim.inference import ExportedModel
+
+    names = [e.name for e in experiments]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"experiments need distinct names, at least one; got {names}")
+    output = Path(output)
+    export_root = output / "exported_models"
+    run_dirs: dict[str, Path] = {}
+    exports: dict[str, Path] = {}
+    for experiment in experiments:
+        run_dir = output / "runs" / experiment.run_name
+        if experiment.run_name not in {e.run_name for e in experiments[: experiments.index(experiment)]}:
+            train_run(data, run_dir, experiment.train, verbose=verbose)
+        run_dirs[experiment.name] = run_dir
+        exports[experiment.name] = export_run(run_dir, export_root, experiment.name, **experiment.export)
+    # Evaluated on the validation split the (first) model was trained with: its training images
+    # must not set the threshold (NanoTWICE's split is fixed and ignores both).
+    val_split, seed = _split_of(run_dirs[names[0]])
+    split = data_lib.load_dataset(data, layout=layout, val_fraction=val_split, seed=seed)
+    models = [ExportedModel.load(exports[name]) for name in names]
+    evaluation_dir = Path(evaluation_dir) if evaluation_dir is not None else output / "evaluation"
+    results = evaluation.evaluate(split, models, evaluation_dir, fpr=fpr, progress=progress,
+                                  segmentation_auroc=segmentation_auroc)
+    scores = {name: dict(result.scores) for name, result in zip(names, results)}
+    return ExperimentResult(run_dirs, exports, scores, evaluation_dir)
