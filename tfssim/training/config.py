@@ -20,6 +20,7 @@ import numpy as np
 from tfssim import precision
 from tfssim.models import MODEL_KINDS, get_spec, validate_architecture
 from tfssim.ssim import WEIGHTINGS, validate_window
+from tfssim.errors import InputError, input_checks
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LAYOUTS = ("auto", "nanotwice", "mvtec", "folder")
@@ -91,14 +92,14 @@ class TrainConfig:
             if isinstance(value, os.PathLike):
                 value = os.fspath(value)
             if not isinstance(value, str) or not value:
-                raise ValueError(f"{_key(name)} must be a path, got {value!r}; set it to a folder path")
+                raise InputError(f"{_key(name)} must be a path, got {value!r}; set it to a folder path")
             setattr(self, name, value)
         for name, choices in (("model", MODEL_KINDS), ("layout", LAYOUTS), ("strategy", STRATEGIES),
                               ("mixed_precision", precision.PRECISION_MODES),
                               ("ssim_weighting", WEIGHTINGS)):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in choices:
-                raise ValueError(f"unknown {name.replace('_', ' ')} {value!r} for {_key(name)}; "
+                raise InputError(f"unknown {name.replace('_', ' ')} {value!r} for {_key(name)}; "
                                  f"choose one of {', '.join(choices)}")
         for name, low, high in _INT_FIELDS:
             setattr(self, name, _checked_int(name, getattr(self, name), low, high))
@@ -107,7 +108,7 @@ class TrainConfig:
         for name in _BOOL_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
-                raise ValueError(
+                raise InputError(
                     f"{_key(name)} must be true or false, got {value!r}; write {name}: true or {name}: false "
                     "(a YAML/JSON boolean, without quotes)"
                 )
@@ -115,19 +116,20 @@ class TrainConfig:
         if isinstance(self.fm_weights, os.PathLike):
             self.fm_weights = os.fspath(self.fm_weights)
         if self.fm_weights is not None and (not isinstance(self.fm_weights, str) or not self.fm_weights):
-            raise ValueError(f"{_key('fm_weights')} must be 'imagenet' or a weights file path, got {self.fm_weights!r}")
+            raise InputError(f"{_key('fm_weights')} must be 'imagenet' or a weights file path, got {self.fm_weights!r}")
         validate_architecture(self.patch_size, self.channels, self.latent_dim)
-        validate_window(self.ssim_window, self.ssim_sigma, self.ssim_weighting)
+        with input_checks():  # tfssim.ssim's checks of the window (ValueError): here, of the user's settings
+            validate_window(self.ssim_window, self.ssim_sigma, self.ssim_weighting)
         if get_spec(self.model).residual == "ssim" and self.ssim_window > self.patch_size:
             # The SSIM loss compares whole patches: its window must fit inside one.
             fits = self.patch_size - 1 if self.patch_size % 2 == 0 else self.patch_size
-            raise ValueError(
+            raise InputError(
                 f"{_key('ssim_window')} {self.ssim_window} is larger than the {self.patch_size}x{self.patch_size} "
                 f"patch ({_key('patch_size')}); use --ssim-window {fits} or smaller (odd, e.g. 11, the paper's) "
                 "or a larger --patch-size"
             )
         if self.patches_per_epoch < self.batch_size:
-            raise ValueError(
+            raise InputError(
                 f"patches-per-epoch ({self.patches_per_epoch}) must be at least the batch size ({self.batch_size})"
             )
 
@@ -170,7 +172,7 @@ def _checked_int(name: str, value: Any, low: int, high: int | None) -> int:
     elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and float(value).is_integer():
         number = int(value)
     if number is None or number < low or (high is not None and number > high):
-        raise ValueError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
+        raise InputError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
     return number
 
 
@@ -188,7 +190,7 @@ def _checked_float(name: str, value: Any, low: float, low_open: bool, high: floa
         number = float(value)
     if (number is None or not math.isfinite(number) or number < low or (low_open and number == low)
             or (high is not None and (number > high or (high_open and number == high)))):
-        raise ValueError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
+        raise InputError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
     return number
 
 
@@ -232,20 +234,20 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     with path.open("rb") as fh:  # read at most the bound: /dev/zero or a huge log is refused, not loaded
         data = fh.read(CONFIG_MAX_BYTES + 1)
     if len(data) > CONFIG_MAX_BYTES:
-        raise ValueError(f"config file {path} is larger than {CONFIG_MAX_BYTES // 1024} KiB; a run configuration is a "
+        raise InputError(f"config file {path} is larger than {CONFIG_MAX_BYTES // 1024} KiB; a run configuration is a "
                          "few lines of 'option-name: value' (is it the right file?)")
     try:
         text = data.decode("utf-8-sig")
         if "\0" in text:
             raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
     except UnicodeDecodeError as err:
-        raise ValueError(f"config file {path} is not a text file (byte {data[err.start]:#04x} at offset {err.start} "
+        raise InputError(f"config file {path} is not a text file (byte {data[err.start]:#04x} at offset {err.start} "
                          "is not UTF-8 text); give a YAML or JSON file of 'option-name: value' lines") from None
     raw = _parse_yaml(path, text) if path.suffix.lower() in (".yaml", ".yml") else _parse_json(path, text)
     if raw is None and path.suffix.lower() in (".yaml", ".yml"):
         raw = {}
     if not isinstance(raw, dict):
-        raise ValueError(f"config file {path} must hold a mapping of option names to values, e.g. 'epochs: 10'")
+        raise InputError(f"config file {path} must hold a mapping of option names to values, e.g. 'epochs: 10'")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, value in raw.items():
@@ -259,7 +261,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         for key in unknown:
             close = difflib.get_close_matches(key, sorted(known | set(CONFIG_ALIASES)), n=1)
             hints.append(f"{_short_repr(key)} (did you mean {close[0]!r}?)" if close else _short_repr(key))
-        raise ValueError(
+        raise InputError(
             f"config file {path} has unknown keys: {', '.join(hints)}; fix or remove them "
             f"(valid keys: {', '.join(sorted(known | set(CONFIG_ALIASES)))})"
         )
@@ -282,7 +284,7 @@ def _check_raw_type(path: Path, name: str, value: Any) -> None:
     if name in _BOOL_FIELDS:
         if isinstance(value, bool):
             return
-        raise ValueError(f"config file {path}: {_key(name)} must be true or false, got {got}; write {name}: true or "
+        raise InputError(f"config file {path}: {_key(name)} must be true or false, got {got}; write {name}: true or "
                          f"{name}: false (a YAML/JSON boolean, without quotes)")
     ints = {n: (low, high) for n, low, high in _INT_FIELDS}
     if name in ints:
@@ -290,7 +292,7 @@ def _check_raw_type(path: Path, name: str, value: Any) -> None:
             return
         low, high = ints[name]
         wanted = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
-        raise ValueError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
+        raise InputError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
                          "(a plain integer: no decimal point, no quotes)")
     floats = {f[0]: f for f in _FLOAT_FIELDS}
     if name in floats:
@@ -300,12 +302,12 @@ def _check_raw_type(path: Path, name: str, value: Any) -> None:
         wanted = f"a number {'>' if low_open else '>='} {low:g}"
         if high is not None:
             wanted += f" and {'<' if high_open else '<='} {high:g}"
-        raise ValueError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
+        raise InputError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
                          "(a plain number such as 0.0002 or 2e-4, without quotes)")
     if name in _STR_FIELDS:
         if isinstance(value, str) or (name == "fm_weights" and value is None):
             return
-        raise ValueError(f"config file {path}: {_key(name)} must be a string, got {got}; set {name} to a "
+        raise InputError(f"config file {path}: {_key(name)} must be a string, got {got}; set {name} to a "
                          "single value, e.g. " + ("a folder path" if name in ("data", "output") else
                                                   "'imagenet' or a weights file" if name == "fm_weights" else
                                                   f"{name}: {getattr(TrainConfig, name)}"))
@@ -316,17 +318,17 @@ def _parse_json(path: Path, text: str) -> Any:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise InputError(
             f"config file {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
             'fix the syntax, e.g. {"epochs": 10}, or use a .yaml file'
         ) from None
     except RecursionError:
-        raise ValueError(f"config file {path} nests deeper than {CONFIG_MAX_DEPTH} levels; a run configuration "
+        raise InputError(f"config file {path} nests deeper than {CONFIG_MAX_DEPTH} levels; a run configuration "
                          "is one mapping of option names to plain values") from None
     except ValueError as err:  # e.g. an integer of more than 4300 digits
-        raise ValueError(f"config file {path} is not valid JSON ({err}); fix the value") from None
+        raise InputError(f"config file {path} is not valid JSON ({err}); fix the value") from None
     if _depth(raw, CONFIG_MAX_DEPTH + 1) > CONFIG_MAX_DEPTH:
-        raise ValueError(f"config file {path} nests deeper than {CONFIG_MAX_DEPTH} levels; a run configuration "
+        raise InputError(f"config file {path} nests deeper than {CONFIG_MAX_DEPTH} levels; a run configuration "
                          "is one mapping of option names to plain values")
     return raw
 
@@ -346,17 +348,17 @@ def _parse_yaml(path: Path, text: str) -> Any:
     try:
         return loader.get_single_data()
     except _YamlRefused as err:
-        raise ValueError(f"config file {path} {err}") from None
+        raise InputError(f"config file {path} {err}") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
         problem = getattr(err, "problem", None) or type(err).__name__
-        raise ValueError(
+        raise InputError(
             f"config file {path} is not valid YAML ({problem}{at}); fix the syntax, "
             "one 'option-name: value' per line"
         ) from None
     except (ValueError, OverflowError) as err:  # a value YAML matched but Python cannot convert
-        raise ValueError(f"config file {path} has a value that cannot be read ({err}); fix it") from None
+        raise InputError(f"config file {path} has a value that cannot be read ({err}); fix it") from None
     finally:
         loader.dispose()
 

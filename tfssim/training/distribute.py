@@ -14,12 +14,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfssim.errors import InputError
+
 
 def _make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "multiworker":
         # Must run before anything initialises the TF runtime (even listing logical devices).
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable describing the cluster")
+            raise InputError("--strategy multiworker needs the TF_CONFIG environment variable describing the cluster")
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "none" or (name == "auto" and len(gpus) < 2):
@@ -173,7 +175,7 @@ def _custom_fit(model: keras.Model, strategy: tf.distribute.Strategy, train_ds: 
     callback_list.on_train_end(logs)
 
 
-class _StoppedElsewhere(ValueError):
+class _StoppedElsewhere(InputError):
     """Another worker of a multi-worker run failed before training; this one stops too."""
 
 

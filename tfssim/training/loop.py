@@ -49,6 +49,7 @@ from tfssim.training.run_folder import (
     _RunState,
     data_fingerprint,
 )
+from tfssim.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _load_images(config: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.nd
     except (ValueError, FileNotFoundError) as err:
         if config.layout == "auto":
             raise
-        raise ValueError(
+        raise InputError(
             f"{config.data} does not look like a {config.layout} dataset: {err} (check DATA, or use --layout auto "
             "to detect the layout)"
         ) from None
@@ -83,18 +84,18 @@ def _load_images(config: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.nd
     val, val_paths, bad_val = data.read_images(split.val, config.channels)
     skipped = [f"{p}: {reason}" for p, reason in bad_train + bad_val]
     if skipped and not config.skip_bad_images:
-        raise ValueError(
+        raise InputError(
             f"unreadable images in {config.data}: {'; '.join(skipped)} (fix or remove them, or pass --skip-bad-images)"
         )
     if not train:
-        raise ValueError(f"no readable training images in {config.data} (all were skipped); add readable images")
+        raise InputError(f"no readable training images in {config.data} (all were skipped); add readable images")
     too_small = [(p, img.shape) for p, img in zip(train_paths, train) if min(img.shape[:2]) < config.patch_size]
     if too_small:
         smallest = min(min(s[:2]) for _, s in too_small)
         fits = smallest // 16 * 16
         hint = f"use --patch-size {fits} or smaller" if fits >= 16 else "use larger images (at least 16x16)"
         more = f" and {len(too_small) - 5} more" if len(too_small) > 5 else ""
-        raise ValueError(
+        raise InputError(
             f"images smaller than the {config.patch_size}x{config.patch_size} patch: "
             + ", ".join(f"{p} {s[0]}x{s[1]}" for p, s in too_small[:5])
             + f"{more}; {hint} (a multiple of 16), or remove those images"
@@ -259,7 +260,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
     with _all_workers(strategy, chief):
         if resume:
             if not config_path.exists():
-                raise ValueError(
+                raise InputError(
                     f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
                 )
             previous = json.loads(config_path.read_text())
@@ -270,7 +271,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
             changed = {k: (saved[k], v) for k, v in config.to_dict().items()
                        if k in saved and saved[k] != v and k not in ("epochs", *_LOCATION_KEYS)}
             if changed:
-                raise ValueError(
+                raise InputError(
                     f"--resume with settings that differ from the run in {run_dir}: "
                     + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
                     + f"; repeat the run's settings (see {config_path}; only --epochs may change) or train into a "

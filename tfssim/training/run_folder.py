@@ -22,6 +22,7 @@ import numpy as np
 
 from tfssim._io import atomic_write, atomic_write_text
 from tfssim.training.config import TrainConfig
+from tfssim.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def _check_same_data(previous: dict[str, Any], config: TrainConfig, split: Any, 
                 config.data, run_dir,
             )
     if problems:
-        raise ValueError(
+        raise InputError(
             f"--resume with DATA {config.data} whose images differ from those the run in {run_dir} was trained on "
             f"(in {old_data}; compared by {how}): {'; '.join(problems)}; give DATA the run's images, or train "
             "into a new --output"
@@ -298,7 +299,7 @@ def _save_checkpoint(model: keras.Model, state: Path, weights: str) -> None:
 LOCK_NAME = ".tfssim-train.lock"
 
 
-class RunInUseError(ValueError):
+class RunInUseError(InputError):
     """Another process (a tfssim-train, e.g. a second --resume) holds the run folder."""
 
 
