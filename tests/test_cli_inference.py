@@ -16,6 +16,7 @@ from tfssim import data, evaluation, export, metrics, postprocess
 from tfssim.cli.calibrate import main as calibrate_cli
 from tfssim.cli.evaluate import main as evaluate_cli
 from tfssim.cli.predict import main as predict_cli
+from tfssim.errors import InputError
 from tfssim.inference import ExportedModel
 
 
@@ -31,6 +32,38 @@ def test_calibrate_writes_a_threshold_with_the_requested_fpr(exports, dataset, t
     maps = [model.predict(data.read_image(p))["anomaly_map"] for p in data.list_images(dataset / "val")]
     achieved = np.mean(np.concatenate([m.ravel() for m in maps]) > threshold)
     assert abs(achieved - 0.05) <= 0.001
+
+
+def test_library_calibrate_sets_the_fpr_on_paths_or_arrays(exports, dataset, tmp_path):
+    from tfssim.calibration import calibrate
+
+    target = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
+    threshold = calibrate(target.parent, [dataset / "val"], 0.05, progress=False)  # model folder: newest version
+    meta = export.read_metadata(target)
+    assert meta["threshold"] == threshold and meta["threshold_fpr"] == 0.05
+    # Checked against the served maps directly: 5 % of the defect-free pixels lie above it.
+    model = ExportedModel.load(target)
+    images = [data.read_image(p) for p in data.list_images(dataset / "val")]
+    pixels = np.concatenate([model.predict(img)["anomaly_map"].ravel() for img in images])
+    assert abs(np.mean(pixels > threshold) - 0.05) <= 0.001
+    # Arrays and a loaded model give the same threshold; write=False leaves the metadata alone.
+    assert calibrate(model, images, 0.05, write=False, progress=False) == threshold
+    assert calibrate(model, images, 0.2, write=False, progress=False) < threshold
+    assert export.read_metadata(target)["threshold_fpr"] == 0.05
+    for bad in (0, 1, 1.5, True):
+        with pytest.raises(InputError, match="fpr"):
+            calibrate(model, images, bad, write=False)
+    with pytest.raises(InputError, match="no images"):
+        calibrate(model, [], 0.05, write=False)
+
+
+def test_library_load_split_uses_the_training_split(exports, dataset, tmp_path):
+    a = _with_training_config(exports[0], tmp_path / "a", {"val_split": 0.5, "seed": 3})
+    split, val_split, seed = evaluation.load_split(dataset, [a])
+    expected = data.load_dataset(dataset, val_fraction=0.5, seed=3)
+    assert (val_split, seed) == (0.5, 3) and split.val == expected.val and split.train == expected.train
+    split, val_split, seed = evaluation.load_split(dataset, [ExportedModel.load(a)], val_split=0.25, seed=1)
+    assert (val_split, seed) == (0.25, 1) and split.val == data.load_dataset(dataset, val_fraction=0.25, seed=1).val
 
 
 def test_predict_writes_maps_masks_overlays_and_regions(exports, dataset, tmp_path):
@@ -259,7 +292,7 @@ def test_evaluate_splits_validation_as_the_export_was_trained(exports, dataset, 
 
     def load_dataset(root, layout="auto", val_fraction=0.1, seed=0):  # stops before any model is loaded
         seen.append((val_fraction, seed))
-        raise ValueError("stop after the split")
+        raise InputError("stop after the split")  # bad input: one Error: line, exit 2
 
     monkeypatch.setattr(data, "load_dataset", load_dataset)
     a = _with_training_config(exports[0], tmp_path / "a", {"val_split": 0.5, "seed": 3, "epochs": 2})

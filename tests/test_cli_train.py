@@ -401,7 +401,8 @@ def test_killed_run_resumes_to_the_same_epoch_count(sig: int, image_folder: Path
 
 
 def test_validation_images_smaller_than_the_patch_are_named_in_a_warning(tmp_path: Path, caplog) -> None:
-    from tfssim.training import TrainConfig, _load_images
+    from tfssim.training import TrainConfig
+    from tfssim.training.loop import _load_images
 
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)
@@ -502,7 +503,7 @@ def test_train_restores_the_global_dtype_policy(image_folder: Path, tmp_path: Pa
             seen.append(keras.config.dtype_policy().name)
             raise ValueError("stop here")
 
-        monkeypatch.setattr(training, "_load_images", failing_load)
+        monkeypatch.setattr(training.loop, "_load_images", failing_load)  # where train looks it up
         with pytest.raises(ValueError, match="stop here"):
             training.train(config("run2"))
         assert seen == ["mixed_float16"]  # it failed while the run's policy was set ...

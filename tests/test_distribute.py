@@ -94,7 +94,7 @@ def _multiworker(data: Path, run: Path, *extra: str, timeout: float = 180,
 @pytest.mark.slow
 def test_multiworker_strategy_with_two_processes_on_loopback(image_folder: Path, tmp_path: Path) -> None:
     # Keras's fit cannot run this strategy (keras-team/keras#20585); tfssim trains with its own
-    # distributed loop (tfssim.training._custom_fit), which this exercises end to end.
+    # distributed loop (tfssim.training.distribute._custom_fit), which this exercises end to end.
     run = tmp_path / "run"
     # the workers' temporary folder, to check that the non-chief's stand-in run folder stays unmade
     worker_tmp = tmp_path / "worker-tmp"
@@ -182,7 +182,7 @@ def test_is_chief_follows_tensorflow(cluster: dict, task: tuple, chief: bool, mo
     import tensorflow as tf
     from tensorflow.python.distribute import multi_worker_util
 
-    from tfssim.training import _is_chief
+    from tfssim.training.distribute import _is_chief
 
     tf_config = {"cluster": cluster}
     if task[0] is not None:

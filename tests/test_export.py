@@ -308,24 +308,24 @@ def test_the_final_move_never_lands_on_a_destination_created_meanwhile(tmp_path)
     taken = tmp_path / "1"
     taken.mkdir()  # an empty folder: a plain os.rename would replace it on Linux
     with pytest.raises(FileExistsError, match="never overwritten"):
-        export._rename_noreplace(source, taken)
+        export.layout._rename_noreplace(source, taken)
     assert list(taken.iterdir()) == [] and (source / "saved_model.pb").exists()
     # The atomic path itself (the fallback above checks first and could be raced):
     try:
-        moved = export._renameat2(source, taken)
+        moved = export.layout._renameat2(source, taken)
     except FileExistsError:
         pass
     else:
         assert moved is None, "renameat2 replaced an existing empty folder"
     assert list(taken.iterdir()) == []
-    export._rename_noreplace(source, tmp_path / "2")
+    export.layout._rename_noreplace(source, tmp_path / "2")
     assert (tmp_path / "2" / "saved_model.pb").read_bytes() == b"model" and not source.exists()
 
 
 def test_an_automatic_version_taken_meanwhile_moves_to_the_next_free_one(ssim_model, tmp_path, monkeypatch):
     # Two exports without --version both choose version 1; the one that finishes second used to
     # fail with FileExistsError after its whole build.
-    real = export._rename_noreplace
+    real = export.layout._rename_noreplace
     raced = []
 
     def other_export_finishes_first(source, destination):
@@ -335,7 +335,7 @@ def test_an_automatic_version_taken_meanwhile_moves_to_the_next_free_one(ssim_mo
             raced.append(destination.name)
         return real(source, destination)
 
-    monkeypatch.setattr(export, "_rename_noreplace", other_export_finishes_first)
+    monkeypatch.setattr(export.layout, "_rename_noreplace", other_export_finishes_first)
     path = export.export_model(ssim_model, tmp_path, name="m", stride=16)
     assert raced == ["1"] and path == tmp_path / "m" / "2"
     assert (tmp_path / "m" / "1" / "saved_model.pb").read_bytes() == b"other", "the other export is untouched"
@@ -357,24 +357,24 @@ def test_the_final_move_retries_a_bounded_number_of_later_versions(tmp_path, mon
         tried.append(destination.name)
         raise FileExistsError(f"{destination} appeared while exporting; exports are never overwritten")
 
-    monkeypatch.setattr(export, "_rename_noreplace", always_taken)
+    monkeypatch.setattr(export.layout, "_rename_noreplace", always_taken)
     with pytest.raises(FileExistsError, match="never overwritten; gave up after 3 retries"):
-        export._move_into_place(source, root, 2, auto=True, retries=3)
+        export.layout._move_into_place(source, root, 2, auto=True, retries=3)
     assert tried == ["2", "5", "6", "7"]  # then the next free number each time
     tried.clear()
     with pytest.raises(FileExistsError, match="never overwritten$"):
-        export._move_into_place(source, root, 2, auto=False)
+        export.layout._move_into_place(source, root, 2, auto=False)
     assert tried == ["2"]
     monkeypatch.undo()
     # The real move: "1" and "3" exist (empty folders count as taken), so 1 -> 5.
-    assert export._move_into_place(source, root, 1, auto=True) == root / "5"
+    assert export.layout._move_into_place(source, root, 1, auto=True) == root / "5"
     assert (root / "5" / "saved_model.pb").read_bytes() == b"mine" and not source.exists()
 
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_the_serving_graph_compiles_the_model_call_with_xla_only_when_asked(ssim_model, jit):
     # _Scorer.maps is scoring.anomaly_maps (one implementation); jit_compile must still reach it.
-    scorer = export._Scorer(ssim_model, "ssim", PATCH, 1, 12, 64, dict(export.DEFAULT_SSIM), 1, jit)
+    scorer = export.graph._Scorer(ssim_model, "ssim", PATCH, 1, 12, 64, dict(export.DEFAULT_SSIM), 1, jit)
     graph = tf.function(scorer.serve_float).get_concrete_function(tf.TensorSpec(None, tf.float32)).graph
     compiled = [f for f in graph.as_graph_def().library.function
                 if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]

@@ -255,7 +255,7 @@ def test_resume_data_check_without_a_recorded_fingerprint_goes_by_names(images: 
     previous = {"config": {"data": str(images)}, "train_images": [str(p) for p in split.train],
                 "val_images": [str(p) for p in split.val]}
     # Same place: nothing is read; the fingerprint is made when the record is written.
-    assert training._check_same_data(previous, config, split, tmp_path) is None
+    assert training.run_folder._check_same_data(previous, config, split, tmp_path) is None
     # Moved with the same names (one image's content changed: names cannot tell): accepted, with a warning.
     moved = shutil.copytree(images, tmp_path / "moved")
     pixels = io.imread(moved / "img1.png")
@@ -263,7 +263,7 @@ def test_resume_data_check_without_a_recorded_fingerprint_goes_by_names(images: 
     config.data = str(moved)
     moved_split = data.load_dataset(moved, val_fraction=0.25)
     with caplog.at_level("WARNING", logger="tfssim.training"):
-        got = training._check_same_data(previous, config, moved_split, tmp_path)
+        got = training.run_folder._check_same_data(previous, config, moved_split, tmp_path)
     assert "only the image names were compared" in caplog.text
     assert got == training.data_fingerprint(moved, moved_split.train, moved_split.val)
     # The fingerprint is recorded from now on: the next move compares contents.
@@ -273,7 +273,7 @@ def test_resume_data_check_without_a_recorded_fingerprint_goes_by_names(images: 
     path = moved / name
     assert (size, digest) == (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
     with pytest.raises(ValueError, match="same size, other content|bytes"):
-        training._check_same_data({**previous, "data_fingerprint": training.data_fingerprint(
+        training.run_folder._check_same_data({**previous, "data_fingerprint": training.data_fingerprint(
             images, split.train, split.val)}, config, moved_split, tmp_path)
 
 
@@ -504,11 +504,11 @@ def test_export_records_and_prints_its_checkpoint_and_warns_while_training_runs(
 
 
 def test_export_sees_the_lock_tfssim_train_holds(tmp_path):
-    """The lock the trainer takes (training._claim_run_folder) is the one the export looks for."""
+    """The lock the trainer takes (training.run_folder._claim_run_folder) is the one the export looks for."""
     from tfssim import training
     from tfssim.export import training_running
 
     run = tmp_path / "run"
-    with training._claim_run_folder(run, resume=False):
+    with training.run_folder._claim_run_folder(run, resume=False):
         assert training_running(run) is True
     assert training_running(run) is False  # released with the run; the lock file stays

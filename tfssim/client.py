@@ -28,6 +28,7 @@ import numpy as np
 from tfssim.inference import readable_tf_error
 from tfssim.metadata import ExportMetadata
 from tfssim.postprocess import PostProcessor
+from tfssim.errors import InputError
 
 __all__ = ["ServingClient", "ServingError"]
 
@@ -78,14 +79,14 @@ class ServingClient:
                  timeout: float = 60.0) -> None:
         parsed = urllib.parse.urlsplit(str(url))
         if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
-            raise ValueError(f"TF Serving URL must look like http://host:8501, got {url!r}")
+            raise InputError(f"TF Serving URL must look like http://host:8501, got {url!r}")
         if not isinstance(model_name, str) or not model_name or "/" in model_name or ":" in model_name:
-            raise ValueError(f"model name must be a non-empty name without '/' or ':', got {model_name!r}")
+            raise InputError(f"model name must be a non-empty name without '/' or ':', got {model_name!r}")
         if version is not None and (isinstance(version, bool) or not isinstance(version, (int, np.integer))
                                     or version < 1):
-            raise ValueError(f"version must be a positive integer or None (the newest), got {version!r}")
+            raise InputError(f"version must be a positive integer or None (the newest), got {version!r}")
         if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+            raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = str(url).rstrip("/")
         self.model_name = model_name
         self.version = None if version is None else int(version)
@@ -118,21 +119,21 @@ class ServingClient:
         if image.ndim == 2:
             image = image[..., None]
         if image.ndim != 3:
-            raise ValueError(f"image must be [height, width] or [height, width, channels], got shape {image.shape}")
+            raise InputError(f"image must be [height, width] or [height, width, channels], got shape {image.shape}")
         if image.dtype == bool or not (image.dtype == np.uint8 or np.issubdtype(image.dtype, np.floating)):
-            raise ValueError(f"image must be uint8 (0..255) or float in [0, 1], got {image.dtype}; "
+            raise InputError(f"image must be uint8 (0..255) or float in [0, 1], got {image.dtype}; "
                              "read it with tfssim.data.read_image")
         if image.dtype != np.uint8:
             image = image.astype(np.float32)
             if not np.isfinite(image).all():
-                raise ValueError("image holds NaN or infinite values")
+                raise InputError("image holds NaN or infinite values")
         meta = self.metadata
         if meta is not None:
             if image.shape[-1] != meta.channels:
-                raise ValueError(f"image has {image.shape[-1]} channel(s) but the export takes {meta.channels} "
+                raise InputError(f"image has {image.shape[-1]} channel(s) but the export takes {meta.channels} "
                                  f"([H, W, {meta.channels}] images)")
             if min(image.shape[:2]) < meta.patch_size:
-                raise ValueError(f"image of {image.shape[0]}x{image.shape[1]} pixels is smaller than the patch: "
+                raise InputError(f"image of {image.shape[0]}x{image.shape[1]} pixels is smaller than the patch: "
                                  f"height and width must be at least the patch size {meta.patch_size}")
         return image
 

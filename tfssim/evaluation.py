@@ -19,18 +19,19 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tfssim import metrics, plots, postprocess
+from tfssim import metrics, postprocess
 from tfssim._io import atomic_write, atomic_write_json
+from tfssim.errors import InputError
 from tfssim.inference import ExportedModel
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ExportEvaluation", "compute_maps", "defect_types", "evaluate_maps", "evaluate", "format_table",
-           "per_type_scores", "write_curves"]
+           "load_split", "per_type_scores", "split_settings", "write_curves"]
 
 RESULT_KEYS = ("pixel_auroc", "segmentation_auroc", "aupro_0.3", "image_auroc", "threshold", "fpr_target", "val_fpr", "f1", "iou")
 # Columns of results.csv: the scores, then the threshold stored in the export (null if never calibrated).
@@ -59,6 +60,105 @@ class ExportEvaluation:
     per_type: dict[str, dict[str, Any]] | None = None
 
 
+# The validation split of MVTec AD and plain folders when neither the command line nor the
+# export's training_config gives it (tfssim-train's defaults).
+DEFAULT_VAL_SPLIT = 0.1
+DEFAULT_SEED = 0
+
+
+def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None, seed: int | None,
+                   names: Sequence[str] | None = None) -> tuple[float, int, list[str]]:
+    """The validation split and seed to evaluate exports with, and warnings (``tfssim-evaluate``'s rule).
+
+    A value given on the command line wins; else the first export's ``training_config``
+    (``val_split``, ``seed``: the split the model was trained with, so that its training images
+    are not used to set the threshold); else tfssim-train's defaults. A warning names the
+    exports whose training configs disagree on a value taken from the first one.
+
+    Args:
+        metadatas: The exports' metadata (``training_config`` is read).
+        val_split: The validation share given by the user, or ``None``.
+        seed: The split's seed given by the user, or ``None``.
+        names: The exports' names for the warnings (default: their indices).
+
+    Returns:
+        ``(val_split, seed, warnings)``.
+    """
+    names = list(names) if names is not None else [str(i) for i in range(len(metadatas))]
+    configs = [m.get("training_config") if isinstance(m.get("training_config"), dict) else {} for m in metadatas]
+    warnings: list[str] = []
+    resolved: dict[str, Any] = {}
+    for key, given, default in (("val_split", val_split, DEFAULT_VAL_SPLIT), ("seed", seed, DEFAULT_SEED)):
+        if given is not None:
+            resolved[key] = given
+            continue
+        stored = [(name, config.get(key)) for name, config in zip(names, configs)]
+        first = stored[0][1] if stored else None
+        resolved[key] = default if first is None else first
+        values = {value for _, value in stored if value is not None}
+        if len(values) > 1:
+            listed = ", ".join(f"{name}: {value}" for name, value in stored if value is not None)
+            option = "--" + key.replace("_", "-")
+            warnings.append(
+                f"warning: the exports were trained with different {key} ({listed}); using "
+                f"{resolved[key]} from {names[0]}, so the others may be calibrated on their own training "
+                f"images: evaluate them separately or pass {option}"
+            )
+    return float(resolved["val_split"]), int(resolved["seed"]), warnings
+
+def load_split(dataset: str | Path, exports: Sequence[str | Path | ExportedModel], *, layout: str = "auto",
+               val_split: float | None = None, seed: int | None = None,
+               warn: Callable[[str], None] | None = None) -> tuple[Any, float, int]:
+    """The dataset split to evaluate ``exports`` on: the validation images of their training.
+
+    :func:`split_settings` picks the validation share and seed (given values, else the first
+    export's ``training_config``, else tfssim-train's defaults), so the threshold is never set on
+    the model's own training images; NanoTWICE's split is fixed by the dataset.
+
+    Args:
+        dataset: A labelled dataset folder (NanoTWICE, an MVTec AD category, or a folder layout).
+        exports: Export folders or loaded :class:`~tfssim.inference.ExportedModel` s (only their
+            metadata is read).
+        layout: ``auto``, ``nanotwice``, ``mvtec`` or ``folder``.
+        val_split: Validation share to use instead of the training's.
+        seed: Split seed to use instead of the training's.
+        warn: Called with each warning (exports trained with different splits) before the
+            dataset is read; default ``logging.warning`` of this module's logger.
+
+    Returns:
+        ``(split, val_split, seed)``: a :class:`tfssim.data.DatasetSplit` and the values used.
+
+    Raises:
+        InputError: damaged export metadata or a dataset that does not fit ``layout`` (the
+            message names it). FileNotFoundError: an export or the dataset does not exist.
+
+    Example:
+        >>> split, *_ = load_split("mvtec/carpet", ["exported_models/carpet"])
+        >>> evaluate(split, [ExportedModel.load("exported_models/carpet")], "results")
+    """
+    from tfssim import data
+    from tfssim.inference import read_export_metadata, resolve_export_dir
+
+    metadatas, names = [], []
+    for export in exports:
+        if isinstance(export, ExportedModel):
+            metadatas.append(export.metadata)
+            names.append(str(export.path))
+        else:
+            folder = resolve_export_dir(export)
+            metadatas.append(read_export_metadata(folder))  # checked; a fault names the file
+            names.append(str(folder))
+    given = (val_split, seed)
+    val_split, seed, warnings = split_settings(metadatas, val_split, seed, names)
+    if (layout if layout != "auto" else data.detect_layout(dataset)) != "nanotwice":  # fixed split there
+        for line in warnings:
+            (warn or logger.warning)(line)
+        source = "given" if None not in given else "from the training config where the export has one"
+        logger.info("validation split %g, seed %d (%s)", val_split, seed, source)
+    split = data.load_dataset(dataset, layout=layout, val_fraction=val_split, seed=seed)
+    return split, val_split, seed
+
+
 def _progress(iterable: Sequence[Any], desc: str, enabled: bool) -> Any:
     if not enabled:
         return iterable
@@ -74,7 +174,7 @@ def compute_maps(model: ExportedModel, images: Sequence[np.ndarray], desc: str =
     ``sources`` (e.g. the image paths) name the image in the ``ValueError`` of one the export refuses.
     """
     if sources is not None and len(sources) != len(images):
-        raise ValueError(f"{len(images)} images but {len(sources)} sources")
+        raise InputError(f"{len(images)} images but {len(sources)} sources")
     names = sources if sources is not None else [None] * len(images)
     pairs = list(zip(images, names))
     return [model.predict(img, source=name)["anomaly_map"] for img, name in _progress(pairs, desc, progress)]
@@ -200,7 +300,7 @@ def per_type_scores(
         >>> scores["crack"]["pixel_auroc"]
     """
     if not len(test_maps) == len(masks) == len(labels) == len(segmentations):
-        raise ValueError(f"{len(test_maps)} maps, {len(masks)} masks, {len(labels)} labels and "
+        raise InputError(f"{len(test_maps)} maps, {len(masks)} masks, {len(labels)} labels and "
                          f"{len(segmentations)} segmentations; give one of each per test image")
     good = [i for i, label in enumerate(labels) if label == GOOD]
     results: dict[str, dict[str, Any]] = {}
@@ -322,12 +422,12 @@ def evaluate(
     its pooled row (``defect_type`` column, ``all`` for the pooled one), and ``per_type.png`` (a
     bar chart). Datasets without types get exactly the pooled files.
     """
-    from tfssim import data
+    from tfssim import data, plots  # matplotlib loads here, not when the module (or the CLI's --help) does
 
     if not split.test:
-        raise ValueError(f"dataset {split.root} has no test images to evaluate on")
+        raise InputError(f"dataset {split.root} has no test images to evaluate on")
     if not split.val:
-        raise ValueError(
+        raise InputError(
             f"dataset {split.root} has no defect-free validation images to set the threshold from"
         )
     output = Path(output)
@@ -335,7 +435,7 @@ def evaluate(
     names = _unique_names(exports)
     channels = {m.channels for m in exports}
     if len(channels) > 1:
-        raise ValueError("the exports take different channel counts; evaluate grayscale and RGB models separately")
+        raise InputError("the exports take different channel counts; evaluate grayscale and RGB models separately")
     (ch,) = channels
     val_images = [data.read_image(p, ch) for p in split.val]
     test_images = [data.read_image(p, ch) for p in split.test]

@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from tfssim.errors import InputError
+
 __all__ = ["Experiment", "ExperimentResult", "train_run", "export_run", "train_export_evaluate"]
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,7 @@ def train_export_evaluate(
 
     names = [e.name for e in experiments]
     if not names or len(set(names)) != len(names):
-        raise ValueError(f"experiments need distinct names, at least one; got {names}")
+        raise InputError(f"experiments need distinct names, at least one; got {names}")
     output = Path(output)
     export_root = output / "exported_models"
     run_dirs: dict[str, Path] = {}

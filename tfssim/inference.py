@@ -1,7 +1,6 @@
 """Run an exported SavedModel from Python, with TensorFlow alone (no Keras model code)."""
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
@@ -12,19 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from tfssim.errors import InputError
+from tfssim.metadata import METADATA_FILE  # one definition (tfssim.export re-exports it)
+
 __all__ = [
     "ExportedModel", "METADATA_FILE", "check_metadata", "read_export_metadata", "readable_tf_error",
     "resolve_export_dir",
 ]
-
-# The tfssim metadata inside an export version folder (tfssim.export writes it, re-exports the name).
-METADATA_FILE = Path("assets") / "tfssim.json"
-# tfssim-export writes a few kB; a file far larger is not ours and is not parsed.
-_MAX_METADATA_BYTES = 16 * 2**20
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _is_number(value: Any) -> bool:
@@ -52,11 +45,11 @@ def check_metadata(metadata: Any, source: str | os.PathLike) -> dict[str, Any]:
     def bad(key: str, must: str) -> ValueError:
         shown = repr(metadata.get(key))
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return ValueError(f"export metadata {os.fspath(source)} is damaged: {key!r} must be {must}, got {shown}; "
+        return InputError(f"export metadata {os.fspath(source)} is damaged: {key!r} must be {must}, got {shown}; "
                           "re-export the model with tfssim-export (or set the threshold again with tfssim-calibrate)")
 
     if not isinstance(metadata, dict):
-        raise ValueError(f"export metadata {os.fspath(source)} is damaged: it holds a JSON "
+        raise InputError(f"export metadata {os.fspath(source)} is damaged: it holds a JSON "
                          f"{type(metadata).__name__}, not an object; re-export the model with tfssim-export")
     if metadata.get("channels") not in (1, 3) or isinstance(metadata.get("channels"), bool):
         raise bad("channels", "1 or 3")
@@ -81,41 +74,37 @@ def check_metadata(metadata: Any, source: str | os.PathLike) -> dict[str, Any]:
 def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
 
-    The file must be strict JSON (no ``NaN``/``Infinity``), at most 16 MiB, an object whose
-    values pass :func:`check_metadata`. Every failure is one ``ValueError`` line naming the file.
+    The file must be strict JSON (no ``NaN``/``Infinity``), at most 16 MiB
+    (:func:`tfssim.metadata.read_json`), an object whose values pass :func:`check_metadata` and
+    :class:`tfssim.metadata.ExportMetadata`'s checks (the one definition of every key's type).
+    Every failure is one ``InputError`` line naming the file.
 
     Args:
         export_dir: The version folder.
 
     Returns:
-        The metadata.
+        The metadata, as the file holds it (``ExportMetadata.read(...).to_dict()`` is the typed
+        view of the same file).
 
     Raises:
-        ValueError: The file is missing, unreadable, not strict JSON or holds malformed values.
+        InputError: The file is missing, unreadable, not strict JSON or holds malformed values.
 
     Example:
         >>> read_export_metadata("exported_models/nanotwice/1")["threshold"]
     """
+    from tfssim.metadata import ExportMetadata, read_json
+
     path = Path(export_dir) / METADATA_FILE
-    fix = "re-export the model with tfssim-export"
     try:
-        if not path.is_file():
-            raise ValueError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export ({fix})")
-        size = path.stat().st_size
-        raw = path.read_bytes() if size <= _MAX_METADATA_BYTES else None
+        exists = path.is_file()
     except OSError as err:
-        raise ValueError(f"cannot read export metadata {path}: {err.strerror or type(err).__name__}") from None
-    if raw is None:
-        raise ValueError(f"export metadata {path} is {size:,} bytes, not tfssim's (a few kB); {fix}")
-    try:
-        metadata = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise ValueError(f"export metadata {path} is damaged: it is not UTF-8 text; {fix}") from None
-    except RecursionError:
-        raise ValueError(f"export metadata {path} is damaged: it is nested too deeply; {fix}") from None
-    except ValueError as err:  # json.JSONDecodeError, or NaN/Infinity (not JSON)
-        raise ValueError(f"export metadata {path} is not valid JSON ({' '.join(str(err).split())}); {fix}") from None
-    return check_metadata(metadata, path)
+        raise InputError(f"cannot read export metadata {path}: {err.strerror or type(err).__name__}") from None
+    if not exists:
+        raise InputError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export "
+                         "(re-export the model with tfssim-export)")
+    metadata = check_metadata(read_json(path), path)  # the checks every reader relies on, by name
+    ExportMetadata.from_dict(metadata, source=path)  # and every key's type and range
+    return metadata
 
 
 def readable_tf_error(message: str) -> str:
@@ -144,12 +133,12 @@ def resolve_export_dir(path: str | Path) -> Path:
     if not (path / "saved_model.pb").exists():
         versions = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
         if not versions:
-            raise ValueError(f"{path} is not a SavedModel (no saved_model.pb) and has no numbered version folders")
+            raise InputError(f"{path} is not a SavedModel (no saved_model.pb) and has no numbered version folders")
         path = versions[-1]
         if not (path / "saved_model.pb").exists():
-            raise ValueError(f"{path} has no saved_model.pb; is the export complete?")
+            raise InputError(f"{path} has no saved_model.pb; is the export complete?")
     if not (path / METADATA_FILE).is_file():
-        raise ValueError(
+        raise InputError(
             f"export {path} has no {METADATA_FILE} metadata; it was not written by tfssim-export "
             "(re-export the model with tfssim-export)"
         )
@@ -210,7 +199,7 @@ class ExportedModel:
         if image.ndim == 2:
             image = image[..., None]
         if image.ndim != 3 or image.shape[-1] != self.channels:
-            raise ValueError(
+            raise InputError(
                 f"{where}image of shape {image.shape} does not fit this export, which takes "
                 f"[H, W, {self.channels}] images"
             )
@@ -225,7 +214,7 @@ class ExportedModel:
         try:
             outputs = fn(**{input_name: arg})
         except tf.errors.InvalidArgumentError as err:
-            raise ValueError(
+            raise InputError(
                 f"{where}the export refused the image of shape {image.shape}: {readable_tf_error(err.message)}"
             ) from None
         except tf.errors.ResourceExhaustedError:

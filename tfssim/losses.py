@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from tfssim import ssim as ssim_lib
+from tfssim.errors import InputError
 from tfssim.ssim import SSIMParams
 
 __all__ = ["SSIMLoss", "MSSSIMLoss", "L2Loss", "FeatureMatchingLoss", "get"]
@@ -41,12 +42,12 @@ def _as_float32(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
     y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
     y_pred = ops.cast(ops.convert_to_tensor(y_pred), "float32")
     if len(y_true.shape) != 4 or len(y_pred.shape) != 4:
-        raise ValueError(
+        raise InputError(
             f"autoencoder losses expect image batches [batch, height, width, channels]; "
             f"got targets {tuple(y_true.shape)} and predictions {tuple(y_pred.shape)}"
         )
     if y_true.shape[-1] is not None and y_pred.shape[-1] is not None and y_true.shape[-1] != y_pred.shape[-1]:
-        raise ValueError(
+        raise InputError(
             f"targets have {y_true.shape[-1]} channels but the model outputs {y_pred.shape[-1]}; "
             "build the model with the same channel count as the data (grayscale=1, RGB=3)"
         )
@@ -131,7 +132,7 @@ class MSSSIMLoss(keras.losses.Loss):
     ) -> None:
         other = set(ssim_kwargs) - set(_MS_SSIM_KEYS)
         if other:
-            raise ValueError(f"MS-SSIM takes the SSIM parameters {', '.join(_MS_SSIM_KEYS)}; got {sorted(other)}")
+            raise InputError(f"MS-SSIM takes the SSIM parameters {', '.join(_MS_SSIM_KEYS)}; got {sorted(other)}")
         params = SSIMParams(**ssim_kwargs)
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
         self.power_factors = tuple(power_factors) if power_factors is not None else None
@@ -202,7 +203,7 @@ class FeatureMatchingLoss(keras.losses.Loss):
     ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
         if weight < 0:
-            raise ValueError(f"feature-matching weight lambda must be >= 0, got {weight}")
+            raise InputError(f"feature-matching weight lambda must be >= 0, got {weight}")
         self.weight = float(weight)
         self.backbone = backbone
         self.num_conv_layers = int(num_conv_layers)
@@ -241,5 +242,5 @@ def get(name: str, **kwargs: Any) -> keras.losses.Loss:
     try:
         cls = _LOSSES[name]
     except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(_LOSSES)}") from None
+        raise InputError(f"unknown loss {name!r}; choose one of {sorted(_LOSSES)}") from None
     return cls(**kwargs)

@@ -29,12 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["ExportMetadata", "FORMAT", "METADATA_FILE", "metadata_path"]
+from tfssim.errors import InputError
+
+__all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "METADATA_FILE", "metadata_path", "read_json"]
 
 # The metadata file inside an export version folder.
 METADATA_FILE = Path("assets") / "tfssim.json"
 # The metadata format this module reads and writes ("format" key); a larger one is refused.
 FORMAT = 1
+
+# tfssim-export writes a few kB; a file far larger is not ours and is not parsed.
+MAX_BYTES = 16 * 2**20
 
 # Keys every export since the first has written: a file without one of them is not tfssim metadata.
 _REQUIRED = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride")
@@ -86,6 +91,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "jit_compile": ("true or false", lambda v: isinstance(v, bool)),
     "training_config": ("an object", lambda v: isinstance(v, dict)),
     "source": ("a string", lambda v: isinstance(v, str)),
+    "checkpoint": ("an object", lambda v: isinstance(v, dict)),
     "tfssim_version": ("a string", lambda v: isinstance(v, str)),
     "tensorflow_version": ("a string", lambda v: isinstance(v, str)),
     "keras_version": ("a string", lambda v: isinstance(v, str)),
@@ -131,6 +137,8 @@ class ExportMetadata:
         jit_compile: Whether the model call is XLA-compiled.
         training_config: The training run's settings, when known.
         source: The model file the export was made from.
+        checkpoint: Which checkpoint of the run it is (file, epoch, whether training still ran;
+            :func:`tfssim.export.checkpoint_info`).
         tfssim_version: tfssim version that wrote the export.
         tensorflow_version: TensorFlow version that wrote the export.
         keras_version: Keras version that wrote the export.
@@ -168,6 +176,7 @@ class ExportMetadata:
     jit_compile: bool = False
     training_config: dict[str, Any] | None = None
     source: str | None = None
+    checkpoint: dict[str, Any] | None = None
     tfssim_version: str | None = None
     tensorflow_version: str | None = None
     keras_version: str | None = None
@@ -200,10 +209,10 @@ class ExportMetadata:
         """
         where = f"{source}: " if source is not None else ""
         if not isinstance(values, Mapping):
-            raise ValueError(f"{where}tfssim metadata must be a JSON object, got {_type_name(values)}")
+            raise InputError(f"{where}tfssim metadata must be a JSON object, got {_type_name(values)}")
         missing = [key for key in _REQUIRED if key not in values]
         if missing:
-            raise ValueError(f"{where}tfssim metadata lacks {', '.join(missing)}; is this a tfssim export? "
+            raise InputError(f"{where}tfssim metadata lacks {', '.join(missing)}; is this a tfssim export? "
                              "(re-export the model with tfssim-export)")
         known = set(cls.keys())
         given = {key: value for key, value in values.items() if key in known}
@@ -211,7 +220,7 @@ class ExportMetadata:
         try:
             return cls(**given, extra=extra)
         except ValueError as err:
-            raise ValueError(f"{where}{err}") from None
+            raise InputError(f"{where}{err}") from None
 
     def validate(self) -> None:
         """Check every field's type and range (called on construction).
@@ -225,17 +234,17 @@ class ExportMetadata:
             if value is None and (key not in _REQUIRED and defaults.get(key) is None):
                 continue
             if not check(value):
-                raise ValueError(f"tfssim metadata key {key!r} must be {expected}, got {value!r}")
+                raise InputError(f"tfssim metadata key {key!r} must be {expected}, got {value!r}")
         if self.format > FORMAT:
-            raise ValueError(f"tfssim metadata format {self.format} is newer than this tfssim reads ({FORMAT}); "
+            raise InputError(f"tfssim metadata format {self.format} is newer than this tfssim reads ({FORMAT}); "
                              "upgrade tfssim")
         if self.stride > self.patch_size:
-            raise ValueError(f"tfssim metadata stride {self.stride} is larger than its patch size {self.patch_size}")
+            raise InputError(f"tfssim metadata stride {self.stride} is larger than its patch size {self.patch_size}")
         if not isinstance(self.extra, dict):
-            raise ValueError(f"extra metadata must be a dict, got {_type_name(self.extra)}")
+            raise InputError(f"extra metadata must be a dict, got {_type_name(self.extra)}")
         clash = set(self.extra) & set(self.keys())
         if clash:
-            raise ValueError(f"extra metadata repeats known key(s) {sorted(clash)}")
+            raise InputError(f"extra metadata repeats known key(s) {sorted(clash)}")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object to write: every known key (``None`` included), then the unknown ones.
@@ -266,19 +275,52 @@ class ExportMetadata:
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
-            ValueError: no metadata there, not valid JSON, or invalid metadata.
+            InputError: no metadata there, or the file is not metadata (see :func:`read_json`),
+                or invalid metadata; one line naming the file.
         """
         file = metadata_path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{file} is not a UTF-8 text file ({err.reason})") from None
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
-                             "re-export the model with tfssim-export") from None
-        return cls.from_dict(values, source=file)
+        return cls.from_dict(read_json(file), source=file)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json(file: str | os.PathLike) -> Any:
+    """The decoded JSON of a metadata file, read with the bounds a file from elsewhere needs.
+
+    Strict JSON (no ``NaN``/``Infinity``), UTF-8, at most :data:`MAX_BYTES`, nesting that
+    Python's parser can follow. Every fault is one line naming the file.
+
+    Args:
+        file: The metadata file (``assets/tfssim.json``).
+
+    Returns:
+        The decoded value (not yet checked to be metadata: see :meth:`ExportMetadata.from_dict`).
+
+    Raises:
+        InputError: the file cannot be read, is too large, not UTF-8 or not strict JSON.
+    """
+    path = Path(file)
+    fix = "re-export the model with tfssim-export"
+    try:
+        size = path.stat().st_size
+        raw = path.read_bytes() if size <= MAX_BYTES else None
+    except OSError as err:
+        raise InputError(f"cannot read export metadata {path}: {err.strerror or type(err).__name__}") from None
+    if raw is None:
+        raise InputError(f"export metadata {path} is {size:,} bytes, not tfssim's (a few kB); {fix}")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise InputError(f"export metadata {path} is damaged: it is not UTF-8 text; {fix}") from None
+    except RecursionError:
+        raise InputError(f"export metadata {path} is damaged: it is nested too deeply; {fix}") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"export metadata {path} is not valid JSON (line {err.lineno}, column {err.colno}: "
+                         f"{err.msg}); {fix}") from None
+    except ValueError as err:  # NaN/Infinity (not JSON), an integer of more than 4300 digits
+        raise InputError(f"export metadata {path} is not valid JSON ({' '.join(str(err).split())}); {fix}") from None
 
 
 def metadata_path(path: str | os.PathLike) -> Path:
@@ -299,4 +341,4 @@ def metadata_path(path: str | os.PathLike) -> Path:
     if versions and (versions[-1] / METADATA_FILE).is_file():
         return versions[-1] / METADATA_FILE
     where = f"{path} (newest version {versions[-1].name})" if versions else str(path)
-    raise ValueError(f"{where} has no {METADATA_FILE}; it is not a tfssim export (re-export with tfssim-export)")
+    raise InputError(f"{where} has no {METADATA_FILE}; it is not a tfssim export (re-export with tfssim-export)")

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tfssim.data.io import check_binary_mask
+from tfssim.errors import InputError
 
 __all__ = [
     "pixel_roc", "pixel_roc_auc", "segmentation_roc", "SEGMENTATION_ROC_FPRS", "pro_curve", "aupro", "area_under_pro", "thin_curve", "image_roc_auc", "f1_iou",
@@ -23,9 +24,9 @@ PRO_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 def _validate(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     if len(maps) == 0:
-        raise ValueError("no anomaly maps given")
+        raise InputError("no anomaly maps given")
     if len(maps) != len(masks):
-        raise ValueError(f"{len(maps)} anomaly maps but {len(masks)} masks; give one mask per map")
+        raise InputError(f"{len(maps)} anomaly maps but {len(masks)} masks; give one mask per map")
     out_maps, out_masks = [], []
     for i, (m, g) in enumerate(zip(maps, masks)):
         m = np.asarray(m)
@@ -35,12 +36,12 @@ def _validate(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[
         if g.ndim == 3 and g.shape[-1] == 1:
             g = g[..., 0]
         if m.shape != g.shape:
-            raise ValueError(f"anomaly map {i} has shape {m.shape} but its mask has shape {g.shape}; they must match")
+            raise InputError(f"anomaly map {i} has shape {m.shape} but its mask has shape {g.shape}; they must match")
         if g.dtype != bool:
             check_binary_mask(g, f"#{i}")
             g = g != 0
         if not np.isfinite(m).all():
-            raise ValueError(f"anomaly map {i} holds NaN or infinite values")
+            raise InputError(f"anomaly map {i} holds NaN or infinite values")
         # Keep float64 maps as they are: rounding to float32 would merge near-equal scores into ties.
         out_maps.append(m if np.issubdtype(m.dtype, np.floating) else m.astype(np.float32))
         out_masks.append(g)
@@ -54,7 +55,7 @@ def _pooled_counts(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.
     positives = int(labels.sum())
     negatives = labels.size - positives
     if positives == 0 or negatives == 0:
-        raise ValueError(
+        raise InputError(
             f"ROC needs both defect and good pixels; the masks hold {positives} defect and {negatives} good pixels"
         )
     order = np.argsort(-scores, kind="stable")
@@ -144,11 +145,11 @@ def segmentation_roc(
     maps, masks = _validate(maps, masks)
     fprs = np.asarray(fprs, np.float64)
     if fprs.ndim != 1 or fprs.size == 0 or np.any((fprs <= 0) | (fprs >= 1)):
-        raise ValueError(f"fprs must be false-positive rates in (0, 1), got {fprs.tolist()}")
+        raise InputError(f"fprs must be false-positive rates in (0, 1), got {fprs.tolist()}")
     good = np.concatenate([np.asarray(m, np.float32)[~k].ravel() for m, k in zip(maps, masks)])
     n_defect = sum(int(k.sum()) for k in masks)
     if good.size == 0 or n_defect == 0:
-        raise ValueError("a segmentation ROC needs both defect and good pixels in the test masks")
+        raise InputError("a segmentation ROC needs both defect and good pixels in the test masks")
     thresholds = np.unique(np.quantile(good, 1.0 - fprs))
     n_good = good.size
     del good
@@ -158,7 +159,7 @@ def segmentation_roc(
         for anomaly_map, mask in zip(maps, masks):
             flagged = np.asarray(segment(anomaly_map, float(threshold)), bool)
             if flagged.shape != mask.shape:
-                raise ValueError(f"segment() returned a {flagged.shape} mask for a {mask.shape} map; "
+                raise InputError(f"segment() returned a {flagged.shape} mask for a {mask.shape} map; "
                                  "it must return one boolean value per map pixel")
             true_pos += int(np.count_nonzero(flagged & mask))
             false_pos += int(np.count_nonzero(flagged & ~mask))
@@ -193,10 +194,10 @@ def pro_curve(
 
     maps, masks = _validate(maps, masks)
     if not 0 < max_fpr <= 1:
-        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
+        raise InputError(f"max_fpr must be in (0, 1], got {max_fpr}")
     good = np.concatenate([m[~g] for m, g in zip(maps, masks)])
     if good.size == 0:
-        raise ValueError("per-region overlap needs good pixels to measure the false-positive rate")
+        raise InputError("per-region overlap needs good pixels to measure the false-positive rate")
     targets = np.linspace(0.0, max_fpr, num_thresholds)
     good_sorted = np.sort(good)
     # The threshold t with share(good > t) <= target: the (1 - target) quantile of good scores.
@@ -215,7 +216,7 @@ def pro_curve(
         region_ids.append(labels[inside] + offset - 1)
         offset += int(labels.max())
     if offset == 0:
-        raise ValueError("per-region overlap needs at least one ground-truth defect region")
+        raise InputError("per-region overlap needs at least one ground-truth defect region")
     scores = np.concatenate(region_scores)
     ids = np.concatenate(region_ids)
     sizes = np.bincount(ids, minlength=offset).astype(np.float64)
@@ -274,7 +275,7 @@ def thin_curve(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np
 def image_roc_auc(maps: Sequence[np.ndarray], labels: Sequence[bool]) -> float | None:
     """Image-level ROC AUC with the map maximum as the image score; ``None`` if only one class exists."""
     if len(maps) != len(labels):
-        raise ValueError(f"{len(maps)} maps but {len(labels)} labels")
+        raise InputError(f"{len(maps)} maps but {len(labels)} labels")
     labels = np.asarray(labels, bool)
     if labels.all() or not labels.any():
         return None
@@ -304,16 +305,16 @@ def f1_iou(segmentations: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> 
         No segmentations, a count or shape mismatch, or a mask that is not binary.
     """
     if len(segmentations) == 0:
-        raise ValueError("no segmentations given")
+        raise InputError("no segmentations given")
     if len(segmentations) != len(masks):
-        raise ValueError(f"{len(segmentations)} segmentations but {len(masks)} masks; give one mask per segmentation")
+        raise InputError(f"{len(segmentations)} segmentations but {len(masks)} masks; give one mask per segmentation")
     tp = fp = fn = 0
     for i, (s, g) in enumerate(zip(segmentations, masks)):
         s, g = np.asarray(s), np.asarray(g)
         s = s[..., 0] if s.ndim == 3 and s.shape[-1] == 1 else s
         g = g[..., 0] if g.ndim == 3 and g.shape[-1] == 1 else g
         if s.shape != g.shape:
-            raise ValueError(f"segmentation {i} has shape {s.shape} but its mask has shape {g.shape}; they must match")
+            raise InputError(f"segmentation {i} has shape {s.shape} but its mask has shape {g.shape}; they must match")
         if s.dtype != bool:
             s = s > 0.5
         if g.dtype != bool:

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tfssim._io import atomic_write_json
+from tfssim.errors import InputError
 
 __all__ = ["threshold_at_fpr", "opening_footprint", "segment", "region_table", "regions_to_json", "PostProcessor"]
 
@@ -39,12 +40,12 @@ def threshold_at_fpr(maps: Sequence[np.ndarray], fpr: float) -> float:
         ``fpr`` out of range, no maps, or non-finite scores.
     """
     if not 0 < fpr < 1:
-        raise ValueError(f"false-positive rate must be between 0 and 1 (exclusive), got {fpr}")
+        raise InputError(f"false-positive rate must be between 0 and 1 (exclusive), got {fpr}")
     if len(maps) == 0:
-        raise ValueError("no validation maps to calibrate the threshold on; give defect-free images")
+        raise InputError("no validation maps to calibrate the threshold on; give defect-free images")
     scores = np.sort(np.concatenate([np.asarray(m, np.float64).ravel() for m in maps]))
     if scores.size == 0 or not np.isfinite(scores).all():
-        raise ValueError("validation maps are empty or hold NaN/infinite values")
+        raise InputError("validation maps are empty or hold NaN/infinite values")
     n = scores.size
     k = int(np.ceil((1.0 - fpr) * n)) - 1  # share(score > scores[k]) <= fpr
     return float(scores[min(max(k, 0), n - 1)])
@@ -65,7 +66,7 @@ def opening_footprint(diameter: int = 4) -> np.ndarray:
     In general: the pixels whose centres lie within ``diameter / 2`` of the element's centre.
     """
     if diameter < 1:
-        raise ValueError(f"opening diameter must be >= 1, got {diameter}")
+        raise InputError(f"opening diameter must be >= 1, got {diameter}")
     c = (diameter - 1) / 2.0
     yy, xx = np.mgrid[:diameter, :diameter]
     return (yy - c) ** 2 + (xx - c) ** 2 <= (diameter / 2.0) ** 2
@@ -95,7 +96,7 @@ def segment(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int 
     if anomaly_map.ndim == 3 and anomaly_map.shape[-1] == 1:
         anomaly_map = anomaly_map[..., 0]
     if anomaly_map.ndim != 2:
-        raise ValueError(f"anomaly map must be 2-D [height, width], got shape {anomaly_map.shape}")
+        raise InputError(f"anomaly map must be 2-D [height, width], got shape {anomaly_map.shape}")
     mask = anomaly_map > np.float64(threshold)  # float64: 1e308 is no float32 (overflow warning)
     if opening_diameter:
         mask = opening(mask, opening_footprint(opening_diameter))
@@ -121,7 +122,7 @@ def region_table(mask: np.ndarray, anomaly_map: np.ndarray) -> list[dict[str, An
     if anomaly_map.ndim == 3 and anomaly_map.shape[-1] == 1:
         anomaly_map = anomaly_map[..., 0]
     if mask.shape != anomaly_map.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from anomaly map shape {anomaly_map.shape}")
+        raise InputError(f"mask shape {mask.shape} differs from anomaly map shape {anomaly_map.shape}")
     rows = []
     for region in regionprops(label(mask, connectivity=2), intensity_image=anomaly_map):
         rows.append({
@@ -182,18 +183,18 @@ class PostProcessor:
 
         threshold, where = pick(threshold, "threshold", None)
         if threshold is None:
-            raise ValueError("the export has no calibrated threshold; run tfssim-calibrate on defect-free images first")
+            raise InputError("the export has no calibrated threshold; run tfssim-calibrate on defect-free images first")
         if not (number(threshold) and np.isfinite(threshold)):
-            raise ValueError(f"{where} must be a finite number, got {threshold!r}")
+            raise InputError(f"{where} must be a finite number, got {threshold!r}")
         settings: dict[str, Any] = {}
         for key, given, default in (("opening_diameter", opening_diameter, 4), ("min_area", min_area, 0)):
             value, where = pick(given, key, default)
             if not (number(value) and float(value).is_integer() and value >= 0):
-                raise ValueError(f"{where} must be a whole number >= 0, got {value!r}")
+                raise InputError(f"{where} must be a whole number >= 0, got {value!r}")
             settings[key] = int(value)
         value, where = pick(convex_hull, "convex_hull", True)
         if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+            raise InputError(f"{where} must be true or false, got {value!r}")
         return cls(float(threshold), settings["opening_diameter"], bool(value), settings["min_area"])
 
     def to_dict(self) -> dict[str, Any]:

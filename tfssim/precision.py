@@ -9,6 +9,8 @@ import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow,
 import keras
 import tensorflow as tf
 
+from tfssim.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 PRECISION_MODES = ("auto", "on", "off")
@@ -26,7 +28,7 @@ def resolve_precision(mode: str = "auto") -> str:
         ``"mixed_float16"`` or ``"float32"``.
     """
     if mode not in PRECISION_MODES:
-        raise ValueError(f"mixed precision must be one of {PRECISION_MODES}, got {mode!r}")
+        raise InputError(f"mixed precision must be one of {PRECISION_MODES}, got {mode!r}")
     if mode == "on":
         return "mixed_float16"
     if mode == "off":

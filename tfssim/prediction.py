@@ -23,6 +23,7 @@ import numpy as np
 
 from tfssim._io import atomic_write, atomic_write_json
 from tfssim.inference import ExportedModel
+from tfssim.errors import InputError
 
 __all__ = [
     "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "ImageResult", "PredictionSummary", "expand_inputs", "find_mask",
@@ -161,7 +162,7 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
                 try:
                     entries = sorted(path.iterdir())
                 except OSError as err:
-                    raise ValueError(f"cannot list folder {path}: {err.strerror or type(err).__name__}") from None
+                    raise InputError(f"cannot list folder {path}: {err.strerror or type(err).__name__}") from None
                 # Everything named like an image except folders: a broken link, a link loop or a
                 # file that vanishes before it is read is that image's failure, reported with it.
                 paths.extend(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
@@ -173,7 +174,7 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
                 raise FileNotFoundError(f"{path} does not exist")
     unique = list(dict.fromkeys(paths))
     if not unique:
-        raise ValueError("no images found in " + ", ".join(items))
+        raise InputError("no images found in " + ", ".join(items))
     return unique
 
 
@@ -230,7 +231,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, inputs: Sequence[str | os.
     out = Path(output_dir)
     machine = {errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file, not a folder; choose another output folder")
+        raise InputError(f"output folder {out} is a file, not a folder; choose another output folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tfssim-write-test-", dir=out)
@@ -241,7 +242,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, inputs: Sequence[str | os.
             raise
         reason = ("a parent of it is a file" if isinstance(err, (FileExistsError, NotADirectoryError))
                   else err.strerror or type(err).__name__)
-        raise ValueError(f"cannot write results to {out}: {reason}; choose an output folder you may write to") from None
+        raise InputError(f"cannot write results to {out}: {reason}; choose an output folder you may write to") from None
     here = os.stat(out)
     seen: dict[str, bool] = {}
 
@@ -257,7 +258,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, inputs: Sequence[str | os.
     for path in inputs:
         path = os.path.abspath(os.fspath(path))
         if inside(os.path.dirname(path)) or inside(os.path.dirname(os.path.realpath(path))):
-            raise ValueError(
+            raise InputError(
                 f"output folder {out} holds the input image {path}; write the results to another folder "
                 "(results written beside the inputs could replace them and be read back as images)"
             )
@@ -337,12 +338,12 @@ def predict_files(
 
     threshold = threshold if threshold is not None else model.threshold
     if threshold is None:
-        raise ValueError(
+        raise InputError(
             f"export {model.path} has no calibrated threshold; run tfssim-calibrate on defect-free images first "
             "or pass a threshold"
         )
     if min_area is not None and min_area < 0:
-        raise ValueError(f"min_area must be >= 0, got {min_area}")
+        raise InputError(f"min_area must be >= 0, got {min_area}")
     max_image_pixels()  # a malformed TFSSIM_MAX_IMAGE_PIXELS is one error now, not one per image
     masks = Path(mask_dir) if mask_dir is not None else None
     if masks is not None and not masks.is_dir():
@@ -352,14 +353,14 @@ def predict_files(
     processor = postprocess.PostProcessor.from_metadata(model.metadata, threshold=threshold, min_area=min_area,
                                                         source=model.path / METADATA_FILE)
     if masks is not None and Path(output_dir).is_dir() and os.path.samefile(masks, output_dir):
-        raise ValueError(f"output folder {output_dir} is the ground-truth mask folder; the predicted "
+        raise InputError(f"output folder {output_dir} is the ground-truth mask folder; the predicted "
                          "<stem>_mask.png files would replace the masks: choose another output folder")
     out = prepare_output_dir(output_dir, paths)  # every output-side problem before the first image
     stems = output_stems(paths)
     blocked = [out / f"{stem}{suffix}" for stem in stems for suffix in OUTPUT_SUFFIXES.values()
                if (out / f"{stem}{suffix}").is_dir()]
     if blocked:
-        raise ValueError(f"{blocked[0]} is a folder where a result file goes; move it away or choose another "
+        raise InputError(f"{blocked[0]} is a folder where a result file goes; move it away or choose another "
                          "output folder")
     summary = PredictionSummary(model.path, processor.threshold, out, len(paths),
                                 images_without_mask=0 if masks is not None else None,
@@ -389,7 +390,7 @@ def predict_files(
                 maps = model.predict(image, source=path)
                 anomaly_map = maps["anomaly_map"]
                 if not np.isfinite(anomaly_map).all():
-                    raise ValueError("the export produced NaN or infinite scores for this image; the model is "
+                    raise InputError("the export produced NaN or infinite scores for this image; the model is "
                                      "broken (retrain or re-export it)")
                 mask, regions = processor(anomaly_map)
             except (ValueError, OSError, MemoryError) as err:

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfssim import tiling
+from tfssim.errors import InputError
 from tfssim.models import VariationalAutoencoder, get_spec, kind_of, reconstruction_nll
 from tfssim.ssim import SSIMParams, ssim_maps
 
@@ -63,7 +64,7 @@ def _batched(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, bool]:
     x = tf.convert_to_tensor(x)
     y = tf.convert_to_tensor(y)
     if x.shape.rank not in (3, 4):
-        raise ValueError(f"expected images [H, W, C] or [B, H, W, C], got shape {x.shape}")
+        raise InputError(f"expected images [H, W, C] or [B, H, W, C], got shape {x.shape}")
     if x.shape.rank == 3:
         return x[None], y[None], False
     return x, y, True
@@ -119,10 +120,10 @@ def validate_map_sigma(sigma: float, patch_size: int | None = None) -> float:
     """Return ``sigma`` as a float; raise ``ValueError`` unless it is finite and ``>= 0`` and,
     given the patch size (the smallest image a model scores), its kernel fits inside a patch."""
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"map smoothing sigma must be a finite number >= 0 (0 = no smoothing), got {sigma!r}")
+        raise InputError(f"map smoothing sigma must be a finite number >= 0 (0 = no smoothing), got {sigma!r}")
     sigma = float(sigma)
     if patch_size is not None and smoothing_radius(sigma) >= patch_size:
-        raise ValueError(
+        raise InputError(
             f"map smoothing sigma {sigma:g} needs a {smoothing_radius(sigma)}-pixel kernel radius, which does not fit "
             f"the {patch_size}-pixel patch (the smallest image scored); use sigma < {(patch_size - 0.5) / 4:g}"
         )
@@ -152,11 +153,11 @@ def smooth_map(anomaly_map: tf.Tensor, sigma: float) -> tf.Tensor:
     if sigma == 0:
         return x
     if x.shape.rank not in (2, 3):
-        raise ValueError(f"anomaly map must be [H, W] or [B, H, W], got shape {x.shape}")
+        raise InputError(f"anomaly map must be [H, W] or [B, H, W], got shape {x.shape}")
     radius = smoothing_radius(sigma)
     sides = x.shape[-2:]
     if any(side is not None and side <= radius for side in sides):
-        raise ValueError(
+        raise InputError(
             f"anomaly map of shape {x.shape} is too small for smoothing sigma {sigma:g} "
             f"(kernel radius {radius}); use a smaller sigma"
         )
@@ -194,7 +195,7 @@ def model_patch_size(model: keras.Model) -> int:
     if size is None and getattr(model, "inputs", None):
         size = model.inputs[0].shape[1]
     if size is None:
-        raise ValueError(f"cannot tell the patch size of model {model.name!r}; pass patch_size")
+        raise InputError(f"cannot tell the patch size of model {model.name!r}; pass patch_size")
     return int(size)
 
 
@@ -254,7 +255,7 @@ def _maps(model: keras.Model, image: tf.Tensor, residual: str, patch_size: int, 
     image = tf.cast(tf.convert_to_tensor(image), tf.float32)
     if residual == "vae":
         if not isinstance(model, VariationalAutoencoder):
-            raise ValueError("the 'vae' residual needs a tfssim VariationalAutoencoder")
+            raise InputError("the 'vae' residual needs a tfssim VariationalAutoencoder")
         n = int(vae_samples or model.num_samples)
         fn = lambda t: model.sample_reconstructions(t, n, seed=vae_seed)  # noqa: E731
     else:

@@ -39,6 +39,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfssim.errors import InputError
+
 __all__ = [
     "SSIMParams",
     "SSIMMaps",
@@ -76,14 +78,14 @@ def validate_window(window_size: int, sigma: float = 1.5, weighting: str = "gaus
     """Raise ``ValueError`` unless ``window_size`` is an odd integer >= 1, ``sigma > 0`` and
     ``weighting`` is one of :data:`WEIGHTINGS`."""
     if weighting not in WEIGHTINGS:
-        raise ValueError(f"SSIM window weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+        raise InputError(f"SSIM window weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1 or window_size % 2 == 0:
-        raise ValueError(
+        raise InputError(
             f"SSIM window size must be an odd positive integer (3, 7, 11, ...), got {window_size!r}; "
             "an even window has no centre pixel"
         )
     if not sigma > 0:
-        raise ValueError(f"SSIM Gaussian sigma must be positive, got {sigma!r}")
+        raise InputError(f"SSIM Gaussian sigma must be positive, got {sigma!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +132,7 @@ class SSIMParams:
             positive = name in ("k1", "k2", "data_range")
             if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
                     or value < 0 or (positive and value == 0)):
-                raise ValueError(f"SSIM {name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+                raise InputError(f"SSIM {name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -151,7 +153,7 @@ class SSIMParams:
         merged = {**(values or {}), **overrides}
         unknown = set(merged) - set(cls.keys())
         if unknown:
-            raise ValueError(f"unknown SSIM parameter(s) {sorted(unknown)}; expected some of {', '.join(cls.keys())}")
+            raise InputError(f"unknown SSIM parameter(s) {sorted(unknown)}; expected some of {', '.join(cls.keys())}")
         return cls(**merged)
 
     @classmethod
@@ -237,7 +239,7 @@ def gaussian_blur(x: Any, kernel: Any, method: str = "auto") -> Any:
         return _blur_matmul(x, kernel)
     if method == "conv":
         return _blur_conv(x, kernel)
-    raise ValueError(f"blur method must be 'auto', 'matmul' or 'conv', got {method!r}")
+    raise InputError(f"blur method must be 'auto', 'matmul' or 'conv', got {method!r}")
 
 
 def _static_shape(x: Any) -> tuple[int | None, ...]:
@@ -246,24 +248,24 @@ def _static_shape(x: Any) -> tuple[int | None, ...]:
 
 def _check_pair(x: Any, y: Any, window_size: int, padding: str) -> None:
     if padding not in ("valid", "same"):
-        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+        raise InputError(f"padding must be 'valid' or 'same', got {padding!r}")
     xs, ys = _static_shape(x), _static_shape(y)
     if len(xs) != 4 or len(ys) != 4:
-        raise ValueError(
+        raise InputError(
             f"SSIM expects two image batches [batch, height, width, channels]; got shapes {xs} and {ys}"
         )
     if any(a is not None and b is not None and a != b for a, b in zip(xs, ys)):
-        raise ValueError(f"SSIM needs images of the same shape; got {xs} and {ys}")
+        raise InputError(f"SSIM needs images of the same shape; got {xs} and {ys}")
     h, w = xs[1], xs[2]
     if padding == "valid" and ((h is not None and h < window_size) or (w is not None and w < window_size)):
-        raise ValueError(
+        raise InputError(
             f"images of {h}x{w} pixels are smaller than the {window_size}x{window_size} SSIM window; "
             "use a smaller window or padding='same'"
         )
     r = window_size // 2
     if padding == "same" and ((h is not None and h < r) or (w is not None and w < r)):
         # Mirror padding cannot pad by more than the image side.
-        raise ValueError(
+        raise InputError(
             f"images of {h}x{w} pixels are too small for padding='same' with a {window_size}x{window_size} "
             f"SSIM window: the mirror padding needs sides of at least {r} pixels; use a smaller window"
         )
@@ -404,14 +406,14 @@ def ms_ssim(
     side = min(s for s in (x.shape[1], x.shape[2]) if s is not None) if None not in (x.shape[1], x.shape[2]) else None
     if power_factors is None:
         if side is None:
-            raise ValueError("ms_ssim needs static image sizes unless power_factors is given")
+            raise InputError("ms_ssim needs static image sizes unless power_factors is given")
         scales = 1
         while scales < len(_MS_SSIM_WEIGHTS) and _halved(side, scales) >= window_size:
             scales += 1
         weights = _MS_SSIM_WEIGHTS[:scales]
         power_factors = tuple(w / sum(weights) for w in weights)
     elif side is not None and _halved(side, len(power_factors) - 1) < window_size:
-        raise ValueError(
+        raise InputError(
             f"{len(power_factors)} MS-SSIM scales need images of at least "
             f"{(window_size - 1) * 2 ** (len(power_factors) - 1) + 1} pixels for a {window_size} window; got {side}"
         )

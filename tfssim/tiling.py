@@ -30,6 +30,8 @@ from typing import Callable
 import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import tensorflow as tf
 
+from tfssim.errors import InputError
+
 __all__ = [
     "check_tiling",
     "tile_origins",
@@ -72,15 +74,15 @@ def check_tiling(patch_size: int, stride: int | tf.Tensor) -> None:
     :func:`reconstruct` instead.
     """
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch size must be a positive integer, got {patch_size!r}")
+        raise InputError(f"patch size must be a positive integer, got {patch_size!r}")
     value = _static_int(stride)
     if value is None:
         return
     too_small, too_large = _stride_messages(patch_size)
     if value < 1:
-        raise ValueError(f"{too_small}, got {value}")
+        raise InputError(f"{too_small}, got {value}")
     if value > patch_size:
-        raise ValueError(f"{too_large}; got stride {value}")
+        raise InputError(f"{too_large}; got stride {value}")
 
 
 def _checked(patch_size: int, stride: int | tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tuple:
@@ -92,7 +94,7 @@ def _checked(patch_size: int, stride: int | tf.Tensor, height: tf.Tensor, width:
     check_tiling(patch_size, stride)
     static = [_static_int(height), _static_int(width)]
     if None not in static and min(static) < patch_size:
-        raise ValueError(
+        raise InputError(
             f"image of {static[0]}x{static[1]} pixels is smaller than the {patch_size}x{patch_size} patch; "
             f"height and width must be at least the patch size {patch_size}"
         )
@@ -149,7 +151,7 @@ def num_tiles(height: int, width: int, patch_size: int, stride: int) -> int:
     """Number of tiles of a ``height x width`` image (Python ints), e.g. 651 for 700x1024 at 30."""
     check_tiling(patch_size, stride)
     if min(height, width) < patch_size:
-        raise ValueError(f"image of {height}x{width} pixels is smaller than the {patch_size}x{patch_size} patch")
+        raise InputError(f"image of {height}x{width} pixels is smaller than the {patch_size}x{patch_size} patch")
     per_axis = lambda n: -(-(n - patch_size) // stride) + 1  # noqa: E731
     return per_axis(height) * per_axis(width)
 
@@ -168,7 +170,7 @@ def _pixel_indices(origins_y: tf.Tensor, origins_x: tf.Tensor, patch_size: int) 
 def _as_image(image: tf.Tensor) -> tf.Tensor:
     image = tf.convert_to_tensor(image)
     if image.shape.rank is not None and image.shape.rank != 3:
-        raise ValueError(f"expected one image [height, width, channels], got shape {image.shape}")
+        raise InputError(f"expected one image [height, width, channels], got shape {image.shape}")
     return image
 
 
@@ -227,7 +229,7 @@ def average_tiles(
     tiles = tf.cast(tf.convert_to_tensor(tiles), tf.float32)
     patch_size = tiles.shape[1]
     if patch_size is None or tiles.shape[2] != patch_size:
-        raise ValueError(f"tiles must be square with a static size [N, p, p, C], got shape {tiles.shape}")
+        raise InputError(f"tiles must be square with a static size [N, p, p, C], got shape {tiles.shape}")
     indices = _pixel_indices(tf.cast(origins_y, tf.int32), tf.cast(origins_x, tf.int32), patch_size)
     dims = tf.stack([tf.cast(height, tf.int32), tf.cast(width, tf.int32), tf.shape(tiles)[-1]])
     total = tf.tensor_scatter_nd_add(tf.zeros(dims, tf.float32), indices, tiles)
@@ -262,7 +264,7 @@ def map_in_chunks(fn: Callable[[tf.Tensor], tf.Tensor], tiles: tf.Tensor, chunk_
     ``tf.concat`` of all chunk results, float32. ``fn`` must map ``[T, ...]`` to ``[T, ...]``.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk size must be a positive integer, got {chunk_size!r}")
+        raise InputError(f"chunk size must be a positive integer, got {chunk_size!r}")
     tiles = tf.convert_to_tensor(tiles)
     count = tf.shape(tiles)[0]
     chunks = _num_chunks(count, chunk_size)
@@ -305,7 +307,7 @@ def reconstruct(
             size, when known while tracing; the same checks run in the graph otherwise.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk size must be a positive integer, got {chunk_size!r}")
+        raise InputError(f"chunk size must be a positive integer, got {chunk_size!r}")
     image = tf.cast(_as_image(image), tf.float32)
     shape = tf.shape(image)
     stride, height, width = _checked(patch_size, stride, *_height_width(image))

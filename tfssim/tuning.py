@@ -47,6 +47,7 @@ import numpy as np
 from tfssim import metrics, postprocess
 from tfssim.data import defects
 from tfssim.inference import ExportedModel
+from tfssim.errors import InputError, input_checks
 
 __all__ = [
     "DEFAULT_WINDOWS", "DEFAULT_WEIGHTINGS", "DEFAULT_SIGMAS", "DEFAULT_OPENINGS", "MIN_AREA_FRACTIONS",
@@ -145,10 +146,10 @@ def library_map(residual: str, image: np.ndarray, reconstruction: np.ndarray, *,
         raw = scoring.l2_residual_map(image, reconstruction)
     elif residual == "vae":
         if served_map is None:
-            raise ValueError("a VAE's map needs the export's served anomaly_map")
+            raise InputError("a VAE's map needs the export's served anomaly_map")
         raw = served_map
     else:
-        raise ValueError(f"unknown residual {residual!r}; expected one of ssim, l2, vae")
+        raise InputError(f"unknown residual {residual!r}; expected one of ssim, l2, vae")
     return np.asarray(scoring.smooth_map(raw, map_sigma), np.float32)
 
 
@@ -247,48 +248,50 @@ def tune(
 
     started = time.perf_counter()
     if len(images) == 0:
-        raise ValueError("no validation images: tuning needs at least one defect-free image")
+        raise InputError("no validation images: tuning needs at least one defect-free image")
     if copies < 1:
-        raise ValueError(f"copies must be >= 1, got {copies}")
+        raise InputError(f"copies must be >= 1, got {copies}")
     if not 0 < fpr < 1:
-        raise ValueError(f"false-positive rate must be between 0 and 1 (exclusive), got {fpr}")
+        raise InputError(f"false-positive rate must be between 0 and 1 (exclusive), got {fpr}")
     md = model.metadata
     residual = md.get("residual") or scoring.residual_of(md["kind"])
     patch_size = int(md["patch_size"])
     exported_sigma = float(md.get("map_sigma") or 0.0)
     if residual == "vae" and exported_sigma:
-        raise ValueError(f"VAE export {model.path} already smooths its maps (map_sigma {exported_sigma:g}); "
+        raise InputError(f"VAE export {model.path} already smooths its maps (map_sigma {exported_sigma:g}); "
                          "tune an export made without --map-sigma")
     size_range = defects._check_size_range(size_range or defects.default_size_range(patch_size))
     if sigmas is None:
         sigmas = [s for s in DEFAULT_SIGMAS if scoring.smoothing_radius(s) < patch_size]
-    sigmas = sorted({scoring.validate_map_sigma(float(s), patch_size) for s in sigmas})
+    with input_checks():  # tfssim.scoring / tfssim.ssim check the candidates with ValueError
+        sigmas = sorted({scoring.validate_map_sigma(float(s), patch_size) for s in sigmas})
     if not sigmas:
-        raise ValueError("no candidate map sigmas given")
+        raise InputError("no candidate map sigmas given")
     base_ssim = dict(md.get("ssim") or {})
     if residual == "ssim":
-        for w in windows:
-            validate_window(w, base_ssim.get("sigma", 1.5), "gaussian")
-        for weighting in weightings:
-            validate_window(3, 1.5, weighting)
+        with input_checks():
+            for w in windows:
+                validate_window(w, base_ssim.get("sigma", 1.5), "gaussian")
+            for weighting in weightings:
+                validate_window(3, 1.5, weighting)
         own = (base_ssim.get("window_size", 11), base_ssim.get("weighting", "gaussian"))
         scorings = sorted({(int(w), str(g)) for w in windows for g in weightings if w <= patch_size} | {own})
     else:
         own = (None, None)
         scorings = [own]
     if any(isinstance(d, bool) or int(d) != d or d < 0 for d in openings) or not openings:
-        raise ValueError(f"opening diameters must be integers >= 0, got {list(openings)}")
+        raise InputError(f"opening diameters must be integers >= 0, got {list(openings)}")
     smallest_area = math.pi * size_range[0] ** 2 / 4
     if min_areas is None:
         min_areas = sorted({int(round(f * smallest_area)) for f in MIN_AREA_FRACTIONS})
     if any(isinstance(a, bool) or int(a) != a or a < 0 for a in min_areas) or not min_areas:
-        raise ValueError(f"minimum areas must be integers >= 0, got {list(min_areas)}")
+        raise InputError(f"minimum areas must be integers >= 0, got {list(min_areas)}")
 
     images = [np.asarray(im, np.float32) for im in images]
     names = list(sources) if sources is not None else [f"validation image {i}" for i in range(len(images))]
     for name, image in zip(names, images):
         if image.ndim not in (2, 3) or min(image.shape[:2]) < patch_size:
-            raise ValueError(f"{name}: image of shape {image.shape} is smaller than the export's {patch_size}-pixel "
+            raise InputError(f"{name}: image of shape {image.shape} is smaller than the export's {patch_size}-pixel "
                              "patch (or not [H, W] / [H, W, C]); tune on images at least one patch high and wide")
     rng = np.random.default_rng(seed)
     painted = paint_copies(images, rng, copies, size_range, patch_size, defects_per_patch=defects_per_patch,
@@ -375,10 +378,10 @@ def find_source(model: ExportedModel, source: str | os.PathLike | None = None) -
     """
     source = source if source is not None else model.metadata.get("source")
     if source is None:
-        raise ValueError(f"export {model.path} does not record the Keras model it was made from (metadata 'source'); "
+        raise InputError(f"export {model.path} does not record the Keras model it was made from (metadata 'source'); "
                          "give the run folder or .keras file of that model (tfssim-tune --model)")
     if not Path(source).exists():
-        raise ValueError(f"the Keras model of export {model.path} ({source}) no longer exists; "
+        raise InputError(f"the Keras model of export {model.path} ({source}) no longer exists; "
                          "give the run folder or .keras file of that model (tfssim-tune --model)")
     return Path(source)
 
@@ -426,7 +429,7 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: str | os.Pa
                                     vae_samples=vae_samples, vae_seed=int(md.get("vae_seed") or 0))["reconstruction"]
         diff = float(np.max(np.abs(np.asarray(have) - want)))
         if diff > 1e-4:
-            raise ValueError(f"the model in {source} is not the one exported as {model.path} (reconstructions differ "
+            raise InputError(f"the model in {source} is not the one exported as {model.path} (reconstructions differ "
                              f"by up to {diff:.3g}); give the run folder or .keras file it was exported from")
     choice = tuning.choice
     tuned = {

@@ -10,6 +10,8 @@ from typing import Iterator
 
 import click
 
+from tfssim.errors import InputError
+
 
 class _StderrHandler(logging.StreamHandler):
     """A handler on whatever ``sys.stderr`` is when a record is written, not when it was made.
@@ -50,17 +52,19 @@ def setup_logging(verbose: bool = False) -> None:
 
 @contextlib.contextmanager
 def usage_errors() -> Iterator[None]:
-    """Report a library ``ValueError`` or an ``OSError`` as one ``Error:`` line.
+    """Report bad input (:class:`tfssim.errors.InputError`) or an ``OSError`` as one ``Error:`` line.
 
-    tfssim's own errors (``ValueError``, ``FileNotFoundError``/``FileExistsError`` raised with a
-    message) are printed as they are and exit 2 (bad input); an operating-system error (e.g.
-    ``PermissionError`` creating ``--output``) becomes one line naming the path and the reason,
-    exit 2. A full disk or an I/O error is no fault of the input: it exits 1 (failed at run time),
-    and the line says to free space and run again.
+    tfssim's own input checks (``InputError``, ``FileNotFoundError``/``FileExistsError`` raised
+    with a message) are printed as they are and exit 2 (bad input); an operating-system error
+    (e.g. ``PermissionError`` creating ``--output``) becomes one line naming the path and the
+    reason, exit 2. A full disk or an I/O error is no fault of the input: it exits 1 (failed at
+    run time), and the line says to free space and run again. Any other exception, a plain
+    ``ValueError`` from inside Keras or TensorFlow included, is a fault of the program: it
+    passes through with its traceback (exit 1).
     """
     try:
         yield
-    except ValueError as err:
+    except InputError as err:
         raise click.UsageError(str(err)) from None
     except OSError as err:
         if err.errno in _RUNTIME_ERRNOS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
+from tfssim.errors import InputError
 from tfssim.prediction import expand_inputs
 
 
@@ -18,20 +19,16 @@ def main(export: str, images: tuple[str, ...], fpr: float, verbose: bool) -> Non
     """Compute the threshold of EXPORT from defect-free IMAGES (files, folders or globs) so that
     a share FPR of their pixels lies above it, and store it in the export's metadata."""
     setup_logging(verbose)
-    from tfssim import data, export as export_lib, postprocess
-    from tfssim.evaluation import compute_maps
+    from tfssim.calibration import calibrate
     from tfssim.inference import ExportedModel
 
     try:
         paths = expand_inputs(images)  # as tfssim-predict: a missing file, an empty glob or folder is bad input
-    except (ValueError, FileNotFoundError) as err:
+    except (InputError, FileNotFoundError) as err:
         raise click.BadParameter(str(err), param_hint="IMAGES") from None
     with usage_errors():
         model = ExportedModel.load(export)
-        maps = compute_maps(model, [data.read_image(p, model.channels) for p in paths], "calibrate",
-                            sources=paths)
-        threshold = postprocess.threshold_at_fpr(maps, fpr)
-        export_lib.update_threshold(model.path, threshold, fpr=fpr)
+        threshold = calibrate(model, paths, fpr)  # the library's calibration, stored in the metadata
     click.echo(f"threshold {threshold:.6f} at pixel FPR {fpr:g} from {len(paths)} image(s), written to {model.path}")
 
 

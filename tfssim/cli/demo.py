@@ -16,6 +16,7 @@ import click
 
 from tfssim._io import atomic_write_json
 from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
+from tfssim.errors import InputError
 
 # Defective copies per validation image when the demo tunes: its 2 validation images are small,
 # so 4 copies (8 painted images) cost seconds; the re-export of the tuned version costs more.
@@ -52,7 +53,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
     # Every setting is checked here, before anything is written or trained.
     try:
         check_tiling(patch_size, stride)
-    except ValueError as err:
+    except InputError as err:
         raise click.BadParameter(f"{err}; use --stride {patch_size} or smaller, or omit --stride "
                                  "(default: a quarter of --patch-size)", param_hint="--stride") from None
     config = TrainConfig(data=str(out / "data"), output=str(out / "run"), model="ssim", epochs=epochs,
@@ -63,7 +64,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
         dataset = data.texture_dataset(texture, seed=seed)
         smallest = min(min(image.shape[:2]) for image in [*dataset.train, *dataset.val, *dataset.test])
         if smallest < patch_size:
-            raise ValueError(f"--patch-size {patch_size} is larger than the demo's {smallest}-pixel images; use "
+            raise InputError(f"--patch-size {patch_size} is larger than the demo's {smallest}-pixel images; use "
                              f"--patch-size {smallest // 16 * 16} or smaller (a multiple of 16)")
 
         click.echo(f"[1/6] data: scikit-image '{texture}' texture with synthetic defects -> {out / 'data'}")

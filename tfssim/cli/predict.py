@@ -10,6 +10,7 @@ import sys
 import click
 
 from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
+from tfssim.errors import InputError
 # The work is tfssim.prediction's; its helpers stay importable from here as before.
 from tfssim.prediction import expand_inputs, output_stems, predict_files
 
@@ -56,7 +57,7 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
 
     try:
         paths = expand_inputs(images)
-    except (ValueError, OSError) as err:
+    except (InputError, OSError) as err:
         raise click.BadParameter(str(err), param_hint="IMAGES") from None
     with usage_errors():
         model = ExportedModel.load(export)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, usage_errors
+from tfssim.errors import InputError
 
 _MODELS = ("ssim", "l2", "vae", "fm")
 
@@ -21,7 +22,7 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
 
     try:
         values = load_config(value)
-    except ValueError as err:
+    except InputError as err:
         raise click.BadParameter(str(err), ctx=ctx, param=param) from None
     except OSError as err:
         raise click.BadParameter(

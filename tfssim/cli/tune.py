@@ -5,6 +5,7 @@ import click
 
 from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
 from tfssim.prediction import expand_inputs
+from tfssim.errors import InputError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -42,10 +43,10 @@ def main(export: str, images: tuple[str, ...], defect_size: tuple[float, float] 
     with usage_errors():
         paths = expand_inputs(images)
         if defect_size is not None and defect_size[0] > defect_size[1]:
-            raise ValueError(f"--defect-size MIN MAX needs MIN <= MAX, got {defect_size[0]:g} {defect_size[1]:g}")
+            raise InputError(f"--defect-size MIN MAX needs MIN <= MAX, got {defect_size[0]:g} {defect_size[1]:g}")
         out = Path(output)
         if (out / "tuning.json").exists():  # the record of an earlier tuning: never overwritten
-            raise ValueError(f"{out / 'tuning.json'} exists (an earlier tuning's record); choose another --output")
+            raise InputError(f"{out / 'tuning.json'} exists (an earlier tuning's record); choose another --output")
         model = ExportedModel.load(export)
         source = tuning.find_source(model, source)  # before the work, not after
         val = [data.read_image(p, model.channels) for p in paths]

@@ -34,6 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tfssim.errors import InputError
+
 __all__ = ["FAMILIES", "MIN_CHANGE", "default_size_range", "defect_region", "paint_defect", "paint_defects"]
 
 FAMILIES = ("transplant", "smear", "foreign", "scratch")
@@ -49,10 +51,10 @@ def default_size_range(patch_size: int) -> tuple[float, float]:
 
 def _check_size_range(size_range: Sequence[float]) -> tuple[float, float]:
     if len(size_range) != 2:
-        raise ValueError(f"defect size range must be (min, max), got {size_range!r}")
+        raise InputError(f"defect size range must be (min, max), got {size_range!r}")
     lo, hi = (float(v) for v in size_range)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 1 or hi < lo:
-        raise ValueError(f"defect size range must satisfy 1 <= min <= max pixels, got {lo:g} {hi:g}")
+        raise InputError(f"defect size range must satisfy 1 <= min <= max pixels, got {lo:g} {hi:g}")
     return lo, hi
 
 
@@ -61,7 +63,7 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         return image[..., None]
     if image.ndim != 3:
-        raise ValueError(f"image must be [H, W] or [H, W, C], got shape {image.shape}")
+        raise InputError(f"image must be [H, W] or [H, W, C], got shape {image.shape}")
     return image
 
 
@@ -306,9 +308,9 @@ def paint_defect(image: np.ndarray, rng: np.random.Generator, family: str, diame
         >>> painted, mask, info = paint_defect(image, np.random.default_rng(1), "smear", 24)
     """
     if family not in FAMILIES:
-        raise ValueError(f"unknown defect family {family!r}; choose from {', '.join(FAMILIES)}")
+        raise InputError(f"unknown defect family {family!r}; choose from {', '.join(FAMILIES)}")
     if not diameter >= 1:
-        raise ValueError(f"defect diameter must be >= 1 pixel, got {diameter!r}")
+        raise InputError(f"defect diameter must be >= 1 pixel, got {diameter!r}")
     original = np.asarray(image)
     hwc = _as_hwc(original)
     shape = hwc.shape[:2]
@@ -362,14 +364,14 @@ def paint_defects(image: np.ndarray, rng: np.random.Generator, count: int = 1, *
         ValueError: ``count < 1``, a bad size range, an unknown or no family, a bad image shape.
     """
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise InputError(f"count must be >= 1, got {count}")
     lo, hi = _check_size_range(size_range)
     families = list(families)
     if not families:
-        raise ValueError("no defect families given")
+        raise InputError("no defect families given")
     for family in families:
         if family not in FAMILIES:
-            raise ValueError(f"unknown defect family {family!r}; choose from {', '.join(FAMILIES)}")
+            raise InputError(f"unknown defect family {family!r}; choose from {', '.join(FAMILIES)}")
     original = _as_hwc(image)
     painted = original.copy()
     infos = []

@@ -10,6 +10,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from tfssim.errors import InputError
+
 __all__ = [
     "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "MAX_IMAGE_PIXELS_ENV", "list_images", "max_image_pixels", "read_image",
     "read_mask", "check_binary_mask", "read_images",
@@ -32,10 +34,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.exists():
         raise FileNotFoundError(f"folder {folder} does not exist")
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder")
+        raise InputError(f"{folder} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(
+        raise InputError(
             f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) found in {folder}; put the image files "
             "directly in it (subfolders are not searched) or choose another folder"
         )
@@ -77,26 +79,26 @@ def max_image_pixels(limit: int | None = None) -> int:
         try:
             limit = int(raw.replace("_", ""))
         except ValueError:
-            raise ValueError(f"{MAX_IMAGE_PIXELS_ENV}={raw!r} is not a whole number of pixels; set it to e.g. "
+            raise InputError(f"{MAX_IMAGE_PIXELS_ENV}={raw!r} is not a whole number of pixels; set it to e.g. "
                              f"{MAX_IMAGE_PIXELS} or unset it") from None
         where = f"{MAX_IMAGE_PIXELS_ENV}={raw!r}"
     else:
         where = f"max_pixels={limit!r}"
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
-        raise ValueError(f"{where}: the pixel budget must be a positive whole number, e.g. {MAX_IMAGE_PIXELS}")
+        raise InputError(f"{where}: the pixel budget must be a positive whole number, e.g. {MAX_IMAGE_PIXELS}")
     return int(limit)
 
 
 def _open_error(err: OSError, path: Path, what: str) -> Exception:
-    """The error of a file that cannot be opened: missing (``FileNotFoundError``), else ``ValueError``."""
+    """The error of a file that cannot be opened: missing (``FileNotFoundError``), else ``InputError``."""
     if isinstance(err, FileNotFoundError) and not path.is_symlink():
         return FileNotFoundError(f"{what} {path} does not exist")
     if path.is_symlink() and not path.exists():
-        return ValueError(f"{what} {path} is a broken symbolic link (its target is missing or it loops); "
+        return InputError(f"{what} {path} is a broken symbolic link (its target is missing or it loops); "
                           "fix or remove the link")
     if isinstance(err, IsADirectoryError) or path.is_dir():
-        return ValueError(f"{what} {path} is a folder, not an image file")
-    return ValueError(f"cannot read {what} {path}: {err.strerror or type(err).__name__}; check the file and its "
+        return InputError(f"{what} {path} is a folder, not an image file")
+    return InputError(f"cannot read {what} {path}: {err.strerror or type(err).__name__}; check the file and its "
                       "permissions")
 
 
@@ -110,26 +112,26 @@ def _declared_pixels(path: Path, what: str) -> int:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             # A pipe would block the read forever, a device (/dev/zero) never end.
-            raise ValueError(f"{what} {path} is not a regular file (a folder, device, pipe or socket)" if not
+            raise InputError(f"{what} {path} is not a regular file (a folder, device, pipe or socket)" if not
                              path.is_dir() else f"{what} {path} is a folder, not an image file")
         with open(path, "rb") as fh:
             head = fh.read(16)
     except OSError as err:
         raise _open_error(err, path, what) from None
     if not head:
-        raise ValueError(f"cannot read {what} {path}: the file is empty (0 bytes); remove or replace the file")
+        raise InputError(f"cannot read {what} {path}: the file is empty (0 bytes); remove or replace the file")
     if head[:4] in _TIFF_MAGIC:
         import tifffile
 
         try:
             with tifffile.TiffFile(path) as tif:
                 if not tif.series:
-                    raise ValueError("no image data")
+                    raise InputError("no image data")
                 series = tif.series[0]
                 samples = max(int(getattr(series.keyframe, "samplesperpixel", 1) or 1), 1)
                 return int(np.prod(series.shape, dtype=object)) // samples
         except Exception as err:  # tifffile raises several types for a corrupt file
-            raise ValueError(f"cannot read {what} {path}: not a readable TIFF ({_one_line(err)}); "
+            raise InputError(f"cannot read {what} {path}: not a readable TIFF ({_one_line(err)}); "
                              "remove or replace the file") from None
     from PIL import Image
 
@@ -145,9 +147,9 @@ def _declared_pixels(path: Path, what: str) -> int:
         found = re.search(r"\((\d+) pixels\)", str(err))
         if found:
             return int(found.group(1))
-        raise ValueError(f"{what} {path} is too large to read: {_one_line(err)}") from None
+        raise InputError(f"{what} {path} is too large to read: {_one_line(err)}") from None
     except Exception:  # UnidentifiedImageError, SyntaxError, struct.error, ... for junk
-        raise ValueError(f"cannot read {what} {path}: not a readable PNG, TIFF, JPEG or BMP file (truncated, or "
+        raise InputError(f"cannot read {what} {path}: not a readable PNG, TIFF, JPEG or BMP file (truncated, or "
                          f"not an image: it starts with {head[:8]!r}); remove or replace the file") from None
     return int(width) * int(height) * max(frames, 1)
 
@@ -170,7 +172,7 @@ def _decode(path: Path, what: str, max_pixels: int | None) -> np.ndarray:
     budget = max_image_pixels(max_pixels)
     pixels = _declared_pixels(path, what)
     if pixels > budget:
-        raise ValueError(
+        raise InputError(
             f"{what} {path} declares {pixels:,} pixels, more than the budget of {budget:,}; refused before decoding "
             f"(raise the budget with the environment variable {MAX_IMAGE_PIXELS_ENV} if the image is genuine)"
         )
@@ -181,17 +183,17 @@ def _decode(path: Path, what: str, max_pixels: int | None) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # within our budget
             return np.asarray(io.imread(path))
     except MemoryError:
-        raise ValueError(f"{what} {path} ({pixels:,} pixels) does not fit in memory; lower "
+        raise InputError(f"{what} {path} ({pixels:,} pixels) does not fit in memory; lower "
                          f"{MAX_IMAGE_PIXELS_ENV} or free memory") from None
     except OSError as err:
         if err.errno is not None:  # the file system's error (gone, permissions), not the decoder's
             raise _open_error(err, path, what) from None
-        raise ValueError(f"cannot read {what} {path}: {_one_line(err)}; remove or replace the file") from None
+        raise InputError(f"cannot read {what} {path}: {_one_line(err)}; remove or replace the file") from None
     except Exception as err:  # decoders raise many types for a corrupt file
         if type(err).__name__ == "DecompressionBombError":
-            raise ValueError(f"{what} {path} ({pixels:,} pixels) is over Pillow's own limit; raise "
+            raise InputError(f"{what} {path} ({pixels:,} pixels) is over Pillow's own limit; raise "
                              "PIL.Image.MAX_IMAGE_PIXELS as well as the budget to read it") from None
-        raise ValueError(f"cannot read {what} {path}: {_one_line(err)}; remove or replace the file") from None
+        raise InputError(f"cannot read {what} {path}: {_one_line(err)}; remove or replace the file") from None
 
 
 def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
@@ -209,10 +211,10 @@ def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         out = array.astype(np.float32)
         if not np.isfinite(out).all():
-            raise ValueError(f"image {path} holds NaN or infinite values")
+            raise InputError(f"image {path} holds NaN or infinite values")
         np.clip(out, 0.0, 1.0, out=out)
         return out
-    raise ValueError(f"image {path} has unsupported pixel type {array.dtype}")
+    raise InputError(f"image {path} has unsupported pixel type {array.dtype}")
 
 
 def read_image(path: str | os.PathLike, channels: int = 1, *, max_pixels: int | None = None) -> np.ndarray:
@@ -248,7 +250,7 @@ def read_image(path: str | os.PathLike, channels: int = 1, *, max_pixels: int | 
     from skimage import color
 
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+        raise InputError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     path = Path(path)
     array = _decode(path, "image", max_pixels)
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
@@ -256,7 +258,7 @@ def read_image(path: str | os.PathLike, channels: int = 1, *, max_pixels: int | 
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (2, 3, 4)):
-        raise ValueError(f"image {path} has shape {array.shape}; expected a 2-D gray or an RGB(A) image")
+        raise InputError(f"image {path} has shape {array.shape}; expected a 2-D gray or an RGB(A) image")
     # Drop alpha before converting (views), so that only the channels kept become float32.
     if array.ndim == 3 and array.shape[-1] == 2:  # gray + alpha
         array = array[..., 0]
@@ -278,7 +280,7 @@ def check_binary_mask(mask: np.ndarray, path: str | os.PathLike = "<array>") -> 
     values = np.unique(mask)
     if values.size > 2 or (values.size == 2 and values[0] != 0):
         shown = ", ".join(str(v) for v in values[:6]) + (" ..." if values.size > 6 else "")
-        raise ValueError(
+        raise InputError(
             f"mask {path} is not binary: it holds {values.size} distinct values ({shown}); "
             "masks must be 0 for good pixels and one nonzero value for defects"
         )
@@ -300,7 +302,7 @@ def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None, *,
     check_binary_mask(array, path)
     mask = array != 0
     if shape is not None and tuple(mask.shape) != tuple(shape[:2]):
-        raise ValueError(
+        raise InputError(
             f"mask {path} is {mask.shape[0]}x{mask.shape[1]} but its image is {shape[0]}x{shape[1]}; "
             "masks must have the size of their image"
         )
@@ -311,7 +313,7 @@ def read_test_masks(paths: Sequence[str | os.PathLike | None], images: Sequence[
     """Ground-truth masks of test images: each path read by :func:`read_mask` at its image's size,
     an all-False mask where the path is ``None`` (a defect-free test image)."""
     if len(paths) != len(images):
-        raise ValueError(f"{len(paths)} mask paths but {len(images)} images")
+        raise InputError(f"{len(paths)} mask paths but {len(images)} images")
     return [np.zeros(np.shape(image)[:2], bool) if path is None else read_mask(path, shape=np.shape(image)[:2])
             for path, image in zip(paths, images)]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from tfssim.data.io import IMAGE_SUFFIXES, list_images
+from tfssim.errors import InputError
 
 __all__ = [
     "DatasetSplit", "LAYOUTS", "MASK_SUFFIXES", "detect_layout", "find_mask", "load_dataset", "load_folder",
@@ -53,7 +54,7 @@ class DatasetSplit:
 def _split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """Seeded split that always keeps at least one training image."""
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"validation fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"validation fraction must be in [0, 1), got {val_fraction}")
     if len(paths) < 2 or val_fraction == 0:
         return list(paths), []
     count = min(len(paths) - 1, max(1, round(len(paths) * val_fraction)))
@@ -97,13 +98,13 @@ def find_mask(mask_dir: str | os.PathLike, image: str | os.PathLike,
 def _match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
     """The mask of every image in ``mask_dir``; ``ValueError`` naming the first image without one."""
     if not mask_dir.is_dir():
-        raise ValueError(f"no ground-truth folder {mask_dir} for the test images in {images[0].parent}")
+        raise InputError(f"no ground-truth folder {mask_dir} for the test images in {images[0].parent}")
     index = mask_index(mask_dir)
     matched = []
     for image in images:
         found = find_mask(mask_dir, image, index)
         if found is None:
-            raise ValueError(f"no mask for test image {image} in {mask_dir} (looked for {mask_names(image)})")
+            raise InputError(f"no mask for test image {image} in {mask_dir} (looked for {mask_names(image)})")
         matched.append(found)
     return matched
 
@@ -118,7 +119,7 @@ def load_nanotwice(root: str | os.PathLike) -> DatasetSplit:
     root = Path(root)
     normal = list_images(root / "Normal")
     if len(normal) < 2:
-        raise ValueError(f"{root / 'Normal'} needs at least 2 images (train + validation), found {len(normal)}")
+        raise InputError(f"{root / 'Normal'} needs at least 2 images (train + validation), found {len(normal)}")
     test = list_images(root / "Anomalous" / "images")
     masks = _match_masks(test, root / "Anomalous" / "gt")
     return DatasetSplit("nanotwice", root, normal[:-1], normal[-1:], test, list(masks), ["defect"] * len(test))
@@ -210,7 +211,7 @@ def load_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 
         if type_dir.name == "good":
             masks.extend([None] * len(images))
         elif gt_dir is None:
-            raise ValueError(
+            raise InputError(
                 f"test images in the defect folder {type_dir} need ground-truth masks, but {root} has no "
                 f"ground_truth/ folder (looked for {mask_names(images[0])} of {images[0]})"
             )
@@ -237,7 +238,7 @@ def _refuse_stray_masks(gt_dir: Path, test_root: Path, masks: list[Path | None])
         candidates.extend(mask_index(sub).values())
     stray = [str(p.relative_to(gt_dir)) for p in candidates if p not in used]
     if stray:
-        raise ValueError(
+        raise InputError(
             f"{len(stray)} mask(s) in {gt_dir} fit no image in {test_root}: {', '.join(stray[:5])}"
             f"{' ...' if len(stray) > 5 else ''}; a test image <stem> takes the mask "
             f"{' or '.join(f'<stem>{s}' for s in MASK_SUFFIXES)} (any image extension) in {gt_dir.name}/, "
@@ -267,4 +268,4 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto", val_fraction: fl
         return load_mvtec(root, val_fraction, seed)
     if layout == "folder":
         return load_folder(root, val_fraction, seed)
-    raise ValueError(f"unknown dataset layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
+    raise InputError(f"unknown dataset layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")

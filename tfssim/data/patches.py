@@ -14,6 +14,7 @@ import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow,
 import tensorflow as tf
 
 from tfssim.data.sampling import image_probabilities
+from tfssim.errors import InputError
 
 __all__ = ["patch_dataset", "steps_per_epoch", "fixed_patches", "validate_images"]
 
@@ -27,20 +28,20 @@ def validate_images(images: Sequence[np.ndarray], patch_size: int) -> int:
         Empty list, wrong rank, mixed channel counts, or an image smaller than the patch.
     """
     if len(images) == 0:
-        raise ValueError("no images to draw patches from; give at least one defect-free image")
+        raise InputError("no images to draw patches from; give at least one defect-free image")
     if patch_size < 1:
-        raise ValueError(f"patch size must be positive, got {patch_size}")
+        raise InputError(f"patch size must be positive, got {patch_size}")
     channels = None
     for i, image in enumerate(images):
         shape = np.shape(image)
         if len(shape) != 3:
-            raise ValueError(f"image {i} has shape {shape}; expected [height, width, channels]")
+            raise InputError(f"image {i} has shape {shape}; expected [height, width, channels]")
         if channels is None:
             channels = shape[2]
         elif shape[2] != channels:
-            raise ValueError(f"image {i} has {shape[2]} channels but image 0 has {channels}; convert all to gray or all to RGB")
+            raise InputError(f"image {i} has {shape[2]} channels but image 0 has {channels}; convert all to gray or all to RGB")
         if shape[0] < patch_size or shape[1] < patch_size:
-            raise ValueError(
+            raise InputError(
                 f"image {i} is {shape[0]}x{shape[1]}, smaller than the {patch_size}x{patch_size} patch; "
                 "use a smaller --patch-size or larger images"
             )
@@ -122,7 +123,7 @@ def patch_dataset(
     """
     channels = validate_images(images, patch_size)
     if batch_size < 1 or patches_per_epoch < 1 or start_batch < 0:
-        raise ValueError("batch_size and patches_per_epoch must be >= 1 and start_batch >= 0")
+        raise InputError("batch_size and patches_per_epoch must be >= 1 and start_batch >= 0")
     heights = np.array([img.shape[0] for img in images], np.int32)
     widths = np.array([img.shape[1] for img in images], np.int32)
     # All images in one flat buffer, unpadded, as 8-/16-bit codes when that is exact (see

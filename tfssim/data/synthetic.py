@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfssim.errors import InputError
+
 __all__ = [
     "checkerboard", "checkerboard_patches", "defective_checkerboard", "SyntheticDataset",
     "texture_dataset", "add_defects", "write_dataset", "TEXTURES",
@@ -83,7 +85,7 @@ def _load_texture(name: str) -> np.ndarray:
     from skimage import color, data
 
     if name not in TEXTURES:
-        raise ValueError(f"unknown texture {name!r}; choose one of {', '.join(TEXTURES)}")
+        raise InputError(f"unknown texture {name!r}; choose one of {', '.join(TEXTURES)}")
     image = np.asarray(getattr(data, name)())
     if image.ndim == 3:
         image = color.rgb2gray(image[..., :3])
@@ -144,7 +146,7 @@ def texture_dataset(name: str = "brick", n_val: int = 2, n_test: int = 6, test_s
     held_out = texture[320:]
     th, tw = test_size
     if held_out.shape[0] < th or held_out.shape[1] < tw:
-        raise ValueError(f"test size {test_size} does not fit the {held_out.shape} held-out part of {name}")
+        raise InputError(f"test size {test_size} does not fit the {held_out.shape} held-out part of {name}")
 
     def crop() -> np.ndarray:
         y = rng.integers(0, held_out.shape[0] - th + 1)

@@ -25,6 +25,7 @@ from tfssim import losses
 from tfssim.models.cae import ENCODER_LAYERS, build_autoencoder, build_decoder, build_encoder, validate_architecture
 from tfssim.models.features import WeightsUnavailableError, build_feature_extractor, extract_features
 from tfssim.models.vae import VariationalAutoencoder, reconstruction_nll
+from tfssim.errors import InputError
 
 __all__ = [
     "ENCODER_LAYERS", "MODEL_KINDS", "ModelSpec", "VariationalAutoencoder", "build_autoencoder",
@@ -106,7 +107,7 @@ def get_spec(kind: str) -> ModelSpec:
     try:
         return _SPECS[kind]
     except KeyError:
-        raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}") from None
+        raise InputError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}") from None
 
 
 def build_model(kind: str, patch_size: int = 128, channels: int = 1, latent_dim: int = 100, **kwargs: Any) -> keras.Model:
@@ -126,6 +127,6 @@ def kind_of(model: keras.Model) -> str:
     for kind in ("ssim", "l2", "fm"):
         if model.name == f"{kind}_autoencoder":
             return kind
-    raise ValueError(
+    raise InputError(
         f"cannot tell the kind of model {model.name!r}; pass it explicitly (one of {', '.join(MODEL_KINDS)})"
     )

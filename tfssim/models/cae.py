@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import keras  # plain Keras 3, no TensorFlow: scripts/train_any_backend.py builds it on JAX/PyTorch
 
+from tfssim.errors import InputError
+
 __all__ = ["ENCODER_LAYERS", "build_encoder", "build_decoder", "build_autoencoder", "validate_architecture"]
 
 # (name, filters, kernel, stride) of the paper's encoder for 128x128 input; Conv9's kernel is
@@ -28,14 +30,14 @@ _INIT = "he_normal"
 def validate_architecture(patch_size: int, channels: int, latent_dim: int) -> None:
     """Raise ``ValueError`` unless the three sizes define a valid paper autoencoder."""
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 16 or patch_size % 16:
-        raise ValueError(
+        raise InputError(
             f"patch size must be a multiple of 16 (the encoder halves it four times), got {patch_size!r}; "
             "the paper uses 32, 64 or 128"
         )
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+        raise InputError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-        raise ValueError(f"latent dimension d must be a positive integer, got {latent_dim!r}")
+        raise InputError(f"latent dimension d must be a positive integer, got {latent_dim!r}")
 
 
 def _leaky(name: str) -> keras.layers.Layer:

@@ -8,6 +8,8 @@ from typing import Any, Iterator
 import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
 
+from tfssim.errors import InputError
+
 __all__ = ["build_feature_extractor", "extract_features", "BACKBONES", "WeightsUnavailableError"]
 
 BACKBONES = ("vgg16", "vgg19")
@@ -32,7 +34,7 @@ def _backbone(name: str, weights: str | None) -> keras.Model:
     ctor = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}[name]
     local = weights is not None and weights != "imagenet"
     if local and not os.path.isfile(weights):
-        raise ValueError(
+        raise InputError(
             f"feature-extractor weights file {weights!r} does not exist; pass an existing "
             f"{name} weights file with --weights FILE, or 'imagenet' to download them"
         )
@@ -54,7 +56,7 @@ def _backbone(name: str, weights: str | None) -> keras.Model:
             model.load_weights(weights)
         except Exception as err:
             reason = " ".join(str(err).split())
-            raise ValueError(
+            raise InputError(
                 f"cannot load {name} weights from {weights!r} ({type(err).__name__}: {reason}); pass a file saved "
                 f"from keras.applications.{name.upper()}(include_top=False) with --weights FILE"
             ) from err
@@ -81,16 +83,16 @@ def build_feature_extractor(
         WeightsUnavailableError: the ImageNet weights could not be downloaded.
     """
     if backbone not in BACKBONES:
-        raise ValueError(f"unknown feature-extractor backbone {backbone!r}; choose one of {BACKBONES}")
+        raise InputError(f"unknown feature-extractor backbone {backbone!r}; choose one of {BACKBONES}")
     if num_conv_layers < 1:
-        raise ValueError(f"num_conv_layers must be >= 1, got {num_conv_layers}")
+        raise InputError(f"num_conv_layers must be >= 1, got {num_conv_layers}")
     # F always computes in float32: under a mixed policy its features (squared differences of
     # activations in the hundreds) would lose precision or overflow in float16.
     with _float32_policy():
         base = _backbone(backbone, weights)
         convs = [layer for layer in base.layers if isinstance(layer, keras.layers.Conv2D)]
         if num_conv_layers > len(convs):
-            raise ValueError(f"{backbone} has only {len(convs)} conv layers, asked for {num_conv_layers}")
+            raise InputError(f"{backbone} has only {len(convs)} conv layers, asked for {num_conv_layers}")
         last = convs[num_conv_layers - 1]
         extractor = keras.Model(base.inputs, last.output, name=f"{backbone}_first{num_conv_layers}")
     extractor.trainable = False
@@ -107,6 +109,6 @@ def extract_features(extractor: keras.Model, images: Any) -> Any:
     if x.shape[-1] == 1:
         x = keras.ops.repeat(x, 3, axis=-1)
     elif x.shape[-1] != 3:
-        raise ValueError(f"the feature extractor needs 1 or 3 channels, got images of shape {x.shape}")
+        raise InputError(f"the feature extractor needs 1 or 3 channels, got images of shape {x.shape}")
     x = x[..., ::-1] * 255.0 - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype="float32")
     return extractor(x)

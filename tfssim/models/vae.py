@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from tfssim.models.cae import build_decoder, build_encoder, validate_architecture
+from tfssim.errors import InputError
 
 __all__ = ["VariationalAutoencoder", "reconstruction_nll"]
 
@@ -74,9 +75,9 @@ class VariationalAutoencoder(keras.Model):
         super().__init__(**kwargs)
         validate_architecture(patch_size, channels, latent_dim)
         if not observation_std > 0:
-            raise ValueError(f"observation_std must be positive, got {observation_std}")
+            raise InputError(f"observation_std must be positive, got {observation_std}")
         if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+            raise InputError(f"num_samples must be >= 1, got {num_samples}")
         self.patch_size = patch_size
         self.channels = channels
         self.latent_dim = latent_dim

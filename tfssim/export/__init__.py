@@ -1,0 +1,322 @@
+"""Export a trained model as a TensorFlow Serving SavedModel that maps whole images to anomaly maps.
+
+Layout (TensorFlow Serving's): ``<output_root>/<name>/<version>/`` with ``saved_model.pb``,
+``variables/``, ``assets/tfssim.json`` (metadata for the post-processor) and
+``assets.extra/tf_serving_warmup_requests``. The export is built in a hidden temporary folder
+beside its destination (``.<version>.partial-*``, which TF Serving ignores: not an integer) and
+renamed into place only when complete; an existing version is never overwritten. A version chosen
+automatically (no ``version``) that a concurrent export takes meanwhile becomes the next free one.
+Such a folder left by a killed export is removed by a later export of the same model once it is
+provably dead: the process recorded in it no longer runs, or (where that cannot be told) it is
+older than :data:`PARTIAL_MAX_AGE_S`.
+
+Signatures (each takes one image, ``[H, W, C]`` or ``[1, H, W, C]``, ``H, W >= patch``; a
+SavedModel signature cannot have optional inputs, so the default stride has its own ones):
+
+* ``serving_default``: ``image`` uint8 (0..255), stride fixed at export time;
+* ``serve_float``: ``image`` float32 in [0, 1], the same stride;
+* ``serve_with_stride``: ``image`` float32 in [0, 1] and ``stride`` int32 scalar in ``[1, patch]``.
+
+Outputs, all float32 at the input's size: ``reconstruction [H, W, C]``, ``anomaly_map [H, W]``
+and, for SSIM models, ``luminance_map``, ``contrast_map`` and ``structure_map`` (``1 -`` each
+SSIM component). Tiling, chunked reconstruction, overlap averaging and the residual map all
+run inside the graph (:mod:`tfssim.tiling`, :mod:`tfssim.scoring`); a bad request (wrong rank,
+batch, channel count, an image smaller than the patch, a stride out of range, float values
+outside [0, 1]) fails with ``INVALID_ARGUMENT`` and a readable message.
+
+The package, by seam: :mod:`~tfssim.export.source` (loading a run folder or ``.keras`` file, its
+checkpoint), :mod:`~tfssim.export.graph` (the serving functions), :mod:`~tfssim.export.layout`
+(versions, the no-replace rename, partial folders) and :mod:`~tfssim.export.warmup` (the warm-up
+file); :func:`export_model` ties them together.
+
+Example:
+    >>> path = export_model("runs/nanotwice_ssim", name="nanotwice", stride=30)
+    >>> fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    >>> fn(image=tf.constant(uint8_image))["anomaly_map"]
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfssim import __version__, scoring, tiling
+from tfssim._io import atomic_write_json
+from tfssim.export.graph import SIGNATURES, VAE_SEED, _model_geometry, _Scorer
+from tfssim.export.layout import (
+    MAX_VERSION,
+    MAX_VERSION_RETRIES,
+    PARTIAL_MAX_AGE_S,
+    _check_name,
+    _move_into_place,
+    _record_owner,
+    _remove_dead_partials,
+    next_version,
+)
+from tfssim.export.source import (
+    RUN_LOCK_FILE,
+    _report_checkpoint,
+    checkpoint_info,
+    describe_checkpoint,
+    load_for_export,
+    training_running,
+)
+from tfssim.export.warmup import WARMUP_FILE, _write_warmup, warmup_record
+from tfssim.metadata import METADATA_FILE, ExportMetadata  # one definition of the file and its keys (no TF)
+from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
+from tfssim.ssim import validate_window
+from tfssim.tiling import DEFAULT_CHUNK
+from tfssim.errors import InputError, input_checks
+
+__all__ = [
+    "export_model",
+    "read_metadata",
+    "update_threshold",
+    "next_version",
+    "load_for_export",
+    "warmup_record",
+    "METADATA_FILE",
+    "WARMUP_FILE",
+    "SIGNATURES",
+    "checkpoint_info",
+    "describe_checkpoint",
+    "training_running",
+    "RUN_LOCK_FILE",
+    "MAX_VERSION",
+    "MAX_VERSION_RETRIES",
+    "PARTIAL_MAX_AGE_S",
+]
+
+logger = logging.getLogger(__name__)
+DEFAULT_SSIM = {"window_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0,
+                "alpha": 1.0, "beta": 1.0, "gamma": 1.0, "weighting": "gaussian"}
+# Metadata entries that describe the exported graph: export_model's extra_metadata may not set them.
+GRAPH_METADATA_KEYS = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride",
+                       "chunk_size", "ssim", "ssim_padding", "vae_samples", "vae_seed", "observation_std",
+                       "map_sigma", "input_name", "uint8_scale", "float_signature", "stride_signature",
+                       "signatures", "outputs", "output_shapes", "jit_compile")
+
+
+def export_model(
+    model_or_path: str | os.PathLike | keras.Model,
+    output_root: str | os.PathLike = "exported_models",
+    name: str = "tfssim",
+    version: int | None = None,
+    stride: int = 30,
+    kind: str | None = None,
+    ssim_kwargs: dict[str, Any] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    training_config: dict[str, Any] | None = None,
+    threshold: float | None = None,
+    *,
+    vae_samples: int | None = None,
+    jit_compile: bool = False,
+    ssim_overrides: dict[str, Any] | None = None,
+    map_sigma: float = 0.0,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a TF Serving SavedModel of a trained model; return the version folder.
+
+    Args:
+        model_or_path: A ``tfssim-train`` run folder (``best.keras`` preferred), a ``.keras``
+            file or a ``keras.Model``.
+        output_root: Folder of exported models: the export goes to ``output_root/name/version``.
+        name: Model name (TF Serving's ``--model_name``), a plain folder name.
+        version: Positive integer version; default the next free one (if another export takes
+            that one while this one is built, the next free one then, up to
+            :data:`MAX_VERSION_RETRIES` times). An existing explicit version raises.
+        stride: Default tiling stride of the signatures, ``1 <= stride <= patch`` (paper: 30 for 128).
+        kind: ``"ssim"``, ``"l2"``, ``"vae"`` or ``"fm"``; default from the run folder or the model.
+        ssim_kwargs: SSIM parameters of the anomaly map; default those of training (run
+            folder, else the ``.keras`` file's compiled ``SSIMLoss``, else the paper's).
+        chunk_size: Tiles per model call inside the graph (bounds memory; see the benchmark).
+        training_config: Stored in the metadata (default: the run folder's).
+            The metadata's ``checkpoint`` records the file and epoch taken (see
+            :func:`load_for_export`); exporting a run folder whose training still holds its
+            lock logs a warning.
+        threshold: A calibrated threshold to store (see :func:`update_threshold`).
+        vae_samples: VAE posterior samples per pixel score (default: training's or the model's).
+            The VAE's noise is drawn with seed 0 (metadata ``vae_seed``) for every chunk of
+            ``chunk_size`` tiles, so a VAE's maps are deterministic for one export but depend
+            on ``chunk_size`` and the image's tiling: compare VAE maps only across exports
+            with the same chunk size.
+        ssim_overrides: SSIM parameters to change after the defaults above are resolved, e.g.
+            ``{"weighting": "uniform"}`` to score with plain patch means (the paper's SSIM
+            definition) a model trained with ``tf.image.ssim``'s Gaussian window.
+        map_sigma: Gaussian smoothing (standard deviation in pixels) of every served map,
+            inside the graph (:func:`tfssim.scoring.smooth_map`); 0 (default) serves the maps
+            as the paper computes them. Recorded in the metadata as ``map_sigma``, so a
+            threshold calibrated on this export applies to the smoothed maps.
+        jit_compile: Compile the model call with XLA. Off by default: TensorFlow Serving
+            refuses XLA-compiled graphs on CPU unless started with
+            ``--xla_cpu_compilation_enabled``.
+        extra_metadata: More metadata entries, written with the version (e.g. the
+            post-processing and ``tuned`` record of :func:`tfssim.tuning.write_tuned_export`);
+            entries that describe the graph (:data:`GRAPH_METADATA_KEYS`) are refused.
+
+    Returns:
+        The version folder ``output_root/name/version``.
+
+    Raises:
+        FileExistsError: the version exists. FileNotFoundError: ``model_or_path`` does not.
+        ValueError: bad arguments or model.
+    """
+    _check_name(name)
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
+        raise InputError(f"stride must be an integer, got {stride!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise InputError(f"chunk size must be a positive integer, got {chunk_size!r}")
+    if threshold is not None and not math.isfinite(float(threshold)):
+        raise InputError(f"threshold must be a finite number, got {threshold!r}")
+    stride, chunk_size = int(stride), int(chunk_size)
+    if isinstance(model_or_path, keras.Model):
+        model, info = model_or_path, {}
+    else:
+        model, info = load_for_export(model_or_path)
+        _report_checkpoint(model_or_path, info.get("checkpoint") or {})
+    kind = kind or info.get("kind") or kind_of(model)
+    if kind not in MODEL_KINDS:
+        raise InputError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    residual = get_spec(kind).residual
+    if residual == "vae" and not isinstance(model, VariationalAutoencoder):
+        raise InputError(f"kind 'vae' needs a tfssim VariationalAutoencoder, got {type(model).__name__}")
+    patch_size, channels = _model_geometry(model)
+    tiling.check_tiling(patch_size, stride)
+    ssim_params = dict(DEFAULT_SSIM)
+    ssim_params.update(ssim_kwargs if ssim_kwargs is not None else (info.get("ssim") or {}))
+    ssim_params.update(ssim_overrides or {})
+    unknown = set(ssim_params) - set(scoring.SSIM_KEYS)
+    if unknown:
+        raise InputError(f"unknown SSIM parameter(s) {sorted(unknown)}; expected some of {', '.join(scoring.SSIM_KEYS)}")
+    with input_checks():  # tfssim.ssim / tfssim.scoring raise ValueError: here, checks of the arguments
+        validate_window(ssim_params["window_size"], ssim_params["sigma"], ssim_params["weighting"])
+    if ssim_params["window_size"] > patch_size:
+        raise InputError(f"SSIM window {ssim_params['window_size']} is larger than the {patch_size}-pixel patch")
+    if vae_samples is None:
+        vae_samples = info.get("vae_samples") or getattr(model, "num_samples", 10)
+    vae_samples = int(vae_samples)
+    if vae_samples < 1:
+        raise InputError(f"vae_samples must be >= 1, got {vae_samples}")
+    with input_checks():
+        map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
+    clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
+    if clash:
+        raise InputError(f"extra metadata may not set {clash}: they describe the exported graph")
+
+    model_root = Path(output_root) / name
+    auto_version = version is None
+    version = next_version(model_root) if auto_version else version
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 1 <= version <= MAX_VERSION:
+        raise InputError(f"version must be an integer from 1 to {MAX_VERSION} (TF Serving's int64), got {version!r}")
+    version = int(version)
+    destination = model_root / str(version)
+    if destination.exists() or destination.is_symlink():
+        raise FileExistsError(
+            f"{destination} already exists; exports are never overwritten (omit --version for the next free one)"
+        )
+    model_root.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(model_root)
+
+    scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params, vae_samples, jit_compile,
+                     map_sigma)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    any_image = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
+    archive.add_endpoint("serving_default", scorer.serve_uint8, input_signature=[any_image(tf.uint8)])
+    archive.add_endpoint("serve_float", scorer.serve_float, input_signature=[any_image(tf.float32)])
+    archive.add_endpoint("serve_with_stride", scorer.serve_with_stride,
+                         input_signature=[any_image(tf.float32), tf.TensorSpec([], tf.int32, name="stride")])
+
+    outputs = ["reconstruction", "anomaly_map"]
+    if residual == "ssim":
+        outputs += ["luminance_map", "contrast_map", "structure_map"]
+    metadata = {
+        "format": 1,
+        "name": name, "version": version, "kind": kind, "residual": residual,
+        "patch_size": patch_size, "channels": channels, "stride": stride, "chunk_size": chunk_size,
+        "ssim": ssim_params if residual == "ssim" else None,
+        "ssim_padding": "same (mirror, tfssim.ssim padding='same')" if residual == "ssim" else None,
+        "vae_samples": vae_samples if residual == "vae" else None,
+        "vae_seed": VAE_SEED if residual == "vae" else None,
+        "observation_std": float(model.observation_std) if residual == "vae" else None,
+        "map_sigma": map_sigma,
+        "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
+        "threshold": None if threshold is None else float(threshold), "threshold_fpr": None,
+        "opening_diameter": 4, "convex_hull": True,
+        "input_name": "image", "uint8_scale": 1 / 255, "float_signature": "serve_float",
+        "stride_signature": "serve_with_stride", "signatures": SIGNATURES, "outputs": outputs,
+        "output_shapes": {k: ("[H, W, C]" if k == "reconstruction" else "[H, W]") for k in outputs},
+        "jit_compile": bool(jit_compile),
+        "training_config": training_config if training_config is not None else info.get("training_config"),
+        "source": info.get("model_path"), "checkpoint": info.get("checkpoint"),
+        "tfssim_version": __version__, "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    metadata.update(extra_metadata or {})
+    # ExportMetadata is the one definition of every key's type: what is written is checked first
+    # (a bad extra_metadata value fails here, before anything is built). Values JSON cannot hold
+    # (a Path in training_config) are written as strings, as before.
+    metadata = ExportMetadata.from_dict(json.loads(json.dumps(metadata, default=str)),
+                                        source="export metadata").to_dict()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_root))
+    try:
+        _record_owner(tmp)
+        export_dir = tmp / "export"
+        archive.write_out(str(export_dir), verbose=False)
+        (export_dir / "assets").mkdir(exist_ok=True)
+        (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+        _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride)
+        destination = _move_into_place(export_dir, model_root, version, auto=auto_version, metadata=metadata)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("exported %s (%s model, patch %d, stride %d)", destination, kind, patch_size, stride)
+    return destination
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata
+
+
+def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
+    """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
+
+    :func:`tfssim.inference.read_export_metadata`: strict JSON, well-formed values; any fault
+    is one ``ValueError`` naming the file.
+    """
+    from tfssim.inference import read_export_metadata
+
+    return read_export_metadata(export_dir)
+
+
+def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None) -> dict[str, Any]:
+    """Store a calibrated threshold (and the pixel FPR it was set at) in an export's metadata.
+
+    Only ``assets/tfssim.json`` changes; it is rewritten atomically (temporary file + rename),
+    so a reader never sees half a file. Returns the new metadata.
+
+    Raises ``InputError`` for a threshold that is not finite, an ``fpr`` outside (0, 1), or
+    metadata that :func:`read_metadata` refuses (the file is left as it is).
+    """
+    threshold = float(threshold)
+    if not math.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number, got {threshold!r}")
+    if fpr is not None and not 0 < float(fpr) < 1:
+        raise InputError(f"fpr must be between 0 and 1 (exclusive), got {fpr!r}")
+    path = Path(export_dir) / METADATA_FILE
+    read_metadata(export_dir)  # the file's checks, naming it
+    metadata = ExportMetadata.read(path).replace(threshold=threshold, threshold_fpr=None if fpr is None else float(fpr))
+    values = metadata.to_dict()
+    atomic_write_json(path, values)
+    return values

@@ -1,0 +1,106 @@
+"""The serving graph: the traced functions of every signature around one Keras model.
+
+Tiling, chunked reconstruction, overlap averaging and the residual maps run inside the graph
+(:mod:`tfssim.tiling`, :mod:`tfssim.scoring`); a bad request fails with ``INVALID_ARGUMENT`` and
+a readable message.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfssim import scoring
+from tfssim.models import VariationalAutoencoder
+from tfssim.errors import InputError
+
+SIGNATURES = {
+    "serving_default": {"inputs": {"image": "uint8 [H, W, C] or [1, H, W, C], 0..255"}, "stride": "export default"},
+    "serve_float": {"inputs": {"image": "float32 [H, W, C] or [1, H, W, C], in [0, 1]"}, "stride": "export default"},
+    "serve_with_stride": {"inputs": {"image": "float32 [H, W, C] or [1, H, W, C], in [0, 1]",
+                                     "stride": "int32 scalar, 1 <= stride <= patch_size"}, "stride": "input"},
+}
+# Seed of the VAE's posterior sampling in exported graphs (metadata "vae_seed").
+VAE_SEED = 0
+# Float inputs may stray this far outside [0, 1] (resampling overshoot) before they are refused.
+_FLOAT_TOLERANCE = 1e-3
+
+
+def _model_geometry(model: keras.Model) -> tuple[int, int]:
+    """``(patch_size, channels)`` of a tfssim model."""
+    if isinstance(model, VariationalAutoencoder):
+        return int(model.patch_size), int(model.channels)
+    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if shape is None or shape.__len__() != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] is None:
+        raise InputError(f"model {model.name!r} does not take square [batch, p, p, C] patches (input {shape})")
+    return int(shape[1]), int(shape[3])
+
+
+class _Scorer:
+    """The traced serving functions around one model."""
+
+    def __init__(self, model: keras.Model, residual: str, patch_size: int, channels: int, stride: int,
+                 chunk_size: int, ssim_kwargs: dict[str, Any], vae_samples: int, jit_compile: bool,
+                 map_sigma: float = 0.0) -> None:
+        self.model = model
+        self.residual = residual
+        self.patch_size = patch_size
+        self.channels = channels
+        self.stride = stride
+        self.chunk_size = chunk_size
+        self.ssim_kwargs = ssim_kwargs
+        self.vae_samples = vae_samples
+        self.jit_compile = jit_compile
+        self.map_sigma = map_sigma
+
+    def _prepare(self, image: tf.Tensor) -> tf.Tensor:
+        """Validate one request's image and return it as ``[H, W, C]``."""
+        p, c = self.patch_size, self.channels
+        rank_ok = tf.debugging.assert_rank_in(
+            image, [3, 4], message=f"image must be [height, width, {c}] or [1, height, width, {c}]"
+        )
+        with tf.control_dependencies([rank_ok]):  # nothing below may index a wrong-rank shape first
+            shape = tf.shape(image)
+            checks = [
+                tf.debugging.assert_equal(
+                    tf.logical_or(tf.equal(tf.size(shape), 3), tf.equal(shape[0], 1)), True,
+                    message="send one image per request: a leading batch dimension must be 1",
+                ),
+                tf.debugging.assert_equal(shape[-1], c, message=f"image must have {c} channel(s) (the model's)"),
+                tf.debugging.assert_greater_equal(
+                    tf.reduce_min(shape[-3:-1]), p,
+                    message=f"image height and width must be at least the patch size {p}",
+                ),
+            ]
+        with tf.control_dependencies(checks):
+            return tf.ensure_shape(tf.reshape(image, shape[-3:]), [None, None, c])
+
+    def _in_range(self, image: tf.Tensor) -> tf.Tensor:
+        lo, hi = tf.reduce_min(image), tf.reduce_max(image)
+        check = tf.debugging.assert_equal(
+            tf.logical_and(lo >= -_FLOAT_TOLERANCE, hi <= 1.0 + _FLOAT_TOLERANCE), True,
+            message="float image values must be finite and in [0, 1] (send uint8 0..255 to serving_default)",
+        )
+        with tf.control_dependencies([check]):
+            return tf.clip_by_value(image, 0.0, 1.0)
+
+    def maps(self, image: tf.Tensor, stride: tf.Tensor | int) -> dict[str, tf.Tensor]:
+        """The library's pipeline (:func:`tfssim.scoring.anomaly_maps`), traced into the graph.
+
+        The VAE's noise is seeded with 0 (metadata ``vae_seed``), so its maps are reproducible.
+        """
+        return scoring.anomaly_maps(
+            self.model, image, self.residual, self.patch_size, stride, chunk_size=self.chunk_size,
+            ssim_kwargs=self.ssim_kwargs, vae_samples=self.vae_samples, vae_seed=VAE_SEED,
+            jit_compile=self.jit_compile, map_sigma=self.map_sigma,
+        )
+
+    def serve_uint8(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.maps(tf.cast(self._prepare(image), tf.float32) / 255.0, self.stride)
+
+    def serve_float(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.maps(self._in_range(self._prepare(image)), self.stride)
+
+    def serve_with_stride(self, image: tf.Tensor, stride: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.maps(self._in_range(self._prepare(image)), stride)

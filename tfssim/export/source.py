@@ -1,0 +1,268 @@
+"""What an export is made from: a run folder or ``.keras`` file, its checkpoint and SSIM settings.
+
+:func:`load_for_export` loads the model and what the run recorded; :func:`checkpoint_info`
+says which epoch a checkpoint holds; :func:`training_running` tells (without taking it) whether
+a ``tfssim-train`` still holds the run folder's lock.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from tfssim import scoring
+from tfssim.export.graph import _model_geometry
+from tfssim.training import LOCK_NAME
+from tfssim.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _ssim_from_keras_file(path: Path) -> dict[str, Any] | None:
+    """SSIM parameters of the compiled ``SSIMLoss`` stored in a ``.keras`` file, without loading it.
+
+    Reads the archive's ``config.json`` (``compile_config.loss``) so that nothing is
+    deserialised: a feature-matching loss would otherwise build VGG and download ImageNet weights.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    loss = (config.get("compile_config") or {}).get("loss")
+    if not isinstance(loss, dict) or loss.get("class_name") != "SSIMLoss":
+        return None
+    params = loss.get("config") or {}
+    return {k: params[k] for k in scoring.SSIM_KEYS if k in params} or None
+
+
+def _ssim_from_run_config(record: dict[str, Any]) -> dict[str, Any] | None:
+    """SSIM parameters from a run folder's ``config.json`` (an ``ssim`` dict, or ``ssim_*`` keys)."""
+    if isinstance(record.get("ssim"), dict):
+        return {k: v for k, v in record["ssim"].items() if k in scoring.SSIM_KEYS}
+    for source in (record, record.get("config") or {}):
+        if "ssim_window" in source:
+            params = {"window_size": source["ssim_window"]}
+            for key in ("sigma", "k1", "k2", "weighting"):
+                if f"ssim_{key}" in source:
+                    params[key] = source[f"ssim_{key}"]
+            return params
+    return None
+
+
+# The file tfssim-train holds a lock on while it trains into a run folder (one definition, the trainer's).
+RUN_LOCK_FILE = LOCK_NAME
+
+
+def training_running(run_dir: str | os.PathLike) -> bool | None:
+    """Whether a trainer holds the lock of ``run_dir`` (``RUN_DIR/.tfssim-train.lock``) right now.
+
+    Tests without taking anything a trainer could miss: a non-blocking shared ``flock`` (taken
+    and at once released), and ``F_GETLK`` for a POSIX record lock (``fcntl.lockf``), which
+    takes no lock at all. Either lock held by another process means training is running.
+
+    Returns:
+        ``True`` (held), ``False`` (the lock file exists and nobody holds it) or ``None`` (cannot
+        tell: no lock file, as in run folders from before the lock, or no ``fcntl`` on this
+        system).
+    """
+    import struct
+
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    path = Path(run_dir) / RUN_LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        # struct flock {short l_type, l_whence; off_t l_start, l_len; pid_t l_pid}: would a
+        # write lock on the whole file conflict with a record lock someone holds?
+        query = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        try:
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        except OSError:
+            return None
+        return struct.unpack("@hhqqi4x", answer)[0] != fcntl.F_UNLCK
+    finally:
+        # Only this process's own POSIX locks on the file could be dropped by this close (a
+        # trainer in another process keeps its lock).
+        os.close(fd)
+
+
+def _read_history_rows(path: Path) -> list[dict[str, float]]:
+    import csv
+
+    rows = []
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
+            except ValueError:
+                continue  # a row that is not numbers: not an epoch record
+    return [r for r in rows if "epoch" in r]
+
+
+def checkpoint_info(run_dir: str | os.PathLike, model_path: str | os.PathLike,
+                    record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Which training epoch the model file of a run folder holds, from the run's ``history.csv``.
+
+    ``best.keras`` holds the epoch with the lowest ``val_loss`` (``loss`` without validation
+    images; the first of equal values, as the trainer keeps it); ``final.keras`` holds the last
+    epoch when it is not older than ``history.csv`` (a resumed run still training has written
+    epochs since: then its epoch is unknown).
+
+    Args:
+        run_dir: The run folder.
+        model_path: The model file taken from it (``best.keras`` or ``final.keras``).
+        record: The run's ``config.json`` (for the configured epoch count), if read.
+
+    Returns:
+        ``{"file", "path", "epoch", "monitor", "val_loss", "loss", "epochs_done",
+        "epochs_configured", "training_running"}``; values not known are ``None``.
+        ``training_running`` is :func:`training_running`.
+    """
+    run_dir, model_path = Path(run_dir), Path(model_path)
+    config = (record or {}).get("config") if isinstance((record or {}).get("config"), dict) else (record or {})
+    info: dict[str, Any] = {"file": model_path.name, "path": str(model_path), "epoch": None, "monitor": None,
+                            "val_loss": None, "loss": None, "epochs_done": None,
+                            "epochs_configured": config.get("epochs"), "training_running": training_running(run_dir)}
+    history = run_dir / "history.csv"
+    try:
+        rows = _read_history_rows(history) if history.exists() else []
+    except OSError:
+        rows = []
+    if not rows:
+        return info
+    info["epochs_done"] = int(rows[-1]["epoch"])
+    monitor = "val_loss" if any(math.isfinite(r.get("val_loss", math.nan)) for r in rows) else "loss"
+    info["monitor"] = monitor
+    chosen: dict[str, float] | None = None
+    if model_path.name == "best.keras":
+        scored = [r for r in rows if math.isfinite(r.get(monitor, math.nan))]
+        chosen = min(scored, key=lambda r: r[monitor]) if scored else None  # min keeps the first of equals
+    elif model_path.name == "final.keras":
+        if model_path.stat().st_mtime >= history.stat().st_mtime:
+            chosen = rows[-1]
+    if chosen is not None:
+        info["epoch"] = int(chosen["epoch"])
+        info["val_loss"] = chosen.get("val_loss")
+        info["loss"] = chosen.get("loss")
+    return info
+
+
+def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
+    """One line saying which checkpoint an export took, e.g. ``best.keras: epoch 7 of 10 (val_loss 0.0123, the lowest)``."""
+    line = f"{checkpoint['path']}: "
+    if checkpoint.get("epoch") is None:
+        line += "epoch unknown"
+        if checkpoint.get("file") == "final.keras" and checkpoint.get("epochs_done"):
+            line += f" (history.csv has {checkpoint['epochs_done']} epochs, written after it)"
+    else:
+        total = checkpoint.get("epochs_configured")
+        line += f"epoch {checkpoint['epoch']}" + (f" of {total}" if total else "")
+        if checkpoint.get("epochs_done") is not None:
+            line += f" ({checkpoint['epochs_done']} done"
+            monitor = checkpoint.get("monitor")
+            value = checkpoint.get(monitor) if monitor else None
+            if value is not None:
+                lowest = ", the lowest" if checkpoint.get("file") == "best.keras" else ""
+                line += f"; {monitor} {value:.6g}{lowest}"
+            line += ")"
+    return line
+
+
+def _report_checkpoint(source: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Log which checkpoint an export takes, and warn when the run is still training."""
+    if checkpoint:
+        logger.info("checkpoint: %s", describe_checkpoint(checkpoint))
+    if checkpoint.get("training_running"):
+        logger.warning(
+            "warning: training in %s is still running (%s is locked): this export takes %s as it is now, "
+            "and the run may still improve it; export again when training has finished",
+            source, Path(source) / RUN_LOCK_FILE, checkpoint.get("file"))
+    elif Path(source).is_dir() and checkpoint.get("training_running") is None:
+        logger.info("cannot tell whether training in %s is still running (it has no %s file): if it is, "
+                    "export again when it has finished", source, RUN_LOCK_FILE)
+
+
+def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:
+    """Load a model from a run folder (``best.keras``, else ``final.keras``) or a ``.keras`` file.
+
+    Returns the model (loaded with ``compile=False``: an FM model's loss would otherwise try to
+    download ImageNet weights) and what is known about how it was trained: ``kind``, ``ssim``
+    (parameters), ``training_config``, ``model_path`` where available, and ``checkpoint``:
+    which file and epoch was taken (:func:`checkpoint_info` for a run folder; for a ``.keras``
+    file only its name and path).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: not a run folder or ``.keras`` file, no model in the folder, the model
+            does not load, or the run's config contradicts the model.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist; give a run folder made by tfssim-train or a .keras file")
+    info: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    if source.is_dir():
+        model_path = next((p for p in (source / "best.keras", source / "final.keras") if p.exists()), None)
+        if model_path is None:
+            raise InputError(f"run folder {source} holds neither best.keras nor final.keras; has training finished?")
+        config_path = source / "config.json"
+        if config_path.exists():
+            try:
+                record = json.loads(config_path.read_text())
+            except ValueError as err:
+                raise InputError(f"{config_path} is not valid JSON: {err}") from None
+            config = record.get("config") if isinstance(record.get("config"), dict) else record
+            info["kind"] = record.get("model", config.get("model"))
+            info["ssim"] = _ssim_from_run_config(record)
+            info["training_config"] = config
+            info["vae_samples"] = config.get("vae_samples")
+    elif source.suffix == ".keras":
+        model_path = source
+    else:
+        raise InputError(f"{source} is neither a run folder nor a .keras file")
+    fix = "give a .keras file written by tfssim-train (a run folder's best.keras or final.keras)"
+    if not model_path.is_file() or not zipfile.is_zipfile(model_path):
+        # Keras would say "File not found" about a file that exists but is no .keras zip archive.
+        raise InputError(f"{model_path} is not a readable Keras file (not a .keras zip archive); {fix}")
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
+        detail = " ".join(str(err).split())  # Keras's messages span lines: one line here
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise InputError(f"{model_path} is not a readable Keras file ({type(err).__name__}: {detail}); {fix}") from None
+    if not info.get("ssim"):
+        info["ssim"] = _ssim_from_keras_file(model_path)
+    config = record.get("config") if isinstance(record.get("config"), dict) else record
+    expected = {"patch_size": record.get("patch_size", config.get("patch_size")), "channels": record.get("channels")}
+    for (key, want), have in zip(expected.items(), _model_geometry(model)):
+        if want is not None and int(want) != have:
+            raise InputError(f"{model_path} has {key} {have} but the run's config.json says {want}")
+    info["model_path"] = str(model_path)
+    if source.is_dir():
+        info["checkpoint"] = checkpoint_info(source, model_path, record)
+    else:
+        info["checkpoint"] = {"file": model_path.name, "path": str(model_path), "epoch": None,
+                              "training_running": None}
+    return model, info

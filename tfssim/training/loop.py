@@ -1,0 +1,408 @@
+"""The training loop: :func:`train`, loading the run's images, the banner, the callbacks.
+
+:func:`train` claims the run folder (:mod:`tfssim.training.run_folder`), picks the strategy
+(:mod:`tfssim.training.distribute`) and runs ``model.fit`` (or the multi-worker loop) with the
+run folder's :class:`~tfssim.training.run_folder._RunState` callback writing history, resume
+state and the best model after every epoch, and TensorBoard's.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfssim import __version__, precision
+from tfssim._io import atomic_write, atomic_write_text
+from tfssim.models import get_spec
+from tfssim.training.config import TrainConfig
+from tfssim.training.distribute import (
+    _all_workers,
+    _custom_fit,
+    _from_chief,
+    _is_chief,
+    _make_strategy,
+    _strategy_label,
+    _strategy_name,
+)
+from tfssim.training.run_folder import (
+    _LOCATION_KEYS,
+    CONFIG_NAME,
+    HISTORY_NAME,
+    LOCK_NAME,
+    PROGRESS_NAME,
+    RunExistsError,
+    _check_same_data,
+    _claim_run_folder,
+    _previous_locations,
+    _read_history,
+    _RunState,
+    data_fingerprint,
+)
+from tfssim.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind."""
+
+    run_dir: Path
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_path: Path
+    final_path: Path
+    seconds: float
+    images: dict[str, int] = field(default_factory=dict)
+    chief: bool = True  # False on the other workers of a multi-worker run, which write no files
+
+
+def _load_images(config: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.ndarray], list[str]]:
+    from tfssim import data
+
+    try:
+        split = data.load_dataset(config.data, layout=config.layout, val_fraction=config.val_split, seed=config.seed)
+    except (ValueError, FileNotFoundError) as err:
+        if config.layout == "auto":
+            raise
+        raise InputError(
+            f"{config.data} does not look like a {config.layout} dataset: {err} (check DATA, or use --layout auto "
+            "to detect the layout)"
+        ) from None
+    train, train_paths, bad_train = data.read_images(split.train, config.channels)
+    val, val_paths, bad_val = data.read_images(split.val, config.channels)
+    skipped = [f"{p}: {reason}" for p, reason in bad_train + bad_val]
+    if skipped and not config.skip_bad_images:
+        raise InputError(
+            f"unreadable images in {config.data}: {'; '.join(skipped)} (fix or remove them, or pass --skip-bad-images)"
+        )
+    if not train:
+        raise InputError(f"no readable training images in {config.data} (all were skipped); add readable images")
+    too_small = [(p, img.shape) for p, img in zip(train_paths, train) if min(img.shape[:2]) < config.patch_size]
+    if too_small:
+        smallest = min(min(s[:2]) for _, s in too_small)
+        fits = smallest // 16 * 16
+        hint = f"use --patch-size {fits} or smaller" if fits >= 16 else "use larger images (at least 16x16)"
+        more = f" and {len(too_small) - 5} more" if len(too_small) > 5 else ""
+        raise InputError(
+            f"images smaller than the {config.patch_size}x{config.patch_size} patch: "
+            + ", ".join(f"{p} {s[0]}x{s[1]}" for p, s in too_small[:5])
+            + f"{more}; {hint} (a multiple of 16), or remove those images"
+        )
+    dropped = [f"{p} {v.shape[0]}x{v.shape[1]}" for p, v in zip(val_paths, val) if min(v.shape[:2]) < config.patch_size]
+    if dropped:
+        logger.warning(
+            "validation images smaller than the %dx%d patch are not used: %s", config.patch_size, config.patch_size,
+            ", ".join(dropped),
+        )
+        val = [v for v in val if min(v.shape[:2]) >= config.patch_size]
+        if not val:
+            logger.warning("no validation image is left: best.keras is chosen by the training loss instead")
+    return split, train, val, skipped
+
+
+def _banner(config: TrainConfig, split: Any, train: Sequence[np.ndarray], val: Sequence[np.ndarray],
+            policy: str, strategy: tf.distribute.Strategy, skipped: list[str], initial_epoch: int) -> None:
+    devices = ", ".join(d.name for d in tf.config.list_logical_devices() if d.device_type in ("GPU", "CPU"))
+    pixels = sum(int(np.prod(img.shape[:2])) for img in train)
+    lines = [
+        f"tfssim {__version__} / TensorFlow {tf.__version__} / Keras {keras.__version__}",
+        f"data      {config.data} (layout: {split.layout}): {len(train)} training images ({pixels / 1e6:.2f} Mpx), "
+        f"{len(val)} validation images, {len(split.test)} test images",
+        f"model     {config.model}: {get_spec(config.model).description}"
+        + (f"; SSIM window {config.ssim_window} ({config.ssim_weighting})" if get_spec(config.model).residual == "ssim"
+           else ""),
+        f"patches   {config.patches_per_epoch} of {config.patch_size}x{config.patch_size}x{config.channels} per epoch, "
+        f"batch {config.batch_size}, augment {'on' if config.augment else 'off'}",
+        f"training  {config.epochs} epochs, AdamW lr {config.learning_rate:g}, weight decay {config.weight_decay:g}"
+        + (f", resuming after epoch {initial_epoch}" if initial_epoch else ""),
+        f"devices   {devices}; precision {policy}; strategy {_strategy_label(strategy)}",
+    ]
+    if skipped:
+        lines.append(f"skipped   {len(skipped)} unreadable image(s): " + "; ".join(skipped))
+    for line in lines:
+        logger.info(line)
+
+
+def _versions() -> dict[str, str]:
+    return {"tfssim": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _build_loss(config: TrainConfig) -> keras.losses.Loss:
+    return get_spec(config.model).build_loss(
+        ssim_window=config.ssim_window, fm_weight=config.fm_weight, fm_weights=config.fm_weights,
+        sigma=config.ssim_sigma, k1=config.ssim_k1, k2=config.ssim_k2, weighting=config.ssim_weighting,
+    )
+
+
+def _compile(model: keras.Model, config: TrainConfig, loss: keras.losses.Loss) -> None:
+    optimizer = keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile)
+
+
+def _save_examples(model: keras.Model, config: TrainConfig, patches: np.ndarray, folder: Path) -> None:
+    from tfssim import plots
+    from tfssim.ssim import ssim_maps
+
+    folder.mkdir(exist_ok=True)
+    x = patches[:4]
+    if len(x) == 0:
+        return
+    # A direct call, not predict(): under MultiWorkerMirroredStrategy predict() would distribute
+    # the batch over the workers, and only the chief gets here.
+    recon = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)
+    if config.model == "vae":
+        residual = np.asarray(model.anomaly_map(x, config.vae_samples))
+    elif get_spec(config.model).residual == "ssim":
+        residual = 1.0 - ssim_maps(x, recon, padding="same", **config.ssim_params).ssim.numpy().mean(axis=-1)
+    else:
+        residual = np.mean(np.square(x - recon), axis=-1)
+    plots.plot_examples(list(x), list(recon), list(residual), folder / "examples.png")
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "auto") -> TrainResult:
+    """Train one model as configured and leave a complete run folder.
+
+    Args:
+        config: The run's configuration (validated here).
+        resume: Continue the run in ``config.output`` from its last finished epoch. Without it
+            an existing run folder raises :class:`RunExistsError`.
+        verbose: Keras ``fit`` verbosity, also the multi-worker loop's (``"auto"``: a progress
+            bar on a terminal, one line per epoch otherwise).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad configuration or data (message names the option/path and the fix). Under
+            ``strategy="multiworker"`` a worker whose chief (or another worker) stopped before
+            training raises it too, saying so, instead of waiting for it.
+        RunExistsError: ``config.output`` holds a run and ``resume`` is false.
+        OSError: the run folder cannot be created or written (e.g. no permission).
+        FloatingPointError: the loss (or a weight) became NaN/inf; the last good epoch's state
+            is kept and no final model is written.
+        tfssim.models.WeightsUnavailableError: ``model="fm"`` with ImageNet weights that cannot
+            be downloaded (the message names ``--weights FILE``); nothing is written.
+
+    Side effects on the calling process:
+        * Random seeds: the model is built after ``keras.utils.set_random_seed(config.seed)``,
+          which seeds Python's ``random``, NumPy's global generator and TensorFlow's global seed
+          (and Keras's). That makes the initial weights reproducible; the seeds are not
+          restored afterwards, so random draws after ``train`` returns follow from
+          ``config.seed``. (The patch pipeline has its own index-seeded generators.)
+        * Keras's global dtype policy is set from ``config.mixed_precision`` for the run and
+          restored to the caller's when ``train`` returns or raises.
+        * ``strategy="multiworker"`` starts TensorFlow's collective runtime in this process.
+    """
+    config.validate()
+    # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF work.
+    strategy = _make_strategy(config.strategy)
+    with precision.precision_policy(config.mixed_precision) as policy:
+        # Only the chief writes (and so claims) the run folder.
+        claim = _claim_run_folder(Path(config.output), resume) if _is_chief(strategy) else contextlib.nullcontext()
+        with claim:
+            try:
+                return _train(config, strategy, policy, resume=resume, verbose=verbose)
+            except (MemoryError, tf.errors.ResourceExhaustedError) as err:
+                if any(m in str(err) for m in ("No space left on device", "Disk quota exceeded")):
+                    raise  # TensorFlow reports a full disk this way too: not a memory problem
+                raise OutOfMemoryError(_out_of_memory_line(config, err)) from None
+
+
+class OutOfMemoryError(MemoryError):
+    """Building or training the model needed more memory than the machine has (the message says what to lower)."""
+
+
+def _out_of_memory_line(config: TrainConfig, err: BaseException) -> str:
+    import re
+
+    # TensorFlow's message starts with a function-node name: its "OOM when allocating ..." part says it.
+    oom = re.search(r"OOM when allocating tensor with shape\s*\[[^\]]*\]", str(err))
+    detail = oom.group(0) if oom else (str(err).strip().splitlines() or [type(err).__name__])[0]
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    return (f"out of memory building or training the model (patch size {config.patch_size}, latent dim "
+            f"{config.latent_dim}, batch size {config.batch_size}: {detail or type(err).__name__}); lower "
+            "--batch-size, --latent-dim or --patch-size (or free memory on the device) and train again")
+
+
+def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *, resume: bool,
+           verbose: int | str) -> TrainResult:
+    from tfssim import data, plots
+
+    chief = _is_chief(strategy)
+    run_dir = Path(config.output)
+    if not chief:
+        # Other workers train in lock-step with the chief and write no files (every write below
+        # is the chief's); this path, never created, only stands in for the run folder.
+        import tempfile
+
+        run_dir = Path(tempfile.gettempdir()) / f"tfssim-worker-{os.getpid()}"
+        resume = False
+    progress_path = run_dir / "state" / PROGRESS_NAME
+    config_path = run_dir / CONFIG_NAME
+    # Each block below may fail on one worker only (the run-folder checks are the chief's): every
+    # worker learns of it at the block's end, before the next collective (see _all_workers).
+    with _all_workers(strategy, chief):
+        if resume:
+            if not config_path.exists():
+                raise InputError(
+                    f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
+                )
+            previous = json.loads(config_path.read_text())
+            saved = previous["config"]
+            saved.setdefault("ssim_weighting", "gaussian")  # runs from before the option trained with it
+            # Where the run and its data live is no setting of the run: a copied or moved run
+            # folder resumes, and moved data is compared by its images after they are listed.
+            changed = {k: (saved[k], v) for k, v in config.to_dict().items()
+                       if k in saved and saved[k] != v and k not in ("epochs", *_LOCATION_KEYS)}
+            if changed:
+                raise InputError(
+                    f"--resume with settings that differ from the run in {run_dir}: "
+                    + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                    + f"; repeat the run's settings (see {config_path}; only --epochs may change) or train into a "
+                    "new --output"
+                )
+        elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+            raise RunExistsError(
+                f"run folder {run_dir} already exists and is not empty; pass --resume to continue it or choose "
+                "another --output"
+            )
+
+        split, train_images, val_images, skipped = _load_images(config)
+        fingerprint = _check_same_data(previous, config, split, run_dir) if resume else None
+        initial_epoch, best, weights_path = 0, math.inf, None
+        if resume and progress_path.exists():
+            progress = json.loads(progress_path.read_text())
+            initial_epoch, best = int(progress["epochs_done"]), float(progress["best"])
+            # runs written before progress.json named its weights file used checkpoint.weights.h5
+            weights_path = run_dir / "state" / progress.get("weights", "checkpoint.weights.h5")
+        rows: list[dict[str, Any]] = _read_history(run_dir / HISTORY_NAME)[:initial_epoch]
+        rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
+
+    with _all_workers(strategy, chief):
+        # Built before anything is written: a feature extractor whose weights cannot be loaded or
+        # downloaded fails here and leaves no half-made run folder behind. (Its variables are
+        # created, by the same collective broadcasts on every worker, before the weights load.)
+        with strategy.scope():
+            loss = _build_loss(config)
+
+        _banner(config, split, train_images, val_images, policy, strategy, skipped, initial_epoch)
+        if chief:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            record = {"config": config.to_dict(), "versions": _versions(), "layout": split.layout,
+                      "channels": config.channels, "ssim": config.ssim_params, "patch_size": config.patch_size,
+                      "latent_dim": config.latent_dim, "model": config.model, "precision": policy,
+                      "strategy": _strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
+                      "train_images": [str(p) for p in split.train], "val_images": [str(p) for p in split.val],
+                      "skipped_images": skipped,
+                      "data_fingerprint": fingerprint or data_fingerprint(config.data, split.train, split.val)}
+            if resume:
+                # config.json names where the run lives now; the earlier places stay on record.
+                record["previous_locations"] = _previous_locations(previous, config)
+            atomic_write_text(config_path, json.dumps(record, indent=2))
+
+    with strategy.scope():
+        spec = get_spec(config.model)
+        extra = {"observation_std": config.vae_observation_std, "num_samples": config.vae_samples, "seed": config.seed} \
+            if config.model == "vae" else {}
+        # Seeds the whole process (documented in train()): the initial weights are reproducible.
+        keras.utils.set_random_seed(config.seed)
+        model = spec.build_model(config.patch_size, config.channels, config.latent_dim, **extra)
+        _compile(model, config, loss)
+        # Built here rather than on fit's first step: variables created inside the first call
+        # make TensorFlow trace the training step twice (measured: fit start-up 9.3 -> 4.5 s).
+        model.optimizer.build(model.trainable_variables)
+    with _all_workers(strategy, chief):
+        if initial_epoch:
+            # Outside strategy.scope(): Keras's weight loading and saving create variables (a
+            # throwaway optimizer's iteration and learning_rate), which MultiWorkerMirroredStrategy
+            # would initialise by a broadcast from the chief that the other workers never join.
+            model.load_weights(weights_path)
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multiworker:
+        # Only the chief read the run folder: every worker takes its epoch count and weights.
+        variables = list({id(v): v for v in [*model.variables, *model.optimizer.variables]}.values())
+        epoch_t, *values = _from_chief(strategy, [float(initial_epoch), *variables])
+        initial_epoch = int(epoch_t)
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+
+    steps = data.steps_per_epoch(config.patches_per_epoch, config.batch_size)
+    train_ds = data.patch_dataset(
+        train_images, patch_size=config.patch_size, patches_per_epoch=config.patches_per_epoch,
+        batch_size=config.batch_size, seed=config.seed, augment=config.augment,
+        start_batch=initial_epoch * steps, repeat=True,
+    )
+    val_patches = (
+        data.fixed_patches(val_images, config.patch_size, config.val_patches, seed=config.seed + 1) if val_images else None
+    )
+    state = _RunState(run_dir, rows, best, config.epochs, chief)
+    callbacks: list[keras.callbacks.Callback] = [state]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), update_freq="epoch",
+                                                     profile_batch=0, write_graph=False))
+    if verbose == "auto":
+        verbose = 1 if os.isatty(1) else 2
+    started = time.perf_counter()
+    if initial_epoch < config.epochs and multiworker:
+        # Keras's fit fails under this strategy (keras-team/keras#20585): see _custom_fit. Run
+        # outside strategy.scope(), so that the chief's checkpoint saves (which create variables,
+        # see load_weights above) start no collective broadcast.
+        _custom_fit(model, strategy, train_ds, val_patches, batch_size=config.batch_size, epochs=config.epochs,
+                    initial_epoch=initial_epoch, steps=steps, callbacks=callbacks,
+                    verbose=verbose if chief else 0, jit_compile=config.jit_compile)
+    elif initial_epoch < config.epochs:
+        with strategy.scope():
+            model.fit(
+                train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                validation_data=(val_patches, val_patches) if val_patches is not None else None,
+                validation_batch_size=config.batch_size,
+                callbacks=callbacks, verbose=verbose, shuffle=False,
+            )
+    seconds = time.perf_counter() - started
+    if state.nan_epoch is not None:
+        fix = f"lower --learning-rate (was {config.learning_rate:g})" + (
+            " or use --mixed-precision off" if policy != "float32" else ""
+        )
+        if not chief:
+            kept = "the chief's run folder keeps the last good state, if an epoch finished"
+        elif state.rows:
+            kept = (f"the last good state (epoch {len(state.rows)}) is kept: {run_dir / 'best.keras'}, "
+                    f"{run_dir / 'state'} and {run_dir / HISTORY_NAME}")
+        else:
+            kept = "no epoch finished, so no model was kept"
+        raise FloatingPointError(
+            f"the loss became NaN or infinite in epoch {state.nan_epoch} and training stopped; {kept}; "
+            f"{fix} and train into a new --output"
+        )
+
+    history = {k: [float(r[k]) for r in state.rows] for k in (state.rows[0] if state.rows else {}) if k != "epoch"}
+    final_path, best_path = run_dir / "final.keras", run_dir / "best.keras"
+    if chief:
+        atomic_write(final_path, model.save)
+        if not best_path.exists():
+            atomic_write(best_path, model.save)
+        if state.rows:
+            plots.plot_training_curves({k: v for k, v in history.items() if "loss" in k}, run_dir / "training_curves.png")
+        examples = val_patches if val_patches is not None else data.fixed_patches(train_images, config.patch_size, 4, seed=config.seed + 2)
+        _save_examples(model, config, examples, run_dir / "examples")
+        logger.info("run folder %s: final.keras, best.keras, history.csv, training_curves.png (%.1f s)", run_dir, seconds)
+    else:
+        logger.info("worker done (%.1f s); the chief wrote the run folder", seconds)
+    return TrainResult(run_dir, history, len(state.rows), best_path, final_path, seconds,
+                       {"train": len(train_images), "val": len(val_images)}, chief)
