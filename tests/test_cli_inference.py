@@ -19,7 +19,6 @@ from tfssim.cli.predict import main as predict_cli
 from tfssim.errors import InputError
 from tfssim.inference import ExportedModel
 
-
 # The fixtures `dataset` and `exports` (tiny, built once per session) are in conftest.py.
 
 

@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import click
 from click.testing import CliRunner, Result
 from skimage import io
 

@@ -76,7 +76,7 @@ def test_paper_table_shapes_and_parameter_count(capsys):
     conv9 = encoder.get_layer("conv9")
     assert (conv9.kernel_size, conv9.padding) == ((8, 8), "valid")
     # LeakyReLU(0.2) after every encoder layer but the latent
-    slopes = [l.negative_slope for l in encoder.layers if isinstance(l, keras.layers.LeakyReLU)]
+    slopes = [layer.negative_slope for layer in encoder.layers if isinstance(layer, keras.layers.LeakyReLU)]
     assert len(slopes) == 8 and np.allclose(slopes, 0.2)
     assert isinstance(encoder.layers[-1], keras.layers.Conv2D)
 

@@ -76,7 +76,7 @@ def _find_crop(patch: np.ndarray, images: list[np.ndarray]) -> list[tuple[int, i
     for k, image in enumerate(images):
         windows = np.lib.stride_tricks.sliding_window_view(image, (p, p), axis=(0, 1))  # [h, w, C, p, p]
         match = np.all(windows == np.moveaxis(patch, -1, 0)[None, None], axis=(2, 3, 4))
-        hits.extend((k, int(t), int(l)) for t, l in zip(*np.nonzero(match)))
+        hits.extend((k, int(t), int(c)) for t, c in zip(*np.nonzero(match)))
     return hits
 
 
@@ -103,7 +103,7 @@ def test_sample_patches_reach_every_crop_origin():
     image = np.random.default_rng(3).integers(0, 256, (20, 20, 1), dtype=np.uint8)
     patches = tab.sample_patches([image], 400, 16, np.random.default_rng(0), augment=False)
     origins = {_find_crop(patch, [image])[0][1:] for patch in patches}
-    assert origins == {(t, l) for t in range(5) for l in range(5)}
+    assert origins == {(t, c) for t in range(5) for c in range(5)}
 
 
 def test_sample_patches_with_augment_are_flipped_or_rotated_crops(random_images):

@@ -25,10 +25,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from tfssim.errors import InputError
 from tfssim.inference import readable_tf_error
 from tfssim.metadata import ExportMetadata
 from tfssim.postprocess import PostProcessor
-from tfssim.errors import InputError
 
 __all__ = ["ServingClient", "ServingError"]
 

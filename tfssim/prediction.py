@@ -22,23 +22,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from tfssim._io import atomic_write, atomic_write_json
-from tfssim.inference import ExportedModel
+from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
+from tfssim.inference import ExportedModel
 
 __all__ = [
     "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "ImageResult", "PredictionSummary", "expand_inputs", "find_mask",
     "output_stems", "predict_files", "prepare_output_dir",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # MASK_SUFFIXES and find_mask live in tfssim.data.layouts (one list for every dataset loader
-    # and for --masks); looked up lazily because importing tfssim.data imports TensorFlow.
-    if name in ("MASK_SUFFIXES", "find_mask"):
-        from tfssim.data import layouts
-
-        return getattr(layouts, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # The files written per image, as ``<stem><suffix>`` in the output folder, by kind.

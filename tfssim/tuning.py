@@ -46,8 +46,8 @@ import numpy as np
 
 from tfssim import metrics, postprocess
 from tfssim.data import defects
-from tfssim.inference import ExportedModel
 from tfssim.errors import InputError, input_checks
+from tfssim.inference import ExportedModel
 
 __all__ = [
     "DEFAULT_WINDOWS", "DEFAULT_WEIGHTINGS", "DEFAULT_SIGMAS", "DEFAULT_OPENINGS", "MIN_AREA_FRACTIONS",
@@ -414,12 +414,12 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: str | os.Pa
         ValueError: no source model known or it does not exist, or its reconstruction differs
             from the export's.
     """
-    from tfssim import export as export_lib, scoring
+    from tfssim import export as export_lib
+    from tfssim import scoring
 
     md = model.metadata
     source = find_source(model, source)
     keras_model, info = export_lib.load_for_export(source)
-    residual = tuning.residual
     vae_samples = md.get("vae_samples")
     if check_image is not None:
         want = model.predict(check_image)["reconstruction"]

@@ -10,19 +10,13 @@ import sys
 import click
 
 from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
+from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
+
 # The work is tfssim.prediction's; its helpers stay importable from here as before.
 from tfssim.prediction import expand_inputs, output_stems, predict_files
 
 __all__ = ["main", "MASK_SUFFIXES", "expand_inputs", "find_mask", "output_stems"]
-
-
-def __getattr__(name: str):
-    if name in ("MASK_SUFFIXES", "find_mask"):  # tfssim.data's, imported lazily (it imports TensorFlow)
-        from tfssim.data import layouts
-
-        return getattr(layouts, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

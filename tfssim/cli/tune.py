@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
-from tfssim.prediction import expand_inputs
 from tfssim.errors import InputError
+from tfssim.prediction import expand_inputs
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 
 from tfssim import scoring
-from tfssim.models import VariationalAutoencoder
 from tfssim.errors import InputError
+from tfssim.models import VariationalAutoencoder
 
 SIGNATURES = {
     "serving_default": {"inputs": {"image": "uint8 [H, W, C] or [1, H, W, C], 0..255"}, "stride": "export default"},

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tfssim._io import atomic_write_json
-from tfssim.metadata import METADATA_FILE
 from tfssim.errors import InputError
+from tfssim.metadata import METADATA_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 import keras
 
 from tfssim import scoring
+from tfssim.errors import InputError
 from tfssim.export.graph import _model_geometry
 from tfssim.training import LOCK_NAME
-from tfssim.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from tfssim import precision
+from tfssim.errors import InputError, input_checks
 from tfssim.models import MODEL_KINDS, get_spec, validate_architecture
 from tfssim.ssim import WEIGHTINGS, validate_window
-from tfssim.errors import InputError, input_checks
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LAYOUTS = ("auto", "nanotwice", "mvtec", "folder")

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from tfssim import __version__, precision
 from tfssim._io import atomic_write, atomic_write_text
+from tfssim.errors import InputError
 from tfssim.models import get_spec
 from tfssim.training.config import TrainConfig
 from tfssim.training.distribute import (
@@ -49,7 +50,6 @@ from tfssim.training.run_folder import (
     _RunState,
     data_fingerprint,
 )
-from tfssim.errors import InputError
 
 logger = logging.getLogger(__name__)
 

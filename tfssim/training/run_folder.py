@@ -21,8 +21,8 @@ import keras
 import numpy as np
 
 from tfssim._io import atomic_write, atomic_write_text
-from tfssim.training.config import TrainConfig
 from tfssim.errors import InputError
+from tfssim.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
