@@ -431,6 +431,36 @@ def test_a_feature_matching_model_loads_without_building_its_loss(tmp_path, monk
     assert kind_of(loaded_model) == "fm"
 
 
+@pytest.mark.parametrize("shape", ["ssim dict", "flat keys only"])
+def test_a_run_folder_from_before_ssimparams_exports_and_resumes_with_its_ssim(ssim_model, tmp_path, shape):
+    """config.json of older runs: an ``ssim`` dict without alpha/beta/gamma (what tfssim-train wrote
+    before SSIMParams), or only the config's flat ``ssim_*`` keys. Both export with the SSIM the run
+    trained with, and the ``config`` entry still builds the TrainConfig (and loss) of a resume."""
+    from tfssim.models import get_spec
+    from tfssim.training import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ssim_model.save(run / "best.keras")
+    flat = {"ssim_window": 5, "ssim_sigma": 2.0, "ssim_k1": 0.02, "ssim_k2": 0.05, "ssim_weighting": "uniform"}
+    record = {"model": "ssim", "patch_size": PATCH, "channels": 1, "latent_dim": 8,
+              "config": {"data": "d", "output": str(run), "model": "ssim", "patch_size": PATCH, "latent_dim": 8,
+                         **flat}}
+    if shape == "ssim dict":
+        record["ssim"] = {"window_size": 5, "sigma": 2.0, "k1": 0.02, "k2": 0.05, "data_range": 1.0,
+                          "weighting": "uniform"}
+    (run / "config.json").write_text(json.dumps(record))
+    want = {"window_size": 5, "sigma": 2.0, "weighting": "uniform", "k1": 0.02, "k2": 0.05, "alpha": 1.0,
+            "beta": 1.0, "gamma": 1.0, "data_range": 1.0}
+    path = export.export_model(run, tmp_path / "ex", name="old", stride=16)
+    assert export.read_metadata(path)["ssim"] == want
+    config = TrainConfig(**record["config"])
+    config.validate()
+    assert config.to_dict() | flat == config.to_dict()  # the flat keys stay the config's (resume compares them)
+    loss = get_spec("ssim").build_loss(ssim_params=config.ssim_params)
+    assert loss.get_config()["window_size"] == 5 and loss.ssim_kwargs == want
+
+
 def test_cli_exports_a_run_folder_and_rejects_bad_input(ssim_model, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -74,6 +74,10 @@ def test_missing_optional_keys_take_what_older_exporters_did(exports):
     ("map_sigma", None, "'map_sigma' must be a number >= 0, got None"),
     ("name", None, "'name' must be a non-empty string, got None"),
     ("format", 2, "format 2 is newer than this tfssim reads (1); upgrade tfssim"),
+    # the "ssim" entry is checked as an SSIMParams (its one rule), not just as some object
+    ("ssim", {"window_size": 4}, "'ssim' is not a valid SSIM parameter set: SSIM window size must be an odd"),
+    ("ssim", {"window_size": 11, "k2": 1.5}, "'ssim' is not a valid SSIM parameter set: SSIM k2 must be a finite"),
+    ("ssim", {"window": 11}, "'ssim' is not a valid SSIM parameter set: unknown SSIM parameter(s) ['window']"),
 ])
 def test_known_keys_of_the_wrong_type_or_range_are_refused_in_one_line(exports, tmp_path, key, value, message):
     values = json.loads((exports[0] / METADATA_FILE).read_text())

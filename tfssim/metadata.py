@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tfssim.errors import InputError
+from tfssim.ssim_params import SSIMParams
 
 __all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "METADATA_FILE", "metadata_path", "read_json"]
 
@@ -235,6 +236,11 @@ class ExportMetadata:
                 continue
             if not check(value):
                 raise InputError(f"tfssim metadata key {key!r} must be {expected}, got {value!r}")
+        if self.ssim is not None:
+            try:  # the one rule of an SSIM parameter set (missing keys take SSIMParams' defaults)
+                SSIMParams.from_dict(self.ssim)
+            except ValueError as err:
+                raise InputError(f"tfssim metadata key 'ssim' is not a valid SSIM parameter set: {err}") from None
         if self.format > FORMAT:
             raise InputError(f"tfssim metadata format {self.format} is newer than this tfssim reads ({FORMAT}); "
                              "upgrade tfssim")

@@ -48,6 +48,7 @@ from tfssim import metrics, postprocess
 from tfssim.data import defects
 from tfssim.errors import InputError, input_checks
 from tfssim.inference import ExportedModel
+from tfssim.ssim_params import WEIGHTINGS, SSIMParams
 
 __all__ = [
     "DEFAULT_WINDOWS", "DEFAULT_WEIGHTINGS", "DEFAULT_SIGMAS", "DEFAULT_OPENINGS", "MIN_AREA_FRACTIONS",
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 DEFAULT_WINDOWS = (7, 11, 15)
-DEFAULT_WEIGHTINGS = ("gaussian", "uniform")
+DEFAULT_WEIGHTINGS = WEIGHTINGS  # every weighting SSIMParams knows
 DEFAULT_SIGMAS = (0.0, 2.0, 4.0, 8.0, 12.0, 16.0)
 DEFAULT_OPENINGS = (0, 2, 4, 8)
 # Minimum region areas tried, as shares of the area of the smallest defect size asked for.
@@ -90,11 +91,12 @@ class Tuning:
     synthetic: dict[str, Any]
     settings: dict[str, Any]
 
-    def ssim_params(self, base: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The export's SSIM parameters ``base`` with the chosen window and weighting (None for non-SSIM)."""
+    def ssim_params(self, base: SSIMParams | dict[str, Any] | None) -> dict[str, Any] | None:
+        """The export's SSIM parameters ``base`` with the chosen window and weighting, as
+        :meth:`SSIMParams.to_dict` (None for non-SSIM)."""
         if self.residual != "ssim":
             return None
-        return {**(base or {}), "window_size": self.choice["window_size"], "weighting": self.choice["weighting"]}
+        return SSIMParams.of(base, window_size=self.choice["window_size"], weighting=self.choice["weighting"]).to_dict()
 
     def as_dict(self) -> dict[str, Any]:
         return {"objective": {"map": MAP_OBJECTIVE, "post_processing": POST_OBJECTIVE},

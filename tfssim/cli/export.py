@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, usage_errors
+from tfssim.ssim_params import WEIGHTINGS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -21,7 +22,7 @@ from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, u
 @click.option("--threshold", type=float, default=None, help="A calibrated threshold to store in the metadata.")
 @click.option("--ssim-window", type=int, default=None, callback=odd_window,
               help="SSIM window of the anomaly map (odd); default the one the model was trained with.")
-@click.option("--ssim-weighting", type=click.Choice(("gaussian", "uniform")), default=None,
+@click.option("--ssim-weighting", type=click.Choice(WEIGHTINGS), default=None,
               help="Window weighting of the anomaly map's SSIM: Gaussian (tf.image.ssim's) or uniform (plain "
                    "patch means, the paper's definition); default the one the model was trained with.")
 @click.option("--map-sigma", type=click.FloatRange(min=0), default=0.0,

@@ -9,6 +9,7 @@ import click
 
 from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
+from tfssim.ssim_params import WEIGHTINGS, SSIMParams
 
 _MODELS = ("ssim", "l2", "vae", "fm")
 
@@ -75,8 +76,9 @@ def _check_data(data: str) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size (split across replicas).")
 @click.option("--patch-size", type=click.IntRange(min=16), default=128, help="Patch side; multiple of 16.")
 @click.option("--latent-dim", type=click.IntRange(min=1), default=100, help="Latent size d.")
-@click.option("--ssim-window", type=int, default=11, callback=odd_window, help="SSIM window K (odd; SSIM model only).")
-@click.option("--ssim-weighting", type=click.Choice(("gaussian", "uniform")), default="gaussian",
+@click.option("--ssim-window", type=int, default=SSIMParams.window_size, callback=odd_window,
+              help="SSIM window K (odd; SSIM model only).")
+@click.option("--ssim-weighting", type=click.Choice(WEIGHTINGS), default=SSIMParams.weighting,
               help="SSIM model only: window weighting of the loss and the anomaly map: Gaussian "
                    "(sigma 1.5, tf.image.ssim's) or uniform (plain K x K patch means, the paper's definition).")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-4)

@@ -75,7 +75,7 @@ from tfssim.export.source import (
 from tfssim.export.warmup import WARMUP_FILE, _write_warmup, warmup_record
 from tfssim.metadata import METADATA_FILE, ExportMetadata  # one definition of the file and its keys (no TF)
 from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
-from tfssim.ssim import validate_window
+from tfssim.ssim_params import SSIMParams
 from tfssim.tiling import DEFAULT_CHUNK
 from tfssim.errors import InputError, input_checks
 
@@ -99,8 +99,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-DEFAULT_SSIM = {"window_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0,
-                "alpha": 1.0, "beta": 1.0, "gamma": 1.0, "weighting": "gaussian"}
+# The paper's SSIM (SSIMParams' defaults) as a dict, for callers that read it by key.
+DEFAULT_SSIM = SSIMParams().to_dict()
 # Metadata entries that describe the exported graph: export_model's extra_metadata may not set them.
 GRAPH_METADATA_KEYS = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride",
                        "chunk_size", "ssim", "ssim_padding", "vae_samples", "vae_seed", "observation_std",
@@ -193,16 +193,11 @@ def export_model(
         raise InputError(f"kind 'vae' needs a tfssim VariationalAutoencoder, got {type(model).__name__}")
     patch_size, channels = _model_geometry(model)
     tiling.check_tiling(patch_size, stride)
-    ssim_params = dict(DEFAULT_SSIM)
-    ssim_params.update(ssim_kwargs if ssim_kwargs is not None else (info.get("ssim") or {}))
-    ssim_params.update(ssim_overrides or {})
-    unknown = set(ssim_params) - set(scoring.SSIM_KEYS)
-    if unknown:
-        raise InputError(f"unknown SSIM parameter(s) {sorted(unknown)}; expected some of {', '.join(scoring.SSIM_KEYS)}")
-    with input_checks():  # tfssim.ssim / tfssim.scoring raise ValueError: here, checks of the arguments
-        validate_window(ssim_params["window_size"], ssim_params["sigma"], ssim_params["weighting"])
-    if ssim_params["window_size"] > patch_size:
-        raise InputError(f"SSIM window {ssim_params['window_size']} is larger than the {patch_size}-pixel patch")
+    with input_checks():  # SSIMParams raises ValueError: here, checks of the arguments
+        ssim_params = SSIMParams.of(ssim_kwargs if ssim_kwargs is not None else info.get("ssim"),
+                                    **(ssim_overrides or {}))
+    if ssim_params.window_size > patch_size:
+        raise InputError(f"SSIM window {ssim_params.window_size} is larger than the {patch_size}-pixel patch")
     if vae_samples is None:
         vae_samples = info.get("vae_samples") or getattr(model, "num_samples", 10)
     vae_samples = int(vae_samples)
@@ -228,7 +223,7 @@ def export_model(
     model_root.mkdir(parents=True, exist_ok=True)
     _remove_dead_partials(model_root)
 
-    scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params, vae_samples, jit_compile,
+    scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params.to_dict(), vae_samples, jit_compile,
                      map_sigma)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -245,7 +240,7 @@ def export_model(
         "format": 1,
         "name": name, "version": version, "kind": kind, "residual": residual,
         "patch_size": patch_size, "channels": channels, "stride": stride, "chunk_size": chunk_size,
-        "ssim": ssim_params if residual == "ssim" else None,
+        "ssim": ssim_params.to_dict() if residual == "ssim" else None,
         "ssim_padding": "same (mirror, tfssim.ssim padding='same')" if residual == "ssim" else None,
         "vae_samples": vae_samples if residual == "vae" else None,
         "vae_seed": VAE_SEED if residual == "vae" else None,

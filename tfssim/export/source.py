@@ -16,10 +16,11 @@ from typing import Any
 
 import keras
 
-from tfssim import scoring
 from tfssim.errors import InputError
 from tfssim.export.graph import _model_geometry
+from tfssim.ssim_params import SSIMParams
 from tfssim.training import LOCK_NAME
+from tfssim.training.config import SSIM_CONFIG_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +42,20 @@ def _ssim_from_keras_file(path: Path) -> dict[str, Any] | None:
     loss = (config.get("compile_config") or {}).get("loss")
     if not isinstance(loss, dict) or loss.get("class_name") != "SSIMLoss":
         return None
-    params = loss.get("config") or {}
-    return {k: params[k] for k in scoring.SSIM_KEYS if k in params} or None
+    params = {k: v for k, v in (loss.get("config") or {}).items() if k in SSIMParams.keys()}
+    return SSIMParams.of(params).to_dict() if params else None
 
 
 def _ssim_from_run_config(record: dict[str, Any]) -> dict[str, Any] | None:
-    """SSIM parameters from a run folder's ``config.json`` (an ``ssim`` dict, or ``ssim_*`` keys)."""
+    """SSIM parameters from a run folder's ``config.json``: its ``ssim`` dict, or (older runs) the
+    flat ``ssim_*`` keys of :class:`~tfssim.training.TrainConfig`; keys missing get the defaults.
+    Returned as :meth:`SSIMParams.to_dict` (checked), ``None`` if the record has none."""
     if isinstance(record.get("ssim"), dict):
-        return {k: v for k, v in record["ssim"].items() if k in scoring.SSIM_KEYS}
+        return SSIMParams.of({k: v for k, v in record["ssim"].items() if k in SSIMParams.keys()}).to_dict()
     for source in (record, record.get("config") or {}):
         if "ssim_window" in source:
-            params = {"window_size": source["ssim_window"]}
-            for key in ("sigma", "k1", "k2", "weighting"):
-                if f"ssim_{key}" in source:
-                    params[key] = source[f"ssim_{key}"]
-            return params
+            return SSIMParams.of({field: source[key] for key, field in SSIM_CONFIG_KEYS.items()
+                                  if key in source}).to_dict()
     return None
 
 

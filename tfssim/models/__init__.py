@@ -26,6 +26,7 @@ from tfssim.models.cae import ENCODER_LAYERS, build_autoencoder, build_decoder, 
 from tfssim.models.features import WeightsUnavailableError, build_feature_extractor, extract_features
 from tfssim.models.vae import VariationalAutoencoder, reconstruction_nll
 from tfssim.errors import InputError
+from tfssim.ssim_params import SSIMParams
 
 __all__ = [
     "ENCODER_LAYERS", "MODEL_KINDS", "ModelSpec", "VariationalAutoencoder", "build_autoencoder",
@@ -50,17 +51,31 @@ class ModelSpec:
 
     def build_loss(
         self,
-        ssim_window: int = 11,
+        ssim_window: int | None = None,
         fm_weight: float = 1.0,
         fm_weights: str | None = "imagenet",
         fm_backbone: str = "vgg16",
+        *,
+        ssim_params: SSIMParams | None = None,
         **ssim_kwargs: Any,
     ) -> keras.losses.Loss:
-        """Build this kind's training loss; arguments that do not apply to it are ignored."""
-        return self._build_loss(
-            ssim_window=ssim_window, fm_weight=fm_weight, fm_weights=fm_weights, fm_backbone=fm_backbone,
-            **ssim_kwargs,
-        )
+        """Build this kind's training loss; arguments that do not apply to it are ignored.
+
+        Args:
+            ssim_window: SSIM window size (overrides ``ssim_params.window_size``).
+            fm_weight: Weight of the feature term (``fm``).
+            fm_weights: ``"imagenet"``, a weights file or ``None`` (``fm``).
+            fm_backbone: Feature extractor (``fm``).
+            ssim_params: The SSIM of the loss (``ssim``); default :class:`SSIMParams` ().
+            **ssim_kwargs: :class:`SSIMParams` fields overriding ``ssim_params``.
+
+        Returns:
+            The loss.
+        """
+        if ssim_window is not None:
+            ssim_kwargs["window_size"] = ssim_window
+        return self._build_loss(ssim_params=ssim_params, ssim_overrides=ssim_kwargs, fm_weight=fm_weight,
+                                fm_weights=fm_weights, fm_backbone=fm_backbone)
 
 
 def _named_autoencoder(name: str) -> Callable[..., keras.Model]:
@@ -79,9 +94,7 @@ _SPECS = {
     "ssim": ModelSpec(
         "ssim", "autoencoder trained and scored with SSIM (the paper's method)", "ssim",
         _named_autoencoder("ssim_autoencoder"),
-        lambda ssim_window, **kw: losses.SSIMLoss(
-            window_size=ssim_window, **{k: v for k, v in kw.items() if not k.startswith("fm_")}
-        ),
+        lambda ssim_params, ssim_overrides, **_: losses.SSIMLoss(params=SSIMParams.of(ssim_params, **ssim_overrides)),
     ),
     "l2": ModelSpec(
         "l2", "autoencoder trained and scored with per-pixel l2", "l2",

@@ -20,12 +20,17 @@ import numpy as np
 from tfssim import precision
 from tfssim.errors import InputError, input_checks
 from tfssim.models import MODEL_KINDS, get_spec, validate_architecture
-from tfssim.ssim import WEIGHTINGS, validate_window
+from tfssim.ssim_params import NUMBER_RANGES, WEIGHTINGS, SSIMParams, describe_range, in_range
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LAYOUTS = ("auto", "nanotwice", "mvtec", "folder")
 # Config-file keys that are option names but not TrainConfig fields (``--weights`` sets fm_weights).
 CONFIG_ALIASES = {"weights": "fm_weights"}
+# The config's flat ssim_* keys (as in config files and a run's config.json) and the SSIMParams
+# field each one sets; the defaults, ranges and checks are SSIMParams' own.
+SSIM_CONFIG_KEYS = {"ssim_window": "window_size", "ssim_sigma": "sigma", "ssim_k1": "k1", "ssim_k2": "k2",
+                    "ssim_weighting": "weighting"}
+_SSIM_DEFAULTS = SSIMParams()
 
 
 @dataclass
@@ -47,11 +52,11 @@ class TrainConfig:
     batch_size: int = 32
     patch_size: int = 128
     latent_dim: int = 100
-    ssim_window: int = 11
-    ssim_sigma: float = 1.5
-    ssim_k1: float = 0.01
-    ssim_k2: float = 0.03
-    ssim_weighting: str = "gaussian"
+    ssim_window: int = _SSIM_DEFAULTS.window_size
+    ssim_sigma: float = _SSIM_DEFAULTS.sigma
+    ssim_k1: float = _SSIM_DEFAULTS.k1
+    ssim_k2: float = _SSIM_DEFAULTS.k2
+    ssim_weighting: str = _SSIM_DEFAULTS.weighting
     learning_rate: float = 2e-4
     weight_decay: float = 1e-5
     seed: int = 0
@@ -73,10 +78,13 @@ class TrainConfig:
         return 1 if self.grayscale else 3
 
     @property
-    def ssim_params(self) -> dict[str, Any]:
-        """SSIM parameters of the loss and the anomaly map, as ``tfssim.ssim`` keywords."""
-        return dict(window_size=self.ssim_window, sigma=self.ssim_sigma, k1=self.ssim_k1, k2=self.ssim_k2, data_range=1.0,
-                    weighting=self.ssim_weighting)
+    def ssim_params(self) -> SSIMParams:
+        """The SSIM of the loss and the anomaly map: the ``ssim_*`` fields as an :class:`SSIMParams`.
+
+        Raises:
+            ValueError: An ``ssim_*`` value is out of :class:`SSIMParams`' range.
+        """
+        return SSIMParams.of(None, **{field: getattr(self, key) for key, field in SSIM_CONFIG_KEYS.items()})
 
     def validate(self) -> None:
         """Check every field and coerce it to its type; raise ``ValueError`` naming the first bad one.
@@ -118,8 +126,8 @@ class TrainConfig:
         if self.fm_weights is not None and (not isinstance(self.fm_weights, str) or not self.fm_weights):
             raise InputError(f"{_key('fm_weights')} must be 'imagenet' or a weights file path, got {self.fm_weights!r}")
         validate_architecture(self.patch_size, self.channels, self.latent_dim)
-        with input_checks():  # tfssim.ssim's checks of the window (ValueError): here, of the user's settings
-            validate_window(self.ssim_window, self.ssim_sigma, self.ssim_weighting)
+        with input_checks():  # SSIMParams' checks (ValueError): here, of the user's settings
+            self.ssim_params
         if get_spec(self.model).residual == "ssim" and self.ssim_window > self.patch_size:
             # The SSIM loss compares whole patches: its window must fit inside one.
             fits = self.patch_size - 1 if self.patch_size % 2 == 0 else self.patch_size
@@ -141,13 +149,14 @@ class TrainConfig:
 _NO_OPTION = {"ssim_sigma", "ssim_k1", "ssim_k2", "val_patches", "vae_observation_std", "jit_compile"}
 _OPTION_OF = {"data": "DATA", "fm_weights": "--weights", "grayscale": "--grayscale/--rgb",
               "augment": "--augment/--no-augment"}
-# (field, minimum, maximum or None); seed: NumPy's seeds are 32-bit
+# (field, minimum, maximum or None); seed: NumPy's seeds are 32-bit. ssim_window's full rule (odd) is SSIMParams'.
 _INT_FIELDS = (("epochs", 1, None), ("patches_per_epoch", 1, None), ("batch_size", 1, None), ("patch_size", 16, None),
                ("latent_dim", 1, None), ("ssim_window", 1, None), ("seed", 0, 2**32 - 1), ("val_patches", 1, None),
                ("vae_samples", 1, None))
 # (field, low, low excluded, high or None, high excluded)
-_FLOAT_FIELDS = (("ssim_sigma", 0.0, True, None, False), ("ssim_k1", 0.0, True, 1.0, True),
-                 ("ssim_k2", 0.0, True, 1.0, True), ("learning_rate", 0.0, True, None, False),
+# (field, low, low excluded, high or None, high excluded); the ssim_* ranges are SSIMParams' (NUMBER_RANGES)
+_FLOAT_FIELDS = (*((key, *NUMBER_RANGES[field]) for key, field in SSIM_CONFIG_KEYS.items() if field in NUMBER_RANGES),
+                 ("learning_rate", 0.0, True, None, False),
                  ("weight_decay", 0.0, False, None, False), ("val_split", 0.0, False, 1.0, True),
                  ("vae_observation_std", 0.0, True, None, False), ("fm_weight", 0.0, False, None, False))
 _BOOL_FIELDS = ("grayscale", "augment", "skip_bad_images", "jit_compile")
@@ -177,9 +186,7 @@ def _checked_int(name: str, value: Any, low: int, high: int | None) -> int:
 
 
 def _checked_float(name: str, value: Any, low: float, low_open: bool, high: float | None, high_open: bool) -> float:
-    wanted = f"a number {'>' if low_open else '>='} {low:g}"
-    if high is not None:
-        wanted += f" and {'<' if high_open else '<='} {high:g}"
+    wanted = f"a number {describe_range(low, low_open, high, high_open)}"
     number = None
     if isinstance(value, str):
         try:
@@ -188,8 +195,7 @@ def _checked_float(name: str, value: Any, low: float, low_open: bool, high: floa
             pass
     elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         number = float(value)
-    if (number is None or not math.isfinite(number) or number < low or (low_open and number == low)
-            or (high is not None and (number > high or (high_open and number == high)))):
+    if number is None or not math.isfinite(number) or not in_range(number, low, low_open, high, high_open):
         raise InputError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
     return number
 
@@ -298,10 +304,7 @@ def _check_raw_type(path: Path, name: str, value: Any) -> None:
     if name in floats:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return
-        _, low, low_open, high, high_open = floats[name]
-        wanted = f"a number {'>' if low_open else '>='} {low:g}"
-        if high is not None:
-            wanted += f" and {'<' if high_open else '<='} {high:g}"
+        wanted = f"a number {describe_range(*floats[name][1:])}"
         raise InputError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
                          "(a plain number such as 0.0002 or 2e-4, without quotes)")
     if name in _STR_FIELDS:

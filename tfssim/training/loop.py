@@ -142,8 +142,7 @@ def _versions() -> dict[str, str]:
 
 def _build_loss(config: TrainConfig) -> keras.losses.Loss:
     return get_spec(config.model).build_loss(
-        ssim_window=config.ssim_window, fm_weight=config.fm_weight, fm_weights=config.fm_weights,
-        sigma=config.ssim_sigma, k1=config.ssim_k1, k2=config.ssim_k2, weighting=config.ssim_weighting,
+        ssim_params=config.ssim_params, fm_weight=config.fm_weight, fm_weights=config.fm_weights
     )
 
 
@@ -166,7 +165,7 @@ def _save_examples(model: keras.Model, config: TrainConfig, patches: np.ndarray,
     if config.model == "vae":
         residual = np.asarray(model.anomaly_map(x, config.vae_samples))
     elif get_spec(config.model).residual == "ssim":
-        residual = 1.0 - ssim_maps(x, recon, padding="same", **config.ssim_params).ssim.numpy().mean(axis=-1)
+        residual = 1.0 - ssim_maps(x, recon, config.ssim_params, padding="same").ssim.numpy().mean(axis=-1)
     else:
         residual = np.mean(np.square(x - recon), axis=-1)
     plots.plot_examples(list(x), list(recon), list(residual), folder / "examples.png")
@@ -305,7 +304,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
         if chief:
             run_dir.mkdir(parents=True, exist_ok=True)
             record = {"config": config.to_dict(), "versions": _versions(), "layout": split.layout,
-                      "channels": config.channels, "ssim": config.ssim_params, "patch_size": config.patch_size,
+                      "channels": config.channels, "ssim": config.ssim_params.to_dict(), "patch_size": config.patch_size,
                       "latent_dim": config.latent_dim, "model": config.model, "precision": policy,
                       "strategy": _strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
                       "train_images": [str(p) for p in split.train], "val_images": [str(p) for p in split.val],
