@@ -423,7 +423,6 @@ def test_a_feature_matching_model_loads_without_building_its_loss(tmp_path, monk
         raise AssertionError("the FM loss (and its ImageNet backbone) must not be built when exporting")
 
     monkeypatch.setattr("tfssim.models.features.build_feature_extractor", no_download)
-    monkeypatch.setattr("tfssim.losses.build_feature_extractor", no_download)
     loaded_model, info = export.load_for_export(tmp_path / "fm.keras")
     assert info["ssim"] is None
     from tfssim.models import kind_of

@@ -161,9 +161,8 @@ class ExportedModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExportedModel":
+        import tfssim._tensorflow  # noqa: F401 - first: without TensorFlow, an ImportError naming the install command
         import tensorflow as tf
-
-        import tfssim._tensorflow  # noqa: F401 - without TensorFlow, an ImportError naming the install command
 
         export_dir = resolve_export_dir(path)
         metadata = read_export_metadata(export_dir)
