@@ -22,6 +22,7 @@ from tfssim.inference import ExportedModel
 # The fixtures `dataset` and `exports` (tiny, built once per session) are in conftest.py.
 
 
+@pytest.mark.slow  # 9 s measured (2 cores shared with other jobs)
 def test_calibrate_writes_a_threshold_with_the_requested_fpr(exports, dataset, tmp_path):
     target = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
     result = CliRunner().invoke(calibrate_cli, [str(target), str(dataset / "val"), "--fpr", "0.05"])
@@ -33,6 +34,7 @@ def test_calibrate_writes_a_threshold_with_the_requested_fpr(exports, dataset, t
     assert abs(achieved - 0.05) <= 0.001
 
 
+@pytest.mark.slow  # 9 s measured (2 cores shared with other jobs)
 def test_library_calibrate_sets_the_fpr_on_paths_or_arrays(exports, dataset, tmp_path):
     from tfssim.calibration import calibrate
 
@@ -82,6 +84,7 @@ def test_predict_writes_maps_masks_overlays_and_regions(exports, dataset, tmp_pa
         assert f"{stem}.png: " in result.output and "max score" in result.output
 
 
+@pytest.mark.slow  # 12 s measured (2 cores shared with other jobs)
 def test_predict_reports_a_bad_image_and_processes_the_rest(exports, dataset, tmp_path):
     images = tmp_path / "imgs"
     shutil.copytree(dataset / "test", images)
@@ -123,6 +126,7 @@ def _red_pixels(path: Path) -> int:
     return int(np.count_nonzero((rgb[..., 0] > 180) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)))
 
 
+@pytest.mark.slow  # 11 s measured (2 cores shared with other jobs)
 def test_predict_finds_nanotwice_gt_masks_and_warns_about_missing_ones(exports, dataset, tmp_path):
     stems = [p.stem for p in data.list_images(dataset / "test")]
     gt = tmp_path / "gt"
@@ -158,6 +162,7 @@ def test_predict_without_threshold_is_a_usage_error(exports, dataset, tmp_path):
     assert result.exit_code == 2 and "tfssim-calibrate" in result.output
 
 
+@pytest.mark.slow  # 32 s measured (2 cores shared with other jobs)
 def test_evaluate_compares_exports_and_matches_independent_scores(exports, dataset, tmp_path):
     ds = shutil.copytree(dataset, tmp_path / "ds")
     # One defect-free test image (no mask: it counts as good), cut from the training texture.

@@ -284,6 +284,7 @@ def test_patches_are_exact_crops_whatever_the_storage(kind, stored):
     assert set(found) == {0, 1, 2}  # every image contributes
 
 
+@pytest.mark.slow  # 9 s measured (2 cores shared with other jobs)
 def test_same_seed_same_patches_and_resume_skips_ahead():
     images = _images()
     a = [b[0].numpy() for b in data.patch_dataset(images, 32, 128, 16, seed=3).take(4)]

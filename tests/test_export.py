@@ -106,6 +106,7 @@ def test_tf_serving_layout_and_metadata(exported: Path):
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")], "no partial exports left behind"
 
 
+@pytest.mark.slow  # 65 s measured (2 cores shared with other jobs)
 def test_versions_increment_are_never_overwritten_and_a_crash_leaves_nothing(ssim_model, tmp_path, monkeypatch):
     first = export.export_model(ssim_model, tmp_path, name="m", stride=16)
     stamp = (first / "saved_model.pb").stat().st_mtime_ns
@@ -186,6 +187,7 @@ def test_wrong_dtype_is_refused_by_the_signature(loaded, image):
         loaded.signatures["serving_default"](image=tf.constant(image.astype(np.float32)))
 
 
+@pytest.mark.slow  # 30 s measured (2 cores shared with other jobs)
 def test_fresh_process_with_tensorflow_only_gets_the_same_maps(exported, loaded, image, tmp_path):
     np.save(tmp_path / "image.npy", image)
     # `import tensorflow` itself imports part of keras (TF 2.21); loading and running the export
@@ -209,6 +211,7 @@ def test_fresh_process_with_tensorflow_only_gets_the_same_maps(exported, loaded,
         np.testing.assert_allclose(there[key], here[key].numpy(), atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow  # 114 s measured (2 cores shared with other jobs)
 def test_saved_model_cli_shows_and_runs_the_signature(exported, loaded, image, tmp_path):
     cli = Path(sys.executable).parent / "saved_model_cli"
     shown = subprocess.run([str(cli), "show", "--dir", str(exported), "--all"], capture_output=True, text=True)
@@ -322,6 +325,7 @@ def test_the_final_move_never_lands_on_a_destination_created_meanwhile(tmp_path)
     assert (tmp_path / "2" / "saved_model.pb").read_bytes() == b"model" and not source.exists()
 
 
+@pytest.mark.slow  # 47 s measured (2 cores shared with other jobs)
 def test_an_automatic_version_taken_meanwhile_moves_to_the_next_free_one(ssim_model, tmp_path, monkeypatch):
     # Two exports without --version both choose version 1; the one that finishes second used to
     # fail with FileExistsError after its whole build.
@@ -371,6 +375,7 @@ def test_the_final_move_retries_a_bounded_number_of_later_versions(tmp_path, mon
     assert (root / "5" / "saved_model.pb").read_bytes() == b"mine" and not source.exists()
 
 
+@pytest.mark.slow  # 25 s measured (2 cores shared with other jobs)
 @pytest.mark.parametrize("jit", [False, True])
 def test_the_serving_graph_compiles_the_model_call_with_xla_only_when_asked(ssim_model, jit):
     # _Scorer.maps is scoring.anomaly_maps (one implementation); jit_compile must still reach it.
@@ -392,6 +397,7 @@ def test_update_threshold_rewrites_only_the_metadata(exported):
         export.update_threshold(exported, float("nan"))
 
 
+@pytest.mark.slow  # 35-68 s measured (2 cores shared with other jobs)
 @pytest.mark.parametrize("kind", ["l2", "vae"])
 def test_other_kinds_export_their_residual(kind, tmp_path, image):
     model = build_model(kind, PATCH, 1, 8)
@@ -405,6 +411,7 @@ def test_other_kinds_export_their_residual(kind, tmp_path, image):
     np.testing.assert_allclose(out["anomaly_map"].numpy(), want["anomaly_map"].numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # 9 s measured (2 cores shared with other jobs)
 def test_ssim_parameters_come_from_the_compiled_loss_of_a_bare_keras_file(ssim_model, tmp_path):
     model = keras.models.clone_model(ssim_model)
     model.compile(optimizer="adam", loss=SSIMLoss(window_size=5, k2=0.05))
@@ -460,6 +467,7 @@ def test_a_run_folder_from_before_ssimparams_exports_and_resumes_with_its_ssim(s
     assert loss.get_config()["window_size"] == 5 and loss.ssim_kwargs == want
 
 
+@pytest.mark.slow  # 84 s measured (2 cores shared with other jobs)
 def test_cli_exports_a_run_folder_and_rejects_bad_input(ssim_model, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -494,6 +502,7 @@ def test_cli_exports_a_run_folder_and_rejects_bad_input(ssim_model, tmp_path):
     assert missing.exit_code == 2
 
 
+@pytest.mark.slow  # 69 s measured (2 cores shared with other jobs)
 def test_cli_scores_with_another_ssim_window_or_weighting(ssim_model, tmp_path, image):
     """--ssim-weighting / --ssim-window change the anomaly map's SSIM, not the model."""
     ssim_model.save(tmp_path / "m.keras")
@@ -515,6 +524,7 @@ def test_cli_scores_with_another_ssim_window_or_weighting(ssim_model, tmp_path, 
         assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
 
 
+@pytest.mark.slow  # 62 s measured (2 cores shared with other jobs)
 def test_cli_exports_smoothed_maps_and_records_the_sigma(ssim_model, tmp_path, image):
     """--map-sigma blurs every served map inside the graph (SciPy's gaussian_filter as the oracle)."""
     from scipy.ndimage import gaussian_filter

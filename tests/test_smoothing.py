@@ -40,6 +40,7 @@ def test_sigma_zero_leaves_the_map_unchanged_and_bad_sigmas_are_refused():
         scoring.validate_map_sigma(7.9, 32)
 
 
+@pytest.mark.slow  # 10 s measured (2 cores shared with other jobs)
 def test_anomaly_maps_smooths_every_map_but_not_the_reconstruction():
     keras.utils.set_random_seed(0)
     model = build_model("ssim", 32, 1, 8)
@@ -55,6 +56,7 @@ def test_anomaly_maps_smooths_every_map_but_not_the_reconstruction():
         scoring.anomaly_maps(model, image, "ssim", stride=12, map_sigma=10.0)
 
 
+@pytest.mark.slow  # 273 s measured (2 cores shared with other jobs)
 def test_an_export_with_wide_smoothing_scores_a_large_image(tmp_path):
     """Regression: with oneDNN's convolution as the blur, this export (sigma 12: 97 taps) asked for
     a 16 GB scratchpad on a 700x1024 image and aborted the whole process ("Check failed: dtype()

@@ -204,6 +204,7 @@ def test_sampled_reconstruction_averages_each_sample_separately():
 SSIM = {"window_size": 7, "sigma": 1.5, "k1": 0.01, "k2": 0.03}
 
 
+@pytest.mark.slow  # 11 s measured (2 cores shared with other jobs)
 def test_ssim_anomaly_map_equals_ssim_of_input_and_averaged_reconstruction():
     model = build_model("ssim", 32, 1, 8)
     image = np.random.default_rng(3).random((70, 90, 1)).astype(np.float32)

@@ -72,17 +72,13 @@ def _pooled_counts(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.
 def pixel_roc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled pixel ROC curve.
 
-    Parameters
-    ----------
-    maps : sequence of ndarray
-        Anomaly maps ``[H, W]`` (higher = more anomalous); sizes may differ between images.
-    masks : sequence of ndarray
-        Binary ground truth of the same shapes.
+    Args:
+        maps (sequence of ndarray): Anomaly maps ``[H, W]`` (higher = more anomalous); sizes may differ between images.
+        masks (sequence of ndarray): Binary ground truth of the same shapes.
 
-    Returns
-    -------
-    fpr, tpr, thresholds : ndarray
-        Starting at (0, 0) with threshold ``+inf``; a pixel is flagged when ``score >= threshold``.
+    Returns:
+        tuple of ndarray: ``(fpr, tpr, thresholds)``, starting at (0, 0) with threshold ``+inf``; a pixel is
+            flagged when ``score >= threshold``.
     """
     maps, masks = _validate(maps, masks)
     thresholds, tp, fp, positives, negatives = _pooled_counts(maps, masks)
@@ -125,22 +121,16 @@ def segmentation_roc(
     segmented and the flagged good / defect pixels are pooled; the curve is closed with (0, 0)
     and (1, 1) and its area is the trapezoid area (linear between the sampled points).
 
-    Parameters
-    ----------
-    maps, masks : sequences of ndarray
-        Test anomaly maps ``[H, W]`` and boolean ground truth of the same shapes; at least one
-        defect pixel and one good pixel overall.
-    segment : callable
-        ``segment(map, threshold) -> bool mask``, e.g. ``PostProcessor.segment`` with the
-        threshold replaced (see :func:`tfssim.postprocess.segment`).
-    fprs : sequence of float
-        Raw-map false-positive rates in (0, 1) that pick the thresholds.
+    Args:
+        maps, masks (sequences of ndarray): Test anomaly maps ``[H, W]`` and boolean ground truth of the same shapes; at least one
+            defect pixel and one good pixel overall.
+        segment (callable): ``segment(map, threshold) -> bool mask``, e.g. ``PostProcessor.segment`` with the
+            threshold replaced (see :func:`tfssim.postprocess.segment`).
+        fprs (sequence of float): Raw-map false-positive rates in (0, 1) that pick the thresholds.
 
-    Returns
-    -------
-    dict
-        ``fpr``, ``tpr`` (curve, sorted by FPR, with the end points), ``thresholds`` (per
-        sampled point, NaN at the end points) and ``auc``.
+    Returns:
+        dict: ``fpr``, ``tpr`` (curve, sorted by FPR, with the end points), ``thresholds`` (per
+            sampled point, NaN at the end points) and ``auc``.
     """
     maps, masks = _validate(maps, masks)
     fprs = np.asarray(fprs, np.float64)
@@ -183,12 +173,10 @@ def pro_curve(
     is the share of its pixels the thresholded maps flag. Thresholds are chosen so that the
     pooled FPR on the good pixels sweeps ``num_thresholds`` values evenly from 0 to ``max_fpr``.
 
-    Returns
-    -------
-    dict
-        ``fpr`` (achieved FPR per threshold), ``thresholds``, ``mean`` (mean overlap over
-        regions), ``quantiles`` (``[len(quantiles), num_thresholds]`` overlap quantiles),
-        ``levels`` (the quantile levels) and ``regions`` (the number of regions).
+    Returns:
+        dict: ``fpr`` (achieved FPR per threshold), ``thresholds``, ``mean`` (mean overlap over
+            regions), ``quantiles`` (``[len(quantiles), num_thresholds]`` overlap quantiles),
+            ``levels`` (the quantile levels) and ``regions`` (the number of regions).
     """
     from skimage.measure import label
 
@@ -299,10 +287,8 @@ def f1_iou(segmentations: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> 
     segmentation is a bool array, or numbers where ``> 0.5`` is defect; masks as for
     :func:`pixel_roc`. Both scores are 1.0 when neither segmentations nor masks hold a defect pixel.
 
-    Raises
-    ------
-    ValueError
-        No segmentations, a count or shape mismatch, or a mask that is not binary.
+    Raises:
+        ValueError: No segmentations, a count or shape mismatch, or a mask that is not binary.
     """
     if len(segmentations) == 0:
         raise InputError("no segmentations given")

@@ -37,12 +37,9 @@ def _gray(image: np.ndarray) -> np.ndarray:
 def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | os.PathLike) -> Path:
     """Pixel ROC curves of several models in one plot, AUC in the legend (paper Figure 5, left).
 
-    Parameters
-    ----------
-    curves : mapping
-        ``name -> (fpr, tpr, auc)``.
-    path : path-like
-        PNG to write.
+    Args:
+        curves (mapping): ``name -> (fpr, tpr, auc)``.
+        path (path-like): PNG to write.
     """
     fig = Figure(figsize=(5.5, 5))
     ax = fig.add_subplot()

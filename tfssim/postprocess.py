@@ -27,17 +27,12 @@ def threshold_at_fpr(maps: Sequence[np.ndarray], fpr: float) -> float:
     validation pixels is as close to ``fpr`` as the scores allow without exceeding it (ties
     can make it lower).
 
-    Parameters
-    ----------
-    maps : sequence of ndarray
-        Anomaly maps of defect-free validation images, any sizes.
-    fpr : float
-        Target pixel false-positive rate, ``0 < fpr < 1``.
+    Args:
+        maps (sequence of ndarray): Anomaly maps of defect-free validation images, any sizes.
+        fpr (float): Target pixel false-positive rate, ``0 < fpr < 1``.
 
-    Raises
-    ------
-    ValueError
-        ``fpr`` out of range, no maps, or non-finite scores.
+    Raises:
+        ValueError: ``fpr`` out of range, no maps, or non-finite scores.
     """
     if not 0 < fpr < 1:
         raise InputError(f"false-positive rate must be between 0 and 1 (exclusive), got {fpr}")
@@ -76,18 +71,12 @@ def segment(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int 
             min_area: int = 0) -> np.ndarray:
     """Binary defect mask of one anomaly map: threshold, opening, convex hull per region.
 
-    Parameters
-    ----------
-    anomaly_map : ndarray
-        ``[H, W]`` scores (higher = more anomalous).
-    threshold : float
-        Pixels with ``score > threshold`` are candidates.
-    opening_diameter : int
-        Diameter of the opening's circular element (:func:`opening_footprint`); 0 disables it.
-    convex_hull : bool
-        Replace each connected region by its convex hull.
-    min_area : int
-        Drop regions with fewer pixels (after the hull).
+    Args:
+        anomaly_map (ndarray): ``[H, W]`` scores (higher = more anomalous).
+        threshold (float): Pixels with ``score > threshold`` are candidates.
+        opening_diameter (int): Diameter of the opening's circular element (:func:`opening_footprint`); 0 disables it.
+        convex_hull (bool): Replace each connected region by its convex hull.
+        min_area (int): Drop regions with fewer pixels (after the hull).
     """
     from skimage.measure import label, regionprops
     from skimage.morphology import opening

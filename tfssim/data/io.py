@@ -23,12 +23,9 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Sorted image files (png, tif, tiff, jpg, jpeg, bmp; any case) directly in ``folder``.
 
-    Raises
-    ------
-    FileNotFoundError
-        ``folder`` does not exist.
-    ValueError
-        ``folder`` is not a directory or holds no image files.
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        ValueError: ``folder`` is not a directory or holds no image files.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -230,22 +227,15 @@ def read_image(path: str | os.PathLike, channels: int = 1, *, max_pixels: int | 
     tiled and compressed pages included): a decompression bomb is an unreadable image like any
     other.
 
-    Parameters
-    ----------
-    path : path-like
-        PNG, TIFF, JPEG or BMP file.
-    channels : {1, 3}
-        Channels of the result.
-    max_pixels : int, optional
-        Pixel budget for this call.
+    Args:
+        path (path-like): PNG, TIFF, JPEG or BMP file.
+        channels ({1, 3}): Channels of the result.
+        max_pixels (int, optional): Pixel budget for this call.
 
-    Raises
-    ------
-    FileNotFoundError
-        The file does not exist.
-    ValueError
-        The file cannot be read (a folder, a broken link, no permission, empty, corrupt, over the
-        pixel budget), or ``channels`` is not 1 or 3.
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file cannot be read (a folder, a broken link, no permission, empty, corrupt, over the
+            pixel budget), or ``channels`` is not 1 or 3.
     """
     from skimage import color
 

@@ -26,20 +26,13 @@ MASK_SUFFIXES = ("_gt", "", "_mask")
 class DatasetSplit:
     """Paths of one dataset split for training, threshold calibration and testing.
 
-    Attributes
-    ----------
-    layout : str
-        ``"nanotwice"``, ``"mvtec"`` or ``"folder"``.
-    root : Path
-        The dataset folder.
-    train, val : list of Path
-        Defect-free training and validation images (validation sets the threshold).
-    test : list of Path
-        Test images.
-    test_masks : list of Path or None
-        Ground-truth mask of each test image; ``None`` for a defect-free test image.
-    test_labels : list of str
-        Defect type of each test image, ``"good"`` for defect-free ones.
+    Attributes:
+        layout (str): ``"nanotwice"``, ``"mvtec"`` or ``"folder"``.
+        root (Path): The dataset folder.
+        train, val (list of Path): Defect-free training and validation images (validation sets the threshold).
+        test (list of Path): Test images.
+        test_masks (list of Path or None): Ground-truth mask of each test image; ``None`` for a defect-free test image.
+        test_labels (list of str): Defect type of each test image, ``"good"`` for defect-free ones.
     """
 
     layout: str
@@ -172,11 +165,9 @@ def load_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 
     * in both cases every mask file (in the ground-truth folder and its subfolders) must fit a
       test image: a mask that fits none is an error, naming the files.
 
-    Raises
-    ------
-    ValueError
-        A test image in a defect folder without a mask (naming the image and the names looked
-        for), or a mask that fits no test image.
+    Raises:
+        ValueError: A test image in a defect folder without a mask (naming the image and the names looked
+            for), or a mask that fits no test image.
     """
     root = Path(root)
     if not root.exists():

@@ -22,10 +22,8 @@ __all__ = ["patch_dataset", "steps_per_epoch", "fixed_patches", "validate_images
 def validate_images(images: Sequence[np.ndarray], patch_size: int) -> int:
     """Check a list of ``[H, W, C]`` images against a patch size; return the channel count.
 
-    Raises
-    ------
-    ValueError
-        Empty list, wrong rank, mixed channel counts, or an image smaller than the patch.
+    Raises:
+        ValueError: Empty list, wrong rank, mixed channel counts, or an image smaller than the patch.
     """
     if len(images) == 0:
         raise InputError("no images to draw patches from; give at least one defect-free image")
@@ -87,39 +85,27 @@ def patch_dataset(
 ) -> tf.data.Dataset:
     """Batches of random patches as ``(x, x)`` pairs for autoencoder ``fit``.
 
-    Parameters
-    ----------
-    images : sequence of ndarray
-        Decoded float32 images ``[H, W, C]`` in [0, 1] (sizes may differ; see
-        :func:`tfssim.data.read_image`). They are held in memory once, unpadded, as 8- or
-        16-bit codes when they came from 8-/16-bit files (bit-identical patches), else float32.
-    patch_size : int
-        Side of the square patches (the paper: 128).
-    patches_per_epoch : int
-        Patches per epoch (the paper: 20,000); with ``repeat=False`` the dataset holds
-        exactly ``steps_per_epoch(patches_per_epoch, batch_size)`` batches.
-    batch_size : int
-        Patches per batch (the global batch under a distribution strategy).
-    seed : int
-        Seed of everything random; the same seed gives the same patches.
-    augment : bool
-        Random horizontal/vertical flips and 90-degree rotations.
-    start_batch : int
-        Index of the first batch: a resumed run passes ``epochs_done * steps_per_epoch``.
-    repeat : bool
-        Infinite stream (use with ``fit(steps_per_epoch=...)``) or one epoch.
+    Args:
+        images (sequence of ndarray): Decoded float32 images ``[H, W, C]`` in [0, 1] (sizes may differ; see
+            :func:`tfssim.data.read_image`). They are held in memory once, unpadded, as 8- or
+            16-bit codes when they came from 8-/16-bit files (bit-identical patches), else float32.
+        patch_size (int): Side of the square patches (the paper: 128).
+        patches_per_epoch (int): Patches per epoch (the paper: 20,000); with ``repeat=False`` the dataset holds
+            exactly ``steps_per_epoch(patches_per_epoch, batch_size)`` batches.
+        batch_size (int): Patches per batch (the global batch under a distribution strategy).
+        seed (int): Seed of everything random; the same seed gives the same patches.
+        augment (bool): Random horizontal/vertical flips and 90-degree rotations.
+        start_batch (int): Index of the first batch: a resumed run passes ``epochs_done * steps_per_epoch``.
+        repeat (bool): Infinite stream (use with ``fit(steps_per_epoch=...)``) or one epoch.
 
-    Returns
-    -------
-    tf.data.Dataset
-        Elements ``(x, x)``, float32 ``[batch_size, patch_size, patch_size, C]`` in [0, 1].
+    Returns:
+        tf.data.Dataset: Elements ``(x, x)``, float32 ``[batch_size, patch_size, patch_size, C]`` in [0, 1].
 
-    Examples
-    --------
-    >>> ds = patch_dataset([np.random.rand(200, 300, 1).astype("float32")], 64, 256, 32)
-    >>> x, y = next(iter(ds))
-    >>> x.shape
-    TensorShape([32, 64, 64, 1])
+    Examples:
+        >>> ds = patch_dataset([np.random.rand(200, 300, 1).astype("float32")], 64, 256, 32)
+        >>> x, y = next(iter(ds))
+        >>> x.shape
+        TensorShape([32, 64, 64, 1])
     """
     channels = validate_images(images, patch_size)
     if batch_size < 1 or patches_per_epoch < 1 or start_batch < 0:
