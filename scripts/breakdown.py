@@ -31,7 +31,7 @@ def breakdown(dataset: str, export: str) -> dict:
     model = ExportedModel.load(export)
     if model.threshold is None:
         raise SystemExit(f"Error: export {model.path} has no threshold; run tfssim-calibrate or tfssim-tune first")
-    split = load_split(dataset, [model])
+    split, _, _ = load_split(dataset, [model])
     images = [data.read_image(p, model.channels) for p in split.test]
     masks = data.read_test_masks(split.test_masks, images)
     maps = compute_maps(model, images, "test", sources=split.test)
