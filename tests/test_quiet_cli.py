@@ -98,3 +98,21 @@ def test_a_terminal_gets_a_progress_bar_and_still_one_line_per_epoch(images: Pat
     assert len(lines) == 1, text
     for chatter in CHATTER:
         assert chatter not in text, text
+
+
+def test_only_the_known_remapper_line_is_dropped(capfd: pytest.CaptureFixture[str]) -> None:
+    from tfssim.training.progress import quiet_remapper
+
+    remapper = (b"E0000 00:00:1796045182.882777    2768 meta_optimizer.cc:967] remapper failed: INVALID_ARGUMENT: "
+                b"Mutation::Apply error: fanout 'gradient_tape/decoder_1/deconv3_lrelu_1/LeakyRelu/LeakyReluGrad' "
+                b"exist for missing node 'decoder_1/deconv3_1/BiasAdd'.\n")
+    with quiet_remapper():
+        os.write(2, remapper)
+        os.write(2, b"E0000 00:00:1796045182.9    2768 meta_optimizer.cc:967] remapper failed: another reason\n")
+        os.write(2, b"F0000 00:00:1796045183.0    2768 some_kernel.cc:12] a real failure, no newline")
+        print("a python line", file=sys.stderr)
+    os.write(2, remapper)  # outside: passed on as it is
+    err = capfd.readouterr().err
+    assert err.count("LeakyReluGrad") == 1
+    assert "remapper failed: another reason\n" in err and err.count("a real failure, no newline") == 1
+    assert "a python line\n" in err

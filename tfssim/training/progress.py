@@ -102,8 +102,9 @@ class ProgressBar(keras.callbacks.Callback):
 # at ERROR level ("remapper failed: INVALID_ARGUMENT: Mutation::Apply error: fanout
 # '...LeakyReluGrad' exist for missing node '...BiasAdd'"); training and its numbers are unaffected.
 # The cause is not removed: turning the remapper off (the only switch) also drops the fusions that
-# do apply, which made the training step slower on CPU (measured, best of 30 interleaved steps of
-# the paper's CAE at 128x128, batch 32: see the quiet-cli report), and a different layer
+# do apply, which made the training step slower on CPU in two of three paired runs (paper CAE at
+# 128x128, batch 32, SSIM loss, interleaved steps; best step time off/on 1.16, 0.99, 1.10 on a
+# shared 2-core CPU: not clearly within 3 %), and a different layer
 # formulation would change the paper's model and its saved weights. So this one line is dropped.
 _REMAPPER_LINE = re.compile(
     rb"^E\d{4} [\d:. ]+\d+ meta_optimizer\.cc:\d+\] remapper failed: INVALID_ARGUMENT: Mutation::Apply error: "
