@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
 from typing import Iterator
 
 import click
@@ -37,8 +41,15 @@ def setup_logging(verbose: bool = False) -> None:
     """Plain ``HH:MM:SS message`` lines on stderr; TensorFlow's C++ chatter silenced.
 
     Calling it again replaces its own handler (no duplicate lines) and leaves other handlers alone.
+
+    Args:
+        verbose: Debug-level lines, and TensorFlow's C++ start-up lines (absl's "All log
+            messages before absl::InitializeLog()", oneDNN's "custom operations are on") left
+            as they are.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")
+    if not verbose:
+        _quiet_tensorflow_import()
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
@@ -48,6 +59,82 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "tifffile"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+# Lines TensorFlow's shared libraries print through absl while ``import tensorflow`` runs, before
+# anything can call absl::InitializeLog(): absl then writes every message to fd 2 whatever
+# TF_CPP_MIN_LOG_LEVEL says (measured with TF 2.21: the variable hides cpu_feature_guard's line
+# but not these). They are information only; every other line of the import is passed on.
+_IMPORT_CHATTER = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} [\d:. ]+\d+ \S+:\d+\] .*)$"
+)
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` as usual, then runs its first import with fd 2 captured and filtered.
+
+    The import stays lazy (a command that stops at bad input never loads TensorFlow); whoever
+    imports it first (Keras, tfssim.training, a click callback) goes through here once.
+    """
+
+    def __init__(self) -> None:
+        self._looking = False
+
+    def find_spec(self, name, path=None, target=None):  # type: ignore[override]
+        if name != "tensorflow" or self._looking:
+            return None
+        self._looking = True  # the lookup below goes through sys.meta_path, this finder included
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._looking = False
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _QuietLoader(spec.loader, self)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, finder: _QuietTensorFlowFinder) -> None:
+        self._loader, self._finder = loader, finder
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        if self._finder in sys.meta_path:  # TensorFlow is imported once; later imports are plain
+            sys.meta_path.remove(self._finder)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                self._loader.exec_module(module)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                # The module keeps the real loader (its resource reader, reload) as if imported plainly.
+                module.__loader__ = self._loader
+                if getattr(module, "__spec__", None) is not None:
+                    module.__spec__.loader = self._loader
+                captured.seek(0)
+                kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                        if not _IMPORT_CHATTER.match(line)]
+                if kept:  # warnings and errors of the import are the user's to see
+                    sys.stderr.write("\n".join(kept) + "\n")
+                    sys.stderr.flush()
+
+
+def _quiet_tensorflow_import() -> None:
+    """Filter absl's start-up lines out of the (first, still lazy) ``import tensorflow``."""
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+        return
+    try:
+        os.fstat(2)
+    except OSError:  # no fd 2 to capture (a daemon): nothing to filter either
+        return
+    sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ from tfssim.training.distribute import (
     _strategy_label,
     _strategy_name,
 )
+from tfssim.training.progress import ProgressBar, quiet_remapper, wants_bar
 from tfssim.training.run_folder import (
     _LOCATION_KEYS,
     CONFIG_NAME,
@@ -181,8 +182,9 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         config: The run's configuration (validated here).
         resume: Continue the run in ``config.output`` from its last finished epoch. Without it
             an existing run folder raises :class:`RunExistsError`.
-        verbose: Keras ``fit`` verbosity, also the multi-worker loop's (``"auto"``: a progress
-            bar on a terminal, one line per epoch otherwise).
+        verbose: The progress bar within each epoch (on stderr; the one ``epoch N/M`` log line
+            per epoch is always written): ``"auto"`` shows it when stderr is a terminal, ``1``
+            always, ``0`` or ``2`` never. The same under ``fit`` and the multi-worker loop.
 
     Returns:
         A :class:`TrainResult`.
@@ -351,28 +353,31 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
         data.fixed_patches(val_images, config.patch_size, config.val_patches, seed=config.seed + 1) if val_images else None
     )
     state = _RunState(run_dir, rows, best, config.epochs, chief)
-    callbacks: list[keras.callbacks.Callback] = [state]
+    # One line per epoch, the run state's; on a terminal a bar within the epoch (erased before that
+    # line). Keras's own output stays off: verbose=2 repeated each epoch's line, verbose=1 left
+    # each epoch's finished bar on screen next to it.
+    bar = [ProgressBar(steps, config.epochs)] if chief and wants_bar(verbose) else []
+    callbacks: list[keras.callbacks.Callback] = [*bar, state]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), update_freq="epoch",
                                                      profile_batch=0, write_graph=False))
-    if verbose == "auto":
-        verbose = 1 if os.isatty(1) else 2
     started = time.perf_counter()
-    if initial_epoch < config.epochs and multiworker:
-        # Keras's fit fails under this strategy (keras-team/keras#20585): see _custom_fit. Run
-        # outside strategy.scope(), so that the chief's checkpoint saves (which create variables,
-        # see load_weights above) start no collective broadcast.
-        _custom_fit(model, strategy, train_ds, val_patches, batch_size=config.batch_size, epochs=config.epochs,
-                    initial_epoch=initial_epoch, steps=steps, callbacks=callbacks,
-                    verbose=verbose if chief else 0, jit_compile=config.jit_compile)
-    elif initial_epoch < config.epochs:
-        with strategy.scope():
-            model.fit(
-                train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                validation_data=(val_patches, val_patches) if val_patches is not None else None,
-                validation_batch_size=config.batch_size,
-                callbacks=callbacks, verbose=verbose, shuffle=False,
-            )
+    with quiet_remapper():  # one harmless Grappler line at the first step: see progress.py
+        if initial_epoch < config.epochs and multiworker:
+            # Keras's fit fails under this strategy (keras-team/keras#20585): see _custom_fit. Run
+            # outside strategy.scope(), so that the chief's checkpoint saves (which create variables,
+            # see load_weights above) start no collective broadcast.
+            _custom_fit(model, strategy, train_ds, val_patches, batch_size=config.batch_size, epochs=config.epochs,
+                        initial_epoch=initial_epoch, steps=steps, callbacks=callbacks,
+                        verbose=0, jit_compile=config.jit_compile)
+        elif initial_epoch < config.epochs:
+            with strategy.scope():
+                model.fit(
+                    train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                    validation_data=(val_patches, val_patches) if val_patches is not None else None,
+                    validation_batch_size=config.batch_size,
+                    callbacks=callbacks, verbose=0, shuffle=False,
+                )
     seconds = time.perf_counter() - started
     if state.nan_epoch is not None:
         fix = f"lower --learning-rate (was {config.learning_rate:g})" + (

@@ -209,6 +209,10 @@ class _RunState(keras.callbacks.Callback):
         ):
             self.nan_epoch = epoch + 1
             self.model.stop_training = True
+            if self.chief:  # the epoch's one line still shows the NaN (Keras prints none)
+                summary = "  ".join(f"{k} {v:.5f}" for k, v in logs.items() if k != "learning_rate")
+                logger.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, summary,
+                            time.perf_counter() - self._started)
             return
         seconds = time.perf_counter() - self._started
         row = {"epoch": epoch + 1, **logs, "seconds": round(seconds, 3)}
