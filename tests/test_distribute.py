@@ -141,8 +141,8 @@ def test_multiworker_strategy_with_two_processes_on_loopback(image_folder: Path,
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err.decode()[-3000:]
     # rtol 1e-4: with the keras.ops SSIM the two runs differ by 3e-6 after two epochs and 2.7e-5
-    # after the resumed third (with the earlier tf.image-based SSIM they agreed to about 1e-7); an
-    # open question, not yet traced to summation order, see the issue on distributed training.
+    # after the resumed third (with the earlier tf.image-based SSIM they agreed to about 1e-7);
+    # not yet traced to its cause (summation order is the likely one).
     for key in ("loss", "val_loss"):
         np.testing.assert_allclose([float(r[key]) for r in after], [float(r[key]) for r in _history(single)],
                                    rtol=1e-4, err_msg=key)
