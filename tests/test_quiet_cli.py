@@ -115,4 +115,7 @@ def test_only_the_known_remapper_line_is_dropped(capfd: pytest.CaptureFixture[st
     err = capfd.readouterr().err
     assert err.count("LeakyReluGrad") == 1
     assert "remapper failed: another reason\n" in err and err.count("a real failure, no newline") == 1
-    assert "a python line\n" in err
+    # Python's own write goes straight to the terminal while the filter thread passes fd-2 lines on,
+    # so the two may interleave (print writes its text and its newline separately): the text is what
+    # must get through.
+    assert err.count("a python line") == 1
