@@ -63,7 +63,9 @@ def test_missing_optional_keys_take_what_older_exporters_did(exports):
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("patch_size", "32", "'patch_size' must be a positive integer, got '32'"),
     ("patch_size", 32.0, "'patch_size' must be a positive integer, got 32.0"),
-    ("channels", True, "'channels' must be a positive integer, got True"),  # bool is not an int here
+    ("channels", True, "'channels' must be 1 or 3, got True"),  # bool is not an int here
+    ("channels", 2, "'channels' must be 1 or 3, got 2"),
+    ("min_area", -1, "'min_area' must be an integer >= 0, got -1"),
     ("stride", 0, "'stride' must be a positive integer, got 0"),
     ("stride", 33, "stride 33 is larger than its patch size 32"),
     ("threshold", "0.3", "'threshold' must be a finite number, got '0.3'"),

@@ -1,8 +1,6 @@
 """Run an exported SavedModel from Python, with TensorFlow alone (no Keras model code)."""
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -12,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tfssim.errors import InputError
-from tfssim.metadata import METADATA_FILE  # one definition (tfssim.export re-exports it)
+from tfssim.metadata import METADATA_FILE, ExportMetadata, read_json  # METADATA_FILE: one definition (tfssim.export re-exports it)
 
 __all__ = [
     "ExportedModel", "METADATA_FILE", "check_metadata", "read_export_metadata", "readable_tf_error",
@@ -20,17 +18,11 @@ __all__ = [
 ]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def check_metadata(metadata: Any, source: str | os.PathLike) -> dict[str, Any]:
-    """``metadata`` if the values every reader uses are well-formed, else a ``ValueError`` naming ``source``.
+    """``metadata`` if it is valid export metadata, else one ``InputError`` line naming ``source``.
 
-    Checked: ``channels`` (1 or 3), ``threshold`` (absent/null or a finite number),
-    ``threshold_fpr`` (absent/null or a number in (0, 1)), ``opening_diameter`` and ``min_area``
-    (absent/null or a whole number >= 0), ``convex_hull`` (absent/null or true/false),
-    ``float_signature`` (absent/null or a name).
+    The checks are :class:`tfssim.metadata.ExportMetadata`'s (the one place the metadata is
+    validated); this returns the dict as it is, for callers that read it by key.
 
     Args:
         metadata: The parsed ``assets/tfssim.json``.
@@ -40,34 +32,9 @@ def check_metadata(metadata: Any, source: str | os.PathLike) -> dict[str, Any]:
         ``metadata`` unchanged.
 
     Raises:
-        ValueError: One line naming ``source``, the key, its value and what it must be.
+        InputError: One line naming ``source``, the key, its value and what it must be.
     """
-    def bad(key: str, must: str) -> ValueError:
-        shown = repr(metadata.get(key))
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return InputError(f"export metadata {os.fspath(source)} is damaged: {key!r} must be {must}, got {shown}; "
-                          "re-export the model with tfssim-export (or set the threshold again with tfssim-calibrate)")
-
-    if not isinstance(metadata, dict):
-        raise InputError(f"export metadata {os.fspath(source)} is damaged: it holds a JSON "
-                         f"{type(metadata).__name__}, not an object; re-export the model with tfssim-export")
-    if metadata.get("channels") not in (1, 3) or isinstance(metadata.get("channels"), bool):
-        raise bad("channels", "1 or 3")
-    value = metadata.get("threshold")
-    if value is not None and not (_is_number(value) and math.isfinite(value)):
-        raise bad("threshold", "a finite number (or null: not calibrated)")
-    value = metadata.get("threshold_fpr")
-    if value is not None and not (_is_number(value) and 0 < value < 1):
-        raise bad("threshold_fpr", "a number between 0 and 1 (or null)")
-    for key in ("opening_diameter", "min_area"):
-        value = metadata.get(key)
-        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        if value is not None and not (whole and value >= 0):
-            raise bad(key, "a whole number >= 0 (or null)")
-    if metadata.get("convex_hull") is not None and not isinstance(metadata.get("convex_hull"), bool):
-        raise bad("convex_hull", "true or false (or null)")
-    if metadata.get("float_signature") is not None and not isinstance(metadata.get("float_signature"), str):
-        raise bad("float_signature", "a signature name (or null)")
+    ExportMetadata.from_dict(metadata, source=source)
     return metadata
 
 
@@ -75,8 +42,8 @@ def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
 
     The file must be strict JSON (no ``NaN``/``Infinity``), at most 16 MiB
-    (:func:`tfssim.metadata.read_json`), an object whose values pass :func:`check_metadata` and
-    :class:`tfssim.metadata.ExportMetadata`'s checks (the one definition of every key's type).
+    (:func:`tfssim.metadata.read_json`), an object that passes :class:`tfssim.metadata.ExportMetadata`'s
+    checks (the one definition of every key's type and range).
     Every failure is one ``InputError`` line naming the file.
 
     Args:
@@ -92,8 +59,6 @@ def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     Example:
         >>> read_export_metadata("exported_models/nanotwice/1")["threshold"]
     """
-    from tfssim.metadata import ExportMetadata, read_json
-
     path = Path(export_dir) / METADATA_FILE
     try:
         exists = path.is_file()
@@ -102,8 +67,8 @@ def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     if not exists:
         raise InputError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export "
                          "(re-export the model with tfssim-export)")
-    metadata = check_metadata(read_json(path), path)  # the checks every reader relies on, by name
-    ExportMetadata.from_dict(metadata, source=path)  # and every key's type and range
+    metadata = read_json(path)
+    ExportMetadata.from_dict(metadata, source=path)  # every key's type and range
     return metadata
 
 

@@ -42,6 +42,9 @@ FORMAT = 1
 # tfssim-export writes a few kB; a file far larger is not ours and is not parsed.
 MAX_BYTES = 16 * 2**20
 
+# What to do about metadata that fails a check (the file came from elsewhere, or was edited by hand).
+_FIX = "re-export the model with tfssim-export (or set the threshold again with tfssim-calibrate)"
+
 # Keys every export since the first has written: a file without one of them is not tfssim metadata.
 _REQUIRED = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride")
 
@@ -67,7 +70,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "kind": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
     "residual": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
     "patch_size": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "channels": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "channels": ("1 or 3", lambda v: _is_int(v) and v in (1, 3)),
     "stride": ("a positive integer", lambda v: _is_int(v) and v >= 1),
     "chunk_size": ("a positive integer", lambda v: _is_int(v) and v >= 1),
     "ssim": ("an object of SSIM parameters", lambda v: isinstance(v, dict)),
@@ -80,6 +83,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "threshold": ("a finite number", _is_number),
     "threshold_fpr": ("a number between 0 and 1", lambda v: _is_number(v) and 0 < v < 1),
     "opening_diameter": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "min_area": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "convex_hull": ("true or false", lambda v: isinstance(v, bool)),
     "input_name": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
     "uint8_scale": ("a positive number", lambda v: _is_number(v) and v > 0),
@@ -128,6 +132,7 @@ class ExportMetadata:
         threshold_fpr: Pixel false-positive rate the threshold was set at.
         opening_diameter: Diameter of the opening's circular element (0: no opening).
         convex_hull: Replace each region by its convex hull.
+        min_area: Drop regions of fewer pixels (``None``: 0; set by ``tfssim-tune``).
         input_name: Name of the image input of every signature.
         uint8_scale: Factor from ``serving_default``'s uint8 input to [0, 1].
         float_signature: Signature taking float32 images in [0, 1].
@@ -167,6 +172,7 @@ class ExportMetadata:
     threshold_fpr: float | None = None
     opening_diameter: int = 4
     convex_hull: bool = True
+    min_area: int | None = None
     input_name: str = "image"
     uint8_scale: float = 1 / 255
     float_signature: str = "serve_float"
@@ -210,7 +216,7 @@ class ExportMetadata:
         """
         where = f"{source}: " if source is not None else ""
         if not isinstance(values, Mapping):
-            raise InputError(f"{where}tfssim metadata must be a JSON object, got {_type_name(values)}")
+            raise InputError(f"{where}tfssim metadata must be a JSON object, got {_type_name(values)}; {_FIX}")
         missing = [key for key in _REQUIRED if key not in values]
         if missing:
             raise InputError(f"{where}tfssim metadata lacks {', '.join(missing)}; is this a tfssim export? "
@@ -221,7 +227,8 @@ class ExportMetadata:
         try:
             return cls(**given, extra=extra)
         except ValueError as err:
-            raise InputError(f"{where}{err}") from None
+            text = str(err)  # a newer format says its own fix (upgrade tfssim)
+            raise InputError(f"{where}{text}" + ("" if text.endswith("upgrade tfssim") else f"; {_FIX}")) from None
 
     def validate(self) -> None:
         """Check every field's type and range (called on construction).
