@@ -12,11 +12,13 @@ evaluation then run with tfssim on TensorFlow as usual.
 Everything but the backend-specific loop comes from the library, which imports no TensorFlow
 for these parts: the losses (:mod:`tfssim.losses`, SSIM in ``keras.ops``), their parameters
 (:class:`tfssim.ssim.SSIMParams`), the image reader (:mod:`tfssim.data.io`), the sampling rule
-(:mod:`tfssim.data.sampling`) and atomic writes (:mod:`tfssim._io`). Patches are drawn as
-``tfssim-train`` draws them: an image with probability proportional to its number of patch
+(:mod:`tfssim.data.sampling`), atomic writes (:mod:`tfssim._io`) and the run folder's record with
+its resume rule (:mod:`tfssim.run_record`: ``config.json``, ``history.csv``, the data fingerprint).
+Patches are drawn as ``tfssim-train`` draws them: an image with probability proportional to its number of patch
 origins, a uniform crop origin, random horizontal/vertical flips and 90-degree rotations.
 Training is resumable: the model and optimizer are saved after every epoch, and the same
-command continues where it stopped (``--time-limit`` stops it cleanly between epochs).
+command continues where it stopped (``--time-limit`` stops it cleanly between epochs); settings
+not given again keep the run's recorded values, as with ``tfssim-train --resume``.
 
 Example (the README's GPU row; the data folder holds the five normal NanoTWICE images, the last
 one sorted by name is the validation image, as in the paper's split):
@@ -27,10 +29,7 @@ one sorted by name is the validation image, as in the paper's split):
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
-import io
-import json
 import platform
 import sys
 import time
@@ -45,10 +44,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("tfssim") is None:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-from tfssim._io import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
+from tfssim._io import atomic_write, atomic_write_json  # noqa: E402
 from tfssim.data.io import list_images, read_image  # noqa: E402
 from tfssim.data.sampling import image_probabilities  # noqa: E402
+from tfssim.errors import InputError  # noqa: E402
 from tfssim.losses import L2Loss, SSIMLoss  # noqa: E402
+from tfssim.run_record import (  # noqa: E402
+    CONFIG_NAME,
+    HISTORY_NAME,
+    check_same_data,
+    read_history,
+    read_run_record,
+    resume_settings,
+    run_record,
+    write_history,
+)
 from tfssim.ssim import WEIGHTINGS, SSIMParams  # noqa: E402
 
 
@@ -117,18 +127,31 @@ def atomic_save(path: Path, model: keras.Model) -> None:
     atomic_write(path, lambda tmp: model.save(str(tmp)))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+# The run's settings as config.json's "config" records them (TrainConfig field names) and the
+# argument each comes from; the others are fixed here (a folder of grayscale images, SSIMParams'
+# sigma, K1 and K2) or are the script's own (val_count: how many images, sorted, validate).
+CONFIG_ARGS = {"model": "loss", "epochs": "epochs", "patches_per_epoch": "patches_per_epoch",
+               "batch_size": "batch_size", "patch_size": "patch_size", "latent_dim": "latent_dim",
+               "ssim_window": "ssim_window", "ssim_weighting": "ssim_weighting", "learning_rate": "learning_rate",
+               "weight_decay": "weight_decay", "seed": "seed", "augment": "augment", "val_patches": "val_patches",
+               "val_count": "val_count"}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
+    """The arguments, and the names of those given on the command line (not defaults)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", type=Path, help="folder of defect-free images; the last --val-count (sorted) validate")
-    parser.add_argument("--output", type=Path, required=True, help="run folder (tfssim-export takes it)")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="run folder (tfssim-export takes it); if it holds a run, that run is resumed with its "
+                             "recorded settings (arguments given again must agree; only --epochs may change)")
     parser.add_argument("--loss", choices=("ssim", "l2"), default="ssim")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--patches-per-epoch", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--patch-size", type=int, default=128)
     parser.add_argument("--latent-dim", type=int, default=100)
-    parser.add_argument("--ssim-window", type=int, default=11)
-    parser.add_argument("--ssim-weighting", choices=WEIGHTINGS, default="gaussian",
+    parser.add_argument("--ssim-window", type=int, default=SSIMParams.window_size)
+    parser.add_argument("--ssim-weighting", choices=WEIGHTINGS, default=SSIMParams.weighting,
                         help="SSIM window weighting of the loss (and of the exported anomaly map)")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-5)
@@ -141,6 +164,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-limit", type=float, default=None,
                         help="stop cleanly between epochs before this many seconds; run again to resume")
     args = parser.parse_args(argv)
+    _check_args(parser, args)
+    for action in parser._actions:  # parsed again without defaults: what remains was given
+        action.default = argparse.SUPPRESS
+    return args, set(vars(parser.parse_args(argv)))
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("epochs", "patches_per_epoch", "batch_size", "latent_dim", "val_count", "val_patches",
                  "steps_per_execution"):
         if getattr(args, name) < 1:
@@ -151,24 +181,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--patch-size must be a multiple of 16 (the encoder halves it four times), got {args.patch_size}")
     if args.ssim_window > args.patch_size:
         parser.error(f"--ssim-window {args.ssim_window} is larger than the {args.patch_size}-pixel patch")
-    return args
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """config.json's ``config``: the run's settings by :class:`tfssim.training.TrainConfig` field name."""
+    defaults = SSIMParams()
+    return {"data": str(args.images), "output": str(args.output), "layout": "folder", "grayscale": True,
+            "ssim_sigma": defaults.sigma, "ssim_k1": defaults.k1, "ssim_k2": defaults.k2,
+            **{key: getattr(args, arg) for key, arg in CONFIG_ARGS.items()}}
+
+
+def _device() -> str:
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return str(jax.devices()[0].device_kind)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"keras": keras.__version__, "backend": keras.backend.backend(), "numpy": np.__version__,
+                "python": platform.python_version()}
+    if keras.backend.backend() == "jax":
+        import jax
+
+        versions["jax"] = jax.__version__
+    return versions
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, given = parse_args(argv)
+    out = args.output
+    state_path, history_path = out / "state.keras", out / HISTORY_NAME
+    resuming = state_path.exists() and history_path.exists()
+    try:
+        previous = read_run_record(out) if resuming else None
+        config = run_config(args)
+        if previous is not None:
+            # The library's rule (tfssim-train --resume's): the run keeps its recorded settings;
+            # arguments given again must agree with them (only --epochs may change).
+            explicit = {key: value for key, value in config.items() if CONFIG_ARGS.get(key) in given}
+            config.update(resume_settings(previous["config"], explicit, out))
+            for key, arg in CONFIG_ARGS.items():
+                setattr(args, arg, config[key])
+    except InputError as err:
+        raise SystemExit(f"error: {err}") from None
     train_files, val_files, train_images, val_images = read_split(args.images, args.val_count, args.patch_size)
+    try:  # moved data must hold the run's images (the library's rule, as for tfssim-train)
+        fingerprint = check_same_data(previous, config["data"], train_files, val_files, out) if previous else None
+    except InputError as err:
+        raise SystemExit(f"error: {err}") from None
     ssim_params = SSIMParams(window_size=args.ssim_window, weighting=args.ssim_weighting)
 
-    out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    state_path, history_path = out / "state.keras", out / "history.csv"
     rows: list[dict[str, str]] = []
-    if state_path.exists() and history_path.exists():
+    if resuming:
         # Runs started before the script used the library's losses saved them under these names.
         model = keras.saving.load_model(state_path, custom_objects={"BackendSSIMLoss": SSIMLoss,
                                                                     "BackendL2Loss": L2Loss})
-        with open(history_path) as handle:
-            rows = list(csv.DictReader(handle))
+        rows = read_history(history_path)
         print(f"resuming after epoch {len(rows)} from {state_path}", flush=True)
     else:
         keras.utils.set_random_seed(args.seed)
@@ -178,57 +253,20 @@ def main(argv: list[str] | None = None) -> int:
                       loss=loss, steps_per_execution=args.steps_per_execution)
     val = sample_patches(val_images, args.val_patches, args.patch_size, np.random.default_rng([args.seed, 10**6]), False)
 
-    record = {
-        "config": {"data": str(args.images), "output": str(out), "model": args.loss, "layout": "folder",
-                   "epochs": args.epochs, "patches_per_epoch": args.patches_per_epoch, "batch_size": args.batch_size,
-                   "patch_size": args.patch_size, "latent_dim": args.latent_dim, "ssim_window": ssim_params.window_size,
-                   "ssim_sigma": ssim_params.sigma, "ssim_k1": ssim_params.k1, "ssim_k2": ssim_params.k2,
-                   "ssim_weighting": ssim_params.weighting,
-                   "learning_rate": args.learning_rate,
-                   "weight_decay": args.weight_decay, "seed": args.seed, "grayscale": True, "augment": args.augment,
-                   "val_patches": args.val_patches},
-        "trainer": "scripts/train_any_backend.py",
-        "versions": {"keras": keras.__version__, "backend": keras.backend.backend(), "numpy": np.__version__,
-                     "python": platform.python_version()},
-        "channels": 1, "patch_size": args.patch_size, "latent_dim": args.latent_dim, "model": args.loss,
-        "ssim": ssim_params.to_dict(),
-        "train_images": [str(p) for p in train_files], "val_images": [str(p) for p in val_files],
-    }
-    if keras.backend.backend() == "jax":
-        import jax
-
-        record["versions"]["jax"] = jax.__version__
-        record["device"] = str(jax.devices()[0].device_kind)
-    elif keras.backend.backend() == "torch":
-        import torch
-
-        record["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    else:
-        record["device"] = "cpu"
-    if rows and (out / "config.json").exists():
-        # A resumed run keeps its model, loss and optimizer (they come from state.keras): refuse
-        # arguments that would silently not apply, rather than record them in config.json.
-        previous = json.loads((out / "config.json").read_text())
-        before = previous.get("config", {})
-        changed = [f"{key} {before[key]!r} -> {value!r}" for key, value in record["config"].items()
-                   if key not in ("epochs", "data", "output") and key in before and before[key] != value]
-        for key in ("train_images", "val_images"):  # the same images by name (the folder may move)
-            names = [Path(f).name for f in previous.get(key, [])]
-            if names and names != [Path(f).name for f in record[key]]:
-                changed.append(f"{key} {names} -> {[Path(f).name for f in record[key]]}")
-        if changed:
-            raise SystemExit(f"error: {out} was started with other settings ({'; '.join(changed)}); "
-                             "resume with the original ones (only --epochs may change) or use a new --output")
+    where = {"device": _device()}
+    if previous is not None:
         # Where earlier legs ran stays on record (a GPU run finished on a CPU is not "a CPU run").
         devices = previous.get("devices") or [previous.get("device", "cpu")]
-        if record.get("device", "cpu") not in devices:
-            devices.append(record.get("device", "cpu"))
-        record["devices"] = devices
-        record["device"] = " + ".join(devices)
-    atomic_write_json(out / "config.json", record)
+        if where["device"] not in devices:
+            devices.append(where["device"])
+        where = {"device": " + ".join(devices), "devices": devices}
+    record = run_record(config, ssim=ssim_params, versions=_versions(), train_images=train_files,
+                        val_images=val_files, fingerprint=fingerprint, previous=previous,
+                        trainer="scripts/train_any_backend.py", **where)
+    atomic_write_json(out / CONFIG_NAME, record)
     print(f"{args.loss}-AE d={args.latent_dim} p={args.patch_size}: {model.count_params():,} parameters; "
           f"{args.epochs} x {args.patches_per_epoch} patches, batch {args.batch_size}, lr {args.learning_rate:g}, "
-          f"backend {keras.backend.backend()} ({record.get('device', 'cpu')})", flush=True)
+          f"backend {keras.backend.backend()} ({record['device']})", flush=True)
 
     def epoch_patches(epoch: int) -> np.ndarray:
         # Epoch e's patches depend on (seed, e) alone, so a resumed run sees the same data.
@@ -253,11 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"epoch": str(epoch + 1), "loss": f"{history.history['loss'][-1]:.6f}",
                      "val_loss": f"{float(val_loss):.6f}", "seconds": f"{last_epoch_s:.2f}"})
         atomic_save(state_path, model)
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=["epoch", "loss", "val_loss", "seconds"])
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(history_path, text.getvalue())
+        write_history(history_path, rows)
         print(f"epoch {epoch + 1}/{args.epochs}: loss {rows[-1]['loss']} val {rows[-1]['val_loss']} "
               f"({last_epoch_s:.1f} s)", flush=True)
 

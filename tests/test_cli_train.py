@@ -162,6 +162,26 @@ def test_resume_refuses_changed_settings_and_folders_without_a_run(image_folder:
     )
     assert_one_error_line(changed, "latent_dim was 8, now 4", "only --epochs may change")
     assert (run / "history.csv").read_text() == before  # the run was left alone
+    # A config file's values are given settings too: refused where they differ.
+    cfg = tmp_path / "other.yaml"
+    cfg.write_text("patches-per-epoch: 32\n")
+    from_file = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--resume", "--config", str(cfg)])
+    assert_one_error_line(from_file, "patches_per_epoch was 16, now 32", "leave them out to keep the run's settings")
+    assert (run / "history.csv").read_text() == before
+    # Options left out keep the run's recorded values, not the options' defaults (patch 128, latent
+    # 100, 20000 patches of a batch of 32, which would not even fit these 80x96 images).
+    recorded = json.loads((run / "config.json").read_text())["config"]
+    resumed = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--resume", "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.exception is None
+    assert "resuming after epoch 1" in resumed.output and "patches   16 of 32x32x1 per epoch, batch 16" in resumed.output
+    assert [int(r["epoch"]) for r in _rows(run)] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["config"] == {**recorded, "epochs": 2}
+    # Without --epochs the recorded count stands, not the option's default 200.
+    from tfssim.training import resume_config
+
+    assert resume_config(image_folder, run, {}).epochs == 2
+    assert resume_config(image_folder, run, {"epochs": 5}).to_dict() == {**recorded, "epochs": 5}
     for folder in (tmp_path / "never-made", tmp_path / "empty"):
         if folder.name == "empty":
             folder.mkdir()
@@ -201,7 +221,7 @@ def test_ssim_weighting_uniform_trains_records_and_exports(image_folder: Path, t
 
     before = (run / "history.csv").read_text()
     changed = CliRunner().invoke(main, [str(image_folder), "--output", str(run), "--epochs", "2", "--resume",
-                                        "--ssim-window", "7", *ONE_STEP])
+                                        "--ssim-window", "7", "--ssim-weighting", "gaussian", *ONE_STEP])
     assert_one_error_line(changed, "ssim_weighting was 'uniform', now 'gaussian'", "only --epochs may change")
     # A run folder from before the option (no ssim_weighting key) trained with the Gaussian window.
     del config["config"]["ssim_weighting"]

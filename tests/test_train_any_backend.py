@@ -4,7 +4,8 @@ Its SSIM, losses, reader and sampling rule are the library's (checked in their o
 its patch sampler against brute-force crop search and the library's image weights, its reader
 on 16-bit files, and ``main`` end to end on a tiny folder:
 run folder contents, resume, ``--time-limit`` stops, the folder loading in ``tfssim-export``,
-and bad input.
+and bad input; and, in a subprocess on JAX where ``import tensorflow`` fails, that it runs without
+TensorFlow and resumes with the run's recorded settings (the library's rule, :mod:`tfssim.run_record`).
 """
 from __future__ import annotations
 
@@ -227,7 +228,7 @@ def test_main_end_to_end_resume_time_limit_and_export(grass_folder, tmp_path, ca
     config_before = (run / "config.json").read_text()
     with pytest.raises(SystemExit) as err:
         tab.main([*base, "--epochs", "5", "--learning-rate", "1e-3"])
-    assert "learning_rate 0.0002 -> 0.001" in str(err.value) and str(run) in str(err.value)
+    assert "learning_rate was 0.0002, now 0.001" in str(err.value) and str(run) in str(err.value)
     assert (run / "config.json").read_text() == config_before and _history(run) == limited
 
 
@@ -292,8 +293,9 @@ def test_resume_refuses_other_images_and_keeps_where_earlier_legs_ran(grass_fold
     other.mkdir()
     for i in range(3):
         io.imsave(other / f"x_{i}.png", skdata.grass()[:80, :96], check_contrast=False)
-    with pytest.raises(SystemExit, match="train_images"):
+    with pytest.raises(SystemExit, match="whose images differ from those the run") as err:
         tab.main([str(other), "--output", str(run), *TINY, "--epochs", "3"])
+    assert "2 training image(s) missing (img_0.png, img_1.png)" in str(err.value.code)
     assert len(_history(run)) == 2
 
 
@@ -317,3 +319,81 @@ def test_images_are_drawn_by_their_number_of_patch_origins():
     patches = tab.sample_patches([big, small], 4000, 32, np.random.default_rng(0), augment=False)
     share_small = float(np.mean(patches[:, 0, 0, 0] == 1.0))
     assert share_small == pytest.approx(1 / 257, abs=0.004)
+
+
+# --------------------------------------------------------------------------- the run folder's record
+def test_parse_args_tells_given_arguments_from_defaults(tmp_path):
+    args, given = tab.parse_args([str(tmp_path), "--output", str(tmp_path / "run"), "--epochs", "3", "--no-augment"])
+    assert (args.epochs, args.augment, args.latent_dim) == (3, False, 100)
+    assert given == {"images", "output", "epochs", "augment"}
+    config = tab.run_config(args)
+    # the record's settings are TrainConfig's fields (one schema), plus the script's val_count
+    from tfssim.training import TrainConfig
+
+    fields = set(TrainConfig.__dataclass_fields__)
+    assert set(config) - fields == {"val_count"}
+    assert config["model"] == "ssim" and config["epochs"] == 3 and config["augment"] is False
+
+
+def _run_script_without_tensorflow(run_without_tensorflow, *argv: str):
+    """``main(argv)`` of the script in a fresh interpreter where ``import tensorflow`` fails (the
+    test sets ``KERAS_BACKEND=jax``); prints ``EXIT <message>`` for a SystemExit, and what it loaded."""
+    code = (
+        "import runpy, sys\n"
+        "script = runpy.run_path('scripts/train_any_backend.py', run_name='tfssim_any_backend')\n"
+        "try:\n"
+        "    code = script['main'](sys.argv[1:])\n"
+        "except SystemExit as err:\n"
+        "    print('EXIT', err.code); code = 9\n"
+        "print('TENSORFLOW_LOADED', 'tensorflow' in sys.modules, 'BACKEND', script['keras'].backend.backend())\n"
+        "sys.exit(code)\n"
+    )
+    return run_without_tensorflow(code, *argv, timeout=600)
+
+
+@pytest.fixture
+def on_jax(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+
+
+@pytest.mark.slow  # three fresh JAX interpreters, two tiny runs: 295 s measured on the loaded 2-core machine (86 s CPU)
+def test_runs_and_resumes_on_jax_where_tensorflow_cannot_be_imported(run_without_tensorflow, on_jax, grass_folder,
+                                                                     tmp_path):
+    run = tmp_path / "run"
+    first = _run_script_without_tensorflow(run_without_tensorflow, str(grass_folder), "--output", str(run), *TINY,
+                                           "--epochs", "1", "--seed", "5", "--steps-per-execution", "1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "TENSORFLOW_LOADED False BACKEND jax" in first.stdout
+    record = json.loads((run / "config.json").read_text())
+    assert record["versions"]["backend"] == "jax" and record["config"]["seed"] == 5
+    assert record["data_fingerprint"]["algorithm"] == "sha256"
+    # Resumed with DATA and --output alone: the recorded settings, not the defaults (patch 128 would not
+    # even fit these 80x96 images), and only --epochs given anew.
+    again = _run_script_without_tensorflow(run_without_tensorflow, str(grass_folder), "--output", str(run),
+                                           "--epochs", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming after epoch 1" in again.stdout and "TENSORFLOW_LOADED False" in again.stdout
+    assert [r["epoch"] for r in _history(run)] == ["1", "2"]
+    assert json.loads((run / "config.json").read_text())["config"] == {**record["config"], "epochs": 2}
+    # a given setting that differs is refused by the library's rule, naming it
+    changed = _run_script_without_tensorflow(run_without_tensorflow, str(grass_folder), "--output", str(run),
+                                             "--epochs", "3", "--latent-dim", "4")
+    assert "EXIT error: --resume with settings that differ" in changed.stdout
+    assert "latent_dim was 8, now 4" in changed.stdout
+    assert [r["epoch"] for r in _history(run)] == ["1", "2"]
+
+
+def test_script_imports_without_tensorflow(run_without_tensorflow, on_jax, tmp_path):
+    """Importing the script (keras on JAX, the library's TF-free modules) loads no TensorFlow."""
+    code = (
+        "import runpy, sys, json\n"
+        "script = runpy.run_path('scripts/train_any_backend.py', run_name='tfssim_any_backend')\n"
+        "args, given = script['parse_args']([sys.argv[1], '--output', sys.argv[2], '--latent-dim', '8'])\n"
+        "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'backend': script['keras'].backend.backend(),\n"
+        "                  'given': sorted(given), 'model': script['run_config'](args)['model']}))\n"
+    )
+    done = run_without_tensorflow(code, str(tmp_path), str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"tf": False, "backend": "jax", "given": ["images", "latent_dim", "output"], "model": "ssim"}

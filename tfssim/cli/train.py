@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
@@ -99,7 +100,9 @@ def _check_data(data: str) -> None:
 @click.option("--virtual-cpus", type=click.IntRange(min=1), default=None,
               help="Split the CPU into N logical devices (to try --strategy mirrored without GPUs).")
 @click.option("--skip-bad-images", is_flag=True, help="Skip unreadable images (listed in the log) instead of stopping.")
-@click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --output from its last finished epoch, with its recorded settings (options "
+                   "not given keep the run's values; only --epochs may change).")
 @click.option("--verbose", "-v", is_flag=True)
 @tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(data: str | None, output: str | None, virtual_cpus: int | None, resume: bool, verbose: bool, **options: Any) -> None:
@@ -128,13 +131,20 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
         _virtual_cpus(virtual_cpus)
 
     from tfssim.models import WeightsUnavailableError
-    from tfssim.training import OutOfMemoryError, TrainConfig, train
+    from tfssim.training import OutOfMemoryError, TrainConfig, resume_config, train
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in options.items() if k in known}
     extra = {k: v for k, v in (ctx.default_map or {}).items() if k in known and k not in values and k not in ("data", "output")}
     with usage_errors():
-        config = TrainConfig(data=data, output=output, **extra, **values)
+        if resume:
+            # The run keeps its recorded settings: only what was given (on the command line or in
+            # --config, not a default) is compared with them (resume_config refuses a difference).
+            given = {k: v for k, v in values.items()
+                     if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
+            config = resume_config(data, output, {**extra, **given})
+        else:
+            config = TrainConfig(data=data, output=output, **extra, **values)
         try:
             result = train(config, resume=resume)
         except WeightsUnavailableError as err:

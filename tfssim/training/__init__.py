@@ -25,7 +25,8 @@ A new run that fails (or is interrupted) before its first epoch finished removes
 created, so that the corrected command can use the same folder.
 
 The package, by seam: :mod:`~tfssim.training.config` (the settings and their checks),
-:mod:`~tfssim.training.run_folder` (the folder, resume state, lock), :mod:`~tfssim.training.distribute`
+:mod:`~tfssim.training.run_folder` (the folder, resume state, lock; its record's schema is
+:mod:`tfssim.run_record`, which imports no TensorFlow), :mod:`~tfssim.training.distribute`
 (strategies and the multi-worker loop) and :mod:`~tfssim.training.loop` (:func:`train`).
 """
 from __future__ import annotations
@@ -49,8 +50,9 @@ from tfssim.training.run_folder import (
     RunExistsError,
     RunInUseError,
     data_fingerprint,
+    resume_config,
 )
 
 __all__ = ["TrainConfig", "TrainResult", "train", "load_config", "RunExistsError", "RunInUseError", "OutOfMemoryError",
            "STRATEGIES", "LAYOUTS", "LOCK_NAME", "CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME", "CONFIG_ALIASES",
-           "CONFIG_MAX_BYTES", "CONFIG_MAX_DEPTH", "data_fingerprint"]
+           "CONFIG_MAX_BYTES", "CONFIG_MAX_DEPTH", "data_fingerprint", "resume_config"]

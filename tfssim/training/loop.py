@@ -26,6 +26,16 @@ from tfssim import __version__, precision
 from tfssim._io import atomic_write, atomic_write_text
 from tfssim.errors import InputError
 from tfssim.models import get_spec
+from tfssim.run_record import (
+    CONFIG_NAME,
+    HISTORY_NAME,
+    LOCK_NAME,
+    PROGRESS_NAME,
+    read_history,
+    read_run_record,
+    resume_settings,
+    run_record,
+)
 from tfssim.training.config import TrainConfig
 from tfssim.training.distribute import (
     _all_workers,
@@ -37,20 +47,7 @@ from tfssim.training.distribute import (
     _strategy_name,
 )
 from tfssim.training.progress import ProgressBar, quiet_remapper, wants_bar
-from tfssim.training.run_folder import (
-    _LOCATION_KEYS,
-    CONFIG_NAME,
-    HISTORY_NAME,
-    LOCK_NAME,
-    PROGRESS_NAME,
-    RunExistsError,
-    _check_same_data,
-    _claim_run_folder,
-    _previous_locations,
-    _read_history,
-    _RunState,
-    data_fingerprint,
-)
+from tfssim.training.run_folder import RunExistsError, _check_same_data, _claim_run_folder, _RunState
 
 logger = logging.getLogger(__name__)
 
@@ -260,24 +257,14 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
     # worker learns of it at the block's end, before the next collective (see _all_workers).
     with _all_workers(strategy, chief):
         if resume:
-            if not config_path.exists():
+            previous = read_run_record(run_dir)
+            if previous is None:
                 raise InputError(
                     f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
                 )
-            previous = json.loads(config_path.read_text())
-            saved = previous["config"]
-            saved.setdefault("ssim_weighting", "gaussian")  # runs from before the option trained with it
-            # Where the run and its data live is no setting of the run: a copied or moved run
-            # folder resumes, and moved data is compared by its images after they are listed.
-            changed = {k: (saved[k], v) for k, v in config.to_dict().items()
-                       if k in saved and saved[k] != v and k not in ("epochs", *_LOCATION_KEYS)}
-            if changed:
-                raise InputError(
-                    f"--resume with settings that differ from the run in {run_dir}: "
-                    + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-                    + f"; repeat the run's settings (see {config_path}; only --epochs may change) or train into a "
-                    "new --output"
-                )
+            # Every setting is given here: one that differs from the run's is refused (resume_config
+            # fills in the run's own settings for a caller that gave only some).
+            resume_settings(previous["config"], config.to_dict(), run_dir)
         elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             raise RunExistsError(
                 f"run folder {run_dir} already exists and is not empty; pass --resume to continue it or choose "
@@ -292,7 +279,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
             initial_epoch, best = int(progress["epochs_done"]), float(progress["best"])
             # runs written before progress.json named its weights file used checkpoint.weights.h5
             weights_path = run_dir / "state" / progress.get("weights", "checkpoint.weights.h5")
-        rows: list[dict[str, Any]] = _read_history(run_dir / HISTORY_NAME)[:initial_epoch]
+        rows: list[dict[str, Any]] = read_history(run_dir / HISTORY_NAME)[:initial_epoch]
         rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
 
     with _all_workers(strategy, chief):
@@ -305,16 +292,11 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
         _banner(config, split, train_images, val_images, policy, strategy, skipped, initial_epoch)
         if chief:
             run_dir.mkdir(parents=True, exist_ok=True)
-            record = {"config": config.to_dict(), "versions": _versions(), "layout": split.layout,
-                      "channels": config.channels, "ssim": config.ssim_params.to_dict(), "patch_size": config.patch_size,
-                      "latent_dim": config.latent_dim, "model": config.model, "precision": policy,
-                      "strategy": _strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
-                      "train_images": [str(p) for p in split.train], "val_images": [str(p) for p in split.val],
-                      "skipped_images": skipped,
-                      "data_fingerprint": fingerprint or data_fingerprint(config.data, split.train, split.val)}
-            if resume:
-                # config.json names where the run lives now; the earlier places stay on record.
-                record["previous_locations"] = _previous_locations(previous, config)
+            record = run_record(config.to_dict(), ssim=config.ssim_params, versions=_versions(),
+                                train_images=split.train, val_images=split.val, fingerprint=fingerprint,
+                                previous=previous if resume else None, layout=split.layout, precision=policy,
+                                strategy=_strategy_name(strategy), replicas=strategy.num_replicas_in_sync,
+                                skipped_images=skipped)
             atomic_write_text(config_path, json.dumps(record, indent=2))
 
     with strategy.scope():

@@ -1,6 +1,8 @@
-"""The run folder on disk: its file names, history, resume state, data fingerprint and lock.
+"""The run folder on disk: resume state, the per-epoch callback, the lock; the schema is :mod:`tfssim.run_record`.
 
-See :mod:`tfssim.training` for the folder's layout. :class:`_RunState` (a Keras callback) writes
+See :mod:`tfssim.training` for the folder's layout; its ``config.json`` and ``history.csv``, the
+data fingerprint and the resume-settings rule are :mod:`tfssim.run_record`'s (no TensorFlow, shared
+with ``scripts/train_any_backend.py``). :class:`_RunState` (a Keras callback) writes
 an epoch's history row, weights and ``state/progress.json`` (the commit point) in the order that
 keeps a killed run resumable; every write is atomic. A new run that fails before its first epoch
 finished removes what it created (:func:`_claim_run_folder`).
@@ -8,180 +10,80 @@ finished removes what it created (:func:`_claim_run_folder`).
 from __future__ import annotations
 
 import contextlib
-import csv
+import dataclasses
 import json
 import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping
 
 import keras
 import numpy as np
 
 from tfssim._io import atomic_write, atomic_write_text
 from tfssim.errors import InputError
+from tfssim.run_record import (  # noqa: F401 - the schema's names, re-exported here as before
+    CONFIG_NAME,
+    HISTORY_NAME,
+    LOCATION_KEYS,
+    LOCK_NAME,
+    PROGRESS_NAME,
+    check_same_data,
+    data_fingerprint,
+    read_history,
+    read_run_record,
+    resume_settings,
+    write_history,
+)
 from tfssim.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.json"
-HISTORY_NAME = "history.csv"
-PROGRESS_NAME = "progress.json"
 
 
 class RunExistsError(FileExistsError):
     """The run folder already holds a run and ``resume`` was not asked for."""
 
 
-def _read_history(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+def _check_same_data(previous: dict[str, Any], config: TrainConfig, split: Any, run_dir: Path) -> dict[str, Any] | None:
+    """:func:`tfssim.run_record.check_same_data` of a :class:`TrainConfig` and a ``DatasetSplit``."""
+    return check_same_data(previous, config.data, split.train, split.val, run_dir)
 
 
-def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+def resume_config(data: str | os.PathLike, output: str | os.PathLike, given: Mapping[str, Any]) -> TrainConfig:
+    """The configuration that resumes the run in ``output``: its recorded settings, with ``given``.
 
-    atomic_write(path, write)
-
-
-# TrainConfig fields that say where a run and its data live, not what the run is (see _train).
-_LOCATION_KEYS = ("output", "data")
-
-
-def data_fingerprint(root: str | os.PathLike, train: Sequence[str | os.PathLike],
-                     val: Sequence[str | os.PathLike]) -> dict[str, Any]:
-    """What identifies a run's images wherever the dataset lies: name, size and SHA-256 of each.
-
-    Names are relative to the dataset folder ``root`` (``/`` separated), so a dataset copied or
-    moved elsewhere has the same fingerprint; reading every training and validation file once
-    costs about a second per GB.
+    A setting the caller did not give takes the run's recorded value, so that
+    ``tfssim-train DATA --output RUN --resume`` needs no option repeated; one it gave must equal
+    the recorded value (only ``epochs`` may change). :func:`~tfssim.training.train` with
+    ``resume=True`` then continues the run.
 
     Args:
-        root: The dataset folder (``DATA``).
-        train: The training image paths (``DatasetSplit.train``).
-        val: The validation image paths (``DatasetSplit.val``).
+        data: The dataset folder (it may have moved: :func:`train` compares its images).
+        output: The run folder.
+        given: The settings the caller chose explicitly, by :class:`TrainConfig` field name
+            (a command-line option or a config-file key; not the defaults).
 
     Returns:
-        ``{"algorithm": "sha256", "train": [[name, bytes, hexdigest], ...], "val": [...]}``.
-
-    Example:
-        >>> split = data.load_dataset("NanoTWICE")
-        >>> data_fingerprint("NanoTWICE", split.train, split.val)["train"][0][0]
-        'Normal/...'
-    """
-    import hashlib
-
-    def entry(path: str | os.PathLike) -> list[Any]:
-        path = Path(path)
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        try:
-            name = path.relative_to(root).as_posix()
-        except ValueError:  # not under root (cannot happen with load_dataset): its name alone
-            name = path.name
-        return [name, path.stat().st_size, digest.hexdigest()]
-
-    return {"algorithm": "sha256", "train": [entry(p) for p in train], "val": [entry(p) for p in val]}
-
-
-def _same_place(a: str, b: str) -> bool:
-    return a == b or os.path.realpath(a) == os.path.realpath(b)
-
-
-def _listed(names: Sequence[str], limit: int = 3) -> str:
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _check_same_data(previous: dict[str, Any], config: TrainConfig, split: Any, run_dir: Path) -> dict[str, Any] | None:
-    """On ``--resume`` with ``DATA`` elsewhere than the run's: the same training and validation images?
-
-    Data in the same place is taken as it is (as before: not re-read). Elsewhere, its
-    :func:`data_fingerprint` must equal the one the run recorded (names relative to ``DATA``,
-    sizes, SHA-256). A run made before fingerprints were recorded has only its image paths: the
-    names relative to the old ``DATA`` must match, and a warning says the contents could not be
-    compared.
-
-    Returns:
-        The fingerprint to record: the saved one (same place), the new data's (moved), or
-        ``None`` (same place, none recorded yet: computed when the record is written).
+        The (not yet validated) configuration.
 
     Raises:
-        ValueError: the moved data holds other images; one line naming the differences.
+        InputError: ``output`` holds no run, or a given setting differs from the recorded one.
+
+    Example:
+        >>> config = resume_config("NanoTWICE", "runs/ssim", {"epochs": 300})
+        >>> train(config, resume=True)
     """
-    old_data = str(previous.get("config", {}).get("data", config.data))
-    saved = previous.get("data_fingerprint")
-    if _same_place(old_data, config.data):
-        return saved if isinstance(saved, dict) else None
-    current = data_fingerprint(config.data, split.train, split.val)
-    problems: list[str] = []
-    if isinstance(saved, dict):
-        for part in ("train", "val"):
-            before = {name: (size, digest) for name, size, digest in saved.get(part, [])}
-            now = {name: (size, digest) for name, size, digest in current[part]}
-            role = "training" if part == "train" else "validation"
-            missing = sorted(set(before) - set(now))
-            new = sorted(set(now) - set(before))
-            differ = sorted(n for n in set(before) & set(now) if before[n] != now[n])
-            if missing:
-                problems.append(f"{len(missing)} {role} image(s) missing ({_listed(missing)})")
-            if new:
-                problems.append(f"{len(new)} {role} image(s) not in the run ({_listed(new)})")
-            if differ:
-                sizes = [f"{n} ({before[n][0]} -> {now[n][0]} bytes)" if before[n][0] != now[n][0]
-                         else f"{n} (same size, other content)" for n in differ]
-                problems.append(f"{len(differ)} {role} image(s) changed: {_listed(sizes)}")
-        how = "names, sizes and SHA-256 contents"
-    else:
-        # A run from before fingerprints: only its absolute image paths are on record.
-        for part, key in (("train", "train_images"), ("val", "val_images")):
-            def relative(path: str) -> str:
-                try:
-                    return Path(path).relative_to(old_data).as_posix()
-                except ValueError:
-                    return Path(path).name
-            before = [relative(p) for p in previous.get(key, [])]
-            now = [name for name, _, _ in current[part]]
-            if before != now:
-                role = "training" if part == "train" else "validation"
-                missing, new = sorted(set(before) - set(now)), sorted(set(now) - set(before))
-                detail = "; ".join(x for x in (missing and f"missing {_listed(missing)}",
-                                              new and f"not in the run {_listed(new)}") if x)
-                problems.append(f"other {role} images ({detail or 'another order'})")
-        how = "names (the run records no sizes or contents)"
-        if not problems:
-            logger.warning(
-                "DATA moved from %s to %s: the run in %s was made before tfssim recorded image contents, so only "
-                "the image names were compared (they match); make sure the images are the same", old_data,
-                config.data, run_dir,
-            )
-    if problems:
+    previous = read_run_record(output)
+    if previous is None:
         raise InputError(
-            f"--resume with DATA {config.data} whose images differ from those the run in {run_dir} was trained on "
-            f"(in {old_data}; compared by {how}): {'; '.join(problems)}; give DATA the run's images, or train "
-            "into a new --output"
+            f"--resume given but {output} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
         )
-    return current
-
-
-def _previous_locations(previous: dict[str, Any], config: TrainConfig) -> list[dict[str, str]]:
-    """The earlier ``{"output", "data"}`` places of a resumed run, oldest first, plus the last one if it moved."""
-    places = [p for p in previous.get("previous_locations", []) if isinstance(p, dict)]
-    before = {k: str(previous.get("config", {}).get(k, "")) for k in _LOCATION_KEYS}
-    if not all(_same_place(before[k], str(getattr(config, k))) for k in _LOCATION_KEYS):
-        places.append(before)
-    return places
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = resume_settings(previous["config"], {k: v for k, v in given.items() if k not in LOCATION_KEYS}, output)
+    return TrainConfig(data=os.fspath(data), output=os.fspath(output),
+                       **{k: v for k, v in settings.items() if k in known and k not in LOCATION_KEYS})
 
 
 class _RunState(keras.callbacks.Callback):
@@ -230,7 +132,7 @@ class _RunState(keras.callbacks.Callback):
         if monitor < self.best:
             self.best = monitor
             atomic_write(self.run_dir / "best.keras", self.model.save)
-        _write_history(self.run_dir / HISTORY_NAME, self.rows)
+        write_history(self.run_dir / HISTORY_NAME, self.rows)
         atomic_write_text(state / PROGRESS_NAME,
                            json.dumps({"epochs_done": epoch + 1, "best": self.best, "weights": weights}))
         for old in state.glob("*.weights.h5"):
@@ -297,10 +199,6 @@ def _save_checkpoint(model: keras.Model, state: Path, weights: str) -> None:
             hooks[1](*args)
         for report in unraisable:
             hooks[0](report)
-
-
-# A lock file in the run folder: one tfssim-train at a time per folder (see _claim_run_folder).
-LOCK_NAME = ".tfssim-train.lock"
 
 
 class RunInUseError(InputError):
