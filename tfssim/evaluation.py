@@ -11,6 +11,10 @@ On request, also the ROC of the post-processed segmentations swept over threshol
 
 Datasets whose test images are sorted by defect type (MVTec AD, a folder with
 ``test/<type>/``) are also scored per type (:func:`per_type_scores`), as MVTec AD reports do.
+
+By seam: which validation split sets the threshold is :mod:`tfssim.splits` (:func:`load_split`),
+the per-type pooling :mod:`tfssim.per_type`; both are re-exported here. This module is the metric
+loop (:func:`evaluate_maps`, :func:`evaluate`) and its files (curves, ``results.csv``, the table).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -27,11 +31,14 @@ from tfssim import metrics, postprocess
 from tfssim._io import atomic_write, atomic_write_json
 from tfssim.errors import InputError
 from tfssim.inference import ExportedModel
+from tfssim.per_type import GOOD, TYPE_KEYS, defect_types, per_type_scores
+from tfssim.splits import DEFAULT_SEED, DEFAULT_VAL_SPLIT, load_split, split_settings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ExportEvaluation", "compute_maps", "defect_types", "evaluate_maps", "evaluate", "format_table",
-           "load_split", "per_type_scores", "split_settings", "write_curves"]
+           "load_split", "per_type_scores", "split_settings", "write_curves", "GOOD", "TYPE_KEYS", "DEFAULT_SEED",
+           "DEFAULT_VAL_SPLIT"]
 
 RESULT_KEYS = ("pixel_auroc", "segmentation_auroc", "aupro_0.3", "image_auroc", "threshold", "fpr_target", "val_fpr", "f1", "iou")
 # Columns of results.csv: the scores, then the threshold stored in the export (null if never calibrated).
@@ -39,10 +46,6 @@ CSV_KEYS = (*RESULT_KEYS, "export_threshold")
 ROC_POINTS = 2000  # the stored / plotted ROC curve is thinned to about this many points
 PRO_THRESHOLDS = 300  # FPR sweep of the overlap curve (that of metrics.aupro)
 PRO_MAX_FPR = 0.3
-# The scores computed per defect type (the rest are global: threshold, FPR, segmentation ROC).
-TYPE_KEYS = ("pixel_auroc", "aupro_0.3", "image_auroc", "f1", "iou")
-# The label of defect-free test images (tfssim.data.DatasetSplit.test_labels).
-GOOD = "good"
 
 
 @dataclasses.dataclass
@@ -58,105 +61,6 @@ class ExportEvaluation:
     segmentation_roc: dict[str, Any] | None = None
     # Per defect type (:func:`per_type_scores`): None for datasets without defect types.
     per_type: dict[str, dict[str, Any]] | None = None
-
-
-# The validation split of MVTec AD and plain folders when neither the command line nor the
-# export's training_config gives it (tfssim-train's defaults).
-DEFAULT_VAL_SPLIT = 0.1
-DEFAULT_SEED = 0
-
-
-def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None, seed: int | None,
-                   names: Sequence[str] | None = None) -> tuple[float, int, list[str]]:
-    """The validation split and seed to evaluate exports with, and warnings (``tfssim-evaluate``'s rule).
-
-    A value given on the command line wins; else the first export's ``training_config``
-    (``val_split``, ``seed``: the split the model was trained with, so that its training images
-    are not used to set the threshold); else tfssim-train's defaults. A warning names the
-    exports whose training configs disagree on a value taken from the first one.
-
-    Args:
-        metadatas: The exports' metadata (``training_config`` is read).
-        val_split: The validation share given by the user, or ``None``.
-        seed: The split's seed given by the user, or ``None``.
-        names: The exports' names for the warnings (default: their indices).
-
-    Returns:
-        ``(val_split, seed, warnings)``.
-    """
-    names = list(names) if names is not None else [str(i) for i in range(len(metadatas))]
-    configs = [m.get("training_config") if isinstance(m.get("training_config"), dict) else {} for m in metadatas]
-    warnings: list[str] = []
-    resolved: dict[str, Any] = {}
-    for key, given, default in (("val_split", val_split, DEFAULT_VAL_SPLIT), ("seed", seed, DEFAULT_SEED)):
-        if given is not None:
-            resolved[key] = given
-            continue
-        stored = [(name, config.get(key)) for name, config in zip(names, configs)]
-        first = stored[0][1] if stored else None
-        resolved[key] = default if first is None else first
-        values = {value for _, value in stored if value is not None}
-        if len(values) > 1:
-            listed = ", ".join(f"{name}: {value}" for name, value in stored if value is not None)
-            option = "--" + key.replace("_", "-")
-            warnings.append(
-                f"warning: the exports were trained with different {key} ({listed}); using "
-                f"{resolved[key]} from {names[0]}, so the others may be calibrated on their own training "
-                f"images: evaluate them separately or pass {option}"
-            )
-    return float(resolved["val_split"]), int(resolved["seed"]), warnings
-
-def load_split(dataset: str | Path, exports: Sequence[str | Path | ExportedModel], *, layout: str = "auto",
-               val_split: float | None = None, seed: int | None = None,
-               warn: Callable[[str], None] | None = None) -> tuple[Any, float, int]:
-    """The dataset split to evaluate ``exports`` on: the validation images of their training.
-
-    :func:`split_settings` picks the validation share and seed (given values, else the first
-    export's ``training_config``, else tfssim-train's defaults), so the threshold is never set on
-    the model's own training images; NanoTWICE's split is fixed by the dataset.
-
-    Args:
-        dataset: A labelled dataset folder (NanoTWICE, an MVTec AD category, or a folder layout).
-        exports: Export folders or loaded :class:`~tfssim.inference.ExportedModel` s (only their
-            metadata is read).
-        layout: ``auto``, ``nanotwice``, ``mvtec`` or ``folder``.
-        val_split: Validation share to use instead of the training's.
-        seed: Split seed to use instead of the training's.
-        warn: Called with each warning (exports trained with different splits) before the
-            dataset is read; default ``logging.warning`` of this module's logger.
-
-    Returns:
-        ``(split, val_split, seed)``: a :class:`tfssim.data.DatasetSplit` and the values used.
-
-    Raises:
-        InputError: damaged export metadata or a dataset that does not fit ``layout`` (the
-            message names it). FileNotFoundError: an export or the dataset does not exist.
-
-    Example:
-        >>> split, *_ = load_split("mvtec/carpet", ["exported_models/carpet"])
-        >>> evaluate(split, [ExportedModel.load("exported_models/carpet")], "results")
-    """
-    from tfssim import data
-    from tfssim.inference import read_export_metadata, resolve_export_dir
-
-    metadatas, names = [], []
-    for export in exports:
-        if isinstance(export, ExportedModel):
-            metadatas.append(export.metadata)
-            names.append(str(export.path))
-        else:
-            folder = resolve_export_dir(export)
-            metadatas.append(read_export_metadata(folder))  # checked; a fault names the file
-            names.append(str(folder))
-    given = (val_split, seed)
-    val_split, seed, warnings = split_settings(metadatas, val_split, seed, names)
-    if (layout if layout != "auto" else data.detect_layout(dataset)) != "nanotwice":  # fixed split there
-        for line in warnings:
-            (warn or logger.warning)(line)
-        source = "given" if None not in given else "from the training config where the export has one"
-        logger.info("validation split %g, seed %d (%s)", val_split, seed, source)
-    split = data.load_dataset(dataset, layout=layout, val_fraction=val_split, seed=seed)
-    return split, val_split, seed
 
 
 def _progress(iterable: Sequence[Any], desc: str, enabled: bool) -> Any:
@@ -225,7 +129,8 @@ def evaluate_maps(
     processor = postprocess.PostProcessor(threshold, opening_diameter, convex_hull, min_area)
     segmentations = [processor.segment(m) for m in test_maps]
     f1, iou = metrics.f1_iou(segmentations, masks)
-    per_type = None if test_labels is None else per_type_scores(test_maps, masks, test_labels, segmentations)
+    per_type = None if test_labels is None else per_type_scores(
+        test_maps, masks, test_labels, segmentations, max_fpr=PRO_MAX_FPR, num_thresholds=PRO_THRESHOLDS)
     del segmentations
     seg_roc = None
     if segmentation_auroc:
@@ -245,82 +150,6 @@ def evaluate_maps(
         "iou": float(iou),
     }
     return ExportEvaluation(name, scores, roc, pro, time.perf_counter() - started, seg_roc, per_type)
-
-
-def defect_types(split: Any) -> list[str]:
-    """The defect types of a :class:`tfssim.data.DatasetSplit`'s test set, sorted; ``[]`` if it has none.
-
-    An MVTec AD category has types (``test/<type>/``, even a single one); so does a plain folder
-    with at least one ``test/<type>/`` subfolder (images directly in ``test/`` then form the type
-    ``"defect"``). NanoTWICE and a folder whose test images all lie directly in ``test/`` have no
-    types: their report stays the pooled one.
-    """
-    labels = list(getattr(split, "test_labels", None) or [])
-    types = sorted({label for label in labels if label != GOOD})
-    if split.layout == "mvtec" or (split.layout == "folder" and any(lb not in (GOOD, "defect") for lb in labels)):
-        return types
-    return []
-
-
-def per_type_scores(
-    test_maps: Sequence[np.ndarray],
-    masks: Sequence[np.ndarray],
-    labels: Sequence[str],
-    segmentations: Sequence[np.ndarray],
-) -> dict[str, dict[str, Any]]:
-    """Pixel AUROC, AUPRO@0.3, image AUROC, F1 and IoU of each defect type.
-
-    Which pixels count: a type is scored on *its images together with the good
-    (defect-free) test images*, every pixel of each: the defect pixels of the type's images are
-    the positives; the defect-free pixels of those images and all pixels of the good images
-    are the negatives. This is the pooling MVTec AD and anomalib use for a category (all pixels
-    of all of its test images, good ones included), restricted to one defect type, and the same
-    subset the per-type image AUROC uses (the type's images against the good test images), so the
-    false-positive rates of all types are measured on the same good images. Images of the other
-    defect types are left out.
-
-    Args:
-        test_maps: Anomaly maps of all test images.
-        masks: Boolean ground truth of each (all False for good images).
-        labels: Defect type of each image, ``"good"`` for the defect-free ones.
-        segmentations: The post-processed segmentation of each map at the calibrated threshold
-            (for F1 / IoU).
-
-    Returns:
-        ``{type: {"pixel_auroc", "aupro_0.3", "image_auroc", "f1", "iou", "images",
-        "good_images"}}`` in sorted type order. ``image_auroc`` is ``None`` without good test
-        images; ``pixel_auroc`` and ``aupro_0.3`` are ``None`` when the type's masks hold no
-        defect pixel.
-
-    Raises:
-        ValueError: the four sequences differ in length.
-
-    Example:
-        >>> scores = per_type_scores(maps, masks, split.test_labels, segmentations)
-        >>> scores["crack"]["pixel_auroc"]
-    """
-    if not len(test_maps) == len(masks) == len(labels) == len(segmentations):
-        raise InputError(f"{len(test_maps)} maps, {len(masks)} masks, {len(labels)} labels and "
-                         f"{len(segmentations)} segmentations; give one of each per test image")
-    good = [i for i, label in enumerate(labels) if label == GOOD]
-    results: dict[str, dict[str, Any]] = {}
-    for kind in sorted({label for label in labels if label != GOOD}):
-        own = [i for i, label in enumerate(labels) if label == kind]
-        chosen = own + good
-        maps = [test_maps[i] for i in chosen]
-        gts = [np.asarray(masks[i], bool) for i in chosen]
-        has_defect_pixels = any(g.any() for g in gts)
-        f1, iou = metrics.f1_iou([segmentations[i] for i in chosen], gts)
-        results[kind] = {
-            "pixel_auroc": metrics.pixel_roc_auc(maps, gts) if has_defect_pixels else None,
-            "aupro_0.3": metrics.aupro(maps, gts, PRO_MAX_FPR, PRO_THRESHOLDS) if has_defect_pixels else None,
-            "image_auroc": metrics.image_roc_auc(maps, [True] * len(own) + [False] * len(good)),
-            "f1": float(f1),
-            "iou": float(iou),
-            "images": len(own),
-            "good_images": len(good),
-        }
-    return results
 
 
 def _write_csv(path: Path, header: Sequence[str], columns: Sequence[np.ndarray]) -> Path:

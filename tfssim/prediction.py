@@ -3,6 +3,10 @@
 The library behind ``tfssim-predict`` (which is a thin wrapper around :func:`predict_files`), for
 scripts that inspect folders of images without going through the command line.
 
+Why one module of about 420 lines: the input expansion, the output names and the per-image
+writes are the three steps of one file-to-files job whose rules (no input overwritten, one
+distinct output name per input) hold only together.
+
 Example:
     >>> from tfssim.inference import ExportedModel
     >>> from tfssim.prediction import expand_inputs, predict_files

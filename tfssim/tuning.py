@@ -26,6 +26,10 @@ the threshold, the post-processing and a ``tuned`` record; the old version is ne
 The synthetic defects are a proxy: the choice is as good as their likeness to the real ones
 (set ``size_range`` from the sizes that must be found); confirm it where labelled defects exist.
 
+Why one module of about 450 lines: :func:`tune` (the two-stage search, most of it) and
+:func:`write_tuned_export` share the :class:`Tuning` record and its candidate grid, and a split
+would leave one half that only the other calls.
+
 Example:
     >>> model = ExportedModel.load("exported_models/nanotwice_ssim/1")
     >>> result = tune(model, validation_images, fpr=0.01, copies=4, seed=0)
