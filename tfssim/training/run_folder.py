@@ -75,6 +75,7 @@ def resume_config(data: str | os.PathLike, output: str | os.PathLike, given: Map
         >>> config = resume_config("NanoTWICE", "runs/ssim", {"epochs": 300})
         >>> train(config, resume=True)
     """
+    _refuse_if_in_use(Path(output))  # before its config.json is read: another trainer may be writing it
     previous = read_run_record(output)
     if previous is None:
         raise InputError(
@@ -255,15 +256,37 @@ def _lock_run_folder(run_dir: Path) -> Any:
         handle.seek(0)
         owner = handle.read().strip()
         handle.close()
-        raise RunInUseError(
-            f"run folder {run_dir} is in use by another tfssim-train (process {owner or 'unknown'}); wait for it to "
-            "finish (then --resume continues the run) or choose another --output"
-        ) from None
+        raise _in_use(run_dir, owner) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def _in_use(run_dir: Path, owner: str) -> RunInUseError:
+    return RunInUseError(
+        f"run folder {run_dir} is in use by another tfssim-train (process {owner or 'unknown'}); wait for it to "
+        "finish (then --resume continues the run) or choose another --output"
+    )
+
+
+def _refuse_if_in_use(run_dir: Path) -> None:
+    """Raise :class:`RunInUseError` if another process holds ``run_dir``'s lock (probed, not kept, nothing written)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return
+    try:
+        handle = open(run_dir / LOCK_NAME)  # noqa: SIM115 - closed below
+    except OSError:  # no lock file: no trainer has held the folder
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(run_dir, handle.read().strip()) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _remove_created(run_dir: Path, before: set[str], created: list[Path]) -> None:
