@@ -96,6 +96,7 @@ def test_predict_reports_a_bad_image_and_processes_the_rest(exports, dataset, tm
     assert len(list((tmp_path / "o").glob("*_overlay.png"))) == 3
 
 
+@pytest.mark.slow  # 15 s measured in the not-slow run on the loaded 2-core machine
 def test_predict_reports_an_image_smaller_than_the_patch_and_processes_the_rest(exports, dataset, tmp_path):
     images = tmp_path / "imgs"
     shutil.copytree(dataset / "test", images)

@@ -437,6 +437,7 @@ def test_a_feature_matching_model_loads_without_building_its_loss(tmp_path, monk
     assert kind_of(loaded_model) == "fm"
 
 
+@pytest.mark.slow  # 30 s measured in the not-slow run on the loaded 2-core machine
 @pytest.mark.parametrize("shape", ["ssim dict", "flat keys only"])
 def test_a_run_folder_from_before_ssimparams_exports_and_resumes_with_its_ssim(ssim_model, tmp_path, shape):
     """config.json of older runs: an ``ssim`` dict without alpha/beta/gamma (what tfssim-train wrote

@@ -51,6 +51,7 @@ def test_roc_curve_ends_and_is_monotone():
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0) and np.isinf(thr[0])
 
 
+@pytest.mark.slow  # 20 s measured in the not-slow run on the loaded 2-core machine
 def test_28_million_pixels_work_and_random_scores_give_chance():
     rng = np.random.default_rng(5)
     masks = [rng.random((696, 1024)) < 0.05 for _ in range(40)]

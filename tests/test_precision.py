@@ -61,6 +61,7 @@ def test_precision_policy_restores_the_previous_policy(restore_policy):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+@pytest.mark.slow  # 28 s measured in the not-slow run on the loaded 2-core machine
 def test_mixed_float16_model_outputs_float32_and_trains(restore_policy):
     precision.set_precision("on")
     keras.utils.set_random_seed(0)
@@ -95,6 +96,7 @@ def test_mixed_float16_model_outputs_float32_and_trains(restore_policy):
     assert all(changed)
 
 
+@pytest.mark.slow  # 21 s measured in the not-slow run on the loaded 2-core machine
 def test_mixed_float16_vae_outputs_float32(restore_policy):
     precision.set_precision("on")
     vae = VariationalAutoencoder(32, 1, 4, seed=0)

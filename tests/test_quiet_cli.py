@@ -58,6 +58,7 @@ def test_training_logs_one_line_per_epoch_and_no_tensorflow_chatter(images: Path
     assert "\r" not in result.stderr  # no progress bar when stderr is no terminal
 
 
+@pytest.mark.slow  # 43 s measured in the not-slow run on the loaded 2-core machine
 def test_verbose_keeps_tensorflow_start_up_lines() -> None:
     # The commands' logging set-up, then the first `import tensorflow`, as every command does it:
     # quiet, not a line; with --verbose, TensorFlow's C++ start-up lines are left as they are
