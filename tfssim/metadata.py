@@ -79,6 +79,9 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "latent_dim": ("a positive integer", lambda v: _is_int(v) and v >= 1),
     "threshold": ("a finite number", _is_number),
     "threshold_fpr": ("a number between 0 and 1", lambda v: _is_number(v) and 0 < v < 1),
+    "threshold_method": ("one of " + ", ".join(repr(m) for m in ("fpr", "min_defect_area")),
+                         lambda v: v in ("fpr", "min_defect_area")),
+    "threshold_min_defect_area": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "opening_diameter": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "convex_hull": ("true or false", lambda v: isinstance(v, bool)),
     "input_name": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
@@ -125,7 +128,16 @@ class ExportMetadata:
         map_sigma: Gaussian smoothing of the served maps, in pixels (0: none).
         latent_dim: Size of the latent code.
         threshold: Calibrated anomaly-map threshold (``None`` until ``tfssim-calibrate``).
-        threshold_fpr: Pixel false-positive rate the threshold was set at.
+        threshold_fpr: Pixel false-positive rate the threshold was set at (method ``"fpr"``).
+        threshold_method: How ``tfssim-calibrate`` set the threshold: ``"fpr"`` (a pixel
+            false-positive rate on defect-free images, ``threshold_fpr``) or
+            ``"min_defect_area"`` (the smallest threshold at which no region of the
+            post-processed segmentation of any defect-free image exceeds
+            ``threshold_min_defect_area`` pixels; MVTec AD's protocol). ``None``: not recorded
+            (exports calibrated before this key existed, and ``tfssim-tune``'s, whose
+            ``threshold_fpr`` says it was set at a pixel FPR).
+        threshold_min_defect_area: The area in pixels (at the input's resolution) of method
+            ``"min_defect_area"``.
         opening_diameter: Diameter of the opening's circular element (0: no opening).
         convex_hull: Replace each region by its convex hull.
         input_name: Name of the image input of every signature.
@@ -165,6 +177,8 @@ class ExportMetadata:
     latent_dim: int | None = None
     threshold: float | None = None
     threshold_fpr: float | None = None
+    threshold_method: str | None = None
+    threshold_min_defect_area: int | None = None
     opening_diameter: int = 4
     convex_hull: bool = True
     input_name: str = "image"
@@ -246,6 +260,16 @@ class ExportMetadata:
                              "upgrade tfssim")
         if self.stride > self.patch_size:
             raise InputError(f"tfssim metadata stride {self.stride} is larger than its patch size {self.patch_size}")
+        # The method and its one parameter agree (older exports have neither: method None).
+        if self.threshold_method == "min_defect_area" and (self.threshold_min_defect_area is None
+                                                           or self.threshold_fpr is not None):
+            raise InputError("tfssim metadata threshold_method 'min_defect_area' needs threshold_min_defect_area "
+                             f"and no threshold_fpr, got {self.threshold_min_defect_area!r} and {self.threshold_fpr!r}")
+        if self.threshold_method == "fpr" and self.threshold_fpr is None:
+            raise InputError("tfssim metadata threshold_method 'fpr' needs threshold_fpr, got None")
+        if self.threshold_method != "min_defect_area" and self.threshold_min_defect_area is not None:
+            raise InputError(f"tfssim metadata threshold_min_defect_area {self.threshold_min_defect_area!r} is set but "
+                             f"threshold_method is {self.threshold_method!r}, not 'min_defect_area'")
         if not isinstance(self.extra, dict):
             raise InputError(f"extra metadata must be a dict, got {_type_name(self.extra)}")
         clash = set(self.extra) & set(self.keys())

@@ -295,23 +295,35 @@ def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     return read_export_metadata(export_dir)
 
 
-def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None) -> dict[str, Any]:
-    """Store a calibrated threshold (and the pixel FPR it was set at) in an export's metadata.
+def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None, *,
+                     min_defect_area: int | None = None) -> dict[str, Any]:
+    """Store a calibrated threshold, and how it was set, in an export's metadata.
 
     Only ``assets/tfssim.json`` changes; it is rewritten atomically (temporary file + rename),
-    so a reader never sees half a file. Returns the new metadata.
+    so a reader never sees half a file. Returns the new metadata. ``threshold_method`` records
+    the rule: ``"fpr"`` with ``fpr`` (``threshold_fpr``), ``"min_defect_area"`` with
+    ``min_defect_area`` (``threshold_min_defect_area``), ``None`` with neither.
 
-    Raises ``InputError`` for a threshold that is not finite, an ``fpr`` outside (0, 1), or
-    metadata that :func:`read_metadata` refuses (the file is left as it is).
+    Raises ``InputError`` for a threshold that is not finite, an ``fpr`` outside (0, 1), a
+    ``min_defect_area`` that is not a whole number >= 0, both given, or metadata that
+    :func:`read_metadata` refuses (the file is left as it is).
     """
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise InputError(f"threshold must be a finite number, got {threshold!r}")
     if fpr is not None and not 0 < float(fpr) < 1:
         raise InputError(f"fpr must be between 0 and 1 (exclusive), got {fpr!r}")
+    if min_defect_area is not None and (isinstance(min_defect_area, (bool, np.bool_))
+                                        or not isinstance(min_defect_area, (int, np.integer)) or min_defect_area < 0):
+        raise InputError(f"min_defect_area must be a whole number of pixels >= 0, got {min_defect_area!r}")
+    if fpr is not None and min_defect_area is not None:
+        raise InputError("a threshold is set either at an fpr or by a min_defect_area, not both")
+    method = "fpr" if fpr is not None else "min_defect_area" if min_defect_area is not None else None
     path = Path(export_dir) / METADATA_FILE
     read_metadata(export_dir)  # the file's checks, naming it
-    metadata = ExportMetadata.read(path).replace(threshold=threshold, threshold_fpr=None if fpr is None else float(fpr))
+    metadata = ExportMetadata.read(path).replace(
+        threshold=threshold, threshold_fpr=None if fpr is None else float(fpr), threshold_method=method,
+        threshold_min_defect_area=None if min_defect_area is None else int(min_defect_area))
     values = metadata.to_dict()
     atomic_write_json(path, values)
     return values
