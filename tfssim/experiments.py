@@ -65,12 +65,15 @@ class ExperimentResult:
         scores: The evaluation's scores of each experiment (``pixel_auroc``, ``aupro_0.3``,
             ``f1``, ``iou``, ``segmentation_auroc`` ...), by name.
         evaluation_dir: The evaluation folder (``results.json``, curves, figures).
+        thresholds: The threshold each export was calibrated to and stored (``min_defect_area``
+            of :func:`train_export_evaluate`), by name; empty without calibration.
     """
 
     run_dirs: dict[str, Path]
     exports: dict[str, Path]
     scores: dict[str, dict[str, Any]]
     evaluation_dir: Path
+    thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def train_run(data: str | os.PathLike, run_dir: str | os.PathLike, settings: dict[str, Any] | None = None, *,
@@ -135,6 +138,7 @@ def train_export_evaluate(
     segmentation_auroc: bool = False,
     progress: bool = False,
     verbose: int | str = 2,
+    min_defect_area: int | None = None,
 ) -> ExperimentResult:
     """Train, export and evaluate ``experiments`` on one labelled dataset, resumably.
 
@@ -150,6 +154,11 @@ def train_export_evaluate(
         segmentation_auroc: Also the ROC AUC of the post-processed segmentations (slower).
         progress: Progress bars during evaluation.
         verbose: Keras ``fit`` verbosity of the trainings.
+        min_defect_area: Calibrate each export before evaluating it: store in its metadata the
+            smallest threshold at which no region of the post-processed segmentation of any
+            validation image exceeds this many pixels (:func:`tfssim.calibration.calibrate`;
+            MVTec AD's rule). The evaluation's own scores are unchanged by it: its F1 / IoU
+            threshold is set at ``fpr``, and ``export_threshold`` reports the stored one.
 
     Returns:
         An :class:`ExperimentResult`.
@@ -178,9 +187,16 @@ def train_export_evaluate(
     # must not set the threshold (NanoTWICE's split is fixed and ignores both).
     val_split, seed = _split_of(run_dirs[names[0]])
     split = data_lib.load_dataset(data, layout=layout, val_fraction=val_split, seed=seed)
+    thresholds: dict[str, float] = {}
+    if min_defect_area is not None:
+        from tfssim.calibration import calibrate
+
+        for name in names:  # before the models are loaded below: they then read the stored threshold
+            thresholds[name] = calibrate(exports[name], list(split.val), min_defect_area=min_defect_area,
+                                         progress=progress)
     models = [ExportedModel.load(exports[name]) for name in names]
     evaluation_dir = Path(evaluation_dir) if evaluation_dir is not None else output / "evaluation"
     results = evaluation.evaluate(split, models, evaluation_dir, fpr=fpr, progress=progress,
                                   segmentation_auroc=segmentation_auroc)
     scores = {name: dict(result.scores) for name, result in zip(names, results)}
-    return ExperimentResult(run_dirs, exports, scores, evaluation_dir)
+    return ExperimentResult(run_dirs, exports, scores, evaluation_dir, thresholds)
