@@ -69,6 +69,23 @@ def test_the_opening_removes_thin_regions_before_they_are_counted():
     assert threshold_at_min_defect_area([m], 20, **opened) == float(np.float32(0.4))
 
 
+def test_convex_hulls_that_touch_form_one_region():
+    # Two L-shaped regions, 9 and 5 px, apart in 8-connectivity. Their convex hulls are the
+    # triangles r + c <= 4 (15 px) and r + c >= 6 in the lower right 3x3 (6 px); (2, 2) of one
+    # and (3, 3) of the other touch diagonally, so the segmentation is one region of 21 px.
+    m = np.zeros((10, 10), np.float32)
+    m[1, 1:6] = m[1:6, 1] = 0.5
+    m[3:6, 5] = m[5, 3:6] = 0.5
+    hull = {"opening_diameter": 0, "convex_hull": True}
+    assert ndimage.label(m > 0, structure=EIGHT)[1] == 2
+    labels, count = ndimage.label(postprocess.segment(m, 0.0, **hull), structure=EIGHT)
+    assert count == 1 and np.sum(labels == 1) == 21
+    assert largest_region_area(m, 0.0, **hull) == 21 and largest_region_area(m, 0.0, **RAW) == 9
+    assert threshold_at_min_defect_area([m], 20, **hull) == float(np.float32(0.5))
+    assert threshold_at_min_defect_area([m], 21, **hull) == 0.0
+    assert threshold_at_min_defect_area([m], 9, **RAW) == 0.0
+
+
 def test_the_largest_region_over_several_maps_counts():
     small = np.zeros((20, 20), np.float32)
     small[5:7, 5:7] = 0.9

@@ -66,6 +66,47 @@ def largest_region_area(anomaly_map: np.ndarray, threshold: float, *, opening_di
     return int(np.bincount(label(mask, connectivity=2).ravel())[1:].max())
 
 
+def _map_over(anomaly_map: np.ndarray, threshold: float, area: int, settings: dict[str, Any]) -> bool:
+    """Whether :func:`largest_region_area` of one map exceeds ``area``, computing few convex hulls.
+
+    Exact, with two shortcuts (hulls cost about a millisecond per region, and a map near the
+    answer holds thousands of regions): every final region contains the opened components it
+    grew from, so an opened component larger than ``area`` (kept by ``min_area``) decides
+    "over" at once; and a region's hull lies inside the region's bounding box, so every final
+    region lies inside one 8-connected blob of the kept components' boxes, and only blobs larger
+    than ``area`` need their hulls. Those are computed by :func:`largest_region_area` on the map
+    with everything outside them set to ``-inf``: the opening, the components and the hulls
+    inside the blobs are the same as on the whole map (an opened component lies inside its box).
+    """
+    from scipy import ndimage
+
+    from tfssim import postprocess
+
+    eight = np.ones((3, 3), bool)
+    opened = postprocess.segment(anomaly_map, threshold, opening_diameter=settings["opening_diameter"],
+                                 convex_hull=False)
+    labels, count = ndimage.label(opened, structure=eight)
+    if count == 0:
+        return False
+    sizes = np.bincount(labels.ravel())[1:]
+    min_area = settings["min_area"]
+    if ((sizes > area) & (sizes >= min_area)).any():
+        return True
+    if not settings["convex_hull"]:  # the regions are the components kept by min_area: none is over
+        return False
+    boxes = np.zeros(opened.shape, bool)
+    for box in ndimage.find_objects(labels):
+        if (box[0].stop - box[0].start) * (box[1].stop - box[1].start) >= min_area:  # else the hull is dropped
+            boxes[box] = True
+    blobs, _ = ndimage.label(boxes, structure=eight)
+    big = np.bincount(blobs.ravel()) > area
+    big[0] = False
+    if not big.any():
+        return False
+    inside = np.where(big[blobs], np.asarray(anomaly_map, np.float64), -np.inf)
+    return largest_region_area(inside, threshold, **settings) > area
+
+
 def threshold_at_min_defect_area(maps: Sequence[np.ndarray], min_defect_area: int, *, opening_diameter: int = 4,
                                  convex_hull: bool = True, min_area: int = 0) -> float:
     """The smallest threshold at which no region of any map's post-processed segmentation exceeds an area.
@@ -89,8 +130,7 @@ def threshold_at_min_defect_area(maps: Sequence[np.ndarray], min_defect_area: in
     ``F(s_k) <= min_defect_area``, found by bisection over ``k`` (about ``log2(m)`` evaluations
     of ``F``; ``F(s_m) = 0`` since nothing scores above the maximum). A final check evaluates
     ``F`` at the result and at the score below it. An evaluation stops at the first map over the
-    area, and first tests the opened mask alone: an opened component larger than the area (and
-    not under ``min_area``) lies inside a final region, so the hulls need not be computed.
+    area, and computes convex hulls only where they can matter (:func:`_map_over`).
 
     Args:
         maps: Anomaly maps ``[H, W]`` of defect-free validation images, any sizes.
@@ -109,7 +149,6 @@ def threshold_at_min_defect_area(maps: Sequence[np.ndarray], min_defect_area: in
         >>> threshold_at_min_defect_area(val_maps, 100)   # no defect-free region over 100 pixels
         0.5217
     """
-    from tfssim import postprocess
 
     area = _checked_area(min_defect_area)
     if len(maps) == 0:
@@ -125,17 +164,7 @@ def threshold_at_min_defect_area(maps: Sequence[np.ndarray], min_defect_area: in
 
     def over(threshold: float) -> bool:
         """Whether some map has a region larger than ``area`` at ``threshold`` (F(threshold) > area)."""
-        for m in arrays:
-            opened = postprocess.segment(m, threshold, opening_diameter=opening_diameter, convex_hull=False)
-            if opened.any():
-                from skimage.measure import label
-
-                sizes = np.bincount(label(opened, connectivity=2).ravel())[1:]
-                if ((sizes > area) & (sizes >= min_area)).any():  # inside a final region: no hulls needed
-                    return True
-            if largest_region_area(m, threshold, **settings) > area:
-                return True
-        return False
+        return any(_map_over(m, threshold, area, settings) for m in arrays)
 
     # The distinct scores, as float64 (exactly the maps' values): the candidates.
     scores = np.unique(np.concatenate([np.asarray(m, np.float64).ravel() for m in arrays]))
