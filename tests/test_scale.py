@@ -134,3 +134,179 @@ def test_scaled_training_records_scale_and_resume_checks_it(image_folder: Path, 
     one_error_line(small, "smaller than the 32x32 patch at --scale 0.3 (sizes after resizing)", "24x29",
                    "or a larger --scale")
     assert not (tmp_path / "r2").exists()
+
+
+# --- the export: resizing inside the serving graph ---------------------------------------------
+
+PATCH = 32
+RESIZE_OPS = {"ScaleAndTranslate", "ResizeBilinear", "ResizeArea", "ResizeBicubic"}
+
+
+def _pil_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The recorded method ("bilinear_antialias") by an independent implementation: PIL's
+    ``Image.BILINEAR`` on float images (a triangle filter widened when shrinking), per channel."""
+    from PIL import Image
+
+    image = np.asarray(image, np.float32)
+    flat = image[..., None] if image.ndim == 2 else image
+    out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(flat[..., c]), mode="F")
+                               .resize((width, height), Image.BILINEAR)) for c in range(flat.shape[-1])], axis=-1)
+    return out[..., 0] if image.ndim == 2 else out
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import keras
+
+    from tfssim.models import build_model
+
+    keras.utils.set_random_seed(0)
+    return build_model("ssim", PATCH, 1, 8)
+
+
+@pytest.fixture(scope="module")
+def scaled_export(tiny_model, tmp_path_factory) -> Path:
+    from tfssim import export
+
+    root = tmp_path_factory.mktemp("scaled")
+    return export.export_model(tiny_model, root, name="half", stride=12, training_config={"scale": 0.5})
+
+
+@pytest.fixture(scope="module")
+def scaled_loaded(scaled_export):
+    from tfssim.inference import ExportedModel
+
+    return ExportedModel.load(scaled_export)
+
+
+def _op_types(export_dir: Path) -> set[str]:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((export_dir / "saved_model.pb").read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    return {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
+
+
+def test_recorded_method_is_pils_bilinear_filter() -> None:
+    """tfssim.resize's method agrees with PIL's anti-aliased bilinear, shrinking and enlarging."""
+    image = np.random.default_rng(0).uniform(size=(101, 77, 1)).astype(np.float32)
+    for size in ((51, 39), (389, 501), (33, 32)):
+        have = resize.resize_image(image, size).numpy()
+        assert have.shape == (*size, 1)
+        np.testing.assert_allclose(have, _pil_resize(image, *size), atol=2e-5)
+
+
+@pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
+def test_scaled_export_metadata_and_maps_at_the_inputs_odd_size(scaled_export, scaled_loaded) -> None:
+    from tfssim.metadata import ExportMetadata
+
+    meta = ExportMetadata.read(scaled_export)
+    assert (meta.scale, meta.image_size, meta.interpolation) == (0.5, None, "bilinear_antialias")
+    assert meta.min_input_size == 63 and meta.patch_size == PATCH
+    rng = np.random.default_rng(1)
+    for shape in ((101, 77), (1001, 777)):
+        image = (rng.uniform(size=(*shape, 1)) * 255).astype(np.uint8)
+        out = scaled_loaded.predict(image)  # serving_default (uint8)
+        assert out["reconstruction"].shape == (*shape, 1)
+        for key in ("anomaly_map", "luminance_map", "contrast_map", "structure_map"):
+            assert out[key].shape == shape and np.isfinite(out[key]).all()
+    assert {"ScaleAndTranslate"} <= _op_types(scaled_export)
+
+
+@pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
+def test_served_reconstruction_is_resize_then_unscaled_pipeline_then_resize_back(tiny_model, scaled_loaded) -> None:
+    """Independently: PIL resizes by 0.5 (half-up sizes), the library's unscaled pipeline runs, PIL resizes back."""
+    from tfssim import scoring
+
+    image = np.random.default_rng(2).uniform(size=(101, 77, 1)).astype(np.float32)
+    served = scaled_loaded.predict(image)
+    small = _pil_resize(image, 51, 39)  # 50.5 -> 51, 38.5 -> 39
+    maps = scoring.anomaly_maps(tiny_model, small, "ssim", PATCH, 12)
+    want = _pil_resize(maps["reconstruction"].numpy(), 101, 77)
+    np.testing.assert_allclose(served["reconstruction"], want, atol=1e-4)
+    want_map = _pil_resize(maps["anomaly_map"].numpy(), 101, 77)
+    np.testing.assert_allclose(served["anomaly_map"], want_map, atol=1e-3)
+
+
+@pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
+def test_unscaled_export_has_no_resizing_in_its_graph(tiny_model, tmp_path: Path) -> None:
+    from tfssim import export, scoring
+    from tfssim.inference import ExportedModel
+    from tfssim.metadata import ExportMetadata
+
+    path = export.export_model(tiny_model, tmp_path, name="full", stride=12, training_config={"scale": 1.0})
+    meta = ExportMetadata.read(path)
+    assert (meta.scale, meta.image_size, meta.interpolation, meta.min_input_size) == (1.0, None, None, PATCH)
+    assert not RESIZE_OPS & _op_types(path)
+    image = np.random.default_rng(3).uniform(size=(45, 77, 1)).astype(np.float32)
+    want = scoring.anomaly_maps(tiny_model, image, "ssim", PATCH, 12)
+    have = ExportedModel.load(path).predict(image)
+    np.testing.assert_allclose(have["anomaly_map"], want["anomaly_map"].numpy(), atol=1e-5)
+
+
+@pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
+def test_too_small_after_scaling_names_the_smallest_input(scaled_loaded, scaled_export) -> None:
+    from tfssim.client import ServingClient
+    from tfssim.metadata import ExportMetadata
+
+    image = np.zeros((62, 200, 1), np.float32)  # 62 * 0.5 = 31 < 32
+    with pytest.raises(ValueError, match="must be at least 63: the model scores images resized by 0.5, which must "
+                                         "hold its 32x32 patch"):
+        scaled_loaded.predict(image)
+    assert scaled_loaded.predict(np.zeros((63, 63, 1), np.float32))["anomaly_map"].shape == (63, 63)
+    # a client checks with the export's own rule before sending anything (no server here)
+    client = ServingClient("http://127.0.0.1:9", "half", metadata=ExportMetadata.read(scaled_export))
+    with pytest.raises(ValueError, match=r"height and width must be at least 63 \(its 32x32 patch once resized by 0.5\)"):
+        client.predict(image)
+
+
+@pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
+def test_whole_image_export_round_trip(tiny_model, tmp_path: Path) -> None:
+    """image_size = patch: every request is one tile, resized to 32x32, reconstructed, resized back."""
+    from tfssim import export
+    from tfssim.inference import ExportedModel
+    from tfssim.metadata import ExportMetadata
+
+    path = export.export_model(tiny_model, tmp_path, name="whole", stride=30, image_size=(PATCH, PATCH))
+    meta = ExportMetadata.read(path)
+    assert (meta.scale, meta.image_size, meta.interpolation, meta.min_input_size) == (1.0, [32, 32],
+                                                                                      "bilinear_antialias", 1)
+    model = ExportedModel.load(path)
+    for shape in ((101, 77), (20, 45)):  # shrunk and (partly) enlarged
+        image = np.random.default_rng(4).uniform(size=(*shape, 1)).astype(np.float32)
+        served = model.predict(image)
+        assert served["reconstruction"].shape == (*shape, 1) and served["anomaly_map"].shape == shape
+        whole = tiny_model(_pil_resize(image, PATCH, PATCH)[None], training=False).numpy()[0]
+        np.testing.assert_allclose(served["reconstruction"], _pil_resize(whole, *shape), atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": 0}, "scale must be a number > 0 and <= 1"),
+    ({"scale": 1.5}, "scale must be a number > 0 and <= 1"),
+    ({"image_size": (16, 64)}, "image size 16x64 is smaller than the model's 32x32 patch"),
+    ({"image_size": (64,)}, "image size must be two positive integers"),
+    ({"scale": 0.5, "image_size": (64, 64)}, "give one of them"),
+    ({"training_config": {"scale": "half"}}, "scale must be a number > 0 and <= 1 .*, got 'half'"),
+])
+def test_export_refuses_bad_resizing(tiny_model, tmp_path: Path, kwargs: dict, message: str) -> None:
+    from tfssim import export
+
+    with pytest.raises(ValueError, match=message):
+        export.export_model(tiny_model, tmp_path, name="bad", **kwargs)
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+@pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
+def test_metadata_checks_the_resizing_keys(scaled_export) -> None:
+    from tfssim.metadata import ExportMetadata
+
+    values = ExportMetadata.read(scaled_export).to_dict()
+    for change, message in (({"scale": 0}, "'scale' must be a number > 0 and <= 1"),
+                            ({"scale": True}, "'scale' must be a number"),
+                            ({"image_size": [32]}, "'image_size' must be a list of two positive integers"),
+                            ({"image_size": [64, 64]}, "both scale 0.5 and image_size"),
+                            ({"interpolation": None}, "names no 'interpolation'")):
+        with pytest.raises(ValueError, match=message):
+            ExportMetadata.from_dict({**values, **change})
+    old = {k: v for k, v in values.items() if k not in ("scale", "image_size", "interpolation")}
+    assert ExportMetadata.from_dict(old).min_input_size == PATCH  # exports from before: no resizing

@@ -76,6 +76,10 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "vae_seed": ("an integer", _is_int),
     "observation_std": ("a positive number", lambda v: _is_number(v) and v > 0),
     "map_sigma": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "scale": ("a number > 0 and <= 1", lambda v: _is_number(v) and 0 < v <= 1),
+    "image_size": ("a list of two positive integers [height, width]",
+                   lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)),
+    "interpolation": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
     "latent_dim": ("a positive integer", lambda v: _is_int(v) and v >= 1),
     "threshold": ("a finite number", _is_number),
     "threshold_fpr": ("a number between 0 and 1", lambda v: _is_number(v) and 0 < v < 1),
@@ -126,6 +130,12 @@ class ExportMetadata:
         vae_seed: Seed of the VAE's posterior sampling (VAE only).
         observation_std: The VAE's observation noise (VAE only).
         map_sigma: Gaussian smoothing of the served maps, in pixels (0: none).
+        scale: Factor every request is resized by inside the graph before it is tiled (1: none;
+            the model was trained with ``tfssim-train --scale``); outputs come back at the
+            request's size.
+        image_size: ``[height, width]`` every request is resized to instead (``--image-size``).
+        interpolation: How requests and outputs are resized (:data:`tfssim.resize.INTERPOLATION`,
+            ``"bilinear_antialias"``); ``None`` when nothing is resized.
         latent_dim: Size of the latent code.
         threshold: Calibrated anomaly-map threshold (``None`` until ``tfssim-calibrate``).
         threshold_fpr: Pixel false-positive rate the threshold was set at (method ``"fpr"``).
@@ -174,6 +184,9 @@ class ExportMetadata:
     vae_seed: int | None = None
     observation_std: float | None = None
     map_sigma: float = 0.0
+    scale: float = 1.0
+    image_size: list[int] | None = None
+    interpolation: str | None = None
     latent_dim: int | None = None
     threshold: float | None = None
     threshold_fpr: float | None = None
@@ -270,11 +283,24 @@ class ExportMetadata:
         if self.threshold_method != "min_defect_area" and self.threshold_min_defect_area is not None:
             raise InputError(f"tfssim metadata threshold_min_defect_area {self.threshold_min_defect_area!r} is set but "
                              f"threshold_method is {self.threshold_method!r}, not 'min_defect_area'")
+        if self.image_size is not None and self.scale != 1:
+            raise InputError(f"tfssim metadata has both scale {self.scale!r} and image_size {self.image_size!r}; "
+                             "an export resizes by one of them")
+        if self.interpolation is None and (self.image_size is not None or self.scale != 1):
+            raise InputError("tfssim metadata resizes requests (scale or image_size) but names no 'interpolation'")
         if not isinstance(self.extra, dict):
             raise InputError(f"extra metadata must be a dict, got {_type_name(self.extra)}")
         clash = set(self.extra) & set(self.keys())
         if clash:
             raise InputError(f"extra metadata repeats known key(s) {sorted(clash)}")
+
+    @property
+    def min_input_size(self) -> int:
+        """The smallest height and width the export takes: the patch size, or what resizes to it
+        (:func:`tfssim.resize.min_input_size`)."""
+        from tfssim.resize import min_input_size
+
+        return min_input_size(self.patch_size, self.scale, self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object to write: every known key (``None`` included), then the unknown ones.

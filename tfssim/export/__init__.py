@@ -51,7 +51,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfssim import __version__, scoring, tiling
+from tfssim import __version__, resize, scoring, tiling
 from tfssim._io import atomic_write_json
 from tfssim.export.graph import SIGNATURES, VAE_SEED, _model_geometry, _Scorer
 from tfssim.export.layout import (
@@ -105,7 +105,27 @@ DEFAULT_SSIM = SSIMParams().to_dict()
 GRAPH_METADATA_KEYS = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride",
                        "chunk_size", "ssim", "ssim_padding", "vae_samples", "vae_seed", "observation_std",
                        "map_sigma", "input_name", "uint8_scale", "float_signature", "stride_signature",
-                       "signatures", "outputs", "output_shapes", "jit_compile")
+                       "signatures", "outputs", "output_shapes", "jit_compile", "scale", "image_size",
+                       "interpolation")
+
+
+def _resizing(scale: float | None, image_size: Any, training_config: dict[str, Any] | None,
+              patch_size: int) -> tuple[float, tuple[int, int] | None]:
+    """The export's ``(scale, image_size)``: the arguments, else the training config's, checked."""
+    config = training_config if isinstance(training_config, dict) else {}
+    if scale is None:
+        scale = config.get("scale", 1.0)
+    if image_size is None:
+        image_size = config.get("image_size")
+    scale = resize.check_scale(scale)
+    image_size = resize.check_image_size(image_size)
+    if image_size is not None and scale != 1.0:
+        raise InputError(f"scale {scale:g} and image size {image_size[0]}x{image_size[1]} both resize the "
+                         "requests; give one of them")
+    if image_size is not None and min(image_size) < patch_size:
+        raise InputError(f"image size {image_size[0]}x{image_size[1]} is smaller than the model's "
+                         f"{patch_size}x{patch_size} patch; give at least {patch_size}x{patch_size}")
+    return scale, image_size
 
 
 def export_model(
@@ -125,6 +145,8 @@ def export_model(
     ssim_overrides: dict[str, Any] | None = None,
     map_sigma: float = 0.0,
     extra_metadata: dict[str, Any] | None = None,
+    scale: float | None = None,
+    image_size: tuple[int, int] | list[int] | None = None,
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
 
@@ -164,6 +186,14 @@ def export_model(
         extra_metadata: More metadata entries, written with the version (e.g. the
             post-processing and ``tuned`` record of :func:`tfssim.tuning.write_tuned_export`);
             entries that describe the graph (:data:`GRAPH_METADATA_KEYS`) are refused.
+        scale: The resizing the model was trained with (``tfssim-train --scale``), done inside
+            the serving graph: each request is resized by it (:mod:`tfssim.resize`), tiled,
+            reconstructed and scored at that size, and the reconstruction and every map are
+            resized back to the request's height and width. Default: the training config's
+            (``training_config``, else the run folder's), else 1 (none: the graph is as without
+            resizing). Recorded in the metadata with ``image_size`` and ``interpolation``.
+        image_size: ``(height, width)`` every request is resized to instead
+            (``tfssim-train --image-size``); default the training config's, else none.
 
     Returns:
         The version folder ``output_root/name/version``.
@@ -205,6 +235,8 @@ def export_model(
         raise InputError(f"vae_samples must be >= 1, got {vae_samples}")
     with input_checks():
         map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
+    scale, image_size = _resizing(scale, image_size, training_config if training_config is not None
+                                  else info.get("training_config"), patch_size)
     clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
     if clash:
         raise InputError(f"extra metadata may not set {clash}: they describe the exported graph")
@@ -224,7 +256,7 @@ def export_model(
     _remove_dead_partials(model_root)
 
     scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params.to_dict(), vae_samples, jit_compile,
-                     map_sigma)
+                     map_sigma, scale, image_size)
     archive = keras.export.ExportArchive()
     archive.track(model)
     any_image = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
@@ -246,6 +278,8 @@ def export_model(
         "vae_seed": VAE_SEED if residual == "vae" else None,
         "observation_std": float(model.observation_std) if residual == "vae" else None,
         "map_sigma": map_sigma,
+        "scale": scale, "image_size": None if image_size is None else list(image_size),
+        "interpolation": None if resize.is_identity(scale, image_size) else resize.INTERPOLATION,
         "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
         "threshold": None if threshold is None else float(threshold), "threshold_fpr": None,
         "opening_diameter": 4, "convex_hull": True,
@@ -272,7 +306,9 @@ def export_model(
         archive.write_out(str(export_dir), verbose=False)
         (export_dir / "assets").mkdir(exist_ok=True)
         (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
-        _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride)
+        # Warm-up images of 1.5 patches per side once resized (TF Serving refuses a version whose warm-up fails).
+        _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride,
+                      side=resize.min_input_size(patch_size + patch_size // 2, scale))
         destination = _move_into_place(export_dir, model_root, version, auto=auto_version, metadata=metadata)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
