@@ -76,6 +76,15 @@ def mvtec_root(tmp_path_factory) -> Path:
 # --- fast: discovery, table, resume ---------------------------------------------------------------------
 
 
+def test_help_names_the_protocol_and_the_published_source(capsys):
+    with pytest.raises(SystemExit) as done:
+        _load().main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and "--min-defect-area" in out and "--budget" in out
+    assert "Table 2" in out and "LeapMind/MLF-SC" in out and "maximum of the anomaly map" in out
+
+
 def test_categories_are_found_in_mvtec_order_and_bad_ones_refused(mvtec_root):
     bench = _load()
     assert bench.find_categories(mvtec_root, None) == ["carpet", "bottle"]
@@ -177,6 +186,8 @@ def test_tiny_benchmark_trains_calibrates_evaluates_and_resumes(mvtec_root, tmp_
         model = ExportedModel.load(export)
         meta = model.metadata
         assert model.channels == channels
+        # Objects are served as whole images resized to the object size (one tile), textures as they are.
+        assert meta["image_size"] == ([32, 32] if category == "bottle" else None) and meta["patch_size"] == 32
         assert (meta["threshold_method"], meta["threshold_min_defect_area"]) == ("min_defect_area", 30)
         assert meta["threshold"] == result["threshold"]
         # The stored threshold meets the rule on the validation images the run held out, at their
