@@ -182,9 +182,13 @@ def test_tiny_benchmark_trains_calibrates_evaluates_and_resumes(mvtec_root, tmp_
             assert 0.0 <= row[key] <= 1.0, (row["category"], key)
     for category, channels in (("carpet", 1), ("bottle", 3)):
         result = json.loads((out / category / bench.RESULT_FILE).read_text())
-        export = out / category / "exported_models" / category / "1"
+        # The calibrated version is a new one (2) beside the export (1), which keeps no threshold.
+        export = out / category / "exported_models" / category / "2"
+        assert result["export"] == str(export)
+        assert export.parent.joinpath("1").is_dir() and ExportedModel.load(export.parent / "1").metadata["threshold"] is None
         model = ExportedModel.load(export)
         meta = model.metadata
+        assert meta["calibrated_from"] == 1 and meta["version"] == 2
         assert model.channels == channels
         # Objects are served as whole images resized to the object size (one tile), textures as they are.
         assert meta["image_size"] == ([32, 32] if category == "bottle" else None) and meta["patch_size"] == 32
@@ -206,3 +210,4 @@ def test_tiny_benchmark_trains_calibrates_evaluates_and_resumes(mvtec_root, tmp_
     bench.main(argv)
     assert (out / "carpet" / "runs" / "carpet" / "final.keras").stat().st_mtime_ns == stamp
     assert json.loads((out / "mvtec_table.json").read_text()) == saved
+    assert sorted(p.name for p in (out / "carpet" / "exported_models" / "carpet").iterdir()) == ["1", "2"]

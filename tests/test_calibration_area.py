@@ -153,17 +153,21 @@ def test_metadata_records_the_method_and_reads_old_exports(exports, tmp_path):
     old_meta = ExportMetadata.from_dict({**old, "threshold": 0.2, "threshold_fpr": 0.01})
     assert old_meta.threshold_method is None and old_meta.threshold_min_defect_area is None
 
-    values = export.update_threshold(target, 0.3, fpr=0.02)
+    # Each calibration is a new version; recalibrating it replaces the rule, never mixes the two.
+    second = export.write_calibrated_version(target, 0.3, fpr=0.02)
+    values = ExportMetadata.read(second).to_dict()
     assert (values["threshold_method"], values["threshold_fpr"], values["threshold_min_defect_area"]) == ("fpr", 0.02, None)
-    values = export.update_threshold(target, 0.4, min_defect_area=50)
+    third = export.write_calibrated_version(second, 0.4, min_defect_area=50)
+    values = ExportMetadata.read(third).to_dict()
     assert (values["threshold_method"], values["threshold_fpr"], values["threshold_min_defect_area"]) == (
         "min_defect_area", None, 50)
-    assert ExportMetadata.read(target).to_dict() == values
+    assert (values["version"], values["calibrated_from"]) == (3, 2)
     with pytest.raises(InputError, match="not both"):
-        export.update_threshold(target, 0.4, fpr=0.01, min_defect_area=50)
+        export.write_calibrated_version(target, 0.4, fpr=0.01, min_defect_area=50)
     for bad in (-1, 1.5):
         with pytest.raises(InputError, match="min_defect_area must be a whole number"):
-            export.update_threshold(target, 0.4, min_defect_area=bad)
+            export.write_calibrated_version(target, 0.4, min_defect_area=bad)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["1", "2", "3"]  # refusals write nothing
     # the method and its parameter must agree
     for changes, message in (({"threshold_method": "min_defect_area"}, "needs threshold_min_defect_area"),
                              ({"threshold_min_defect_area": 5}, "threshold_method is None"),
@@ -193,18 +197,25 @@ def test_cli_refuses_both_rules_or_a_negative_area_in_one_line(exports, dataset,
     errors = _errors(result)
     assert len(errors) == 1 and message in errors[0], result.output
     assert (target / METADATA_FILE).read_bytes() == before
+    assert [p.name for p in target.parent.iterdir()] == ["1"]  # no new version
 
 
 @pytest.mark.slow  # loads and runs a SavedModel twice (about 8 s measured here)
 def test_cli_min_defect_area_round_trip(exports, dataset, tmp_path):
     from tfssim.inference import ExportedModel
 
-    target = shutil.copytree(exports[0], tmp_path / "m" / "1")
-    export.update_threshold(target, 0.5, fpr=0.05)  # a previous FPR calibration is replaced, not mixed in
+    first = shutil.copytree(exports[0], tmp_path / "m" / "1")
+    before = (first / METADATA_FILE).read_bytes()
+    target = export.write_calibrated_version(first, 0.5, fpr=0.05)  # an FPR calibration is replaced, not mixed in
     result = CliRunner().invoke(calibrate_cli, [str(target), str(dataset / "val"), "--min-defect-area", "40"])
     assert result.exit_code == 0, result.output
     assert "no region over 40 px" in result.output
+    # Calibrating version 2 wrote version 3 (printed); 2 keeps its FPR threshold, 1 none.
+    assert f"new version {tmp_path / 'm' / '3'} (calibrated from {target}" in result.output
+    assert ExportMetadata.read(target).threshold_method == "fpr" and (first / METADATA_FILE).read_bytes() == before
+    target = tmp_path / "m" / "3"
     meta = ExportMetadata.read(target)
+    assert meta.calibrated_from == 2
     assert (meta.threshold_method, meta.threshold_min_defect_area, meta.threshold_fpr) == ("min_defect_area", 40, None)
     # What serving returns on the validation images, post-processed as the metadata prescribes
     # (as tfssim-predict does), has no region over 40 px; at the next lower score, some image has one.
@@ -226,8 +237,9 @@ def test_cli_min_defect_area_round_trip(exports, dataset, tmp_path):
     # The library on the same maps, without writing, agrees; --fpr afterwards switches the method back.
     from tfssim.calibration import calibrate
 
-    assert calibrate(model, [dataset / "val"], min_defect_area=40, write=False, progress=False) == meta.threshold
+    again = calibrate(model, [dataset / "val"], min_defect_area=40, write=False, progress=False)
+    assert (again.threshold, again.path, again.method) == (meta.threshold, None, "min_defect_area")
     result = CliRunner().invoke(calibrate_cli, [str(target), str(dataset / "val"), "--fpr", "0.05"])
     assert result.exit_code == 0, result.output
-    meta = ExportMetadata.read(target)
+    meta = ExportMetadata.read(tmp_path / "m" / "4")
     assert (meta.threshold_method, meta.threshold_min_defect_area, meta.threshold_fpr) == ("fpr", None, 0.05)

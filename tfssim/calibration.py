@@ -6,17 +6,21 @@ smallest threshold at which no region of the post-processed segmentation of any 
 image is larger than a given number of pixels.
 
 ``tfssim-calibrate`` is this module's :func:`calibrate` behind a command line; a script calls it
-the same way.
+the same way. The threshold is written as a **new export version** (a copy of the calibrated
+one with the threshold in its metadata, ``calibrated_from`` naming the old version), never into
+the version calibrated: that one may be served, and no version is ever overwritten.
 
 Example:
     >>> from tfssim.calibration import calibrate
-    >>> calibrate("exported_models/nanotwice", ["good/*.png"], fpr=0.01)   # newest version
-    0.4123
-    >>> calibrate("exported_models/nanotwice", ["good/*.png"], min_defect_area=100)
-    0.5217
+    >>> result = calibrate("exported_models/nanotwice", ["good/*.png"], fpr=0.01)   # newest version
+    >>> result.threshold, result.path, result.source
+    (0.4123, PosixPath('exported_models/nanotwice/2'), PosixPath('exported_models/nanotwice/1'))
+    >>> calibrate(result.path, ["good/*.png"], min_defect_area=100).path   # version 3, from 2
+    PosixPath('exported_models/nanotwice/3')
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,10 +29,32 @@ import numpy as np
 
 from tfssim.errors import InputError
 
-__all__ = ["DEFAULT_FPR", "calibrate", "largest_region_area", "threshold_at_min_defect_area"]
+__all__ = ["DEFAULT_FPR", "Calibration", "calibrate", "largest_region_area", "threshold_at_min_defect_area"]
 
 # The pixel false-positive rate of calibrate() when no rule is given (tfssim-calibrate's default).
 DEFAULT_FPR = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate` found, and where it wrote it.
+
+    Attributes:
+        threshold: The threshold (pixels scoring above it are candidates).
+        method: Its rule: ``"fpr"`` or ``"min_defect_area"`` (metadata ``threshold_method``).
+        fpr: The pixel false-positive rate of rule ``"fpr"`` (else ``None``).
+        min_defect_area: The area in pixels of rule ``"min_defect_area"`` (else ``None``).
+        source: The version folder calibrated (its maps were computed; it is left unchanged).
+        path: The new version folder holding the threshold (``None`` with ``write=False``): use
+            this one afterwards (predict, evaluate, serve).
+    """
+
+    threshold: float
+    method: str
+    fpr: float | None
+    min_defect_area: int | None
+    source: Path
+    path: Path | None
 
 
 def _checked_area(min_defect_area: Any) -> int:
@@ -189,8 +215,9 @@ def threshold_at_min_defect_area(maps: Sequence[np.ndarray], min_defect_area: in
 
 def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLike | np.ndarray],
               fpr: float | None = None, *, min_defect_area: int | None = None, write: bool = True,
-              progress: bool = True) -> float:
-    """Set an export's threshold from defect-free images, by a pixel FPR or a minimum defect area.
+              progress: bool = True) -> Calibration:
+    """Calibrate an export's threshold on defect-free images, by a pixel FPR or a minimum defect area,
+    and write it as a new export version.
 
     With ``fpr`` (default :data:`DEFAULT_FPR` when neither rule is given), a share ``fpr`` of
     the defect-free pixels lies above the threshold (:func:`tfssim.postprocess.threshold_at_fpr`).
@@ -201,33 +228,39 @@ def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLik
 
     The anomaly maps are the export's own (the served graph, with its map settings), so the
     threshold applies to what serving returns. With ``write``, the threshold and its rule
-    (``threshold_method``, with ``threshold_fpr`` or ``threshold_min_defect_area``) are stored
-    in the export's metadata (``assets/tfssim.json``, rewritten atomically; nothing else
-    changes).
+    (``threshold_method``, with ``threshold_fpr`` or ``threshold_min_defect_area``) go into a
+    **new version** beside the calibrated one: the next free number in its model folder, a copy
+    of its files whose metadata also records ``calibrated_from``
+    (:func:`tfssim.export.write_calibrated_version`). The calibrated version is never changed,
+    so a version TF Serving serves keeps its meaning; TF Serving's default policy moves to the
+    new one by itself.
 
     Args:
-        export: An export version folder, its model folder (the newest version is used) or a
-            loaded :class:`tfssim.inference.ExportedModel`.
+        export: An export version folder ``<root>/<name>/<version>``, its model folder (the
+            newest version is used) or a loaded :class:`tfssim.inference.ExportedModel`. A
+            SavedModel folder outside that layout can be calibrated only with ``write=False``.
         images: Defect-free images: file paths, folders or globs (as ``tfssim-calibrate`` takes
             them), or arrays ``[H, W]`` / ``[H, W, C]`` in [0, 1] (or uint8).
         fpr: Pixel false-positive rate, strictly between 0 and 1.
         min_defect_area: Largest region allowed on the images, in pixels at their resolution
             (a whole number >= 0); not together with ``fpr``.
-        write: Store the threshold in the export's metadata.
+        write: Write the new version (else only compute the threshold).
         progress: Show a progress bar over the images.
 
     Returns:
-        The threshold.
+        A :class:`Calibration`: the threshold, its rule, the version calibrated (``source``)
+        and the new version (``path``; ``None`` without ``write``).
 
     Raises:
         InputError: ``fpr`` out of range, ``min_defect_area`` not a whole number >= 0 or too
             large for the images, both rules given, no images, an image or file the export
-            cannot take (the message names it), or damaged export metadata.
+            cannot take (the message names it), damaged export metadata, or (with ``write``)
+            an export that is not a numbered version folder (checked before any map is computed).
         FileNotFoundError: the export or an image file does not exist.
     """
     from tfssim import data, postprocess
     from tfssim.evaluation import compute_maps
-    from tfssim.export import update_threshold
+    from tfssim.export import version_folder, write_calibrated_version
     from tfssim.inference import ExportedModel
     from tfssim.prediction import expand_inputs
 
@@ -239,7 +272,11 @@ def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLik
         fpr = DEFAULT_FPR if fpr is None else fpr
         if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.floating)) or not 0 < float(fpr) < 1:
             raise InputError(f"fpr must be a number between 0 and 1 (exclusive), got {fpr!r}")
+        fpr = float(fpr)
     model = export if isinstance(export, ExportedModel) else ExportedModel.load(export)
+    source = Path(model.path)
+    if write:
+        version_folder(source)  # a bare SavedModel folder has no place for a new version: say so before the maps
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if not len(images):
@@ -257,10 +294,10 @@ def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLik
         settings = postprocess.PostProcessor.from_metadata(model.metadata, threshold=0.0)
         threshold = threshold_at_min_defect_area(maps, min_defect_area, opening_diameter=settings.opening_diameter,
                                                  convex_hull=settings.convex_hull, min_area=settings.min_area)
-        if write:
-            update_threshold(Path(model.path), threshold, min_defect_area=min_defect_area)
-        return threshold
-    threshold = float(postprocess.threshold_at_fpr(maps, float(fpr)))
-    if write:
-        update_threshold(Path(model.path), threshold, fpr=float(fpr))
-    return threshold
+        method = "min_defect_area"
+    else:
+        threshold = float(postprocess.threshold_at_fpr(maps, fpr))
+        method = "fpr"
+    path = write_calibrated_version(source, threshold, fpr, min_defect_area=min_defect_area) if write else None
+    return Calibration(threshold=float(threshold), method=method, fpr=fpr, min_defect_area=min_defect_area,
+                       source=source, path=path)

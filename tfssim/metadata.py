@@ -86,6 +86,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "threshold_method": ("one of " + ", ".join(repr(m) for m in ("fpr", "min_defect_area")),
                          lambda v: v in ("fpr", "min_defect_area")),
     "threshold_min_defect_area": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "calibrated_from": ("a positive integer (a version)", lambda v: _is_int(v) and v >= 1),
     "opening_diameter": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "convex_hull": ("true or false", lambda v: isinstance(v, bool)),
     "input_name": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
@@ -148,6 +149,10 @@ class ExportMetadata:
             ``threshold_fpr`` says it was set at a pixel FPR).
         threshold_min_defect_area: The area in pixels (at the input's resolution) of method
             ``"min_defect_area"``.
+        calibrated_from: The version this one is a calibrated copy of (``tfssim-calibrate``
+            writes a new version: the same SavedModel files with a new threshold and rule);
+            ``None`` for an export written by ``tfssim-export`` or ``tfssim-tune``, and in
+            exports from before this key existed.
         opening_diameter: Diameter of the opening's circular element (0: no opening).
         convex_hull: Replace each region by its convex hull.
         input_name: Name of the image input of every signature.
@@ -192,6 +197,7 @@ class ExportMetadata:
     threshold_fpr: float | None = None
     threshold_method: str | None = None
     threshold_min_defect_area: int | None = None
+    calibrated_from: int | None = None
     opening_diameter: int = 4
     convex_hull: bool = True
     input_name: str = "image"

@@ -1,4 +1,5 @@
-"""``tfssim-calibrate``: set an export's threshold from defect-free images, at a pixel FPR or by a minimum defect area."""
+"""``tfssim-calibrate``: an export's threshold from defect-free images, at a pixel FPR or by a minimum defect area,
+written as a new export version (the calibrated version is never changed)."""
 from __future__ import annotations
 
 import click
@@ -24,7 +25,15 @@ DEFAULT_FPR = 0.01  # tfssim.calibration.DEFAULT_FPR (not imported here: --help 
 def main(export: str, images: tuple[str, ...], fpr: float | None, min_defect_area: int | None, verbose: bool) -> None:
     """Compute the threshold of EXPORT from defect-free IMAGES (files, folders or globs) so that
     a share FPR of their pixels lies above it, or (--min-defect-area) so that no defect region
-    larger than PIXELS is found on them, and store it in the export's metadata."""
+    larger than PIXELS is found on them, and write it as a NEW VERSION of the export.
+
+    EXPORT is a version folder NAME/VERSION of TensorFlow Serving's layout, or its model folder
+    NAME (the newest version is calibrated). The new version is the next free number in NAME: a
+    copy of the calibrated one with the threshold in its metadata (and calibrated_from naming
+    the old version). The calibrated version is left byte for byte as it was, so TF Serving
+    never sees a served version change; its default policy serves the newest version, the new
+    one. The new version's folder is printed: predict and evaluate with that one. A SavedModel
+    folder outside the NAME/VERSION layout is refused: move it into NAME/1 first."""
     setup_logging(verbose)
     if fpr is not None and min_defect_area is not None:
         raise click.UsageError("--fpr and --min-defect-area are mutually exclusive (two rules for the threshold); give one of them")
@@ -37,11 +46,12 @@ def main(export: str, images: tuple[str, ...], fpr: float | None, min_defect_are
         raise click.BadParameter(str(err), param_hint="IMAGES") from None
     with usage_errors():
         model = ExportedModel.load(export)
-        # The library's calibration, stored in the metadata.
-        threshold = calibrate(model, paths, fpr, min_defect_area=min_defect_area)
-    rule = (f"no region over {min_defect_area} px" if min_defect_area is not None
-            else f"pixel FPR {DEFAULT_FPR if fpr is None else fpr:g}")
-    click.echo(f"threshold {threshold:.6f} at {rule} from {len(paths)} image(s), written to {model.path}")
+        # The library's calibration, written as a new version beside the calibrated one.
+        result = calibrate(model, paths, fpr, min_defect_area=min_defect_area)
+    rule = (f"no region over {result.min_defect_area} px" if result.method == "min_defect_area"
+            else f"pixel FPR {result.fpr:g}")
+    click.echo(f"threshold {result.threshold:.6f} at {rule} from {len(paths)} image(s), written as new version "
+               f"{result.path} (calibrated from {result.source}, which is unchanged)")
 
 
 if __name__ == "__main__":

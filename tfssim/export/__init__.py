@@ -61,8 +61,10 @@ from tfssim.export.layout import (
     _check_name,
     _move_into_place,
     _record_owner,
+    _fsync_tree,
     _remove_dead_partials,
     next_version,
+    version_folder,
 )
 from tfssim.export.source import (
     RUN_LOCK_FILE,
@@ -82,7 +84,8 @@ from tfssim.errors import InputError, input_checks
 __all__ = [
     "export_model",
     "read_metadata",
-    "update_threshold",
+    "write_calibrated_version",
+    "version_folder",
     "next_version",
     "load_for_export",
     "warmup_record",
@@ -167,7 +170,7 @@ def export_model(
             The metadata's ``checkpoint`` records the file and epoch taken (see
             :func:`load_for_export`); exporting a run folder whose training still holds its
             lock logs a warning.
-        threshold: A calibrated threshold to store (see :func:`update_threshold`).
+        threshold: A calibrated threshold to store (see :func:`write_calibrated_version`).
         vae_samples: VAE posterior samples per pixel score (default: training's or the model's).
             The VAE's noise is drawn with seed 0 (metadata ``vae_seed``) for every chunk of
             ``chunk_size`` tiles, so a VAE's maps are deterministic for one export but depend
@@ -331,19 +334,9 @@ def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     return read_export_metadata(export_dir)
 
 
-def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None, *,
-                     min_defect_area: int | None = None) -> dict[str, Any]:
-    """Store a calibrated threshold, and how it was set, in an export's metadata.
-
-    Only ``assets/tfssim.json`` changes; it is rewritten atomically (temporary file + rename),
-    so a reader never sees half a file. Returns the new metadata. ``threshold_method`` records
-    the rule: ``"fpr"`` with ``fpr`` (``threshold_fpr``), ``"min_defect_area"`` with
-    ``min_defect_area`` (``threshold_min_defect_area``), ``None`` with neither.
-
-    Raises ``InputError`` for a threshold that is not finite, an ``fpr`` outside (0, 1), a
-    ``min_defect_area`` that is not a whole number >= 0, both given, or metadata that
-    :func:`read_metadata` refuses (the file is left as it is).
-    """
+def _threshold_rule(threshold: float, fpr: float | None,
+                    min_defect_area: int | None) -> tuple[float, float | None, int | None, str | None]:
+    """The checked ``(threshold, fpr, min_defect_area, threshold_method)`` of a calibration."""
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise InputError(f"threshold must be a finite number, got {threshold!r}")
@@ -355,11 +348,70 @@ def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float
     if fpr is not None and min_defect_area is not None:
         raise InputError("a threshold is set either at an fpr or by a min_defect_area, not both")
     method = "fpr" if fpr is not None else "min_defect_area" if min_defect_area is not None else None
-    path = Path(export_dir) / METADATA_FILE
-    read_metadata(export_dir)  # the file's checks, naming it
-    metadata = ExportMetadata.read(path).replace(
-        threshold=threshold, threshold_fpr=None if fpr is None else float(fpr), threshold_method=method,
-        threshold_min_defect_area=None if min_defect_area is None else int(min_defect_area))
-    values = metadata.to_dict()
-    atomic_write_json(path, values)
-    return values
+    return (threshold, None if fpr is None else float(fpr),
+            None if min_defect_area is None else int(min_defect_area), method)
+
+
+def write_calibrated_version(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None, *,
+                             min_defect_area: int | None = None) -> Path:
+    """Write a calibrated threshold as a **new version** beside an export; the given one is not touched.
+
+    A version TF Serving serves must not change meaning under it, and no version is ever
+    overwritten: the new version is a copy of ``export_dir``'s files (SavedModel, variables,
+    warm-up requests) whose metadata differs only in ``version``, ``threshold``, the rule
+    (``threshold_method`` with ``threshold_fpr`` or ``threshold_min_defect_area``: ``"fpr"``
+    with ``fpr``, ``"min_defect_area"`` with ``min_defect_area``, ``None`` with neither) and
+    ``calibrated_from`` (``export_dir``'s version). Its number is the next free one in the model
+    folder (:func:`next_version`), so TF Serving's default policy (the newest version) moves to
+    it by itself and can be rolled back by removing it. It is built in a hidden
+    ``.<version>.partial-*`` folder, flushed to disk and renamed into place without replacing
+    anything, taking the next number if a concurrent export took this one meanwhile (as
+    :func:`export_model`); a killed calibration leaves only such a folder, removed by a later
+    export or calibration of the model.
+
+    Args:
+        export_dir: A version folder ``<root>/<name>/<version>`` (TF Serving's layout).
+        threshold: The threshold, a finite number.
+        fpr: The pixel false-positive rate it was set at, in (0, 1).
+        min_defect_area: Or the largest defect-free region it allows, in pixels (>= 0).
+
+    Returns:
+        The new version folder ``<root>/<name>/<new version>``.
+
+    Raises:
+        InputError: a threshold that is not finite, an ``fpr`` outside (0, 1), a
+            ``min_defect_area`` that is not a whole number >= 0, both given, metadata that
+            :func:`read_metadata` refuses, or ``export_dir`` not a numbered version folder (a
+            bare SavedModel folder: move it into ``<name>/1`` first).
+        FileNotFoundError: ``export_dir`` does not exist.
+        FileExistsError: concurrent exports took :data:`MAX_VERSION_RETRIES` versions in a row.
+
+    Example:
+        >>> write_calibrated_version("exported_models/nanotwice/1", 0.41, fpr=0.01)
+        PosixPath('exported_models/nanotwice/2')
+    """
+    threshold, fpr, min_defect_area, method = _threshold_rule(threshold, fpr, min_defect_area)
+    source = Path(export_dir)
+    if not source.is_dir():
+        raise FileNotFoundError(f"export {source} does not exist (or is not a folder)")
+    model_root, from_version = version_folder(source)
+    read_metadata(source)  # the file's checks, naming it
+    # Every field but these is the source's, unknown keys (a newer tfssim's, tune's) included.
+    changed = ExportMetadata.read(source / METADATA_FILE).replace(
+        threshold=threshold, threshold_fpr=fpr, threshold_method=method, threshold_min_defect_area=min_defect_area,
+        calibrated_from=from_version)
+    _remove_dead_partials(model_root)
+    version = next_version(model_root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_root))
+    try:
+        _record_owner(tmp)
+        copy = tmp / "export"
+        shutil.copytree(source, copy)
+        metadata = changed.replace(version=version).to_dict()
+        atomic_write_json(copy / METADATA_FILE, metadata)
+        _fsync_tree(copy)
+        destination = _move_into_place(copy, model_root, version, auto=True, metadata=metadata)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("calibrated %s as new version %s (threshold %.6g)", source, destination, threshold)
+    return destination
