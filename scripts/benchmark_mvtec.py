@@ -19,8 +19,9 @@ autoencoder is trained, exported, calibrated and evaluated with tfssim's library
   post-processed segmentation of any defect-free validation image is larger than
   ``--min-defect-area`` pixels (:func:`tfssim.calibration.threshold_at_min_defect_area`), written
   as a new version of the export (``<category>/exported_models/<category>/2``, calibrated from
-  version 1, which stays as exported; ``result.json``'s ``export``), the one evaluated. The validation images are a seeded 10 % of ``train/good`` held out of training
-  (MVTec AD ships no validation split); the area is one number for all categories, chosen by the
+  version 1, which stays as exported; ``result.json``'s ``export_dir``), the one evaluated. The
+  validation images are a seeded 10 % of ``train/good`` held out of training (MVTec AD ships no
+  validation split); the area is one number for all categories, chosen by the
   user, never from test data.
 
 Scores (threshold-free, from :func:`tfssim.evaluation.evaluate`): pixel ROC AUC over all pixels of
@@ -144,7 +145,7 @@ def run_category(root: Path, output: Path, category: str, protocol: Protocol, *,
     result = {
         "category": category, "kind": kind, "train": train, "export": export,
         "min_defect_area": protocol.min_defect_area, "threshold": outcome.thresholds[category],
-        "export": str(outcome.exports[category]),  # the calibrated version (the threshold is in its metadata)
+        "export_dir": str(outcome.exports[category]),  # the calibrated version (the threshold is in its metadata)
         "scores": {key: scores.get(key) for key in (*SCORE_KEYS, "f1", "iou", "threshold", "fpr_target")},
         # The evaluation's per-defect-type scores (its results.json holds this one export).
         "per_type": next(iter(json.loads((outcome.evaluation_dir / "results.json").read_text())["exports"].values()))

@@ -184,7 +184,7 @@ def test_tiny_benchmark_trains_calibrates_evaluates_and_resumes(mvtec_root, tmp_
         result = json.loads((out / category / bench.RESULT_FILE).read_text())
         # The calibrated version is a new one (2) beside the export (1), which keeps no threshold.
         export = out / category / "exported_models" / category / "2"
-        assert result["export"] == str(export)
+        assert result["export_dir"] == str(export)
         assert export.parent.joinpath("1").is_dir() and ExportedModel.load(export.parent / "1").metadata["threshold"] is None
         model = ExportedModel.load(export)
         meta = model.metadata

@@ -131,6 +131,7 @@ def test_a_failure_while_writing_leaves_no_version_and_a_dead_partial_is_removed
     assert sorted(p.name for p in source.parent.iterdir()) == ["1", "2"]
 
 
+@pytest.mark.slow  # computes the maps once (5-8 s measured, 2 cores shared with other jobs)
 def test_a_bare_savedmodel_folder_is_refused(exports, dataset, tmp_path):
     from tfssim.calibration import calibrate
 
@@ -198,3 +199,20 @@ def test_symlinked_model_folder_names_are_kept(exports, tmp_path):
     os.symlink(real, tmp_path / "link")
     new = export.write_calibrated_version(tmp_path / "link" / "1", 0.5)
     assert new == tmp_path / "link" / "2" and (real / "2" / METADATA_FILE).is_file()
+
+
+def test_predicting_with_the_uncalibrated_version_names_the_calibrated_one(exports, dataset, tmp_path):
+    from tfssim.cli.predict import main as predict_cli
+    from tfssim.metadata import calibrated_versions
+
+    source = shutil.copytree(exports[1], tmp_path / "l2" / "1")
+    assert calibrated_versions(source) == []
+    line = _one_error(CliRunner().invoke(predict_cli, [str(source), str(dataset / "test"), "-o", str(tmp_path / "o")]))
+    assert "run tfssim-calibrate on defect-free images first or pass --threshold" in line
+    second = export.write_calibrated_version(source, 0.2, fpr=0.01)
+    third = export.write_calibrated_version(source, 0.3, fpr=0.02)
+    export.write_calibrated_version(second, 0.4, fpr=0.03)  # 4: calibrated from 2, not from 1
+    assert calibrated_versions(source) == [third, second] and calibrated_versions(tmp_path / "bare") == []
+    line = _one_error(CliRunner().invoke(predict_cli, [str(source), str(dataset / "test"), "-o", str(tmp_path / "o")]))
+    assert f"export {source} has no calibrated threshold, but {third} was calibrated from it" in line
+    assert "use that one, or pass --threshold" in line

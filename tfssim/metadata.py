@@ -32,7 +32,8 @@ from typing import Any, Mapping
 from tfssim.errors import InputError
 from tfssim.ssim_params import SSIMParams
 
-__all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "METADATA_FILE", "metadata_path", "read_json"]
+__all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "METADATA_FILE", "calibrated_versions", "metadata_path",
+           "read_json"]
 
 # The metadata file inside an export version folder.
 METADATA_FILE = Path("assets") / "tfssim.json"
@@ -404,3 +405,32 @@ def metadata_path(path: str | os.PathLike) -> Path:
         return versions[-1] / METADATA_FILE
     where = f"{path} (newest version {versions[-1].name})" if versions else str(path)
     raise InputError(f"{where} has no {METADATA_FILE}; it is not a tfssim export (re-export with tfssim-export)")
+
+
+def calibrated_versions(version_dir: str | os.PathLike) -> list[Path]:
+    """The versions beside ``version_dir`` calibrated from it (``calibrated_from``), newest first.
+
+    ``tfssim-calibrate`` writes a threshold as a new version; this finds it from the old one
+    (e.g. to tell a user who predicts with the old version which one holds the threshold).
+    Unreadable or foreign metadata is skipped.
+
+    Args:
+        version_dir: A version folder ``<root>/<name>/<version>``.
+
+    Returns:
+        The version folders whose metadata's ``calibrated_from`` is ``version_dir``'s number;
+        empty when its name is not a version number or none was calibrated from it.
+    """
+    path = Path(version_dir)
+    if not (path.name.isascii() and path.name.isdigit()) or not path.parent.is_dir():
+        return []
+    found = []
+    for folder in path.parent.iterdir():
+        if folder.name.isascii() and folder.name.isdigit() and folder != path and (folder / METADATA_FILE).is_file():
+            try:
+                meta = ExportMetadata.read(folder / METADATA_FILE)
+            except (OSError, ValueError):
+                continue
+            if meta.calibrated_from == int(path.name):
+                found.append(folder)
+    return sorted(found, key=lambda p: int(p.name), reverse=True)
