@@ -24,9 +24,12 @@ from tfssim.inference import ExportedModel
 
 @pytest.mark.slow  # 9 s measured (2 cores shared with other jobs)
 def test_calibrate_writes_a_threshold_with_the_requested_fpr(exports, dataset, tmp_path):
-    target = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
-    result = CliRunner().invoke(calibrate_cli, [str(target), str(dataset / "val"), "--fpr", "0.05"])
+    source = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
+    result = CliRunner().invoke(calibrate_cli, [str(source), str(dataset / "val"), "--fpr", "0.05"])
     assert result.exit_code == 0, result.output
+    # The threshold is in a new version (printed), not in the version calibrated.
+    target = tmp_path / "ssim" / "2"
+    assert f"new version {target} " in result.output and export.read_metadata(source)["threshold"] is None
     threshold = export.read_metadata(target)["threshold"]
     model = ExportedModel.load(target)
     maps = [model.predict(data.read_image(p))["anomaly_map"] for p in data.list_images(dataset / "val")]
@@ -38,19 +41,23 @@ def test_calibrate_writes_a_threshold_with_the_requested_fpr(exports, dataset, t
 def test_library_calibrate_sets_the_fpr_on_paths_or_arrays(exports, dataset, tmp_path):
     from tfssim.calibration import calibrate
 
-    target = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
-    threshold = calibrate(target.parent, [dataset / "val"], 0.05, progress=False)  # model folder: newest version
+    source = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
+    result = calibrate(source.parent, [dataset / "val"], 0.05, progress=False)  # model folder: newest version
+    target = tmp_path / "ssim" / "2"
+    assert (result.source, result.path, result.method, result.fpr) == (source, target, "fpr", 0.05)
+    threshold = result.threshold
     meta = export.read_metadata(target)
-    assert meta["threshold"] == threshold and meta["threshold_fpr"] == 0.05
+    assert meta["threshold"] == threshold and meta["threshold_fpr"] == 0.05 and meta["calibrated_from"] == 1
     # Checked against the served maps directly: 5 % of the defect-free pixels lie above it.
     model = ExportedModel.load(target)
     images = [data.read_image(p) for p in data.list_images(dataset / "val")]
     pixels = np.concatenate([model.predict(img)["anomaly_map"].ravel() for img in images])
     assert abs(np.mean(pixels > threshold) - 0.05) <= 0.001
-    # Arrays and a loaded model give the same threshold; write=False leaves the metadata alone.
-    assert calibrate(model, images, 0.05, write=False, progress=False) == threshold
-    assert calibrate(model, images, 0.2, write=False, progress=False) < threshold
-    assert export.read_metadata(target)["threshold_fpr"] == 0.05
+    # Arrays and a loaded model give the same threshold; write=False writes no version.
+    unwritten = calibrate(model, images, 0.05, write=False, progress=False)
+    assert (unwritten.threshold, unwritten.path) == (threshold, None)
+    assert calibrate(model, images, 0.2, write=False, progress=False).threshold < threshold
+    assert sorted(p.name for p in source.parent.iterdir()) == ["1", "2"]
     for bad in (0, 1, 1.5, True):
         with pytest.raises(InputError, match="fpr"):
             calibrate(model, images, bad, write=False)
@@ -169,20 +176,22 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
     # One defect-free test image (no mask: it counts as good), cut from the training texture.
     train = io.imread(data.list_images(ds / "train")[0])
     io.imsave(ds / "test" / "brick_good_000.png", train[:64, :80], check_contrast=False)
-    export.update_threshold(shutil.copytree(exports[1], tmp_path / "l2" / "1"), 0.125)
+    # A calibrated l2 export: version 2 beside a copy of version 1 (calibration writes a new version).
+    l2 = export.write_calibrated_version(shutil.copytree(exports[1], tmp_path / "l2" / "1"), 0.125)
+    assert l2 == tmp_path / "l2" / "2"
     out = tmp_path / "eval"
-    result = CliRunner().invoke(evaluate_cli, [str(ds), str(exports[0]), str(tmp_path / "l2" / "1"), "--output",
+    result = CliRunner().invoke(evaluate_cli, [str(ds), str(exports[0]), str(l2), "--output",
                                                str(out), "--fpr", "0.05", "--segmentation-auroc"])
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "results.json").read_text())
     results = payload["exports"]
-    assert set(results) == {"ssim/1", "l2/1"} and payload["counts"] == {"val": 2, "test": 4, "defective": 3}
-    for name in ("roc.png", "results.csv", "pro_ssim_1.png", "pro_l2_1.png", "roc_ssim_1.csv", "roc_l2_1.csv",
-                 "pro_ssim_1.csv", "pro_l2_1.csv", "segroc_ssim_1.csv", "segroc_l2_1.csv"):
+    assert set(results) == {"ssim/1", "l2/2"} and payload["counts"] == {"val": 2, "test": 4, "defective": 3}
+    for name in ("roc.png", "results.csv", "pro_ssim_1.png", "pro_l2_2.png", "roc_ssim_1.csv", "roc_l2_2.csv",
+                 "pro_ssim_1.csv", "pro_l2_2.csv", "segroc_ssim_1.csv", "segroc_l2_2.csv"):
         assert (out / name).stat().st_size > 0
     assert "roc_*.csv" in result.output and "pro_*.csv" in result.output
     assert not [p.name for p in out.iterdir() if "tmp" in p.name]
-    for name, safe in (("ssim/1", "ssim_1"), ("l2/1", "l2_1")):
+    for name, safe in (("ssim/1", "ssim_1"), ("l2/2", "l2_2")):
         # The curves behind the plots: the thinned ROC's area is the full curve's AUC to 1e-3,
         # and the PRO CSV's mean overlap gives aupro_0.3 back.
         with (out / f"roc_{safe}.csv").open() as fh:
@@ -200,7 +209,7 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
         assert metrics.area_under_pro(curve, 0.3) == pytest.approx(results[name]["aupro_0.3"], abs=1e-12)
         assert all(float(r["q0.1"]) <= float(r["q0.5"]) <= float(r["q0.9"]) for r in pro)
     assert "pixel_auroc" in result.output and "ssim/1" in result.output
-    assert results["ssim/1"]["export_threshold"] is None and results["l2/1"]["export_threshold"] == 0.125
+    assert results["ssim/1"]["export_threshold"] is None and results["l2/2"]["export_threshold"] == 0.125
     assert "threshold stored in the export 0.1250" in result.output
 
     split = data.load_dataset(ds)
@@ -208,7 +217,7 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
     assert sorted(defective) == [False, True, True, True]
     masks = [np.zeros((64, 80), bool) if p is None else data.read_mask(p) for p in split.test_masks]
     labels = np.concatenate([m.ravel() for m in masks])
-    for name, path in (("ssim/1", exports[0]), ("l2/1", tmp_path / "l2" / "1")):
+    for name, path in (("ssim/1", exports[0]), ("l2/2", l2)):
         scores = results[name]
         model = ExportedModel.load(path)
         maps = [model.predict(data.read_image(p))["anomaly_map"] for p in split.test]

@@ -173,7 +173,7 @@ def test_client_without_tensorflow_gives_the_maps_and_regions_of_the_export(stan
     # a threshold that leaves a few regions, stored in a copy of the export the client reads
     threshold = float(np.quantile(expected_float["anomaly_map"], 0.97))
     copy = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
-    export.update_threshold(copy, threshold, fpr=0.03)
+    copy = export.write_calibrated_version(copy, threshold, fpr=0.03)  # version 2, the model folder's newest
 
     done = run_without_tensorflow(_CLIENT, stand_in.url, str(copy.parent), str(image_path), str(tmp_path / "uint8.png"),
                                   str(tmp_path / "out.npz"))

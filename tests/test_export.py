@@ -386,17 +386,6 @@ def test_the_serving_graph_compiles_the_model_call_with_xla_only_when_asked(ssim
     assert len(compiled) == (1 if jit else 0)
 
 
-def test_update_threshold_rewrites_only_the_metadata(exported):
-    before = (exported / "saved_model.pb").read_bytes()
-    meta = export.update_threshold(exported, 0.25, fpr=0.01)
-    assert meta == export.read_metadata(exported)
-    assert meta["threshold"] == 0.25 and meta["threshold_fpr"] == 0.01 and meta["patch_size"] == PATCH
-    assert (exported / "saved_model.pb").read_bytes() == before
-    assert sorted(p.name for p in (exported / "assets").iterdir()) == ["tfssim.json"], "no temporary file left"
-    with pytest.raises(ValueError, match="finite"):
-        export.update_threshold(exported, float("nan"))
-
-
 @pytest.mark.slow  # 35-68 s measured (2 cores shared with other jobs)
 @pytest.mark.parametrize("kind", ["l2", "vae"])
 def test_other_kinds_export_their_residual(kind, tmp_path, image):

@@ -164,7 +164,7 @@ def _accepted(field: str, value: object) -> bool:
     ints = {"epochs", "patches_per_epoch", "batch_size", "patch_size", "latent_dim", "ssim_window", "seed",
             "val_patches", "vae_samples"}
     floats = {"ssim_sigma", "ssim_k1", "ssim_k2", "learning_rate", "weight_decay", "val_split", "vae_observation_std",
-              "fm_weight"}
+              "fm_weight", "scale"}
     bools = {"grayscale", "augment", "skip_bad_images", "jit_compile"}
     if field in ints:
         return type(value) is int
@@ -172,6 +172,8 @@ def _accepted(field: str, value: object) -> bool:
         return type(value) in (int, float)
     if field in bools:
         return type(value) is bool
+    if field == "image_size":
+        return value is None or (type(value) is list and len(value) == 2 and all(type(v) is int for v in value))
     return type(value) is str or (field == "fm_weights" and value is None)
 
 

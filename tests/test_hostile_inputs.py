@@ -340,8 +340,9 @@ def test_damaged_metadata_is_one_error_naming_the_file(damage, copied_export, da
             read(copied_export)
         assert str(meta_path) in str(err.value) and "\n" not in str(err.value), str(err.value)
     with pytest.raises(ValueError, match=str(meta_path)):
-        export.update_threshold(copied_export, 0.5)
+        export.write_calibrated_version(copied_export, 0.5)
     assert meta_path.read_bytes() == before  # left as it was
+    assert [p.name for p in copied_export.parent.iterdir()] == ["1"]  # no new version, no partial folder
     images = tmp_path / "imgs"
     images.mkdir()
     good_image(images / "a.png")

@@ -31,12 +31,14 @@ def test_read_accepts_the_model_folder_the_version_folder_and_the_file(exports, 
     model = tmp_path / "ssim"
     shutil.copytree(exports[0], model / "1")
     shutil.copytree(exports[0], model / "10")  # numerically newest, not alphabetically
-    export.update_threshold(model / "10", 0.25, fpr=0.01)
     assert metadata_path(model) == model / "10" / METADATA_FILE
+    # Calibrating version 1 writes version 11 (the next free one), the newest now.
+    assert export.write_calibrated_version(model / "1", 0.25, fpr=0.01) == model / "11"
+    assert metadata_path(model) == model / "11" / METADATA_FILE
     newest = ExportMetadata.read(model)
-    assert (newest.threshold, newest.threshold_fpr) == (0.25, 0.01)
-    assert ExportMetadata.read(model / "1").threshold is None
-    assert ExportMetadata.read(model / "10" / METADATA_FILE) == newest
+    assert (newest.threshold, newest.threshold_fpr, newest.version, newest.calibrated_from) == (0.25, 0.01, 11, 1)
+    assert ExportMetadata.read(model / "1").threshold is None and ExportMetadata.read(model / "10").threshold is None
+    assert ExportMetadata.read(model / "11" / METADATA_FILE) == newest
     processor = postprocess.PostProcessor.from_metadata(newest.to_dict())
     assert (processor.threshold, processor.opening_diameter, processor.convex_hull) == (0.25, 4, True)
 

@@ -132,9 +132,14 @@ class ServingClient:
             if image.shape[-1] != meta.channels:
                 raise InputError(f"image has {image.shape[-1]} channel(s) but the export takes {meta.channels} "
                                  f"([H, W, {meta.channels}] images)")
-            if min(image.shape[:2]) < meta.patch_size:
+            smallest = meta.min_input_size  # the export's own rule: a scaled export needs the patch after resizing
+            if min(image.shape[:2]) < smallest and smallest == meta.patch_size:
                 raise InputError(f"image of {image.shape[0]}x{image.shape[1]} pixels is smaller than the patch: "
                                  f"height and width must be at least the patch size {meta.patch_size}")
+            if min(image.shape[:2]) < smallest:
+                raise InputError(f"image of {image.shape[0]}x{image.shape[1]} pixels is too small for the export: "
+                                 f"height and width must be at least {smallest} (its {meta.patch_size}x"
+                                 f"{meta.patch_size} patch once resized by {meta.scale:g})")
         return image
 
     def _signature_for(self, image: np.ndarray) -> str:

@@ -1,7 +1,8 @@
 """Train -> export -> evaluate in one call, for research scripts: the library's functions, no CLIs.
 
 An experiment folder holds ``runs/<run>/`` (:func:`tfssim.training.train` run folders),
-``exported_models/<name>/1/`` (:func:`tfssim.export.export_model`) and one evaluation folder
+``exported_models/<name>/1/`` (:func:`tfssim.export.export_model`; with ``min_defect_area`` also
+its calibrated copy ``exported_models/<name>/2/``) and one evaluation folder
 (:func:`tfssim.evaluation.evaluate`). Every step is resumable: a finished run (``final.keras``)
 or an existing export is reused, an interrupted run continues from its last epoch, so a script
 built on :func:`train_export_evaluate` can be stopped and started again at any time.
@@ -61,16 +62,20 @@ class ExperimentResult:
 
     Attributes:
         run_dirs: Run folder of each experiment, by experiment name.
-        exports: Export (version) folder of each experiment, by name.
+        exports: Export (version) folder of each experiment, by name: the calibrated version
+            when :func:`train_export_evaluate` calibrated (``min_defect_area``), the one evaluated.
         scores: The evaluation's scores of each experiment (``pixel_auroc``, ``aupro_0.3``,
             ``f1``, ``iou``, ``segmentation_auroc`` ...), by name.
         evaluation_dir: The evaluation folder (``results.json``, curves, figures).
+        thresholds: The threshold each export was calibrated to and stored (``min_defect_area``
+            of :func:`train_export_evaluate`), by name; empty without calibration.
     """
 
     run_dirs: dict[str, Path]
     exports: dict[str, Path]
     scores: dict[str, dict[str, Any]]
     evaluation_dir: Path
+    thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def train_run(data: str | os.PathLike, run_dir: str | os.PathLike, settings: dict[str, Any] | None = None, *,
@@ -112,6 +117,28 @@ def export_run(run_dir: str | os.PathLike, export_root: str | os.PathLike, name:
     return Path(export_model(run_dir, output_root=export_root, name=name, version=EXPORT_VERSION, **export_kwargs))
 
 
+def _calibrated_before(export: Path, min_defect_area: int) -> tuple[Path, float] | None:
+    """The newest version calibrated from ``export`` by ``min_defect_area``, and its threshold, if any.
+
+    Calibration writes a new version each time; a resumed experiment reuses the one it wrote
+    (same export, same validation split, same rule: the same threshold) instead of adding another.
+    """
+    from tfssim.metadata import ExportMetadata
+
+    versions = sorted((p for p in export.parent.iterdir() if p.name.isdigit() and p.is_dir()),
+                      key=lambda p: int(p.name), reverse=True)
+    for folder in versions:
+        try:
+            meta = ExportMetadata.read(folder)
+        except (OSError, ValueError):
+            continue
+        if meta.calibrated_from == int(export.name) and meta.threshold_method == "min_defect_area" \
+                and meta.threshold_min_defect_area == min_defect_area and meta.threshold is not None:
+            log.info("%s: calibrated before from %s, reused", folder, export)
+            return folder, meta.threshold
+    return None
+
+
 def _split_of(run_dir: Path) -> tuple[float, int]:
     """The validation share and seed a run was trained with (its ``config.json``), else the defaults."""
     from tfssim.training import TrainConfig
@@ -135,6 +162,7 @@ def train_export_evaluate(
     segmentation_auroc: bool = False,
     progress: bool = False,
     verbose: int | str = 2,
+    min_defect_area: int | None = None,
 ) -> ExperimentResult:
     """Train, export and evaluate ``experiments`` on one labelled dataset, resumably.
 
@@ -150,6 +178,13 @@ def train_export_evaluate(
         segmentation_auroc: Also the ROC AUC of the post-processed segmentations (slower).
         progress: Progress bars during evaluation.
         verbose: Keras ``fit`` verbosity of the trainings.
+        min_defect_area: Calibrate each export before evaluating it: write as a new version of
+            it (``exported_models/<name>/2``, ``calibrated_from`` 1) the smallest threshold at
+            which no region of the post-processed segmentation of any validation image exceeds
+            this many pixels (:func:`tfssim.calibration.calibrate`; MVTec AD's rule), and
+            evaluate that version. A version calibrated from the export by the same rule and area
+            before is reused (resuming). The evaluation's own scores are unchanged by it: its
+            F1 / IoU threshold is set at ``fpr``, and ``export_threshold`` reports the stored one.
 
     Returns:
         An :class:`ExperimentResult`.
@@ -178,9 +213,19 @@ def train_export_evaluate(
     # must not set the threshold (NanoTWICE's split is fixed and ignores both).
     val_split, seed = _split_of(run_dirs[names[0]])
     split = data_lib.load_dataset(data, layout=layout, val_fraction=val_split, seed=seed)
+    thresholds: dict[str, float] = {}
+    if min_defect_area is not None:
+        from tfssim.calibration import calibrate
+
+        for name in names:  # before the models are loaded below: they are the calibrated versions
+            calibrated = _calibrated_before(exports[name], min_defect_area)
+            if calibrated is None:
+                result = calibrate(exports[name], list(split.val), min_defect_area=min_defect_area, progress=progress)
+                calibrated = (result.path, result.threshold)
+            exports[name], thresholds[name] = calibrated
     models = [ExportedModel.load(exports[name]) for name in names]
     evaluation_dir = Path(evaluation_dir) if evaluation_dir is not None else output / "evaluation"
     results = evaluation.evaluate(split, models, evaluation_dir, fpr=fpr, progress=progress,
                                   segmentation_auroc=segmentation_auroc)
     scores = {name: dict(result.scores) for name, result in zip(names, results)}
-    return ExperimentResult(run_dirs, exports, scores, evaluation_dir)
+    return ExperimentResult(run_dirs, exports, scores, evaluation_dir, thresholds)

@@ -32,7 +32,8 @@ from typing import Any, Mapping
 from tfssim.errors import InputError
 from tfssim.ssim_params import SSIMParams
 
-__all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "METADATA_FILE", "metadata_path", "read_json"]
+__all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "METADATA_FILE", "calibrated_versions", "metadata_path",
+           "read_json"]
 
 # The metadata file inside an export version folder.
 METADATA_FILE = Path("assets") / "tfssim.json"
@@ -79,9 +80,17 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "vae_seed": ("an integer", _is_int),
     "observation_std": ("a positive number", lambda v: _is_number(v) and v > 0),
     "map_sigma": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "scale": ("a number > 0 and <= 1", lambda v: _is_number(v) and 0 < v <= 1),
+    "image_size": ("a list of two positive integers [height, width]",
+                   lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)),
+    "interpolation": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
     "latent_dim": ("a positive integer", lambda v: _is_int(v) and v >= 1),
     "threshold": ("a finite number", _is_number),
     "threshold_fpr": ("a number between 0 and 1", lambda v: _is_number(v) and 0 < v < 1),
+    "threshold_method": ("one of " + ", ".join(repr(m) for m in ("fpr", "min_defect_area")),
+                         lambda v: v in ("fpr", "min_defect_area")),
+    "threshold_min_defect_area": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "calibrated_from": ("a positive integer (a version)", lambda v: _is_int(v) and v >= 1),
     "opening_diameter": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "min_area": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "convex_hull": ("true or false", lambda v: isinstance(v, bool)),
@@ -127,9 +136,28 @@ class ExportMetadata:
         vae_seed: Seed of the VAE's posterior sampling (VAE only).
         observation_std: The VAE's observation noise (VAE only).
         map_sigma: Gaussian smoothing of the served maps, in pixels (0: none).
+        scale: Factor every request is resized by inside the graph before it is tiled (1: none;
+            the model was trained with ``tfssim-train --scale``); outputs come back at the
+            request's size.
+        image_size: ``[height, width]`` every request is resized to instead (``--image-size``).
+        interpolation: How requests and outputs are resized (:data:`tfssim.resize.INTERPOLATION`,
+            ``"bilinear_antialias"``); ``None`` when nothing is resized.
         latent_dim: Size of the latent code.
         threshold: Calibrated anomaly-map threshold (``None`` until ``tfssim-calibrate``).
-        threshold_fpr: Pixel false-positive rate the threshold was set at.
+        threshold_fpr: Pixel false-positive rate the threshold was set at (method ``"fpr"``).
+        threshold_method: How ``tfssim-calibrate`` set the threshold: ``"fpr"`` (a pixel
+            false-positive rate on defect-free images, ``threshold_fpr``) or
+            ``"min_defect_area"`` (the smallest threshold at which no region of the
+            post-processed segmentation of any defect-free image exceeds
+            ``threshold_min_defect_area`` pixels; MVTec AD's protocol). ``None``: not recorded
+            (exports calibrated before this key existed, and ``tfssim-tune``'s, whose
+            ``threshold_fpr`` says it was set at a pixel FPR).
+        threshold_min_defect_area: The area in pixels (at the input's resolution) of method
+            ``"min_defect_area"``.
+        calibrated_from: The version this one is a calibrated copy of (``tfssim-calibrate``
+            writes a new version: the same SavedModel files with a new threshold and rule);
+            ``None`` for an export written by ``tfssim-export`` or ``tfssim-tune``, and in
+            exports from before this key existed.
         opening_diameter: Diameter of the opening's circular element (0: no opening).
         convex_hull: Replace each region by its convex hull.
         min_area: Drop regions of fewer pixels (``None``: 0; set by ``tfssim-tune``).
@@ -167,9 +195,15 @@ class ExportMetadata:
     vae_seed: int | None = None
     observation_std: float | None = None
     map_sigma: float = 0.0
+    scale: float = 1.0
+    image_size: list[int] | None = None
+    interpolation: str | None = None
     latent_dim: int | None = None
     threshold: float | None = None
     threshold_fpr: float | None = None
+    threshold_method: str | None = None
+    threshold_min_defect_area: int | None = None
+    calibrated_from: int | None = None
     opening_diameter: int = 4
     convex_hull: bool = True
     min_area: int | None = None
@@ -253,11 +287,34 @@ class ExportMetadata:
                              "upgrade tfssim")
         if self.stride > self.patch_size:
             raise InputError(f"tfssim metadata stride {self.stride} is larger than its patch size {self.patch_size}")
+        # The method and its one parameter agree (older exports have neither: method None).
+        if self.threshold_method == "min_defect_area" and (self.threshold_min_defect_area is None
+                                                           or self.threshold_fpr is not None):
+            raise InputError("tfssim metadata threshold_method 'min_defect_area' needs threshold_min_defect_area "
+                             f"and no threshold_fpr, got {self.threshold_min_defect_area!r} and {self.threshold_fpr!r}")
+        if self.threshold_method == "fpr" and self.threshold_fpr is None:
+            raise InputError("tfssim metadata threshold_method 'fpr' needs threshold_fpr, got None")
+        if self.threshold_method != "min_defect_area" and self.threshold_min_defect_area is not None:
+            raise InputError(f"tfssim metadata threshold_min_defect_area {self.threshold_min_defect_area!r} is set but "
+                             f"threshold_method is {self.threshold_method!r}, not 'min_defect_area'")
+        if self.image_size is not None and self.scale != 1:
+            raise InputError(f"tfssim metadata has both scale {self.scale!r} and image_size {self.image_size!r}; "
+                             "an export resizes by one of them")
+        if self.interpolation is None and (self.image_size is not None or self.scale != 1):
+            raise InputError("tfssim metadata resizes requests (scale or image_size) but names no 'interpolation'")
         if not isinstance(self.extra, dict):
             raise InputError(f"extra metadata must be a dict, got {_type_name(self.extra)}")
         clash = set(self.extra) & set(self.keys())
         if clash:
             raise InputError(f"extra metadata repeats known key(s) {sorted(clash)}")
+
+    @property
+    def min_input_size(self) -> int:
+        """The smallest height and width the export takes: the patch size, or what resizes to it
+        (:func:`tfssim.resize.min_input_size`)."""
+        from tfssim.resize import min_input_size
+
+        return min_input_size(self.patch_size, self.scale, self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object to write: every known key (``None`` included), then the unknown ones.
@@ -355,3 +412,32 @@ def metadata_path(path: str | os.PathLike) -> Path:
         return versions[-1] / METADATA_FILE
     where = f"{path} (newest version {versions[-1].name})" if versions else str(path)
     raise InputError(f"{where} has no {METADATA_FILE}; it is not a tfssim export (re-export with tfssim-export)")
+
+
+def calibrated_versions(version_dir: str | os.PathLike) -> list[Path]:
+    """The versions beside ``version_dir`` calibrated from it (``calibrated_from``), newest first.
+
+    ``tfssim-calibrate`` writes a threshold as a new version; this finds it from the old one
+    (e.g. to tell a user who predicts with the old version which one holds the threshold).
+    Unreadable or foreign metadata is skipped.
+
+    Args:
+        version_dir: A version folder ``<root>/<name>/<version>``.
+
+    Returns:
+        The version folders whose metadata's ``calibrated_from`` is ``version_dir``'s number;
+        empty when its name is not a version number or none was calibrated from it.
+    """
+    path = Path(version_dir)
+    if not (path.name.isascii() and path.name.isdigit()) or not path.parent.is_dir():
+        return []
+    found = []
+    for folder in path.parent.iterdir():
+        if folder.name.isascii() and folder.name.isdigit() and folder != path and (folder / METADATA_FILE).is_file():
+            try:
+                meta = ExportMetadata.read(folder / METADATA_FILE)
+            except (OSError, ValueError):
+                continue
+            if meta.calibrated_from == int(path.name):
+                found.append(folder)
+    return sorted(found, key=lambda p: int(p.name), reverse=True)

@@ -124,6 +124,23 @@ class PredictionSummary:
                 "interrupted": self.interrupted, "error": self.error}
 
 
+def no_threshold_message(export: str | os.PathLike, alternative: str) -> str:
+    """The one line for an export without a threshold: the version calibrated from it when there
+    is one (``tfssim-calibrate`` writes the threshold as a new version), else how to calibrate.
+
+    Args:
+        export: The version folder that has no threshold.
+        alternative: The other way out, e.g. ``"or pass --threshold"``.
+    """
+    from tfssim.metadata import calibrated_versions
+
+    calibrated = calibrated_versions(export)
+    if calibrated:
+        return (f"export {export} has no calibrated threshold, but {calibrated[0]} was calibrated from it "
+                f"(tfssim-calibrate writes the threshold as a new version): use that one, {alternative}")
+    return f"export {export} has no calibrated threshold; run tfssim-calibrate on defect-free images first {alternative}"
+
+
 def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     """Files, folders (their images) and glob patterns -> a sorted, de-duplicated list of paths.
 
@@ -333,10 +350,7 @@ def predict_files(
 
     threshold = threshold if threshold is not None else model.threshold
     if threshold is None:
-        raise InputError(
-            f"export {model.path} has no calibrated threshold; run tfssim-calibrate on defect-free images first "
-            "or pass a threshold"
-        )
+        raise InputError(no_threshold_message(model.path, "or pass a threshold"))
     if min_area is not None and min_area < 0:
         raise InputError(f"min_area must be >= 0, got {min_area}")
     max_image_pixels()  # a malformed TFSSIM_MAX_IMAGE_PIXELS is one error now, not one per image

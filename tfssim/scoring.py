@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfssim import tiling
+from tfssim import resize, tiling
 from tfssim.errors import InputError
 from tfssim.models import VariationalAutoencoder, get_spec, kind_of, reconstruction_nll
 from tfssim.ssim import SSIMParams, ssim_maps
@@ -212,6 +212,8 @@ def anomaly_maps(
     vae_seed: int = 0,
     jit_compile: bool = False,
     map_sigma: float = 0.0,
+    scale: float = 1.0,
+    image_size: tuple[int, int] | None = None,
 ) -> dict[str, tf.Tensor]:
     """Reconstruction and anomaly maps of one whole image, by strided tiling and averaging.
 
@@ -229,7 +231,12 @@ def anomaly_maps(
         jit_compile: Compile the model call on each chunk with XLA (a ``tf.function`` made per
             call: meant for use inside a traced function such as the exported signatures).
         map_sigma: Gaussian smoothing of every map (:func:`smooth_map`); 0 (default, the paper)
-            leaves them as computed.
+            leaves them as computed. In pixels of ``image``: with resizing, the maps are
+            smoothed after they are resized back.
+        scale: Resize ``image`` by this factor (``0 < scale <= 1``; :mod:`tfssim.resize`) first,
+            then tile, reconstruct and score at that size, and resize the reconstruction and
+            every map back to ``[H, W]`` (the model was trained with ``--scale``). 1: none.
+        image_size: ``(height, width)`` to resize ``image`` to instead (``--image-size``).
 
     Returns:
         Float32 tensors: ``reconstruction [H, W, C]``, ``anomaly_map [H, W]`` and, for SSIM
@@ -239,13 +246,36 @@ def anomaly_maps(
     residual = residual_of(kind or kind_of(model))
     patch_size = patch_size or model_patch_size(model)
     map_sigma = validate_map_sigma(map_sigma, patch_size)
-    maps = _maps(model, image, residual, patch_size, stride, chunk_size, ssim_kwargs, vae_samples, vae_seed, jit_compile)
+    if resize.is_identity(scale, image_size):
+        maps = _maps(model, image, residual, patch_size, stride, chunk_size, ssim_kwargs, vae_samples, vae_seed,
+                     jit_compile)
+    else:
+        maps = _resized_maps(model, image, residual, patch_size, stride, chunk_size, ssim_kwargs, vae_samples,
+                             vae_seed, jit_compile, scale, image_size)
     if map_sigma == 0:
         return maps
     keys = [k for k in maps if k.endswith("_map")]
     # One batched blur of all maps: a quarter of the graph and of the work of four calls.
     smoothed = tf.unstack(smooth_map(tf.stack([maps[k] for k in keys]), map_sigma))
     return {**maps, **dict(zip(keys, smoothed))}
+
+
+def _resized_maps(model: keras.Model, image: tf.Tensor, residual: str, patch_size: int, stride: int | tf.Tensor,
+                  chunk_size: int, ssim_kwargs: SSIMParams | dict[str, Any] | None, vae_samples: int | None,
+                  vae_seed: int, jit_compile: bool, scale: float,
+                  image_size: tuple[int, int] | None) -> dict[str, tf.Tensor]:
+    """:func:`_maps` of ``image`` resized by ``scale`` / to ``image_size``, every output resized back."""
+    image = tf.cast(tf.convert_to_tensor(image), tf.float32)
+    small = resize.resize_to(image, resize.check_scale(scale), resize.check_image_size(image_size))
+    maps = _maps(model, small, residual, patch_size, stride, chunk_size, ssim_kwargs, vae_samples, vae_seed,
+                 jit_compile)
+    size = tf.shape(image)[:2]
+    out = {"reconstruction": resize.resize_image(maps["reconstruction"], size)}
+    # The maps stacked as channels: one resize (the same filter per channel), one pass.
+    keys = [k for k in maps if k != "reconstruction"]
+    back = resize.resize_image(tf.stack([maps[k] for k in keys], axis=-1), size)
+    out.update({k: back[..., i] for i, k in enumerate(keys)})
+    return out
 
 
 def _maps(model: keras.Model, image: tf.Tensor, residual: str, patch_size: int, stride: int | tf.Tensor,

@@ -48,7 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tfssim import metrics, postprocess
+from tfssim import metrics, postprocess, resize
 from tfssim.data import defects
 from tfssim.errors import InputError, input_checks
 from tfssim.inference import ExportedModel
@@ -221,7 +221,10 @@ def tune(
 
     Args:
         model: A loaded export (any map smoothing: maps are recomputed from its reconstruction;
-            a VAE export must serve unsmoothed maps).
+            a VAE export must serve unsmoothed maps). An export that resizes its requests
+            (``scale`` / ``image_size``) scores at the resized size, so its own served map is
+            the one map candidate (the SSIM window and weighting are not tuned; only the
+            smoothing, post-processing and threshold) and it must serve unsmoothed maps.
         images: Defect-free validation images, ``[H, W]`` or ``[H, W, C]`` floats in [0, 1].
         size_range: ``(min, max)`` defect size (equivalent diameter, pixels); default 1/16
             to 1/2 of the patch side (:func:`tfssim.data.defects.default_size_range`).
@@ -266,6 +269,14 @@ def tune(
     if residual == "vae" and exported_sigma:
         raise InputError(f"VAE export {model.path} already smooths its maps (map_sigma {exported_sigma:g}); "
                          "tune an export made without --map-sigma")
+    # An export that resizes requests scores them at the resized size: its maps cannot be
+    # recomputed from the full-size input and reconstruction, so (as for the VAE) the served map
+    # is the one candidate map, smoothed by each sigma.
+    resized = not resize.is_identity(md.get("scale", 1.0), md.get("image_size"))
+    if resized and exported_sigma:
+        raise InputError(f"export {model.path} resizes its requests and already smooths its maps (map_sigma "
+                         f"{exported_sigma:g}); tune an export made without --map-sigma")
+    smallest = resize.min_input_size(patch_size, md.get("scale", 1.0), md.get("image_size"))
     size_range = defects._check_size_range(size_range or defects.default_size_range(patch_size))
     if sigmas is None:
         sigmas = [s for s in DEFAULT_SIGMAS if scoring.smoothing_radius(s) < patch_size]
@@ -274,7 +285,10 @@ def tune(
     if not sigmas:
         raise InputError("no candidate map sigmas given")
     base_ssim = dict(md.get("ssim") or {})
-    if residual == "ssim":
+    if residual == "ssim" and resized:
+        own = (base_ssim.get("window_size", 11), base_ssim.get("weighting", "gaussian"))
+        scorings = [own]
+    elif residual == "ssim":
         with input_checks():
             for w in windows:
                 validate_window(w, base_ssim.get("sigma", 1.5), "gaussian")
@@ -296,9 +310,11 @@ def tune(
     images = [np.asarray(im, np.float32) for im in images]
     names = list(sources) if sources is not None else [f"validation image {i}" for i in range(len(images))]
     for name, image in zip(names, images):
-        if image.ndim not in (2, 3) or min(image.shape[:2]) < patch_size:
-            raise InputError(f"{name}: image of shape {image.shape} is smaller than the export's {patch_size}-pixel "
-                             "patch (or not [H, W] / [H, W, C]); tune on images at least one patch high and wide")
+        if image.ndim not in (2, 3) or min(image.shape[:2]) < smallest:
+            what = f"{patch_size}-pixel patch" if smallest == patch_size else \
+                f"smallest input ({smallest} pixels: its {patch_size}-pixel patch once resized)"
+            raise InputError(f"{name}: image of shape {image.shape} is smaller than the export's {what} "
+                             "(or not [H, W] / [H, W, C]); tune on images at least one patch high and wide")
     rng = np.random.default_rng(seed)
     painted = paint_copies(images, rng, copies, size_range, patch_size, defects_per_patch=defects_per_patch,
                            families=families)
@@ -312,6 +328,8 @@ def tune(
     n = len(painted)
 
     def maps_of(window: int | None, weighting: str | None, sigma: float, which: slice) -> list[np.ndarray]:
+        if resized:
+            return _smooth_all([np.asarray(m, np.float32) for _, m in served[which]], sigma)
         params = {**base_ssim, "window_size": window, "weighting": weighting} if residual == "ssim" else None
         raw = [library_map(residual, x, recon, ssim_params=params, served_map=m)
                for x, (recon, m) in zip(inputs[which], served[which])]
@@ -432,7 +450,8 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: str | os.Pa
         image = np.asarray(check_image, np.float32).reshape(want.shape)
         have = scoring.anomaly_maps(keras_model, image, md["kind"], int(md["patch_size"]), int(md["stride"]),
                                     chunk_size=int(md.get("chunk_size") or 64), ssim_kwargs=md.get("ssim"),
-                                    vae_samples=vae_samples, vae_seed=int(md.get("vae_seed") or 0))["reconstruction"]
+                                    vae_samples=vae_samples, vae_seed=int(md.get("vae_seed") or 0),
+                                    scale=md.get("scale", 1.0), image_size=md.get("image_size"))["reconstruction"]
         diff = float(np.max(np.abs(np.asarray(have) - want)))
         if diff > 1e-4:
             raise InputError(f"the model in {source} is not the one exported as {model.path} (reconstructions differ "
@@ -449,6 +468,7 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: str | os.Pa
         kind=md["kind"], ssim_kwargs=tuning.ssim_params(md.get("ssim")), chunk_size=int(md.get("chunk_size") or 64),
         training_config=md.get("training_config"), threshold=choice["threshold"], vae_samples=vae_samples,
         jit_compile=bool(md.get("jit_compile", False)), map_sigma=choice["map_sigma"],
+        scale=md.get("scale", 1.0), image_size=md.get("image_size"),
         extra_metadata={"threshold_fpr": choice["fpr"], "opening_diameter": choice["opening_diameter"],
                         "min_area": choice["min_area"], "convex_hull": choice["convex_hull"],
                         "source": info.get("model_path", str(source)), "tuned": tuned},

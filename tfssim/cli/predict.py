@@ -57,10 +57,9 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
         model = ExportedModel.load(export)
     threshold = threshold if threshold is not None else model.threshold
     if threshold is None:
-        raise click.UsageError(
-            f"export {model.path} has no calibrated threshold; run tfssim-calibrate on defect-free images first "
-            "or pass --threshold"
-        )
+        from tfssim.prediction import no_threshold_message
+
+        raise click.UsageError(no_threshold_message(model.path, "or pass --threshold"))
     try:
         # Output-side problems are found before the first image (exit 2; a full disk exit 1); a
         # write failure later stops the run with one line, summary.json saying what was done.

@@ -76,6 +76,13 @@ def _check_data(data: str) -> None:
 @click.option("--patches-per-epoch", type=click.IntRange(min=1), default=20000, help="Random patches drawn per epoch.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size (split across replicas).")
 @click.option("--patch-size", type=click.IntRange(min=16), default=128, help="Patch side; multiple of 16.")
+@click.option("--scale", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              help="Resize every image by this factor (0 < S <= 1; anti-aliased bilinear) before patches are drawn; "
+                   "the export does the same inside its serving graph and returns maps at the input's size.")
+@click.option("--image-size", type=click.IntRange(min=1), nargs=2, default=None, metavar="H W",
+              help="Resize every image to exactly H x W (aspect not kept; anti-aliased bilinear) before patches "
+                   "are drawn; with --patch-size equal to it, the autoencoder models whole images. The export "
+                   "resizes the same way and returns maps at the input's size.")
 @click.option("--latent-dim", type=click.IntRange(min=1), default=100, help="Latent size d.")
 @click.option("--ssim-window", type=int, default=SSIMParams.window_size, callback=odd_window,
               help="SSIM window K (odd; SSIM model only).")

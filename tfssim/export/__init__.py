@@ -51,7 +51,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfssim import __version__, scoring, tiling
+from tfssim import __version__, resize, scoring, tiling
 from tfssim._io import atomic_write_json
 from tfssim.export.graph import SIGNATURES, VAE_SEED, _model_geometry, _Scorer
 from tfssim.export.layout import (
@@ -61,8 +61,10 @@ from tfssim.export.layout import (
     _check_name,
     _move_into_place,
     _record_owner,
+    _fsync_tree,
     _remove_dead_partials,
     next_version,
+    version_folder,
 )
 from tfssim.export.source import (
     RUN_LOCK_FILE,
@@ -82,7 +84,8 @@ from tfssim.errors import InputError, input_checks
 __all__ = [
     "export_model",
     "read_metadata",
-    "update_threshold",
+    "write_calibrated_version",
+    "version_folder",
     "next_version",
     "load_for_export",
     "warmup_record",
@@ -105,7 +108,27 @@ DEFAULT_SSIM = SSIMParams().to_dict()
 GRAPH_METADATA_KEYS = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride",
                        "chunk_size", "ssim", "ssim_padding", "vae_samples", "vae_seed", "observation_std",
                        "map_sigma", "input_name", "uint8_scale", "float_signature", "stride_signature",
-                       "signatures", "outputs", "output_shapes", "jit_compile")
+                       "signatures", "outputs", "output_shapes", "jit_compile", "scale", "image_size",
+                       "interpolation")
+
+
+def _resizing(scale: float | None, image_size: Any, training_config: dict[str, Any] | None,
+              patch_size: int) -> tuple[float, tuple[int, int] | None]:
+    """The export's ``(scale, image_size)``: the arguments, else the training config's, checked."""
+    config = training_config if isinstance(training_config, dict) else {}
+    if scale is None:
+        scale = config.get("scale", 1.0)
+    if image_size is None:
+        image_size = config.get("image_size")
+    scale = resize.check_scale(scale)
+    image_size = resize.check_image_size(image_size)
+    if image_size is not None and scale != 1.0:
+        raise InputError(f"scale {scale:g} and image size {image_size[0]}x{image_size[1]} both resize the "
+                         "requests; give one of them")
+    if image_size is not None and min(image_size) < patch_size:
+        raise InputError(f"image size {image_size[0]}x{image_size[1]} is smaller than the model's "
+                         f"{patch_size}x{patch_size} patch; give at least {patch_size}x{patch_size}")
+    return scale, image_size
 
 
 def export_model(
@@ -125,6 +148,8 @@ def export_model(
     ssim_overrides: dict[str, Any] | None = None,
     map_sigma: float = 0.0,
     extra_metadata: dict[str, Any] | None = None,
+    scale: float | None = None,
+    image_size: tuple[int, int] | list[int] | None = None,
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
 
@@ -145,7 +170,7 @@ def export_model(
             The metadata's ``checkpoint`` records the file and epoch taken (see
             :func:`load_for_export`); exporting a run folder whose training still holds its
             lock logs a warning.
-        threshold: A calibrated threshold to store (see :func:`update_threshold`).
+        threshold: A calibrated threshold to store (see :func:`write_calibrated_version`).
         vae_samples: VAE posterior samples per pixel score (default: training's or the model's).
             The VAE's noise is drawn with seed 0 (metadata ``vae_seed``) for every chunk of
             ``chunk_size`` tiles, so a VAE's maps are deterministic for one export but depend
@@ -164,6 +189,14 @@ def export_model(
         extra_metadata: More metadata entries, written with the version (e.g. the
             post-processing and ``tuned`` record of :func:`tfssim.tuning.write_tuned_export`);
             entries that describe the graph (:data:`GRAPH_METADATA_KEYS`) are refused.
+        scale: The resizing the model was trained with (``tfssim-train --scale``), done inside
+            the serving graph: each request is resized by it (:mod:`tfssim.resize`), tiled,
+            reconstructed and scored at that size, and the reconstruction and every map are
+            resized back to the request's height and width. Default: the training config's
+            (``training_config``, else the run folder's), else 1 (none: the graph is as without
+            resizing). Recorded in the metadata with ``image_size`` and ``interpolation``.
+        image_size: ``(height, width)`` every request is resized to instead
+            (``tfssim-train --image-size``); default the training config's, else none.
 
     Returns:
         The version folder ``output_root/name/version``.
@@ -205,6 +238,8 @@ def export_model(
         raise InputError(f"vae_samples must be >= 1, got {vae_samples}")
     with input_checks():
         map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
+    scale, image_size = _resizing(scale, image_size, training_config if training_config is not None
+                                  else info.get("training_config"), patch_size)
     clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
     if clash:
         raise InputError(f"extra metadata may not set {clash}: they describe the exported graph")
@@ -224,7 +259,7 @@ def export_model(
     _remove_dead_partials(model_root)
 
     scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params.to_dict(), vae_samples, jit_compile,
-                     map_sigma)
+                     map_sigma, scale, image_size)
     archive = keras.export.ExportArchive()
     archive.track(model)
     any_image = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
@@ -246,6 +281,8 @@ def export_model(
         "vae_seed": VAE_SEED if residual == "vae" else None,
         "observation_std": float(model.observation_std) if residual == "vae" else None,
         "map_sigma": map_sigma,
+        "scale": scale, "image_size": None if image_size is None else list(image_size),
+        "interpolation": None if resize.is_identity(scale, image_size) else resize.INTERPOLATION,
         "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
         "threshold": None if threshold is None else float(threshold), "threshold_fpr": None,
         "opening_diameter": 4, "convex_hull": True,
@@ -272,7 +309,9 @@ def export_model(
         archive.write_out(str(export_dir), verbose=False)
         (export_dir / "assets").mkdir(exist_ok=True)
         (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
-        _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride)
+        # Warm-up images of 1.5 patches per side once resized (TF Serving refuses a version whose warm-up fails).
+        _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride,
+                      side=resize.min_input_size(patch_size + patch_size // 2, scale))
         destination = _move_into_place(export_dir, model_root, version, auto=auto_version, metadata=metadata)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -295,23 +334,84 @@ def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     return read_export_metadata(export_dir)
 
 
-def update_threshold(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None) -> dict[str, Any]:
-    """Store a calibrated threshold (and the pixel FPR it was set at) in an export's metadata.
-
-    Only ``assets/tfssim.json`` changes; it is rewritten atomically (temporary file + rename),
-    so a reader never sees half a file. Returns the new metadata.
-
-    Raises ``InputError`` for a threshold that is not finite, an ``fpr`` outside (0, 1), or
-    metadata that :func:`read_metadata` refuses (the file is left as it is).
-    """
+def _threshold_rule(threshold: float, fpr: float | None,
+                    min_defect_area: int | None) -> tuple[float, float | None, int | None, str | None]:
+    """The checked ``(threshold, fpr, min_defect_area, threshold_method)`` of a calibration."""
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise InputError(f"threshold must be a finite number, got {threshold!r}")
     if fpr is not None and not 0 < float(fpr) < 1:
         raise InputError(f"fpr must be between 0 and 1 (exclusive), got {fpr!r}")
-    path = Path(export_dir) / METADATA_FILE
-    read_metadata(export_dir)  # the file's checks, naming it
-    metadata = ExportMetadata.read(path).replace(threshold=threshold, threshold_fpr=None if fpr is None else float(fpr))
-    values = metadata.to_dict()
-    atomic_write_json(path, values)
-    return values
+    if min_defect_area is not None and (isinstance(min_defect_area, (bool, np.bool_))
+                                        or not isinstance(min_defect_area, (int, np.integer)) or min_defect_area < 0):
+        raise InputError(f"min_defect_area must be a whole number of pixels >= 0, got {min_defect_area!r}")
+    if fpr is not None and min_defect_area is not None:
+        raise InputError("a threshold is set either at an fpr or by a min_defect_area, not both")
+    method = "fpr" if fpr is not None else "min_defect_area" if min_defect_area is not None else None
+    return (threshold, None if fpr is None else float(fpr),
+            None if min_defect_area is None else int(min_defect_area), method)
+
+
+def write_calibrated_version(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None, *,
+                             min_defect_area: int | None = None) -> Path:
+    """Write a calibrated threshold as a **new version** beside an export; the given one is not touched.
+
+    A version TF Serving serves must not change meaning under it, and no version is ever
+    overwritten: the new version is a copy of ``export_dir``'s files (SavedModel, variables,
+    warm-up requests) whose metadata differs only in ``version``, ``threshold``, the rule
+    (``threshold_method`` with ``threshold_fpr`` or ``threshold_min_defect_area``: ``"fpr"``
+    with ``fpr``, ``"min_defect_area"`` with ``min_defect_area``, ``None`` with neither) and
+    ``calibrated_from`` (``export_dir``'s version). Its number is the next free one in the model
+    folder (:func:`next_version`), so TF Serving's default policy (the newest version) moves to
+    it by itself and can be rolled back by removing it. It is built in a hidden
+    ``.<version>.partial-*`` folder, flushed to disk and renamed into place without replacing
+    anything, taking the next number if a concurrent export took this one meanwhile (as
+    :func:`export_model`); a killed calibration leaves only such a folder, removed by a later
+    export or calibration of the model.
+
+    Args:
+        export_dir: A version folder ``<root>/<name>/<version>`` (TF Serving's layout).
+        threshold: The threshold, a finite number.
+        fpr: The pixel false-positive rate it was set at, in (0, 1).
+        min_defect_area: Or the largest defect-free region it allows, in pixels (>= 0).
+
+    Returns:
+        The new version folder ``<root>/<name>/<new version>``.
+
+    Raises:
+        InputError: a threshold that is not finite, an ``fpr`` outside (0, 1), a
+            ``min_defect_area`` that is not a whole number >= 0, both given, metadata that
+            :func:`read_metadata` refuses, or ``export_dir`` not a numbered version folder (a
+            bare SavedModel folder: move it into ``<name>/1`` first).
+        FileNotFoundError: ``export_dir`` does not exist.
+        FileExistsError: concurrent exports took :data:`MAX_VERSION_RETRIES` versions in a row.
+
+    Example:
+        >>> write_calibrated_version("exported_models/nanotwice/1", 0.41, fpr=0.01)
+        PosixPath('exported_models/nanotwice/2')
+    """
+    threshold, fpr, min_defect_area, method = _threshold_rule(threshold, fpr, min_defect_area)
+    source = Path(export_dir)
+    if not source.is_dir():
+        raise FileNotFoundError(f"export {source} does not exist (or is not a folder)")
+    model_root, from_version = version_folder(source)
+    read_metadata(source)  # the file's checks, naming it
+    # Every field but these is the source's, unknown keys (a newer tfssim's, tune's) included.
+    changed = ExportMetadata.read(source / METADATA_FILE).replace(
+        threshold=threshold, threshold_fpr=fpr, threshold_method=method, threshold_min_defect_area=min_defect_area,
+        calibrated_from=from_version)
+    _remove_dead_partials(model_root)
+    version = next_version(model_root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_root))
+    try:
+        _record_owner(tmp)
+        copy = tmp / "export"
+        shutil.copytree(source, copy)
+        metadata = changed.replace(version=version).to_dict()
+        atomic_write_json(copy / METADATA_FILE, metadata)
+        _fsync_tree(copy)
+        destination = _move_into_place(copy, model_root, version, auto=True, metadata=metadata)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("calibrated %s as new version %s (threshold %.6g)", source, destination, threshold)
+    return destination

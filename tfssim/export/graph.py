@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfssim import scoring
+from tfssim import resize, scoring
 from tfssim.errors import InputError
 from tfssim.models import VariationalAutoencoder
 
@@ -42,7 +42,7 @@ class _Scorer:
 
     def __init__(self, model: keras.Model, residual: str, patch_size: int, channels: int, stride: int,
                  chunk_size: int, ssim_kwargs: dict[str, Any], vae_samples: int, jit_compile: bool,
-                 map_sigma: float = 0.0) -> None:
+                 map_sigma: float = 0.0, scale: float = 1.0, image_size: tuple[int, int] | None = None) -> None:
         self.model = model
         self.residual = residual
         self.patch_size = patch_size
@@ -53,10 +53,24 @@ class _Scorer:
         self.vae_samples = vae_samples
         self.jit_compile = jit_compile
         self.map_sigma = map_sigma
+        self.scale = scale
+        self.image_size = image_size
+
+    def _size_message(self) -> tuple[int, str]:
+        """The smallest height and width a request may have, and the message refusing a smaller one."""
+        p = self.patch_size
+        smallest = resize.min_input_size(p, self.scale, self.image_size)
+        if resize.is_identity(self.scale, self.image_size):
+            return smallest, f"image height and width must be at least the patch size {p}"
+        if self.image_size is not None:
+            return smallest, "image height and width must be at least 1"
+        return smallest, (f"image height and width must be at least {smallest}: the model scores images resized "
+                          f"by {self.scale:g}, which must hold its {p}x{p} patch")
 
     def _prepare(self, image: tf.Tensor) -> tf.Tensor:
         """Validate one request's image and return it as ``[H, W, C]``."""
-        p, c = self.patch_size, self.channels
+        c = self.channels
+        smallest, too_small = self._size_message()
         rank_ok = tf.debugging.assert_rank_in(
             image, [3, 4], message=f"image must be [height, width, {c}] or [1, height, width, {c}]"
         )
@@ -69,8 +83,7 @@ class _Scorer:
                 ),
                 tf.debugging.assert_equal(shape[-1], c, message=f"image must have {c} channel(s) (the model's)"),
                 tf.debugging.assert_greater_equal(
-                    tf.reduce_min(shape[-3:-1]), p,
-                    message=f"image height and width must be at least the patch size {p}",
+                    tf.reduce_min(shape[-3:-1]), smallest, message=too_small,
                 ),
             ]
         with tf.control_dependencies(checks):
@@ -89,11 +102,13 @@ class _Scorer:
         """The library's pipeline (:func:`tfssim.scoring.anomaly_maps`), traced into the graph.
 
         The VAE's noise is seeded with 0 (metadata ``vae_seed``), so its maps are reproducible.
+        A model trained on resized images (``scale`` / ``image_size``) gets the request resized
+        the same way, and every output resized back to the request's height and width.
         """
         return scoring.anomaly_maps(
             self.model, image, self.residual, self.patch_size, stride, chunk_size=self.chunk_size,
             ssim_kwargs=self.ssim_kwargs, vae_samples=self.vae_samples, vae_seed=VAE_SEED,
-            jit_compile=self.jit_compile, map_sigma=self.map_sigma,
+            jit_compile=self.jit_compile, map_sigma=self.map_sigma, scale=self.scale, image_size=self.image_size,
         )
 
     def serve_uint8(self, image: tf.Tensor) -> dict[str, tf.Tensor]:

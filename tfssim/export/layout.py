@@ -190,6 +190,56 @@ def _move_into_place(export_dir: Path, model_root: Path, version: int, *, auto: 
     raise AssertionError("unreachable")
 
 
+def version_folder(path: str | os.PathLike) -> tuple[Path, int]:
+    """The model folder and version number of a version folder ``<root>/<name>/<version>``.
+
+    Args:
+        path: A version folder of TF Serving's layout (its name is the version, an integer).
+
+    Returns:
+        ``(model_root, version)``: the folder that holds the versions, and this one's number.
+
+    Raises:
+        InputError: ``path``'s name is not a version number from 1 to :data:`MAX_VERSION` (e.g. a
+            bare SavedModel folder), so there is no model folder to add a version to.
+
+    Example:
+        >>> version_folder("exported_models/nanotwice/3")
+        (PosixPath('exported_models/nanotwice'), 3)
+    """
+    path = Path(path)
+    name = path.name if path.name not in ("", ".", "..") else Path(os.path.abspath(path)).name
+    if not (name.isascii() and name.isdigit() and 1 <= int(name) <= MAX_VERSION):
+        raise InputError(
+            f"{path} is not a version folder of TensorFlow Serving's layout NAME/VERSION (its name is not a "
+            "version number), so no new version can be written beside it; move the SavedModel into a "
+            "numbered folder, e.g. exported_models/my_model/1, and give that folder (or exported_models/my_model)")
+    absolute = Path(os.path.abspath(path))
+    return (path.parent if path.name == name else absolute.parent), int(name)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` to disk (before it is renamed into place).
+
+    The rename is atomic, but without the flush a power cut right after it could leave a version
+    folder whose files the disk never got.
+    """
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems cannot flush a folder; the files are flushed
+            pass
+        finally:
+            os.close(fd)
+
+
 def _check_name(name: str) -> None:
     # Control characters (a newline, a tab) make a folder name that TF Serving's config and every
     # log line would mangle.

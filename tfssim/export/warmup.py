@@ -50,9 +50,10 @@ def warmup_record(model_name: str, signature: str, inputs: dict[str, np.ndarray]
     return _field(6, _field(1, request))
 
 
-def _write_warmup(path: Path, model_name: str, patch_size: int, channels: int, stride: int) -> None:
-    """One request per signature, on a random image of 1.5 patches per side."""
-    side = patch_size + patch_size // 2
+def _write_warmup(path: Path, model_name: str, patch_size: int, channels: int, stride: int,
+                  side: int | None = None) -> None:
+    """One request per signature, on a random image of ``side`` pixels per side (default 1.5 patches)."""
+    side = side or patch_size + patch_size // 2
     image = np.random.default_rng(0).integers(0, 256, size=(side, side, channels), dtype=np.uint8)
     floats = image.astype(np.float32) / 255.0
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,9 @@ class TrainConfig:
     Attributes mirror ``tfssim-train``'s options (``patch_size`` is ``--patch-size``).
     ``batch_size`` is the global batch: under a distribution strategy it is split across
     replicas and the learning rate is used unchanged, so a run behaves the same on one
-    device or several.
+    device or several. ``scale`` (``0 < scale <= 1``) or ``image_size`` (``[H, W]``, each at
+    least ``patch_size``; not both) resize every image before patches are drawn
+    (:mod:`tfssim.resize`); the export resizes its requests the same way.
     """
 
     data: str
@@ -75,6 +77,10 @@ class TrainConfig:
     strategy: str = "auto"
     skip_bad_images: bool = False
     jit_compile: bool = False  # XLA measured slower here: 0.85 vs 0.46 s per 32-patch step on CPU
+    # Resizing before patches are drawn (tfssim.resize: anti-aliased bilinear); the export resizes
+    # inside its serving graph the same way. One of the two at most.
+    scale: float = 1.0
+    image_size: tuple[int, int] | None = None
 
     @property
     def channels(self) -> int:
@@ -129,6 +135,12 @@ class TrainConfig:
         if self.fm_weights is not None and (not isinstance(self.fm_weights, str) or not self.fm_weights):
             raise InputError(f"{_key('fm_weights')} must be 'imagenet' or a weights file path, got {self.fm_weights!r}")
         validate_architecture(self.patch_size, self.channels, self.latent_dim)
+        self.image_size = _checked_image_size(self.image_size, self.patch_size)
+        if self.image_size is not None and self.scale != 1.0:
+            raise InputError(
+                f"{_key('scale')} {self.scale:g} and {_key('image_size')} {self.image_size[0]} {self.image_size[1]} "
+                "both resize the images; give one of them (--image-size sets the exact size)"
+            )
         with input_checks():  # SSIMParams' checks (ValueError): here, of the user's settings
             self.ssim_params
         if get_spec(self.model).residual == "ssim" and self.ssim_window > self.patch_size:
@@ -145,7 +157,11 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON holds them (``image_size`` as a list), as a run's ``config.json`` records them."""
+        values = dataclasses.asdict(self)
+        if values["image_size"] is not None:
+            values["image_size"] = list(values["image_size"])
+        return values
 
 
 # How validate() names a field: the config key, with its option where it has one.
@@ -161,7 +177,8 @@ _INT_FIELDS = (("epochs", 1, None), ("patches_per_epoch", 1, None), ("batch_size
 _FLOAT_FIELDS = (*((key, *NUMBER_RANGES[field]) for key, field in SSIM_CONFIG_KEYS.items() if field in NUMBER_RANGES),
                  ("learning_rate", 0.0, True, None, False),
                  ("weight_decay", 0.0, False, None, False), ("val_split", 0.0, False, 1.0, True),
-                 ("vae_observation_std", 0.0, True, None, False), ("fm_weight", 0.0, False, None, False))
+                 ("vae_observation_std", 0.0, True, None, False), ("fm_weight", 0.0, False, None, False),
+                 ("scale", 0.0, True, 1.0, False))
 _BOOL_FIELDS = ("grayscale", "augment", "skip_bad_images", "jit_compile")
 
 
@@ -186,6 +203,28 @@ def _checked_int(name: str, value: Any, low: int, high: int | None) -> int:
     if number is None or number < low or (high is not None and number > high):
         raise InputError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
     return number
+
+
+def _checked_image_size(value: Any, patch_size: int) -> tuple[int, int] | None:
+    """``image_size`` as ``(height, width)`` ints, each at least the patch size, or ``None``."""
+    if value is None:
+        return None
+    wanted = f"two integers H W, each >= the patch size {patch_size} (--patch-size)"
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    sizes = None
+    if items is not None and len(items) == 2:
+        try:
+            sizes = [_checked_int("image_size", item, 1, None) for item in items]
+        except InputError:
+            sizes = None
+    if sizes is None:
+        raise InputError(f"{_key('image_size')} must be {wanted}, got {value!r}; e.g. --image-size 256 256")
+    if min(sizes) < patch_size:
+        raise InputError(
+            f"{_key('image_size')} {sizes[0]} {sizes[1]} is smaller than the {patch_size}x{patch_size} patch; "
+            f"use --image-size of at least {patch_size} {patch_size}, or a smaller --patch-size"
+        )
+    return sizes[0], sizes[1]
 
 
 def _checked_float(name: str, value: Any, low: float, low_open: bool, high: float | None, high_open: bool) -> float:
@@ -310,6 +349,12 @@ def _check_raw_type(path: Path, name: str, value: Any) -> None:
         wanted = f"a number {describe_range(*floats[name][1:])}"
         raise InputError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
                          "(a plain number such as 0.0002 or 2e-4, without quotes)")
+    if name == "image_size":
+        if value is None or (isinstance(value, list) and len(value) == 2
+                             and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            return
+        raise InputError(f"config file {path}: {_key(name)} must be a list of two integers [H, W] (or null), got "
+                         f"{got}; write e.g. image_size: [256, 256]")
     if name in _STR_FIELDS:
         if isinstance(value, str) or (name == "fm_weights" and value is None):
             return

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfssim import __version__, precision
+from tfssim import __version__, precision, resize
 from tfssim._io import atomic_write, atomic_write_text
 from tfssim.errors import InputError
 from tfssim.models import get_spec
@@ -87,16 +87,25 @@ def _load_images(config: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.nd
         )
     if not train:
         raise InputError(f"no readable training images in {config.data} (all were skipped); add readable images")
+    if not resize.is_identity(config.scale, config.image_size):
+        # Before patches are drawn (and before the size checks): the export resizes requests alike.
+        train = [resize.resize_to(img, config.scale, config.image_size).numpy() for img in train]
+        val = [resize.resize_to(img, config.scale, config.image_size).numpy() for img in val]
+    scaled = f" at --scale {config.scale:g}" if config.scale != 1.0 else ""
     too_small = [(p, img.shape) for p, img in zip(train_paths, train) if min(img.shape[:2]) < config.patch_size]
     if too_small:
         smallest = min(min(s[:2]) for _, s in too_small)
         fits = smallest // 16 * 16
-        hint = f"use --patch-size {fits} or smaller" if fits >= 16 else "use larger images (at least 16x16)"
+        hint = f"use --patch-size {fits} or smaller (a multiple of 16)" if fits >= 16 else \
+            "use larger images (at least 16x16)"
+        if scaled:
+            hint += " or a larger --scale"
         more = f" and {len(too_small) - 5} more" if len(too_small) > 5 else ""
         raise InputError(
-            f"images smaller than the {config.patch_size}x{config.patch_size} patch: "
+            f"images smaller than the {config.patch_size}x{config.patch_size} patch"
+            + (f"{scaled} (sizes after resizing)" if scaled else "") + ": "
             + ", ".join(f"{p} {s[0]}x{s[1]}" for p, s in too_small[:5])
-            + f"{more}; {hint} (a multiple of 16), or remove those images"
+            + f"{more}; {hint}, or remove those images"
         )
     dropped = [f"{p} {v.shape[0]}x{v.shape[1]}" for p, v in zip(val_paths, val) if min(v.shape[:2]) < config.patch_size]
     if dropped:
@@ -122,7 +131,9 @@ def _banner(config: TrainConfig, split: Any, train: Sequence[np.ndarray], val: S
         + (f"; SSIM window {config.ssim_window} ({config.ssim_weighting})" if get_spec(config.model).residual == "ssim"
            else ""),
         f"patches   {config.patches_per_epoch} of {config.patch_size}x{config.patch_size}x{config.channels} per epoch, "
-        f"batch {config.batch_size}, augment {'on' if config.augment else 'off'}",
+        f"batch {config.batch_size}, augment {'on' if config.augment else 'off'}"
+        + ("" if resize.is_identity(config.scale, config.image_size) else
+           f"; images resized {resize.describe(config.scale, config.image_size)} ({resize.INTERPOLATION})"),
         f"training  {config.epochs} epochs, AdamW lr {config.learning_rate:g}, weight decay {config.weight_decay:g}"
         + (f", resuming after epoch {initial_epoch}" if initial_epoch else ""),
         f"devices   {devices}; precision {policy}; strategy {_strategy_label(strategy)}",
@@ -296,7 +307,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
                                 train_images=split.train, val_images=split.val, fingerprint=fingerprint,
                                 previous=previous if resume else None, layout=split.layout, precision=policy,
                                 strategy=_strategy_name(strategy), replicas=strategy.num_replicas_in_sync,
-                                skipped_images=skipped)
+                                skipped_images=skipped,
+                                resize={"scale": config.scale, "image_size": config.to_dict()["image_size"],
+                                        "interpolation": resize.INTERPOLATION})
             atomic_write_text(config_path, json.dumps(record, indent=2))
 
     with strategy.scope():
