@@ -14,7 +14,8 @@ def test_resume_settings_keep_the_recorded_ones_and_refuse_given_differences(tmp
     saved = {"data": "/old/data", "output": "/old/run", "epochs": 10, "latent_dim": 8, "seed": 3}
     # nothing given: the recorded settings (without where the run and its data were)
     assert run_record.resume_settings(saved, {}, tmp_path) == {"epochs": 10, "latent_dim": 8, "seed": 3,
-                                                               "ssim_weighting": "gaussian"}
+                                                               "ssim_weighting": "gaussian", "scale": 1.0,
+                                                               "image_size": None}
     # epochs and the locations may change; an equal setting given again is fine
     merged = run_record.resume_settings(saved, {"epochs": 20, "data": "/new", "latent_dim": 8}, tmp_path)
     assert merged["epochs"] == 20 and merged["data"] == "/new" and merged["latent_dim"] == 8
@@ -26,6 +27,9 @@ def test_resume_settings_keep_the_recorded_ones_and_refuse_given_differences(tmp
     # a run recorded before --ssim-weighting existed trained with the Gaussian window
     with pytest.raises(InputError, match="ssim_weighting was 'gaussian', now 'uniform'"):
         run_record.resume_settings(saved, {"ssim_weighting": "uniform"}, tmp_path)
+    # and one recorded before --scale / --image-size on images at their own size
+    with pytest.raises(InputError, match="scale was 1.0, now 0.5"):
+        run_record.resume_settings(saved, {"scale": 0.5}, tmp_path)
 
 
 def test_run_record_and_reading_it_back(tmp_path):
