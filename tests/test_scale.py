@@ -310,3 +310,24 @@ def test_metadata_checks_the_resizing_keys(scaled_export) -> None:
             ExportMetadata.from_dict({**values, **change})
     old = {k: v for k, v in values.items() if k not in ("scale", "image_size", "interpolation")}
     assert ExportMetadata.from_dict(old).min_input_size == PATCH  # exports from before: no resizing
+
+
+@pytest.mark.slow  # exports a SavedModel
+def test_export_cli_takes_the_resizing_for_a_keras_file(tiny_model, tmp_path: Path) -> None:
+    """A .keras file records no --scale: tfssim-export --scale / --image-size put it in the graph."""
+    from tfssim.cli.export import main as export_main
+    from tfssim.inference import ExportedModel
+    from tfssim.metadata import ExportMetadata
+
+    keras_file = tmp_path / "model.keras"
+    tiny_model.save(keras_file)
+    result = CliRunner().invoke(export_main, [str(keras_file), "--name", "m", "-o", str(tmp_path / "out"),
+                                              "--scale", "0.5"])
+    assert result.exit_code == 0, result.output
+    path = Path(result.output.strip().splitlines()[-1])
+    assert ExportMetadata.read(path).scale == 0.5
+    image = np.random.default_rng(5).uniform(size=(101, 77, 1)).astype(np.float32)
+    assert ExportedModel.load(path).predict(image)["anomaly_map"].shape == (101, 77)
+    result = CliRunner().invoke(export_main, [str(keras_file), "--name", "m", "-o", str(tmp_path / "out"),
+                                              "--scale", "0.5", "--image-size", "64", "64"])
+    one_error_line(result, "give one of them")

@@ -29,11 +29,18 @@ from tfssim.ssim_params import WEIGHTINGS
               help="Gaussian smoothing (sigma in pixels) of the served anomaly maps, inside the graph; 0 = none, "
                    "as in the paper. Not in the paper: it removes fibre- and grain-sized noise from the maps "
                    "(README, NanoTWICE). Calibrate the threshold on the smoothed export.")
+@click.option("--scale", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Resize requests by this factor inside the graph (maps come back at the input's size); "
+                   "default the run folder's --scale. Give it for a .keras file of a run trained with --scale: "
+                   "the file does not record it.")
+@click.option("--image-size", type=click.IntRange(min=1), nargs=2, default=None, metavar="H W",
+              help="Resize requests to exactly H x W inside the graph; default the run folder's --image-size "
+                   "(give it for a .keras file of such a run).")
 @click.option("--verbose", "-v", is_flag=True)
 @tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(source: str, name: str, version: int | None, stride: int, output: str, kind: str | None,
          chunk_size: int | None, threshold: float | None, ssim_window: int | None, ssim_weighting: str | None,
-         map_sigma: float, verbose: bool) -> None:
+         map_sigma: float, scale: float | None, image_size: tuple[int, int] | None, verbose: bool) -> None:
     """Export the model in RUN_DIR_OR_MODEL (a tfssim-train run folder or a .keras file) to
     OUTPUT/NAME/VERSION in TensorFlow Serving's layout, and print that folder."""
     setup_logging(verbose)
@@ -44,7 +51,7 @@ def main(source: str, name: str, version: int | None, stride: int, output: str, 
     with usage_errors():
         path = export_model(source, output_root=output, name=name, version=version, stride=stride, kind=kind,
                             chunk_size=chunk_size or DEFAULT_CHUNK, threshold=threshold, ssim_overrides=overrides,
-                            map_sigma=map_sigma)
+                            map_sigma=map_sigma, scale=scale, image_size=image_size or None)
     click.echo(str(path))
 
 
