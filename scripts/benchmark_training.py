@@ -15,7 +15,10 @@ does.
 The matmul and the training configurations are timed round-robin (``--repeats`` rounds, each
 timing the matmul and then every configuration), so that a slower phase of a shared machine
 hits all of them; best and median over the rounds are reported. The fraction of matmul is taken
-per round (the training rate against that round's matmul rate).
+per round (the training rate against that round's matmul rate). On a machine shared with other
+work the wall-clock rates move by 2x from round to round; ``cpu_fraction_of_matmul`` (training
+FLOPs per CPU second of this process, pipeline threads included, against the matmul's FLOPs per
+CPU second) moves much less and is the better before/after comparison there.
 
 FLOPs are counted from the model: every Conv2D layer does ``H_out * W_out * k * k * C_in * C_out``
 multiply-adds per patch, every Conv2DTranspose ``H_in * W_in * k * k * C_in * C_out`` (the
@@ -146,31 +149,34 @@ class TrainingCase:
         self.name = f"{kind}-{patch}"
 
     def run(self) -> float:
-        """Train ``steps`` steps; return patches/s over all but the first call."""
+        """Train ``steps`` steps; return patches/s over all but the first call (``cpu_seconds``: of all calls)."""
         self.clock.reset()
+        cpu = time.process_time()
         self.model.fit(self.dataset, epochs=1, steps_per_epoch=self.steps, callbacks=[self.clock.callback],
                        verbose=0)
         per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
         timed_steps = self.steps - min(per_call, self.steps)
         seconds = self.clock.last - (self.clock.first or self.clock.last)
+        self.cpu_seconds_per_patch = (time.process_time() - cpu) / (self.steps * self.config.batch_size)
         if timed_steps <= 0 or seconds <= 0:
             raise SystemExit("Error: too few --steps to time (need more than steps_per_execution)")
         return timed_steps * self.config.batch_size / seconds
 
 
-def matmul_rate(tries: int = 5) -> float:
-    """Best FLOP/s of a 2048^3 float32 matmul over ``tries`` runs."""
+def matmul_rate(tries: int = 5) -> tuple[float, float]:
+    """Best FLOP/s of a 2048^3 float32 matmul over ``tries`` runs, and FLOPs per CPU second (all runs)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(1)
     a = tf.constant(rng.standard_normal((MATMUL_N, MATMUL_N), np.float32))
     b = tf.constant(rng.standard_normal((MATMUL_N, MATMUL_N), np.float32))
     best = float("inf")
+    cpu = time.process_time()
     for _ in range(tries):
         started = time.perf_counter()
         tf.linalg.matmul(a, b).numpy()
         best = min(best, time.perf_counter() - started)
-    return 2.0 * MATMUL_N**3 / best
+    return 2.0 * MATMUL_N**3 / best, 2.0 * MATMUL_N**3 * tries / (time.process_time() - cpu)
 
 
 def _summary(values: list[float], digits: int = 4) -> dict[str, Any]:
@@ -195,15 +201,18 @@ def benchmark(kinds: list[str], patches: list[int], repeats: int, steps: dict[in
         matmul: list[float] = []
         rates: dict[str, list[float]] = {case.name: [] for case in cases}
         fractions: dict[str, list[float]] = {case.name: [] for case in cases}
+        cpu_fractions: dict[str, list[float]] = {case.name: [] for case in cases}
         for round_ in range(repeats):
-            m = matmul_rate()
+            m, m_cpu = matmul_rate()
             matmul.append(m / 1e9)
             for case in cases:
                 rate = case.run()
                 rates[case.name].append(rate)
                 fractions[case.name].append(rate * case.flops_per_patch / m)
+                cpu_fractions[case.name].append(case.flops_per_patch / case.cpu_seconds_per_patch / m_cpu)
             log(f"round {round_ + 1}/{repeats}: matmul {m / 1e9:.0f} GFLOP/s; "
-                + "; ".join(f"{c.name} {rates[c.name][-1]:.0f} patches/s ({fractions[c.name][-1]:.2f})" for c in cases))
+                + "; ".join(f"{c.name} {rates[c.name][-1]:.0f} patches/s ({fractions[c.name][-1]:.2f}, CPU "
+                            f"{cpu_fractions[c.name][-1]:.2f})" for c in cases))
     return {
         "tfssim": {"version": tfssim.__version__, "path": os.path.dirname(tfssim.__file__)},
         "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
@@ -218,7 +227,8 @@ def benchmark(kinds: list[str], patches: list[int], repeats: int, steps: dict[in
              "steps_per_round": c.steps, "steps_per_execution": int(getattr(c.model, "steps_per_execution", 1) or 1),
              "gflop_per_patch": round(c.flops_per_patch / 1e9, 4),
              "patches_per_s": _summary(rates[c.name], 1),
-             "fraction_of_matmul": _summary(fractions[c.name], 3)}
+             "fraction_of_matmul": _summary(fractions[c.name], 3),
+             "cpu_fraction_of_matmul": _summary(cpu_fractions[c.name], 3)}
             for c in cases
         ],
     }
@@ -265,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"matmul {MATMUL_N}^3 float32: {results['matmul']['gflops']['best']:.0f} GFLOP/s best, "
               f"{results['matmul']['gflops']['median']:.0f} median")
         for case in results["cases"]:
-            r, f = case["patches_per_s"], case["fraction_of_matmul"]
+            r, f, c = case["patches_per_s"], case["fraction_of_matmul"], case["cpu_fraction_of_matmul"]
             print(f"{case['model']:>5} patch {case['patch_size']:>3}: {r['best']:7.1f} patches/s best, "
                   f"{r['median']:7.1f} median; {f['best']:.3f} / {f['median']:.3f} of matmul "
+                  f"(by CPU time {c['median']:.3f} median) "
                   f"({case['gflop_per_patch']} GFLOP per patch)")
     return 0
 
