@@ -306,6 +306,40 @@ def test_one_epoch_mode_and_augmentation_changes_patches():
     assert not np.array_equal(plain, augmented)
 
 
+def test_batch_augmentation_matches_numpy_flips_and_rotations():
+    # The batch-level augmentation against NumPy's flips and rot90 (an independent oracle) for
+    # every flip pair and every turn count.
+    import tensorflow as tf
+
+    from tfssim.data.patches import _augment_batch
+
+    rng = np.random.default_rng(0)
+    patches = rng.random((16, 8, 8, 2)).astype(np.float32)
+    flips = np.array([[a, b] for a in (0.2, 0.7) for b in (0.2, 0.7)] * 4, np.float32)
+    turns = np.repeat(np.arange(4, dtype=np.int32), 4)
+    got = _augment_batch(tf.constant(patches), tf.constant(flips), tf.constant(turns)).numpy()
+    for i in range(16):
+        want = patches[i]
+        want = want[:, ::-1] if flips[i, 0] < 0.5 else want
+        want = want[::-1] if flips[i, 1] < 0.5 else want
+        np.testing.assert_array_equal(got[i], np.rot90(want, turns[i], axes=(0, 1)))
+
+
+def test_augmented_patches_are_flips_or_rotations_of_the_plain_crops():
+    # Augmentation changes no crop: the same index gives the same crop, in one of its 8
+    # orientations, with and without augmentation; and over 64 patches several orientations occur.
+    images = _images()
+    plain = next(iter(data.patch_dataset(images, 32, 64, 64, seed=5, augment=False)))[0].numpy()
+    augmented = next(iter(data.patch_dataset(images, 32, 64, 64, seed=5, augment=True)))[0].numpy()
+    seen = set()
+    for p, a in zip(plain, augmented):
+        variants = [np.rot90(f, k, axes=(0, 1)) for f in (p, p[:, ::-1]) for k in range(4)]
+        matches = [j for j, v in enumerate(variants) if np.array_equal(v, a)]
+        assert matches
+        seen.add(matches[0])
+    assert len(seen) >= 4
+
+
 def test_patch_larger_than_an_image_is_a_clear_error():
     with pytest.raises(ValueError, match=r"image 1 is 70x64, smaller than the 128x128 patch; use a smaller --patch-size"):
         data.patch_dataset([np.zeros((200, 200, 1), np.float32), np.zeros((70, 64, 1), np.float32)], patch_size=128)
