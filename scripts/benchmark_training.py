@@ -128,8 +128,7 @@ class TrainingCase:
 
         from tfssim import data
         from tfssim.models import get_spec
-        from tfssim.training import TrainConfig
-        from tfssim.training import loop
+        from tfssim.training import TrainConfig, loop
 
         self.kind, self.patch, self.steps = kind, patch, steps
         self.config = TrainConfig(data="unused", output="unused", model=kind, patch_size=patch, batch_size=batch,
