@@ -60,3 +60,18 @@ def run_without_tensorflow():
                               capture_output=True, text=True, timeout=timeout, cwd=root)
 
     return run
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` once as a module (scripts are not a package); tests call its functions."""
+    import importlib.util
+    import sys
+
+    module_name = f"tfssim_test_script_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).resolve().parents[1] / "scripts"
+                                                      / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]

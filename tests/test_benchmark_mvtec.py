@@ -2,25 +2,18 @@
 MVTec-layout folder built here, run end to end (slow)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_mvtec.py"
 
 
 def _load():
-    name = "tfssim_test_script_benchmark_mvtec"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("benchmark_mvtec")
 
 
 def _save(path: Path, image: np.ndarray) -> None:

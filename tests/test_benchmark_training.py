@@ -1,24 +1,17 @@
 """scripts/benchmark_training.py: its FLOP count (against a count by hand from the paper's table) and a tiny run."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_training.py"
 
 
 def _load():
-    name = "tfssim_test_benchmark_training"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("benchmark_training")
 
 
 # Multiply-adds of the encoder by hand (output pixels x k x k x C_in x C_out, DESIGN.md's table):
