@@ -6,6 +6,7 @@ a readable message.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import keras
@@ -37,24 +38,22 @@ def _model_geometry(model: keras.Model) -> tuple[int, int]:
     return int(shape[1]), int(shape[3])
 
 
+@dataclasses.dataclass(eq=False)
 class _Scorer:
     """The traced serving functions around one model."""
 
-    def __init__(self, model: keras.Model, residual: str, patch_size: int, channels: int, stride: int,
-                 chunk_size: int, ssim_kwargs: dict[str, Any], vae_samples: int, jit_compile: bool,
-                 map_sigma: float = 0.0, scale: float = 1.0, image_size: tuple[int, int] | None = None) -> None:
-        self.model = model
-        self.residual = residual
-        self.patch_size = patch_size
-        self.channels = channels
-        self.stride = stride
-        self.chunk_size = chunk_size
-        self.ssim_kwargs = ssim_kwargs
-        self.vae_samples = vae_samples
-        self.jit_compile = jit_compile
-        self.map_sigma = map_sigma
-        self.scale = scale
-        self.image_size = image_size
+    model: keras.Model
+    residual: str
+    patch_size: int
+    channels: int
+    stride: int
+    chunk_size: int
+    ssim_kwargs: dict[str, Any]
+    vae_samples: int
+    jit_compile: bool
+    map_sigma: float = 0.0
+    scale: float = 1.0
+    image_size: tuple[int, int] | None = None
 
     def _size_message(self) -> tuple[int, str]:
         """The smallest height and width a request may have, and the message refusing a smaller one."""
