@@ -188,18 +188,26 @@ def _key(name: str) -> str:
     return f"{name} ({_OPTION_OF.get(name, '--' + name.replace('_', '-'))})"
 
 
-def _checked_int(name: str, value: Any, low: int, high: int | None) -> int:
-    wanted = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
-    number = None
+def _as_number(value: Any, integer: bool) -> int | float | None:
+    """``value`` (a number, or a string of one, as a config file may hold it) as an int or float;
+    ``None`` for anything else: booleans, other types, and (``integer``) numbers with a fraction."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
     if isinstance(value, str):
         try:
-            number = int(value.strip())
+            return int(value.strip()) if integer else float(value.strip())
         except ValueError:
-            pass
-    elif isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
-        number = int(value)
-    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and float(value).is_integer():
-        number = int(value)
+            return None
+    if not isinstance(value, numbers.Real):
+        return None
+    if not integer:
+        return float(value)
+    return int(value) if isinstance(value, numbers.Integral) or float(value).is_integer() else None
+
+
+def _checked_int(name: str, value: Any, low: int, high: int | None) -> int:
+    wanted = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+    number = _as_number(value, integer=True)
     if number is None or number < low or (high is not None and number > high):
         raise InputError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
     return number
@@ -229,14 +237,7 @@ def _checked_image_size(value: Any, patch_size: int) -> tuple[int, int] | None:
 
 def _checked_float(name: str, value: Any, low: float, low_open: bool, high: float | None, high_open: bool) -> float:
     wanted = f"a number {describe_range(low, low_open, high, high_open)}"
-    number = None
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            pass
-    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        number = float(value)
+    number = _as_number(value, integer=False)
     if number is None or not math.isfinite(number) or not in_range(number, low, low_open, high, high_open):
         raise InputError(f"{_key(name)} must be {wanted}, got {value!r}; set {name} to {wanted}")
     return number
