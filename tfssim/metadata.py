@@ -8,6 +8,10 @@ tools read one validated type instead of string keys. This module imports only t
 library: a service that calls TF Serving over REST can read an export's metadata without
 installing TensorFlow.
 
+Why one module of about 440 lines: it is the single place the metadata's keys are defined,
+written, read and checked (the field list and one validator per field); split, the keys and
+their rules would drift apart again.
+
 Reading is tolerant and strict at once: keys this version does not know (written by a newer
 tfssim) are kept in :attr:`ExportMetadata.extra` and written back unchanged by
 :meth:`ExportMetadata.to_dict`, while every known key must have the type and range the exporter

@@ -33,6 +33,10 @@ Example:
     >>> path = export_model("runs/nanotwice_ssim", name="nanotwice", stride=30)
     >>> fn = tf.saved_model.load(str(path)).signatures["serving_default"]
     >>> fn(image=tf.constant(uint8_image))["anomaly_map"]
+
+Why one module of about 420 lines: :func:`export_model` and :func:`write_calibrated_version`
+share the versioned move into place and the metadata record; the graph, layout, warm-up and
+source reading already live in their own modules.
 """
 from __future__ import annotations
 
