@@ -14,8 +14,7 @@ def test_resume_settings_keep_the_recorded_ones_and_refuse_given_differences(tmp
     saved = {"data": "/old/data", "output": "/old/run", "epochs": 10, "latent_dim": 8, "seed": 3}
     # nothing given: the recorded settings (without where the run and its data were)
     assert run_record.resume_settings(saved, {}, tmp_path) == {"epochs": 10, "latent_dim": 8, "seed": 3,
-                                                               "ssim_weighting": "gaussian", "scale": 1.0,
-                                                               "image_size": None}
+                                                               "ssim_weighting": "gaussian"}
     # epochs and the locations may change; an equal setting given again is fine
     merged = run_record.resume_settings(saved, {"epochs": 20, "data": "/new", "latent_dim": 8}, tmp_path)
     assert merged["epochs"] == 20 and merged["data"] == "/new" and merged["latent_dim"] == 8

@@ -119,7 +119,13 @@ def test_scaled_training_records_scale_and_resume_checks_it(image_folder: Path, 
     assert record["config"]["scale"] == 0.5 and record["config"]["image_size"] is None
     assert record["resize"] == {"scale": 0.5, "image_size": None, "interpolation": "bilinear_antialias"}
     before = (run / "history.csv").read_text()
+    # --resume keeps the recorded scale; giving another one is refused
     resumed = CliRunner().invoke(train_main, [str(image_folder), "--output", str(run), "--resume", *ONE_STEP])
+    assert resumed.exit_code == 0, resumed.output
+    assert "images resized scale 0.5" in resumed.output
+    assert json.loads((run / "config.json").read_text())["config"]["scale"] == 0.5
+    resumed = CliRunner().invoke(train_main, [str(image_folder), "--output", str(run), "--resume", "--scale", "1",
+                                              *ONE_STEP])
     one_error_line(resumed, "scale was 0.5, now 1.0", "only --epochs may change")
     # A run from before the option (no scale key) trained on unresized images.
     del record["config"]["scale"]

@@ -281,10 +281,11 @@ def resume_settings(saved: Mapping[str, Any], given: Mapping[str, Any], run_dir:
         >>> resume_settings({"epochs": 10, "latent_dim": 8}, {"epochs": 20}, "runs/a")
         {'epochs': 20, 'latent_dim': 8}
     """
-    # Runs from before an option trained with its default: the Gaussian SSIM window, unresized images.
-    saved = {"ssim_weighting": "gaussian", "scale": 1.0, "image_size": None, **saved}
-    changed = {k: (saved[k], v) for k, v in given.items()
-               if k in saved and saved[k] != v and k not in (*CHANGEABLE_KEYS, *LOCATION_KEYS)}
+    saved = {"ssim_weighting": "gaussian", **saved}  # runs from before the option trained with it
+    # and on unresized images (compared only: a trainer without resizing records no such keys)
+    compared = {"scale": 1.0, "image_size": None, **saved}
+    changed = {k: (compared[k], v) for k, v in given.items()
+               if k in compared and compared[k] != v and k not in (*CHANGEABLE_KEYS, *LOCATION_KEYS)}
     if changed:
         config_path = Path(run_dir) / CONFIG_NAME
         raise InputError(
