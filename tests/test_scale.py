@@ -406,3 +406,34 @@ def test_benchmark_scale_script_serves_both_scales(capsys) -> None:
     # tiles per axis: ceil((n - 32) / 16) + 1 at 101x77 and at 51x39
     assert (result["tiles_full"], result["tiles_scaled"]) == (6 * 4, 3 * 2)
     assert result["ratio"] > 0 and "ratio  : scale 1 takes" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # trains one step and exports (about 30 s on the shared CPU)
+def test_whole_image_model_through_the_clis(image_folder: Path, tmp_path: Path) -> None:
+    """--image-size 32 32 with --patch-size 32: the autoencoder sees whole (resized) images; the export
+    resizes each request to 32x32, reconstructs it as one tile and returns maps at the request's size."""
+    import keras
+
+    from tfssim.cli.export import main as export_main
+    from tfssim.inference import ExportedModel
+    from tfssim.metadata import ExportMetadata
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(train_main, [str(image_folder), "--output", str(run), "--image-size", "32", "32",
+                                             "--no-augment", *ONE_STEP])
+    assert result.exit_code == 0, result.output
+    assert "images resized to 32x32 (bilinear_antialias)" in result.output
+    record = json.loads((run / "config.json").read_text())
+    assert record["config"]["image_size"] == [32, 32] and record["resize"]["image_size"] == [32, 32]
+    result = CliRunner().invoke(export_main, [str(run), "--name", "whole", "--output", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    version = Path(result.output.strip().splitlines()[-1])
+    meta = ExportMetadata.read(version)
+    assert (meta.image_size, meta.scale, meta.interpolation, meta.patch_size) == ([32, 32], 1.0,
+                                                                                  "bilinear_antialias", 32)
+    image = io.imread(sorted(image_folder.iterdir())[0]).astype(np.float32)[..., None] / 255  # 80x96
+    served = ExportedModel.load(version).predict(image)
+    assert served["reconstruction"].shape == (80, 96, 1) and served["anomaly_map"].shape == (80, 96)
+    trained = keras.saving.load_model(run / "best.keras", compile=False)
+    whole = trained(_pil_resize(image, 32, 32)[None], training=False).numpy()[0]
+    np.testing.assert_allclose(served["reconstruction"], _pil_resize(whole, 80, 96), atol=1e-4)

@@ -320,7 +320,9 @@ def export_model(
         destination = _move_into_place(export_dir, model_root, version, auto=auto_version, metadata=metadata)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("exported %s (%s model, patch %d, stride %d)", destination, kind, patch_size, stride)
+    logger.info("exported %s (%s model, patch %d, stride %d%s)", destination, kind, patch_size, stride,
+                "" if resize.is_identity(scale, image_size) else
+                f"; requests resized {resize.describe(scale, image_size)} in the graph, maps at their own size")
     return destination
 
 
