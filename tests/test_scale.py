@@ -318,6 +318,134 @@ def test_metadata_checks_the_resizing_keys(scaled_export) -> None:
     assert ExportMetadata.from_dict(old).min_input_size == PATCH  # exports from before: no resizing
 
 
+# --- calibrate, predict, evaluate and tune work on the served full-size maps, unchanged ----------
+
+
+@pytest.mark.slow  # three CLIs on a scaled export (about 20 s on the shared CPU)
+def test_calibrate_predict_evaluate_report_at_full_resolution(scaled_export, dataset, tmp_path: Path) -> None:
+    """The `dataset` fixture (conftest.py): 64x80 brick images, scored at 32x40 by the scale-0.5 export."""
+    import shutil
+
+    from sklearn.metrics import roc_auc_score
+
+    from tfssim import data
+    from tfssim.cli.calibrate import main as calibrate_cli
+    from tfssim.cli.evaluate import main as evaluate_cli
+    from tfssim.cli.predict import main as predict_cli
+    from tfssim.inference import ExportedModel
+
+    version = shutil.copytree(scaled_export, tmp_path / "half" / "1")
+    result = CliRunner().invoke(calibrate_cli, [str(version), str(dataset / "val"), "--fpr", "0.05"])
+    assert result.exit_code == 0, result.output
+    version = Path(version).parent / "2"  # calibrate writes its threshold as a new version
+    model = ExportedModel.load(version)
+    threshold = model.threshold
+    # The threshold's FPR, counted independently over the full-size served maps of the val images.
+    val = [data.read_image(p, 1) for p in data.list_images(dataset / "val")]
+    maps = [model.predict(image)["anomaly_map"] for image in val]
+    assert all(m.shape == (64, 80) for m in maps)
+    share = sum(int((m > threshold).sum()) for m in maps) / sum(m.size for m in maps)
+    assert abs(share - 0.05) < 0.005, share
+
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(predict_cli, [str(version), str(dataset / "test" / "*.png"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    for path in data.list_images(dataset / "test"):
+        assert io.imread(out / f"{path.stem}_anomaly_map.tif").shape == (64, 80)
+        assert io.imread(out / f"{path.stem}_mask.png").shape == (64, 80)
+
+    result = CliRunner().invoke(evaluate_cli, [str(dataset), str(version), "--output", str(tmp_path / "eval"),
+                                               "--fpr", "0.05"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "eval" / "results.json").read_text())["exports"]["half/2"]
+    split = data.load_dataset(dataset)
+    tests = [data.read_image(p, 1) for p in split.test]
+    masks = data.read_test_masks(split.test_masks, tests)
+    served = [model.predict(image)["anomaly_map"] for image in tests]
+    want = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in served]))
+    assert scores["pixel_auroc"] == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.slow  # tunes and re-exports (about 40 s on the shared CPU)
+def test_tune_on_a_scaled_export_thresholds_the_served_maps(tiny_model, scaled_export, tmp_path: Path) -> None:
+    import shutil
+
+    from scipy.ndimage import gaussian_filter
+
+    from tfssim import postprocess, tuning
+    from tfssim.inference import ExportedModel
+    from tfssim.metadata import ExportMetadata
+
+    source = tmp_path / "model.keras"
+    tiny_model.save(source)
+    version = shutil.copytree(scaled_export, tmp_path / "half" / "1")
+    model = ExportedModel.load(version)
+    rng = np.random.default_rng(5)
+    images = [np.clip(0.5 + 0.1 * rng.standard_normal((70, 90)), 0, 1).astype(np.float32) for _ in range(2)]
+    result = tuning.tune(model, images, copies=1, sigmas=[0.0, 2.0], openings=[0], min_areas=[0], progress=False)
+    # One map candidate per sigma: the served map (its window cannot be rescored at full size).
+    assert {(c["window_size"], c["weighting"]) for c in result.map_candidates} == {(11, "gaussian")}
+    assert sorted(c["map_sigma"] for c in result.map_candidates) == [0.0, 2.0]
+    sigma = result.choice["map_sigma"]
+    served = [model.predict(image)["anomaly_map"] for image in images]
+    smoothed = [gaussian_filter(m, sigma, mode="reflect", truncate=4.0) if sigma else m for m in served]
+    assert result.choice["threshold"] == pytest.approx(postprocess.threshold_at_fpr(smoothed, 0.01), abs=1e-4)
+    # The tuned version keeps resizing by 0.5 and serves the maps the threshold was set on.
+    new = tuning.write_tuned_export(model, result, source=source, check_image=images[0])
+    meta = ExportMetadata.read(new)
+    assert (meta.scale, meta.image_size, meta.interpolation, meta.map_sigma) == (0.5, None, "bilinear_antialias", sigma)
+    tuned = ExportedModel.load(new).predict(images[0])["anomaly_map"]
+    np.testing.assert_allclose(tuned, smoothed[0], atol=1e-4)
+
+
+@pytest.mark.slow  # two exports (about 30 s on the shared CPU)
+def test_benchmark_scale_script_serves_both_scales(capsys) -> None:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_scale.py"
+    spec = importlib.util.spec_from_file_location("tfssim_test_benchmark_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    result = module.main(["--height", "101", "--width", "77", "--patch-size", "32", "--latent-dim", "8",
+                          "--stride", "16", "--repeats", "1"])
+    # tiles per axis: ceil((n - 32) / 16) + 1 at 101x77 and at 51x39
+    assert (result["tiles_full"], result["tiles_scaled"]) == (6 * 4, 3 * 2)
+    assert result["ratio"] > 0 and "ratio  : scale 1 takes" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # trains one step and exports (about 30 s on the shared CPU)
+def test_whole_image_model_through_the_clis(image_folder: Path, tmp_path: Path) -> None:
+    """--image-size 32 32 with --patch-size 32: the autoencoder sees whole (resized) images; the export
+    resizes each request to 32x32, reconstructs it as one tile and returns maps at the request's size."""
+    import keras
+
+    from tfssim.cli.export import main as export_main
+    from tfssim.inference import ExportedModel
+    from tfssim.metadata import ExportMetadata
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(train_main, [str(image_folder), "--output", str(run), "--image-size", "32", "32",
+                                             "--no-augment", *ONE_STEP])
+    assert result.exit_code == 0, result.output
+    assert "images resized to 32x32 (bilinear_antialias)" in result.output
+    record = json.loads((run / "config.json").read_text())
+    assert record["config"]["image_size"] == [32, 32] and record["resize"]["image_size"] == [32, 32]
+    result = CliRunner().invoke(export_main, [str(run), "--name", "whole", "--output", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    version = Path(result.output.strip().splitlines()[-1])
+    meta = ExportMetadata.read(version)
+    assert (meta.image_size, meta.scale, meta.interpolation, meta.patch_size) == ([32, 32], 1.0,
+                                                                                  "bilinear_antialias", 32)
+    image = io.imread(sorted(image_folder.iterdir())[0]).astype(np.float32)[..., None] / 255  # 80x96
+    served = ExportedModel.load(version).predict(image)
+    assert served["reconstruction"].shape == (80, 96, 1) and served["anomaly_map"].shape == (80, 96)
+    trained = keras.saving.load_model(run / "best.keras", compile=False)
+    whole = trained(_pil_resize(image, 32, 32)[None], training=False).numpy()[0]
+    np.testing.assert_allclose(served["reconstruction"], _pil_resize(whole, 80, 96), atol=1e-4)
+
+
 @pytest.mark.slow  # exports a SavedModel
 def test_export_cli_takes_the_resizing_for_a_keras_file(tiny_model, tmp_path: Path) -> None:
     """A .keras file records no --scale: tfssim-export --scale / --image-size put it in the graph."""

@@ -10,8 +10,9 @@ Such a folder left by a killed export is removed by a later export of the same m
 provably dead: the process recorded in it no longer runs, or (where that cannot be told) it is
 older than :data:`PARTIAL_MAX_AGE_S`.
 
-Signatures (each takes one image, ``[H, W, C]`` or ``[1, H, W, C]``, ``H, W >= patch``; a
-SavedModel signature cannot have optional inputs, so the default stride has its own ones):
+Signatures (each takes one image, ``[H, W, C]`` or ``[1, H, W, C]``, ``H, W >= patch``, or
+what resizes to it, see below; a SavedModel signature cannot have optional inputs, so the
+default stride has its own ones):
 
 * ``serving_default``: ``image`` uint8 (0..255), stride fixed at export time;
 * ``serve_float``: ``image`` float32 in [0, 1], the same stride;
@@ -23,6 +24,13 @@ SSIM component). Tiling, chunked reconstruction, overlap averaging and the resid
 run inside the graph (:mod:`tfssim.tiling`, :mod:`tfssim.scoring`); a bad request (wrong rank,
 batch, channel count, an image smaller than the patch, a stride out of range, float values
 outside [0, 1]) fails with ``INVALID_ARGUMENT`` and a readable message.
+
+A model trained on resized images (``tfssim-train --scale S`` or ``--image-size H W``) is
+exported with the same resizing inside the graph (:mod:`tfssim.resize`, anti-aliased bilinear):
+each request is resized, tiled, reconstructed and scored at that size, and the reconstruction and
+every map are resized back to the request's height and width; the metadata records ``scale``,
+``image_size`` and ``interpolation``. A scaled export takes images whose sides, once scaled, hold
+a patch (``ExportMetadata.min_input_size``); one with an ``image_size`` takes any size.
 
 The package, by seam: :mod:`~tfssim.export.source` (loading a run folder or ``.keras`` file, its
 checkpoint), :mod:`~tfssim.export.graph` (the serving functions), :mod:`~tfssim.export.layout`
@@ -319,7 +327,9 @@ def export_model(
         destination = _move_into_place(export_dir, model_root, version, auto=auto_version, metadata=metadata)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("exported %s (%s model, patch %d, stride %d)", destination, kind, patch_size, stride)
+    logger.info("exported %s (%s model, patch %d, stride %d%s)", destination, kind, patch_size, stride,
+                "" if resize.is_identity(scale, image_size) else
+                f"; requests resized {resize.describe(scale, image_size)} in the graph, maps at their own size")
     return destination
 
 
