@@ -404,7 +404,7 @@ def restore_policy():
 
 def test_float16_inputs_give_float32_equal_to_float32_computation(real_pairs, restore_policy):
     # Equal to 1e-6 only if the statistics are computed in float32: the same formula in float16
-    # arithmetic was off by 0.1 on this pair (up to 1.6 on others; /work/shared NOTES, "SSIM").
+    # arithmetic was off by 0.1 on this pair (up to 1.6 on others; the team notes, "SSIM").
     a, b = real_pairs["grass", "noise"]
     x16, y16 = to_batch(a[:64, :64]).astype(np.float16), to_batch(b[:64, :64]).astype(np.float16)
     ref = ssim_maps(x16.astype(np.float32), y16.astype(np.float32))
