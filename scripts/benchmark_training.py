@@ -28,8 +28,23 @@ convolution per layer of the same size). Biases, activations, the loss and the o
 not counted. For the paper's 128x128x1 model with d = 100 that is 121 M multiply-adds,
 0.727 GFLOP per patch per step.
 
+With ``--breakdown`` each configuration is also timed, in the same rounds, as three parts of
+its step, each as patches/s and fraction of matmul, so that one run says where the time goes:
+
+- ``convolutions``: forward + backward of the model's (transposed) convolutions alone, chained
+  in order with the model's kernel shapes and no bias, activation, loss or optimizer: the same
+  FLOPs run by the same oneDNN kernels, i.e. the ceiling that this FLOP count allows here;
+- ``network``: forward + backward of the model itself (bias, LeakyReLU, sigmoid) under a
+  trivial loss, no optimizer;
+- ``step_without_pipeline``: ``model.fit`` with the step above on the first 8 batches of the
+  pipeline, cached in memory (loss, optimizer and Keras's loop, no patch extraction).
+
+The gap from ``step_without_pipeline`` to the full step is the pipeline's share (its own CPU
+and its threads' interference with the step's on a machine with few cores).
+
 Examples:
     python scripts/benchmark_training.py --json
+    python scripts/benchmark_training.py --models ssim --breakdown
     PYTHONPATH=/path/to/other/checkout python scripts/benchmark_training.py --repeats 5 --json
 """
 from __future__ import annotations
@@ -120,6 +135,87 @@ class _StepClock:
         self.first, self.first_batch, self.last = None, 0, 0.0
 
 
+def conv_chain(model: Any, input_shape: tuple[int, ...]) -> Any:
+    """The model's convolutions alone, in order, as one ``keras.Sequential`` (no bias, no activation).
+
+    Every ``Conv2D``/``Conv2DTranspose`` of ``model`` (nested models walked) is re-created from
+    its config with ``use_bias=False`` and no activation. Returns ``None`` when the layers do not
+    chain into the model's output shape with the model's multiply-adds (convolutions that are not
+    one straight path, e.g. the VAE's, whose encoder ends in 2d channels and decoder takes d).
+    """
+    import keras
+
+    def convs(m: Any) -> list:
+        found = []
+        for layer in m.layers:
+            if isinstance(layer, keras.Model):
+                found += convs(layer)
+            elif isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose):
+                found.append(layer)
+        return found
+
+    layers = []
+    for layer in convs(model):
+        config = dict(layer.get_config(), use_bias=False, activation=None, dtype=layer.dtype_policy)
+        layers.append(layer.__class__.from_config(config))
+    try:
+        chain = keras.Sequential([keras.Input(input_shape[1:])] + layers)
+    except ValueError:  # the convolutions' shapes do not follow one another
+        return None
+    if tuple(chain.output_shape[1:]) != tuple(input_shape[1:]) or conv_macs(chain) != conv_macs(model):
+        return None
+    return chain
+
+
+class BreakdownCase:
+    """The parts of one :class:`TrainingCase`'s step, timed on one fixed batch (see the module docstring)."""
+
+    def __init__(self, case: "TrainingCase", calls: int = 4) -> None:
+        import tensorflow as tf
+
+        self.case, self.calls = case, calls
+        batch = next(iter(case.dataset))[0]
+        self.batch = tf.constant(batch)
+        weights = tf.constant(np.random.default_rng(1).random(batch.shape), batch.dtype)
+        chain = conv_chain(case.model, tuple(batch.shape))
+
+        def gradient_of(model: Any) -> Callable:
+            @tf.function
+            def step(x: tf.Tensor) -> list:
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_sum(tf.cast(model(x, training=True), tf.float32) * weights)
+                return tape.gradient(loss, model.trainable_variables)
+
+            return step
+
+        self.parts: dict[str, Callable[[], float]] = {}
+        if chain is not None:
+            self.parts["convolutions"] = self._timer(gradient_of(chain))
+        self.parts["network"] = self._timer(gradient_of(case.model))
+        self.cached = case.dataset.take(8).cache().repeat()
+        self.parts["step_without_pipeline"] = self._fit_cached
+        for part in self.parts.values():  # trace and warm up
+            part()
+
+    def _timer(self, step: Callable) -> Callable[[], float]:
+        def run() -> float:
+            best = float("inf")
+            for _ in range(self.calls):
+                started = time.perf_counter()
+                [g.numpy() for g in step(self.batch)]
+                best = min(best, time.perf_counter() - started)
+            return self.case.config.batch_size / best
+
+        return run
+
+    def _fit_cached(self) -> float:
+        dataset, self.case.dataset = self.case.dataset, self.cached
+        try:
+            return self.case.run()
+        finally:
+            self.case.dataset = dataset
+
+
 class TrainingCase:
     """One model kind at one patch size, built as ``tfssim.training.train`` builds it."""
 
@@ -184,12 +280,12 @@ def _summary(values: list[float], digits: int = 4) -> dict[str, Any]:
 
 
 def benchmark(kinds: list[str], patches: list[int], repeats: int, steps: dict[int, int], batch: int,
-              log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+              log: Callable[[str], None] = lambda line: None, breakdown: bool = False) -> dict[str, Any]:
     """Run the round-robin benchmark and return its results as a JSON-able dict."""
     import keras
     import tensorflow as tf
 
-    import tfssim
+    from tfssim import _provenance as provenance
     from tfssim import precision
 
     with precision.precision_policy("auto") as policy:
@@ -197,6 +293,11 @@ def benchmark(kinds: list[str], patches: list[int], repeats: int, steps: dict[in
         matmul_rate(2)  # warm-up
         for case in cases:  # trace and warm up every step before the timed rounds
             case.run()
+        parts = {case.name: BreakdownCase(case) for case in cases} if breakdown else {}
+        part_rates: dict[str, dict[str, list[float]]] = {
+            name: {part: [] for part in b.parts} for name, b in parts.items()}
+        part_fractions: dict[str, dict[str, list[float]]] = {
+            name: {part: [] for part in b.parts} for name, b in parts.items()}
         matmul: list[float] = []
         rates: dict[str, list[float]] = {case.name: [] for case in cases}
         fractions: dict[str, list[float]] = {case.name: [] for case in cases}
@@ -209,11 +310,15 @@ def benchmark(kinds: list[str], patches: list[int], repeats: int, steps: dict[in
                 rates[case.name].append(rate)
                 fractions[case.name].append(rate * case.flops_per_patch / m)
                 cpu_fractions[case.name].append(case.flops_per_patch / case.cpu_seconds_per_patch / m_cpu)
+                for part, time_part in (parts[case.name].parts.items() if breakdown else ()):
+                    part_rate = time_part()
+                    part_rates[case.name][part].append(part_rate)
+                    part_fractions[case.name][part].append(part_rate * case.flops_per_patch / m)
             log(f"round {round_ + 1}/{repeats}: matmul {m / 1e9:.0f} GFLOP/s; "
                 + "; ".join(f"{c.name} {rates[c.name][-1]:.0f} patches/s ({fractions[c.name][-1]:.2f}, CPU "
                             f"{cpu_fractions[c.name][-1]:.2f})" for c in cases))
     return {
-        "tfssim": {"version": tfssim.__version__, "path": os.path.dirname(tfssim.__file__)},
+        "tfssim": provenance.source(),
         "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "precision": policy,
         "flops_rule": "conv multiply-adds per patch x 2 (FLOP per MAC) x 3 (forward + backward); "
@@ -227,7 +332,10 @@ def benchmark(kinds: list[str], patches: list[int], repeats: int, steps: dict[in
              "gflop_per_patch": round(c.flops_per_patch / 1e9, 4),
              "patches_per_s": _summary(rates[c.name], 1),
              "fraction_of_matmul": _summary(fractions[c.name], 3),
-             "cpu_fraction_of_matmul": _summary(cpu_fractions[c.name], 3)}
+             "cpu_fraction_of_matmul": _summary(cpu_fractions[c.name], 3),
+             **({"breakdown": {part: {"patches_per_s": _summary(part_rates[c.name][part], 1),
+                                      "fraction_of_matmul": _summary(part_fractions[c.name][part], 3)}
+                               for part in part_rates[c.name]}} if c.name in part_rates else {})}
             for c in cases
         ],
     }
@@ -241,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per case per round (default: 24 at patch >= 128, 48 below)")
     parser.add_argument("--batch-size", type=int, default=32, help="patches per step (default: 32, train's default)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the step's parts: convolutions alone, the network, the step without "
+                             "the pipeline (see above)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--output", help="also write the JSON results to this file")
     args = parser.parse_args(argv)
@@ -259,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     from tfssim.errors import InputError
 
     try:
-        results = benchmark(kinds, patches, args.repeats, steps, args.batch_size, log)
+        results = benchmark(kinds, patches, args.repeats, steps, args.batch_size, log, breakdown=args.breakdown)
     except InputError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2
@@ -279,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['median']:7.1f} median; {f['best']:.3f} / {f['median']:.3f} of matmul "
                   f"(by CPU time {c['median']:.3f} median) "
                   f"({case['gflop_per_patch']} GFLOP per patch)")
+            for part, numbers in case.get("breakdown", {}).items():
+                r, f = numbers["patches_per_s"], numbers["fraction_of_matmul"]
+                print(f"      {part:>21}: {r['best']:7.1f} patches/s best, {r['median']:7.1f} median; "
+                      f"{f['best']:.3f} / {f['median']:.3f} of matmul")
     return 0
 
 

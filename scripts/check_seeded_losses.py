@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,12 +24,12 @@ from pathlib import Path
 
 def run(output: str, kinds: list[str], patch_size: int, epochs: int, patches_per_epoch: int, seed: int) -> dict:
     """Train each kind in a temporary folder; return and write ``{kind: {"loss": [...], "val_loss": [...]}}``."""
-    import tfssim
+    from tfssim import _provenance as provenance
     from tfssim._io import atomic_write_text
     from tfssim.data import texture_dataset, write_dataset
     from tfssim.training import TrainConfig, train
 
-    results: dict = {"tfssim": os.path.dirname(tfssim.__file__), "patch_size": patch_size, "epochs": epochs,
+    results: dict = {"tfssim": provenance.source(), "patch_size": patch_size, "epochs": epochs,
                      "patches_per_epoch": patches_per_epoch, "seed": seed, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = write_dataset(texture_dataset("brick", n_val=2, n_test=1, test_size=(patch_size, patch_size)),

@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
+    cae = load_cae_module()  # also registers its LeakyReLU, which saved models name
     if resuming:
         # Runs started before the script used the library's losses saved them under these names.
         model = keras.saving.load_model(state_path, custom_objects={"BackendSSIMLoss": SSIMLoss,
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming after epoch {len(rows)} from {state_path}", flush=True)
     else:
         keras.utils.set_random_seed(args.seed)
-        model = load_cae_module().build_autoencoder(args.patch_size, 1, args.latent_dim)
+        model = cae.build_autoencoder(args.patch_size, 1, args.latent_dim)
         loss = SSIMLoss(params=ssim_params) if args.loss == "ssim" else L2Loss()
         model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate, weight_decay=args.weight_decay),
                       loss=loss, steps_per_execution=args.steps_per_execution)

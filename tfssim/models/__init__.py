@@ -22,14 +22,14 @@ import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow,
 import keras
 
 from tfssim import losses
-from tfssim.models.cae import ENCODER_LAYERS, build_autoencoder, build_decoder, build_encoder, validate_architecture
+from tfssim.models.cae import ENCODER_LAYERS, LeakyReLU, build_autoencoder, build_decoder, build_encoder, validate_architecture
 from tfssim.models.features import WeightsUnavailableError, build_feature_extractor, extract_features
 from tfssim.models.vae import VariationalAutoencoder, reconstruction_nll
 from tfssim.errors import InputError
 from tfssim.ssim_params import SSIMParams
 
 __all__ = [
-    "ENCODER_LAYERS", "MODEL_KINDS", "ModelSpec", "VariationalAutoencoder", "build_autoencoder",
+    "ENCODER_LAYERS", "LeakyReLU", "MODEL_KINDS", "ModelSpec", "VariationalAutoencoder", "build_autoencoder",
     "build_decoder", "build_encoder", "build_feature_extractor", "extract_features", "get_spec",
     "build_model", "build_loss", "reconstruction_nll", "validate_architecture", "kind_of", "WeightsUnavailableError",
 ]

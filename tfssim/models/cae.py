@@ -1,11 +1,13 @@
 """The convolutional autoencoder of Bergmann et al. 2019 (their Figure 3 / Table in DESIGN.md)."""
 from __future__ import annotations
 
+from typing import Any
+
 import keras  # plain Keras 3, no TensorFlow: scripts/train_any_backend.py builds it on JAX/PyTorch
 
 from tfssim.errors import InputError
 
-__all__ = ["ENCODER_LAYERS", "build_encoder", "build_decoder", "build_autoencoder", "validate_architecture"]
+__all__ = ["ENCODER_LAYERS", "LeakyReLU", "build_encoder", "build_decoder", "build_autoencoder", "validate_architecture"]
 
 # (name, filters, kernel, stride) of the paper's encoder for 128x128 input; Conv9's kernel is
 # patch_size / 16 so that any of the paper's patch sizes (32, 64, 128) ends in a 1x1xd code.
@@ -40,8 +42,50 @@ def validate_architecture(patch_size: int, channels: int, latent_dim: int) -> No
         raise InputError(f"latent dimension d must be a positive integer, got {latent_dim!r}")
 
 
+@keras.saving.register_keras_serializable(package="tfssim")
+class LeakyReLU(keras.layers.LeakyReLU):
+    """``keras.layers.LeakyReLU`` whose TensorFlow training gradient is taken from its output.
+
+    The function is Keras's, ``f(x) = x`` for ``x > 0`` and ``negative_slope * x`` otherwise,
+    and so are the config and the weights (none). Only the backward pass of a TensorFlow
+    training step differs: Keras's gradient, ``LeakyReluGrad(dy, x)``, reads the layer's
+    *input*, the output of the convolution's bias add; this one reads the *output*,
+    ``LeakyReluGrad(dy, f(x))``. For ``negative_slope >= 0``, ``f(x) > 0`` exactly when
+    ``x > 0``, so both pick the same branch for every element and give bit-identical gradients.
+
+    Why: when the gradient reads the pre-activation, Grappler's remapper cannot fuse
+    Conv2D + BiasAdd + LeakyRelu into one oneDNN convolution (the fused op does not output the
+    pre-activation; it logs "remapper failed ... fanout '...LeakyReluGrad' exist for missing
+    node '...BiasAdd'" and keeps three ops, two full passes over the activation more). With
+    the gradient on the output the fusion applies to every stride-1 and strided ``Conv2D`` of
+    the autoencoder, which makes the paper's training step faster on CPU with the same losses
+    (``scripts/benchmark_training.py``, ``scripts/check_seeded_losses.py``).
+
+    It is defined here rather than in a module of its own because
+    ``scripts/train_any_backend.py`` loads this file alone (``tfssim.models`` needs TensorFlow).
+    Inference and the other backends run Keras's own ``call``. (Keras refuses negative slopes,
+    for which the sign argument would fail.)
+
+    Args:
+        negative_slope: Slope for ``x <= 0`` (the paper: 0.2).
+        **kwargs: Layer arguments (``name``, ``dtype``, ...).
+
+    Example:
+        >>> layer = LeakyReLU(negative_slope=0.2)
+        >>> keras.ops.convert_to_numpy(layer(np.array([-1.0, 2.0])))
+        array([-0.2,  2. ], dtype=float32)
+    """
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if training and keras.backend.backend() == "tensorflow":
+            from tfssim.models._tf_ops import leaky_relu_output_gradient
+
+            return leaky_relu_output_gradient(inputs, self.negative_slope)
+        return super().call(inputs)
+
+
 def _leaky(name: str) -> keras.layers.Layer:
-    return keras.layers.LeakyReLU(negative_slope=_NEG_SLOPE, name=f"{name}_lrelu")
+    return LeakyReLU(negative_slope=_NEG_SLOPE, name=f"{name}_lrelu")
 
 
 def build_encoder(

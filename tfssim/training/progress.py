@@ -97,15 +97,14 @@ class ProgressBar(keras.callbacks.Callback):
             pass
 
 
-# Grappler's remapper tries to fuse Conv2D+BiasAdd+LeakyRelu in the training step's graph, finds the
-# BiasAdd still used by the LeakyReluGrad of the gradient, gives up on that one fusion and logs it
-# at ERROR level ("remapper failed: INVALID_ARGUMENT: Mutation::Apply error: fanout
-# '...LeakyReluGrad' exist for missing node '...BiasAdd'"); training and its numbers are unaffected.
-# The cause is not removed: turning the remapper off (the only switch) also drops the fusions that
-# do apply, which made the training step slower on CPU in two of three paired runs (paper CAE at
-# 128x128, batch 32, SSIM loss, interleaved steps; best step time off/on 1.16, 0.99, 1.10 on a
-# shared 2-core CPU: not clearly within 3 %), and a different layer
-# formulation would change the paper's model and its saved weights. So this one line is dropped.
+# Grappler's remapper tries to fuse Conv2D+BiasAdd+LeakyRelu in the training step's graph. When the
+# gradient of the LeakyRelu reads the BiasAdd's output (keras.layers.LeakyReLU's does), it gives up
+# on that fusion and logs it at ERROR level ("remapper failed: INVALID_ARGUMENT: Mutation::Apply
+# error: fanout '...LeakyReluGrad' exist for missing node '...BiasAdd'"); training and its numbers
+# are unaffected. The models built by tfssim.models use tfssim.models.LeakyReLU, whose
+# gradient reads the output, so the fusion applies and nothing is logged; run folders and .keras
+# files saved before that layer still hold Keras's LeakyReLU and still make Grappler log the line
+# when they are resumed or trained on. So this one line is dropped.
 _REMAPPER_LINE = re.compile(
     rb"^E\d{4} [\d:. ]+\d+ meta_optimizer\.cc:\d+\] remapper failed: INVALID_ARGUMENT: Mutation::Apply error: "
     rb"fanout '[^']*LeakyReluGrad' exist for missing node '[^']*BiasAdd'\.?\s*$"
