@@ -63,6 +63,19 @@ import numpy as np
 MATMUL_N = 2048
 
 
+def conv_layers(model: Any) -> list:
+    """Every ``Conv2D`` / ``Conv2DTranspose`` of ``model`` in order, nested models walked."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += conv_layers(layer)
+        elif isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose):
+            found.append(layer)
+    return found
+
+
 def conv_macs(model: Any) -> int:
     """Multiply-adds of one forward pass of one sample through every (transposed) convolution.
 
@@ -75,18 +88,14 @@ def conv_macs(model: Any) -> int:
     import keras
 
     total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += conv_macs(layer)
-        elif isinstance(layer, keras.layers.Conv2DTranspose):
+    for layer in conv_layers(model):
+        k_h, k_w = layer.kernel_size
+        if isinstance(layer, keras.layers.Conv2DTranspose):  # counted at its input: the conv it transposes
             _, h, w, c_in = layer.input.shape
-            k_h, k_w = layer.kernel_size
-            total += h * w * k_h * k_w * c_in * layer.filters
-        elif isinstance(layer, keras.layers.Conv2D):
+        else:
             _, h, w, _ = layer.output.shape
             c_in = layer.input.shape[-1]
-            k_h, k_w = layer.kernel_size
-            total += h * w * k_h * k_w * c_in * layer.filters
+        total += h * w * k_h * k_w * c_in * layer.filters
     return int(total)
 
 
@@ -145,17 +154,8 @@ def conv_chain(model: Any, input_shape: tuple[int, ...]) -> Any:
     """
     import keras
 
-    def convs(m: Any) -> list:
-        found = []
-        for layer in m.layers:
-            if isinstance(layer, keras.Model):
-                found += convs(layer)
-            elif isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose):
-                found.append(layer)
-        return found
-
     layers = []
-    for layer in convs(model):
+    for layer in conv_layers(model):
         config = dict(layer.get_config(), use_bias=False, activation=None, dtype=layer.dtype_policy)
         layers.append(layer.__class__.from_config(config))
     try:
@@ -193,7 +193,7 @@ class BreakdownCase:
             self.parts["convolutions"] = self._timer(gradient_of(chain))
         self.parts["network"] = self._timer(gradient_of(case.model))
         self.cached = case.dataset.take(8).cache().repeat()
-        self.parts["step_without_pipeline"] = self._fit_cached
+        self.parts["step_without_pipeline"] = lambda: case.run(self.cached)
         for part in self.parts.values():  # trace and warm up
             part()
 
@@ -207,13 +207,6 @@ class BreakdownCase:
             return self.case.config.batch_size / best
 
         return run
-
-    def _fit_cached(self) -> float:
-        dataset, self.case.dataset = self.case.dataset, self.cached
-        try:
-            return self.case.run()
-        finally:
-            self.case.dataset = dataset
 
 
 class TrainingCase:
@@ -243,11 +236,12 @@ class TrainingCase:
         self.clock = _StepClock()
         self.name = f"{kind}-{patch}"
 
-    def run(self) -> float:
-        """Train ``steps`` steps; return patches/s over all but the first call (``cpu_seconds``: of all calls)."""
+    def run(self, dataset: Any = None) -> float:
+        """Train ``steps`` steps on ``dataset`` (default: the pipeline); return patches/s over all but the
+        first call (``cpu_seconds``: of all calls)."""
         self.clock.reset()
         cpu = time.process_time()
-        self.model.fit(self.dataset, epochs=1, steps_per_epoch=self.steps, callbacks=[self.clock.callback],
+        self.model.fit(self.dataset if dataset is None else dataset, epochs=1, steps_per_epoch=self.steps, callbacks=[self.clock.callback],
                        verbose=0)
         per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
         timed_steps = self.steps - min(per_call, self.steps)
