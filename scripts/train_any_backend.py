@@ -63,10 +63,19 @@ from tfssim.ssim import WEIGHTINGS, SSIMParams  # noqa: E402
 
 
 def load_cae_module() -> Any:
-    """``tfssim/models/cae.py`` (plain Keras 3) as a module, without ``tfssim.models`` (TensorFlow)."""
+    """``tfssim/models/cae.py`` (plain Keras 3) as a module, without ``tfssim.models`` (TensorFlow).
+
+    Loaded once per process, and not at all where ``tfssim.models`` is imported already: each
+    load registers the file's Keras classes (``tfssim>LeakyReLU``) again, and a second class under
+    the same name would be what ``keras.saving.load_model`` builds from then on.
+    """
+    for name in ("tfssim.models.cae", "tfssim_cae"):
+        if name in sys.modules:
+            return sys.modules[name]
     spec = importlib.util.spec_from_file_location("tfssim_cae", ROOT / "tfssim" / "models" / "cae.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sys.modules["tfssim_cae"] = module
     return module
 
 

@@ -213,6 +213,7 @@ def test_ssim_weighting_uniform_trains_records_and_exports(image_folder: Path, t
     assert config["config"]["ssim_weighting"] == "uniform" and config["ssim"]["weighting"] == "uniform"
     trained = keras.saving.load_model(run / "final.keras")
     assert trained.loss.weighting == "uniform" and trained.loss.window_size == 7
+    assert type(trained.optimizer).__name__ == "FusedAdamW"  # tfssim-train's optimizer, saved and reloaded
     # The compiled loss is 1 - mean SSIM with plain 7x7 means: scikit-image's gaussian_weights=False.
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (1, 32, 32, 1)).astype(np.float32)

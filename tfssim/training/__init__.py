@@ -25,6 +25,7 @@ A new run that fails (or is interrupted) before its first epoch finished removes
 created, so that the corrected command can use the same folder.
 
 The package, by seam: :mod:`~tfssim.training.config` (the settings and their checks),
+:mod:`~tfssim.training.optimizer` (AdamW with TensorFlow's fused Adam step),
 :mod:`~tfssim.training.run_folder` (the folder, resume state, lock; its record's schema is
 :mod:`tfssim.run_record`, which imports no TensorFlow), :mod:`~tfssim.training.distribute`
 (strategies and the multi-worker loop) and :mod:`~tfssim.training.loop` (:func:`train`).
@@ -42,6 +43,7 @@ from tfssim.training.config import (
     load_config,
 )
 from tfssim.training.loop import OutOfMemoryError, TrainResult, train
+from tfssim.training.optimizer import FusedAdamW
 from tfssim.training.run_folder import (
     CONFIG_NAME,
     HISTORY_NAME,
@@ -53,6 +55,6 @@ from tfssim.training.run_folder import (
     resume_config,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "train", "load_config", "RunExistsError", "RunInUseError", "OutOfMemoryError",
+__all__ = ["TrainConfig", "TrainResult", "train", "FusedAdamW", "load_config", "RunExistsError", "RunInUseError", "OutOfMemoryError",
            "STRATEGIES", "LAYOUTS", "LOCK_NAME", "CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME", "CONFIG_ALIASES",
            "CONFIG_MAX_BYTES", "CONFIG_MAX_DEPTH", "data_fingerprint", "resume_config"]

@@ -46,6 +46,7 @@ from tfssim.training.distribute import (
     _strategy_label,
     _strategy_name,
 )
+from tfssim.training.optimizer import FusedAdamW
 from tfssim.training.progress import ProgressBar, quiet_remapper, wants_bar
 from tfssim.training.run_folder import RunExistsError, _check_same_data, _claim_run_folder, _RunState
 
@@ -156,7 +157,7 @@ def _build_loss(config: TrainConfig) -> keras.losses.Loss:
 
 
 def _compile(model: keras.Model, config: TrainConfig, loss: keras.losses.Loss) -> None:
-    optimizer = keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = FusedAdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
     model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile)
 
 
