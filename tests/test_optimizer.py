@@ -28,7 +28,7 @@ def _small_model() -> keras.Model:
 
 def _train(make_optimizer: Callable[[], keras.optimizers.Optimizer], steps: int = 8,
            strategy: tf.distribute.Strategy | None = None) -> tuple[list[float], list[np.ndarray]]:
-    """``steps`` seeded steps of a tiny autoencoder; the losses, and the weights and Adam slots after."""
+    """``steps`` seeded steps of :func:`_small_model`; the losses, and the weights and Adam slots after."""
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         keras.utils.set_random_seed(0)
         model = _small_model()
@@ -55,8 +55,8 @@ def _train(make_optimizer: Callable[[], keras.optimizers.Optimizer], steps: int 
 def test_equals_keras_adamw_with_float32_betas_bit_for_bit() -> None:
     # The kernel forms 1 - beta in float32: exactly Keras's AdamW given betas already rounded to float32.
     fused = _train(lambda: FusedAdamW(learning_rate=2e-3, weight_decay=1e-2))
-    keras_f32 = _train(lambda: keras.optimizers.AdamW(learning_rate=2e-3, weight_decay=1e-2, beta_1=_f32(0.9),
-                                              beta_2=_f32(0.999)))
+    keras_f32 = _train(lambda: keras.optimizers.AdamW(learning_rate=2e-3, weight_decay=1e-2,
+                                                      beta_1=_f32(0.9), beta_2=_f32(0.999)))
     assert fused[0] == keras_f32[0]
     assert all(np.array_equal(a, b) for a, b in zip(fused[1], keras_f32[1]))
     # With the default betas, Keras subtracts in float64: not the same bits, the same optimizer.

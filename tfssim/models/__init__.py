@@ -22,7 +22,14 @@ import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow,
 import keras
 
 from tfssim import losses
-from tfssim.models.cae import ENCODER_LAYERS, LeakyReLU, build_autoencoder, build_decoder, build_encoder, validate_architecture
+from tfssim.models.cae import (
+    ENCODER_LAYERS,
+    LeakyReLU,
+    build_autoencoder,
+    build_decoder,
+    build_encoder,
+    validate_architecture,
+)
 from tfssim.models.features import WeightsUnavailableError, build_feature_extractor, extract_features
 from tfssim.models.vae import VariationalAutoencoder, reconstruction_nll
 from tfssim.errors import InputError
@@ -45,7 +52,9 @@ class ModelSpec:
     _build_model: Callable[..., keras.Model]
     _build_loss: Callable[..., keras.losses.Loss]
 
-    def build_model(self, patch_size: int = 128, channels: int = 1, latent_dim: int = 100, **kwargs: Any) -> keras.Model:
+    def build_model(
+        self, patch_size: int = 128, channels: int = 1, latent_dim: int = 100, **kwargs: Any
+    ) -> keras.Model:
         """Build an untrained model of this kind."""
         return self._build_model(patch_size=patch_size, channels=channels, latent_dim=latent_dim, **kwargs)
 
@@ -123,7 +132,9 @@ def get_spec(kind: str) -> ModelSpec:
         raise InputError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}") from None
 
 
-def build_model(kind: str, patch_size: int = 128, channels: int = 1, latent_dim: int = 100, **kwargs: Any) -> keras.Model:
+def build_model(
+    kind: str, patch_size: int = 128, channels: int = 1, latent_dim: int = 100, **kwargs: Any
+) -> keras.Model:
     """Build an untrained model of ``kind``; see :class:`ModelSpec`."""
     return get_spec(kind).build_model(patch_size, channels, latent_dim, **kwargs)
 

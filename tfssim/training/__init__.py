@@ -55,6 +55,8 @@ from tfssim.training.run_folder import (
     resume_config,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "train", "FusedAdamW", "load_config", "RunExistsError", "RunInUseError", "OutOfMemoryError",
-           "STRATEGIES", "LAYOUTS", "LOCK_NAME", "CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME", "CONFIG_ALIASES",
-           "CONFIG_MAX_BYTES", "CONFIG_MAX_DEPTH", "data_fingerprint", "resume_config"]
+__all__ = [
+    "TrainConfig", "TrainResult", "train", "FusedAdamW", "load_config", "RunExistsError", "RunInUseError",
+    "OutOfMemoryError", "STRATEGIES", "LAYOUTS", "LOCK_NAME", "CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME",
+    "CONFIG_ALIASES", "CONFIG_MAX_BYTES", "CONFIG_MAX_DEPTH", "data_fingerprint", "resume_config",
+]
