@@ -102,9 +102,10 @@ class ProgressBar(keras.callbacks.Callback):
 # on that fusion and logs it at ERROR level ("remapper failed: INVALID_ARGUMENT: Mutation::Apply
 # error: fanout '...LeakyReluGrad' exist for missing node '...BiasAdd'"); training and its numbers
 # are unaffected. The models built by tfssim.models use tfssim.models.LeakyReLU, whose
-# gradient reads the output, so the fusion applies and nothing is logged; run folders and .keras
-# files saved before that layer still hold Keras's LeakyReLU and still make Grappler log the line
-# when they are resumed or trained on. So this one line is dropped.
+# gradient reads the output, so the fusion applies and nothing is logged (a resumed tfssim-train
+# run rebuilds its model, so it gets that layer too); .keras files saved before that layer still
+# hold Keras's LeakyReLU and still make Grappler log the line when a loaded one is trained on.
+# So this one line is dropped.
 _REMAPPER_LINE = re.compile(
     rb"^E\d{4} [\d:. ]+\d+ meta_optimizer\.cc:\d+\] remapper failed: INVALID_ARGUMENT: Mutation::Apply error: "
     rb"fanout '[^']*LeakyReluGrad' exist for missing node '[^']*BiasAdd'\.?\s*$"
