@@ -287,11 +287,49 @@ def test_answers_that_are_not_a_tfssim_exports_maps_are_one_line_errors(stand_in
     ({"version": True}, "version must be a positive integer"),
     ({"timeout": 0}, "timeout must be a positive number"),
     ({"metadata": {"format": 1}}, "tfssim metadata lacks name"),
+    # a header injected through the URL: urlsplit drops CR/LF/tab silently, the request line would not
+    ({"url": "http://127.0.0.1:8501/\r\nX-Injected: 1"}, "must be printable ASCII without spaces or control"),
+    ({"url": "http://127.0.0.1:8501\n"}, "must be printable ASCII"),
+    ({"url": "http://h\t:8501"}, "must be printable ASCII"),
+    ({"url": "http://h:8501/a b"}, "must be printable ASCII"),
+    ({"url": "http://h\u00f4st:8501"}, "must be printable ASCII"),  # was UnicodeEncodeError at the first call
+    ({"url": b"http://h:8501"}, "must be printable ASCII"),
+    ({"url": "http://:8501"}, "URL must look like http://host:8501"),
+    ({"url": "http://h:99999"}, "must have a port from 1 to 65535"),  # was "nonnumeric port" at the first call
+    ({"url": "http://h:0"}, "must have a port from 1 to 65535"),
+    ({"url": "http://h:x"}, "must have a port from 1 to 65535"),
+    ({"signature": ""}, "signature must be a signature's name"),
+    ({"signature": 5}, "signature must be a signature's name"),
+    # timeouts a socket cannot take (inf was an OverflowError at the first call) or that mean nothing
+    ({"timeout": float("inf")}, "timeout must be a positive number of seconds, at most 86400 (a day), got inf"),
+    ({"timeout": float("nan")}, "timeout must be a positive number"),
+    ({"timeout": -1}, "timeout must be a positive number"),
+    ({"timeout": 1e10}, "timeout must be a positive number"),
+    ({"timeout": True}, "timeout must be a positive number"),
+    ({"timeout": "5"}, "timeout must be a positive number"),
+    ({"max_response_bytes": 0}, "max_response_bytes must be a positive whole number of bytes, or None"),
+    ({"max_response_bytes": -1}, "max_response_bytes must be a positive whole number"),
+    ({"max_response_bytes": 1.5}, "max_response_bytes must be a positive whole number"),
+    ({"max_response_bytes": True}, "max_response_bytes must be a positive whole number"),
 ])
 def test_bad_client_settings_are_value_errors(kwargs, message):
     settings = {"url": "http://localhost:8501", "model_name": "m", **kwargs}
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
         ServingClient(**settings)
+    assert "\n" not in str(info.value)
+
+
+def test_a_password_in_the_url_is_refused_without_being_repeated():
+    with pytest.raises(ValueError, match=re.escape("must not hold a user name or password")) as info:
+        ServingClient("http://user:s3cret@localhost:8501", "m")
+    assert "s3cret" not in str(info.value)
+
+
+def test_good_client_settings_at_their_limits():
+    client = ServingClient("http://[::1]:8501/serving/", "m", timeout=86400, max_response_bytes=np.int64(10))
+    assert client.endpoint == "http://[::1]:8501/serving/v1/models/m:predict"
+    assert client.timeout == 86400.0 and client.max_response_bytes == 10
+    assert ServingClient("https://h", "m", timeout=np.float32(0.5)).timeout == 0.5
 
 
 def test_metadata_path_that_does_not_exist(tmp_path: Path):
