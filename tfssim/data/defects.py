@@ -21,6 +21,20 @@ Masks are exact: a painted image differs from its source in exactly the pixels o
 (pixels a soft edge would change by less than :data:`MIN_CHANGE` are left untouched), and soft
 edges lie inside the mask.
 
+Each defect's info dict records where it went: ``"box"`` ``[r0, r1, c0, c1]`` (ints, ends
+exclusive), the tight bounding box of the pixels that defect changed, and ``"region"``, the
+boolean ``[r1 - r0, c1 - c0]`` crop of those pixels, so a caller can tell which defect a pixel
+belongs to. ``region`` is a NumPy array, not JSON: drop it before writing infos to JSON. When
+:func:`paint_defects` paints several defects, a later one may repaint pixels of an earlier one;
+each region is kept as that defect painted it, so intersect it with the final mask to know what
+is still visible. A defect that changed nothing (a smear of a flat area) has an empty region
+and a zero-sized box.
+
+Painting is local to each defect: every per-defect step works on the defect's bounding box plus
+the margin that step needs (a one-pixel ring for a distance transform, the dilation's reach for
+the surroundings' statistics, four standard deviations for a blur), clipped to the image, so the
+cost grows with the defects' sizes, not the image's.
+
 Example:
     >>> rng = np.random.default_rng(0)
     >>> painted, mask, info = paint_defects(image, rng, count=2, size_range=(8, 64))
@@ -30,7 +44,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -42,6 +56,8 @@ FAMILIES = ("transplant", "smear", "foreign", "scratch")
 # A pixel counts as painted when some channel changed by more than this (values in [0, 1]);
 # smaller changes (the far tail of a soft edge) are undone so the mask stays exact.
 MIN_CHANGE = 1e-3
+# SciPy's Gaussian filters reach int(_TRUNCATE * sigma + 0.5) pixels (their default truncation).
+_TRUNCATE = 4.0
 
 
 def default_size_range(patch_size: int) -> tuple[float, float]:
@@ -67,6 +83,119 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _channels(image: np.ndarray) -> int:
+    """The channel count of an ``[H, W]`` or ``[H, W, C]`` image, without converting it."""
+    shape = np.shape(image)
+    if len(shape) not in (2, 3):
+        raise InputError(f"image must be [H, W] or [H, W, C], got shape {tuple(shape)}")
+    return 1 if len(shape) == 2 else int(shape[2])
+
+
+# --------------------------------------------------------------------------------------------
+# Regions as boxes: a boolean crop and where it lies in the image
+
+
+class _Box(NamedTuple):
+    """A boolean crop ``mask`` whose top-left pixel is ``(r0, c0)`` of the image."""
+
+    mask: np.ndarray
+    r0: int
+    c0: int
+
+    @property
+    def r1(self) -> int:
+        return self.r0 + self.mask.shape[0]
+
+    @property
+    def c1(self) -> int:
+        return self.c0 + self.mask.shape[1]
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.r0, self.r1), slice(self.c0, self.c1)
+
+    def full(self, shape: tuple[int, int]) -> np.ndarray:
+        """The region as a boolean mask of the whole ``shape``."""
+        out = np.zeros(shape, bool)
+        out[self.slices] = self.mask
+        return out
+
+
+def _tight(mask: np.ndarray, r0: int, c0: int) -> _Box:
+    """The crop ``mask`` (top-left at ``(r0, c0)``) cut to the bounding box of its pixels (empty: 0 x 0)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return _Box(np.zeros((0, 0), bool), int(r0), int(c0))
+    a, b, c, d = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return _Box(mask[a:b, c:d], int(r0) + a, int(c0) + c)
+
+
+def _grown(box: _Box, margin: int, shape: tuple[int, int]) -> _Box:
+    """``box`` with ``margin`` more pixels on every side, clipped to an image of ``shape`` (never padded past it)."""
+    h, w = shape
+    r0, r1 = max(box.r0 - margin, 0), min(box.r1 + margin, h)
+    c0, c1 = max(box.c0 - margin, 0), min(box.c1 + margin, w)
+    mask = np.zeros((r1 - r0, c1 - c0), bool)
+    mask[box.r0 - r0 : box.r1 - r0, box.c0 - c0 : box.c1 - c0] = box.mask
+    return _Box(mask, r0, c0)
+
+
+def _inner(values: np.ndarray, outer: _Box, box: _Box) -> np.ndarray:
+    """The part of ``values`` (laid out over ``outer``) that lies over ``box`` (inside ``outer``)."""
+    return values[box.r0 - outer.r0 : box.r1 - outer.r0, box.c0 - outer.c0 : box.c1 - outer.c0]
+
+
+def _distance_inside(box: _Box, shape: tuple[int, int]) -> np.ndarray:
+    """``distance_transform_edt`` of the region over the whole image, over ``box`` only.
+
+    A one-pixel ring suffices: a region pixel's nearest background pixel, moved onto the ring,
+    stays background and gets no farther. Where the image border cuts the ring off, the nearest
+    background cannot lie beyond it either, so the values equal the full-image transform's.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    ring = _grown(box, 1, shape)
+    return _inner(distance_transform_edt(ring.mask), ring, box)
+
+
+def _distance_around(box: _Box, reach: int, shape: tuple[int, int]) -> tuple[np.ndarray, _Box]:
+    """``distance_transform_edt`` of the image outside the region (distance to the region), over
+    ``box`` grown by ``reach``; returns the distances and the grown box. Exact: every region pixel
+    lies in the grown box, so each pixel's nearest one is found there."""
+    from scipy.ndimage import distance_transform_edt
+
+    around = _grown(box, reach, shape)
+    return distance_transform_edt(~around.mask), around
+
+
+def _dilated(box: _Box, iterations: int, shape: tuple[int, int]) -> _Box:
+    """``binary_dilation(region, iterations=iterations)`` (the default cross) over the image, as a box.
+
+    The dilation reaches ``iterations`` pixels, so growing the box by that much (clipped to the
+    image, whose border the full-image dilation does not cross either) gives the same pixels.
+    """
+    from scipy.ndimage import binary_dilation
+
+    grown = _grown(box, iterations, shape)
+    return _Box(binary_dilation(grown.mask, iterations=iterations), grown.r0, grown.c0)
+
+
+def _blurred(box: _Box, sigma: float, shape: tuple[int, int]) -> np.ndarray:
+    """``gaussian_filter(region.astype(float32), sigma)`` of the whole image, over ``box`` only.
+
+    The filter reaches ``int(4 * sigma + 0.5)`` pixels; with that margin (clipped to the image,
+    where both mirror at the same border) every value over the box is the full-image one.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    grown = _grown(box, int(_TRUNCATE * sigma + 0.5) + 1, shape)
+    return _inner(gaussian_filter(grown.mask.astype(np.float32), sigma, truncate=_TRUNCATE), grown, box)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise and regions
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
     """Gaussian-filtered white noise of unit standard deviation (correlation length ``scale``)."""
     from scipy.ndimage import gaussian_filter
@@ -75,12 +204,30 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
-def defect_region(rng: np.random.Generator, diameter: float, shape: tuple[int, int]) -> np.ndarray:
-    """An irregular blob of about ``diameter`` equivalent diameter, anywhere in an image of ``shape``.
+def _stationary_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """A ``shape`` window of an endless field of Gaussian-filtered white noise, unit standard deviation.
 
-    Thresholded smooth noise under a radial envelope (so the region is one compact, lobed piece,
-    not a disc); the largest connected piece is kept. Returns a boolean ``[H, W]`` mask.
+    Unlike :func:`_smooth_noise`, the window is not normalized by its own mean and spread (which
+    would distort a small window): the noise is drawn with the filter's reach around it and
+    divided by the filtered field's exact standard deviation, so any window, however small, has
+    the statistics of a window of a large field.
     """
+    from scipy.ndimage import gaussian_filter
+
+    sigma = max(scale, 0.5)
+    reach = int(_TRUNCATE * sigma + 0.5)
+    x = np.arange(-reach, reach + 1)
+    kernel = np.exp(-0.5 * x**2 / sigma**2)
+    kernel /= kernel.sum()
+    # Unit white noise through the separable kernel k (x) k has variance (sum k^2)^2.
+    std = float(np.sum(kernel**2))
+    h, w = shape
+    field = gaussian_filter(rng.standard_normal((h + 2 * reach, w + 2 * reach)), sigma, truncate=_TRUNCATE)
+    return field[reach : reach + h, reach : reach + w] / std
+
+
+def _region_box(rng: np.random.Generator, diameter: float, shape: tuple[int, int]) -> _Box:
+    """:func:`defect_region` as a tight box (the same draws, the same pixels)."""
     from scipy.ndimage import label
 
     h, w = shape
@@ -95,57 +242,65 @@ def defect_region(rng: np.random.Generator, diameter: float, shape: tuple[int, i
     if count > 1:
         sizes = np.bincount(labels.ravel())[1:]
         blob = labels == 1 + int(np.argmax(sizes))
-    region = np.zeros((h, w), bool)
     # The box's top-left corner; the box may hang over the border (the blob is cut there).
     y0 = int(rng.integers(-side // 4, max(h - 3 * side // 4, -side // 4 + 1)))
     x0 = int(rng.integers(-side // 4, max(w - 3 * side // 4, -side // 4 + 1)))
-    ys, xs = slice(max(y0, 0), min(y0 + side, h)), slice(max(x0, 0), min(x0 + side, w))
-    region[ys, xs] = blob[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
-    if not region.any():  # cut away entirely: centre it instead
-        cy, cx = (h - side) // 2, (w - side) // 2
-        ys, xs = slice(max(cy, 0), min(cy + side, h)), slice(max(cx, 0), min(cx + side, w))
-        region[ys, xs] = blob[ys.start - cy : ys.stop - cy, xs.start - cx : xs.stop - cx]
-    return region
+    for top, left in ((y0, x0), ((h - side) // 2, (w - side) // 2)):  # cut away entirely: centre it instead
+        r0, r1, c0, c1 = max(top, 0), min(top + side, h), max(left, 0), min(left + side, w)
+        box = _tight(blob[r0 - top : max(r1, r0) - top, c0 - left : max(c1, c0) - left], r0, c0)
+        if box.mask.size:
+            break
+    return box
 
 
-def _soft_alpha(region: np.ndarray, rng: np.random.Generator, soft: bool, diameter: float) -> np.ndarray:
-    """Blending weight: 1 inside, falling to 0 towards the border for a soft edge, never outside ``region``."""
+def defect_region(rng: np.random.Generator, diameter: float, shape: tuple[int, int]) -> np.ndarray:
+    """An irregular blob of about ``diameter`` equivalent diameter, anywhere in an image of ``shape``.
+
+    Thresholded smooth noise under a radial envelope (so the region is one compact, lobed piece,
+    not a disc); the largest connected piece is kept. Returns a boolean ``[H, W]`` mask.
+    """
+    return _region_box(rng, diameter, shape).full(shape)
+
+
+def _soft_alpha(region: _Box, rng: np.random.Generator, soft: bool, diameter: float,
+                shape: tuple[int, int]) -> np.ndarray:
+    """Blending weight over the region's box: 1 inside, falling to 0 towards the border for a
+    soft edge, never outside the region."""
     if not soft:
-        return region.astype(np.float32)
-    from scipy.ndimage import distance_transform_edt
-
+        return region.mask.astype(np.float32)
     width = float(rng.uniform(1.0, max(1.5, diameter / 6)))
-    alpha = np.clip(distance_transform_edt(region) / width, 0, 1)
-    return (alpha * region).astype(np.float32)
+    alpha = np.clip(_distance_inside(region, shape) / width, 0, 1)
+    return (alpha * region.mask).astype(np.float32)
 
 
-def _local_stats(image: np.ndarray, region: np.ndarray, margin: float) -> tuple[np.ndarray, float]:
+def _local_stats(image: np.ndarray, region: _Box, margin: float) -> tuple[np.ndarray, float]:
     """Per-channel mean and the pooled standard deviation of the image around ``region``."""
-    from scipy.ndimage import binary_dilation
-
-    ring = binary_dilation(region, iterations=max(1, int(margin)))
-    pixels = image[ring]
+    ring = _dilated(region, max(1, int(margin)), image.shape[:2])
+    pixels = image[ring.slices][ring.mask]
     return pixels.mean(axis=0), float(pixels.std()) + 1e-3
 
 
-def _transplant(image: np.ndarray, rng: np.random.Generator, region: np.ndarray, diameter: float,
-                sources: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+# --------------------------------------------------------------------------------------------
+# The families: each returns the fill over the region's box (and the region, and its weight)
+
+
+def _transplant(image: np.ndarray, rng: np.random.Generator, region: _Box, diameter: float,
+                sources: Sequence[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
     from scipy.ndimage import rotate, zoom
 
-    h, w, c = image.shape
-    pool = [s for s in sources if s.shape[-1] == c] or [image]
+    c = image.shape[-1]
+    pool = [s for s in sources if _channels(s) == c] or [image]
     source = pool[int(rng.integers(len(pool)))]
-    rows, cols = np.nonzero(region)
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    bh, bw = r1 - r0, c1 - c0
+    bh, bw = region.mask.shape
     # Never a plain copy of good texture: rescale by at least a third or rotate by at least 30 degrees.
     scale = float(np.exp(rng.uniform(np.log(1.33), np.log(2.0))) ** rng.choice([-1, 1]))
     angle = float(rng.uniform(30, 150)) * float(rng.choice([-1, 1])) if rng.random() < 0.7 else 0.0
     need = int(math.ceil(max(bh, bw) * 1.5 / scale)) + 2  # a rotated box needs sqrt(2) more
-    sh, sw = source.shape[:2]
+    sh, sw = np.shape(source)[:2]
     need = min(need, sh, sw)
     sy, sx = int(rng.integers(0, sh - need + 1)), int(rng.integers(0, sw - need + 1))
-    piece = source[sy : sy + need, sx : sx + need]
+    # Convert only the piece taken (a source may be a large image of another dtype).
+    piece = _as_hwc(np.asarray(source)[sy : sy + need, sx : sx + need])
     if angle:
         piece = rotate(piece, angle, axes=(0, 1), reshape=False, order=1, mode="reflect")
     piece = zoom(piece, (scale, scale, 1), order=1, mode="reflect")
@@ -155,23 +310,21 @@ def _transplant(image: np.ndarray, rng: np.random.Generator, region: np.ndarray,
     oy, ox = (piece.shape[0] - bh) // 2, (piece.shape[1] - bw) // 2
     piece = piece[oy : oy + bh, ox : ox + bw]
     mean, std = _local_stats(image, region, diameter / 4)
-    inside = region[r0:r1, c0:c1]
-    pmean = piece[inside].mean(axis=0)
+    pmean = piece[region.mask].mean(axis=0)
     gain = float(rng.uniform(0.7, 1.4))
     # The region's mean matches its surroundings' (up to a small shift): not separable by intensity.
     shift = float(rng.uniform(-0.3, 0.3)) * std
-    fill = image.copy()  # outside the box alpha is 0; any finite value will do
-    fill[r0:r1, c0:c1] = mean + gain * (piece - pmean) + shift
-    return fill, region, {"scale": round(scale, 3), "angle": round(angle, 1), "gain": round(gain, 3)}
+    fill = (mean + gain * (piece - pmean) + shift).astype(np.float32)
+    return fill, {"scale": round(scale, 3), "angle": round(angle, 1), "gain": round(gain, 3)}
 
 
-def _smear(image: np.ndarray, rng: np.random.Generator, region: np.ndarray,
-           diameter: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _smear(image: np.ndarray, rng: np.random.Generator, region: _Box,
+           diameter: float) -> tuple[np.ndarray, dict[str, Any]]:
     from scipy.ndimage import gaussian_filter, median_filter
 
     if rng.random() < 0.5:
         sigma = float(rng.uniform(max(1.5, diameter / 8), max(2.0, diameter / 3)))
-        margin = int(4 * sigma + 0.5) + 1  # the filter's reach (scipy truncates at 4 sigma)
+        margin = int(_TRUNCATE * sigma + 0.5) + 1  # the filter's reach
         filtered = lambda crop: gaussian_filter(crop, (sigma, sigma, 0), mode="reflect")  # noqa: E731
         how = {"filter": "gaussian", "sigma": round(sigma, 2)}
     else:
@@ -179,43 +332,44 @@ def _smear(image: np.ndarray, rng: np.random.Generator, region: np.ndarray,
         margin = size // 2 + 1
         filtered = lambda crop: median_filter(crop, size=(size, size, 1), mode="reflect")  # noqa: E731
         how = {"filter": "median", "size": size}
-    # Filter only the region's box plus the filter's reach: inside the region that equals
-    # filtering the whole image (up to the image border's own mirroring), at a fraction of the cost.
-    rows, cols = np.nonzero(region)
-    h, w = region.shape
-    r0, r1 = max(rows.min() - margin, 0), min(rows.max() + 1 + margin, h)
-    c0, c1 = max(cols.min() - margin, 0), min(cols.max() + 1 + margin, w)
-    fill = image.copy()
-    fill[r0:r1, c0:c1] = filtered(image[r0:r1, c0:c1])
-    return fill, region, how
+    # Filter only the region's box plus the filter's reach, clipped to the image: over the box
+    # that equals filtering the whole image (both mirror at the same image border).
+    around = _grown(region, margin, image.shape[:2])
+    return _inner(filtered(image[around.slices]), around, region), how
 
 
-def _foreign(image: np.ndarray, rng: np.random.Generator, diameter: float,
-             shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    from scipy.ndimage import gaussian_filter
-
+def _foreign(image: np.ndarray, rng: np.random.Generator,
+             diameter: float) -> tuple[np.ndarray, _Box, np.ndarray, dict[str, Any]]:
+    shape = image.shape[:2]
     h, w = shape
     if rng.random() < 0.6:
-        region = defect_region(rng, diameter, shape)
+        region = _region_box(rng, diameter, shape)
         particles = 1
     else:  # a cluster of particles whose areas add up to the requested size
         particles = int(rng.integers(3, 8))
         small = max(2.0, diameter / math.sqrt(particles))
-        centre = defect_region(rng, diameter * 1.5, shape)
-        cy, cx = (int(v.mean()) for v in np.nonzero(centre))
-        region = np.zeros(shape, bool)
+        centre = _region_box(rng, diameter * 1.5, shape)
+        rows, cols = np.nonzero(centre.mask)
+        cy, cx = int((rows + centre.r0).mean()), int((cols + centre.c0).mean())
+        ys_all, xs_all = [], []
         for _ in range(particles):
-            one = defect_region(rng, small * float(rng.uniform(0.6, 1.3)), (2 * h, 2 * w))
-            oy, ox = (int(v.mean()) for v in np.nonzero(one))
+            one = _region_box(rng, small * float(rng.uniform(0.6, 1.3)), (2 * h, 2 * w))
+            ys, xs = np.nonzero(one.mask)
+            ys, xs = ys + one.r0, xs + one.c0
+            oy, ox = int(ys.mean()), int(xs.mean())
             dy = cy - oy + int(rng.normal(0, diameter / 3))
             dx = cx - ox + int(rng.normal(0, diameter / 3))
-            moved = np.zeros(shape, bool)
-            ys, xs = np.nonzero(one)
             ys, xs = ys + dy, xs + dx
             ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-            moved[ys[ok], xs[ok]] = True
-            region |= moved
-        if not region.any():
+            ys_all.append(ys[ok])
+            xs_all.append(xs[ok])
+        ys, xs = np.concatenate(ys_all), np.concatenate(xs_all)
+        if ys.size:
+            r0, c0 = int(ys.min()), int(xs.min())
+            mask = np.zeros((int(ys.max()) + 1 - r0, int(xs.max()) + 1 - c0), bool)
+            mask[ys - r0, xs - c0] = True
+            region = _Box(mask, r0, c0)
+        else:
             region = centre
     mean, std = _local_stats(image, region, diameter / 4)
     sign = float(rng.choice([-1, 1]))
@@ -223,10 +377,12 @@ def _foreign(image: np.ndarray, rng: np.random.Generator, diameter: float,
     value = mean + sign * contrast * std
     opaque = rng.random() < 0.5
     # A body: its own faint texture (opaque) or the surface showing through (a stain).
-    texture = 0.3 * std * _smooth_noise(rng, shape, 1.5)[..., None]
-    fill = (value + texture) if opaque else (image + sign * contrast * std)
+    if opaque:
+        fill = value + 0.3 * std * _stationary_noise(rng, region.mask.shape, 1.5)[..., None]
+    else:
+        fill = image[region.slices] + sign * contrast * std
     # Soft edges: a blurred profile, cut at the region so nothing leaks out.
-    alpha = np.clip(gaussian_filter(region.astype(np.float32), float(rng.uniform(0.5, 1.5))) * 2, 0, 1) * region
+    alpha = np.clip(_blurred(region, float(rng.uniform(0.5, 1.5)), shape) * 2, 0, 1) * region.mask
     return np.clip(fill, 0, 1), region, alpha.astype(np.float32), {
         "particles": particles, "contrast_std": round(sign * contrast, 2), "opaque": bool(opaque)}
 
@@ -256,32 +412,74 @@ def _curve(rng: np.random.Generator, length: float, shape: tuple[int, int], jagg
     return curves
 
 
-def _scratch(image: np.ndarray, rng: np.random.Generator, length: float,
-             shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    from scipy.ndimage import distance_transform_edt
+def _scratch(image: np.ndarray, rng: np.random.Generator,
+             length: float) -> tuple[np.ndarray, _Box, np.ndarray, dict[str, Any]]:
     from skimage.draw import line
 
+    shape = image.shape[:2]
     h, w = shape
     jagged = bool(rng.random() < 0.5)
-    core = np.zeros(shape, bool)
+    rows, cols = [], []
     for points in _curve(rng, length, shape, jagged):
         pts = np.round(points).astype(int)
         for (r0, c0), (r1, c1) in zip(pts, pts[1:]):
             rr, cc = line(r0, c0, r1, c1)
             ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-            core[rr[ok], cc[ok]] = True
-    if not core.any():
-        core[h // 2, w // 2] = True
+            rows.append(rr[ok])
+            cols.append(cc[ok])
+    rr, cc = np.concatenate(rows), np.concatenate(cols)
+    if not rr.size:
+        rr, cc = np.array([h // 2]), np.array([w // 2])
+    r0, c0 = int(rr.min()), int(cc.min())
+    core = np.zeros((int(rr.max()) + 1 - r0, int(cc.max()) + 1 - c0), bool)
+    core[rr - r0, cc - c0] = True
     width = float(rng.uniform(1.0, 3.0))
-    distance = distance_transform_edt(~core)
-    alpha = np.clip(1.0 - distance / (width / 2 + 0.5), 0, 1)  # 1 on the line, fading over a pixel
-    region = alpha > 0
+    reach = width / 2 + 0.5
+    # Only pixels nearer the line than `reach` get painted: a margin of ceil(reach) holds them all.
+    distance, around = _distance_around(_Box(core, r0, c0), int(math.ceil(reach)) + 1, shape)
+    alpha = np.clip(1.0 - distance / reach, 0, 1)  # 1 on the line, fading over a pixel
+    region = _tight(alpha > 0, around.r0, around.c0)
+    alpha = _inner(alpha, around, region)
     mean, std = _local_stats(image, region, 3)
     sign = float(rng.choice([-1, 1]))
     contrast = float(rng.uniform(1.5, 4.0))
-    fill = np.clip(image + sign * contrast * std, 0, 1)
+    fill = np.clip(image[region.slices] + sign * contrast * std, 0, 1)
     return fill, region, alpha.astype(np.float32), {
         "jagged": jagged, "width": round(width, 2), "contrast_std": round(sign * contrast, 2)}
+
+
+# --------------------------------------------------------------------------------------------
+# Painting
+
+
+def _paint_into(canvas: np.ndarray, rng: np.random.Generator, family: str, diameter: float,
+                sources: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Paint one defect into ``canvas`` (float32 ``[H, W, C]``, changed in place, over the defect's
+    box only) and return its info, with its ``box`` and ``region`` (the pixels it changed)."""
+    shape = canvas.shape[:2]
+    info: dict[str, Any] = {"family": family, "diameter": round(float(diameter), 2)}
+    if family in ("transplant", "smear"):
+        region = _region_box(rng, diameter, shape)
+        if family == "transplant":
+            fill, extra = _transplant(canvas, rng, region, diameter, [*sources, canvas])
+        else:
+            fill, extra = _smear(canvas, rng, region, diameter)
+        soft = bool(rng.random() < 0.6)
+        alpha = _soft_alpha(region, rng, soft, diameter, shape)
+        extra["soft_edge"] = soft
+    elif family == "foreign":
+        fill, region, alpha, extra = _foreign(canvas, rng, diameter)
+    else:
+        fill, region, alpha, extra = _scratch(canvas, rng, diameter)
+    info.update(extra)
+    before = canvas[region.slices]
+    painted = (before + alpha[..., None] * (np.clip(fill, 0, 1) - before)).astype(np.float32)
+    painted, changed = _exact(before, painted)
+    canvas[region.slices] = painted
+    done = _tight(changed, region.r0, region.c0)
+    info["box"] = [done.r0, done.r1, done.c0, done.c1]
+    info["region"] = done.mask.copy()
+    return info
 
 
 def paint_defect(image: np.ndarray, rng: np.random.Generator, family: str, diameter: float, *,
@@ -299,7 +497,9 @@ def paint_defect(image: np.ndarray, rng: np.random.Generator, family: str, diame
     Returns:
         ``(painted, mask, info)``: the painted copy (float32, the shape of ``image``), the
         boolean ``[H, W]`` mask of exactly the pixels that differ from ``image``, and a dict
-        describing the defect (family, diameter, its parameters).
+        describing the defect (family, diameter, its parameters, and where it lies: ``box``
+        ``[r0, r1, c0, c1]`` and ``region``, the boolean crop of the mask over that box; the
+        region is an array, so drop it before writing the info as JSON).
 
     Raises:
         ValueError: an unknown family, a bad image shape or a diameter below 1.
@@ -312,27 +512,14 @@ def paint_defect(image: np.ndarray, rng: np.random.Generator, family: str, diame
     if not diameter >= 1:
         raise InputError(f"defect diameter must be >= 1 pixel, got {diameter!r}")
     original = np.asarray(image)
-    hwc = _as_hwc(original)
-    shape = hwc.shape[:2]
-    info: dict[str, Any] = {"family": family, "diameter": round(float(diameter), 2)}
-    if family in ("transplant", "smear"):
-        region = defect_region(rng, diameter, shape)
-        if family == "transplant":
-            pool = [image_ for image_ in (_as_hwc(s) for s in sources)] + [hwc]
-            fill, region, extra = _transplant(hwc, rng, region, diameter, pool)
-        else:
-            fill, region, extra = _smear(hwc, rng, region, diameter)
-        soft = bool(rng.random() < 0.6)
-        alpha = _soft_alpha(region, rng, soft, diameter)
-        extra["soft_edge"] = soft
-    elif family == "foreign":
-        fill, region, alpha, extra = _foreign(hwc, rng, diameter, shape)
-    else:
-        fill, region, alpha, extra = _scratch(hwc, rng, diameter, shape)
-    info.update(extra)
-    painted = hwc + alpha[..., None] * (np.clip(fill, 0, 1) - hwc)
-    painted, mask = _exact(hwc, painted.astype(np.float32))
-    return painted.reshape(original.shape), mask, info
+    canvas = _as_hwc(original).copy()
+    for source in sources:
+        _channels(source)
+    info = _paint_into(canvas, rng, family, diameter, sources)
+    r0, r1, c0, c1 = info["box"]
+    mask = np.zeros(canvas.shape[:2], bool)
+    mask[r0:r1, c0:c1] = info["region"]
+    return canvas.reshape(original.shape), mask, info
 
 
 def _exact(original: np.ndarray, painted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -347,6 +534,9 @@ def paint_defects(image: np.ndarray, rng: np.random.Generator, count: int = 1, *
                   sources: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Paint ``count`` defects, each of a family and size drawn at random, into a copy of ``image``.
 
+    Each defect is painted into the image as the earlier ones left it, as :func:`paint_defect`
+    would, so a later defect may repaint an earlier one's pixels.
+
     Args:
         image: ``[H, W]`` or ``[H, W, C]`` floats in [0, 1].
         rng: The random generator: the same seed gives the same defects.
@@ -358,7 +548,10 @@ def paint_defects(image: np.ndarray, rng: np.random.Generator, count: int = 1, *
 
     Returns:
         ``(painted, mask, infos)``: the painted copy (float32), the exact boolean ``[H, W]``
-        mask of the pixels that differ from ``image``, one dict per defect.
+        mask of the pixels that differ from ``image``, one dict per defect. Each dict's ``box``
+        and ``region`` are the pixels that defect changed when it was painted; intersect them
+        with ``mask`` for what is left of it (a later defect may have repainted some). The
+        ``region`` arrays are not JSON: drop them before writing the infos as JSON.
 
     Raises:
         ValueError: ``count < 1``, a bad size range, an unknown or no family, a bad image shape.
@@ -373,12 +566,13 @@ def paint_defects(image: np.ndarray, rng: np.random.Generator, count: int = 1, *
         if family not in FAMILIES:
             raise InputError(f"unknown defect family {family!r}; choose from {', '.join(FAMILIES)}")
     original = _as_hwc(image)
-    painted = original.copy()
+    for source in sources:
+        _channels(source)
+    canvas = original.copy()
     infos = []
     for _ in range(count):
         family = families[int(rng.integers(len(families)))]
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        painted, _, info = paint_defect(painted, rng, family, diameter, sources=sources)
-        infos.append(info)
-    painted, mask = _exact(original, painted)
+        infos.append(_paint_into(canvas, rng, family, diameter, sources))
+    painted, mask = _exact(original, canvas)
     return painted.reshape(np.shape(image)), mask, infos
