@@ -53,6 +53,7 @@ from tfssim.run_record import (  # noqa: E402
     CONFIG_NAME,
     HISTORY_NAME,
     check_same_data,
+    damaged,
     read_history,
     read_run_record,
     resume_settings,
@@ -129,6 +130,34 @@ def sample_patches(images: list[np.ndarray], count: int, patch_size: int, rng: n
             chosen = turns == k
             out[chosen] = np.rot90(out[chosen], k, axes=(1, 2))
     return out
+
+
+# How history.csv's cells are written; a resumed run writes its earlier rows again exactly so.
+HISTORY_FORMATS = {"epoch": "{:d}", "loss": "{:.6f}", "val_loss": "{:.6f}", "seconds": "{:.2f}"}
+
+
+def history_row(row: dict[str, Any]) -> dict[str, str]:
+    """One epoch's ``history.csv`` row as text (:data:`HISTORY_FORMATS`; other columns as ``str``)."""
+    return {key: HISTORY_FORMATS.get(key, "{}").format(int(value) if key == "epoch" else float(value))
+            for key, value in row.items()}
+
+
+def load_state(path: Path) -> keras.Model:
+    """The resume state ``state.keras`` (model and optimizer).
+
+    Raises:
+        SystemExit: the file does not load; one line naming it.
+    """
+    try:
+        # Runs started before the script used the library's losses saved them under these names.
+        return keras.saving.load_model(path, custom_objects={"BackendSSIMLoss": SSIMLoss, "BackendL2Loss": L2Loss})
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any other failure to load it is a damaged file
+        detail = " ".join(str(err).split())
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise SystemExit(f"error: {damaged(path, f'the resume state does not load ({type(err).__name__}: {detail})')}"
+                         ) from None
 
 
 def atomic_save(path: Path, model: keras.Model) -> None:
@@ -227,8 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output
     state_path, history_path = out / "state.keras", out / HISTORY_NAME
     resuming = state_path.exists() and history_path.exists()
+    rows: list[dict[str, str]] = []
     try:
+        # Every file the resume continues from, read and checked (one line naming the file and key
+        # where damaged) before anything is written; state.keras is checked by loading it below.
         previous = read_run_record(out) if resuming else None
+        if resuming:
+            rows = [history_row(row) for row in read_history(history_path)]
         config = run_config(args)
         if previous is not None:
             # The library's rule (tfssim-train --resume's): the run keeps its recorded settings;
@@ -247,13 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ssim_params = SSIMParams(window_size=args.ssim_window, weighting=args.ssim_weighting)
 
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, str]] = []
     cae = load_cae_module()  # also registers its LeakyReLU, which saved models name
     if resuming:
-        # Runs started before the script used the library's losses saved them under these names.
-        model = keras.saving.load_model(state_path, custom_objects={"BackendSSIMLoss": SSIMLoss,
-                                                                    "BackendL2Loss": L2Loss})
-        rows = read_history(history_path)
+        model = load_state(state_path)
         print(f"resuming after epoch {len(rows)} from {state_path}", flush=True)
     else:
         keras.utils.set_random_seed(args.seed)
@@ -298,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         history = model.fit(x, x, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
         val_loss = model.evaluate(val, val, batch_size=128, verbose=0)
         last_epoch_s = time.perf_counter() - t0
-        rows.append({"epoch": str(epoch + 1), "loss": f"{history.history['loss'][-1]:.6f}",
-                     "val_loss": f"{float(val_loss):.6f}", "seconds": f"{last_epoch_s:.2f}"})
+        rows.append(history_row({"epoch": epoch + 1, "loss": history.history["loss"][-1], "val_loss": val_loss,
+                                 "seconds": last_epoch_s}))
         atomic_save(state_path, model)
         write_history(history_path, rows)
         print(f"epoch {epoch + 1}/{args.epochs}: loss {rows[-1]['loss']} val {rows[-1]['val_loss']} "

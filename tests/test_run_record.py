@@ -72,6 +72,8 @@ def test_history_round_trip(tmp_path):
     assert run_record.read_history(path) == []
     run_record.write_history(path, [{"epoch": 1, "loss": 0.5, "seconds": 1.25},
                                     {"epoch": 2, "loss": 0.25, "seconds": 1.0}])
-    assert run_record.read_history(path) == [{"epoch": "1", "loss": "0.5", "seconds": "1.25"},
-                                             {"epoch": "2", "loss": "0.25", "seconds": "1.0"}]
+    # read back checked and typed: epoch an int, every other cell a float
+    assert run_record.read_history(path) == [{"epoch": 1, "loss": 0.5, "seconds": 1.25},
+                                             {"epoch": 2, "loss": 0.25, "seconds": 1.0}]
+    assert [type(v) for v in run_record.read_history(path)[0].values()] == [int, float, float]
     assert not list(tmp_path.glob(".tmp*"))

@@ -16,29 +16,46 @@ On resume, :func:`resume_settings` is the one rule: a resumed run keeps its reco
 a setting given again must equal the recorded one (only ``epochs`` may change), and one not
 given takes the recorded value. :func:`check_same_data` compares moved data with the recorded
 images.
+
+Every command reads the run folder's files through this module's strict readers:
+:func:`read_run_record` (``config.json``), :func:`read_history` (``history.csv``),
+:func:`read_progress` (``state/progress.json``) and :func:`read_resume_state` (all of them, with the
+checkpoint files they name, for a resume). A damaged file is one :class:`~tfssim.errors.InputError`
+line naming the file, the key or line, what it must hold and the fix; the readers write nothing,
+so a command that reads everything first changes nothing when a file is damaged. The settings'
+JSON types and ranges (:data:`INT_SETTINGS`, :data:`FLOAT_SETTINGS`, ...) are the one table that
+:class:`tfssim.training.TrainConfig` and ``--config`` files are checked against as well.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
 import logging
+import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tfssim._io import atomic_write
 from tfssim.errors import InputError
-from tfssim.ssim_params import SSIMParams
+from tfssim.ssim_params import NUMBER_RANGES, SSIMParams, describe_range, in_range
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME", "LOCK_NAME", "LOCATION_KEYS", "CHANGEABLE_KEYS",
-           "read_history", "write_history", "data_fingerprint", "check_same_data", "previous_locations",
-           "run_record", "read_run_record", "resume_settings"]
+__all__ = ["CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME", "STATE_DIR", "LOCK_NAME", "LOCATION_KEYS",
+           "CHANGEABLE_KEYS", "SSIM_CONFIG_KEYS", "INT_SETTINGS", "FLOAT_SETTINGS", "BOOL_SETTINGS", "STR_SETTINGS",
+           "RESTART", "setting_problem", "damaged", "read_history", "write_history", "read_progress", "ResumeState",
+           "read_resume_state", "data_fingerprint", "check_same_data", "previous_locations", "run_record",
+           "read_run_record", "resume_settings"]
 
 CONFIG_NAME = "config.json"
 HISTORY_NAME = "history.csv"
 PROGRESS_NAME = "progress.json"
+# The folder of the resume state: PROGRESS_NAME and the weights + optimizer file it names.
+STATE_DIR = "state"
 # A lock file in the run folder: one trainer at a time per folder (tfssim.training.run_folder).
 LOCK_NAME = ".tfssim-train.lock"
 # Settings that say where a run and its data live, not what the run is: a copied or moved run
@@ -47,14 +64,201 @@ LOCATION_KEYS = ("output", "data")
 # Settings a resumed run may change.
 CHANGEABLE_KEYS = ("epochs",)
 
+# --- the settings' schema ---------------------------------------------------------------------
+# One table of every setting's JSON type and range, by TrainConfig field name: TrainConfig.validate
+# (which also converts numeric strings, for callers in Python), load_config (--config files: the
+# JSON type only) and read_run_record (a run's config.json: type and range) all check against it.
 
-def read_history(path: str | os.PathLike) -> list[dict[str, str]]:
-    """The rows of a ``history.csv`` (as strings), ``[]`` where there is none."""
+# The config's flat ssim_* keys (as in config files and a run's config.json) and the SSIMParams
+# field each one sets; the defaults, ranges and checks are SSIMParams' own.
+SSIM_CONFIG_KEYS = {"ssim_window": "window_size", "ssim_sigma": "sigma", "ssim_k1": "k1", "ssim_k2": "k2",
+                    "ssim_weighting": "weighting"}
+# Integer settings: (minimum, maximum or None). seed: NumPy's seeds are 32-bit; ssim_window's full
+# rule (odd) is SSIMParams'.
+INT_SETTINGS: dict[str, tuple[int, int | None]] = {
+    "epochs": (1, None), "patches_per_epoch": (1, None), "batch_size": (1, None), "patch_size": (16, None),
+    "latent_dim": (1, None), "ssim_window": (1, None), "seed": (0, 2**32 - 1), "val_patches": (1, None),
+    "vae_samples": (1, None),
+}
+# Number settings: (low, low excluded, high or None, high excluded); the ssim_* ranges are SSIMParams'.
+FLOAT_SETTINGS: dict[str, tuple[float, bool, float | None, bool]] = {
+    **{key: NUMBER_RANGES[field] for key, field in SSIM_CONFIG_KEYS.items() if field in NUMBER_RANGES},
+    "learning_rate": (0.0, True, None, False), "weight_decay": (0.0, False, None, False),
+    "val_split": (0.0, False, 1.0, True), "vae_observation_std": (0.0, True, None, False),
+    "fm_weight": (0.0, False, None, False), "scale": (0.0, True, 1.0, False),
+}
+BOOL_SETTINGS = ("grayscale", "augment", "skip_bad_images", "jit_compile")
+# String settings; fm_weights may also be null. (Their choices are TrainConfig.validate's.)
+STR_SETTINGS = ("data", "output", "model", "layout", "ssim_weighting", "mixed_precision", "strategy", "fm_weights")
+# image_size: null or [H, W].
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
+def setting_problem(name: str, value: Any, *, ranges: bool = True) -> str | None:
+    """What the setting ``name`` must be when ``value`` is not that, else ``None``.
+
+    The JSON type is checked exactly, as a file holds it: an integer setting takes an integer
+    (not ``5.0``, not ``"5"``, not ``true``), a number setting an integer or a float, a switch a
+    boolean, the others a string (``fm_weights`` also ``null``), ``image_size`` ``null`` or
+    ``[H, W]``.
+
+    Args:
+        name: A :class:`tfssim.training.TrainConfig` field name (others: ``None``).
+        value: The value, as parsed from JSON or YAML.
+        ranges: Check numbers against their range too (a run's ``config.json``); without it
+            only the type (a ``--config`` file, whose ranges ``TrainConfig.validate`` checks).
+
+    Returns:
+        E.g. ``"an integer >= 16"``, or ``None`` where ``value`` is right (or ``name`` unknown).
+
+    Example:
+        >>> setting_problem("patch_size", "abc")
+        'an integer >= 16'
+    """
+    if name in BOOL_SETTINGS:
+        return None if isinstance(value, bool) else "true or false"
+    if name in INT_SETTINGS:
+        low, high = INT_SETTINGS[name]
+        ok = _is_int(value) and (not ranges or (value >= low and (high is None or value <= high)))
+        return None if ok else f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+    if name in FLOAT_SETTINGS:
+        ok = _is_number(value) and (not ranges or (_finite(value) and in_range(float(value), *FLOAT_SETTINGS[name])))
+        return None if ok else f"a number {describe_range(*FLOAT_SETTINGS[name])}"
+    if name == "image_size":
+        ok = value is None or (isinstance(value, list) and len(value) == 2
+                               and all(_is_int(v) and (not ranges or v >= 1) for v in value))
+        return None if ok else "null or a list of two integers [H, W]"
+    if name in STR_SETTINGS:
+        ok = isinstance(value, str) or (name == "fm_weights" and value is None)
+        return None if ok else "a string" + (" or null" if name == "fm_weights" else "")
+    return None
+
+
+# --- reading the run folder ---------------------------------------------------------------------
+# What to do about a damaged file, after repairing it: the default is the trainer's; tfssim-export
+# passes its own (export the model file itself).
+RESTART = "train into a new --output"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def damaged(path: str | os.PathLike, problem: str, otherwise: str = RESTART,
+            repair: str = "restore it from a backup") -> InputError:
+    """The one-line error of a damaged run-folder file: the file, what is wrong in it, the fix.
+
+    Args:
+        path: The file.
+        problem: What is wrong, naming the key or line (``"config.patch_size must be ..."``).
+        otherwise: The way out besides repairing the file (the trainer's: a new ``--output``).
+        repair: How to repair the file.
+
+    Returns:
+        The error to raise: ``"{path}: {problem}; the run folder is damaged: {repair}, or {otherwise}"``.
+    """
+    return InputError(f"{path}: {problem}; the run folder is damaged: {repair}, or {otherwise}")
+
+
+def _read_text(path: Path, otherwise: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise damaged(path, f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})",
+                      otherwise) from None
+
+
+def _read_json(path: Path, otherwise: str) -> Any:
+    text = _read_text(path, otherwise)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = " (the file ends there: cut short?)" if err.pos >= len(text.rstrip()) else ""
+        raise damaged(path, f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}{where})",
+                      otherwise) from None
+    except (ValueError, RecursionError) as err:  # an integer of 4300+ digits, nesting deeper than Python's stack
+        raise damaged(path, f"not valid JSON ({' '.join(str(err).split()) or type(err).__name__})",
+                      otherwise) from None
+
+
+def read_history(path: str | os.PathLike, *, otherwise: str = RESTART) -> list[dict[str, Any]]:
+    """The rows of a ``history.csv``, checked; ``[]`` where there is none.
+
+    The header names distinct columns, ``epoch`` and ``loss`` among them; every line has one cell
+    per column; ``epoch`` counts 1, 2, ... and every other cell is a finite number (the trainers
+    never record a NaN epoch).
+
+    Args:
+        path: The file.
+        otherwise: The other way out named in the error (after "restore it from a backup, or").
+
+    Returns:
+        One dict per epoch, in order: ``epoch`` an ``int``, the other columns ``float``.
+
+    Raises:
+        InputError: the file is damaged; one line naming it, the line and the cell.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    text = _read_text(path, otherwise)
+    try:
+        lines = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise damaged(path, f"not a CSV table ({err})", otherwise) from None
+    if text and not text.endswith(("\n", "\r")):
+        # The writer ends every line with a line break: without one the last line was cut, perhaps mid-number.
+        raise damaged(path, f"line {len(lines)} is cut short (the file ends mid-line, without its line break)",
+                      otherwise)
+    if not lines or not lines[0]:
+        raise damaged(path, "no header line (the file is empty)", otherwise)
+    header = lines[0]
+    missing = [name for name in ("epoch", "loss") if name not in header]
+    if missing or len(set(header)) != len(header) or "" in header:
+        problem = (f"the header has no {' or '.join(missing)} column" if missing
+                   else "the header names a column twice or has an empty name")
+        raise damaged(path, f"{problem} (header {_short(','.join(header))})", otherwise)
+    rows: list[dict[str, Any]] = []
+    for number, cells in enumerate(lines[1:], start=2):
+        if not cells:
+            continue  # a blank line holds no epoch
+        if len(cells) != len(header):
+            raise damaged(path, f"line {number} has {len(cells)} cells, the header {len(header)}", otherwise)
+        row: dict[str, Any] = {}
+        for name, cell in zip(header, cells):
+            if name == "epoch":
+                try:
+                    value: Any = int(cell)
+                except ValueError:
+                    value = None
+                if value != len(rows) + 1:
+                    raise damaged(path, f"line {number}: epoch is {_short(cell)}, expected {len(rows) + 1} "
+                                  "(epochs count 1, 2, ... in order)", otherwise)
+            else:
+                try:
+                    value = float(cell)
+                except ValueError:
+                    value = math.nan
+                if not math.isfinite(value):
+                    raise damaged(path, f"line {number}: {name} is {_short(cell)}, not a finite number", otherwise)
+            row[name] = value
+        rows.append(row)
+    return rows
 
 
 def write_history(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -240,24 +444,182 @@ def run_record(config: Mapping[str, Any], *, ssim: SSIMParams, versions: Mapping
     return record
 
 
-def read_run_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """A run folder's ``config.json``, or ``None`` where it has none.
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def read_run_record(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> dict[str, Any] | None:
+    """A run folder's ``config.json``, checked; ``None`` where it has none.
+
+    The file is a JSON object whose ``config`` is an object; each setting in it that
+    :class:`~tfssim.training.TrainConfig` knows has its JSON type and range
+    (:func:`setting_problem`); ``model``, ``channels``, ``patch_size``, ``latent_dim``, ``ssim``,
+    the image lists, ``data_fingerprint`` and ``previous_locations``, where present, have the
+    shapes :func:`run_record` writes. Keys this version does not know are kept unchecked.
+
+    Args:
+        run_dir: The run folder.
+        otherwise: The other way out named in the error (after "restore it from a backup, or").
+
+    Returns:
+        The record as the file holds it (its values have the right types, so no conversion).
 
     Raises:
-        InputError: the file is not a JSON object holding a ``config`` object.
+        InputError: the file is damaged; one line naming it, the key and what it must hold.
     """
     path = Path(run_dir) / CONFIG_NAME
     if not path.exists():
         return None
+    record = _read_json(path, otherwise)
+
+    def wrong(key: str, wanted: str, value: Any) -> InputError:
+        return damaged(path, f"{key} must be {wanted}, got {_short(value)}", otherwise,
+                       repair=f"set {key} to {wanted} in it (or restore it from a backup)")
+
+    if not isinstance(record, dict):
+        raise damaged(path, f"holds {_type_name(record)}, not a JSON object of the run's record", otherwise)
+    if not isinstance(record.get("config"), dict):
+        raise damaged(path, "holds no run settings ('config' must be an object of settings, got "
+                      f"{_short(record.get('config'))})", otherwise)
+    for name, value in record["config"].items():
+        wanted = setting_problem(name, value)
+        if wanted is not None:
+            raise wrong(f"config.{name}", wanted, value)
+    flat_ssim = {field: record["config"][key] for key, field in SSIM_CONFIG_KEYS.items() if key in record["config"]}
     try:
-        record = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InputError(f"{path} is not valid JSON ({' '.join(str(err).split())}); the run folder is damaged: "
-                         "train into a new --output") from None
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise InputError(f"{path} holds no run settings ('config'); the run folder is damaged: train into a new "
-                         "--output")
+        SSIMParams.of(flat_ssim)  # the rules across values (an odd window) are SSIMParams'
+    except (ValueError, TypeError) as err:
+        raise damaged(path, f"config.ssim_*: {err}", otherwise) from None
+    for name in ("patch_size", "latent_dim"):  # the record's copies of the settings
+        wanted = setting_problem(name, record[name]) if name in record else None
+        if wanted is not None:
+            raise wrong(name, wanted, record[name])
+    checks: dict[str, tuple[str, Any]] = {
+        "model": ("a string", lambda v: isinstance(v, str)),
+        "channels": ("1 or 3", lambda v: _is_int(v) and v in (1, 3)),
+        "train_images": ("a list of paths", lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v)),
+        "val_images": ("a list of paths", lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v)),
+        "previous_locations": ('a list of {"output": ..., "data": ...} objects',
+                               lambda v: isinstance(v, list) and all(
+                                   isinstance(p, dict) and all(isinstance(x, str) for x in p.values()) for p in v)),
+        "versions": ("an object", lambda v: isinstance(v, dict)),
+        "device": ("a string", lambda v: isinstance(v, str)),
+        "devices": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v)),
+    }
+    for key, (wanted, ok) in checks.items():
+        if key in record and not ok(record[key]):
+            raise wrong(key, wanted, record[key])
+    if "ssim" in record:
+        if not isinstance(record["ssim"], dict):
+            raise wrong("ssim", "an object of SSIM parameters", record["ssim"])
+        try:
+            SSIMParams.of({k: v for k, v in record["ssim"].items() if k in SSIMParams.keys()})
+        except (ValueError, TypeError) as err:
+            raise damaged(path, f"ssim: {err}", otherwise) from None
+    if "data_fingerprint" in record:
+        fingerprint = record["data_fingerprint"]
+        entry = lambda e: (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)  # noqa: E731
+                           and _is_int(e[1]) and isinstance(e[2], str))
+        if not (isinstance(fingerprint, dict) and isinstance(fingerprint.get("algorithm", ""), str) and all(
+                isinstance(fingerprint.get(part, []), list) and all(entry(e) for e in fingerprint.get(part, []))
+                for part in ("train", "val"))):
+            raise wrong("data_fingerprint", 'an object of "train" and "val" lists of [name, bytes, sha256]',
+                        fingerprint)
     return record
+
+
+def read_progress(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> dict[str, Any] | None:
+    """A run folder's ``state/progress.json`` (the resume point), checked; ``None`` where it has none.
+
+    Args:
+        run_dir: The run folder.
+        otherwise: The other way out named in the error (after "restore it from a backup, or").
+
+    Returns:
+        ``{"epochs_done": int >= 1, "best": float, "weights": file name}``; ``weights`` is
+        ``checkpoint.weights.h5`` for runs written before progress.json named it.
+
+    Raises:
+        InputError: the file is damaged (not an object, a key missing or of the wrong type, a
+            weights name that is not a plain ``.weights.h5`` file name); one line naming the key.
+    """
+    path = Path(run_dir) / STATE_DIR / PROGRESS_NAME
+    if not path.exists():
+        return None
+    progress = _read_json(path, otherwise)
+    if not isinstance(progress, dict):
+        raise damaged(path, f"holds {_type_name(progress)}, not a JSON object of the resume point", otherwise)
+    # runs written before progress.json named its weights file used checkpoint.weights.h5
+    progress = {"weights": "checkpoint.weights.h5", **progress}
+    checks = (("epochs_done", "an integer >= 1", lambda v: _is_int(v) and v >= 1),
+              ("best", "a finite number", lambda v: _is_number(v) and _finite(v)),
+              # a plain name: the file lies in the state folder, never elsewhere
+              ("weights", "a file name ending in .weights.h5 (in the state folder)",
+               lambda v: isinstance(v, str) and v.endswith(".weights.h5") and v == Path(v).name
+               and "\\" not in v and not v.startswith(".")))
+    for key, wanted, ok in checks:
+        if key not in progress:
+            raise damaged(path, f"has no {key!r} (it must be {wanted})", otherwise)
+        if not ok(progress[key]):
+            raise damaged(path, f"{key} must be {wanted}, got {_short(progress[key])}", otherwise)
+    return {"epochs_done": progress["epochs_done"], "best": float(progress["best"]), "weights": progress["weights"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeState:
+    """A run folder as :func:`read_resume_state` found it: everything a resumed run continues from.
+
+    Attributes:
+        record: ``config.json`` (:func:`read_run_record`).
+        epochs_done: Epochs finished (``state/progress.json``; 0 where there is none).
+        best: The best monitored value so far (``inf`` before the first epoch).
+        weights: The weights + optimizer file of the last finished epoch (``None`` before the first).
+        history: The ``history.csv`` rows of those epochs (rows beyond ``epochs_done``, of an epoch
+            whose commit did not happen, dropped).
+    """
+
+    record: dict[str, Any]
+    epochs_done: int
+    best: float
+    weights: Path | None
+    history: list[dict[str, Any]]
+
+
+def read_resume_state(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> ResumeState | None:
+    """Read and check every file a resume continues from; ``None`` where the folder holds no run.
+
+    ``config.json``, ``state/progress.json`` and ``history.csv`` (their readers), the weights file
+    progress.json names (present), the history holding every finished epoch, and ``best.keras``
+    (if present) a ``.keras`` archive: all checked here, before a resumed run writes anything.
+    Whether the weights file loads into the model is the trainer's check (it needs the model).
+
+    Raises:
+        InputError: a file is damaged or missing; one line naming it and the fix.
+    """
+    run_dir = Path(run_dir)
+    record = read_run_record(run_dir, otherwise=otherwise)
+    if record is None:
+        return None
+    progress = read_progress(run_dir, otherwise=otherwise)
+    history = read_history(run_dir / HISTORY_NAME, otherwise=otherwise)
+    epochs_done, best, weights = 0, math.inf, None
+    progress_path = run_dir / STATE_DIR / PROGRESS_NAME
+    if progress is not None:
+        epochs_done, best = progress["epochs_done"], progress["best"]
+        weights = run_dir / STATE_DIR / progress["weights"]
+        if not weights.is_file():
+            raise damaged(weights, f"missing: {progress_path} names it as the checkpoint of epoch {epochs_done}",
+                          otherwise)
+        if len(history) < epochs_done:
+            raise damaged(run_dir / HISTORY_NAME, f"holds {len(history)} epoch(s), but {progress_path} says "
+                          f"{epochs_done} finished", otherwise)
+    best_model = run_dir / "best.keras"
+    if best_model.exists() and not zipfile.is_zipfile(best_model):
+        raise damaged(best_model, "not a .keras archive (a zip file)", otherwise,
+                      repair="delete it and --resume again (the run then keeps the best model of the epochs still to "
+                             "train, else the final one), restore it from a backup")
+    return ResumeState(record, epochs_done, best, weights, history[:epochs_done])
 
 
 def resume_settings(saved: Mapping[str, Any], given: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -18,9 +18,10 @@ import keras
 
 from tfssim.errors import InputError
 from tfssim.export.graph import _model_geometry
+from tfssim.models import MODEL_KINDS
+from tfssim.run_record import CONFIG_NAME, HISTORY_NAME, SSIM_CONFIG_KEYS, damaged, read_history, read_run_record
 from tfssim.ssim_params import SSIMParams
 from tfssim.training import LOCK_NAME
-from tfssim.training.config import SSIM_CONFIG_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +109,6 @@ def training_running(run_dir: str | os.PathLike) -> bool | None:
         os.close(fd)
 
 
-def _read_history_rows(path: Path) -> list[dict[str, float]]:
-    import csv
-
-    rows = []
-    with path.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            try:
-                rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
-            except ValueError:
-                continue  # a row that is not numbers: not an epoch record
-    return [r for r in rows if "epoch" in r]
-
-
 def checkpoint_info(run_dir: str | os.PathLike, model_path: str | os.PathLike,
                     record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Which training epoch the model file of a run folder holds, from the run's ``history.csv``.
@@ -145,14 +133,11 @@ def checkpoint_info(run_dir: str | os.PathLike, model_path: str | os.PathLike,
     info: dict[str, Any] = {"file": model_path.name, "path": str(model_path), "epoch": None, "monitor": None,
                             "val_loss": None, "loss": None, "epochs_done": None,
                             "epochs_configured": config.get("epochs"), "training_running": training_running(run_dir)}
-    history = run_dir / "history.csv"
-    try:
-        rows = _read_history_rows(history) if history.exists() else []
-    except OSError:
-        rows = []
+    history = run_dir / HISTORY_NAME
+    rows = read_history(history, otherwise=f"export {model_path} itself")
     if not rows:
         return info
-    info["epochs_done"] = int(rows[-1]["epoch"])
+    info["epochs_done"] = rows[-1]["epoch"]
     monitor = "val_loss" if any(math.isfinite(r.get("val_loss", math.nan)) for r in rows) else "loss"
     info["monitor"] = monitor
     chosen: dict[str, float] | None = None
@@ -163,7 +148,7 @@ def checkpoint_info(run_dir: str | os.PathLike, model_path: str | os.PathLike,
         if model_path.stat().st_mtime >= history.stat().st_mtime:
             chosen = rows[-1]
     if chosen is not None:
-        info["epoch"] = int(chosen["epoch"])
+        info["epoch"] = chosen["epoch"]
         info["val_loss"] = chosen.get("val_loss")
         info["loss"] = chosen.get("loss")
     return info
@@ -227,15 +212,19 @@ def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, A
         model_path = next((p for p in (source / "best.keras", source / "final.keras") if p.exists()), None)
         if model_path is None:
             raise InputError(f"run folder {source} holds neither best.keras nor final.keras; has training finished?")
-        config_path = source / "config.json"
-        if config_path.exists():
-            try:
-                record = json.loads(config_path.read_text())
-            except ValueError as err:
-                raise InputError(f"{config_path} is not valid JSON: {err}") from None
-            config = record.get("config") if isinstance(record.get("config"), dict) else record
+        # The run's record and history, checked (one line naming the file and key where damaged)
+        # before the model is loaded: export writes nothing into the run folder.
+        otherwise = f"export {model_path} itself"
+        record = read_run_record(source, otherwise=otherwise) or {}
+        read_history(source / HISTORY_NAME, otherwise=otherwise)
+        if record:
+            config = record["config"]
             info["kind"] = record.get("model", config.get("model"))
-            info["ssim"] = _ssim_from_run_config(record)
+            if info["kind"] is not None and info["kind"] not in MODEL_KINDS:
+                wanted = f"one of {', '.join(MODEL_KINDS)}"
+                raise damaged(source / CONFIG_NAME, f"model must be {wanted}, got {info['kind']!r}",
+                              f"{otherwise} with --kind", repair=f"set model to {wanted} in it")
+            info["ssim"] = _ssim_from_run_config(record)  # checked by read_run_record
             info["training_config"] = config
             info["vae_samples"] = config.get("vae_samples")
     elif source.suffix == ".keras":

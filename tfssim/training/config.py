@@ -4,8 +4,10 @@
 ``load_config`` reads a YAML or JSON file, bounded in size and depth, refusing values of the
 wrong raw type before anything converts them.
 
-Why one module of about 400 lines: the field table (``_INT_FIELDS``, ``_FLOAT_FIELDS``, ...) is
-the single source of both ``validate``'s checks and ``load_config``'s raw-type rules.
+Why one module of about 400 lines: ``validate``'s checks and ``load_config``'s raw-type rules
+share the field table (``_INT_FIELDS``, ``_FLOAT_FIELDS``, ...), which is built from
+:mod:`tfssim.run_record`'s schema of the settings: a run's ``config.json`` is checked against
+the same types and ranges, without TensorFlow.
 """
 from __future__ import annotations
 
@@ -23,16 +25,20 @@ import numpy as np
 from tfssim import precision
 from tfssim.errors import InputError, input_checks
 from tfssim.models import MODEL_KINDS, get_spec, validate_architecture
-from tfssim.ssim_params import NUMBER_RANGES, WEIGHTINGS, SSIMParams, describe_range, in_range
+from tfssim.run_record import (
+    BOOL_SETTINGS,
+    FLOAT_SETTINGS,
+    INT_SETTINGS,
+    SSIM_CONFIG_KEYS,
+    STR_SETTINGS,
+    setting_problem,
+)
+from tfssim.ssim_params import WEIGHTINGS, SSIMParams, describe_range, in_range
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LAYOUTS = ("auto", "nanotwice", "mvtec", "folder")
 # Config-file keys that are option names but not TrainConfig fields (``--weights`` sets fm_weights).
 CONFIG_ALIASES = {"weights": "fm_weights"}
-# The config's flat ssim_* keys (as in config files and a run's config.json) and the SSIMParams
-# field each one sets; the defaults, ranges and checks are SSIMParams' own.
-SSIM_CONFIG_KEYS = {"ssim_window": "window_size", "ssim_sigma": "sigma", "ssim_k1": "k1", "ssim_k2": "k2",
-                    "ssim_weighting": "weighting"}
 _SSIM_DEFAULTS = SSIMParams()
 
 
@@ -168,18 +174,11 @@ class TrainConfig:
 _NO_OPTION = {"ssim_sigma", "ssim_k1", "ssim_k2", "val_patches", "vae_observation_std", "jit_compile"}
 _OPTION_OF = {"data": "DATA", "fm_weights": "--weights", "grayscale": "--grayscale/--rgb",
               "augment": "--augment/--no-augment"}
-# (field, minimum, maximum or None); seed: NumPy's seeds are 32-bit. ssim_window's full rule (odd) is SSIMParams'.
-_INT_FIELDS = (("epochs", 1, None), ("patches_per_epoch", 1, None), ("batch_size", 1, None), ("patch_size", 16, None),
-               ("latent_dim", 1, None), ("ssim_window", 1, None), ("seed", 0, 2**32 - 1), ("val_patches", 1, None),
-               ("vae_samples", 1, None))
-# (field, low, low excluded, high or None, high excluded)
-# (field, low, low excluded, high or None, high excluded); the ssim_* ranges are SSIMParams' (NUMBER_RANGES)
-_FLOAT_FIELDS = (*((key, *NUMBER_RANGES[field]) for key, field in SSIM_CONFIG_KEYS.items() if field in NUMBER_RANGES),
-                 ("learning_rate", 0.0, True, None, False),
-                 ("weight_decay", 0.0, False, None, False), ("val_split", 0.0, False, 1.0, True),
-                 ("vae_observation_std", 0.0, True, None, False), ("fm_weight", 0.0, False, None, False),
-                 ("scale", 0.0, True, 1.0, False))
-_BOOL_FIELDS = ("grayscale", "augment", "skip_bad_images", "jit_compile")
+# (field, minimum, maximum or None) and (field, low, low excluded, high or None, high excluded): the
+# schema's (tfssim.run_record), which a run's config.json is checked against too.
+_INT_FIELDS = tuple((name, *bounds) for name, bounds in INT_SETTINGS.items())
+_FLOAT_FIELDS = tuple((name, *bounds) for name, bounds in FLOAT_SETTINGS.items())
+_BOOL_FIELDS = BOOL_SETTINGS
 
 
 def _key(name: str) -> str:
@@ -247,9 +246,10 @@ def _checked_float(name: str, value: Any, low: float, low_open: bool, high: floa
 # (a log, an image, a YAML alias bomb, a deeply nested document) quickly and in little memory.
 CONFIG_MAX_BYTES = 1 << 20
 CONFIG_MAX_DEPTH = 8
-# The raw type each field takes in a config file (before any conversion): checked by
-# load_config so that ``epochs: 1.5`` or ``learning_rate: true`` is refused, not coerced.
-_STR_FIELDS = ("data", "output", "model", "layout", "ssim_weighting", "mixed_precision", "strategy", "fm_weights")
+# The raw type each field takes in a config file (before any conversion) is the schema's
+# (run_record.setting_problem): load_config refuses ``epochs: 1.5`` or ``learning_rate: true``
+# rather than coercing it.
+_KNOWN_TYPES = {*INT_SETTINGS, *FLOAT_SETTINGS, *BOOL_SETTINGS, *STR_SETTINGS, "image_size"}
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -326,44 +326,34 @@ def _short_repr(value: Any, limit: int = 60) -> str:
 
 def _check_raw_type(path: Path, name: str, value: Any) -> None:
     """Refuse a config value of the wrong type (``ValueError`` naming the file, the key and the type it takes)."""
+    if name not in _KNOWN_TYPES:
+        # a new TrainConfig field needs its type in run_record's schema
+        raise AssertionError(f"config field {name!r} has no raw type")
+    if setting_problem(name, value, ranges=False) is None:  # the schema's raw-type rule, config.json's too
+        return
     if isinstance(value, (list, tuple, dict, set)):
         got = f"a {'mapping' if isinstance(value, dict) else 'list'} {_short_repr(value)}"
     else:
         got = _short_repr(value)
     if name in _BOOL_FIELDS:
-        if isinstance(value, bool):
-            return
         raise InputError(f"config file {path}: {_key(name)} must be true or false, got {got}; write {name}: true or "
                          f"{name}: false (a YAML/JSON boolean, without quotes)")
-    ints = {n: (low, high) for n, low, high in _INT_FIELDS}
-    if name in ints:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return
-        low, high = ints[name]
+    if name in INT_SETTINGS:
+        low, high = INT_SETTINGS[name]
         wanted = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
         raise InputError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
                          "(a plain integer: no decimal point, no quotes)")
-    floats = {f[0]: f for f in _FLOAT_FIELDS}
-    if name in floats:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return
-        wanted = f"a number {describe_range(*floats[name][1:])}"
+    if name in FLOAT_SETTINGS:
+        wanted = f"a number {describe_range(*FLOAT_SETTINGS[name])}"
         raise InputError(f"config file {path}: {_key(name)} must be {wanted}, got {got}; set {name} to {wanted} "
                          "(a plain number such as 0.0002 or 2e-4, without quotes)")
     if name == "image_size":
-        if value is None or (isinstance(value, list) and len(value) == 2
-                             and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-            return
         raise InputError(f"config file {path}: {_key(name)} must be a list of two integers [H, W] (or null), got "
                          f"{got}; write e.g. image_size: [256, 256]")
-    if name in _STR_FIELDS:
-        if isinstance(value, str) or (name == "fm_weights" and value is None):
-            return
-        raise InputError(f"config file {path}: {_key(name)} must be a string, got {got}; set {name} to a "
-                         "single value, e.g. " + ("a folder path" if name in ("data", "output") else
-                                                  "'imagenet' or a weights file" if name == "fm_weights" else
-                                                  f"{name}: {getattr(TrainConfig, name)}"))
-    raise AssertionError(f"config field {name!r} has no raw type")  # a new TrainConfig field needs a type here
+    raise InputError(f"config file {path}: {_key(name)} must be a string, got {got}; set {name} to a "
+                     "single value, e.g. " + ("a folder path" if name in ("data", "output") else
+                                              "'imagenet' or a weights file" if name == "fm_weights" else
+                                              f"{name}: {getattr(TrainConfig, name)}"))
 
 
 def _parse_json(path: Path, text: str) -> Any:

@@ -30,9 +30,7 @@ from tfssim.run_record import (
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
-    PROGRESS_NAME,
-    read_history,
-    read_run_record,
+    read_resume_state,
     resume_settings,
     run_record,
 )
@@ -48,7 +46,7 @@ from tfssim.training.distribute import (
 )
 from tfssim.training.optimizer import FusedAdamW
 from tfssim.training.progress import ProgressBar, quiet_remapper, wants_bar
-from tfssim.training.run_folder import RunExistsError, _check_same_data, _claim_run_folder, _RunState
+from tfssim.training.run_folder import RunExistsError, _check_same_data, _claim_run_folder, _load_checkpoint, _RunState
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +199,9 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
     Raises:
         ValueError: bad configuration or data (message names the option/path and the fix). Under
             ``strategy="multiworker"`` a worker whose chief (or another worker) stopped before
-            training raises it too, saying so, instead of waiting for it.
+            training raises it too, saying so, instead of waiting for it. With ``resume``, a
+            damaged run folder (:func:`tfssim.run_record.read_resume_state`, or a checkpoint that
+            does not load) is one line naming the file; every file is read before any is written.
         RunExistsError: ``config.output`` holds a run and ``resume`` is false.
         OSError: the run folder cannot be created or written (e.g. no permission).
         FloatingPointError: the loss (or a weight) became NaN/inf; the last good epoch's state
@@ -263,17 +263,19 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
 
         run_dir = Path(tempfile.gettempdir()) / f"tfssim-worker-{os.getpid()}"
         resume = False
-    progress_path = run_dir / "state" / PROGRESS_NAME
     config_path = run_dir / CONFIG_NAME
     # Each block below may fail on one worker only (the run-folder checks are the chief's): every
     # worker learns of it at the block's end, before the next collective (see _all_workers).
     with _all_workers(strategy, chief):
         if resume:
-            previous = read_run_record(run_dir)
-            if previous is None:
+            # Every file the resume continues from, read and checked before anything is written
+            # (the checkpoint's loading below is the last check, config.json the first write).
+            saved = read_resume_state(run_dir)
+            if saved is None:
                 raise InputError(
                     f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
                 )
+            previous = saved.record
             # Every setting is given here: one that differs from the run's is refused (resume_config
             # fills in the run's own settings for a caller that gave only some).
             resume_settings(previous["config"], config.to_dict(), run_dir)
@@ -285,14 +287,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
 
         split, train_images, val_images, skipped = _load_images(config)
         fingerprint = _check_same_data(previous, config, split, run_dir) if resume else None
+        rows: list[dict[str, Any]] = []
         initial_epoch, best, weights_path = 0, math.inf, None
-        if resume and progress_path.exists():
-            progress = json.loads(progress_path.read_text())
-            initial_epoch, best = int(progress["epochs_done"]), float(progress["best"])
-            # runs written before progress.json named its weights file used checkpoint.weights.h5
-            weights_path = run_dir / "state" / progress.get("weights", "checkpoint.weights.h5")
-        rows: list[dict[str, Any]] = read_history(run_dir / HISTORY_NAME)[:initial_epoch]
-        rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
+        if resume:
+            initial_epoch, best, weights_path, rows = saved.epochs_done, saved.best, saved.weights, list(saved.history)
 
     with _all_workers(strategy, chief):
         # Built before anything is written: a feature extractor whose weights cannot be loaded or
@@ -300,18 +298,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
         # created, by the same collective broadcasts on every worker, before the weights load.)
         with strategy.scope():
             loss = _build_loss(config)
-
         _banner(config, split, train_images, val_images, policy, strategy, skipped, initial_epoch)
-        if chief:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            record = run_record(config.to_dict(), ssim=config.ssim_params, versions=_versions(),
-                                train_images=split.train, val_images=split.val, fingerprint=fingerprint,
-                                previous=previous if resume else None, layout=split.layout, precision=policy,
-                                strategy=_strategy_name(strategy), replicas=strategy.num_replicas_in_sync,
-                                skipped_images=skipped,
-                                resize={"scale": config.scale, "image_size": config.to_dict()["image_size"],
-                                        "interpolation": resize.INTERPOLATION})
-            atomic_write_text(config_path, json.dumps(record, indent=2))
 
     with strategy.scope():
         spec = get_spec(config.model)
@@ -329,7 +316,18 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
             # Outside strategy.scope(): Keras's weight loading and saving create variables (a
             # throwaway optimizer's iteration and learning_rate), which MultiWorkerMirroredStrategy
             # would initialise by a broadcast from the chief that the other workers never join.
-            model.load_weights(weights_path)
+            _load_checkpoint(model, weights_path)
+        if chief:
+            # The first write, after every check (a refused resume leaves the run folder as it was).
+            run_dir.mkdir(parents=True, exist_ok=True)
+            record = run_record(config.to_dict(), ssim=config.ssim_params, versions=_versions(),
+                                train_images=split.train, val_images=split.val, fingerprint=fingerprint,
+                                previous=previous if resume else None, layout=split.layout, precision=policy,
+                                strategy=_strategy_name(strategy), replicas=strategy.num_replicas_in_sync,
+                                skipped_images=skipped,
+                                resize={"scale": config.scale, "image_size": config.to_dict()["image_size"],
+                                        "interpolation": resize.INTERPOLATION})
+            atomic_write_text(config_path, json.dumps(record, indent=2))
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if multiworker:
         # Only the chief read the run folder: every worker takes its epoch count and weights.

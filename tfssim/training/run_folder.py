@@ -30,7 +30,9 @@ from tfssim.run_record import (  # noqa: F401 - the schema's names, re-exported 
     LOCATION_KEYS,
     LOCK_NAME,
     PROGRESS_NAME,
+    STATE_DIR,
     check_same_data,
+    damaged,
     data_fingerprint,
     read_history,
     read_run_record,
@@ -69,7 +71,9 @@ def resume_config(data: str | os.PathLike, output: str | os.PathLike, given: Map
         The (not yet validated) configuration.
 
     Raises:
-        InputError: ``output`` holds no run, or a given setting differs from the recorded one.
+        InputError: ``output`` holds no run, its ``config.json`` is damaged (a value of the wrong
+            type, or a setting :meth:`TrainConfig.validate` refuses; the line names the file), or
+            a given setting differs from the recorded one.
 
     Example:
         >>> config = resume_config("NanoTWICE", "runs/ssim", {"epochs": 300})
@@ -82,6 +86,13 @@ def resume_config(data: str | os.PathLike, output: str | os.PathLike, given: Map
             f"--resume given but {output} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
         )
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    recorded = {k: v for k, v in previous["config"].items() if k in known and k not in LOCATION_KEYS}
+    try:
+        # The recorded settings alone first: a value of the run's own that TrainConfig refuses (an
+        # unknown model, a window larger than the patch) is the file's fault, not the caller's.
+        TrainConfig(data=os.fspath(data), output=os.fspath(output), **recorded).validate()
+    except InputError as err:
+        raise damaged(Path(output) / CONFIG_NAME, f"its settings are refused ({err})") from None
     settings = resume_settings(previous["config"], {k: v for k, v in given.items() if k not in LOCATION_KEYS}, output)
     return TrainConfig(data=os.fspath(data), output=os.fspath(output),
                        **{k: v for k, v in settings.items() if k in known and k not in LOCATION_KEYS})
@@ -126,7 +137,7 @@ class _RunState(keras.callbacks.Callback):
         # progress.json is the commit point, written last: it names this epoch's weights file,
         # so a kill at any moment before it leaves the previous epoch's state whole (weights,
         # and history rows beyond epochs_done are dropped on resume).
-        state = self.run_dir / "state"
+        state = self.run_dir / STATE_DIR
         state.mkdir(exist_ok=True)
         weights = f"epoch-{epoch + 1:05d}.weights.h5"
         _save_checkpoint(self.model, state, weights)
@@ -146,6 +157,23 @@ class _RunState(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.model.stop_training = True
+
+
+def _load_checkpoint(model: keras.Model, weights: Path) -> None:
+    """Load the resume checkpoint ``weights`` (weights + optimizer state) into ``model``.
+
+    Raises:
+        InputError: the file does not load (truncated, not HDF5, another model's); one line naming
+            it. h5py and Keras name no file, or only in a message of several lines.
+    """
+    try:
+        model.load_weights(weights)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any other failure to load it is a damaged file
+        detail = " ".join(str(err).split())
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise damaged(weights, f"the resume checkpoint does not load ({type(err).__name__}: {detail})") from None
 
 
 def _save_checkpoint(model: keras.Model, state: Path, weights: str) -> None:
@@ -240,11 +268,20 @@ def _claim_run_folder(run_dir: Path, resume: bool) -> Iterator[None]:
         raise
     finally:
         if lock is not None:
+            # Emptied before it is released: a run that changed nothing (a refused resume) leaves
+            # the folder byte-identical, the lock file included.
+            with contextlib.suppress(OSError):
+                lock.seek(0)
+                lock.truncate()
             lock.close()  # releases the flock
 
 
 def _lock_run_folder(run_dir: Path) -> Any:
-    """An open lock file holding an exclusive ``flock`` of ``run_dir`` (None where fcntl is missing)."""
+    """An open lock file holding an exclusive ``flock`` of ``run_dir`` (None where fcntl is missing).
+
+    While held, the file holds this process's id (named to a second trainer that is refused);
+    :func:`_claim_run_folder` empties it again on release.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks here
