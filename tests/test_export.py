@@ -117,7 +117,7 @@ def test_versions_increment_are_never_overwritten_and_a_crash_leaves_nothing(ssi
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash while writing")
 
-    monkeypatch.setattr(export, "_write_warmup", crash)
+    monkeypatch.setattr(export.savedmodel, "_write_warmup", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         export.export_model(ssim_model, tmp_path, name="m", stride=16)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"], "no half export, no temporary folder"

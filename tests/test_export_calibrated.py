@@ -99,13 +99,13 @@ def test_the_version_is_the_next_free_one_beside_a_higher_version(exports, tmp_p
 
 def test_a_version_taken_meanwhile_makes_it_the_next_one(exports, tmp_path, monkeypatch):
     source = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
-    flush = export._fsync_tree
+    flush = export.calibrated._fsync_tree
 
     def concurrent_export(folder: Path) -> None:  # another export takes version 2 while this one is built
         (tmp_path / "ssim" / "2").mkdir()
         flush(folder)
 
-    monkeypatch.setattr(export, "_fsync_tree", concurrent_export)
+    monkeypatch.setattr(export.calibrated, "_fsync_tree", concurrent_export)
     new = export.write_calibrated_version(source, 0.5, fpr=0.01)
     assert new == tmp_path / "ssim" / "3" and ExportMetadata.read(new).version == 3
     assert list((tmp_path / "ssim" / "2").iterdir()) == []  # the other one's folder is untouched
@@ -118,7 +118,7 @@ def test_a_failure_while_writing_leaves_no_version_and_a_dead_partial_is_removed
     def disk_full(folder: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export, "_fsync_tree", disk_full)
+    monkeypatch.setattr(export.calibrated, "_fsync_tree", disk_full)
     with pytest.raises(OSError, match="No space"):
         export.write_calibrated_version(source, 0.5, fpr=0.01)
     assert sorted(p.name for p in source.parent.iterdir()) == ["1"] and _digest(source) == before
@@ -176,7 +176,7 @@ def test_calibrated_from_is_optional_and_checked(exports):
     old = {k: v for k, v in values.items() if k != "calibrated_from"}  # an export from before the key
     assert ExportMetadata.from_dict(old).calibrated_from is None
     for bad in (0, "1", True, 1.0):
-        with pytest.raises(InputError, match="'calibrated_from' must be a positive integer"):
+        with pytest.raises(InputError, match="'calibrated_from' must be a version number from 1 to "):
             ExportMetadata.from_dict({**values, "calibrated_from": bad})
 
 

@@ -63,20 +63,21 @@ def test_missing_optional_keys_take_what_older_exporters_did(exports):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("patch_size", "32", "'patch_size' must be a positive integer, got '32'"),
-    ("patch_size", 32.0, "'patch_size' must be a positive integer, got 32.0"),
+    ("patch_size", "32", "'patch_size' must be a positive integer of at most 65536, got '32'"),
+    ("patch_size", 32.0, "'patch_size' must be a positive integer of at most 65536, got 32.0"),
     ("channels", True, "'channels' must be 1 or 3, got True"),  # bool is not an int here
     ("channels", 2, "'channels' must be 1 or 3, got 2"),
-    ("min_area", -1, "'min_area' must be an integer >= 0, got -1"),
+    ("min_area", -1, "'min_area' must be an integer from 0 to 9007199254740992 (pixels), got -1"),
     ("stride", 0, "'stride' must be a positive integer, got 0"),
     ("stride", 33, "stride 33 is larger than its patch size 32"),
     ("threshold", "0.3", "'threshold' must be a finite number, got '0.3'"),
     ("threshold", math.nan, "'threshold' must be a finite number, got nan"),
     ("threshold_fpr", 1.5, "'threshold_fpr' must be a number between 0 and 1, got 1.5"),
     ("convex_hull", 1, "'convex_hull' must be true or false, got 1"),
-    ("outputs", ["anomaly_map", 3], "'outputs' must be a list of strings"),
-    ("map_sigma", None, "'map_sigma' must be a number >= 0, got None"),
-    ("name", None, "'name' must be a non-empty string, got None"),
+    ("outputs", ["anomaly_map", 3], "'outputs' must be a list of output names from reconstruction, "),
+    ("map_sigma", None, "'map_sigma' must be a number >= 0 and at most 65536, got None"),
+    ("name", None, "'name' must be a plain folder name (no slashes, control characters or leading dot, at most "
+             "255 bytes), got None"),
     ("format", 2, "format 2 is newer than this tfssim reads (1); upgrade tfssim"),
     # the "ssim" entry is checked as an SSIMParams (its one rule), not just as some object
     ("ssim", {"window_size": 4}, "'ssim' is not a valid SSIM parameter set: SSIM window size must be an odd"),

@@ -255,12 +255,14 @@ def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLik
         InputError: ``fpr`` out of range, ``min_defect_area`` not a whole number >= 0 or too
             large for the images, both rules given, no images, an image or file the export
             cannot take (the message names it), damaged export metadata, or (with ``write``)
-            an export that is not a numbered version folder (checked before any map is computed).
+            an export that is not a numbered version folder, whose model folder holds TF
+            Serving's last version (2**63 - 1), or that holds a link, device or pipe (these
+            three checked before any map is computed).
         FileNotFoundError: the export or an image file does not exist.
     """
     from tfssim import data, postprocess
     from tfssim.evaluation import compute_maps
-    from tfssim.export import version_folder, write_calibrated_version
+    from tfssim.export import check_version_files, next_version, version_folder, write_calibrated_version
     from tfssim.inference import ExportedModel
     from tfssim.prediction import expand_inputs
 
@@ -276,7 +278,12 @@ def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLik
     model = export if isinstance(export, ExportedModel) else ExportedModel.load(export)
     source = Path(model.path)
     if write:
-        version_folder(source)  # a bare SavedModel folder has no place for a new version: say so before the maps
+        # Everything that would stop the new version is said before the maps: a bare SavedModel
+        # folder (no place for a new version), a model folder at TF Serving's last version, a
+        # link or device inside the version (never copied).
+        model_root, _ = version_folder(source)
+        next_version(model_root)
+        check_version_files(source)
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if not len(images):

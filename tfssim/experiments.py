@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -123,16 +122,18 @@ def _calibrated_before(export: Path, min_defect_area: int) -> tuple[Path, float]
     Calibration writes a new version each time; a resumed experiment reuses the one it wrote
     (same export, same validation split, same rule: the same threshold) instead of adding another.
     """
+    from tfssim.export.layout import list_versions, parse_version
     from tfssim.metadata import ExportMetadata
 
-    versions = sorted((p for p in export.parent.iterdir() if p.name.isdigit() and p.is_dir()),
-                      key=lambda p: int(p.name), reverse=True)
-    for folder in versions:
+    version = parse_version(export.name)
+    if version is None:
+        return None
+    for _, folder in reversed(list_versions(export.parent)):
         try:
             meta = ExportMetadata.read(folder)
         except (OSError, ValueError):
             continue
-        if meta.calibrated_from == int(export.name) and meta.threshold_method == "min_defect_area" \
+        if meta.calibrated_from == version and meta.threshold_method == "min_defect_area" \
                 and meta.threshold_min_defect_area == min_defect_area and meta.threshold is not None:
             log.info("%s: calibrated before from %s, reused", folder, export)
             return folder, meta.threshold
@@ -141,13 +142,13 @@ def _calibrated_before(export: Path, min_defect_area: int) -> tuple[Path, float]
 
 def _split_of(run_dir: Path) -> tuple[float, int]:
     """The validation share and seed a run was trained with (its ``config.json``), else the defaults."""
+    from tfssim.run_record import read_run_record
     from tfssim.training import TrainConfig
 
-    try:
-        record = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        record = {}
-    config = record.get("config", record) if isinstance(record, dict) else {}
+    # The run folder's strict reader: a damaged value is one InputError naming the file, not a
+    # ValueError from float("abc").
+    record = read_run_record(run_dir) or {"config": {}}
+    config = record["config"]
     return (float(config.get("val_split", TrainConfig.val_split)), int(config.get("seed", TrainConfig.seed)))
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from tfssim.errors import InputError
-from tfssim.metadata import METADATA_FILE, ExportMetadata, read_json  # METADATA_FILE: one definition (tfssim.export re-exports it)
+from tfssim.export.layout import check_version_files, newest_version
+from tfssim.metadata import FLOAT_SIGNATURE, METADATA_FILE, ExportMetadata, read_json  # METADATA_FILE: one definition (tfssim.export re-exports it)
 
 __all__ = [
     "ExportedModel", "METADATA_FILE", "check_metadata", "read_export_metadata", "readable_tf_error",
@@ -90,18 +91,26 @@ def readable_tf_error(message: str) -> str:
 def resolve_export_dir(path: str | Path) -> Path:
     """A version folder (holding ``saved_model.pb``) from itself or its model folder (newest version).
 
-    Raises ``ValueError`` naming the path when neither holds an export with tfssim metadata.
+    The versions of a model folder are :mod:`tfssim.export.layout`'s (ASCII digits, 1 to 2**63 - 1);
+    the version must hold only regular files and folders
+    (:func:`tfssim.export.layout.check_version_files`): a link inside is refused, not followed.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        InputError: naming the path, when neither holds an export with tfssim metadata, or the
+            version holds a link, a device or a pipe.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"export {path} does not exist")
     if not (path / "saved_model.pb").exists():
-        versions = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-        if not versions:
+        newest = newest_version(path) if path.is_dir() else None
+        if newest is None:
             raise InputError(f"{path} is not a SavedModel (no saved_model.pb) and has no numbered version folders")
-        path = versions[-1]
+        path = newest
         if not (path / "saved_model.pb").exists():
             raise InputError(f"{path} has no saved_model.pb; is the export complete?")
+    check_version_files(path)
     if not (path / METADATA_FILE).is_file():
         raise InputError(
             f"export {path} has no {METADATA_FILE} metadata; it was not written by tfssim-export "
@@ -131,7 +140,13 @@ class ExportedModel:
 
         export_dir = resolve_export_dir(path)
         metadata = read_export_metadata(export_dir)
-        return cls(export_dir, metadata, tf.saved_model.load(str(export_dir)))
+        loaded = tf.saved_model.load(str(export_dir))
+        wanted = ("serving_default", metadata.get("float_signature", FLOAT_SIGNATURE))
+        missing = [name for name in wanted if name not in loaded.signatures]
+        if missing:
+            raise InputError(f"export {export_dir} has no signature {', '.join(map(repr, missing))}; it is not "
+                             "a SavedModel written by tfssim-export (re-export the model with tfssim-export)")
+        return cls(export_dir, metadata, loaded)
 
     @property
     def name(self) -> str:
@@ -173,7 +188,8 @@ class ExportedModel:
             fn = signatures["serving_default"]
             arg = tf.constant(image)
         else:
-            fn = signatures[self.metadata.get("float_signature", "serve_float")]
+            # The metadata was checked on load: its float_signature is the one every export serves.
+            fn = signatures[self.metadata.get("float_signature", FLOAT_SIGNATURE)]
             arg = tf.constant(image.astype(np.float32))
         (input_name,) = fn.structured_input_signature[1].keys()
         try:

@@ -29,15 +29,18 @@ import dataclasses
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from tfssim.errors import InputError
+from tfssim.export.layout import MAX_VERSION, is_model_name, list_versions, newest_version, parse_version
+from tfssim.run_record import setting_problem
 from tfssim.ssim_params import SSIMParams
 
-__all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "METADATA_FILE", "calibrated_versions", "metadata_path",
-           "read_json"]
+__all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "MAX_CHUNK_SIZE", "MAX_OPENING_DIAMETER", "METADATA_FILE",
+           "calibrated_versions", "check_value", "metadata_path", "read_json"]
 
 # The metadata file inside an export version folder.
 METADATA_FILE = Path("assets") / "tfssim.json"
@@ -54,67 +57,154 @@ _FIX = "re-export the model with tfssim-export (or set the threshold again with 
 _REQUIRED = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride")
 
 
+# Bounds of the stored settings (one rule: tfssim-export's options and export_model check the same).
+# Tiles per model call: the serving graph counts tiles and chunks in int32 (tfssim.tiling), and one
+# call of 2**20 tiles already holds 4 GiB of 32x32 patches; a larger chunk only overflows the counts.
+MAX_CHUNK_SIZE = 2**20
+# Diameter in pixels of the opening's disk: the paper's is 4 and tfssim-tune tries up to 8; an
+# opening wider than this erases every defect and costs seconds per megapixel (3000 runs out of memory).
+MAX_OPENING_DIAMETER = 64
+# VAE posterior samples per pixel score: the graph sums them as extra channels of the whole image.
+MAX_VAE_SAMPLES = 1000
+# The side of a patch or of a resized image, in pixels.
+MAX_SIDE = 2**16
+# Pixel counts (areas): the largest integer every JSON reader holds exactly (a float64's 2**53).
+MAX_COUNT = 2**53
+# Longest free-text value (a path, a version string, a date).
+MAX_TEXT = 4096
+# The signatures every tfssim export serves (tfssim.export.graph.SIGNATURES) and the outputs it may have.
+FLOAT_SIGNATURE = "serve_float"
+STRIDE_SIGNATURE = "serve_with_stride"
+SIGNATURE_NAMES = ("serving_default", FLOAT_SIGNATURE, STRIDE_SIGNATURE)
+OUTPUT_NAMES = ("reconstruction", "anomaly_map", "luminance_map", "contrast_map", "structure_map")
+
+
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a tampered file's 16 MiB string stays out of the line."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+        # str() of a huge integer is slow, and past 4300 digits it raises: its digits are counted
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        digits -= abs(value) < 10 ** (digits - 1)
+        return f"an integer of {digits} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _int_in(low: int, high: int) -> Any:
+    return lambda v: _is_int(v) and low <= v <= high
+
+
 def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    """A JSON number that is a finite float (a 400-digit integer is no float: refused, not an OverflowError)."""
+    if not (_is_int(value) or isinstance(value, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _is_text(value: Any) -> bool:
+    """A string of at most :data:`MAX_TEXT` characters without control characters (NUL, newline, ...)."""
+    return isinstance(value, str) and len(value) <= MAX_TEXT and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def _is_word(value: Any) -> bool:
+    """A plain name: 1 to 64 ASCII letters, digits, ``_`` or ``-`` (a kind, a residual, an interpolation)."""
+    return isinstance(value, str) and 1 <= len(value) <= 64 and value.isascii() \
+        and all(c.isalnum() or c in "_-" for c in value)
+
+
+def _is_input_name(value: Any) -> bool:
+    """A signature input name: a letter or ``_``, then letters, digits or ``_`` (at most 64)."""
+    return _is_word(value) and "-" not in value and not value[0].isdigit()
 
 
 # Per key: (what it must be, in words; the check). ``None`` is allowed where the field's type is
 # Optional (checked separately from the field default).
 _CHECKS: dict[str, tuple[str, Any]] = {
     "format": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "name": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
-    "version": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "kind": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
-    "residual": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
-    "patch_size": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "name": ("a plain folder name (no slashes, control characters or leading dot, at most 255 bytes)", is_model_name),
+    "version": (f"a version number from 1 to {MAX_VERSION}", _int_in(1, MAX_VERSION)),
+    "kind": ("a plain name (letters, digits, _ or -)", _is_word),
+    "residual": ("a plain name (letters, digits, _ or -)", _is_word),
+    "patch_size": (f"a positive integer of at most {MAX_SIDE}", _int_in(1, MAX_SIDE)),
     "channels": ("1 or 3", lambda v: _is_int(v) and v in (1, 3)),
     "stride": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "chunk_size": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "chunk_size": (f"a positive integer of at most {MAX_CHUNK_SIZE}", _int_in(1, MAX_CHUNK_SIZE)),
     "ssim": ("an object of SSIM parameters", lambda v: isinstance(v, dict)),
-    "ssim_padding": ("a string", lambda v: isinstance(v, str)),
-    "vae_samples": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "vae_seed": ("an integer", _is_int),
-    "observation_std": ("a positive number", lambda v: _is_number(v) and v > 0),
-    "map_sigma": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "ssim_padding": ("a line of text", _is_text),
+    "vae_samples": (f"an integer from 1 to {MAX_VAE_SAMPLES}", _int_in(1, MAX_VAE_SAMPLES)),
+    "vae_seed": (f"an integer from 0 to {2**31 - 1}", _int_in(0, 2**31 - 1)),
+    "observation_std": ("a finite number > 0", lambda v: _is_number(v) and v > 0),
+    "map_sigma": (f"a number >= 0 and at most {MAX_SIDE}", lambda v: _is_number(v) and 0 <= v <= MAX_SIDE),
     "scale": ("a number > 0 and <= 1", lambda v: _is_number(v) and 0 < v <= 1),
-    "image_size": ("a list of two positive integers [height, width]",
-                   lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)),
-    "interpolation": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
-    "latent_dim": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "image_size": (f"a list of two positive integers [height, width], each at most {MAX_SIDE}",
+                   lambda v: isinstance(v, list) and len(v) == 2 and all(_int_in(1, MAX_SIDE)(x) for x in v)),
+    "interpolation": ("a plain name (letters, digits, _ or -)", _is_word),
+    "latent_dim": (f"an integer from 1 to {MAX_COUNT}", _int_in(1, MAX_COUNT)),
     "threshold": ("a finite number", _is_number),
     "threshold_fpr": ("a number between 0 and 1", lambda v: _is_number(v) and 0 < v < 1),
     "threshold_method": ("one of " + ", ".join(repr(m) for m in ("fpr", "min_defect_area")),
                          lambda v: v in ("fpr", "min_defect_area")),
-    "threshold_min_defect_area": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-    "calibrated_from": ("a positive integer (a version)", lambda v: _is_int(v) and v >= 1),
-    "opening_diameter": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-    "min_area": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "threshold_min_defect_area": (f"an integer from 0 to {MAX_COUNT} (pixels)", _int_in(0, MAX_COUNT)),
+    "calibrated_from": (f"a version number from 1 to {MAX_VERSION}", _int_in(1, MAX_VERSION)),
+    "opening_diameter": (f"an integer from 0 to {MAX_OPENING_DIAMETER} (the opening's disk diameter in pixels; "
+                         "0: no opening; the paper's is 4)", _int_in(0, MAX_OPENING_DIAMETER)),
+    "min_area": (f"an integer from 0 to {MAX_COUNT} (pixels)", _int_in(0, MAX_COUNT)),
     "convex_hull": ("true or false", lambda v: isinstance(v, bool)),
-    "input_name": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
-    "uint8_scale": ("a positive number", lambda v: _is_number(v) and v > 0),
-    "float_signature": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
-    "stride_signature": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
-    "signatures": ("an object", lambda v: isinstance(v, dict)),
-    "outputs": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
-    "output_shapes": ("an object of strings",
-                      lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+    "input_name": ("a name of letters, digits and _ (at most 64)", _is_input_name),
+    "uint8_scale": ("a number > 0 and <= 1", lambda v: _is_number(v) and 0 < v <= 1),
+    "float_signature": (f"{FLOAT_SIGNATURE!r} (the signature taking float32 images)", lambda v: v == FLOAT_SIGNATURE),
+    "stride_signature": (f"{STRIDE_SIGNATURE!r} (the signature taking a stride)", lambda v: v == STRIDE_SIGNATURE),
+    "signatures": ("an object describing the signatures " + ", ".join(SIGNATURE_NAMES),
+                   lambda v: isinstance(v, dict) and all(k in SIGNATURE_NAMES and isinstance(x, dict)
+                                                         for k, x in v.items())),
+    "outputs": ("a list of output names from " + ", ".join(OUTPUT_NAMES) + ", with anomaly_map",
+                lambda v: isinstance(v, list) and all(isinstance(x, str) and x in OUTPUT_NAMES for x in v)
+                and len(set(v)) == len(v) and "anomaly_map" in v),
+    "output_shapes": ("an object of a line of text per output name",
+                      lambda v: isinstance(v, dict) and all(k in OUTPUT_NAMES and _is_text(x) for k, x in v.items())),
     "jit_compile": ("true or false", lambda v: isinstance(v, bool)),
     "training_config": ("an object", lambda v: isinstance(v, dict)),
-    "source": ("a string", lambda v: isinstance(v, str)),
+    "source": ("a path (a line of text)", _is_text),
     "checkpoint": ("an object", lambda v: isinstance(v, dict)),
-    "tfssim_version": ("a string", lambda v: isinstance(v, str)),
-    "tensorflow_version": ("a string", lambda v: isinstance(v, str)),
-    "keras_version": ("a string", lambda v: isinstance(v, str)),
-    "created": ("a string", lambda v: isinstance(v, str)),
+    "tfssim_version": ("a line of text", _is_text),
+    "tensorflow_version": ("a line of text", _is_text),
+    "keras_version": ("a line of text", _is_text),
+    "created": ("a line of text", _is_text),
 }
+
+def check_value(key: str, value: Any, what: str | None = None) -> Any:
+    """``value`` if it is valid for the metadata key ``key``, else one ``InputError`` line.
+
+    The same rule as the stored file's (:class:`ExportMetadata`), for the code that produces the
+    value: ``export_model``'s and ``tfssim-export``'s chunk size, for one, so that an export is
+    never written with a value its own metadata would refuse.
+
+    Args:
+        key: A metadata key (e.g. ``"chunk_size"``).
+        value: The value to check.
+        what: How to name it in the message (default ``tfssim metadata key 'key'``).
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        InputError: ``value`` is not what ``key`` must be.
+    """
+    expected, check = _CHECKS[key]
+    if not check(value):
+        raise InputError(f"{what or f'tfssim metadata key {key!r}'} must be {expected}, got {_shown(value)}")
+    return value
 
 
 @dataclass
@@ -280,17 +370,28 @@ class ExportMetadata:
             if value is None and (key not in _REQUIRED and defaults.get(key) is None):
                 continue
             if not check(value):
-                raise InputError(f"tfssim metadata key {key!r} must be {expected}, got {value!r}")
+                raise InputError(f"tfssim metadata key {key!r} must be {expected}, got {_shown(value)}")
+        for key, value in (self.training_config or {}).items():
+            # The run's settings, read back by evaluations (val_split, seed) and re-exports (scale,
+            # image_size): the run folder's one table of their types and ranges. None: not recorded.
+            expected = None if value is None else setting_problem(key, value)
+            if expected is not None:
+                raise InputError(f"tfssim metadata key 'training_config' entry {key!r} must be {expected}, "
+                                 f"got {_shown(value)}")
         if self.ssim is not None:
             try:  # the one rule of an SSIM parameter set (missing keys take SSIMParams' defaults)
-                SSIMParams.from_dict(self.ssim)
+                window = SSIMParams.from_dict(self.ssim).window_size
             except ValueError as err:
                 raise InputError(f"tfssim metadata key 'ssim' is not a valid SSIM parameter set: {err}") from None
+            if window > self.patch_size:
+                raise InputError(f"tfssim metadata key 'ssim' has window_size {_shown(window)}, larger than its "
+                                 f"{self.patch_size}x{self.patch_size} patch")
         if self.format > FORMAT:
-            raise InputError(f"tfssim metadata format {self.format} is newer than this tfssim reads ({FORMAT}); "
+            raise InputError(f"tfssim metadata format {_shown(self.format)} is newer than this tfssim reads ({FORMAT}); "
                              "upgrade tfssim")
         if self.stride > self.patch_size:
-            raise InputError(f"tfssim metadata stride {self.stride} is larger than its patch size {self.patch_size}")
+            raise InputError(f"tfssim metadata stride {_shown(self.stride)} is larger than its patch size "
+                             f"{self.patch_size}")
         # The method and its one parameter agree (older exports have neither: method None).
         if self.threshold_method == "min_defect_area" and (self.threshold_min_defect_area is None
                                                            or self.threshold_fpr is not None):
@@ -301,6 +402,9 @@ class ExportMetadata:
         if self.threshold_method != "min_defect_area" and self.threshold_min_defect_area is not None:
             raise InputError(f"tfssim metadata threshold_min_defect_area {self.threshold_min_defect_area!r} is set but "
                              f"threshold_method is {self.threshold_method!r}, not 'min_defect_area'")
+        if self.image_size is not None and min(self.image_size) < self.patch_size:
+            raise InputError(f"tfssim metadata image_size {self.image_size!r} is smaller than its "
+                             f"{self.patch_size}x{self.patch_size} patch")
         if self.image_size is not None and self.scale != 1:
             raise InputError(f"tfssim metadata has both scale {self.scale!r} and image_size {self.image_size!r}; "
                              "an export resizes by one of them")
@@ -378,12 +482,25 @@ def read_json(file: str | os.PathLike) -> Any:
     path = Path(file)
     fix = "re-export the model with tfssim-export"
     try:
-        size = path.stat().st_size
-        raw = path.read_bytes() if size <= MAX_BYTES else None
+        # Not following into a pipe or a device: opened without blocking, read only if it is a
+        # regular file, and never more than the bound (``/dev/zero`` reports size 0).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            raw = None
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                chunks, size = [], 0
+                while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                raw = b"".join(chunks)
+        finally:
+            os.close(fd)
     except OSError as err:
         raise InputError(f"cannot read export metadata {path}: {err.strerror or type(err).__name__}") from None
     if raw is None:
-        raise InputError(f"export metadata {path} is {size:,} bytes, not tfssim's (a few kB); {fix}")
+        raise InputError(f"export metadata {path} is not a regular file (a device, pipe or folder); {fix}")
+    if len(raw) > MAX_BYTES:
+        raise InputError(f"export metadata {path} is over {MAX_BYTES:,} bytes, not tfssim's (a few kB); {fix}")
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
@@ -407,14 +524,14 @@ def metadata_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"export {path} does not exist")
-    if path.is_file():
-        return path
+    if not path.is_dir():
+        return path  # a file, or a device or pipe that read_json refuses without reading it
     if (path / METADATA_FILE).is_file():
         return path / METADATA_FILE
-    versions = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    if versions and (versions[-1] / METADATA_FILE).is_file():
-        return versions[-1] / METADATA_FILE
-    where = f"{path} (newest version {versions[-1].name})" if versions else str(path)
+    newest = newest_version(path)
+    if newest is not None and (newest / METADATA_FILE).is_file():
+        return newest / METADATA_FILE
+    where = f"{path} (newest version {newest.name})" if newest is not None else str(path)
     raise InputError(f"{where} has no {METADATA_FILE}; it is not a tfssim export (re-export with tfssim-export)")
 
 
@@ -433,15 +550,16 @@ def calibrated_versions(version_dir: str | os.PathLike) -> list[Path]:
         empty when its name is not a version number or none was calibrated from it.
     """
     path = Path(version_dir)
-    if not (path.name.isascii() and path.name.isdigit()) or not path.parent.is_dir():
+    version = parse_version(path.name)
+    if version is None or not path.parent.is_dir():
         return []
     found = []
-    for folder in path.parent.iterdir():
-        if folder.name.isascii() and folder.name.isdigit() and folder != path and (folder / METADATA_FILE).is_file():
+    for _, folder in reversed(list_versions(path.parent)):
+        if folder != path and (folder / METADATA_FILE).is_file():
             try:
                 meta = ExportMetadata.read(folder / METADATA_FILE)
             except (OSError, ValueError):
                 continue
-            if meta.calibrated_from == int(path.name):
+            if meta.calibrated_from == version:
                 found.append(folder)
-    return sorted(found, key=lambda p: int(p.name), reverse=True)
+    return found

@@ -10,7 +10,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tfssim.errors import InputError
 from tfssim.inference import ExportedModel
+from tfssim.run_record import setting_problem
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None,
 
     Returns:
         ``(val_split, seed, warnings)``.
+
+    Raises:
+        InputError: a stored ``val_split`` or ``seed`` of the wrong type or range (naming the export).
     """
     names = list(names) if names is not None else [str(i) for i in range(len(metadatas))]
     configs = [m.get("training_config") if isinstance(m.get("training_config"), dict) else {} for m in metadatas]
@@ -49,6 +54,14 @@ def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None,
             resolved[key] = given
             continue
         stored = [(name, config.get(key)) for name, config in zip(names, configs)]
+        for name, value in stored:
+            # Metadata read through ExportMetadata is checked already; a dict from elsewhere is
+            # checked here by the same rule (the run folder's table of settings).
+            problem = None if value is None else setting_problem(key, value)
+            if problem is not None:
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                raise InputError(f"export {name}: training_config {key} must be {problem}, got {shown}; "
+                                 f"re-export the model with tfssim-export, or pass --{key.replace('_', '-')}")
         first = stored[0][1] if stored else None
         resolved[key] = default if first is None else first
         values = {value for _, value in stored if value is not None}

@@ -22,6 +22,13 @@ __all__ = ["SSIMParams", "WEIGHTINGS", "NUMBER_RANGES", "describe_range", "in_ra
 WEIGHTINGS = ("gaussian", "uniform")
 
 
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past float's range
+        return False
+
+
 def validate_window(window_size: int, sigma: float = 1.5, weighting: str = "gaussian") -> None:
     """Raise ``ValueError`` unless ``window_size`` is an odd integer >= 1, ``sigma > 0`` and
     ``weighting`` is one of :data:`WEIGHTINGS`."""
@@ -75,13 +82,16 @@ class SSIMParams:
     data_range: float = 1.0
 
     def __post_init__(self) -> None:
-        validate_window(self.window_size, self.sigma, self.weighting)
-        for name in ("k1", "k2", "data_range", "alpha", "beta", "gamma"):
+        # The numbers first (sigma too): validate_window compares sigma, which a string (from a
+        # tampered file) would turn into a TypeError; a 400-digit integer is no finite float.
+        for name in ("sigma", "k1", "k2", "data_range", "alpha", "beta", "gamma"):
             value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value)
                     or not in_range(value, *NUMBER_RANGES[name])):
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
                 raise InputError(f"SSIM {name} must be a finite number {describe_range(*NUMBER_RANGES[name])}, "
-                                 f"got {value!r}")
+                                 f"got {shown}")
+        validate_window(self.window_size, self.sigma, self.weighting)
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

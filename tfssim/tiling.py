@@ -31,6 +31,7 @@ import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow,
 import tensorflow as tf
 
 from tfssim.errors import InputError
+from tfssim.metadata import check_value
 
 __all__ = [
     "check_tiling",
@@ -263,8 +264,7 @@ def map_in_chunks(fn: Callable[[tf.Tensor], tf.Tensor], tiles: tf.Tensor, chunk_
     ``TensorArray``; the model's activations are bounded by the chunk, the output is
     ``tf.concat`` of all chunk results, float32. ``fn`` must map ``[T, ...]`` to ``[T, ...]``.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputError(f"chunk size must be a positive integer, got {chunk_size!r}")
+    check_value("chunk_size", chunk_size, "chunk size")  # the export metadata's bound: int32 counts stay exact
     tiles = tf.convert_to_tensor(tiles)
     count = tf.shape(tiles)[0]
     chunks = _num_chunks(count, chunk_size)
@@ -306,8 +306,7 @@ def reconstruct(
         ValueError: stride outside ``[1, p]``, image smaller than the patch, or a bad chunk
             size, when known while tracing; the same checks run in the graph otherwise.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputError(f"chunk size must be a positive integer, got {chunk_size!r}")
+    check_value("chunk_size", chunk_size, "chunk size")  # the export metadata's bound: int32 counts stay exact
     image = tf.cast(_as_image(image), tf.float32)
     shape = tf.shape(image)
     stride, height, width = _checked(patch_size, stride, *_height_width(image))

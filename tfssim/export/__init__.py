@@ -32,66 +32,64 @@ every map are resized back to the request's height and width; the metadata recor
 ``image_size`` and ``interpolation``. A scaled export takes images whose sides, once scaled, hold
 a patch (``ExportMetadata.min_input_size``); one with an ``image_size`` takes any size.
 
-The package, by seam: :mod:`~tfssim.export.source` (loading a run folder or ``.keras`` file, its
-checkpoint), :mod:`~tfssim.export.graph` (the serving functions), :mod:`~tfssim.export.layout`
-(versions, the no-replace rename, partial folders) and :mod:`~tfssim.export.warmup` (the warm-up
-file); :func:`export_model` ties them together.
+The package, by seam: :mod:`~tfssim.export.savedmodel` (:func:`export_model`, which ties the
+others together), :mod:`~tfssim.export.source` (loading a run folder or ``.keras`` file, its
+checkpoint), :mod:`~tfssim.export.graph` (the serving functions), :mod:`~tfssim.export.warmup`
+(the warm-up file), :mod:`~tfssim.export.layout` (the version-folder rule, what a version may
+hold, the no-replace rename, partial folders) and :mod:`~tfssim.export.calibrated`
+(:func:`write_calibrated_version`: a threshold as a new version).
+
+Importing this package loads no TensorFlow: the layout's names are imported at once (the
+TensorFlow-free :mod:`tfssim.metadata` and :mod:`tfssim.inference` use its version rule), every
+other name on first use (PEP 562 module ``__getattr__``), so ``from tfssim import export;
+export.export_model(...)`` imports TensorFlow only at that call's name lookup.
 
 Example:
     >>> path = export_model("runs/nanotwice_ssim", name="nanotwice", stride=30)
     >>> fn = tf.saved_model.load(str(path)).signatures["serving_default"]
     >>> fn(image=tf.constant(uint8_image))["anomaly_map"]
-
-Why one module of about 420 lines: :func:`export_model` and :func:`write_calibrated_version`
-share the versioned move into place and the metadata record; the graph, layout, warm-up and
-source reading already live in their own modules.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import logging
-import math
-import os
-import shutil
-import tempfile
-from pathlib import Path
+import importlib
 from typing import Any
 
-import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
-import keras
-import numpy as np
-import tensorflow as tf
-
-from tfssim import __version__, resize, scoring, tiling
-from tfssim._io import atomic_write_json
-from tfssim.export.graph import SIGNATURES, VAE_SEED, _model_geometry, _Scorer
 from tfssim.export.layout import (
     MAX_VERSION,
     MAX_VERSION_RETRIES,
     PARTIAL_MAX_AGE_S,
-    _check_name,
-    _move_into_place,
-    _record_owner,
-    _fsync_tree,
-    _remove_dead_partials,
+    check_name,
+    check_version_files,
+    copy_version,
+    list_versions,
+    newest_version,
     next_version,
+    parse_version,
     version_folder,
 )
-from tfssim.export.source import (
-    RUN_LOCK_FILE,
-    _report_checkpoint,
-    checkpoint_info,
-    describe_checkpoint,
-    load_for_export,
-    training_running,
-)
-from tfssim.export.warmup import WARMUP_FILE, _write_warmup, warmup_record
-from tfssim.metadata import METADATA_FILE, ExportMetadata  # one definition of the file and its keys (no TF)
-from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
-from tfssim.ssim_params import SSIMParams
-from tfssim.tiling import DEFAULT_CHUNK
-from tfssim.errors import InputError, input_checks
+
+# Names served by a submodule that imports TensorFlow (or tfssim.metadata, which imports this
+# package's layout: importing it here would be circular): resolved on first access only.
+_LAZY = {
+    "export_model": "tfssim.export.savedmodel",
+    "DEFAULT_SSIM": "tfssim.export.savedmodel",
+    "GRAPH_METADATA_KEYS": "tfssim.export.savedmodel",
+    "read_metadata": "tfssim.export.calibrated",
+    "write_calibrated_version": "tfssim.export.calibrated",
+    "SIGNATURES": "tfssim.export.graph",
+    "VAE_SEED": "tfssim.export.graph",
+    "load_for_export": "tfssim.export.source",
+    "checkpoint_info": "tfssim.export.source",
+    "describe_checkpoint": "tfssim.export.source",
+    "training_running": "tfssim.export.source",
+    "RUN_LOCK_FILE": "tfssim.export.source",
+    "_report_checkpoint": "tfssim.export.source",  # kept for callers of the old single module
+    "warmup_record": "tfssim.export.warmup",
+    "WARMUP_FILE": "tfssim.export.warmup",
+    "METADATA_FILE": "tfssim.metadata",
+    "ExportMetadata": "tfssim.metadata",
+}
+_SUBMODULES = ("calibrated", "graph", "layout", "savedmodel", "source", "warmup")
 
 __all__ = [
     "export_model",
@@ -99,6 +97,12 @@ __all__ = [
     "write_calibrated_version",
     "version_folder",
     "next_version",
+    "newest_version",
+    "list_versions",
+    "parse_version",
+    "check_name",
+    "check_version_files",
+    "copy_version",
     "load_for_export",
     "warmup_record",
     "METADATA_FILE",
@@ -113,319 +117,25 @@ __all__ = [
     "PARTIAL_MAX_AGE_S",
 ]
 
-logger = logging.getLogger(__name__)
-# The paper's SSIM (SSIMParams' defaults) as a dict, for callers that read it by key.
-DEFAULT_SSIM = SSIMParams().to_dict()
-# Metadata entries that describe the exported graph: export_model's extra_metadata may not set them.
-GRAPH_METADATA_KEYS = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride",
-                       "chunk_size", "ssim", "ssim_padding", "vae_samples", "vae_seed", "observation_std",
-                       "map_sigma", "input_name", "uint8_scale", "float_signature", "stride_signature",
-                       "signatures", "outputs", "output_shapes", "jit_compile", "scale", "image_size",
-                       "interpolation")
 
+def __getattr__(name: str) -> Any:
+    """Import the submodule behind ``name`` on its first use (TensorFlow for :func:`export_model`).
 
-def _resizing(scale: float | None, image_size: Any, training_config: dict[str, Any] | None,
-              patch_size: int) -> tuple[float, tuple[int, int] | None]:
-    """The export's ``(scale, image_size)``: the arguments, else the training config's, checked."""
-    config = training_config if isinstance(training_config, dict) else {}
-    if scale is None:
-        scale = config.get("scale", 1.0)
-    if image_size is None:
-        image_size = config.get("image_size")
-    scale = resize.check_scale(scale)
-    image_size = resize.check_image_size(image_size)
-    if image_size is not None and scale != 1.0:
-        raise InputError(f"scale {scale:g} and image size {image_size[0]}x{image_size[1]} both resize the "
-                         "requests; give one of them")
-    if image_size is not None and min(image_size) < patch_size:
-        raise InputError(f"image size {image_size[0]}x{image_size[1]} is smaller than the model's "
-                         f"{patch_size}x{patch_size} patch; give at least {patch_size}x{patch_size}")
-    return scale, image_size
-
-
-def export_model(
-    model_or_path: str | os.PathLike | keras.Model,
-    output_root: str | os.PathLike = "exported_models",
-    name: str = "tfssim",
-    version: int | None = None,
-    stride: int = 30,
-    kind: str | None = None,
-    ssim_kwargs: dict[str, Any] | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
-    training_config: dict[str, Any] | None = None,
-    threshold: float | None = None,
-    *,
-    vae_samples: int | None = None,
-    jit_compile: bool = False,
-    ssim_overrides: dict[str, Any] | None = None,
-    map_sigma: float = 0.0,
-    extra_metadata: dict[str, Any] | None = None,
-    scale: float | None = None,
-    image_size: tuple[int, int] | list[int] | None = None,
-) -> Path:
-    """Write a TF Serving SavedModel of a trained model; return the version folder.
-
-    Args:
-        model_or_path: A ``tfssim-train`` run folder (``best.keras`` preferred), a ``.keras``
-            file or a ``keras.Model``.
-        output_root: Folder of exported models: the export goes to ``output_root/name/version``.
-        name: Model name (TF Serving's ``--model_name``), a plain folder name.
-        version: Positive integer version; default the next free one (if another export takes
-            that one while this one is built, the next free one then, up to
-            :data:`MAX_VERSION_RETRIES` times). An existing explicit version raises.
-        stride: Default tiling stride of the signatures, ``1 <= stride <= patch`` (paper: 30 for 128).
-        kind: ``"ssim"``, ``"l2"``, ``"vae"`` or ``"fm"``; default from the run folder or the model.
-        ssim_kwargs: SSIM parameters of the anomaly map; default those of training (run
-            folder, else the ``.keras`` file's compiled ``SSIMLoss``, else the paper's).
-        chunk_size: Tiles per model call inside the graph (bounds memory; see the benchmark).
-        training_config: Stored in the metadata (default: the run folder's).
-            The metadata's ``checkpoint`` records the file and epoch taken (see
-            :func:`load_for_export`); exporting a run folder whose training still holds its
-            lock logs a warning.
-        threshold: A calibrated threshold to store (see :func:`write_calibrated_version`).
-        vae_samples: VAE posterior samples per pixel score (default: training's or the model's).
-            The VAE's noise is drawn with seed 0 (metadata ``vae_seed``) for every chunk of
-            ``chunk_size`` tiles, so a VAE's maps are deterministic for one export but depend
-            on ``chunk_size`` and the image's tiling: compare VAE maps only across exports
-            with the same chunk size.
-        ssim_overrides: SSIM parameters to change after the defaults above are resolved, e.g.
-            ``{"weighting": "uniform"}`` to score with plain patch means (the paper's SSIM
-            definition) a model trained with ``tf.image.ssim``'s Gaussian window.
-        map_sigma: Gaussian smoothing (standard deviation in pixels) of every served map,
-            inside the graph (:func:`tfssim.scoring.smooth_map`); 0 (default) serves the maps
-            as the paper computes them. Recorded in the metadata as ``map_sigma``, so a
-            threshold calibrated on this export applies to the smoothed maps.
-        jit_compile: Compile the model call with XLA. Off by default: TensorFlow Serving
-            refuses XLA-compiled graphs on CPU unless started with
-            ``--xla_cpu_compilation_enabled``.
-        extra_metadata: More metadata entries, written with the version (e.g. the
-            post-processing and ``tuned`` record of :func:`tfssim.tuning.write_tuned_export`);
-            entries that describe the graph (:data:`GRAPH_METADATA_KEYS`) are refused.
-        scale: The resizing the model was trained with (``tfssim-train --scale``), done inside
-            the serving graph: each request is resized by it (:mod:`tfssim.resize`), tiled,
-            reconstructed and scored at that size, and the reconstruction and every map are
-            resized back to the request's height and width. Default: the training config's
-            (``training_config``, else the run folder's), else 1 (none: the graph is as without
-            resizing). Recorded in the metadata with ``image_size`` and ``interpolation``.
-        image_size: ``(height, width)`` every request is resized to instead
-            (``tfssim-train --image-size``); default the training config's, else none.
-
-    Returns:
-        The version folder ``output_root/name/version``.
+    The value is stored in the package's namespace, so later lookups are plain attribute reads
+    and ``monkeypatch.setattr(tfssim.export, "export_model", ...)`` replaces what callers see.
 
     Raises:
-        FileExistsError: the version exists. FileNotFoundError: ``model_or_path`` does not.
-        ValueError: bad arguments or model.
+        AttributeError: ``name`` is not a name of this package.
     """
-    _check_name(name)
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
-        raise InputError(f"stride must be an integer, got {stride!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise InputError(f"chunk size must be a positive integer, got {chunk_size!r}")
-    if threshold is not None and not math.isfinite(float(threshold)):
-        raise InputError(f"threshold must be a finite number, got {threshold!r}")
-    stride, chunk_size = int(stride), int(chunk_size)
-    if isinstance(model_or_path, keras.Model):
-        model, info = model_or_path, {}
-    else:
-        model, info = load_for_export(model_or_path)
-        _report_checkpoint(model_or_path, info.get("checkpoint") or {})
-    kind = kind or info.get("kind") or kind_of(model)
-    if kind not in MODEL_KINDS:
-        raise InputError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
-    residual = get_spec(kind).residual
-    if residual == "vae" and not isinstance(model, VariationalAutoencoder):
-        raise InputError(f"kind 'vae' needs a tfssim VariationalAutoencoder, got {type(model).__name__}")
-    patch_size, channels = _model_geometry(model)
-    tiling.check_tiling(patch_size, stride)
-    with input_checks():  # SSIMParams raises ValueError: here, checks of the arguments
-        ssim_params = SSIMParams.of(ssim_kwargs if ssim_kwargs is not None else info.get("ssim"),
-                                    **(ssim_overrides or {}))
-    if ssim_params.window_size > patch_size:
-        raise InputError(f"SSIM window {ssim_params.window_size} is larger than the {patch_size}-pixel patch")
-    if vae_samples is None:
-        vae_samples = info.get("vae_samples") or getattr(model, "num_samples", 10)
-    vae_samples = int(vae_samples)
-    if vae_samples < 1:
-        raise InputError(f"vae_samples must be >= 1, got {vae_samples}")
-    with input_checks():
-        map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
-    scale, image_size = _resizing(scale, image_size, training_config if training_config is not None
-                                  else info.get("training_config"), patch_size)
-    clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
-    if clash:
-        raise InputError(f"extra metadata may not set {clash}: they describe the exported graph")
-
-    model_root = Path(output_root) / name
-    auto_version = version is None
-    version = next_version(model_root) if auto_version else version
-    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 1 <= version <= MAX_VERSION:
-        raise InputError(f"version must be an integer from 1 to {MAX_VERSION} (TF Serving's int64), got {version!r}")
-    version = int(version)
-    destination = model_root / str(version)
-    if destination.exists() or destination.is_symlink():
-        raise FileExistsError(
-            f"{destination} already exists; exports are never overwritten (omit --version for the next free one)"
-        )
-    model_root.mkdir(parents=True, exist_ok=True)
-    _remove_dead_partials(model_root)
-
-    scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params.to_dict(), vae_samples, jit_compile,
-                     map_sigma, scale, image_size)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    any_image = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
-    archive.add_endpoint("serving_default", scorer.serve_uint8, input_signature=[any_image(tf.uint8)])
-    archive.add_endpoint("serve_float", scorer.serve_float, input_signature=[any_image(tf.float32)])
-    archive.add_endpoint("serve_with_stride", scorer.serve_with_stride,
-                         input_signature=[any_image(tf.float32), tf.TensorSpec([], tf.int32, name="stride")])
-
-    outputs = ["reconstruction", "anomaly_map"]
-    if residual == "ssim":
-        outputs += ["luminance_map", "contrast_map", "structure_map"]
-    metadata = {
-        "format": 1,
-        "name": name, "version": version, "kind": kind, "residual": residual,
-        "patch_size": patch_size, "channels": channels, "stride": stride, "chunk_size": chunk_size,
-        "ssim": ssim_params.to_dict() if residual == "ssim" else None,
-        "ssim_padding": "same (mirror, tfssim.ssim padding='same')" if residual == "ssim" else None,
-        "vae_samples": vae_samples if residual == "vae" else None,
-        "vae_seed": VAE_SEED if residual == "vae" else None,
-        "observation_std": float(model.observation_std) if residual == "vae" else None,
-        "map_sigma": map_sigma,
-        "scale": scale, "image_size": None if image_size is None else list(image_size),
-        "interpolation": None if resize.is_identity(scale, image_size) else resize.INTERPOLATION,
-        "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
-        "threshold": None if threshold is None else float(threshold), "threshold_fpr": None,
-        "opening_diameter": 4, "convex_hull": True,
-        "input_name": "image", "uint8_scale": 1 / 255, "float_signature": "serve_float",
-        "stride_signature": "serve_with_stride", "signatures": SIGNATURES, "outputs": outputs,
-        "output_shapes": {k: ("[H, W, C]" if k == "reconstruction" else "[H, W]") for k in outputs},
-        "jit_compile": bool(jit_compile),
-        "training_config": training_config if training_config is not None else info.get("training_config"),
-        "source": info.get("model_path"), "checkpoint": info.get("checkpoint"),
-        "tfssim_version": __version__, "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    metadata.update(extra_metadata or {})
-    # ExportMetadata is the one definition of every key's type: what is written is checked first
-    # (a bad extra_metadata value fails here, before anything is built). Values JSON cannot hold
-    # (a Path in training_config) are written as strings, as before.
-    metadata = ExportMetadata.from_dict(json.loads(json.dumps(metadata, default=str)),
-                                        source="export metadata").to_dict()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_root))
-    try:
-        _record_owner(tmp)
-        export_dir = tmp / "export"
-        archive.write_out(str(export_dir), verbose=False)
-        (export_dir / "assets").mkdir(exist_ok=True)
-        (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
-        # Warm-up images of 1.5 patches per side once resized (TF Serving refuses a version whose warm-up fails).
-        _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride,
-                      side=resize.min_input_size(patch_size + patch_size // 2, scale))
-        destination = _move_into_place(export_dir, model_root, version, auto=auto_version, metadata=metadata)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("exported %s (%s model, patch %d, stride %d%s)", destination, kind, patch_size, stride,
-                "" if resize.is_identity(scale, image_size) else
-                f"; requests resized {resize.describe(scale, image_size)} in the graph, maps at their own size")
-    return destination
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-# --------------------------------------------------------------------------------------------
-# Metadata
-
-
-def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
-    """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
-
-    :func:`tfssim.inference.read_export_metadata`: strict JSON, well-formed values; any fault
-    is one ``ValueError`` naming the file.
-    """
-    from tfssim.inference import read_export_metadata
-
-    return read_export_metadata(export_dir)
-
-
-def _threshold_rule(threshold: float, fpr: float | None,
-                    min_defect_area: int | None) -> tuple[float, float | None, int | None, str | None]:
-    """The checked ``(threshold, fpr, min_defect_area, threshold_method)`` of a calibration."""
-    threshold = float(threshold)
-    if not math.isfinite(threshold):
-        raise InputError(f"threshold must be a finite number, got {threshold!r}")
-    if fpr is not None and not 0 < float(fpr) < 1:
-        raise InputError(f"fpr must be between 0 and 1 (exclusive), got {fpr!r}")
-    if min_defect_area is not None and (isinstance(min_defect_area, (bool, np.bool_))
-                                        or not isinstance(min_defect_area, (int, np.integer)) or min_defect_area < 0):
-        raise InputError(f"min_defect_area must be a whole number of pixels >= 0, got {min_defect_area!r}")
-    if fpr is not None and min_defect_area is not None:
-        raise InputError("a threshold is set either at an fpr or by a min_defect_area, not both")
-    method = "fpr" if fpr is not None else "min_defect_area" if min_defect_area is not None else None
-    return (threshold, None if fpr is None else float(fpr),
-            None if min_defect_area is None else int(min_defect_area), method)
-
-
-def write_calibrated_version(export_dir: str | os.PathLike, threshold: float, fpr: float | None = None, *,
-                             min_defect_area: int | None = None) -> Path:
-    """Write a calibrated threshold as a **new version** beside an export; the given one is not touched.
-
-    A version TF Serving serves must not change meaning under it, and no version is ever
-    overwritten: the new version is a copy of ``export_dir``'s files (SavedModel, variables,
-    warm-up requests) whose metadata differs only in ``version``, ``threshold``, the rule
-    (``threshold_method`` with ``threshold_fpr`` or ``threshold_min_defect_area``: ``"fpr"``
-    with ``fpr``, ``"min_defect_area"`` with ``min_defect_area``, ``None`` with neither) and
-    ``calibrated_from`` (``export_dir``'s version). Its number is the next free one in the model
-    folder (:func:`next_version`), so TF Serving's default policy (the newest version) moves to
-    it by itself and can be rolled back by removing it. It is built in a hidden
-    ``.<version>.partial-*`` folder, flushed to disk and renamed into place without replacing
-    anything, taking the next number if a concurrent export took this one meanwhile (as
-    :func:`export_model`); a killed calibration leaves only such a folder, removed by a later
-    export or calibration of the model.
-
-    Args:
-        export_dir: A version folder ``<root>/<name>/<version>`` (TF Serving's layout).
-        threshold: The threshold, a finite number.
-        fpr: The pixel false-positive rate it was set at, in (0, 1).
-        min_defect_area: Or the largest defect-free region it allows, in pixels (>= 0).
-
-    Returns:
-        The new version folder ``<root>/<name>/<new version>``.
-
-    Raises:
-        InputError: a threshold that is not finite, an ``fpr`` outside (0, 1), a
-            ``min_defect_area`` that is not a whole number >= 0, both given, metadata that
-            :func:`read_metadata` refuses, or ``export_dir`` not a numbered version folder (a
-            bare SavedModel folder: move it into ``<name>/1`` first).
-        FileNotFoundError: ``export_dir`` does not exist.
-        FileExistsError: concurrent exports took :data:`MAX_VERSION_RETRIES` versions in a row.
-
-    Example:
-        >>> write_calibrated_version("exported_models/nanotwice/1", 0.41, fpr=0.01)
-        PosixPath('exported_models/nanotwice/2')
-    """
-    threshold, fpr, min_defect_area, method = _threshold_rule(threshold, fpr, min_defect_area)
-    source = Path(export_dir)
-    if not source.is_dir():
-        raise FileNotFoundError(f"export {source} does not exist (or is not a folder)")
-    model_root, from_version = version_folder(source)
-    read_metadata(source)  # the file's checks, naming it
-    # Every field but these is the source's, unknown keys (a newer tfssim's, tune's) included.
-    changed = ExportMetadata.read(source / METADATA_FILE).replace(
-        threshold=threshold, threshold_fpr=fpr, threshold_method=method, threshold_min_defect_area=min_defect_area,
-        calibrated_from=from_version)
-    _remove_dead_partials(model_root)
-    version = next_version(model_root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_root))
-    try:
-        _record_owner(tmp)
-        copy = tmp / "export"
-        shutil.copytree(source, copy)
-        metadata = changed.replace(version=version).to_dict()
-        atomic_write_json(copy / METADATA_FILE, metadata)
-        _fsync_tree(copy)
-        destination = _move_into_place(copy, model_root, version, auto=True, metadata=metadata)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("calibrated %s as new version %s (threshold %.6g)", source, destination, threshold)
-    return destination
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LAZY))

@@ -1,5 +1,15 @@
 """TensorFlow Serving's versioned layout: ``<root>/<name>/<version>/``, never overwriting a version.
 
+This module is the one owner of the version-folder rule: a version is a folder whose name is
+ASCII digits (``0-9`` only: ``int()`` also reads ``²`` or ``١٢``, which TF Serving does not) with
+a value from 1 to :data:`MAX_VERSION`, TF Serving's int64 (:func:`parse_version`). Every tfssim
+command that lists, picks or numbers versions asks here (:func:`list_versions`,
+:func:`newest_version`, :func:`next_version`, :func:`version_folder`). It also owns what a
+version may hold: regular files and folders only (:func:`check_version_files`,
+:func:`copy_version`), so a link or a device inside a version is refused in one line instead of
+being followed. It imports no TensorFlow (:mod:`tfssim.metadata` and :mod:`tfssim.inference`,
+used by a TF Serving client, rely on it).
+
 An export is built in a hidden ``.<version>.partial-*`` folder beside its destination (TF
 Serving ignores it: not an integer) and renamed into place with Linux's
 ``renameat2(RENAME_NOREPLACE)`` (check and move in one step); a version taken meanwhile by a
@@ -12,25 +22,227 @@ import json
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
 from tfssim._io import atomic_write_json
 from tfssim.errors import InputError
-from tfssim.metadata import METADATA_FILE
+
+__all__ = [
+    "MAX_VERSION", "check_name", "check_version_files", "copy_version", "is_model_name", "list_versions",
+    "newest_version", "next_version", "parse_version", "version_folder",
+]
 
 logger = logging.getLogger(__name__)
 
-def next_version(model_root: str | os.PathLike) -> int:
-    """The next free integer version under ``model_root`` (1 for a new model)."""
-    root = Path(model_root)
-    # Every entry named like a version counts, a stray *file* too: its number is not free.
-    versions = [int(p.name) for p in root.iterdir() if p.name.isascii() and p.name.isdigit()] if root.is_dir() else []
-    return max(versions, default=0) + 1
-
-
 # TF Serving's version numbers are int64.
 MAX_VERSION = 2**63 - 1
+
+
+def parse_version(name: str) -> int | None:
+    """The version number a folder name stands for, or ``None`` when it names no version.
+
+    Args:
+        name: A folder name (the last part of a path).
+
+    Returns:
+        The number, from 1 to :data:`MAX_VERSION`, when ``name`` is ASCII digits only (leading
+        zeros allowed, as TF Serving reads them); ``None`` for anything else: other Unicode
+        digits (``'²'``, ``'١٢'``), signs, spaces, ``'0'``, or a number past int64.
+
+    Example:
+        >>> parse_version("12"), parse_version("²"), parse_version("9223372036854775808")
+        (12, None, None)
+    """
+    if not isinstance(name, str) or not name.isascii() or not name.isdigit():
+        return None
+    version = int(name)
+    return version if 1 <= version <= MAX_VERSION else None
+
+
+def list_versions(model_root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The version folders of a model folder, oldest first.
+
+    Args:
+        model_root: A model folder ``<root>/<name>``.
+
+    Returns:
+        ``(version, folder)`` for every folder (or link to one) in ``model_root`` whose name
+        :func:`parse_version` reads, sorted by number (then name: ``7`` before ``007``); empty
+        when ``model_root`` is no folder or cannot be listed.
+    """
+    root = Path(model_root)
+    try:
+        entries = list(root.iterdir()) if root.is_dir() else []
+    except OSError:
+        return []
+    found = [(version, path) for path in entries if (version := parse_version(path.name)) is not None
+             and path.is_dir()]
+    return sorted(found, key=lambda item: (item[0], item[1].name))
+
+
+def newest_version(model_root: str | os.PathLike) -> Path | None:
+    """The version folder with the largest number in ``model_root`` (TF Serving's default), or ``None``."""
+    versions = list_versions(model_root)
+    return versions[-1][1] if versions else None
+
+
+def next_version(model_root: str | os.PathLike) -> int:
+    """The next free version number under ``model_root`` (1 for a new model).
+
+    Raises:
+        InputError: ``model_root`` already holds version :data:`MAX_VERSION`, so no later one
+            fits TF Serving's int64.
+    """
+    root = Path(model_root)
+    # Every entry named like a version counts, a stray *file* too: its number is not free.
+    names = [p.name for p in root.iterdir()] if root.is_dir() else []
+    newest, name = max(((v, n) for n in names if (v := parse_version(n)) is not None), default=(0, ""))
+    if newest >= MAX_VERSION:
+        raise InputError(f"{root / name} is version {MAX_VERSION}, the largest TensorFlow Serving reads (int64), "
+                         "so no later version can be written there; remove or rename it if it is stray, else "
+                         "export into a new model folder (another name), numbered from 1")
+    return newest + 1
+
+
+def is_model_name(name: Any) -> bool:
+    """Whether ``name`` is a usable model name: a plain folder name (see :func:`check_name`)."""
+    # Control characters (a newline, a tab) make a folder name that TF Serving's config and every
+    # log line would mangle.
+    return isinstance(name, str) and bool(name) and not name.startswith(".") \
+        and not any(c in name for c in "/\\\0") and name == name.strip() \
+        and not any(ord(c) < 32 or ord(c) == 127 for c in name) \
+        and len(name.encode("utf-8", "surrogateescape")) <= 255
+
+
+def check_name(name: Any) -> None:
+    """Refuse a model name that is not a plain folder name.
+
+    Raises:
+        InputError: ``name`` is empty, has a slash, a control character, a leading dot, outer
+            spaces or more than 255 bytes.
+    """
+    if not is_model_name(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise InputError(f"invalid model name {shown}: use a plain folder name such as 'nanotwice_ssim' "
+                         "(no slashes, control characters or leading dot, at most 255 bytes)")
+
+
+# --------------------------------------------------------------------------------------------
+# What a version may hold
+
+
+def _printable(text: str) -> str:
+    """``text`` as it is, or quoted where it holds a control character (a newline would split the line)."""
+    return repr(text) if any(ord(c) < 32 or ord(c) == 127 for c in text) else text
+
+
+def _not_regular(path: Path, mode: int) -> InputError:
+    """The one line refusing ``path`` (of ``lstat`` mode ``mode``) inside an export version."""
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        what = f"a symbolic link (to {_printable(target)}), which every reader would follow"
+    else:
+        what = {stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
+                stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a regular file")
+    return InputError(f"{_printable(str(path))} is {what}; an export version holds only regular files and "
+                      "folders: remove it or put the regular file in its place, or re-export the model with "
+                      "tfssim-export")
+
+
+def check_version_files(version_dir: str | os.PathLike) -> None:
+    """Refuse a version folder holding anything but regular files and folders.
+
+    A link inside a version (``assets.extra/x -> /dev/zero``, ``variables/... -> ~/.ssh/id_rsa``)
+    would be followed by whatever reads or copies the version: copied without end, or its
+    target's bytes put into a new version; a pipe would block the reader. None is written by
+    tfssim-export, so one found is refused before anything reads the files. The folder itself
+    may be reached through a link (the user's path); only what lies inside it is checked.
+
+    Args:
+        version_dir: An export version folder.
+
+    Raises:
+        InputError: one line naming the first such entry and what to do.
+        FileNotFoundError: ``version_dir`` does not exist.
+    """
+    top = Path(version_dir)
+    if not top.is_dir():
+        raise FileNotFoundError(f"export {top} does not exist (or is not a folder)")
+    pending = [top]
+    while pending:  # iterative: a deeply nested hostile folder cannot exhaust the recursion limit
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if stat.S_ISDIR(mode):
+                        pending.append(Path(entry.path))
+                    elif not stat.S_ISREG(mode):
+                        raise _not_regular(Path(entry.path), mode)
+        except OSError as err:
+            raise InputError(f"cannot read export {top}: {err.strerror or type(err).__name__} "
+                             f"({err.filename or folder})") from None
+
+
+def _copy_regular_file(source: Path, destination: Path) -> None:
+    """Copy one regular file, refusing it if it was replaced by a link or device since the check."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(source, flags)
+    except OSError:
+        if os.path.islink(source):  # O_NOFOLLOW refused a link put there after the check
+            raise _not_regular(source, os.lstat(source).st_mode) from None
+        raise
+    with os.fdopen(fd, "rb") as reader:
+        mode = os.fstat(reader.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(source, mode)
+        with open(destination, "xb") as writer:
+            shutil.copyfileobj(reader, writer, 2**20)
+    shutil.copystat(source, destination, follow_symlinks=False)
+
+
+def copy_version(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Copy an export version folder's files to ``destination`` (a new folder), links never followed.
+
+    :func:`check_version_files` runs first, so a version holding a link, a device or a pipe is
+    refused before anything is written; the copy itself opens every file without following
+    links, so one swapped in meanwhile is refused too.
+
+    Args:
+        source: The version folder.
+        destination: The folder to create (must not exist).
+
+    Raises:
+        InputError: ``source`` holds something that is not a regular file or folder.
+        FileExistsError: ``destination`` exists.
+    """
+    source, destination = Path(source), Path(destination)
+    check_version_files(source)
+    pending = [(source, destination)]
+    while pending:
+        src, dst = pending.pop()
+        dst.mkdir()
+        with os.scandir(src) as entries:
+            for entry in entries:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    pending.append((Path(entry.path), dst / entry.name))
+                elif stat.S_ISREG(mode):
+                    _copy_regular_file(Path(entry.path), dst / entry.name)
+                else:
+                    raise _not_regular(Path(entry.path), mode)
+        shutil.copystat(src, dst, follow_symlinks=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Building a version beside the others
+
 # A ``.<version>.partial-*`` folder whose export is dead is removed by the next export of the same
 # model: dead when the process that made it (recorded in it) no longer runs on this machine, or,
 # where that cannot be told (another machine, no record), when it is older than this. An export
@@ -77,16 +289,21 @@ def _partial_is_dead(folder: Path, now: float) -> bool:
         return False
 
 
+def _partial_version(name: str) -> int | None:
+    """The version of a partial export folder's name ``.<version>.partial-<random>``, else ``None``."""
+    version, sep, rest = name[1:].partition(".partial-") if name.startswith(".") else ("", "", "")
+    return parse_version(version) if sep and rest else None
+
+
 def _remove_dead_partials(model_root: Path) -> None:
     """Remove the ``.N.partial-*`` folders of killed exports in ``model_root`` (never a running export's)."""
-    import re
     import time
 
     if not model_root.is_dir():
         return
     now = time.time()
     for folder in model_root.iterdir():
-        if re.fullmatch(r"\.\d+\.partial-.+", folder.name) and folder.is_dir() and not folder.is_symlink() \
+        if _partial_version(folder.name) is not None and folder.is_dir() and not folder.is_symlink() \
                 and _partial_is_dead(folder, now):
             shutil.rmtree(folder, ignore_errors=True)
             if not folder.exists():
@@ -169,6 +386,8 @@ def _move_into_place(export_dir: Path, model_root: Path, version: int, *, auto: 
     Returns:
         The version folder the export now lives in.
     """
+    from tfssim.metadata import METADATA_FILE  # not at the top: tfssim.metadata imports this module
+
     for attempt in range(retries + 1):
         destination = model_root / str(version)
         try:
@@ -182,6 +401,10 @@ def _move_into_place(export_dir: Path, model_root: Path, version: int, *, auto: 
                     f"{err}; gave up after {retries} retries with later versions (concurrent exports?)"
                 ) from None
         taken, version = version, max(version + 1, next_version(model_root))
+        if version > MAX_VERSION:
+            raise InputError(f"{model_root / str(taken)} was taken by another export meanwhile and it is version "
+                             f"{MAX_VERSION}, the largest TensorFlow Serving reads; move the model's versions to "
+                             "a new model folder numbered from 1")
         logger.warning("%s was taken by another export meanwhile; this export becomes version %d",
                        model_root / str(taken), version)
         if metadata is not None:
@@ -209,13 +432,14 @@ def version_folder(path: str | os.PathLike) -> tuple[Path, int]:
     """
     path = Path(path)
     name = path.name if path.name not in ("", ".", "..") else Path(os.path.abspath(path)).name
-    if not (name.isascii() and name.isdigit() and 1 <= int(name) <= MAX_VERSION):
+    version = parse_version(name)
+    if version is None:
         raise InputError(
             f"{path} is not a version folder of TensorFlow Serving's layout NAME/VERSION (its name is not a "
             "version number), so no new version can be written beside it; move the SavedModel into a "
             "numbered folder, e.g. exported_models/my_model/1, and give that folder (or exported_models/my_model)")
     absolute = Path(os.path.abspath(path))
-    return (path.parent if path.name == name else absolute.parent), int(name)
+    return (path.parent if path.name == name else absolute.parent), version
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -239,12 +463,3 @@ def _fsync_tree(folder: Path) -> None:
         finally:
             os.close(fd)
 
-
-def _check_name(name: str) -> None:
-    # Control characters (a newline, a tab) make a folder name that TF Serving's config and every
-    # log line would mangle.
-    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0") \
-            or name != name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name) \
-            or len(name.encode("utf-8", "surrogateescape")) > 255:
-        raise InputError(f"invalid model name {name!r}: use a plain folder name such as 'nanotwice_ssim' "
-                         "(no slashes, control characters or leading dot, at most 255 bytes)")
