@@ -56,7 +56,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tfssim._io import atomic_write_json, atomic_write_text
+from tfssim._io import atomic_write_json, atomic_write_text, output_dir_lock, prepare_output_dir
+from tfssim.errors import InputError
 
 TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor",
@@ -113,21 +114,22 @@ def find_categories(root: Path, wanted: Sequence[str] | None) -> list[str]:
     """The MVTec AD categories under ``root`` (folders with ``train/good``), in MVTec AD's order.
 
     Raises:
-        SystemExit: ``root`` holds none, or a wanted category is unknown or missing.
+        InputError: ``root`` holds none, or a wanted category is unknown or missing.
     """
     if not root.is_dir():
-        raise SystemExit(f"error: {root} is not a folder; give the MVTec AD root (holding carpet/, bottle/, ...)")
+        raise InputError(f"{root} is not a folder; give the MVTec AD root (holding carpet/, bottle/, ...)")
     present = [c for c in CATEGORIES if (root / c / "train" / "good").is_dir()]
     if wanted:
         unknown = [c for c in wanted if c not in CATEGORIES]
         if unknown:
-            raise SystemExit(f"error: unknown categories {unknown}; MVTec AD has {', '.join(CATEGORIES)}")
+            raise InputError(f"unknown categories {unknown}; MVTec AD has {', '.join(CATEGORIES)}")
         missing = [c for c in wanted if c not in present]
         if missing:
-            raise SystemExit(f"error: {root} has no {', '.join(f'{c}/train/good' for c in missing)}")
+            raise InputError(f"{root} has no {', '.join(f'{c}/train/good' for c in missing)}; give the MVTec AD root "
+                             "that holds them or leave them out of --categories")
         return [c for c in CATEGORIES if c in wanted]
     if not present:
-        raise SystemExit(f"error: no MVTec AD category (e.g. carpet/train/good) under {root}")
+        raise InputError(f"no MVTec AD category (e.g. carpet/train/good) under {root}; give the MVTec AD root")
     return present
 
 
@@ -199,8 +201,17 @@ def table(results: Sequence[dict]) -> tuple[str, dict]:
     return "\n".join(lines) + "\n\n" + notes + "\n", {"rows": rows, "mean": means, "notes": notes}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with tfssim's rule for bad input: one ``Error:`` line on stderr, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"Error: {message}; see {self.prog} --help\n")
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line: bad input is one ``Error:`` line and exit status 2, Ctrl-C exit status 130."""
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mvtec_root", type=Path, metavar="MVTEC_ROOT")
     parser.add_argument("--categories", default=None, help="comma-separated (default: every category found)")
     parser.add_argument("--budget", default="10x4000", metavar="EPOCHSxPATCHES",
@@ -222,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     epochs, _, patches = args.budget.partition("x")
-    if not (epochs.isdigit() and patches.isdigit() and int(epochs) > 0 and int(patches) > 0):
+    if not (epochs.isascii() and epochs.isdigit() and patches.isascii() and patches.isdigit()
+            and int(epochs) > 0 and int(patches) > 0):
         parser.error(f"--budget {args.budget!r}: expected EPOCHSxPATCHES, e.g. 10x4000")
     if args.min_defect_area < 0:
         parser.error(f"--min-defect-area must be >= 0, got {args.min_defect_area}")
@@ -230,30 +242,55 @@ def main(argv: list[str] | None = None) -> None:
                         args.texture_patch, args.texture_scale, args.stride, args.object_size, args.min_defect_area,
                         args.seed)
     wanted = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
-    categories = find_categories(args.mvtec_root, wanted)
+    try:
+        run(args.mvtec_root, args.output, protocol, wanted)
+    except (InputError, OSError) as err:
+        reason = str(err) if isinstance(err, InputError) or err.filename is None else \
+            f"cannot use {err.filename}: {err.strerror or type(err).__name__}"
+        sys.stderr.write(f"Error: {reason}\n")
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        sys.stderr.write(f"Interrupted: the categories finished so far are in {args.output}; run the same command "
+                         "again to continue\n")
+        raise SystemExit(130) from None
 
-    # One output folder holds one protocol: finished categories are reused, so another budget or
-    # threshold rule must not mix into their table.
-    settings_file = args.output / SETTINGS_FILE
-    settings = dataclasses.asdict(protocol)
-    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-        raise SystemExit(f"error: {args.output} holds a benchmark with settings {settings_file.read_text().strip()}; "
-                         "use the same options or another --output")
-    args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(settings_file, settings)
 
-    results = []
-    for category in categories:
-        done = args.output / category / RESULT_FILE
-        if done.exists():
-            print(f"{category}: done before ({done}), skipped", flush=True)
-            results.append(json.loads(done.read_text()))
-            continue
-        print(f"{category}: training, exporting, calibrating, evaluating", flush=True)
-        results.append(run_category(args.mvtec_root, args.output, category, protocol))
-    markdown, payload = table(results)
-    atomic_write_text(args.output / "mvtec_table.md", markdown)
-    atomic_write_json(args.output / "mvtec_table.json", {"settings": settings, **payload})
+def run(mvtec_root: Path, output: Path, protocol: Protocol, wanted: Sequence[str] | None = None) -> None:
+    """Run ``protocol`` on the categories under ``mvtec_root`` (``wanted`` or all), resumably, into ``output``."""
+    categories = find_categories(mvtec_root, wanted)
+    # Never inside the data: results there would be read back as images (tfssim's output rule).
+    prepare_output_dir(output, [mvtec_root])
+    with output_dir_lock(output, "benchmark_mvtec.py"):
+        # One output folder holds one protocol: finished categories are reused, so another budget or
+        # threshold rule must not mix into their table.
+        settings_file = output / SETTINGS_FILE
+        settings = dataclasses.asdict(protocol)
+        if settings_file.exists():
+            try:
+                recorded = json.loads(settings_file.read_text())
+            except (ValueError, UnicodeDecodeError):
+                raise InputError(f"{settings_file} is not valid JSON (damaged); use another --output") from None
+            if recorded != settings:
+                raise InputError(f"{output} holds a benchmark with settings {json.dumps(recorded)}; "
+                                 "use the same options or another --output")
+        atomic_write_json(settings_file, settings)
+
+        results = []
+        for category in categories:
+            done = output / category / RESULT_FILE
+            if done.exists():
+                print(f"{category}: done before ({done}), skipped", flush=True)
+                try:
+                    results.append(json.loads(done.read_text()))
+                except (ValueError, UnicodeDecodeError):
+                    raise InputError(f"{done} is not valid JSON (damaged); remove it to run {category} again") \
+                        from None
+                continue
+            print(f"{category}: training, exporting, calibrating, evaluating", flush=True)
+            results.append(run_category(mvtec_root, output, category, protocol))
+        markdown, payload = table(results)
+        atomic_write_text(output / "mvtec_table.md", markdown)
+        atomic_write_json(output / "mvtec_table.json", {"settings": settings, **payload})
     sys.stdout.write(markdown)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_script
+from tfssim.errors import InputError
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_mvtec.py"
 
@@ -82,12 +83,42 @@ def test_categories_are_found_in_mvtec_order_and_bad_ones_refused(mvtec_root):
     bench = _load()
     assert bench.find_categories(mvtec_root, None) == ["carpet", "bottle"]
     assert bench.find_categories(mvtec_root, ["bottle", "carpet"]) == ["carpet", "bottle"]
-    with pytest.raises(SystemExit, match="unknown categories \\['brick'\\]"):
+    with pytest.raises(InputError, match="unknown categories \\['brick'\\]"):
         bench.find_categories(mvtec_root, ["brick"])
-    with pytest.raises(SystemExit, match="has no screw/train/good"):
+    with pytest.raises(InputError, match="has no screw/train/good"):
         bench.find_categories(mvtec_root, ["screw"])
-    with pytest.raises(SystemExit, match="no MVTec AD category"):
+    with pytest.raises(InputError, match="no MVTec AD category"):
         bench.find_categories(mvtec_root / "notes", None)
+
+
+def _refused(bench, argv, capsys, code: int = 2) -> str:
+    """Run the script's main on ``argv``; it must exit with ``code`` and one ``Error:`` line on stderr."""
+    with pytest.raises(SystemExit) as done:
+        bench.main(argv)
+    assert done.value.code == code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_bad_input_is_one_error_line_with_exit_status_2(mvtec_root, tmp_path, capsys):
+    bench = _load()
+    out = tmp_path / "bench"
+    assert "unknown categories" in _refused(bench, [str(mvtec_root), "--output", str(out), "--categories", "brick"],
+                                            capsys)
+    assert "is not a folder" in _refused(bench, [str(tmp_path / "missing"), "--output", str(out)], capsys)
+    assert "EPOCHSxPATCHES" in _refused(bench, [str(mvtec_root), "--budget", "ten"], capsys)
+    assert "EPOCHSxPATCHES" in _refused(bench, [str(mvtec_root), "--budget", "²x4"], capsys)
+    assert "--min-defect-area" in _refused(bench, [str(mvtec_root), "--min-defect-area", "-1"], capsys)
+    # An output folder inside the dataset would put results where images are read.
+    assert "inside the input" in _refused(bench, [str(mvtec_root), "--output", str(mvtec_root / "carpet")], capsys)
+    assert not any((mvtec_root / "carpet").glob("*.json"))
+    # A damaged settings file of an earlier benchmark is named.
+    out.mkdir()
+    (out / bench.SETTINGS_FILE).write_text("{cut")
+    assert "settings.json is not valid JSON" in _refused(bench, [str(mvtec_root), "--output", str(out)], capsys)
 
 
 def test_protocols_of_textures_and_objects():
@@ -143,11 +174,10 @@ def test_a_finished_category_is_skipped_and_other_settings_refused(mvtec_root, t
     assert [row["category"] for row in saved["rows"]] == ["carpet", "bottle"]
     assert saved["settings"]["epochs"] == 1 and saved["settings"]["min_defect_area"] == 30
     # The same folder with another budget or area is refused before anything runs.
+    capsys.readouterr()
     for changed in (["--budget", "2x32"], ["--min-defect-area", "31"]):
-        with pytest.raises(SystemExit, match="holds a benchmark with settings"):
-            bench.main([*argv, *changed])
-    with pytest.raises(SystemExit):
-        bench.main([*argv[:-4], "--budget", "ten"])
+        assert "holds a benchmark with settings" in _refused(bench, [*argv, *changed], capsys)
+    _refused(bench, [*argv[:-4], "--budget", "ten"], capsys)
     assert calls == ["bottle"]
 
 

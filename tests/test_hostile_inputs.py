@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from skimage import io
 
 from tfssim import export, postprocess
-from tfssim._io import atomic_write_json
+from tfssim._io import OUTPUT_LOCK_NAME, atomic_write_json
 from tfssim.cli.predict import main as predict_cli
 from tfssim.data import io as image_io
 from tfssim.inference import ExportedModel, read_export_metadata
@@ -144,13 +144,23 @@ def assert_clean(result, code: int, errors: int | None = 1) -> None:
 
 @pytest.fixture
 def no_decoding(monkeypatch):
-    """Fail the test if any pixel data is decoded (skimage.io.imread is the reader's only decoder)."""
-    import skimage.io
+    """Fail the test if any pixel data is decoded (Pillow and tifffile are the reader's decoders)."""
+    _stop_decoding(monkeypatch)
+
+
+def _stop_decoding(monkeypatch) -> None:
+    """From now on, fail the test if any pixel data is decoded (build the test's files first)."""
+    import tifffile
+    from PIL import Image, ImageFile, ImageOps
 
     def refuse(*args, **kwargs):
         raise AssertionError("the file was decoded")
 
-    monkeypatch.setattr(skimage.io, "imread", refuse)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+    monkeypatch.setattr(Image.Image, "load", refuse)
+    monkeypatch.setattr(ImageOps, "exif_transpose", refuse)
+    for owner in (tifffile.TiffFile, tifffile.TiffPage, tifffile.TiffPageSeries):
+        monkeypatch.setattr(owner, "asarray", refuse)
 
 
 @pytest.mark.parametrize("fmt", sorted(BOMBS))
@@ -183,8 +193,8 @@ def test_the_budget_is_one_setting_for_every_format(tmp_path, monkeypatch):
         image_io.read_image(png, max_pixels=0)
 
 
-def test_multipage_tiffs_and_animated_pngs_count_every_page(tmp_path, no_decoding):
-    """Both are decoded with all their pages (skimage.io.imread), so all count against the budget."""
+def test_multipage_tiffs_and_animated_pngs_count_every_page(tmp_path, monkeypatch):
+    """Every page and frame counts against the budget, checked before anything is decoded."""
     import tifffile
     from PIL import Image
 
@@ -192,6 +202,7 @@ def test_multipage_tiffs_and_animated_pngs_count_every_page(tmp_path, no_decodin
     tifffile.imwrite(stack, np.zeros((5, 20, 30), np.uint8))
     frames = [Image.fromarray(np.full((20, 30), 50 * i, np.uint8)) for i in range(5)]
     frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    _stop_decoding(monkeypatch)
     for path in (stack, tmp_path / "anim.png"):
         with pytest.raises(ValueError, match="declares 3,000 pixels"):
             image_io.read_image(path, max_pixels=2999)
@@ -432,7 +443,7 @@ def test_predict_refuses_an_output_folder_holding_its_inputs(exports, tmp_path):
     for args in ([same, "-o", same], [str(same / "*.png"), "-o", str(same) + "/"]):
         result = _predict(exports[0], *args, "--threshold", "0.3")
         assert_clean(result, 2)
-        assert "holds the input image" in result.output
+        assert "holds the input" in result.output
         assert hashes(same) == before
     link_dir = tmp_path / "links"  # an input that is a link into the output folder
     link_dir.mkdir()
@@ -538,7 +549,7 @@ def test_predict_stopped_mid_run_keeps_a_summary_and_no_partial_image(stop, expo
     summary = strict_json(out / "summary.json")
     assert summary["interrupted"] is True and summary["processed"] == [str(paths[0])]
     assert (summary["error"] == "KeyboardInterrupt") if stop == "ctrl_c" else ("No space left" in summary["error"])
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != OUTPUT_LOCK_NAME)  # the lock stays: see _io
     assert names == sorted([f"a{suffix}" for suffix in OUTPUT_SUFFIXES.values()] + ["summary.json"]), names
     assert hashes(tmp_path / "in") == before
 

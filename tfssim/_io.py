@@ -1,19 +1,28 @@
-"""Atomic file writes: a temporary file beside the target, renamed over it only when complete.
+"""Writing files safely: atomic writes, and the output folder of a command.
 
-A reader (or TF Serving, or a crash) never sees half a file: either the old content or the new.
+Atomic writes: a temporary file beside the target, renamed over it only when complete. A reader
+(or TF Serving, or a crash) never sees half a file: either the old content or the new.
 The temporary name is hidden, unique per call (concurrent writers do not clash) and keeps the
 target's extension, so writers that pick the format from it (matplotlib, scikit-image,
 tifffile) work unchanged.
+
+Output folders: :func:`prepare_output_dir` is the one check every command that writes a folder
+runs before any work (never beside or inside its inputs, writable), and :func:`output_dir_lock`
+holds the folder for one command at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
+from tfssim.errors import InputError
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "check_output_location", "prepare_output_dir",
+           "output_dir_lock", "OUTPUT_LOCK_NAME"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
@@ -58,3 +67,156 @@ def atomic_write_json(path: str | os.PathLike, payload: Any, **dumps_kwargs: Any
     text = json.dumps(payload, **dumps_kwargs)  # before the temporary file: a refusal leaves nothing behind
     return atomic_write_text(path, text)
 
+
+
+# --- the output folder of a command -------------------------------------------------------------
+
+
+def _real(path: str | os.PathLike) -> str:
+    return os.path.realpath(os.path.abspath(os.fspath(path)))
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _within(inner: str, outer: str) -> bool:
+    """Whether the real path ``inner`` is ``outer`` or lies under it."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def check_output_location(output_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *,
+                          masks: str | os.PathLike | None = None) -> None:
+    """Refuse an output folder that would mix a command's results with its inputs.
+
+    The one rule of every tfssim command that writes into a folder, checked before any work:
+    results written beside an input could replace it (``a_mask.png`` is both a user's mask name
+    and the mask of ``a.png``; ``roc.png`` or ``tuning.png`` could be a user's image), and
+    results inside a dataset or image folder are read back as images by the next run on it. The
+    output folder may not be any input (an image folder, a dataset, the ``masks`` folder, an
+    export), lie inside one, or hold one at any depth.
+
+    Paths are compared after resolving links (and, for folders that exist, by device and inode,
+    so a bind mount of the same folder is caught too).
+
+    Args:
+        output_dir: The command's output folder (it need not exist yet).
+        inputs: The files and folders the command reads.
+        masks: A folder of ground-truth masks (also an input; named as such in the message).
+
+    Raises:
+        InputError: One line naming the output folder, the input and what to do.
+    """
+    out = _real(output_dir)
+    out_id = _identity(out)
+    named = [(p, "input") for p in inputs] + ([(masks, "ground-truth mask folder")] if masks is not None else [])
+    fix = "choose an output folder outside the inputs (e.g. a new folder beside them)"
+    for given, what in named:
+        path = os.path.abspath(os.fspath(given))
+        target = _real(path)
+        # Where the input lives: its target, and (for a link) the folder the link itself is in.
+        places = [target, _real(os.path.dirname(path))]
+        if os.path.isdir(target) and (_within(out, target) or (out_id is not None and out_id == _identity(target))):
+            where = "is" if out == target or out_id == _identity(target) else "lies inside"
+            raise InputError(f"output folder {os.fspath(output_dir)} {where} the {what} {os.fspath(given)}; "
+                             f"results written there could replace inputs or be read as inputs; {fix}")
+        folder_id = _identity(os.path.dirname(target)) if not os.path.isdir(target) else None
+        if any(_within(place, out) for place in places) or (out_id is not None and folder_id == out_id):
+            raise InputError(f"output folder {os.fspath(output_dir)} holds the {what} {os.fspath(given)}; "
+                             f"results written there could replace inputs or be read back as inputs; {fix}")
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *,
+                       masks: str | os.PathLike | None = None) -> Path:
+    """Check an output folder (:func:`check_output_location`), create it and make sure it can be written.
+
+    Run before any work, so that a command that cannot write its results fails at once.
+
+    Args:
+        output_dir: The folder for the results; created with its parents if missing.
+        inputs, masks: As :func:`check_output_location`.
+
+    Returns:
+        ``output_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: a path that is a file or lies under one, a folder that cannot be created
+            or written to (no permission, read-only file system), or one that mixes results
+            with inputs.
+        OSError: a full disk or an I/O error (no fault of the arguments).
+
+    Example:
+        >>> prepare_output_dir("predictions", ["scans/a.png", "scans/b.png"])
+        PosixPath('predictions')
+    """
+    import errno
+    import tempfile
+
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder {out} is a file, not a folder; choose another output folder")
+    check_output_location(out, inputs, masks=masks)
+    machine = {errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tfssim-write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        if err.errno in machine:
+            raise
+        reason = ("a parent of it is a file" if isinstance(err, (FileExistsError, NotADirectoryError))
+                  else err.strerror or type(err).__name__)
+        raise InputError(f"cannot write results to {out}: {reason}; choose an output folder you may write to") from None
+    return out
+
+
+# The lock file of an output folder (hidden: no command reads it as an image).
+OUTPUT_LOCK_NAME = ".tfssim-output.lock"
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold an output folder for one command at a time; a second one is refused at once.
+
+    An advisory ``flock`` on :data:`OUTPUT_LOCK_NAME` in the folder: the operating system
+    releases it when the process ends, killed or not, so a stale lock never blocks a later run.
+    Check "is the result already there?" inside the block: check and claim are then one step for
+    every command that takes this lock. Where ``fcntl`` is missing (Windows) nothing is locked.
+
+    Args:
+        output_dir: An existing folder (:func:`prepare_output_dir`).
+        command: Who takes it, for the message of the one refused (e.g. ``"tfssim-tune"``).
+
+    Yields:
+        ``output_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: another process holds the folder.
+    """
+    out = Path(output_dir)
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here: the checks inside the block still run
+        yield out
+        return
+    fd = os.open(out / OUTPUT_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            except OSError:
+                holder = "another process"
+            raise InputError(f"output folder {out} is in use by {holder}; wait for it to finish or choose "
+                             "another output folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command} (process {os.getpid()})".encode(), 0)
+        yield out
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfssim import metrics, postprocess
-from tfssim._io import atomic_write, atomic_write_json
+from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir
 from tfssim.errors import InputError
 from tfssim.inference import ExportedModel
 from tfssim.per_type import GOOD, TYPE_KEYS, defect_types, per_type_scores
@@ -251,17 +251,30 @@ def evaluate(
     its pooled row (``defect_type`` column, ``all`` for the pooled one), and ``per_type.png`` (a
     bar chart). Datasets without types get exactly the pooled files.
     """
-    from tfssim import data, plots  # matplotlib loads here, not when the module (or the CLI's --help) does
-
     if not split.test:
         raise InputError(f"dataset {split.root} has no test images to evaluate on")
     if not split.val:
         raise InputError(
             f"dataset {split.root} has no defect-free validation images to set the threshold from"
         )
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     names = _unique_names(exports)
+    safe_names = [name.replace("/", "_").replace(" ", "_") for name in names]
+    # Every output-side problem before the first image: never inside the dataset or an export.
+    inputs = [split.root, *split.val, *split.test, *[m for m in split.test_masks if m is not None],
+              *[m.path for m in exports]]
+    output = prepare_output_dir(output, inputs)
+    with output_dir_lock(output, "tfssim-evaluate"):  # one command at a time writes the folder
+        return _evaluate_into(split, exports, output, names, safe_names, fpr=fpr, max_overlays=max_overlays,
+                              progress=progress, segmentation_auroc=segmentation_auroc)
+
+
+def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, names: list[str],
+                   safe_names: list[str], *, fpr: float, max_overlays: int, progress: bool,
+                   segmentation_auroc: bool) -> list[ExportEvaluation]:
+    """:func:`evaluate` once its output folder is checked and held."""
+    from tfssim import data, plots  # matplotlib loads here, not when the module (or the CLI's --help) does
+    from tfssim.prediction import output_stems
+
     channels = {m.channels for m in exports}
     if len(channels) > 1:
         raise InputError("the exports take different channel counts; evaluate grayscale and RGB models separately")
@@ -288,15 +301,18 @@ def evaluate(
         result.scores["export_threshold"] = model.threshold
         result.seconds = time.perf_counter() - started
         results.append(result)
-        safe = name.replace("/", "_").replace(" ", "_")
+        safe = safe_names[len(results) - 1]
         plots.plot_pro_quantiles(result.pro["fpr"], result.pro["quantiles"], output / f"pro_{safe}.png")
         write_curves(result, output, safe)
         processor = dataclasses.replace(settings, threshold=result.scores["threshold"])
         overlay_dir = output / "overlays" / safe
         overlay_dir.mkdir(parents=True, exist_ok=True)
-        for path, image, anomaly_map, mask in list(zip(split.test, test_images, test_maps, masks))[:max_overlays]:
+        # Named as tfssim-predict names its outputs: MVTec AD's good/000.png and scratch/000.png
+        # become good_000.png and scratch_000.png, not one file written twice.
+        stems = output_stems([Path(p) for p in split.test])
+        for stem, image, anomaly_map, mask in list(zip(stems, test_images, test_maps, masks))[:max_overlays]:
             seg, _ = processor(anomaly_map)
-            plots.plot_overlay(image, seg, mask, overlay_dir / f"{Path(path).stem}.png")
+            plots.plot_overlay(image, seg, mask, overlay_dir / f"{stem}.png")
 
     plots.plot_roc_curves(
         {r.name: (r.roc[0], r.roc[1], r.scores["pixel_auroc"]) for r in results}, output / "roc.png"

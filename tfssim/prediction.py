@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from tfssim._io import atomic_write, atomic_write_json
+from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir
 from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
 from tfssim.inference import ExportedModel
@@ -147,7 +147,9 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     Args:
         items: Image files, folders (the entries directly in them named like images, see
             ``tfssim.data.IMAGE_SUFFIXES``, except folders; broken links are kept and fail as
-            images) and glob patterns (``*``, ``?``, ``[``).
+            images) and glob patterns (``*``, ``?``, ``[``). A path that exists is taken as
+            it is, also when its name holds those characters; only one that does not exist
+            is expanded as a pattern.
 
     Returns:
         The paths in the order of ``items`` (each folder's and pattern's matches sorted), each once.
@@ -165,8 +167,10 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     items = [os.fspath(item) for item in items]
     paths: list[Path] = []
     for item in items:
-        pattern = any(c in item for c in "*?[")
-        matches = [Path(m) for m in sorted(glob.glob(item))] if pattern else [Path(item)]
+        # A path that exists is that file or folder, whatever its name holds ("a[1].png" is
+        # not the pattern matching "a1.png"); only a path that does not exist is a pattern.
+        pattern = any(c in item for c in "*?[") and not os.path.lexists(item)
+        matches = [Path(m) for m in sorted(glob.glob(_pattern_of(item)))] if pattern else [Path(item)]
         if not matches:
             raise FileNotFoundError(f"no file matches {item!r}")
         for path in matches:
@@ -188,6 +192,24 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     if not unique:
         raise InputError("no images found in " + ", ".join(items))
     return unique
+
+
+def _pattern_of(item: str) -> str:
+    """The glob pattern of ``item`` with its longest existing leading folder taken literally.
+
+    ``runs[1]/*.png`` with a folder ``runs[1]`` matches the PNGs in that folder, not those in
+    ``runs1/`` (the rule of :func:`expand_inputs`: what exists is taken as it is).
+    """
+    head, rest = item, []
+    while head and not os.path.lexists(head):
+        parent, tail = os.path.split(head)
+        if parent == head:  # the root itself does not exist: nothing literal
+            break
+        head = parent
+        rest.append(tail)
+    if not head or not rest:
+        return item
+    return os.path.join(glob.escape(head), *reversed(rest))
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
@@ -212,69 +234,6 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
             candidate, i = f"{stem}_{i}", i + 1
         stems.append(candidate)
     return stems
-
-
-def prepare_output_dir(output_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Create ``output_dir`` if missing and make sure results can be written there, before any image is read.
-
-    Refused (``ValueError``): a path that is a file or lies under one, a folder that cannot be
-    created or written to (no permission, read-only file system), and a folder holding any of
-    ``inputs`` (directly or as a link's target): results written there could replace an input
-    (``a_mask.png`` is both a user's mask name and the mask of ``a.png``) and would be read back
-    as images by the next run on that folder.
-
-    Args:
-        output_dir: The folder for the results.
-        inputs: The input images.
-
-    Returns:
-        ``output_dir`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ValueError: The folder cannot be used (one line saying why and what to do).
-        OSError: A full disk or an I/O error (no fault of the arguments).
-
-    Example:
-        >>> prepare_output_dir("predictions", expand_inputs(["scans/"]))
-    """
-    import errno
-    import tempfile
-
-    out = Path(output_dir)
-    machine = {errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output folder {out} is a file, not a folder; choose another output folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tfssim-write-test-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        if err.errno in machine:
-            raise
-        reason = ("a parent of it is a file" if isinstance(err, (FileExistsError, NotADirectoryError))
-                  else err.strerror or type(err).__name__)
-        raise InputError(f"cannot write results to {out}: {reason}; choose an output folder you may write to") from None
-    here = os.stat(out)
-    seen: dict[str, bool] = {}
-
-    def inside(folder: str) -> bool:
-        if folder not in seen:
-            try:
-                st = os.stat(folder)
-                seen[folder] = (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
-            except OSError:
-                seen[folder] = False
-        return seen[folder]
-
-    for path in inputs:
-        path = os.path.abspath(os.fspath(path))
-        if inside(os.path.dirname(path)) or inside(os.path.dirname(os.path.realpath(path))):
-            raise InputError(
-                f"output folder {out} holds the input image {path}; write the results to another folder "
-                "(results written beside the inputs could replace them and be read back as images)"
-            )
-    return out
 
 
 def _save_tiff(path: Path, array: np.ndarray) -> None:
@@ -361,10 +320,8 @@ def predict_files(
     paths = [Path(p) for p in paths]
     processor = postprocess.PostProcessor.from_metadata(model.metadata, threshold=threshold, min_area=min_area,
                                                         source=model.path / METADATA_FILE)
-    if masks is not None and Path(output_dir).is_dir() and os.path.samefile(masks, output_dir):
-        raise InputError(f"output folder {output_dir} is the ground-truth mask folder; the predicted "
-                         "<stem>_mask.png files would replace the masks: choose another output folder")
-    out = prepare_output_dir(output_dir, paths)  # every output-side problem before the first image
+    # Every output-side problem before the first image: never beside an input, nor in the masks or the export.
+    out = prepare_output_dir(output_dir, [*paths, model.path], masks=masks)
     stems = output_stems(paths)
     blocked = [out / f"{stem}{suffix}" for stem in stems for suffix in OUTPUT_SUFFIXES.values()
                if (out / f"{stem}{suffix}").is_dir()]
@@ -379,61 +336,62 @@ def predict_files(
         if progress:
             tqdm.write(line, file=sys.stderr if err else None)
 
-    try:
-        for path, stem in tqdm(list(zip(paths, stems)), desc="predict", unit="img",
-                               disable=None if progress else True):
-            found = None
-            # Reading and scoring: any failure is this image's (unreadable, over the pixel budget,
-            # gone since listing, refused by the export, out of memory); the others go on.
-            try:
-                image = data.read_image(path, model.channels)
-                gt = None
-                if masks is not None:
-                    found = data.find_mask(masks, path, index)
-                    if found is None:
-                        summary.images_without_mask += 1
-                        say(f"warning: no ground-truth mask for {path} in {mask_dir} (looked for "
-                            f"{data.mask_names(path)})", err=True)
-                    else:
-                        gt = data.read_mask(found, shape=image.shape[:2])
-                maps = model.predict(image, source=path)
-                anomaly_map = maps["anomaly_map"]
-                if not np.isfinite(anomaly_map).all():
-                    raise InputError("the export produced NaN or infinite scores for this image; the model is "
-                                     "broken (retrain or re-export it)")
-                mask, regions = processor(anomaly_map)
-            except (ValueError, OSError, MemoryError) as err:
-                message = str(err) if str(path) in str(err) else f"{path}: {err}"
-                summary.failures.append(message)
-                say(f"skipped {message}", err=True)
-                continue
-            # Writing: a failure here (disk full, Ctrl-C) stops the run; this image's files go,
-            # so that no image is left with part of its results.
-            files = {kind: out / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
-            try:
-                _save_tiff(files["anomaly_map_tif"], anomaly_map)
-                plots.plot_anomaly_map(image, anomaly_map, files["anomaly_map_png"])
-                _save_png(files["mask"], (mask * 255).astype(np.uint8))
-                plots.plot_overlay(image, mask, gt, files["overlay"])
-                postprocess.regions_to_json(regions, files["regions"])
-            except BaseException:
-                for file in files.values():
-                    try:
-                        file.unlink(missing_ok=True)
-                    except OSError:
-                        pass
-                raise
-            result = ImageResult(path, stem, regions, float(anomaly_map.max()), files, found)
-            summary.results.append(result)
-            say(result.summary_line())
-    except BaseException as err:
-        # Stopped early: summary.json still says what was done (best effort: the disk may be full).
-        summary.interrupted = True
-        summary.error = type(err).__name__ if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+    with output_dir_lock(out, "tfssim-predict"):  # one command at a time writes the folder
         try:
-            atomic_write_json(out / "summary.json", summary.to_dict())
-        except Exception:  # noqa: BLE001 - the original error is the one to report
-            pass
-        raise
-    atomic_write_json(out / "summary.json", summary.to_dict())
-    return summary
+            for path, stem in tqdm(list(zip(paths, stems)), desc="predict", unit="img",
+                                   disable=None if progress else True):
+                found = None
+                # Reading and scoring: any failure is this image's (unreadable, over the pixel budget,
+                # gone since listing, refused by the export, out of memory); the others go on.
+                try:
+                    image = data.read_image(path, model.channels)
+                    gt = None
+                    if masks is not None:
+                        found = data.find_mask(masks, path, index)
+                        if found is None:
+                            summary.images_without_mask += 1
+                            say(f"warning: no ground-truth mask for {path} in {mask_dir} (looked for "
+                                f"{data.mask_names(path)})", err=True)
+                        else:
+                            gt = data.read_mask(found, shape=image.shape[:2])
+                    maps = model.predict(image, source=path)
+                    anomaly_map = maps["anomaly_map"]
+                    if not np.isfinite(anomaly_map).all():
+                        raise InputError("the export produced NaN or infinite scores for this image; the model is "
+                                         "broken (retrain or re-export it)")
+                    mask, regions = processor(anomaly_map)
+                except (ValueError, OSError, MemoryError) as err:
+                    message = str(err) if str(path) in str(err) else f"{path}: {err}"
+                    summary.failures.append(message)
+                    say(f"skipped {message}", err=True)
+                    continue
+                # Writing: a failure here (disk full, Ctrl-C) stops the run; this image's files go,
+                # so that no image is left with part of its results.
+                files = {kind: out / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+                try:
+                    _save_tiff(files["anomaly_map_tif"], anomaly_map)
+                    plots.plot_anomaly_map(image, anomaly_map, files["anomaly_map_png"])
+                    _save_png(files["mask"], (mask * 255).astype(np.uint8))
+                    plots.plot_overlay(image, mask, gt, files["overlay"])
+                    postprocess.regions_to_json(regions, files["regions"])
+                except BaseException:
+                    for file in files.values():
+                        try:
+                            file.unlink(missing_ok=True)
+                        except OSError:
+                            pass
+                    raise
+                result = ImageResult(path, stem, regions, float(anomaly_map.max()), files, found)
+                summary.results.append(result)
+                say(result.summary_line())
+        except BaseException as err:
+            # Stopped early: summary.json still says what was done (best effort: the disk may be full).
+            summary.interrupted = True
+            summary.error = type(err).__name__ if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+            try:
+                atomic_write_json(out / "summary.json", summary.to_dict())
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+            raise
+        atomic_write_json(out / "summary.json", summary.to_dict())
+        return summary

@@ -164,6 +164,33 @@ def usage_errors() -> Iterator[None]:
         raise
 
 
+class Command(click.Command):
+    """A tfssim command: Ctrl-C is one ``Interrupted:`` line and exit status 130 (the shell's convention).
+
+    click's own handling prints ``Aborted!`` and exits 1, the status of a failure, so a script
+    running the command cannot tell an interrupt from a crash. ``interrupted`` says what was left
+    behind (every tfssim write is atomic: a file is whole or absent).
+
+    Example:
+        >>> @click.command(cls=Command, interrupted="no new version was written")
+        ... def main() -> None: ...
+    """
+
+    def __init__(self, *args, interrupted: str = "files are written atomically: each is whole or absent",
+                 **kwargs) -> None:
+        kwargs["context_settings"] = {"help_option_names": ["-h", "--help"], "show_default": True,
+                                      **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
+        self.interrupted = interrupted
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(f"Interrupted: {self.interrupted}", err=True)
+            raise click.exceptions.Exit(130) from None
+
+
 class MissingTensorFlowError(click.ClickException):
     """TensorFlow is not installed (or does not import): one ``Error:`` line, exit status 2."""
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import click
 
-from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
 from tfssim.prediction import expand_inputs
 
 DEFAULT_FPR = 0.01  # tfssim.calibration.DEFAULT_FPR (not imported here: --help stays cheap)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command,
+               interrupted="no new version was written; the calibrated version is unchanged")
 @click.argument("export", type=click.Path(exists=True, file_okay=False))
 @click.argument("images", nargs=-1, required=True)
 @click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from tfssim._io import atomic_write_json
-from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
 
 # Defective copies per validation image when the demo tunes: its 2 validation images are small,
@@ -23,7 +23,8 @@ from tfssim.errors import InputError
 TUNE_COPIES = 4
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command,
+               interrupted="the steps finished so far are in --output; run the demo again with a new --output")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="demo_output", help="Folder for everything the demo makes.")
 @click.option("--texture", type=click.Choice(("brick", "grass", "gravel")), default="brick", help="scikit-image texture to inspect.")
 @click.option("--epochs", type=click.IntRange(min=1), default=40)
@@ -39,7 +40,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
          stride: int | None, fpr: float, seed: int, verbose: bool) -> None:
     """Run train -> export -> tune (scoring + threshold) -> evaluate -> predict on built-in texture images."""
     setup_logging(verbose)
-    from tfssim import data, evaluation, export, plots, prediction, tuning
+    from tfssim import data, evaluation, export, prediction, tuning
     from tfssim.inference import ExportedModel
     from tfssim.training import TrainConfig, train
 
@@ -81,22 +82,20 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
 
         click.echo(f"[4/6] tune: scoring chosen on synthetic defects in the validation images, FPR {fpr:g}")
         tune_started = time.perf_counter()
-        split = data.load_dataset(out / "data", layout="folder", seed=seed)
-        model = ExportedModel.load(first_export)
-        val_images = [data.read_image(p, model.channels) for p in split.val]
-        tuned = tuning.tune(model, val_images, fpr=fpr, copies=TUNE_COPIES, seed=seed, progress=False)
-        export_dir = tuning.write_tuned_export(model, tuned)
-        (out / "tuning").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "tuning" / "tuning.json", {**tuned.as_dict(), "new_version": str(export_dir)})
-        plots.plot_tuning(tuned.map_candidates, tuned.post_candidates, tuned.choice, out / "tuning" / "tuning.png")
+        # No images named: the tuner takes the validation images the training run recorded.
+        run = tuning.tune_export(first_export, None, out / "tuning", fpr=fpr, copies=TUNE_COPIES, seed=seed,
+                                 progress=False)
+        export_dir = run.new_version
         tune_seconds = time.perf_counter() - tune_started
-        c = tuned.choice
-        click.echo(f"      chosen: SSIM window {c['window_size']} ({c['weighting']}), map sigma {c['map_sigma']:g}, "
-                   f"opening {c['opening_diameter']}, min area {c['min_area']}; threshold {c['threshold']:.4f} "
-                   f"({tune_seconds:.0f} s) -> {export_dir}")
+        for line in run.tuning.warnings:
+            click.echo(f"      {line}", err=True)
+        click.echo(f"      chosen: {run.tuning.choice.describe()} ({tune_seconds:.0f} s, {len(run.images)} validation "
+                   f"images of the run) -> {export_dir}")
+        click.echo(f"      {run.tuning.summary_lines()[2]}")
 
         click.echo(f"[5/6] evaluate + predict with the tuned export at pixel FPR {fpr:g}")
         # The tuned version holds its threshold and post-processing: predict uses them as served.
+        split = data.load_dataset(out / "data", layout="folder", seed=seed)
         model = ExportedModel.load(export_dir)
         (result,) = evaluation.evaluate(split, [model], out / "evaluation", fpr=fpr)
         predictions = prediction.predict_files(model, split.test, out / "predictions",
@@ -110,8 +109,10 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
     seconds = time.perf_counter() - started
     summary = {"pixel_auroc": result.scores["pixel_auroc"], **result.scores, "export": str(export_dir),
                "untuned_export": str(first_export),
-               "tuning": {"choice": tuned.choice, "synthetic": tuned.synthetic,
-                          "settings": tuned.settings, "seconds": round(tune_seconds, 1),
+               "tuning": {"choice": run.tuning.choice.to_dict(), "synthetic": run.tuning.synthetic,
+                          "operating_point": {k: v for k, v in run.tuning.operating_point.items() if k != "thresholds"},
+                          "warnings": run.tuning.warnings,
+                          "settings": run.tuning.settings, "seconds": round(tune_seconds, 1),
                           "record": str(out / "tuning" / "tuning.json")},
                "evaluation": str(out / "evaluation"), "predictions": str(out / "predictions"),
                "seconds": round(seconds, 1)}

@@ -5,13 +5,14 @@ import time
 
 import click
 
-from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, setup_logging, tensorflow_required, usage_errors
 
 # The split rule is the library's (a script evaluating with tfssim.evaluation gets the same split).
 from tfssim.evaluation import DEFAULT_SEED, DEFAULT_VAL_SPLIT, split_settings  # noqa: F401 - re-exported
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command,
+               interrupted="the result files written so far are whole; run the command again for the rest")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Folder for results and plots.")

@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import click
 
-from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, odd_window, setup_logging, tensorflow_required, usage_errors
+from tfssim.export.layout import MAX_VERSION  # the bounds the metadata is checked against; no TF: --help stays cheap
+from tfssim.metadata import MAX_CHUNK_SIZE
 from tfssim.ssim_params import WEIGHTINGS
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command,
+               interrupted="no version was written (a hidden .N.partial-* folder left behind is removed by the next export)")
 @click.argument("source", metavar="RUN_DIR_OR_MODEL", type=click.Path(exists=True))
 @click.option("--name", required=True, help="Model name: the export goes to OUTPUT/NAME/VERSION.")
-@click.option("--version", type=click.IntRange(min=1, max=2**63 - 1), default=None,
+@click.option("--version", type=click.IntRange(min=1, max=MAX_VERSION), default=None,
               help="Version number; default the next free one. An existing version is never overwritten.")
 @click.option("--stride", type=click.IntRange(min=1), default=30,
               help="Default tiling stride of the signatures, at most the patch size (the paper: 30 for 128).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="exported_models", help="Export root folder.")
 @click.option("--kind", type=click.Choice(("ssim", "l2", "vae", "fm")), default=None,
               help="Model kind; default from the run folder or the model.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+@click.option("--chunk-size", type=click.IntRange(min=1, max=MAX_CHUNK_SIZE), default=None,
               help="Tiles per model call inside the graph (bounds memory)  [default: 64]")
 @click.option("--threshold", type=float, default=None, help="A calibrated threshold to store in the metadata.")
 @click.option("--ssim-window", type=int, default=None, callback=odd_window,

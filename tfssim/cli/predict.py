@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from tfssim.cli._common import setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, setup_logging, tensorflow_required, usage_errors
 from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
 
@@ -27,7 +27,8 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command,
+               interrupted="the results of the images finished so far are in --output")
 @click.argument("export", type=click.Path(exists=True, file_okay=False))
 @click.argument("images", nargs=-1, required=True)
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Folder for the results.")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from tfssim.cli._common import odd_window, setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, odd_window, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
 from tfssim.ssim_params import WEIGHTINGS, SSIMParams
 
@@ -65,7 +65,9 @@ def _check_data(data: str) -> None:
         )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command,
+               interrupted="the run folder keeps every finished epoch (continue with tfssim-train --resume); a "
+                           "new run stopped in its first epoch leaves nothing behind")
 @click.argument("data", type=click.Path(), required=False)
 @click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,
               expose_value=False, help="YAML or JSON file of option values (keys as option names); flags override it.")
