@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_script
+
 from tfssim.errors import InputError
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_mvtec.py"

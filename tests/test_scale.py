@@ -386,12 +386,12 @@ def test_tune_on_a_scaled_export_thresholds_the_served_maps(tiny_model, scaled_e
     # One map candidate per sigma: the served map (its window cannot be rescored at full size).
     assert {(c["window_size"], c["weighting"]) for c in result.map_candidates} == {(11, "gaussian")}
     assert sorted(c["map_sigma"] for c in result.map_candidates) == [0.0, 2.0]
-    sigma = result.choice["map_sigma"]
+    sigma = result.choice.map_sigma
     served = [model.predict(image)["anomaly_map"] for image in images]
     smoothed = [gaussian_filter(m, sigma, mode="reflect", truncate=4.0) if sigma else m for m in served]
-    assert result.choice["threshold"] == pytest.approx(postprocess.threshold_at_fpr(smoothed, 0.01), abs=1e-4)
+    assert result.choice.threshold == pytest.approx(postprocess.threshold_at_fpr(smoothed, 0.01), abs=1e-4)
     # The tuned version keeps resizing by 0.5 and serves the maps the threshold was set on.
-    new = tuning.write_tuned_export(model, result, source=source, check_image=images[0])
+    new = tuning.write_tuned_export(model, result, tuning.load_source(model, source, check_image=images[0]))
     meta = ExportMetadata.read(new)
     assert (meta.scale, meta.image_size, meta.interpolation, meta.map_sigma) == (0.5, None, "bilinear_antialias", sigma)
     tuned = ExportedModel.load(new).predict(images[0])["anomaly_map"]

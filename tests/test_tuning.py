@@ -72,13 +72,19 @@ def test_regions_have_the_requested_equivalent_diameter(diameter):
 
 def test_same_seed_same_defects_other_seed_other_defects():
     images = _val_images(n=2)
-    a = tuning.paint_copies(images, np.random.default_rng(7), 2, (4, 32), 64)
-    b = tuning.paint_copies(images, np.random.default_rng(7), 2, (4, 32), 64)
-    c = tuning.paint_copies(images, np.random.default_rng(8), 2, (4, 32), 64)
+
+    def paint(seed):
+        rng = np.random.default_rng(seed)
+        return [defects.paint_defects(image, rng, 3, size_range=(4, 32), sources=images)
+                for image in images for _ in range(2)]
+
+    a, b, c = paint(7), paint(7), paint(8)
     for (pa, ma, ia), (pb, mb, ib) in zip(a, b):
         np.testing.assert_array_equal(pa, pb)
         np.testing.assert_array_equal(ma, mb)
-        assert ia == ib
+        for da, db in zip(ia, ib, strict=True):  # each defect's region is an array, the rest plain values
+            np.testing.assert_array_equal(da.pop("region"), db.pop("region"))
+            assert da == db
     assert any(not np.array_equal(ma, mc) for (_, ma, _), (_, mc, _) in zip(a, c))
 
 
@@ -144,35 +150,37 @@ def test_noisy_maps_are_best_smoothed_and_the_aucs_match_scipy_and_sklearn():
     result = tuning.tune(fake, clean, copies=2, seed=5, sigmas=[0, 1, 2, 4], progress=False)
     assert fake.calls == 2 * 2 + 2  # each painted copy and each clean image through the export once
     aucs = {c["map_sigma"]: c["pixel_auroc"] for c in result.map_candidates}
-    assert result.choice["map_sigma"] > 0 and aucs[result.choice["map_sigma"]] - aucs[0] > 0.1
+    assert result.choice.map_sigma > 0 and aucs[result.choice.map_sigma] - aucs[0] > 0.1
     assert [c["window_size"] for c in result.map_candidates] == [None] * 4  # no SSIM candidates for a VAE
 
-    painted = tuning.paint_copies(clean, np.random.default_rng(5), 2, defects.default_size_range(64), 64)
+    painted = list(tuning.synthetic_copies(clean, 2, seed=5, size_range=defects.default_size_range(64), patch_size=64))
     maps = [fake.predict(p)["anomaly_map"] for p, _, _ in painted]
     labels = np.concatenate([m.ravel() for _, m, _ in painted])
     assert result.settings["defect_fraction"] == pytest.approx(labels.mean())
-    for sigma, auc in aucs.items():
+    for c in result.map_candidates:  # streamed: within the histogram's stated bound of scikit-learn's AUC
+        sigma = c["map_sigma"]
         want = roc_auc_score(labels, np.concatenate([(gaussian_filter(m, sigma, mode="reflect") if sigma else m).ravel()
                                                      for m in maps]))
-        assert auc == pytest.approx(want, abs=1e-5), sigma
-    # The threshold leaves the requested share of the clean maps' pixels above it.
-    clean_maps = [gaussian_filter(fake.predict(c)["anomaly_map"], result.choice["map_sigma"], mode="reflect")
+        assert abs(c["pixel_auroc"] - want) <= 1e-3 and c["auroc_error_bound"] < 1e-3, sigma
+    # The threshold is exactly threshold_at_fpr's on the clean maps: the requested share lies above it.
+    clean_maps = [gaussian_filter(fake.predict(c)["anomaly_map"], result.choice.map_sigma, mode="reflect")
                   for c in clean]
-    share = np.mean(np.concatenate([m.ravel() for m in clean_maps]) > result.choice["threshold"])
-    assert share <= 0.01 and share == pytest.approx(0.01, abs=2e-4)
+    assert result.choice.threshold == postprocess.threshold_at_fpr(clean_maps, 0.01)
+    share = np.mean(np.concatenate([m.ravel() for m in clean_maps]) > result.choice.threshold)
+    assert share <= 0.01 and share == pytest.approx(0.01, abs=1e-4) and result.choice.val_fpr == share
 
 
 def test_exact_maps_keep_sigma_0_and_no_post_processing():
     clean = _val_images(n=2)
     result = tuning.tune(FakeExport(clean, noise=0.0), clean, copies=2, seed=1, sigmas=[0, 2, 4], progress=False)
     aucs = {c["map_sigma"]: c["pixel_auroc"] for c in result.map_candidates}
-    assert aucs[0] == pytest.approx(1.0) and aucs[4] < 1.0 and result.choice["map_sigma"] == 0
+    assert aucs[0] == pytest.approx(1.0) and aucs[4] < 1.0 and result.choice.map_sigma == 0
     # The map is the mask itself: thresholding alone segments it exactly; an opening eats scratches.
-    assert (result.choice["opening_diameter"], result.choice["min_area"]) == (0, 0)
+    assert (result.choice.opening_diameter, result.choice.min_area) == (0, 0)
     f1s = {(c["opening_diameter"], c["min_area"]): c["f1"] for c in result.post_candidates}
     assert f1s[(0, 0)] == pytest.approx(1.0) and f1s[(8, 0)] < 0.99
-    painted = tuning.paint_copies(clean, np.random.default_rng(1), 2, defects.default_size_range(64), 64)
-    segs = [postprocess.segment(m.astype(np.float32), result.choice["threshold"], opening_diameter=8,
+    painted = list(tuning.synthetic_copies(clean, 2, seed=1, size_range=defects.default_size_range(64), patch_size=64))
+    segs = [postprocess.segment(m.astype(np.float32), result.choice.threshold, opening_diameter=8,
                                 convex_hull=False) for _, m, _ in painted]
     want = f1_score(np.concatenate([m.ravel() for _, m, _ in painted]), np.concatenate([s.ravel() for s in segs]))
     assert f1s[(8, 0)] == pytest.approx(want)
@@ -185,8 +193,8 @@ def test_same_seed_same_choice_and_near_ties_go_to_the_simpler_setting():
     assert first.map_candidates == again.map_candidates and first.choice == again.choice
     loose = tuning.tune(FakeExport(clean, 0.7), clean, copies=2, seed=2, sigmas=[0, 2, 4], tolerance=1.0,
                         progress=False)
-    assert loose.map_candidates == first.map_candidates and loose.choice["map_sigma"] == 0
-    assert (loose.choice["opening_diameter"], loose.choice["min_area"]) == (4, 0)  # the export's own
+    assert loose.map_candidates == first.map_candidates and loose.choice.map_sigma == 0
+    assert (loose.choice.opening_diameter, loose.choice.min_area) == (4, 0)  # the export's own
 
 
 def test_bad_requests_are_refused_with_the_reason():
@@ -227,7 +235,8 @@ def test_l2_export_aucs_match_an_independent_computation(exports, dataset):
     images = [data.read_image(p, 1) for p in data.list_images(dataset / "val")]
     result = tuning.tune(model, images, copies=1, seed=4, progress=False)
     assert {c["map_sigma"] for c in result.map_candidates} == {0.0, 2.0, 4.0}  # 8 would not fit the 32-px patch
-    painted = tuning.paint_copies(images, np.random.default_rng(4), 1, defects.default_size_range(32), 32)
+    painted = list(tuning.synthetic_copies(images, 1, seed=4, size_range=defects.default_size_range(32),
+                                           patch_size=32))
     labels = np.concatenate([m.ravel() for _, m, _ in painted])
     raw = []
     for p, _, _ in painted:
@@ -236,7 +245,7 @@ def test_l2_export_aucs_match_an_independent_computation(exports, dataset):
     for c in result.map_candidates:
         sigma = c["map_sigma"]
         scores = np.concatenate([(gaussian_filter(m, sigma, mode="reflect") if sigma else m).ravel() for m in raw])
-        assert c["pixel_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-4), sigma
+        assert c["pixel_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-3), sigma
 
 
 def _hashes(folder: Path) -> dict[str, str]:

@@ -16,7 +16,7 @@ from tfssim.errors import InputError
 
 __all__ = [
     "pixel_roc", "pixel_roc_auc", "segmentation_roc", "SEGMENTATION_ROC_FPRS", "pro_curve", "aupro", "area_under_pro", "thin_curve", "image_roc_auc", "f1_iou",
-    "PRO_QUANTILES",
+    "PRO_QUANTILES", "ScoreHistogram", "fpr_rank", "value_of_rank",
 ]
 
 PRO_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -312,3 +312,208 @@ def f1_iou(segmentations: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> 
     if tp + fp + fn == 0:
         return 1.0, 1.0
     return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+
+
+# --- streaming: bounded-memory accumulators -----------------------------------------------------
+
+
+def _order_keys(scores: np.ndarray) -> np.ndarray:
+    """float32 scores -> uint32 keys in the same order (IEEE 754's sign-magnitude bits made monotone).
+
+    ``-0.0`` is folded onto ``+0.0`` first, so equal scores always get equal keys.
+    """
+    bits = (np.asarray(scores, np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 == +0.0
+    negative = (bits & np.uint32(0x80000000)) != 0
+    return np.where(negative, ~bits, bits | np.uint32(0x80000000))
+
+
+def _key_values(keys: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_order_keys`: uint32 keys -> float32 scores."""
+    keys = np.asarray(keys, np.uint32)
+    positive = (keys & np.uint32(0x80000000)) != 0
+    return np.where(positive, keys & np.uint32(0x7FFFFFFF), ~keys).astype(np.uint32).view(np.float32)
+
+
+class ScoreHistogram:
+    """Counts of pixel scores per class in fine, order-preserving bins: pooled ROC AUC and
+    false-positive-rate thresholds over any number of maps, in memory that does not grow with them.
+
+    A bin is a range of float32 values sharing their sign, exponent and the top
+    ``mantissa_bits`` bits of the mantissa: every bin spans a relative width of at most
+    ``2 ** -mantissa_bits`` (0.012 % at 13), from the smallest score to the largest, with no
+    range to fix in advance. Bins are stored by binade (sign and exponent), a block of
+    ``2 ** mantissa_bits`` counts per class for each binade a score fell in (64 kB per class at
+    13; anomaly maps touch a few dozen binades). Two pixels fall in one bin only when their scores
+    differ by less than that relative width, and ordered pairs are then counted as ties, which is
+    the only error: :meth:`roc_auc_error_bound` gives its bound from the counts (the tests hold it
+    against scikit-learn). Counts from a bin's lower edge up are exact, so a threshold at a bin
+    edge has an exactly known false-positive rate, and :meth:`rank_bin` names the bin that holds
+    a given rank for an exact second look (:func:`value_of_rank`).
+
+    Args:
+        classes: Number of pixel classes (e.g. good / defect pixels).
+        mantissa_bits: Mantissa bits that tell bins apart (0-23; 23 makes every float32 its own bin).
+
+    Example:
+        >>> hist = ScoreHistogram(classes=2)
+        >>> for anomaly_map, mask in zip(maps, masks):
+        ...     hist.update(anomaly_map, mask)          # class 1 where the mask is set
+        >>> hist.roc_auc(positive=1, negative=0)
+    """
+
+    def __init__(self, classes: int = 2, mantissa_bits: int = 13) -> None:
+        if not 1 <= int(classes) <= 255:
+            raise InputError(f"classes must be between 1 and 255, got {classes}")
+        if not 0 <= int(mantissa_bits) <= 23:
+            raise InputError(f"mantissa_bits must be between 0 and 23, got {mantissa_bits}")
+        self.classes = int(classes)
+        self.mantissa_bits = int(mantissa_bits)
+        self._shift = 23 - self.mantissa_bits
+        self._block = 1 << self.mantissa_bits
+        self._slot = np.full(512, -1, np.int64)  # binade (sign and exponent: 9 bits) -> block slot
+        self._binades: list[int] = []  # binade of each slot, in the order they were first seen
+        self._blocks = np.zeros((self.classes, 0), np.int64)  # [class, slot * block + offset]
+
+    def update(self, scores: np.ndarray, labels: np.ndarray | int) -> None:
+        """Count ``scores`` (any shape, finite) under ``labels``: an int array of the same shape
+        (or a bool mask: class 1 where set) or one class for all of them."""
+        scores = np.asarray(scores)
+        if scores.size == 0:
+            return
+        if not np.isfinite(scores).all():
+            raise InputError("scores hold NaN or infinite values")
+        bins = (_order_keys(scores).ravel() >> np.uint32(self._shift)).astype(np.int64)
+        binades = bins >> self.mantissa_bits
+        seen = np.flatnonzero(np.bincount(binades, minlength=512))
+        new = [int(b) for b in seen if self._slot[b] < 0]
+        if new:
+            for b in new:
+                self._slot[b] = len(self._binades)
+                self._binades.append(b)
+            grown = np.zeros((self.classes, len(self._binades) * self._block), np.int64)
+            grown[:, :self._blocks.shape[1]] = self._blocks
+            self._blocks = grown
+        index = self._slot[binades] * self._block + (bins & (self._block - 1))
+        width = self._blocks.shape[1]
+        if np.isscalar(labels) or np.ndim(labels) == 0:
+            cls = int(labels)
+            if not 0 <= cls < self.classes:
+                raise InputError(f"class {cls} out of range 0..{self.classes - 1}")
+            self._blocks[cls] += np.bincount(index, minlength=width)
+            return
+        labels = np.asarray(labels)
+        if labels.shape != scores.shape:
+            raise InputError(f"labels of shape {labels.shape} for scores of shape {scores.shape}; they must match")
+        labels = labels.astype(np.int64).ravel()
+        if labels.min() < 0 or labels.max() >= self.classes:
+            raise InputError(f"labels must lie in 0..{self.classes - 1}")
+        self._blocks += np.bincount(labels * width + index, minlength=self.classes * width).reshape(self.classes, width)
+
+    def _ordered(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bins, counts)``: the global bin number of every stored bin, rising, and the counts
+        ``[classes, bins]`` in that order."""
+        order = np.argsort(self._binades, kind="stable")
+        bins = (np.asarray(self._binades, np.int64)[order, None] * self._block
+                + np.arange(self._block, dtype=np.int64)[None, :]).ravel()
+        counts = self._blocks.reshape(self.classes, len(self._binades), self._block)[:, order].reshape(self.classes, -1)
+        return bins, counts
+
+    @property
+    def counts(self) -> np.ndarray:
+        """``[classes, bins]`` counts of the stored bins, in rising order of score."""
+        return self._ordered()[1]
+
+    def _edge(self, global_bin: int) -> float:
+        """The lower edge (the smallest float32) of a global bin number."""
+        return float(_key_values(np.uint32(int(global_bin) << self._shift)))
+
+    def bin_edges(self) -> np.ndarray:
+        """``[bins + 1]`` float64 edges of the stored bins in order: bin ``j`` holds the scores
+        ``edges[j] <= s < `` the lower edge of the bin that follows it in value (the last entry is
+        the lower edge of the bin above the last one stored)."""
+        bins, _ = self._ordered()
+        return np.array([self._edge(b) for b in bins] + ([self._edge(bins[-1] + 1)] if bins.size else []))
+
+    def total(self, cls: int) -> int:
+        """Pixels counted in class ``cls``."""
+        return int(self._blocks[cls].sum())
+
+    def roc_auc(self, positive: int = 1, negative: int = 0) -> float:
+        """Area under the ROC curve of ``positive`` against ``negative`` pixels; pixels sharing a
+        bin count as ties (half), as :func:`pixel_roc_auc` counts equal scores."""
+        counts = self.counts
+        pos, neg = counts[positive].astype(np.float64), counts[negative].astype(np.float64)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos == 0 or n_neg == 0:
+            raise InputError(f"ROC needs both classes; counted {int(n_pos)} positive and {int(n_neg)} negative pixels")
+        below = np.cumsum(neg) - neg
+        return float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
+
+    def roc_auc_error_bound(self, positive: int = 1, negative: int = 0) -> float:
+        """The largest possible difference between :meth:`roc_auc` and the exact pooled AUC: half
+        the share of positive-negative pairs that share a bin."""
+        pos, neg = self._blocks[positive].astype(np.float64), self._blocks[negative].astype(np.float64)
+        n = pos.sum() * neg.sum()
+        return float(0.5 * np.sum(pos * neg) / n) if n else 0.0
+
+    def count_at_least(self, edge: float, cls: int) -> int:
+        """Pixels of ``cls`` in the bin of ``edge`` and above: exactly those scoring ``>= edge``
+        when ``edge`` is a bin's lower edge (:meth:`bin_edges`, :meth:`edge_at_fpr`)."""
+        bins, counts = self._ordered()
+        first = int(_order_keys(np.float32(edge)) >> np.uint32(self._shift))
+        return int(counts[cls, np.searchsorted(bins, first):].sum())
+
+    def rank_bin(self, cls: int, rank: int) -> tuple[float, float, int]:
+        """The bin holding the ``rank``-th smallest score (0-based) of class ``cls``.
+
+        Returns:
+            ``(low, high, below)``: the bin's value range ``low <= s < high`` and the number of
+            the class's pixels below it, so that the wanted score is the ``rank - below``-th
+            smallest of the class's scores in ``[low, high)`` (:func:`value_of_rank`).
+        """
+        bins, counts = self._ordered()
+        counts = counts[cls]
+        total = int(counts.sum())
+        if not 0 <= rank < total:
+            raise InputError(f"rank {rank} out of range: class {cls} has {total} pixels")
+        cumulative = np.cumsum(counts)
+        j = int(np.searchsorted(cumulative, rank, side="right"))
+        return self._edge(bins[j]), self._edge(bins[j] + 1), int(cumulative[j] - counts[j])
+
+    def edge_at_fpr(self, fpr: float | Sequence[float], cls: int) -> float | np.ndarray:
+        """The lower edge of the bin that holds :func:`tfssim.postprocess.threshold_at_fpr`'s
+        threshold over the class's scores (an array of them for a sequence of rates): that
+        threshold lies in ``[edge, next edge)``, and :meth:`count_at_least` counts exactly the
+        scores ``>= edge``."""
+        rates = np.atleast_1d(np.asarray(fpr, np.float64))
+        bins, counts = self._ordered()
+        n = int(counts[cls].sum())
+        if n == 0:
+            raise InputError(f"class {cls} has no pixels")
+        ranks = np.clip(np.ceil((1.0 - rates) * n).astype(np.int64) - 1, 0, n - 1)
+        columns = np.searchsorted(np.cumsum(counts[cls]), ranks, side="right")
+        edges = np.array([self._edge(bins[j]) for j in columns])
+        return float(edges[0]) if np.ndim(fpr) == 0 else edges
+
+    def top_edge(self, cls: int) -> float:
+        """The lower edge of the bin just above the class's largest score: nothing of it scores ``>=`` it."""
+        bins, counts = self._ordered()
+        occupied = np.flatnonzero(counts[cls])
+        if occupied.size == 0:
+            raise InputError(f"class {cls} has no pixels")
+        return self._edge(bins[occupied[-1]] + 1)
+
+
+def fpr_rank(fpr: float, pixels: int) -> int:
+    """The 0-based rank (ascending) of :func:`tfssim.postprocess.threshold_at_fpr`'s threshold
+    among ``pixels`` scores: ``ceil((1 - fpr) * pixels) - 1``, clipped to the scores."""
+    return min(max(int(np.ceil((1.0 - fpr) * pixels)) - 1, 0), pixels - 1)
+
+
+def value_of_rank(values: np.ndarray, rank: int) -> float:
+    """The ``rank``-th smallest (0-based) of ``values``, e.g. the scores one bin of a
+    :class:`ScoreHistogram` holds (:meth:`ScoreHistogram.rank_bin`)."""
+    values = np.asarray(values).ravel()
+    if not 0 <= rank < values.size:
+        raise InputError(f"rank {rank} out of range for {values.size} values")
+    return float(np.partition(values, rank)[rank])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -179,37 +179,85 @@ def plot_per_type(scores: Mapping[str, Mapping[str, Mapping[str, float | None]]]
     return save_figure(fig, path)
 
 
-def plot_tuning(map_candidates: Sequence[Mapping], post_candidates: Sequence[Mapping], choice: Mapping,
-                path: str | os.PathLike) -> Path:
-    """The tuner's candidates (:func:`tfssim.tuning.tune`): synthetic-defect pixel ROC AUC against
-    the map sigma, one line per SSIM window / weighting (left), and segmentation F1 against the
-    minimum area, one line per opening diameter (right); the choice is starred."""
-    fig = Figure(figsize=(11, 4.2))
-    left, right = fig.subplots(1, 2)
+def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
+    """What the tuner (:func:`tfssim.tuning.tune`) measured and chose, in four panels.
+
+    Top: synthetic-defect pixel ROC AUC against the map sigma, one line per SSIM window /
+    weighting; segmentation F1 against the minimum area, one line per opening diameter (the
+    choice starred). Bottom: at the chosen threshold, the share of synthetic defect regions
+    found per defect size and per family; and F1, region recall and false regions per clean
+    image against the clean-pixel FPR of each threshold tried (``f1`` rule) or at the one
+    threshold (``fpr`` rule).
+
+    Args:
+        tuning: A :class:`tfssim.tuning.Tuning`.
+        path: The PNG to write (atomically).
+    """
+    choice, op = tuning.choice, tuning.operating_point
+    fig = Figure(figsize=(12, 8.4))
+    (left, right), (recall_ax, rule_ax) = fig.subplots(2, 2)
     groups: dict[tuple, list[Mapping]] = {}
-    for c in map_candidates:
+    for c in tuning.map_candidates:
         groups.setdefault((c["window_size"], c["weighting"]), []).append(c)
     for (window, weighting), rows in groups.items():
         rows = sorted(rows, key=lambda c: c["map_sigma"])
         label = "map" if window is None else f"window {window}, {weighting}"
         left.plot([c["map_sigma"] for c in rows], [c["pixel_auroc"] for c in rows], marker="o", label=label)
-    best = next(c for c in map_candidates if (c["window_size"], c["weighting"], c["map_sigma"])
-                == (choice["window_size"], choice["weighting"], choice["map_sigma"]))
+    best = next(c for c in tuning.map_candidates if (c["window_size"], c["weighting"], c["map_sigma"])
+                == (choice.window_size, choice.weighting, choice.map_sigma))
     left.plot([best["map_sigma"]], [best["pixel_auroc"]], marker="*", ms=16, c="k", ls="", label="chosen")
     left.set(xlabel="map smoothing sigma (pixels)", ylabel="pixel ROC AUC (synthetic defects)", title="anomaly map")
     left.legend(fontsize=7)
     left.grid(alpha=0.3)
     openings: dict[int, list[Mapping]] = {}
-    for c in post_candidates:
+    for c in tuning.post_candidates:
         openings.setdefault(c["opening_diameter"], []).append(c)
     for opening, rows in sorted(openings.items()):
         rows = sorted(rows, key=lambda c: c["min_area"])
         right.plot([c["min_area"] for c in rows], [c["f1"] for c in rows], marker="o", label=f"opening {opening}")
-    post = next(c for c in post_candidates
-                if (c["opening_diameter"], c["min_area"]) == (choice["opening_diameter"], choice["min_area"]))
+    post = next(c for c in tuning.post_candidates
+                if (c["opening_diameter"], c["min_area"]) == (choice.opening_diameter, choice.min_area))
     right.plot([post["min_area"]], [post["f1"]], marker="*", ms=16, c="k", ls="", label="chosen")
+    fpr_point = op.get("fpr_rule", op)
     right.set(xlabel="minimum region area (pixels)", ylabel="pixel F1 (synthetic defects)",
-              title=f"post-processing at threshold {choice['threshold']:.4g} (FPR {choice['fpr']:g})")
+              title=f"post-processing at threshold {fpr_point['threshold']:.4g} (FPR {choice.fpr:g})")
     right.legend(fontsize=7)
     right.grid(alpha=0.3)
+
+    sizes = op["region_recall_by_size"]
+    families = op["region_recall_by_family"]
+    labels = [f"{b['min']:g}-{b['max']:g} px" for b in sizes] + list(families)
+    values = [b["recall"] for b in sizes] + [b["recall"] for b in families.values()]
+    counts = [b["defects"] for b in sizes] + [b["defects"] for b in families.values()]
+    colours = ["tab:blue"] * len(sizes) + ["tab:orange"] * len(families)
+    positions = np.arange(len(labels))
+    recall_ax.bar(positions, [0 if v is None else v for v in values], color=colours)
+    for x, v, n in zip(positions, values, counts):
+        recall_ax.text(x, (v or 0) + 0.02, f"{'n/a' if v is None else f'{100 * v:.0f}%'}\n(n={n})", ha="center",
+                       fontsize=7)
+    recall_ax.set_xticks(positions, labels, rotation=30, ha="right", fontsize=8)
+    recall_ax.set(ylim=(0, 1.15), ylabel=f"regions found (>= {100 * tuning.settings['region_found_share']:.0f} % "
+                                          "flagged)",
+                  title=f"at the chosen threshold: by defect size (blue) and family (orange); "
+                        f"{op['false_regions_per_clean_image']:.2f} false regions per clean image")
+    recall_ax.title.set_fontsize(9)
+    recall_ax.grid(alpha=0.3, axis="y")
+    points = op.get("thresholds") or [{"val_fpr": op["val_fpr"], "pixel_f1": op["pixel_f1"],
+                                       "region_recall": op["region_recall"],
+                                       "false_regions_per_clean_image": op["false_regions_per_clean_image"]}]
+    fprs = [p["val_fpr"] for p in points]
+    rule_ax.plot(fprs, [p["pixel_f1"] for p in points], marker="o", label="pixel F1")
+    rule_ax.plot(fprs, [p["region_recall"] or 0 for p in points], marker="s", label="region recall")
+    rule_ax.plot([choice.val_fpr], [op["pixel_f1"]], marker="*", ms=16, c="k", ls="", label="chosen")
+    rule_ax.set(xlabel="clean-pixel false-positive rate of the threshold", ylabel="share (synthetic defects)",
+                title=f"threshold rule {choice.threshold_rule}: threshold {choice.threshold:.4g}")
+    twin = rule_ax.twinx()
+    twin.plot(fprs, [p["false_regions_per_clean_image"] for p in points], c="tab:red", marker="^", ls="--",
+              label="false regions per clean image")
+    twin.set_ylabel("false regions per clean image", color="tab:red")
+    handles = rule_ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    rule_ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7)
+    rule_ax.grid(alpha=0.3)
+    fig.tight_layout()
     return save_figure(fig, path)

@@ -16,8 +16,10 @@ import numpy as np
 
 from tfssim._io import atomic_write_json
 from tfssim.errors import InputError
+from tfssim.metadata import MAX_OPENING_DIAMETER
 
-__all__ = ["threshold_at_fpr", "opening_footprint", "segment", "region_table", "regions_to_json", "PostProcessor"]
+__all__ = ["threshold_at_fpr", "opening_footprint", "segment", "segment_regions", "regions_mask", "region_table",
+           "regions_to_json", "PostProcessor"]
 
 
 def threshold_at_fpr(maps: Sequence[np.ndarray], fpr: float) -> float:
@@ -62,6 +64,9 @@ def opening_footprint(diameter: int = 4) -> np.ndarray:
     """
     if diameter < 1:
         raise InputError(f"opening diameter must be >= 1, got {diameter}")
+    if diameter > MAX_OPENING_DIAMETER:  # the export metadata's bound: wider erases every defect, slowly
+        raise InputError(f"opening diameter must be at most {MAX_OPENING_DIAMETER} pixels (the paper's is 4), "
+                         f"got {diameter}")
     c = (diameter - 1) / 2.0
     yy, xx = np.mgrid[:diameter, :diameter]
     return (yy - c) ** 2 + (xx - c) ** 2 <= (diameter / 2.0) ** 2
@@ -78,27 +83,58 @@ def segment(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int 
         convex_hull (bool): Replace each connected region by its convex hull.
         min_area (int): Drop regions with fewer pixels (after the hull).
     """
-    from skimage.measure import label, regionprops
-    from skimage.morphology import opening
+    anomaly_map = _as_map(anomaly_map)
+    if not (convex_hull or min_area):
+        return _opened(anomaly_map, threshold, opening_diameter)
+    return regions_mask(segment_regions(anomaly_map, threshold, opening_diameter=opening_diameter,
+                                        convex_hull=convex_hull), anomaly_map.shape, min_area)
 
+
+def _as_map(anomaly_map: np.ndarray) -> np.ndarray:
     anomaly_map = np.asarray(anomaly_map)
     if anomaly_map.ndim == 3 and anomaly_map.shape[-1] == 1:
         anomaly_map = anomaly_map[..., 0]
     if anomaly_map.ndim != 2:
         raise InputError(f"anomaly map must be 2-D [height, width], got shape {anomaly_map.shape}")
+    return anomaly_map
+
+
+def _opened(anomaly_map: np.ndarray, threshold: float, opening_diameter: int) -> np.ndarray:
+    from skimage.morphology import opening
+
     mask = anomaly_map > np.float64(threshold)  # float64: 1e308 is no float32 (overflow warning)
     if opening_diameter:
         mask = opening(mask, opening_footprint(opening_diameter))
-    if convex_hull or min_area:
-        labels = label(mask, connectivity=2)
-        out = np.zeros_like(mask)
-        for region in regionprops(labels):
-            r0, c0, r1, c1 = region.bbox
-            shape = region.image_convex if convex_hull else region.image
-            if shape.sum() >= min_area:
-                out[r0:r1, c0:c1] |= shape
-        mask = out
     return mask
+
+
+def segment_regions(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int = 4,
+                    convex_hull: bool = True) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """The regions :func:`segment` makes of one map before its ``min_area`` filter.
+
+    For callers that try several minimum areas on one segmentation (the tuner): threshold,
+    opening and hulls are computed once, :func:`regions_mask` applies each ``min_area``.
+
+    Returns:
+        One ``(box, shape)`` per connected region (8-connected) of the opened mask: ``box`` is
+        ``(min_row, min_col, max_row, max_col)`` (max exclusive) and ``shape`` the boolean
+        ``[rows, cols]`` crop of the region, or of its convex hull with ``convex_hull``.
+    """
+    from skimage.measure import label, regionprops
+
+    mask = _opened(_as_map(anomaly_map), threshold, opening_diameter)
+    return [(tuple(int(v) for v in region.bbox), region.image_convex if convex_hull else region.image)
+            for region in regionprops(label(mask, connectivity=2))]
+
+
+def regions_mask(regions: Sequence[tuple[tuple[int, int, int, int], np.ndarray]], shape: tuple[int, ...],
+                 min_area: int = 0) -> np.ndarray:
+    """The ``[H, W]`` mask of the :func:`segment_regions` regions with at least ``min_area`` pixels."""
+    out = np.zeros(shape[:2], bool)
+    for (r0, c0, r1, c1), region in regions:
+        if min_area <= 0 or np.count_nonzero(region) >= min_area:
+            out[r0:r1, c0:c1] |= region
+    return out
 
 
 def region_table(mask: np.ndarray, anomaly_map: np.ndarray) -> list[dict[str, Any]]:
@@ -170,16 +206,25 @@ class PostProcessor:
         def number(value: Any) -> bool:
             return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
+        def finite(value: Any) -> bool:  # a 400-digit integer is no float: not finite, no OverflowError
+            try:
+                return bool(np.isfinite(float(value)))
+            except OverflowError:
+                return False
+
         threshold, where = pick(threshold, "threshold", None)
         if threshold is None:
             raise InputError("the export has no calibrated threshold; run tfssim-calibrate on defect-free images first")
-        if not (number(threshold) and np.isfinite(threshold)):
+        if not (number(threshold) and finite(threshold)):
             raise InputError(f"{where} must be a finite number, got {threshold!r}")
         settings: dict[str, Any] = {}
         for key, given, default in (("opening_diameter", opening_diameter, 4), ("min_area", min_area, 0)):
             value, where = pick(given, key, default)
-            if not (number(value) and float(value).is_integer() and value >= 0):
+            if not (number(value) and finite(value) and float(value).is_integer() and value >= 0):
                 raise InputError(f"{where} must be a whole number >= 0, got {value!r}")
+            if key == "opening_diameter" and value > MAX_OPENING_DIAMETER:
+                raise InputError(f"{where} must be at most {MAX_OPENING_DIAMETER} pixels (the paper's is 4), "
+                                 f"got {value!r}")
             settings[key] = int(value)
         value, where = pick(convex_hull, "convex_hull", True)
         if not isinstance(value, (bool, np.bool_)):
