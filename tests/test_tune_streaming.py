@@ -249,7 +249,7 @@ def test_tune_with_no_images_uses_the_runs_validation_images(run_export, tmp_pat
     root, export_dir = run_export
     result = _tune(export_dir, "--copies", "1", "--output", tmp_path / "t")
     assert result.exit_code == 0, result.output
-    assert f"validation images: 2 from the training run {root / 'run'}" in result.output
+    assert f"validation images: 2 from the training run folder {root / 'run'} (its config.json)" in result.output
     record = json.loads((tmp_path / "t" / "tuning.json").read_text())
     assert [Path(p).name for p in record["validation_images"]] == sorted(p.name for p in (root / "data" / "val").iterdir())
     assert "region recall" in result.output and "false regions per clean validation image" in result.output

@@ -1117,7 +1117,7 @@ def tune_export(export: str | os.PathLike | ExportedModel, images: Sequence[str 
         paths, origin = expand_inputs(images), "the command line"
     else:
         paths, run_dir = recorded_validation_images(model, source)
-        origin = f"the training run {run_dir} (config.json val_images)"
+        origin = f"the training run folder {run_dir} (its config.json)"
     if announce is not None:
         announce(paths, origin)
     model_file = find_source(model, source) if (source is not None or model.metadata.get("source")) else None
