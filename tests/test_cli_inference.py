@@ -223,7 +223,9 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
         maps = [model.predict(data.read_image(p))["anomaly_map"] for p in split.test]
         # Pooled pixel AUC and image AUC (score = map maximum) against sklearn.
         want = roc_auc_score(labels, np.concatenate([m.ravel() for m in maps]))
-        assert scores["pixel_auroc"] == pytest.approx(want, abs=1e-6)
+        # Streamed (issue 24): within the histogram's stated bound of the exact AUC.
+        assert scores["pixel_auroc_error_bound"] <= 1e-3
+        assert scores["pixel_auroc"] == pytest.approx(want, abs=scores["pixel_auroc_error_bound"] + 1e-12)
         assert scores["image_auroc"] == pytest.approx(roc_auc_score(defective, [m.max() for m in maps]), abs=1e-12)
         # F1 and IoU: segment at the reported threshold, count the pooled pixels here.
         seg = np.concatenate([postprocess.segment(m, scores["threshold"]).ravel() for m in maps])

@@ -131,7 +131,10 @@ def test_evaluate_reports_each_defect_type_beside_the_pooled_scores(exports, dat
         own = [i for i, k in enumerate(split.test_labels) if k == kind]
         y = np.concatenate([masks[i].ravel() for i in own + good])
         s = np.concatenate([maps[i].ravel() for i in own + good])
-        assert scores["per_type"][kind]["pixel_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+        # Streamed (issue 24): within the histogram's stated bound of the exact AUC.
+        bound = scores["per_type"][kind]["pixel_auroc_error_bound"]
+        assert bound <= 1e-3
+        assert scores["per_type"][kind]["pixel_auroc"] == pytest.approx(roc_auc_score(y, s), abs=bound + 1e-12)
         want = roc_auc_score([1] * len(own) + [0] * len(good), [maps[i].max() for i in own + good])
         assert scores["per_type"][kind]["image_auroc"] == pytest.approx(want, abs=1e-12)
         assert 0 <= scores["per_type"][kind]["aupro_0.3"] <= 1

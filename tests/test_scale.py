@@ -363,7 +363,9 @@ def test_calibrate_predict_evaluate_report_at_full_resolution(scaled_export, dat
     masks = data.read_test_masks(split.test_masks, tests)
     served = [model.predict(image)["anomaly_map"] for image in tests]
     want = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in served]))
-    assert scores["pixel_auroc"] == pytest.approx(want, abs=1e-6)
+    # Streamed (issue 24): within the histogram's stated bound of the exact AUC.
+    assert scores["pixel_auroc_error_bound"] <= 1e-3
+    assert scores["pixel_auroc"] == pytest.approx(want, abs=scores["pixel_auroc_error_bound"] + 1e-12)
 
 
 @pytest.mark.slow  # tunes and re-exports (about 40 s on the shared CPU)

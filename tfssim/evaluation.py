@@ -12,6 +12,43 @@ On request, also the ROC of the post-processed segmentations swept over threshol
 Datasets whose test images are sorted by defect type (MVTec AD, a folder with
 ``test/<type>/``) are also scored per type (:func:`per_type_scores`), as MVTec AD reports do.
 
+**Memory is bounded by one image**, whatever the number of images: :func:`evaluate` reads the
+images one at a time when they are needed, caches each export's maps on disk (a temporary folder
+in the output folder, removed when the export is done) and keeps only accumulators
+(:class:`tfssim.metrics.FprThreshold`, :class:`tfssim.metrics.PooledScores`,
+:class:`tfssim.per_type.TypePools`). :func:`evaluate_maps` runs the same accumulators over maps
+in memory. Per export, the passes:
+
+1. the validation maps (computed, cached): a histogram of their scores;
+2. the validation maps again (from the cache): the scores in the one bin that holds the
+   threshold's rank, so the threshold is exactly :func:`tfssim.postprocess.threshold_at_fpr`'s;
+3. the test maps (computed, cached): a histogram of good and defect pixel scores per defect type
+   and pooled, each image's maximum;
+4. the test maps again (from the cache): the segmentation at the threshold (TP / FP / FN), each
+   ground-truth region's overlap at the overlap curve's thresholds, with ``segmentation_auroc``
+   the segmentations at its thresholds (TP / FP).
+
+The maps are cached rather than computed twice: writing and reading a map (4 bytes per pixel,
+4 MB for 1024x1024) takes milliseconds, the export's forward pass seconds. How each number
+compares with the exact in-memory computation (:mod:`tfssim.metrics`):
+
+* ``threshold``, ``val_fpr``, ``f1``, ``iou``, ``image_auroc``: exact;
+* ``pixel_auroc``: within ``pixel_auroc_error_bound`` (also reported; about 1e-4 for smooth
+  maps, at most 1e-3 in the tests) of :func:`tfssim.metrics.pixel_roc_auc`: pixels whose scores
+  differ by less than 2**-13 relatively count as ties. The ROC curve (``roc_*.csv``) has a point
+  at each occupied bin edge, every point exact for its threshold;
+* ``aupro_0.3``: the overlap curve at bin edges next to :func:`tfssim.metrics.pro_curve`'s
+  thresholds, every point exact for its threshold (:class:`tfssim.metrics.PooledScores`); the
+  area is within 1 / (PRO_THRESHOLDS - 1) of :func:`tfssim.metrics.aupro` without wide ties
+  (each sum within half an FPR step of the curve's area), within 1e-4 on the tests' maps (equal
+  with ties); the overlap quantiles of ``pro_*.csv`` within 5e-4 of the exact ones at the same
+  threshold;
+* ``segmentation_auroc``: every point counted exactly at its threshold, the thresholds the top of
+  the good test pixels' bin that holds the score quantile at each rate, which may differ from
+  :func:`tfssim.metrics.segmentation_roc`'s interpolated quantiles by about one bin; an opening or
+  a hull can turn that into a region's jump, so the area differs by up to a few 1e-3 on the
+  tests' small maps (equal with ties).
+
 By seam: which validation split sets the threshold is :mod:`tfssim.splits` (:func:`load_split`),
 the per-type pooling :mod:`tfssim.per_type`; both are re-exported here. This module is the metric
 loop (:func:`evaluate_maps`, :func:`evaluate`) and its files (curves, ``results.csv``, the table).
@@ -21,6 +58,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,7 +69,7 @@ from tfssim import metrics, postprocess
 from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir
 from tfssim.errors import InputError
 from tfssim.inference import ExportedModel
-from tfssim.per_type import GOOD, TYPE_KEYS, defect_types, per_type_scores
+from tfssim.per_type import GOOD, TYPE_KEYS, TypePools, defect_types, per_type_scores
 from tfssim.splits import DEFAULT_SEED, DEFAULT_VAL_SPLIT, load_split, split_settings
 
 logger = logging.getLogger(__name__)
@@ -46,12 +84,15 @@ CSV_KEYS = (*RESULT_KEYS, "export_threshold")
 ROC_POINTS = 2000  # the stored / plotted ROC curve is thinned to about this many points
 PRO_THRESHOLDS = 300  # FPR sweep of the overlap curve (that of metrics.aupro)
 PRO_MAX_FPR = 0.3
+# Mantissa bits of the score histograms: bins 2**-13 (0.012 %) wide, relatively (tfssim.tuning's).
+HISTOGRAM_BITS = 13
 
 
 @dataclasses.dataclass
 class ExportEvaluation:
     """Scores of one export and the curves behind them (``roc``: thinned to about
-    :data:`ROC_POINTS` points after its area was computed on the full curve)."""
+    :data:`ROC_POINTS` points after its area was computed on the full curve). ``scores`` holds
+    :data:`RESULT_KEYS` and ``pixel_auroc_error_bound`` (see the module docstring)."""
 
     name: str
     scores: dict[str, float | None]
@@ -99,6 +140,9 @@ def evaluate_maps(
 ) -> ExportEvaluation:
     """All metrics of one model from its validation and test maps (no model needed).
 
+    The accumulators :func:`evaluate` streams the maps of files through, run over maps in
+    memory: the same numbers, with the errors the module docstring states.
+
     Args:
         name: Label of the model in tables and plots.
         val_maps: Maps of defect-free validation images (set the threshold).
@@ -108,48 +152,163 @@ def evaluate_maps(
         opening_diameter, convex_hull, min_area: Post-processing of the segmentation scored by
             F1 / IoU (:class:`tfssim.postprocess.PostProcessor`); :func:`evaluate` takes them
             from each export's metadata.
-        segmentation_auroc: Also sweep the post-processed segmentation over thresholds
-            (:func:`tfssim.metrics.segmentation_roc`; about a minute per model on the 40
-            NanoTWICE test images); the score is ``None`` otherwise.
+        segmentation_auroc: Also sweep the post-processed segmentation over thresholds (the
+            ROC of :func:`tfssim.metrics.segmentation_roc`, at thresholds on histogram bin edges;
+            about a minute per model on the 40 NanoTWICE test images); the score is ``None``
+            otherwise.
         test_labels: Defect type of each test image (``"good"`` for defect-free ones, see
             :func:`defect_types`): also score each type (:func:`per_type_scores`, in
             ``per_type``). ``None`` (default): the pooled scores only.
     """
-    started = time.perf_counter()
+    if len(test_maps) == 0:
+        raise InputError("no anomaly maps given")
+    if len(test_maps) != len(test_masks):
+        raise InputError(f"{len(test_maps)} anomaly maps but {len(test_masks)} masks; give one mask per map")
     masks = [np.asarray(m, dtype=bool) for m in test_masks]
-    threshold = postprocess.threshold_at_fpr(val_maps, fpr)
-    val_fpr = float(sum(int(np.count_nonzero(m > threshold)) for m in val_maps) / sum(m.size for m in val_maps))
-    fpr_curve, tpr_curve, _ = metrics.pixel_roc(test_maps, masks)
-    auroc = metrics.area_under_curve(fpr_curve, tpr_curve)
+    processor = postprocess.PostProcessor(0.0, opening_diameter, convex_hull, min_area)
+    return _score(name, val_maps, test_maps, masks, fpr=fpr, processor=processor,
+                  segmentation_auroc=segmentation_auroc, test_labels=test_labels, progress=False)
+
+
+class _SegmentationCounts:
+    """The segmentation ROC accumulated image by image: TP / FP of the post-processed
+    segmentation at each threshold of :func:`tfssim.metrics.segmentation_roc`'s sweep, a
+    threshold being the largest float32 of the good test pixels' bin that holds the score
+    quantile at a rate of :data:`metrics.SEGMENTATION_ROC_FPRS` (``score > threshold``: the
+    scores above that bin)."""
+
+    def __init__(self, pooled: metrics.PooledScores, processor: postprocess.PostProcessor) -> None:
+        hist = pooled.histogram
+        self.n_good, self.n_defect = hist.total(pooled.GOOD), hist.total(pooled.DEFECT)
+        if self.n_good == 0 or self.n_defect == 0:
+            raise InputError("a segmentation ROC needs both defect and good pixels in the test masks")
+        above = hist.edge_above_fpr(metrics.SEGMENTATION_ROC_FPRS, pooled.GOOD).astype(np.float32)
+        self.thresholds = np.unique(np.nextafter(above, np.float32(-np.inf)).astype(np.float64))
+        self._processors = [dataclasses.replace(processor, threshold=float(t)) for t in self.thresholds]
+        self.tp = np.zeros(self.thresholds.size, np.int64)
+        self.fp = np.zeros(self.thresholds.size, np.int64)
+
+    def add(self, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
+        for k, processor in enumerate(self._processors):
+            flagged = processor.segment(anomaly_map)
+            self.tp[k] += int(np.count_nonzero(flagged & mask))
+            self.fp[k] += int(np.count_nonzero(flagged & ~mask))
+
+    def curve(self) -> dict[str, Any]:
+        """As :func:`tfssim.metrics.segmentation_roc` returns it."""
+        points = [(0.0, 0.0, np.nan), (1.0, 1.0, np.nan)]
+        points += [(int(fp) / self.n_good, int(tp) / self.n_defect, float(t))
+                   for t, tp, fp in zip(self.thresholds, self.tp, self.fp)]
+        # By FPR, then TPR, then falling threshold (ties stay in threshold order).
+        points.sort(key=lambda p: (p[0], p[1], 0.0 if np.isnan(p[2]) else -p[2]))
+        fpr, tpr, ths = (np.asarray(column) for column in zip(*points))
+        return {"fpr": fpr, "tpr": tpr, "thresholds": ths, "auc": metrics.area_under_curve(fpr, tpr)}
+
+
+def _score(name: str, val_maps: Sequence[np.ndarray], test_maps: Sequence[np.ndarray],
+           masks: Sequence[np.ndarray], *, fpr: float, processor: postprocess.PostProcessor,
+           segmentation_auroc: bool, test_labels: Sequence[str] | None, progress: bool) -> ExportEvaluation:
+    """The metrics of one model in the passes of the module docstring.
+
+    ``val_maps``, ``test_maps`` and ``masks`` are read by index, once per pass, and must give the
+    same arrays each time (lists in memory, or :class:`_ExportMaps` / :class:`_MaskFiles`).
+    ``processor``: the post-processing; its threshold is replaced by the calibrated one.
+    """
+    started = time.perf_counter()
+    n = len(test_maps)
+    if test_labels is not None and len(test_labels) != n:
+        raise InputError(f"{n} maps, {len(masks)} masks and {len(test_labels)} labels; give one of each per test image")
+    if len(val_maps) == 0:
+        raise InputError("no validation maps to calibrate the threshold on; give defect-free images")
+    calibration = metrics.FprThreshold(fpr, HISTOGRAM_BITS)
+    for i in _progress(range(len(val_maps)), f"{name}: validation", progress):
+        calibration.count(val_maps[i])
+    for i in _progress(range(len(val_maps)), f"{name}: threshold", progress):
+        calibration.look(val_maps[i])
+    threshold, val_fpr = calibration.result()
+    processor = dataclasses.replace(processor, threshold=threshold)
+
+    pooled = metrics.PooledScores(mantissa_bits=HISTOGRAM_BITS, num_thresholds=PRO_THRESHOLDS, max_fpr=PRO_MAX_FPR)
+    types = None if test_labels is None else TypePools(test_labels, max_fpr=PRO_MAX_FPR,
+                                                       num_thresholds=PRO_THRESHOLDS, mantissa_bits=HISTOGRAM_BITS)
+    for i in _progress(range(n), f"{name}: test", progress):
+        anomaly_map, mask = metrics.checked_pair(i, test_maps[i], masks[i])
+        pooled.add_scores(anomaly_map, mask)
+        if types is not None:
+            types.add_scores(i, anomaly_map, mask)
+    auroc = pooled.pixel_auroc()  # before the second pass: a test set without defect or good pixels fails now
+    fpr_curve, tpr_curve, _ = pooled.roc_curve()
     roc = metrics.thin_curve(fpr_curve, tpr_curve, ROC_POINTS)  # the AUC above used every point
     del fpr_curve, tpr_curve
-    has_defects = [bool(m.any()) for m in masks]
-    # One sweep serves both the plotted overlap curve and its area (as metrics.aupro computes it).
-    pro = metrics.pro_curve(test_maps, masks, num_thresholds=PRO_THRESHOLDS, max_fpr=PRO_MAX_FPR)
-    processor = postprocess.PostProcessor(threshold, opening_diameter, convex_hull, min_area)
-    segmentations = [processor.segment(m) for m in test_maps]
-    f1, iou = metrics.f1_iou(segmentations, masks)
-    per_type = None if test_labels is None else per_type_scores(
-        test_maps, masks, test_labels, segmentations, max_fpr=PRO_MAX_FPR, num_thresholds=PRO_THRESHOLDS)
-    del segmentations
-    seg_roc = None
-    if segmentation_auroc:
-        def segment_at(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
-            return dataclasses.replace(processor, threshold=threshold).segment(anomaly_map)
+    seg_counts = _SegmentationCounts(pooled, processor) if segmentation_auroc else None
 
-        seg_roc = metrics.segmentation_roc(test_maps, masks, segment_at)
+    for i in _progress(range(n), f"{name}: scores", progress):
+        anomaly_map, mask = metrics.checked_pair(i, test_maps[i], masks[i])
+        segmentation = processor.segment(anomaly_map)
+        regions = metrics.region_labels(mask) if mask.any() else None  # labelled once for every pool
+        pooled.add_segmentation(anomaly_map, mask, segmentation, regions)
+        if types is not None:
+            types.add_segmentation(i, anomaly_map, mask, segmentation, regions)
+        if seg_counts is not None:
+            seg_counts.add(anomaly_map, mask)
+    # One sweep serves both the plotted overlap curve and its area.
+    pro = pooled.pro_curve()
+    f1, iou = pooled.f1_iou()
+    seg_roc = None if seg_counts is None else seg_counts.curve()
     scores: dict[str, float | None] = {
         "pixel_auroc": auroc,
         "segmentation_auroc": None if seg_roc is None else float(seg_roc["auc"]),
         "aupro_0.3": metrics.area_under_pro(pro, PRO_MAX_FPR),
-        "image_auroc": metrics.image_roc_auc(test_maps, has_defects),
+        "image_auroc": pooled.image_auroc(),
         "threshold": float(threshold),
         "fpr_target": float(fpr),
-        "val_fpr": val_fpr,
+        "val_fpr": float(val_fpr),
         "f1": float(f1),
         "iou": float(iou),
+        "pixel_auroc_error_bound": pooled.auroc_error_bound(),
     }
+    per_type = None if types is None else types.results()
     return ExportEvaluation(name, scores, roc, pro, time.perf_counter() - started, seg_roc, per_type)
+
+
+class _ExportMaps:
+    """The anomaly maps of one export on image files, by index: computed on first access and
+    cached on disk (``.npy``, exact), read back from there by the later passes."""
+
+    def __init__(self, model: ExportedModel, paths: Sequence[Path], channels: int, cache: Path, prefix: str) -> None:
+        self._model, self._paths, self._channels = model, list(paths), channels
+        self._cache, self._prefix = cache, prefix
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from tfssim import data
+
+        cached = self._cache / f"{self._prefix}_{i}.npy"
+        if cached.exists():
+            return np.load(cached)
+        image = data.read_image(self._paths[i], self._channels)
+        anomaly_map = np.asarray(self._model.predict(image, source=self._paths[i])["anomaly_map"])
+        np.save(cached, anomaly_map)
+        return anomaly_map
+
+
+class _MaskFiles:
+    """The ground truth of the test images, by index, read when needed (all False for a test
+    image without a mask)."""
+
+    def __init__(self, paths: Sequence[Path | None], shapes: Sequence[tuple[int, int]]) -> None:
+        self._paths, self._shapes = list(paths), list(shapes)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from tfssim import data
+
+        path, shape = self._paths[i], self._shapes[i]
+        return np.zeros(shape, bool) if path is None else data.read_mask(path, shape=shape)
 
 
 def _write_csv(path: Path, header: Sequence[str], columns: Sequence[np.ndarray]) -> Path:
@@ -279,47 +438,58 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
     if len(channels) > 1:
         raise InputError("the exports take different channel counts; evaluate grayscale and RGB models separately")
     (ch,) = channels
-    val_images = [data.read_image(p, ch) for p in split.val]
-    test_images = [data.read_image(p, ch) for p in split.test]
-    masks = data.read_test_masks(split.test_masks, test_images)
+    # Every image and mask read (and checked) once before the first map, one at a time: a bad
+    # file fails in seconds, not after an export's maps. Only the shapes are kept.
+    for path in _progress(split.val, "checking validation images", progress):
+        data.read_image(path, ch)
+    shapes: list[tuple[int, int]] = []
+    defective = 0
+    for path, mask_path in _progress(list(zip(split.test, split.test_masks)), "checking test images", progress):
+        image = data.read_image(path, ch)
+        (mask,) = data.read_test_masks([mask_path], [image])
+        shapes.append(tuple(image.shape[:2]))
+        defective += bool(mask.any())
+    del image, mask
+    masks = _MaskFiles(split.test_masks, shapes)
     types = defect_types(split)
     labels = list(split.test_labels) if types else None
+    # Named as tfssim-predict names its outputs: MVTec AD's good/000.png and scratch/000.png
+    # become good_000.png and scratch_000.png, not one file written twice.
+    stems = output_stems([Path(p) for p in split.test])
 
     results: list[ExportEvaluation] = []
     for name, model in zip(names, exports):
         started = time.perf_counter()
-        logger.info("evaluating %s on %d validation and %d test images", name, len(val_images), len(test_images))
-        val_maps = compute_maps(model, val_images, f"{name}: validation", progress, sources=split.val)
-        test_maps = compute_maps(model, test_images, f"{name}: test", progress, sources=split.test)
+        logger.info("evaluating %s on %d validation and %d test images", name, len(split.val), len(split.test))
         # Segment as prediction and serving users do: the export's post-processing settings,
         # at the threshold calibrated here.
         settings = postprocess.PostProcessor.from_metadata(model.metadata, threshold=0.0)
-        result = evaluate_maps(name, val_maps, test_maps, masks, fpr=fpr, opening_diameter=settings.opening_diameter,
-                               convex_hull=settings.convex_hull, min_area=settings.min_area,
-                               segmentation_auroc=segmentation_auroc, test_labels=labels)
+        # The maps of this export, cached for the later passes, gone when it is done.
+        with tempfile.TemporaryDirectory(prefix=".tfssim-evaluate-cache-", dir=output) as cache:
+            val_maps = _ExportMaps(model, split.val, ch, Path(cache), "val")
+            test_maps = _ExportMaps(model, split.test, ch, Path(cache), "test")
+            result = _score(name, val_maps, test_maps, masks, fpr=fpr, processor=settings,
+                            segmentation_auroc=segmentation_auroc, test_labels=labels, progress=progress)
+            safe = safe_names[len(results)]
+            processor = dataclasses.replace(settings, threshold=result.scores["threshold"])
+            overlay_dir = output / "overlays" / safe
+            overlay_dir.mkdir(parents=True, exist_ok=True)
+            for i in range(min(max_overlays, len(split.test))):
+                image = data.read_image(split.test[i], ch)
+                plots.plot_overlay(image, processor.segment(test_maps[i]), masks[i], overlay_dir / f"{stems[i]}.png")
         # Beside the threshold recalibrated here: the one stored in the export (what serving uses).
         result.scores["export_threshold"] = model.threshold
         result.seconds = time.perf_counter() - started
         results.append(result)
-        safe = safe_names[len(results) - 1]
         plots.plot_pro_quantiles(result.pro["fpr"], result.pro["quantiles"], output / f"pro_{safe}.png")
         write_curves(result, output, safe)
-        processor = dataclasses.replace(settings, threshold=result.scores["threshold"])
-        overlay_dir = output / "overlays" / safe
-        overlay_dir.mkdir(parents=True, exist_ok=True)
-        # Named as tfssim-predict names its outputs: MVTec AD's good/000.png and scratch/000.png
-        # become good_000.png and scratch_000.png, not one file written twice.
-        stems = output_stems([Path(p) for p in split.test])
-        for stem, image, anomaly_map, mask in list(zip(stems, test_images, test_maps, masks))[:max_overlays]:
-            seg, _ = processor(anomaly_map)
-            plots.plot_overlay(image, seg, mask, overlay_dir / f"{stem}.png")
 
     plots.plot_roc_curves(
         {r.name: (r.roc[0], r.roc[1], r.scores["pixel_auroc"]) for r in results}, output / "roc.png"
     )
     payload = {
         "dataset": str(split.root), "layout": split.layout, "fpr_target": fpr,
-        "counts": {"val": len(val_images), "test": len(test_images), "defective": sum(bool(m.any()) for m in masks)},
+        "counts": {"val": len(split.val), "test": len(split.test), "defective": defective},
         "exports": {r.name: {**r.scores, "path": str(m.path), "seconds": round(r.seconds, 2)} for r, m in zip(results, exports)},
     }
     if types:
@@ -347,7 +517,7 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
             shared = ("threshold", "fpr_target", "val_fpr", "export_threshold")
             for r in results:
                 writer.writerow([r.name, "all", *[r.scores.get(k) for k in CSV_KEYS], round(r.seconds, 2),
-                                 len(test_images)])
+                                 len(split.test)])
                 for kind, s in (r.per_type or {}).items():
                     row = [s.get(k) if k in TYPE_KEYS else r.scores.get(k) if k in shared else None for k in CSV_KEYS]
                     writer.writerow([r.name, kind, *row, None, s["images"] + s["good_images"]])

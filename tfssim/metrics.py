@@ -16,7 +16,9 @@ from tfssim.errors import InputError
 
 __all__ = [
     "pixel_roc", "pixel_roc_auc", "segmentation_roc", "SEGMENTATION_ROC_FPRS", "pro_curve", "aupro", "area_under_pro", "thin_curve", "image_roc_auc", "f1_iou",
-    "PRO_QUANTILES", "ScoreHistogram", "fpr_rank", "value_of_rank",
+    "PRO_QUANTILES", "ScoreHistogram", "fpr_rank", "value_of_rank", "FprThreshold", "region_overlaps",
+    "PooledScores", "OVERLAP_BINS", "checked_pair", "checked_segmentation",
+    "region_labels",
 ]
 
 PRO_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -503,6 +505,40 @@ class ScoreHistogram:
             raise InputError(f"class {cls} has no pixels")
         return self._edge(bins[occupied[-1]] + 1)
 
+    def edge_above_fpr(self, fpr: float | Sequence[float], cls: int) -> float | np.ndarray:
+        """The upper edge of the bin that holds :func:`tfssim.postprocess.threshold_at_fpr`'s
+        threshold over the class's scores (the lower edge of the bin above it; an array of them
+        for a sequence of rates): the scores ``>=`` it are those above every score of that bin,
+        so its false-positive rate is at most the threshold's (equal when no other score of the
+        bin lies above the threshold, as with ties), and :meth:`count_at_least` counts them
+        exactly."""
+        lower = np.atleast_1d(np.asarray(self.edge_at_fpr(np.atleast_1d(np.asarray(fpr, np.float64)), cls)))
+        above = (_order_keys(lower.astype(np.float32)) >> np.uint32(self._shift)).astype(np.int64) + 1
+        edges = _key_values((above << self._shift).astype(np.uint32)).astype(np.float64)
+        return float(edges[0]) if np.ndim(fpr) == 0 else edges
+
+    def counts_at_least(self, edges: Sequence[float], cls: int) -> np.ndarray:
+        """:meth:`count_at_least` of every value of ``edges`` at once (int64, one per edge)."""
+        bins, counts = self._ordered()
+        above = np.r_[np.cumsum(counts[cls][::-1])[::-1], 0]  # above[j]: the class's pixels in bins j, j + 1, ...
+        first = (_order_keys(np.asarray(edges, np.float32)) >> np.uint32(self._shift)).astype(np.int64)
+        return above[np.searchsorted(bins, first)].astype(np.int64)
+
+    def roc_curve(self, positive: int = 1, negative: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ROC curve of ``positive`` against ``negative`` pixels at the lower edges of the
+        occupied bins, from the top: ``(fpr, tpr, thresholds)`` as :func:`pixel_roc` gives them
+        (starting at (0, 0) with threshold ``+inf``; a point counts the scores ``>=`` its
+        threshold, exactly). Its trapezoid area is :meth:`roc_auc`."""
+        bins, counts = self._ordered()
+        pos, neg = counts[positive], counts[negative]
+        n_pos, n_neg = int(pos.sum()), int(neg.sum())
+        if n_pos == 0 or n_neg == 0:
+            raise InputError(f"ROC needs both classes; counted {n_pos} positive and {n_neg} negative pixels")
+        occupied = np.flatnonzero(pos + neg)[::-1]  # falling scores
+        edges = _key_values((bins[occupied] << self._shift).astype(np.uint32)).astype(np.float64)
+        return (np.r_[0.0, np.cumsum(neg[occupied]) / n_neg], np.r_[0.0, np.cumsum(pos[occupied]) / n_pos],
+                np.r_[np.inf, edges])
+
 
 def fpr_rank(fpr: float, pixels: int) -> int:
     """The 0-based rank (ascending) of :func:`tfssim.postprocess.threshold_at_fpr`'s threshold
@@ -517,3 +553,329 @@ def value_of_rank(values: np.ndarray, rank: int) -> float:
     if not 0 <= rank < values.size:
         raise InputError(f"rank {rank} out of range for {values.size} values")
     return float(np.partition(values, rank)[rank])
+
+
+class FprThreshold:
+    """:func:`tfssim.postprocess.threshold_at_fpr` over maps given one at a time, exactly, in
+    memory that does not grow with their number.
+
+    Two looks at the same maps: the first (:meth:`count`) counts every score in a
+    :class:`ScoreHistogram`, which names the one bin holding the threshold's rank; the second
+    (:meth:`look`) keeps the scores in that bin alone (a relative width of ``2 ** -mantissa_bits``)
+    and picks the rank among them (:func:`value_of_rank`). The result is the value
+    ``threshold_at_fpr`` returns, float64 maps included (a bin is chosen on the scores rounded to
+    float32, which keeps their order; the value is taken from the scores as given).
+
+    Args:
+        fpr: Target false-positive rate, ``0 < fpr < 1``.
+        mantissa_bits: Of the histogram (:class:`ScoreHistogram`).
+
+    Example:
+        >>> calibration = FprThreshold(0.01)
+        >>> for m in maps: calibration.count(m)
+        >>> for m in maps: calibration.look(m)
+        >>> threshold, achieved_fpr = calibration.result()
+    """
+
+    def __init__(self, fpr: float, mantissa_bits: int = 13) -> None:
+        if not 0 < fpr < 1:
+            raise InputError(f"false-positive rate must be between 0 and 1 (exclusive), got {fpr}")
+        self.fpr = float(fpr)
+        self._histogram = ScoreHistogram(1, mantissa_bits)
+        self._maps = 0
+        self._bin: tuple[float, float, int, int] | None = None  # (low, high, below, rank) after the first look
+        self._inside: list[np.ndarray] = []
+
+    @property
+    def histogram(self) -> ScoreHistogram:
+        """The first look's counts (class 0): exact counts of the scores ``>=`` any bin edge."""
+        return self._histogram
+
+    def count(self, anomaly_map: np.ndarray) -> None:
+        """First look: count one map's scores."""
+        if self._bin is not None:
+            raise RuntimeError("count() after look(): give every map to count() first")
+        scores = np.asarray(anomaly_map)
+        if not np.isfinite(scores).all():
+            raise InputError("validation maps are empty or hold NaN/infinite values")
+        self._histogram.update(scores, 0)
+        self._maps += 1
+
+    def look(self, anomaly_map: np.ndarray) -> None:
+        """Second look: keep the scores of one map (the same maps as :meth:`count`'s, in any
+        order) that fall in the threshold's bin."""
+        if self._bin is None:
+            if self._maps == 0:
+                raise InputError("no validation maps to calibrate the threshold on; give defect-free images")
+            total = self._histogram.total(0)
+            if total == 0:
+                raise InputError("validation maps are empty or hold NaN/infinite values")
+            rank = fpr_rank(self.fpr, total)
+            low, high, below = self._histogram.rank_bin(0, rank)
+            self._bin = (low, high, below, rank)
+        low, high = self._bin[:2]
+        scores = np.asarray(anomaly_map).ravel()
+        rounded = scores.astype(np.float32)
+        self._inside.append(np.asarray(scores[(rounded >= low) & (rounded < high)], np.float64))
+
+    def result(self) -> tuple[float, float]:
+        """``(threshold, achieved rate)``: ``threshold_at_fpr``'s value and the share of the scores above it."""
+        if self._bin is None:
+            raise RuntimeError("result() before look(): give every map to look() first")
+        low, high, below, rank = self._bin
+        inside = np.concatenate(self._inside)
+        total = self._histogram.total(0)
+        in_bin = self._histogram.count_at_least(low, 0) - self._histogram.count_at_least(high, 0)
+        if inside.size != in_bin:  # the second look must see the scores the first one counted
+            raise RuntimeError(f"look() kept {inside.size} scores of the threshold's bin where count() counted "
+                               f"{in_bin}: give both the same maps")
+        threshold = value_of_rank(inside, rank - below)
+        # Scores above the bin are above the threshold; below it, below.
+        above = total - below - inside.size + int(np.count_nonzero(inside > threshold))
+        return threshold, above / total
+
+
+def checked_pair(index: int, anomaly_map: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One test map and its ground truth as the pooled metrics take them (the checks of
+    :func:`pixel_roc`, one image at a time): ``[H, W, 1]`` squeezed to ``[H, W]``, the mask
+    binary and made boolean, the shapes equal, the scores finite; integer maps as float32.
+
+    Raises:
+        InputError: naming ``anomaly map <index>``.
+    """
+    m, g = np.asarray(anomaly_map), np.asarray(mask)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if g.ndim == 3 and g.shape[-1] == 1:
+        g = g[..., 0]
+    if m.shape != g.shape:
+        raise InputError(f"anomaly map {index} has shape {m.shape} but its mask has shape {g.shape}; they must match")
+    if g.dtype != bool:
+        check_binary_mask(g, f"#{index}")
+        g = g != 0
+    if not np.isfinite(m).all():
+        raise InputError(f"anomaly map {index} holds NaN or infinite values")
+    return (m if np.issubdtype(m.dtype, np.floating) else m.astype(np.float32)), g
+
+
+def checked_segmentation(index: int, segmentation: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """One segmentation as :func:`f1_iou` takes it: ``[H, W, 1]`` squeezed, numbers ``> 0.5``
+    as defect, the shape of its (checked) mask."""
+    s = np.asarray(segmentation)
+    s = s[..., 0] if s.ndim == 3 and s.shape[-1] == 1 else s
+    if s.shape != np.shape(mask):
+        raise InputError(f"segmentation {index} has shape {s.shape} but its mask has shape {np.shape(mask)}; "
+                         "they must match")
+    return s if s.dtype == bool else s > 0.5
+
+
+def region_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(labels, count)``: the 8-connected regions of a mask (as :func:`pro_curve` counts them,
+    scikit-image's connectivity 2), for :func:`region_overlaps`."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3), bool))
+    return labels, int(count)
+
+
+def region_overlaps(anomaly_map: np.ndarray, mask: np.ndarray, edges: np.ndarray,
+                    regions: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+    """Per connected region of ``mask`` (8-connected) and per threshold of ``edges``, the share
+    of the region's pixels scoring ``>= edge`` (scores and edges compared as float32, as a
+    :class:`ScoreHistogram` counts them).
+
+    Args:
+        anomaly_map, mask: One map ``[H, W]`` and its boolean ground truth.
+        edges: Thresholds in any order.
+        regions: ``(labels, count)`` of ``mask`` if already labelled (``scipy.ndimage.label``
+            with a 3x3 structure).
+
+    Returns:
+        float64 ``[regions, len(edges)]``.
+    """
+    edges = np.asarray(edges, np.float32)
+    labels, count = regions if regions is not None else region_labels(mask)
+    if count == 0:
+        return np.zeros((0, edges.size))
+    order = np.argsort(edges, kind="stable")
+    ascending = edges[order]
+    inside = labels > 0
+    ids = labels[inside].astype(np.int64) - 1
+    # A pixel counts at ascending[j] exactly when ascending[j] <= its score: for j < passed.
+    passed = np.searchsorted(ascending, np.asarray(anomaly_map)[inside].astype(np.float32), side="right")
+    table = np.bincount(ids * (edges.size + 1) + passed, minlength=count * (edges.size + 1))
+    table = table.reshape(count, edges.size + 1)
+    at_least = np.cumsum(table[:, ::-1], axis=1)[:, ::-1][:, 1:]  # [region, j]: pixels with passed > j
+    shares = at_least / table.sum(axis=1, keepdims=True)
+    out = np.empty_like(shares)
+    out[:, order] = shares
+    return out
+
+
+# Resolution of the streamed overlap quantiles: each region's overlap is counted in the nearest of
+# OVERLAP_BINS + 1 levels 0, 1/OVERLAP_BINS, ..., 1, so a quantile is off by at most half a level.
+OVERLAP_BINS = 1000
+
+
+class PooledScores:
+    """The pooled pixel metrics of a set of test images, accumulated image by image in two
+    passes over the same maps, in memory that does not grow with their number.
+
+    Pass 1 (:meth:`add_scores`): every pixel's score into a :class:`ScoreHistogram` of good and
+    defect pixels, and each image's maximum. That gives the pixel ROC (AUC within
+    :meth:`auroc_error_bound` of :func:`pixel_roc_auc`, which is at most about 1e-4 at 13
+    mantissa bits for smooth maps), the image ROC AUC (exact: :func:`image_roc_auc` of the maxima)
+    and the thresholds of the overlap curve (:attr:`pro_edges`). Pass 2
+    (:meth:`add_segmentation`): TP / FP / FN of a given segmentation (F1 / IoU exact, as
+    :func:`f1_iou`) and, per ground-truth region, its overlap at each threshold of
+    :attr:`pro_edges`.
+
+    The overlap curve (:meth:`pro_curve`) is :func:`pro_curve`'s with its thresholds moved to bin
+    edges: :func:`pro_curve` flags the scores above each of its thresholds (a good pixel's score),
+    this curve the scores above the bin holding it (a pixel counts when it scores ``>=`` the
+    bin's upper edge), so every point's FPR and mean overlap are exact for its threshold and
+    differ from :func:`pro_curve`'s by the pixels scoring inside that one bin above its
+    threshold (nothing where the bin holds one value, as with ties). The area (:meth:`aupro`) is
+    another trapezoid sum of the same monotone curve at those nearby points: within
+    ``1 / (num_thresholds - 1)`` of :func:`aupro` where the sweep's FPR moves in steps of at most
+    ``max_fpr / (num_thresholds - 1)`` (each of the two sums then lies within half a step of the
+    curve's area), within 1e-4 on the tests' maps (smooth, over many orders of magnitude, and
+    equal where ties make wider steps: both sweeps then stop at the same points). Its overlap
+    quantiles are counted in
+    :data:`OVERLAP_BINS` levels: within ``0.5 / OVERLAP_BINS`` of the exact quantiles at the same
+    threshold.
+
+    Args:
+        mantissa_bits: Of the histogram.
+        num_thresholds, max_fpr: The overlap sweep (:func:`pro_curve`'s).
+        quantiles: Overlap quantile levels of :meth:`pro_curve`; ``()`` keeps none (less memory).
+    """
+
+    GOOD, DEFECT = 0, 1
+
+    def __init__(self, *, mantissa_bits: int = 13, num_thresholds: int = 300, max_fpr: float = 0.3,
+                 quantiles: Sequence[float] = PRO_QUANTILES) -> None:
+        if not 0 < max_fpr <= 1:
+            raise InputError(f"max_fpr must be in (0, 1], got {max_fpr}")
+        self.histogram = ScoreHistogram(2, mantissa_bits)
+        self.num_thresholds = int(num_thresholds)
+        self.max_fpr = float(max_fpr)
+        self.levels = np.asarray(quantiles, np.float64)
+        self.maxima: list[float] = []  # per image: its score for the image ROC
+        self.defective: list[bool] = []
+        self.tp = self.fp = self.fn = 0
+        self._edges: np.ndarray | None = None
+        self._overlap_sums: np.ndarray | None = None
+        self._overlap_counts: np.ndarray | None = None  # [edge, level]: regions per overlap level
+        self.regions = 0
+
+    # --- pass 1
+
+    def add_scores(self, anomaly_map: np.ndarray, mask: np.ndarray, defective: bool | None = None) -> None:
+        """Pass 1: one map ``[H, W]`` and its boolean ground truth (of the same shape, checked
+        by the caller); ``defective`` is the image's label for the image ROC (default: its mask
+        holds a defect pixel)."""
+        if self._edges is not None:
+            raise RuntimeError("add_scores() after add_segmentation(): pass 1 is over")
+        mask = np.asarray(mask, bool)
+        self.histogram.update(anomaly_map, mask)
+        self.maxima.append(float(np.max(anomaly_map)))
+        self.defective.append(bool(mask.any()) if defective is None else bool(defective))
+
+    @property
+    def pro_edges(self) -> np.ndarray:
+        """The ``num_thresholds`` thresholds of the overlap curve, falling (its FPR rising from 0
+        to at most ``max_fpr``): above every good pixel, then at FPRs evenly spaced up to
+        ``max_fpr`` the upper edges of the good pixels' bins that hold
+        :func:`tfssim.postprocess.threshold_at_fpr`'s thresholds
+        (:meth:`ScoreHistogram.edge_above_fpr`; :func:`pro_curve` flags the scores above those
+        thresholds, these the scores above their bins). Fixed once pass 2 starts."""
+        if self._edges is None:
+            if self.histogram.total(self.GOOD) == 0:
+                raise InputError("per-region overlap needs good pixels to measure the false-positive rate")
+            targets = np.linspace(0.0, self.max_fpr, self.num_thresholds)[1:]
+            self._edges = np.r_[self.histogram.top_edge(self.GOOD), self.histogram.edge_above_fpr(targets, self.GOOD)]
+        return self._edges
+
+    def pixel_auroc(self) -> float:
+        """Pooled pixel ROC AUC (ties within a bin count half; see :meth:`auroc_error_bound`)."""
+        self._both_classes()
+        return self.histogram.roc_auc(self.DEFECT, self.GOOD)
+
+    def auroc_error_bound(self) -> float:
+        """The largest possible difference between :meth:`pixel_auroc` and :func:`pixel_roc_auc`."""
+        return self.histogram.roc_auc_error_bound(self.DEFECT, self.GOOD)
+
+    def roc_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(fpr, tpr, thresholds)`` at the bin edges (:meth:`ScoreHistogram.roc_curve`)."""
+        self._both_classes()
+        return self.histogram.roc_curve(self.DEFECT, self.GOOD)
+
+    def image_auroc(self) -> float | None:
+        """Image ROC AUC with the map maximum as the image's score; ``None`` with one class only."""
+        return image_roc_auc(self.maxima, self.defective)
+
+    def _both_classes(self) -> None:
+        positives, negatives = self.histogram.total(self.DEFECT), self.histogram.total(self.GOOD)
+        if positives == 0 or negatives == 0:
+            raise InputError(f"ROC needs both defect and good pixels; the masks hold {positives} defect and "
+                             f"{negatives} good pixels")
+
+    # --- pass 2
+
+    def add_segmentation(self, anomaly_map: np.ndarray, mask: np.ndarray, segmentation: np.ndarray,
+                         regions: tuple[np.ndarray, int] | None = None) -> None:
+        """Pass 2: the same map and mask as in pass 1 (any order) with its segmentation (bool, the
+        same shape); ``regions``: the mask's ``(labels, count)`` if already labelled."""
+        mask = np.asarray(mask, bool)
+        segmentation = np.asarray(segmentation, bool)
+        self.tp += int(np.count_nonzero(segmentation & mask))
+        self.fp += int(np.count_nonzero(segmentation & ~mask))
+        self.fn += int(np.count_nonzero(~segmentation & mask))
+        if not mask.any():
+            return
+        edges = self.pro_edges
+        shares = region_overlaps(anomaly_map, mask, edges, regions)
+        if self._overlap_sums is None:
+            self._overlap_sums = np.zeros(edges.size)
+            if self.levels.size:
+                self._overlap_counts = np.zeros((edges.size, OVERLAP_BINS + 1), np.int64)
+        self._overlap_sums += shares.sum(axis=0)
+        self.regions += shares.shape[0]
+        if self._overlap_counts is not None:
+            level = np.rint(shares * OVERLAP_BINS).astype(np.int64)  # [region, edge]
+            flat = np.arange(edges.size)[None, :] * (OVERLAP_BINS + 1) + level
+            self._overlap_counts += np.bincount(flat.ravel(), minlength=self._overlap_counts.size).reshape(
+                self._overlap_counts.shape)
+
+    def f1_iou(self) -> tuple[float, float]:
+        """Pooled pixel F1 and IoU of the segmentations (1.0 and 1.0 when nothing is defective)."""
+        tp, fp, fn = self.tp, self.fp, self.fn
+        if tp + fp + fn == 0:
+            return 1.0, 1.0
+        return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+
+    def pro_curve(self) -> dict[str, np.ndarray]:
+        """The overlap curve as :func:`pro_curve` returns it: ``fpr`` (exact at each threshold),
+        ``thresholds`` (:attr:`pro_edges`), ``mean``, ``quantiles`` ``[levels, thresholds]``,
+        ``levels`` and ``regions``."""
+        edges = self.pro_edges
+        if self.regions == 0:
+            raise InputError("per-region overlap needs at least one ground-truth defect region")
+        fpr = self.histogram.counts_at_least(edges, self.GOOD) / self.histogram.total(self.GOOD)
+        quantiles = np.zeros((self.levels.size, edges.size))
+        if self._overlap_counts is not None:
+            # np.quantile's linear rule on the regions' overlaps, each counted at its nearest level.
+            cumulative = np.cumsum(self._overlap_counts, axis=1)  # [edge, level]
+            for k, q in enumerate(self.levels):
+                h = (self.regions - 1) * q
+                lo, hi = int(np.floor(h)), min(int(np.floor(h)) + 1, self.regions - 1)
+                low = (cumulative <= lo).sum(axis=1) / OVERLAP_BINS
+                high = (cumulative <= hi).sum(axis=1) / OVERLAP_BINS
+                quantiles[k] = low + (h - lo) * (high - low)
+        return {"fpr": fpr, "thresholds": edges.astype(np.float64), "mean": self._overlap_sums / self.regions,
+                "quantiles": quantiles, "levels": self.levels, "regions": np.asarray(self.regions)}
+
+    def aupro(self) -> float:
+        """Normalised area under the mean overlap up to ``max_fpr`` (:func:`area_under_pro` of :meth:`pro_curve`)."""
+        return area_under_pro(self.pro_curve(), self.max_fpr)

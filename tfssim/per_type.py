@@ -1,8 +1,9 @@
 """Scores per defect type: which test images form a type, and how its pixels are pooled.
 
 MVTec AD categories (and plain folders with ``test/<type>/`` subfolders) sort their test images
-by defect type; :func:`tfssim.evaluation.evaluate` scores each type with :func:`per_type_scores`
-beside the pooled scores. Imports no TensorFlow.
+by defect type; :func:`tfssim.evaluation.evaluate` scores each type beside the pooled scores with
+:class:`TypePools` (the accumulators of :class:`tfssim.metrics.PooledScores`, one per type, fed
+image by image), :func:`per_type_scores` with maps in memory. Imports no TensorFlow.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from tfssim import metrics
 from tfssim.errors import InputError
 
-__all__ = ["GOOD", "TYPE_KEYS", "defect_types", "per_type_scores"]
+__all__ = ["GOOD", "TYPE_KEYS", "defect_types", "per_type_scores", "TypePools"]
 
 # The scores computed per defect type (the rest are global: threshold, FPR, segmentation ROC).
 TYPE_KEYS = ("pixel_auroc", "aupro_0.3", "image_auroc", "f1", "iou")
@@ -36,6 +37,62 @@ def defect_types(split: Any) -> list[str]:
     return []
 
 
+class TypePools:
+    """Per-type scores accumulated image by image: one :class:`tfssim.metrics.PooledScores` per
+    defect type, over the type's images and the good test images (the pixels
+    :func:`per_type_scores` describes), in two passes over the same maps.
+
+    Args:
+        labels: Defect type of each test image, ``"good"`` for the defect-free ones.
+        max_fpr, num_thresholds: The overlap sweep (as :func:`per_type_scores`).
+        mantissa_bits: Of the pools' histograms.
+    """
+
+    def __init__(self, labels: Sequence[str], *, max_fpr: float = 0.3, num_thresholds: int = 300,
+                 mantissa_bits: int = 13) -> None:
+        self.labels = list(labels)
+        self.types = sorted({label for label in self.labels if label != GOOD})
+        # The per-type overlap curves keep no quantiles: only their area is reported.
+        self.pools = {kind: metrics.PooledScores(mantissa_bits=mantissa_bits, num_thresholds=num_thresholds,
+                                                 max_fpr=max_fpr, quantiles=()) for kind in self.types}
+
+    def _pools_of(self, i: int) -> list[metrics.PooledScores]:
+        """The pools image ``i`` belongs to: its type's, or every type's for a good image."""
+        label = self.labels[i]
+        return list(self.pools.values()) if label == GOOD else [self.pools[label]]
+
+    def add_scores(self, i: int, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
+        """Pass 1 for test image ``i`` (:meth:`tfssim.metrics.PooledScores.add_scores`); its
+        image-ROC label is its type (defective) or good, not its mask."""
+        for pool in self._pools_of(i):
+            pool.add_scores(anomaly_map, mask, defective=self.labels[i] != GOOD)
+
+    def add_segmentation(self, i: int, anomaly_map: np.ndarray, mask: np.ndarray, segmentation: np.ndarray,
+                         regions: tuple[np.ndarray, int] | None = None) -> None:
+        """Pass 2 for test image ``i`` (:meth:`tfssim.metrics.PooledScores.add_segmentation`)."""
+        for pool in self._pools_of(i):
+            pool.add_segmentation(anomaly_map, mask, segmentation, regions)
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """The scores of :func:`per_type_scores`, in sorted type order."""
+        good = self.labels.count(GOOD)
+        results: dict[str, dict[str, Any]] = {}
+        for kind, pool in self.pools.items():
+            has_defect_pixels = pool.histogram.total(pool.DEFECT) > 0
+            f1, iou = pool.f1_iou()
+            results[kind] = {
+                "pixel_auroc": pool.pixel_auroc() if has_defect_pixels else None,
+                "aupro_0.3": pool.aupro() if has_defect_pixels else None,
+                "image_auroc": pool.image_auroc(),
+                "f1": float(f1),
+                "iou": float(iou),
+                "images": self.labels.count(kind),
+                "good_images": good,
+                "pixel_auroc_error_bound": pool.auroc_error_bound() if has_defect_pixels else None,
+            }
+        return results
+
+
 def per_type_scores(
     test_maps: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -56,6 +113,12 @@ def per_type_scores(
     false-positive rates of all types are measured on the same good images. Images of the other
     defect types are left out.
 
+    The scores are those :func:`tfssim.evaluation.evaluate` streams (:class:`TypePools`, of
+    :class:`tfssim.metrics.PooledScores`): ``pixel_auroc`` within ``pixel_auroc_error_bound``
+    of the exact pooled AUC (:func:`tfssim.metrics.pixel_roc_auc`), ``aupro_0.3`` with its
+    thresholds at histogram bin edges (see :class:`tfssim.metrics.PooledScores`), the image
+    AUROC, F1 and IoU exact.
+
     Args:
         test_maps: Anomaly maps of all test images.
         masks: Boolean ground truth of each (all False for good images).
@@ -68,9 +131,9 @@ def per_type_scores(
 
     Returns:
         ``{type: {"pixel_auroc", "aupro_0.3", "image_auroc", "f1", "iou", "images",
-        "good_images"}}`` in sorted type order. ``image_auroc`` is ``None`` without good test
-        images; ``pixel_auroc`` and ``aupro_0.3`` are ``None`` when the type's masks hold no
-        defect pixel.
+        "good_images", "pixel_auroc_error_bound"}}`` in sorted type order. ``image_auroc`` is
+        ``None`` without good test images; ``pixel_auroc``, its bound and ``aupro_0.3`` are
+        ``None`` when the type's masks hold no defect pixel.
 
     Raises:
         ValueError: the four sequences differ in length.
@@ -82,22 +145,10 @@ def per_type_scores(
     if not len(test_maps) == len(masks) == len(labels) == len(segmentations):
         raise InputError(f"{len(test_maps)} maps, {len(masks)} masks, {len(labels)} labels and "
                          f"{len(segmentations)} segmentations; give one of each per test image")
-    good = [i for i, label in enumerate(labels) if label == GOOD]
-    results: dict[str, dict[str, Any]] = {}
-    for kind in sorted({label for label in labels if label != GOOD}):
-        own = [i for i, label in enumerate(labels) if label == kind]
-        chosen = own + good
-        maps = [test_maps[i] for i in chosen]
-        gts = [np.asarray(masks[i], bool) for i in chosen]
-        has_defect_pixels = any(g.any() for g in gts)
-        f1, iou = metrics.f1_iou([segmentations[i] for i in chosen], gts)
-        results[kind] = {
-            "pixel_auroc": metrics.pixel_roc_auc(maps, gts) if has_defect_pixels else None,
-            "aupro_0.3": metrics.aupro(maps, gts, max_fpr, num_thresholds) if has_defect_pixels else None,
-            "image_auroc": metrics.image_roc_auc(maps, [True] * len(own) + [False] * len(good)),
-            "f1": float(f1),
-            "iou": float(iou),
-            "images": len(own),
-            "good_images": len(good),
-        }
-    return results
+    pools = TypePools(labels, max_fpr=max_fpr, num_thresholds=num_thresholds)
+    pairs = [metrics.checked_pair(i, m, g) for i, (m, g) in enumerate(zip(test_maps, masks))]
+    for i, (m, g) in enumerate(pairs):
+        pools.add_scores(i, m, g)
+    for i, ((m, g), s) in enumerate(zip(pairs, segmentations)):
+        pools.add_segmentation(i, m, g, metrics.checked_segmentation(i, s, g))
+    return pools.results()

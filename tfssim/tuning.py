@@ -736,27 +736,18 @@ def tune(
             return maps.smooth(maps.raw(images_, bases, chosen.scoring), chosen.map_sigma)
 
         # Pass 2: the clean images' scores of the chosen map, twice: a histogram, then the one bin
-        # holding the threshold's rank, looked at exactly.
+        # holding the threshold's rank, looked at exactly (tfssim.metrics.FprThreshold).
         tick = time.perf_counter()
-        clean_hist = metrics.ScoreHistogram(1, HISTOGRAM_BITS)
+        calibration = metrics.FprThreshold(fpr, HISTOGRAM_BITS)
         bar = _progress(2 * n_images, "tune: threshold", progress)
-        for i in range(n_images):
-            clean_hist.update(chosen_maps(_hwc(store[i]), cache.clean(i)[None])[0], 0)
-            bar.update()
-        n_clean = clean_hist.total(0)
-        rank = metrics.fpr_rank(fpr, n_clean)
-        low, high, below = clean_hist.rank_bin(0, rank)
-        inside = []
-        for i in range(n_images):
-            m = chosen_maps(_hwc(store[i]), cache.clean(i)[None])[0]
-            inside.append(m[(m >= low) & (m < high)])
-            bar.update()
+        for look in (calibration.count, calibration.look):
+            for i in range(n_images):
+                look(chosen_maps(_hwc(store[i]), cache.clean(i)[None])[0])
+                bar.update()
         bar.close()
-        inside_values = np.concatenate(inside)
-        del inside
-        threshold = metrics.value_of_rank(inside_values, rank - below)
-        clean_above = n_clean - below - inside_values.size + int(np.count_nonzero(inside_values > threshold))
-        val_fpr = clean_above / n_clean
+        threshold, val_fpr = calibration.result()
+        clean_hist = calibration.histogram
+        n_clean = clean_hist.total(0)
         seconds["threshold"] = time.perf_counter() - tick
 
         # Pass 3: post-processing candidates at that threshold, per-region overlap, the report.
@@ -785,8 +776,9 @@ def tune(
                     found = postprocess.segment_regions(m, threshold, opening_diameter=o, convex_hull=convex_hull)
                     for a in min_areas:
                         _count(post_counts[o, a], postprocess.regions_mask(found, m.shape, a), mask, regions)
-                overlap_sums += _overlap_sums(m, mask, pro_edges)
-                pro_regions += _connected_regions(mask)
+                overlaps = metrics.region_overlaps(m, mask, pro_edges)  # [regions, edges]
+                overlap_sums += overlaps.sum(axis=0)
+                pro_regions += overlaps.shape[0]
             clean_map = chosen_maps(x, cache.clean(i)[None])[0]
             for o in openings:
                 found = postprocess.segment_regions(clean_map, threshold, opening_diameter=o, convex_hull=convex_hull)
@@ -878,30 +870,6 @@ def tune(
         "stage_seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
     return Tuning(residual, map_candidates, post_candidates, choice, synthetic, operating_point, settings, warnings)
-
-
-def _connected_regions(mask: np.ndarray) -> int:
-    from scipy import ndimage
-
-    return int(ndimage.label(mask, structure=np.ones((3, 3), bool))[1])
-
-
-def _overlap_sums(anomaly_map: np.ndarray, mask: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Per edge, the sum over the mask's connected regions (8-connected, as
-    :func:`tfssim.metrics.pro_curve` counts them) of the share of the region's pixels scoring ``>= edge``."""
-    from scipy import ndimage
-
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if count == 0:
-        return np.zeros(edges.size)
-    inside = labels > 0
-    ids = labels[inside] - 1
-    # Pixel p counts at edges[j] exactly when edges[j] <= score: for j < passed[p].
-    passed = np.searchsorted(edges.astype(np.float32), anomaly_map[inside].astype(np.float32), side="right")
-    table = np.bincount(ids * (edges.size + 1) + passed, minlength=count * (edges.size + 1))
-    table = table.reshape(count, edges.size + 1)
-    at_least = np.cumsum(table[:, ::-1], axis=1)[:, ::-1][:, 1:]  # [region, j]: pixels with passed > j
-    return (at_least / table.sum(axis=1, keepdims=True)).sum(axis=0)
 
 
 # --- writing the result ----------------------------------------------------------------------------
