@@ -75,3 +75,19 @@ def load_script(name: str):
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
     return sys.modules[module_name]
+
+
+def stop_decoding(monkeypatch) -> None:
+    """From now on, fail the test if any pixel data is decoded, by Pillow or by tifffile (the
+    image reader's decoders; build the test's files first)."""
+    import tifffile
+    from PIL import Image, ImageFile, ImageOps
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pixel data was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+    monkeypatch.setattr(Image.Image, "load", refuse)
+    monkeypatch.setattr(ImageOps, "exif_transpose", refuse)
+    for owner in (tifffile.TiffFile, tifffile.TiffPage, tifffile.TiffPageSeries):
+        monkeypatch.setattr(owner, "asarray", refuse)

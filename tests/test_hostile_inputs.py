@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import stop_decoding
 from skimage import io
 
 from tfssim import export, postprocess
@@ -145,22 +146,7 @@ def assert_clean(result, code: int, errors: int | None = 1) -> None:
 @pytest.fixture
 def no_decoding(monkeypatch):
     """Fail the test if any pixel data is decoded (Pillow and tifffile are the reader's decoders)."""
-    _stop_decoding(monkeypatch)
-
-
-def _stop_decoding(monkeypatch) -> None:
-    """From now on, fail the test if any pixel data is decoded (build the test's files first)."""
-    import tifffile
-    from PIL import Image, ImageFile, ImageOps
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the file was decoded")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
-    monkeypatch.setattr(Image.Image, "load", refuse)
-    monkeypatch.setattr(ImageOps, "exif_transpose", refuse)
-    for owner in (tifffile.TiffFile, tifffile.TiffPage, tifffile.TiffPageSeries):
-        monkeypatch.setattr(owner, "asarray", refuse)
+    stop_decoding(monkeypatch)
 
 
 @pytest.mark.parametrize("fmt", sorted(BOMBS))
@@ -202,7 +188,7 @@ def test_multipage_tiffs_and_animated_pngs_count_every_page(tmp_path, monkeypatc
     tifffile.imwrite(stack, np.zeros((5, 20, 30), np.uint8))
     frames = [Image.fromarray(np.full((20, 30), 50 * i, np.uint8)) for i in range(5)]
     frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
-    _stop_decoding(monkeypatch)
+    stop_decoding(monkeypatch)
     for path in (stack, tmp_path / "anim.png"):
         with pytest.raises(ValueError, match="declares 3,000 pixels"):
             image_io.read_image(path, max_pixels=2999)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import stop_decoding
 from PIL import Image, ImageOps
 from skimage import color
 
@@ -85,20 +86,6 @@ def packed_tiff(path: Path, values: np.ndarray, bits: int) -> Path:
     ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in tags)
     path.write_bytes(b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + ifd + struct.pack("<I", 0))
     return path
-
-
-def stop_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """From now on, fail the test if any pixel data is decoded, by Pillow or by tifffile (build files first)."""
-    from PIL import ImageFile
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("pixel data was decoded")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
-    monkeypatch.setattr(Image.Image, "load", refuse)
-    monkeypatch.setattr(ImageOps, "exif_transpose", refuse)
-    for owner in (tifffile.TiffFile, tifffile.TiffPage, tifffile.TiffPageSeries):
-        monkeypatch.setattr(owner, "asarray", refuse)
 
 
 # --- CMYK: read as Pillow converts it, not inverted ---------------------------------------------

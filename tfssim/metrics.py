@@ -31,21 +31,9 @@ def _validate(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[
         raise InputError(f"{len(maps)} anomaly maps but {len(masks)} masks; give one mask per map")
     out_maps, out_masks = [], []
     for i, (m, g) in enumerate(zip(maps, masks)):
-        m = np.asarray(m)
-        g = np.asarray(g)
-        if m.ndim == 3 and m.shape[-1] == 1:
-            m = m[..., 0]
-        if g.ndim == 3 and g.shape[-1] == 1:
-            g = g[..., 0]
-        if m.shape != g.shape:
-            raise InputError(f"anomaly map {i} has shape {m.shape} but its mask has shape {g.shape}; they must match")
-        if g.dtype != bool:
-            check_binary_mask(g, f"#{i}")
-            g = g != 0
-        if not np.isfinite(m).all():
-            raise InputError(f"anomaly map {i} holds NaN or infinite values")
-        # Keep float64 maps as they are: rounding to float32 would merge near-equal scores into ties.
-        out_maps.append(m if np.issubdtype(m.dtype, np.floating) else m.astype(np.float32))
+        # Float64 maps stay as they are: rounding to float32 would merge near-equal scores into ties.
+        m, g = checked_pair(i, m, g)
+        out_maps.append(m)
         out_masks.append(g)
     return out_maps, out_masks
 

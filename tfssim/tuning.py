@@ -735,6 +735,13 @@ def tune(
             images_ = x[None] if stack is None else stack
             return maps.smooth(maps.raw(images_, bases, chosen.scoring), chosen.map_sigma)
 
+        def image_again(i: int) -> tuple[list[tuple[np.ndarray, np.ndarray, list]], np.ndarray, np.ndarray]:
+            """Image ``i``'s copies painted again, their chosen maps and its clean image's, from the cache."""
+            x = _hwc(store[i])
+            copies_i = painted(i, x)
+            stack = np.stack([_hwc(p) for p, _, _ in copies_i])
+            return copies_i, chosen_maps(x, cache.copies(i), stack), chosen_maps(x, cache.clean(i)[None])[0]
+
         # Pass 2: the clean images' scores of the chosen map, twice: a histogram, then the one bin
         # holding the threshold's rank, looked at exactly (tfssim.metrics.FprThreshold).
         tick = time.perf_counter()
@@ -765,10 +772,7 @@ def tune(
         pro_regions = 0
         bar = _progress(n_images, "tune: post-processing", progress)
         for i in range(n_images):
-            x = _hwc(store[i])
-            copies_i = painted(i, x)
-            stack = np.stack([_hwc(p) for p, _, _ in copies_i])
-            defect_maps = chosen_maps(x, cache.copies(i), stack)
+            copies_i, defect_maps, clean_map = image_again(i)
             for m, (_, mask, infos) in zip(defect_maps, copies_i):
                 served_hist.update(m, mask.astype(np.uint8))
                 regions = _defect_regions(infos, mask, bins)
@@ -779,7 +783,6 @@ def tune(
                 overlaps = metrics.region_overlaps(m, mask, pro_edges)  # [regions, edges]
                 overlap_sums += overlaps.sum(axis=0)
                 pro_regions += overlaps.shape[0]
-            clean_map = chosen_maps(x, cache.clean(i)[None])[0]
             for o in openings:
                 found = postprocess.segment_regions(clean_map, threshold, opening_diameter=o, convex_hull=convex_hull)
                 for a in min_areas:
@@ -813,11 +816,7 @@ def tune(
             sweep_counts = {t: _PostCounts() for t in tried}
             bar = _progress(n_images, "tune: threshold rule f1", progress)
             for i in range(n_images):
-                x = _hwc(store[i])
-                copies_i = painted(i, x)
-                stack = np.stack([_hwc(p) for p, _, _ in copies_i])
-                defect_maps = chosen_maps(x, cache.copies(i), stack)
-                clean_map = chosen_maps(x, cache.clean(i)[None])[0]
+                copies_i, defect_maps, clean_map = image_again(i)
                 for t in tried:
                     for m, (_, mask, infos) in zip(defect_maps, copies_i):
                         seg = postprocess.segment(m, t, opening_diameter=post[0], convex_hull=convex_hull,
