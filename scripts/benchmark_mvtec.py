@@ -159,6 +159,30 @@ def run_category(root: Path, output: Path, category: str, protocol: Protocol, *,
     return result
 
 
+def check_protocol(protocol: Protocol, root: Path, output: Path, categories: Sequence[str]) -> None:
+    """Refuse a protocol whose training settings tfssim-train would refuse (one line), before anything runs.
+
+    Raises:
+        InputError: naming the setting, as :meth:`tfssim.training.TrainConfig.validate` does.
+    """
+    import math
+
+    from tfssim.training.config import TrainConfig
+
+    for name in ("learning_rate", "texture_scale"):
+        value = getattr(protocol, name)
+        if not math.isfinite(value):
+            raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if protocol.min_defect_area < 0:
+        raise InputError(f"--min-defect-area must be >= 0, got {protocol.min_defect_area}")
+    for category in categories:
+        _, train, export = protocol.category_settings(category)
+        TrainConfig(data=str(root / category), output=str(output / category / "run"), **train).validate()
+        if not 1 <= export["stride"] <= train["patch_size"]:
+            raise InputError(f"--stride must be between 1 and the patch size {train['patch_size']}, got "
+                             f"{export['stride']}")
+
+
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -211,6 +235,9 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> None:
     """The command line: bad input is one ``Error:`` line and exit status 2, Ctrl-C exit status 130."""
+    from tfssim.cli._common import setup_logging
+
+    setup_logging()  # TensorFlow's start-up chatter filtered, as in the commands
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mvtec_root", type=Path, metavar="MVTEC_ROOT")
     parser.add_argument("--categories", default=None, help="comma-separated (default: every category found)")
@@ -258,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(mvtec_root: Path, output: Path, protocol: Protocol, wanted: Sequence[str] | None = None) -> None:
     """Run ``protocol`` on the categories under ``mvtec_root`` (``wanted`` or all), resumably, into ``output``."""
     categories = find_categories(mvtec_root, wanted)
+    check_protocol(protocol, mvtec_root, output, categories)  # before settings.json records it
     # Never inside the data: results there would be read back as images (tfssim's output rule).
     prepare_output_dir(output, [mvtec_root])
     with output_dir_lock(output, "benchmark_mvtec.py"):

@@ -116,6 +116,11 @@ def test_bad_input_is_one_error_line_with_exit_status_2(mvtec_root, tmp_path, ca
     # An output folder inside the dataset would put results where images are read.
     assert "inside the input" in _refused(bench, [str(mvtec_root), "--output", str(mvtec_root / "carpet")], capsys)
     assert not any((mvtec_root / "carpet").glob("*.json"))
+    # Settings tfssim-train would refuse are refused before settings.json records them.
+    assert "batch_size" in _refused(bench, [str(mvtec_root), "--output", str(out), "--batch-size", "0"], capsys)
+    assert "learning-rate" in _refused(bench, [str(mvtec_root), "--output", str(out), "--learning-rate", "nan"],
+                                       capsys)
+    assert not out.exists()
     # A damaged settings file of an earlier benchmark is named.
     out.mkdir()
     (out / bench.SETTINGS_FILE).write_text("{cut")

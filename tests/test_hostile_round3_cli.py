@@ -169,3 +169,127 @@ def test_ctrl_c_is_exit_status_130_in_every_command(exports, dataset, tmp_path, 
     (tmp_path / "run").mkdir()
     result = CliRunner().invoke(export_main, [str(tmp_path / "run"), "--name", "x"])
     assert result.exit_code == 130 and "Aborted" not in result.output
+
+
+# --- the reviewer's siblings ---------------------------------------------------------------------------
+
+
+def test_output_folders_stay_out_of_the_model_folder_and_the_folders_given(exports, dataset, tmp_path):
+    """A numbered folder of results inside the model folder would be a version TF Serving serves; results
+    inside a folder of images given would be read as images by the next run on it."""
+    from tfssim.cli.evaluate import main as evaluate_main
+    from tfssim.cli.predict import main as predict_main
+
+    export = shutil.copytree(exports[0], tmp_path / "exports" / "ssim" / "1")
+    images = shutil.copytree(dataset / "test", tmp_path / "images")
+    before = _hashes(tmp_path / "exports"), _hashes(images)
+    for out, message in [(export.parent / "7", "lies inside the input"), (images / "out", "lies inside the input")]:
+        result = CliRunner().invoke(predict_main, [str(export), str(images), "-o", str(out), "--threshold", "0.5"])
+        _one_error(result, message)
+    result = CliRunner().invoke(evaluate_main, [str(dataset), str(export), "-o", str(export.parent / "9")])
+    _one_error(result, "lies inside the input")
+    assert (_hashes(tmp_path / "exports"), _hashes(images)) == before
+    assert sorted(p.name for p in export.parent.iterdir()) == ["1"]
+
+
+def test_export_paths_tensorflow_cannot_load_are_refused_in_one_line(exports, tmp_path):
+    from tfssim.cli.predict import main as predict_main
+
+    odd = shutil.copytree(exports[0], tmp_path / "x[2]" / "ssim" / "1")
+    image = _png(tmp_path / "a.png", 1)
+    result = CliRunner().invoke(predict_main, [str(odd), str(image), "-o", str(tmp_path / "out"), "--threshold", "0.5"])
+    _one_error(result, "which TensorFlow takes as wildcards")
+    from tfssim import export
+    from tfssim.models import build_model
+
+    with pytest.raises(InputError, match="which TensorFlow takes as wildcards"):
+        export.export_model(build_model("l2", 32, 1, 8), tmp_path / "y[1]", name="m")
+    assert not (tmp_path / "y[1]").exists()
+
+
+def test_a_lock_file_that_is_a_link_or_a_pipe_is_refused_and_its_target_kept(tmp_path):
+    import os
+
+    from tfssim._io import OUTPUT_LOCK_NAME
+
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    linked = prepare_output_dir(tmp_path / "linked")
+    (linked / OUTPUT_LOCK_NAME).symlink_to(victim)
+    with pytest.raises(InputError, match="is not a regular file"):
+        with output_dir_lock(linked, "tfssim-predict"):
+            pass
+    assert victim.read_bytes() == b"precious"
+    piped = prepare_output_dir(tmp_path / "piped")
+    os.mkfifo(piped / OUTPUT_LOCK_NAME)
+    with pytest.raises(InputError, match="is not a regular file"):  # and no hang
+        with output_dir_lock(piped, "tfssim-predict"):
+            pass
+
+
+def test_float_options_refuse_nan_and_messages_stay_one_line(exports, dataset, tmp_path):
+    from tfssim.cli.evaluate import main as evaluate_main
+    from tfssim.cli.predict import main as predict_main
+
+    for option in ("--fpr", "--val-split"):
+        result = CliRunner().invoke(evaluate_main, [str(dataset), str(exports[0]), "-o", str(tmp_path / "e"),
+                                                    option, "nan"])
+        _one_error(result, "is not a finite number")
+    assert not (tmp_path / "e").exists()
+    result = CliRunner().invoke(predict_main, [str(exports[0]), str(tmp_path / "nl\nError: y.png"),
+                                               "-o", str(tmp_path / "o"), "--threshold", "0.5"])
+    _one_error(result, "nl\\nError: y.png")
+
+
+def test_a_mask_holding_nan_is_refused(tmp_path):
+    import tifffile
+
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:4, 2:4] = np.nan
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    with pytest.raises(InputError, match="holds NaN or infinite values"):
+        data.read_mask(tmp_path / "m.tif")
+
+
+def test_a_short_write_of_a_working_array_is_a_full_disk(tmp_path, monkeypatch):
+    import errno
+
+    from tfssim._io import save_array
+
+    def short(*args, **kwargs):
+        raise OSError("15360 requested and 9184 written")  # what NumPy says on a full disk
+
+    monkeypatch.setattr(np, "save", short)
+    with pytest.raises(OSError) as err:
+        save_array(tmp_path / "a.npy", np.zeros(4))
+    assert err.value.errno == errno.ENOSPC
+
+
+def test_defect_sizes_beyond_the_images_are_refused(tmp_path):
+    from test_tune_streaming import BlurExport
+
+    from tfssim import tuning
+
+    paths = [_png(tmp_path / f"v{i}.png", i) for i in range(2)]
+    for size in ((1, 1e308), (1, 100000), (65, 70)):
+        with pytest.raises(InputError, match="larger than the smallest validation image side"):
+            tuning.tune(BlurExport(), paths, size_range=size, copies=1, progress=False)
+    from tfssim.data import defects
+
+    with pytest.raises(InputError, match="far larger than the 64x64 image"):
+        defects.paint_defects(np.zeros((64, 64), np.float32), np.random.default_rng(0), 1, size_range=(1, 1e6))
+
+
+def test_a_failed_demo_leaves_its_output_folder_reusable(tmp_path, monkeypatch):
+    from tfssim.cli import demo
+
+    def fail(config):
+        raise MemoryError("out of memory")
+
+    import tfssim.training
+
+    monkeypatch.setattr(tfssim.training, "train", fail)
+    result = CliRunner().invoke(demo.main, ["--output", str(tmp_path / "demo"), "--epochs", "1",
+                                            "--patches-per-epoch", "32", "--patch-size", "32", "--latent-dim", "8"])
+    assert result.exit_code == 1 and "training failed" in result.output
+    assert not (tmp_path / "demo").exists()

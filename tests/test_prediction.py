@@ -83,7 +83,7 @@ def test_predict_files_post_processes_as_the_export_metadata_says(exports, datas
     def run(export_dir, out, **kwargs):
         model = ExportedModel.load(export_dir)
         monkeypatch.setattr(model, "predict", lambda image, source=None: {"anomaly_map": ring})
-        summary = predict_files(model, image, tmp_path / out, progress=False, **kwargs)
+        summary = predict_files(model, image, tmp_path / f"{out}_predictions", progress=False, **kwargs)
         (result,) = summary.results
         return summary, result, io.imread(result.files["mask"]) > 0
 

@@ -297,6 +297,11 @@ def test_tune_refuses_before_writing_anything(run_export, tmp_path):
     refused(export_dir, val, "--output", val, expect="holds the input")
     refused(export_dir, val, "--output", root / "data", expect="holds the input")
     refused(export_dir, val, "--output", export_dir / "tuning", expect="inside the input")
+    refused(export_dir, val, "--output", val / "sub", expect="inside the input")  # inside the folder given
+    refused(export_dir, val, "--output", export_dir.parent / "7", expect="inside the input")  # a fake version
+    # No images given: nor inside the run folder or the dataset the run's images came from.
+    refused(export_dir, "--output", root / "run" / "state", expect="inside the input")
+    refused(export_dir, "--output", root / "data" / "newtune", expect="inside the input")
     # 3: an output path under a regular file fails before the version is written.
     (tmp_path / "file").write_text("x")
     refused(export_dir, val, "--output", tmp_path / "file" / "sub", expect="a parent of it is a file")

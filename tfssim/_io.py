@@ -13,15 +13,17 @@ holds the folder for one command at a time.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from tfssim.errors import InputError
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "check_output_location", "prepare_output_dir",
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "save_array", "check_output_location", "prepare_output_dir",
            "output_dir_lock", "OUTPUT_LOCK_NAME"]
 
 
@@ -42,6 +44,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_array(path: str | os.PathLike, array: Any) -> Path:
+    """``numpy.save`` for a working file (a cache), a full disk reported as such.
+
+    NumPy reports a short write as ``OSError("N requested and M written")`` without an errno;
+    here it is ``ENOSPC``, so that the commands report a full disk (exit 1, "free disk space")
+    and not bad input.
+    """
+    import numpy as np
+
+    path = Path(path)
+    try:
+        np.save(path, array)
+    except OSError as err:
+        if err.errno is None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         raise
     return path
 
@@ -204,7 +225,19 @@ def output_dir_lock(output_dir: str | os.PathLike, command: str) -> Iterator[Pat
     except ImportError:  # no advisory locks here: the checks inside the block still run
         yield out
         return
-    fd = os.open(out / OUTPUT_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = out / OUTPUT_LOCK_NAME
+    # Never through a link (its target would be overwritten) nor blocking on a FIFO: a regular file only.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise InputError(f"{lock} is not a regular file (a link, a folder or a pipe); remove it, or choose another "
+                             "output folder") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"{lock} is not a regular file; remove it, or choose another output folder")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -66,7 +66,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfssim import metrics, postprocess
-from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir
+from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir, save_array
 from tfssim.errors import InputError
 from tfssim.inference import ExportedModel
 from tfssim.per_type import GOOD, TYPE_KEYS, TypePools, defect_types, per_type_scores
@@ -290,7 +290,7 @@ class _ExportMaps:
             return np.load(cached)
         image = data.read_image(self._paths[i], self._channels)
         anomaly_map = np.asarray(self._model.predict(image, source=self._paths[i])["anomaly_map"])
-        np.save(cached, anomaly_map)
+        save_array(cached, anomaly_map)
         return anomaly_map
 
 
@@ -420,7 +420,7 @@ def evaluate(
     safe_names = [name.replace("/", "_").replace(" ", "_") for name in names]
     # Every output-side problem before the first image: never inside the dataset or an export.
     inputs = [split.root, *split.val, *split.test, *[m for m in split.test_masks if m is not None],
-              *[m.path for m in exports]]
+              *[m.path for m in exports], *[m.path.parent for m in exports]]
     output = prepare_output_dir(output, inputs)
     with output_dir_lock(output, "tfssim-evaluate"):  # one command at a time writes the folder
         return _evaluate_into(split, exports, output, names, safe_names, fpr=fpr, max_overlays=max_overlays,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tfssim.errors import InputError
-from tfssim.export.layout import check_version_files, newest_version
+from tfssim.export.layout import check_loadable_path, check_version_files, newest_version
 from tfssim.metadata import FLOAT_SIGNATURE, METADATA_FILE, ExportMetadata, read_json  # METADATA_FILE: one definition (tfssim.export re-exports it)
 
 __all__ = [
@@ -103,6 +103,7 @@ def resolve_export_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"export {path} does not exist")
+    check_loadable_path(path)
     if not (path / "saved_model.pb").exists():
         newest = newest_version(path) if path.is_dir() else None
         if newest is None:

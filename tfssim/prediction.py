@@ -257,6 +257,7 @@ def predict_files(
     mask_dir: str | os.PathLike | None = None,
     min_area: int | None = None,
     progress: bool = True,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> PredictionSummary:
     """Run ``model`` on image files and write the per-image results and ``summary.json``.
 
@@ -284,6 +285,8 @@ def predict_files(
         progress: Show a progress bar and print one summary line per image on stdout (warnings
             and skipped images on stderr), as ``tfssim-predict`` does; ``False`` prints nothing
             (everything is in the returned summary).
+        inputs: The folders ``paths`` were listed from (``tfssim-predict``'s arguments): the
+            output folder may not lie inside them either (:func:`tfssim._io.prepare_output_dir`).
 
     Returns:
         A :class:`PredictionSummary`; ``summary.json`` in ``output_dir`` holds its :meth:`~PredictionSummary.to_dict`.
@@ -320,8 +323,9 @@ def predict_files(
     paths = [Path(p) for p in paths]
     processor = postprocess.PostProcessor.from_metadata(model.metadata, threshold=threshold, min_area=min_area,
                                                         source=model.path / METADATA_FILE)
-    # Every output-side problem before the first image: never beside an input, nor in the masks or the export.
-    out = prepare_output_dir(output_dir, [*paths, model.path], masks=masks)
+    # Every output-side problem before the first image: never beside an input, nor in the folders they
+    # came from, the masks, the export or its model folder (a numbered folder there would be a version).
+    out = prepare_output_dir(output_dir, [*paths, *inputs, model.path, model.path.parent], masks=masks)
     stems = output_stems(paths)
     blocked = [out / f"{stem}{suffix}" for stem in stems for suffix in OUTPUT_SUFFIXES.values()
                if (out / f"{stem}{suffix}").is_dir()]

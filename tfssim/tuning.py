@@ -428,8 +428,10 @@ class _Cache:
         self.path = Path(self._dir.name)
 
     def save(self, i: int, copies: np.ndarray, clean: np.ndarray) -> None:
-        np.save(self.path / f"{i}_copies.npy", copies)
-        np.save(self.path / f"{i}_clean.npy", clean)
+        from tfssim._io import save_array
+
+        save_array(self.path / f"{i}_copies.npy", copies)
+        save_array(self.path / f"{i}_clean.npy", clean)
 
     def copies(self, i: int) -> np.ndarray:
         return np.load(self.path / f"{i}_copies.npy")
@@ -646,6 +648,21 @@ def tune(
     if any(isinstance(d, bool) or int(d) != d or d < 0 for d in openings) or not openings:
         raise InputError(f"opening diameters must be integers >= 0, got {list(openings)}")
     openings = [int(d) for d in openings]
+    store = _Images(images, int(md["channels"]), sources)
+    # Every image is read (and checked) once before any work: a bad file is found in seconds.
+    shortest = None
+    for i in range(len(store)):
+        image = store[i]
+        if image.ndim not in (2, 3) or min(image.shape[:2]) < smallest:
+            what = f"{patch_size}-pixel patch" if smallest == patch_size else \
+                f"smallest input ({smallest} pixels: its {patch_size}-pixel patch once resized)"
+            raise InputError(f"{store.names[i]}: image of shape {image.shape} is smaller than the export's {what} "
+                             "(or not [H, W] / [H, W, C]); tune on images at least one patch high and wide")
+        shortest = min(image.shape[:2]) if shortest is None else min(shortest, *image.shape[:2])
+    del image
+    if size_range[1] > shortest:
+        raise InputError(f"the largest synthetic defect size {size_range[1]:g} px is larger than the smallest "
+                         f"validation image side ({shortest} px); give --defect-size MIN MAX within the images")
     smallest_area = math.pi * size_range[0] ** 2 / 4
     if min_areas is None:
         min_areas = sorted({int(round(f * smallest_area)) for f in MIN_AREA_FRACTIONS})
@@ -656,17 +673,6 @@ def tune(
     for family in families:
         if family not in defects.FAMILIES:
             raise InputError(f"unknown defect family {family!r}; choose from {', '.join(defects.FAMILIES)}")
-
-    store = _Images(images, int(md["channels"]), sources)
-    # Every image is read (and checked) once before any work: a bad file is found in seconds.
-    for i in range(len(store)):
-        image = store[i]
-        if image.ndim not in (2, 3) or min(image.shape[:2]) < smallest:
-            what = f"{patch_size}-pixel patch" if smallest == patch_size else \
-                f"smallest input ({smallest} pixels: its {patch_size}-pixel patch once resized)"
-            raise InputError(f"{store.names[i]}: image of shape {image.shape} is smaller than the export's {what} "
-                             "(or not [H, W] / [H, W, C]); tune on images at least one patch high and wide")
-    del image
 
     maps = _Maps(residual, base_ssim, served=residual == "vae" or resized,
                  workers=workers or min(4, os.cpu_count() or 1))
@@ -1078,17 +1084,27 @@ def tune_export(export: str | os.PathLike | ExportedModel, images: Sequence[str 
     from tfssim import plots
     from tfssim._io import atomic_write_json, output_dir_lock, prepare_output_dir
     from tfssim.prediction import expand_inputs
+    from tfssim.run_record import CONFIG_NAME, read_run_record
 
     model = export if isinstance(export, ExportedModel) else ExportedModel.load(export)
+    # What the output folder must stay out of: the images and the folders they came from, the export
+    # and its model folder (a numbered folder there would be a version), the model file and its run.
+    inputs: list[Any] = [model.path, model.path.parent]
     if images:
         paths, origin = expand_inputs(images), "the command line"
+        inputs += [item for item in images if os.path.isdir(item)]
     else:
         paths, run_dir = recorded_validation_images(model, source)
         origin = f"the training run folder {run_dir} (its config.json)"
+        data_root = (read_run_record(run_dir) or {}).get("config", {}).get("data")
+        inputs += [run_dir] + ([data_root] if isinstance(data_root, str) and os.path.isdir(data_root) else [])
     if announce is not None:
         announce(paths, origin)
     model_file = find_source(model, source) if (source is not None or model.metadata.get("source")) else None
-    out = prepare_output_dir(output, [*paths, model.path, *([model_file] if model_file else [])])
+    if model_file is not None:
+        run_folder = model_file if model_file.is_dir() else model_file.parent
+        inputs += [model_file] + ([run_folder] if (run_folder / CONFIG_NAME).is_file() else [])
+    out = prepare_output_dir(output, [*paths, *inputs])
     with output_dir_lock(out, "tfssim-tune"):
         record, plot = out / "tuning.json", out / "tuning.png"
         if record.exists():  # the record of an earlier tuning: never overwritten

@@ -183,12 +183,28 @@ class Command(click.Command):
         super().__init__(*args, **kwargs)
         self.interrupted = interrupted
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as err:
+            err.message = _one_line(err.message)
+            raise
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             click.echo(f"Interrupted: {self.interrupted}", err=True)
             raise click.exceptions.Exit(130) from None
+        except click.ClickException as err:
+            # One line, whatever a path or a value in the message holds (a file name may hold a newline).
+            err.message = _one_line(err.message)
+            raise
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every character that is not printable escaped as Python writes it (``\\n``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 class MissingTensorFlowError(click.ClickException):
@@ -247,6 +263,17 @@ def _os_error_line(err: OSError) -> str:
     reason = err.strerror or type(err).__name__
     return (f"cannot use {paths}: {reason}; check that the path is right, that its parent folders exist and are "
             "folders, and that you may write there")
+
+
+class FloatRange(click.FloatRange):
+    """click's ``FloatRange`` that also refuses NaN (which passes every comparison of a range) and
+    infinities outside an open-ended range's reach: every float option of a tfssim command."""
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        number = super().convert(value, param, ctx)
+        if number != number or number in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number; give a number such as 0.01", param, ctx)
+        return number
 
 
 def odd_window(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tfssim.cli._common import Command, setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
 from tfssim.prediction import expand_inputs
 
@@ -15,7 +15,7 @@ DEFAULT_FPR = 0.01  # tfssim.calibration.DEFAULT_FPR (not imported here: --help 
                interrupted="no new version was written; the calibrated version is unchanged")
 @click.argument("export", type=click.Path(exists=True, file_okay=False))
 @click.argument("images", nargs=-1, required=True)
-@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help=f"Share of defect-free pixels allowed above the threshold [default: {DEFAULT_FPR}].")
 @click.option("--min-defect-area", type=click.IntRange(min=0), default=None, metavar="PIXELS",
               help="Instead of --fpr (MVTec AD's rule): the smallest threshold at which no region of the "

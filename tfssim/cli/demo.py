@@ -9,13 +9,16 @@ masks, overlays and region tables in ``predictions/``).
 """
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import click
 
 from tfssim._io import atomic_write_json
-from tfssim.cli._common import Command, setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
 
 # Defective copies per validation image when the demo tunes: its 2 validation images are small,
@@ -24,7 +27,7 @@ TUNE_COPIES = 4
 
 
 @click.command(cls=Command,
-               interrupted="the steps finished so far are in --output; run the demo again with a new --output")
+               interrupted="what the demo wrote was removed; run it again with the same --output")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="demo_output", help="Folder for everything the demo makes.")
 @click.option("--texture", type=click.Choice(("brick", "grass", "gravel")), default="brick", help="scikit-image texture to inspect.")
 @click.option("--epochs", type=click.IntRange(min=1), default=40)
@@ -32,7 +35,7 @@ TUNE_COPIES = 4
 @click.option("--patch-size", type=click.IntRange(min=16), default=64)
 @click.option("--latent-dim", type=click.IntRange(min=1), default=100)
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Tiling stride; default patch_size // 4 (30 for 128 as in the paper).")
-@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01)
+@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.01)
 @click.option("--seed", type=int, default=0)
 @click.option("--verbose", "-v", is_flag=True)
 @tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
@@ -60,7 +63,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
     config = TrainConfig(data=str(out / "data"), output=str(out / "run"), model="ssim", epochs=epochs,
                          patches_per_epoch=patches_per_epoch, patch_size=patch_size, latent_dim=latent_dim,
                          seed=seed, val_patches=256)
-    with usage_errors():
+    with usage_errors(), _emptied_on_failure(out):
         config.validate()
         dataset = data.texture_dataset(texture, seed=seed)
         smallest = min(min(image.shape[:2]) for image in [*dataset.train, *dataset.val, *dataset.test])
@@ -123,6 +126,25 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
                f"ROC plot:    {out / 'evaluation' / 'roc.png'}\ntuning:      {out / 'tuning' / 'tuning.png'}\n"
                f"results:     {out / 'results.json'}")
     click.echo(f"pixel ROC AUC {result.scores['pixel_auroc']:.4f}  (total {seconds / 60:.1f} min)")
+
+
+@contextlib.contextmanager
+def _emptied_on_failure(out: Path) -> Iterator[None]:
+    """Remove what the demo wrote into ``out`` (empty or missing before) when it fails or is
+    interrupted, so that the corrected command can use the same ``--output``."""
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():
+            for child in out.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
 
 
 if __name__ == "__main__":

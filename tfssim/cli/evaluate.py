@@ -5,7 +5,7 @@ import time
 
 import click
 
-from tfssim.cli._common import Command, setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 
 # The split rule is the library's (a script evaluating with tfssim.evaluation gets the same split).
 from tfssim.evaluation import DEFAULT_SEED, DEFAULT_VAL_SPLIT, split_settings  # noqa: F401 - re-exported
@@ -17,9 +17,9 @@ from tfssim.evaluation import DEFAULT_SEED, DEFAULT_VAL_SPLIT, split_settings  #
 @click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Folder for results and plots.")
 @click.option("--layout", type=click.Choice(("auto", "nanotwice", "mvtec", "folder")), default="auto")
-@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               help="Pixel false-positive rate on the validation images that sets the threshold.")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--val-split", type=FloatRange(0, 1, max_open=True), default=None,
               help="Validation share for MVTec AD / plain folders; default the one the (first) export was "
                    f"trained with (its metadata's training_config), else {DEFAULT_VAL_SPLIT}.")
 @click.option("--seed", type=int, default=None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tfssim.cli._common import Command, odd_window, setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, FloatRange, odd_window, setup_logging, tensorflow_required, usage_errors
 from tfssim.export.layout import MAX_VERSION  # the bounds the metadata is checked against; no TF: --help stays cheap
 from tfssim.metadata import MAX_CHUNK_SIZE
 from tfssim.ssim_params import WEIGHTINGS
@@ -22,17 +22,17 @@ from tfssim.ssim_params import WEIGHTINGS
               help="Model kind; default from the run folder or the model.")
 @click.option("--chunk-size", type=click.IntRange(min=1, max=MAX_CHUNK_SIZE), default=None,
               help="Tiles per model call inside the graph (bounds memory)  [default: 64]")
-@click.option("--threshold", type=float, default=None, help="A calibrated threshold to store in the metadata.")
+@click.option("--threshold", type=FloatRange(), default=None, help="A calibrated threshold to store in the metadata.")
 @click.option("--ssim-window", type=int, default=None, callback=odd_window,
               help="SSIM window of the anomaly map (odd); default the one the model was trained with.")
 @click.option("--ssim-weighting", type=click.Choice(WEIGHTINGS), default=None,
               help="Window weighting of the anomaly map's SSIM: Gaussian (tf.image.ssim's) or uniform (plain "
                    "patch means, the paper's definition); default the one the model was trained with.")
-@click.option("--map-sigma", type=click.FloatRange(min=0), default=0.0,
+@click.option("--map-sigma", type=FloatRange(min=0), default=0.0,
               help="Gaussian smoothing (sigma in pixels) of the served anomaly maps, inside the graph; 0 = none, "
                    "as in the paper. Not in the paper: it removes fibre- and grain-sized noise from the maps "
                    "(README, NanoTWICE). Calibrate the threshold on the smoothed export.")
-@click.option("--scale", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--scale", type=FloatRange(0, 1, min_open=True), default=None,
               help="Resize requests by this factor inside the graph (maps come back at the input's size); "
                    "default the run folder's --scale. Give it for a .keras file of a run trained with --scale: "
                    "the file does not record it.")

@@ -5,6 +5,7 @@ A thin wrapper around :func:`tfssim.prediction.predict_files`.
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import click
@@ -65,7 +66,8 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
         # Output-side problems are found before the first image (exit 2; a full disk exit 1); a
         # write failure later stops the run with one line, summary.json saying what was done.
         with usage_errors():
-            summary = predict_files(model, paths, output, threshold=threshold, mask_dir=mask_dir, min_area=min_area)
+            summary = predict_files(model, paths, output, threshold=threshold, mask_dir=mask_dir, min_area=min_area,
+                                    inputs=[item for item in images if os.path.isdir(item)])
     except KeyboardInterrupt:
         click.echo(f"Interrupted: the results of the images finished so far are in {output} (summary.json lists "
                    "them; the image being written when you pressed Ctrl-C has no files)", err=True)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from tfssim.cli._common import Command, odd_window, setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, FloatRange, odd_window, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
 from tfssim.ssim_params import WEIGHTINGS, SSIMParams
 
@@ -78,7 +78,7 @@ def _check_data(data: str) -> None:
 @click.option("--patches-per-epoch", type=click.IntRange(min=1), default=20000, help="Random patches drawn per epoch.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size (split across replicas).")
 @click.option("--patch-size", type=click.IntRange(min=16), default=128, help="Patch side; multiple of 16.")
-@click.option("--scale", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+@click.option("--scale", type=FloatRange(0, 1, min_open=True), default=1.0,
               help="Resize every image by this factor (0 < S <= 1; anti-aliased bilinear) before patches are drawn; "
                    "the export does the same inside its serving graph and returns maps at the input's size.")
 @click.option("--image-size", type=click.IntRange(min=1), nargs=2, default=None, metavar="H W",
@@ -91,15 +91,15 @@ def _check_data(data: str) -> None:
 @click.option("--ssim-weighting", type=click.Choice(WEIGHTINGS), default=SSIMParams.weighting,
               help="SSIM model only: window weighting of the loss and the anomaly map: Gaussian "
                    "(sigma 1.5, tf.image.ssim's) or uniform (plain K x K patch means, the paper's definition).")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-4)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-5)
+@click.option("--learning-rate", type=FloatRange(min=0, min_open=True), default=2e-4)
+@click.option("--weight-decay", type=FloatRange(min=0), default=1e-5)
 @click.option("--seed", type=int, default=0)
 @click.option("--grayscale/--rgb", default=True, help="Train on 1-channel or 3-channel images.")
 @click.option("--augment/--no-augment", default=True, help="Random flips and 90-degree rotations.")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+@click.option("--val-split", type=FloatRange(0, 1, max_open=True), default=0.1,
               help="Share of a plain folder / MVTec train/good held out for validation.")
 @click.option("--vae-samples", type=click.IntRange(min=1), default=10, help="VAE: latent samples N per pixel score.")
-@click.option("--fm-weight", type=click.FloatRange(min=0), default=1.0, help="FM-AE: weight lambda of the feature term.")
+@click.option("--fm-weight", type=FloatRange(min=0), default=1.0, help="FM-AE: weight lambda of the feature term.")
 @click.option("--weights", "fm_weights", type=str, default="imagenet",
               help="FM-AE: 'imagenet' (download) or a local VGG16 weights file.")
 @click.option("--mixed-precision", type=click.Choice(("auto", "on", "off")), default="auto",

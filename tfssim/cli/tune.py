@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tfssim.cli._common import Command, setup_logging, tensorflow_required, usage_errors
+from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
 from tfssim.tuning import THRESHOLD_RULES
 
@@ -11,11 +11,11 @@ from tfssim.tuning import THRESHOLD_RULES
 @click.command(cls=Command, interrupted="no new version was written; the export is unchanged")
 @click.argument("export", type=click.Path(exists=True, file_okay=False))
 @click.argument("images", metavar="[VALIDATION_IMAGES]...", nargs=-1)
-@click.option("--defect-size", type=(click.FloatRange(min=1), click.FloatRange(min=1)), default=None,
+@click.option("--defect-size", type=(FloatRange(min=1), FloatRange(min=1)), default=None,
               metavar="MIN MAX",
               help="Range of synthetic defect sizes (equivalent diameter, pixels): the sizes you must find  "
                    "[default: 1/16 to 1/2 of the patch side]")
-@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               help="Share of defect-free pixels allowed above the threshold.")
 @click.option("--threshold-rule", type=click.Choice(THRESHOLD_RULES), default="fpr",
               help="fpr: the threshold at --fpr on the clean images (the paper's); f1: the threshold with the best "

@@ -566,6 +566,9 @@ def paint_defects(image: np.ndarray, rng: np.random.Generator, count: int = 1, *
         if family not in FAMILIES:
             raise InputError(f"unknown defect family {family!r}; choose from {', '.join(FAMILIES)}")
     original = _as_hwc(image)
+    if hi > 2 * max(original.shape[:2]):  # a defect's box is about 1.6 diameters wide: bound the work
+        raise InputError(f"defect size {hi:g} px is far larger than the {original.shape[0]}x{original.shape[1]} image; "
+                         "give sizes up to the image's side")
     for source in sources:
         _channels(source)
     canvas = original.copy()

@@ -542,6 +542,9 @@ def read_mask(path: str | os.PathLike, shape: Sequence[int] | None = None, *,
     array = _decode(path, "mask", max_pixels).pixels
     if array.ndim == 3:
         array = array.max(axis=-1)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise InputError(f"mask {path} holds NaN or infinite values; masks must be 0 for good pixels and one "
+                         "finite nonzero value for defects")
     check_binary_mask(array, path)
     mask = np.ascontiguousarray(array != 0)
     if shape is not None and tuple(mask.shape) != tuple(shape[:2]):

@@ -30,7 +30,7 @@ from tfssim._io import atomic_write_json
 from tfssim.errors import InputError
 
 __all__ = [
-    "MAX_VERSION", "check_name", "check_version_files", "copy_version", "is_model_name", "list_versions",
+    "MAX_VERSION", "check_loadable_path", "check_name", "check_version_files", "copy_version", "is_model_name", "list_versions",
     "newest_version", "next_version", "parse_version", "version_folder",
 ]
 
@@ -152,6 +152,27 @@ def _not_regular(path: Path, mode: int) -> InputError:
     return InputError(f"{_printable(str(path))} is {what}; an export version holds only regular files and "
                       "folders: remove it or put the regular file in its place, or re-export the model with "
                       "tfssim-export")
+
+
+# TensorFlow reads a SavedModel's variables through a file pattern: these characters in its path
+# would be taken as wildcards and the variables not found.
+_PATTERN_CHARACTERS = "*?["
+
+
+def check_loadable_path(path: str | os.PathLike, what: str = "export") -> None:
+    """Refuse an export path TensorFlow cannot load from: one holding ``*``, ``?`` or ``[``.
+
+    ``tf.saved_model.load`` finds ``variables/variables.*`` by pattern, so a folder named
+    ``x[2]`` fails with "Failed to find any matching files"; refusing it up front (also where an
+    export is written) gives one line instead.
+
+    Raises:
+        InputError: naming the path and the fix.
+    """
+    shown = os.path.abspath(os.fspath(path))
+    if any(c in shown for c in _PATTERN_CHARACTERS):
+        raise InputError(f"{what} path {shown!r} holds '*', '?' or '[', which TensorFlow takes as wildcards when "
+                         "it loads a SavedModel; move (or link) it to a folder whose path has none of them")
 
 
 def check_version_files(version_dir: str | os.PathLike) -> None:

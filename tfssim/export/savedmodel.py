@@ -34,6 +34,7 @@ from tfssim.export.layout import (
     _move_into_place,
     _record_owner,
     _remove_dead_partials,
+    check_loadable_path,
     check_name,
     next_version,
 )
@@ -193,6 +194,7 @@ def export_model(
         raise InputError(f"extra metadata may not set {clash}: they describe the exported graph")
 
     model_root = Path(output_root) / name
+    check_loadable_path(model_root, "output")  # an export nobody could load is not written
     auto_version = version is None
     version = next_version(model_root) if auto_version else version
     if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 1 <= version <= MAX_VERSION:
