@@ -22,6 +22,8 @@ from skimage import io
 
 from tfssim import data, export, postprocess
 from tfssim.client import ServingClient, ServingError
+from tfssim.errors import InputError
+from tfssim.export.layout import MAX_VERSION
 from tfssim.inference import ExportedModel
 from tfssim.metadata import ExportMetadata
 
@@ -283,8 +285,8 @@ def test_answers_that_are_not_a_tfssim_exports_maps_are_one_line_errors(stand_in
     ({"url": "http://h:8501/?x=1"}, "URL must look like"),
     ({"model_name": ""}, "model name must be a non-empty name"),
     ({"model_name": "a/b"}, "model name must be a non-empty name"),
-    ({"version": 0}, "version must be a positive integer"),
-    ({"version": True}, "version must be a positive integer"),
+    ({"version": 0}, "version must be an integer from 1 to"),
+    ({"version": True}, "version must be an integer from 1 to"),
     ({"timeout": 0}, "timeout must be a positive number"),
     ({"metadata": {"format": 1}}, "tfssim metadata lacks name"),
     # a header injected through the URL: urlsplit drops CR/LF/tab silently, the request line would not
@@ -317,6 +319,43 @@ def test_bad_client_settings_are_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)) as info:
         ServingClient(**settings)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    # TF Serving's versions are int64: these named no version the server can have
+    ({"version": 2**63}, "version must be an integer from 1 to 9223372036854775807 (TF Serving's int64), or None "
+                         "(the newest), got 9223372036854775808"),
+    ({"version": 10**30}, "version must be an integer from 1 to 9223372036854775807"),
+    ({"version": np.uint64(2**63)}, "version must be an integer from 1 to 9223372036854775807"),
+    ({"version": -1}, "version must be an integer from 1 to 9223372036854775807"),
+    # urlsplit's own bare ValueError("Invalid IPv6 URL") before
+    ({"url": "http://[::1"}, "TF Serving URL has a malformed host (Invalid IPv6 URL); write an IPv6 address in "
+                             "closed brackets, like http://[::1]:8501, any other host without brackets, got "
+                             "'http://[::1'"),
+    ({"url": "http://[host]:8501"}, "TF Serving URL has a malformed host ("),
+    # an empty query or fragment: the endpoint's path would have followed it, sending to the root
+    ({"url": "http://h:8501?"}, "TF Serving URL must look like http://host:8501, without '?' or '#', got "
+                                "'http://h:8501?'"),
+    ({"url": "http://h:8501/#"}, "without '?' or '#'"),
+    # Path(5) was a TypeError, where the docstring promises ValueError
+    ({"metadata": 5}, "metadata must be an ExportMetadata, its dict, a path to the export (model folder, version "
+                      "folder or tfssim.json) or None, got int 5"),
+    ({"metadata": b"exported_models/m"}, "metadata must be an ExportMetadata, its dict, a path to the export"),
+    ({"metadata": ["tfssim.json"]}, "got list ['tfssim.json']"),
+], ids=["version-2**63", "version-10**30", "version-uint64", "version-negative", "url-unclosed-ipv6",
+        "url-bracketed-name", "url-empty-query", "url-empty-fragment", "metadata-int", "metadata-bytes",
+        "metadata-list"])
+def test_hostile_client_settings_are_the_clients_own_one_line_value_errors(kwargs, message):
+    settings = {"url": "http://localhost:8501", "model_name": "m", **kwargs}
+    with pytest.raises(InputError) as info:  # the client's own, not urllib's or Path's
+        ServingClient(**settings)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_largest_int64_version_is_asked_for():
+    assert ServingClient("http://h:1", "m", version=MAX_VERSION).endpoint == \
+        "http://h:1/v1/models/m/versions/9223372036854775807:predict"
+    assert ServingClient("http://h:1", "m", version=np.int64(MAX_VERSION)).version == MAX_VERSION
 
 
 def test_a_password_in_the_url_is_refused_without_being_repeated():

@@ -190,6 +190,64 @@ def test_an_endless_error_body_is_read_only_to_its_first_mebibyte(servers):
     assert "answered HTTP 500: Whatever" in str(error) and error.status == 500
 
 
+# -- S11: malformed chunked framing is a ServingError, and never reads past the cap ---------------------
+def _chunked(status: int, size_line: bytes, flood: int = 0) -> Callable:
+    """A chunked answer whose first chunk-size line is ``size_line``, then ``flood`` bytes of spaces and valid maps."""
+    good = json.dumps({"outputs": {"anomaly_map": GOOD_MAP}}).encode()
+
+    def write(handler: _Handler) -> None:
+        handler.wfile.write(_head(status, {"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+                                           "Connection": "close"}) + size_line + b"\r\n")
+        block = b" " * (1 << 16)
+        for _ in range(flood // len(block)):
+            if handler.server.stop.is_set():
+                return
+            handler.wfile.write(block)
+        handler.wfile.write(good + b"\r\n0\r\n\r\n")
+    return write
+
+
+@pytest.mark.parametrize("size", [b"-5", b"-1", b"+10", b"0x10", b"-0", b" 10", b"1_0", b"ten", b""],
+                         ids=["minus-5", "minus-1", "plus", "0x", "minus-0", "space", "underscore", "word", "empty"])
+def test_a_malformed_chunk_size_is_a_serving_error(servers, size):
+    # -5 was a bare ValueError("read length must be non-negative or -1"), which callers take for a bad image
+    error = _call(servers[0], "badchunk", _chunked(200, size))
+    assert str(error).endswith(f"answered malformed HTTP: chunk size {size.decode()!r} is not a hexadecimal number")
+    assert str(error).isprintable()
+
+
+def test_a_chunk_size_of_minus_one_does_not_read_past_the_cap(servers):
+    # int("-1", 16) made http.client read to the end of the connection, past max_response_bytes:
+    # here 4 MiB of spaces and then valid maps, which were read whole and answered as if small
+    started = time.monotonic()
+    error = _call(servers[0], "minus-one", _chunked(200, b"-1", flood=FLOOD_BYTES // 2), max_response_bytes=4096)
+    assert "answered malformed HTTP: chunk size '-1' is not a hexadecimal number" in str(error)
+    assert time.monotonic() - started < 2
+
+
+def test_a_malformed_chunk_size_in_a_refusal_still_shows_its_status(servers):
+    error = _call(servers[0], "badchunk-error", _chunked(500, b"-5"))
+    assert str(error).endswith("answered HTTP 500: Whatever") and error.status == 500
+
+
+@pytest.mark.parametrize("size_line", [b"%X", b"%x;name=value", b"%x \t;ext", b"000%x"],
+                         ids=["upper", "extension", "space-before-extension", "leading-zeros"])
+def test_well_formed_chunked_answers_are_still_read(servers, size_line):
+    # the stricter chunk-size reading must not refuse what RFC 9112 allows
+    good = json.dumps({"outputs": {"anomaly_map": GOOD_MAP}}).encode()
+    half = len(good) // 2
+
+    def write(handler: _Handler) -> None:
+        handler.wfile.write(_head(200, {"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+                                        "Connection": "close"}))
+        for part in (good[:half], good[half:]):
+            handler.wfile.write(size_line % len(part) + b"\r\n" + part + b"\r\n")
+        handler.wfile.write(b"0\r\n\r\n")
+    servers[0].behaviours["chunked"] = write
+    maps = ServingClient(servers[0].url, "chunked").predict(IMAGE)
+    np.testing.assert_array_equal(maps["anomaly_map"], np.full((40, 40), 0.5, np.float32))
+
+
 # -- 12: redirects are not followed ---------------------------------------------------------------
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_a_redirect_to_another_port_is_refused_and_not_followed(servers, status):

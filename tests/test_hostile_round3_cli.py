@@ -216,13 +216,13 @@ def test_a_lock_file_that_is_a_link_or_a_pipe_is_refused_and_its_target_kept(tmp
     victim.write_bytes(b"precious")
     linked = prepare_output_dir(tmp_path / "linked")
     (linked / OUTPUT_LOCK_NAME).symlink_to(victim)
-    with pytest.raises(InputError, match="is not a regular file"):
+    with pytest.raises(InputError, match="is a symbolic link, not a lock file"):
         with output_dir_lock(linked, "tfssim-predict"):
             pass
     assert victim.read_bytes() == b"precious"
     piped = prepare_output_dir(tmp_path / "piped")
     os.mkfifo(piped / OUTPUT_LOCK_NAME)
-    with pytest.raises(InputError, match="is not a regular file"):  # and no hang
+    with pytest.raises(InputError, match="is a named pipe, not a lock file"):  # and no hang
         with output_dir_lock(piped, "tfssim-predict"):
             pass
 

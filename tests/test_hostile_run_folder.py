@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -182,15 +183,53 @@ CASES: list[tuple[str, str, Callable[[Path], object], str, tuple[str, ...]]] = [
     ("ssim window even", "config.json", lambda run: _edit_json(run / "config.json", _set("config", "ssim_window",
                                                                                           value=4)),
      "config.ssim_*: ", BOTH),
-    ("unknown model", "config.json", lambda run: _edit_json(run / "config.json", _set("config", "model",
-                                                                                       value="xyz")),
-     "its settings are refused (unknown model 'xyz'", RESUME),
+    # a choice TrainConfig refuses, in both the setting and its copy: export read it as a kind before (S6)
+    ("unknown model", "config.json", lambda run: _edit_json(run / "config.json", lambda r: r.update(
+        model="xyz", config={**r["config"], "model": "xyz"})),
+     "its settings are refused (unknown model 'xyz' for model (--model); choose one of ssim, l2, vae, fm)", BOTH),
     ("record patch_size", "config.json", lambda run: _edit_json(run / "config.json", _set("patch_size", value="abc")),
      "patch_size must be an integer >= 16, got 'abc'", BOTH),
     ("record channels", "config.json", lambda run: _edit_json(run / "config.json", _set("channels", value=2)),
      "channels must be 1 or 3, got 2", BOTH),
-    ("record model", "config.json", lambda run: _edit_json(run / "config.json", _set("model", value="xyz")),
-     "model must be one of", ("export",)),
+    # S6: a copy of a setting outside config that differs from it: resume kept config's and rewrote the file,
+    # export took the copy (and refused it, or exported a model the run's settings do not describe)
+    ("record model", "config.json", lambda run: _edit_json(run / "config.json", _set("model", value="vae2")),
+     "model is 'vae2' but config.model is 'ssim': the trainer records the same setting in both", BOTH),
+    ("record channels 3", "config.json", lambda run: _edit_json(run / "config.json", _set("channels", value=3)),
+     "channels is 3 but config.grayscale is true (1 channel)", BOTH),
+    ("config model", "config.json", lambda run: _edit_json(run / "config.json", _set("config", "model",
+                                                                                      value="vae2")),
+     "model is 'ssim' but config.model is 'vae2'", BOTH),
+    ("record patch_size differs", "config.json", lambda run: _edit_json(run / "config.json", _set("patch_size",
+                                                                                                   value=64)),
+     "patch_size is 64 but config.patch_size is 32", BOTH),
+    ("record latent_dim differs", "config.json", lambda run: _edit_json(run / "config.json", _set("latent_dim",
+                                                                                                    value=9)),
+     "latent_dim is 9 but config.latent_dim is 8", BOTH),
+    ("record ssim differs", "config.json", lambda run: _edit_json(run / "config.json", _set("ssim", "window_size",
+                                                                                             value=7)),
+     "ssim.window_size is 7 but config.ssim_window is 11", BOTH),
+    ("record resize differs", "config.json", lambda run: _edit_json(run / "config.json", _set("resize", "scale",
+                                                                                               value=0.5)),
+     "resize.scale is 0.5 but config.scale is 1.0", BOTH),
+    # S6: top-level keys the trainer writes, of the wrong type (resume and export both took them)
+    ("record resize scale x", "config.json", lambda run: _edit_json(run / "config.json", _set("resize", "scale",
+                                                                                               value="x")),
+     "resize.scale must be a number > 0 and <= 1, got 'x'", BOTH),
+    ("record resize a list", "config.json", lambda run: _edit_json(run / "config.json", _set("resize", value=[1])),
+     "resize must be an object of scale, image_size and interpolation, got [1]", BOTH),
+    ("record replicas", "config.json", lambda run: _edit_json(run / "config.json", _set("replicas", value="2")),
+     "replicas must be an integer >= 1, got '2'", BOTH),
+    ("record layout", "config.json", lambda run: _edit_json(run / "config.json", _set("layout", value=3)),
+     "layout must be a string, got 3", BOTH),
+    # a copy without its setting: the choice is checked on the copy (export read it as the model's kind)
+    ("record model, config without", "config.json", lambda run: _edit_json(run / "config.json", lambda r: (
+        r.update(model="vae2"), r["config"].pop("model"))),
+     "model must be one of ssim, l2, vae, fm, got 'vae2'", BOTH),
+    # S6, the other way round: resume refused these settings, export copied them into training_config
+    ("config batch_size 10**30", "config.json", lambda run: _edit_json(run / "config.json", _set(
+        "config", "batch_size", value=10**30)),
+     "its settings are refused (patches-per-epoch (16) must be at least the batch size (10000000000", BOTH),
     ("record ssim", "config.json", lambda run: _edit_json(run / "config.json", _set("ssim", "window_size", value=4)),
      "ssim: ", BOTH),
     ("record fingerprint", "config.json", lambda run: _edit_json(run / "config.json", _set(
@@ -234,6 +273,121 @@ def test_a_damaged_run_folder_is_one_error_line_and_changes_nothing(case, comman
     # the fix names each command's way out besides repairing the file
     assert ("train into a new --output" if command == "resume" else f"export {run / 'best.keras'} itself") in line
     assert not (tmp_path / "exports" / "damaged" / "1").exists()
+
+
+S6_CASES = [case for case in CASES if case[0] in (
+    "record model", "record channels 3", "config model", "record resize scale x", "unknown model",
+    "config batch_size 10**30")]
+
+
+@pytest.mark.parametrize("case", S6_CASES, ids=[case[0] for case in S6_CASES])
+def test_resume_and_export_read_the_record_alike(case, copied: tuple[Path, Path], tmp_path: Path) -> None:
+    """One reader: the same problem in the same words from both commands, only the way out differs."""
+    _, damaged, damage, part, _ = case
+    images, run = copied
+    damage(run)
+    before = _digest(run)
+    lines = [assert_refused(_run(command, images, run, tmp_path / "exports"), run, damaged, part, before)
+             for command in ("resume", "export")]
+    problems = [line.split("; the run folder is damaged: ")[0] for line in lines]
+    assert problems[0] == problems[1], lines
+
+
+def test_an_intact_record_is_read_alike_by_both_readers(copied: tuple[Path, Path]) -> None:
+    """The strict reader accepts what the trainer wrote: every check above can only fail on damage."""
+    from tfssim.training.run_folder import read_run
+
+    _, run = copied
+    record = json.loads((run / "config.json").read_text())
+    assert read_run(run) == record == run_record.read_run_record(run)
+    assert record["resize"] == {"scale": 1.0, "image_size": None, "interpolation": "bilinear_antialias"}
+
+
+# --- S4/S5: the lock file is opened only if it is a regular file ------------------------------------------------------
+
+
+@pytest.fixture
+def no_hang():
+    """Fail a test whose command blocks (a FIFO opened without O_NONBLOCK) instead of hanging the suite."""
+    import signal
+
+    def alarm(signum, frame):
+        raise TimeoutError("the command blocked for 60 s (opening the lock file?)")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _symlink_outside(run: Path) -> Path:
+    target = run.parent / "precious.txt"
+    target.write_text("not a lock: must survive\n")
+    (run / LOCK_NAME).unlink()
+    (run / LOCK_NAME).symlink_to(target)
+    return target
+
+
+LOCKS: list[tuple[str, Callable[[Path], object], str, tuple[str, ...]]] = [
+    # S4: tfssim-train --resume truncated the link's target to 0 bytes and exited 0
+    ("symlink", _symlink_outside, "is a symbolic link, not a lock file", BOTH),
+    ("dangling symlink", lambda run: ((run / LOCK_NAME).unlink(), (run / LOCK_NAME).symlink_to(run / "nowhere")),
+     "is a symbolic link, not a lock file", BOTH),
+    # S5: tfssim-export (and resume) blocked forever opening the FIFO
+    ("fifo", lambda run: ((run / LOCK_NAME).unlink(), os.mkfifo(run / LOCK_NAME)), "is a named pipe, not a lock file",
+     BOTH),
+    ("folder", lambda run: ((run / LOCK_NAME).unlink(), (run / LOCK_NAME).mkdir()), "is a folder, not a lock file",
+     BOTH),
+    # the trainer writes the lock in place: through a second name it would change another file (export only reads)
+    ("hard link", lambda run: ((run / LOCK_NAME).unlink(), os.link(run / "history.csv", run / LOCK_NAME)),
+     "is a hard link to a file with 2 names", RESUME),
+]
+
+
+@pytest.mark.parametrize("case, command", [(case, command) for case in LOCKS for command in case[3]],
+                         ids=[f"{case[0]}-{command}" for case in LOCKS for command in case[3]])
+def test_a_lock_file_that_is_no_regular_file_is_refused_not_followed(case, command: str, copied: tuple[Path, Path],
+                                                                     tmp_path: Path, no_hang) -> None:
+    _, make, part, _ = case
+    images, run = copied
+    make(run)
+    outside = run.parent / "precious.txt"
+    before, outside_before = _digest(run), outside.read_bytes() if outside.exists() else None
+    result = _run(command, images, run, tmp_path / "exports")
+    line = assert_refused(result, run, LOCK_NAME, part, before)
+    assert line.endswith("; remove it (tfssim-train makes a new one when it trains into the folder)"), line
+    assert (outside.read_bytes() if outside.exists() else None) == outside_before  # the link's target untouched
+    assert not (tmp_path / "exports").exists()
+
+
+@pytest.mark.parametrize("case", [case for case in LOCKS if case[0] in ("symlink", "fifo")], ids=["symlink", "fifo"])
+def test_a_new_run_refuses_a_lock_file_that_is_no_regular_file(case, trained: tuple[Path, Path], tmp_path: Path,
+                                                                no_hang) -> None:
+    _, make, part, _ = case
+    images, _ = trained
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).touch()
+    make(run)
+    before = _digest(run)
+    result = CliRunner().invoke(train_cli.main, [str(images), "--output", str(run), "--epochs", "1", *ONE_STEP])
+    assert_refused(result, run, LOCK_NAME, part, before)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
+    if case[0] == "symlink":
+        assert (tmp_path / "precious.txt").read_text() == "not a lock: must survive\n"
+
+
+def test_a_refused_resume_leaves_a_killed_trainers_lock_file_as_it_was(copied: tuple[Path, Path]) -> None:
+    # a trainer that was killed leaves its process id in the lock; the resume below is refused after it
+    # took the lock (history.csv is read then), and must leave that file byte-identical too
+    images, run = copied
+    (run / LOCK_NAME).write_bytes(b"4242\n")
+    _truncate(run / "history.csv", -4)
+    before = _digest(run)
+    result = _run("resume", images, run, run.parent / "exports")
+    assert_refused(result, run, "history.csv", "line 2 is cut short", before)
+    assert (run / LOCK_NAME).read_bytes() == b"4242\n"
 
 
 @pytest.mark.parametrize("junk", ["best.keras", "final.keras"])

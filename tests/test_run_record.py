@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +80,132 @@ def test_history_round_trip(tmp_path):
                                              {"epoch": 2, "loss": 0.25, "seconds": 1.0}]
     assert [type(v) for v in run_record.read_history(path)[0].values()] == [int, float, float]
     assert not list(tmp_path.glob(".tmp*"))
+
+
+# --- the lock file (S4, S5): opened only if it is a regular file ------------------------------------
+
+
+def _lock_kinds(run, outside):
+    """Ways a run folder's lock file can be something else than a regular file, by name."""
+    lock = run / run_record.LOCK_NAME
+    return {
+        "symlink": lambda: lock.symlink_to(outside),
+        "dangling symlink": lambda: lock.symlink_to(run / "nowhere"),
+        "fifo": lambda: os.mkfifo(lock),
+        "folder": lambda: lock.mkdir(),
+    }
+
+
+@pytest.mark.parametrize("kind, problem", [("symlink", "a symbolic link"), ("dangling symlink", "a symbolic link"),
+                                           ("fifo", "a named pipe"), ("folder", "a folder")])
+@pytest.mark.parametrize("create", [True, False], ids=["writer", "probe"])
+def test_open_run_lock_refuses_what_is_no_regular_file(tmp_path, kind, problem, create):
+    run, outside = tmp_path / "run", tmp_path / "precious.txt"
+    run.mkdir()
+    outside.write_text("keep me")
+    _lock_kinds(run, outside)[kind]()
+    started = time.monotonic()
+    with pytest.raises(InputError) as err:
+        run_record.open_run_lock(run, create=create)
+    assert time.monotonic() - started < 5  # a FIFO never blocks the open
+    assert str(err.value) == (f"{run / run_record.LOCK_NAME} is {problem}, not a lock file; remove it (tfssim-train "
+                              "makes a new one when it trains into the folder)")
+    assert outside.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind, problem", [("symlink", "a symbolic link"), ("fifo", "a named pipe")])
+def test_open_run_lock_checks_what_it_opened_not_only_the_name(tmp_path, monkeypatch, kind, problem):
+    # the name may change between lstat and open: O_NOFOLLOW, O_NONBLOCK and fstat catch what lstat missed
+    run = tmp_path / "run"
+    run.mkdir()
+    regular = tmp_path / "regular"
+    regular.write_text("")
+    _lock_kinds(run, regular)[kind]()
+    lock, real_lstat = run / run_record.LOCK_NAME, os.lstat
+    monkeypatch.setattr(os, "lstat", lambda path, *a, **k: real_lstat(regular if Path(path) == lock else path, *a, **k))
+    for create in (True, False):
+        with pytest.raises(InputError, match=f"is {problem}, not a lock file; remove it"):
+            run_record.open_run_lock(run, create=create)
+    assert regular.read_text() == ""
+
+
+def test_open_run_lock_opens_a_regular_lock_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_record.open_run_lock(run, create=False) is None  # a probe creates nothing
+    assert not (run / run_record.LOCK_NAME).exists()
+    fd = run_record.open_run_lock(run, create=True)
+    try:
+        os.write(fd, b"123\n")
+    finally:
+        os.close(fd)
+    fd = run_record.open_run_lock(run, create=False)
+    try:
+        assert os.read(fd, 10) == b"123\n"
+    finally:
+        os.close(fd)
+    # a second name: the trainer's writes would change the other file; a probe only reads it
+    os.link(run / run_record.LOCK_NAME, tmp_path / "other")
+    with pytest.raises(InputError, match="is a hard link to a file with 2 names"):
+        run_record.open_run_lock(run, create=True)
+    os.close(run_record.open_run_lock(run, create=False))
+    assert (tmp_path / "other").read_bytes() == b"123\n"
+
+
+# --- S6: the record's copies of a setting must agree with config -----------------------------------
+
+
+def _written_record(tmp_path):
+    """A record as run_record writes it (with tfssim-train's resize), in a run folder."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"a")
+    config = {"data": str(data), "output": str(tmp_path / "run"), "model": "ssim", "patch_size": 32,
+              "latent_dim": 8, "grayscale": True, "ssim_window": 11, "scale": 1.0, "image_size": None}
+    record = run_record.run_record(config, ssim=SSIMParams(), versions={"keras": "3"}, train_images=[data / "a.png"],
+                                   val_images=[], layout="folder", replicas=1,
+                                   resize={"scale": 1.0, "image_size": None, "interpolation": "bilinear_antialias"})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(record))
+    return run, record
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda r: r.update(model="vae2"), "model is 'vae2' but config.model is 'ssim'"),
+    (lambda r: r["config"].update(model="l2"), "model is 'ssim' but config.model is 'l2'"),
+    (lambda r: r.update(channels=3), "channels is 3 but config.grayscale is true (1 channel)"),
+    (lambda r: r["config"].update(grayscale=False), "channels is 1 but config.grayscale is false (3 channels)"),
+    (lambda r: r.update(patch_size=64), "patch_size is 64 but config.patch_size is 32"),
+    (lambda r: r.update(latent_dim=4), "latent_dim is 4 but config.latent_dim is 8"),
+    (lambda r: r["ssim"].update(window_size=7), "ssim.window_size is 7 but config.ssim_window is 11"),
+    (lambda r: r["resize"].update(scale=0.5), "resize.scale is 0.5 but config.scale is 1.0"),
+    (lambda r: r["resize"].update(image_size=[64, 64]), "resize.image_size is [64, 64] but config.image_size is None"),
+    (lambda r: r["resize"].update(scale="x"), "resize.scale must be a number > 0 and <= 1, got 'x'"),
+    (lambda r: r["resize"].update(interpolation=3), "resize.interpolation must be a string or null, got 3"),
+    (lambda r: r.update(resize=None), "resize must be an object of scale, image_size and interpolation, got None"),
+    (lambda r: r.update(replicas=0), "replicas must be an integer >= 1, got 0"),
+    (lambda r: r.update(layout=["folder"]), "layout must be a string, got ['folder']"),
+], ids=["model", "config.model", "channels", "grayscale", "patch_size", "latent_dim", "ssim", "resize.scale",
+        "resize.image_size", "resize.scale-type", "interpolation", "resize-null", "replicas", "layout"])
+def test_read_run_record_refuses_a_record_that_contradicts_itself(tmp_path, change, problem):
+    run, record = _written_record(tmp_path)
+    assert run_record.read_run_record(run) == record  # as written: accepted
+    change(record)
+    (run / "config.json").write_text(json.dumps(record))
+    before = (run / "config.json").read_bytes()
+    with pytest.raises(InputError) as err:
+        run_record.read_run_record(run)
+    message = str(err.value)
+    assert message.startswith(f"{run / 'config.json'}: {problem}") and "the run folder is damaged" in message, message
+    assert "\n" not in message and (run / "config.json").read_bytes() == before
+
+
+def test_read_run_record_compares_only_what_both_record(tmp_path):
+    # older records (and scripts/train_any_backend.py's) lack some settings or copies: nothing to compare
+    run, record = _written_record(tmp_path)
+    for key in ("scale", "image_size", "grayscale", "ssim_window"):
+        del record["config"][key]
+    del record["model"]
+    (run / "config.json").write_text(json.dumps(record))
+    assert run_record.read_run_record(run) == record

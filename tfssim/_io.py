@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tfssim.errors import InputError
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "save_array", "check_output_location", "prepare_output_dir",
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "save_array", "open_lock_file", "check_output_location", "prepare_output_dir",
            "output_dir_lock", "OUTPUT_LOCK_NAME"]
 
 
@@ -196,6 +196,76 @@ def prepare_output_dir(output_dir: str | os.PathLike, inputs: Iterable[str | os.
     return out
 
 
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def open_lock_file(path: str | os.PathLike, *, create: bool, fix: str) -> int | None:
+    """A descriptor of the lock file ``path``, opened only if it is a regular file.
+
+    A lock file is written in place (truncated, a process id written), so a link would let that
+    write reach its target and a named pipe would block the open forever. Hence: ``lstat`` first
+    (a device or pipe is not even opened), then ``O_NOFOLLOW`` (never through a link) and
+    ``O_NONBLOCK`` (a pipe swapped in meanwhile cannot block), then ``fstat`` of what was opened
+    (the name may have changed between the two). A writer also refuses a file with other hard
+    links: its other names would lose what they hold.
+
+    Args:
+        path: The lock file.
+        create: Open it to write, creating it if missing (the lock holder); else read-only, and
+            ``None`` where there is none (a probe).
+        fix: What to do besides removing it, for the message (e.g. "tfssim-train makes a new one").
+
+    Returns:
+        An open descriptor (the caller closes it), or ``None`` (``create`` false, no file).
+
+    Raises:
+        InputError: ``path`` is a link, a folder, a pipe, a device or (``create``) a file with
+            other hard links; one line naming it and saying to remove it.
+        OSError: it cannot be opened otherwise (e.g. no permission).
+    """
+    path = Path(path)
+
+    def refused(kind: str) -> InputError:
+        return InputError(f"{path} is {kind}, not a lock file; remove it ({fix})")
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None  # a writer creates it; a probe finds none below
+    if mode is not None and not stat.S_ISREG(mode):
+        raise refused(_file_kind(mode))
+    flags = (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY)
+    for name in ("O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC"):  # POSIX; Windows has none (and takes no lock)
+        flags |= getattr(os, name, 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link, folder or socket put there meanwhile
+            raise refused({errno.ELOOP: "a symbolic link", errno.EISDIR: "a folder"}.get(err.errno, "a socket")) \
+                from None
+        raise
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise refused(_file_kind(status.st_mode))
+        if create and status.st_nlink > 1:
+            raise refused(f"a hard link to a file with {status.st_nlink} names (writing the lock would change it "
+                          "under the others too)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 # The lock file of an output folder (hidden: no command reads it as an image).
 OUTPUT_LOCK_NAME = ".tfssim-output.lock"
 
@@ -225,19 +295,7 @@ def output_dir_lock(output_dir: str | os.PathLike, command: str) -> Iterator[Pat
     except ImportError:  # no advisory locks here: the checks inside the block still run
         yield out
         return
-    lock = out / OUTPUT_LOCK_NAME
-    # Never through a link (its target would be overwritten) nor blocking on a FIFO: a regular file only.
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(lock, flags, 0o644)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
-            raise InputError(f"{lock} is not a regular file (a link, a folder or a pipe); remove it, or choose another "
-                             "output folder") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InputError(f"{lock} is not a regular file; remove it, or choose another output folder")
+    fd = open_lock_file(out / OUTPUT_LOCK_NAME, create=True, fix="or choose another output folder")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

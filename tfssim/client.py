@@ -7,8 +7,9 @@ channels and size before sending it; without it the client still returns the map
 
 The server is not trusted: each call has one deadline (``timeout``) for connecting, sending and
 reading the whole answer; an answer longer than the image's maps can take is refused before it is
-all read; redirects are not followed; maps must be finite numbers. Anything else a server answers
-is a one-line :class:`ServingError`.
+all read; redirects are not followed; HTTP framing is read strictly (a chunk size must be a plain
+hexadecimal number); maps must be finite numbers. Anything else a server answers is a one-line
+:class:`ServingError`, never the ``ValueError`` of a bad image.
 
 Example:
     >>> client = ServingClient("http://localhost:8501", "nanotwice", metadata="exported_models/nanotwice")
@@ -25,6 +26,7 @@ import io
 import json
 import numbers
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -35,6 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tfssim.errors import InputError
+from tfssim.export.layout import MAX_VERSION
 from tfssim.inference import readable_tf_error
 from tfssim.metadata import ExportMetadata
 from tfssim.postprocess import PostProcessor
@@ -59,6 +62,10 @@ _ERROR_BODY_BYTES = 1 << 20
 # messages have their readable part at the start, so only the start is looked at.
 _ERROR_TEXT_CHARS = 8192
 _READ_CHUNK = 1 << 16
+# The longest chunk-size line read, as http.client's own limit on a header line.
+_MAX_CHUNK_LINE = 1 << 16
+# A chunk-size line (RFC 9112, 7.1): hexadecimal digits, optional extensions after ';', CRLF (or LF).
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
 
 # What a JSON value that is not a number decodes to, as the error names it.
 _NOT_NUMBERS = {bool: "true/false", str: "strings", type(None): "null", dict: "objects",
@@ -109,6 +116,36 @@ def _time_left(deadline: float) -> float:
     return left
 
 
+class _MalformedChunk(http.client.HTTPException):
+    """A chunk-size line of a chunked answer that is not a hexadecimal number."""
+
+
+class _StrictResponse(http.client.HTTPResponse):
+    """http.client's response, refusing chunk sizes that are not plain hexadecimal numbers.
+
+    http.client reads a chunk size with ``int(line, 16)``, which takes ``-5``, ``+5`` and ``0x5``:
+    a negative size then reached its reads as a negative length, a bare ``ValueError``
+    (``-5``), or as "read to the end of the connection" (``-1``), which read the whole answer
+    past ``max_response_bytes``.
+    """
+
+    def _read_next_chunk_size(self) -> int:
+        line = self.fp.readline(_MAX_CHUNK_LINE + 1)
+        if len(line) > _MAX_CHUNK_LINE:
+            raise http.client.LineTooLong("chunk size")
+        if not line:
+            # the connection ended before the next chunk: ValueError is what http.client turns
+            # into IncompleteRead, "closed the connection"
+            raise ValueError("no chunk size before the end of the answer")
+        found = _CHUNK_SIZE_LINE.fullmatch(line)
+        if found is None:
+            self._close_conn()  # where the next chunk starts is lost: nothing more can be read
+            # repr, not _one_line: a space in it is what is wrong; its escapes keep it one printable line
+            shown = line.rstrip(b"\r\n")[:40].decode("latin-1")
+            raise _MalformedChunk(f"chunk size {shown!r} is not a hexadecimal number")
+        return int(found.group(1), 16)
+
+
 class _DeadlineReader(io.RawIOBase):
     """A socket's reading side whose every read waits only until the call's deadline.
 
@@ -156,6 +193,8 @@ class _DeadlineSocket:
 
 class _DeadlineConnection:
     """Mixed into http.client's connections: connect within the time left, then read and send by the deadline."""
+
+    response_class = _StrictResponse
 
     def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -214,7 +253,12 @@ def _read_body(response: Any, limit: int) -> bytearray | None:
         return None
     body = bytearray()
     while len(body) <= limit:
-        chunk = response.read(min(_READ_CHUNK, limit + 1 - len(body)))
+        try:
+            chunk = response.read(min(_READ_CHUNK, limit + 1 - len(body)))
+        except ValueError as err:
+            # only the answer's bytes can cause one here (e.g. framing http.client takes apart
+            # wrongly): it is the server's fault, as malformed HTTP, not a bad image (ValueError)
+            raise http.client.HTTPException(f"unreadable answer body ({_one_line(str(err), 120)})") from None
         if not chunk:
             return body
         body += chunk
@@ -245,7 +289,8 @@ class ServingClient:
         url: TF Serving's REST address, e.g. ``http://localhost:8501`` (``--rest_api_port``):
             printable ASCII, no query, fragment or user name. Redirects are not followed.
         model_name: The served model's name (TF Serving's ``--model_name``).
-        version: A version to ask for; default the newest one the server has loaded.
+        version: A version to ask for, from 1 to ``2**63 - 1`` (TF Serving's int64); default
+            the newest one the server has loaded.
         signature: Signature to call; default by the image's type: uint8 images go to
             ``serving_default``, float images in [0, 1] to the export's float signature
             (``serve_float``), as :meth:`tfssim.inference.ExportedModel.predict` does.
@@ -272,8 +317,10 @@ class ServingClient:
         if not isinstance(model_name, str) or not model_name or "/" in model_name or ":" in model_name:
             raise InputError(f"model name must be a non-empty name without '/' or ':', got {model_name!r}")
         if version is not None and (isinstance(version, bool) or not isinstance(version, (int, np.integer))
-                                    or version < 1):
-            raise InputError(f"version must be a positive integer or None (the newest), got {version!r}")
+                                    or not 1 <= version <= MAX_VERSION):
+            # TF Serving's versions are int64 (tfssim.export.layout): a larger one names no version
+            raise InputError(f"version must be an integer from 1 to {MAX_VERSION} (TF Serving's int64), or None "
+                             f"(the newest), got {version!r}")
         if signature is not None and (not isinstance(signature, str) or not signature):
             raise InputError(f"signature must be a signature's name or None (by the image's type), got {signature!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout <= MAX_TIMEOUT_S:
@@ -293,8 +340,11 @@ class ServingClient:
             self.metadata = metadata
         elif isinstance(metadata, Mapping):
             self.metadata = ExportMetadata.from_dict(metadata)
-        else:
+        elif isinstance(metadata, (str, os.PathLike)):
             self.metadata = ExportMetadata.read(metadata)
+        else:  # Path() would raise TypeError, where a bad setting is promised to be a ValueError
+            raise InputError(f"metadata must be an ExportMetadata, its dict, a path to the export (model folder, "
+                             f"version folder or tfssim.json) or None, got {type(metadata).__name__} {metadata!r:.80}")
 
     @property
     def endpoint(self) -> str:
@@ -363,8 +413,9 @@ class ServingClient:
 
         Raises:
             ServingError: no connection, a status other than 2xx (redirects included), no
-                whole answer by the deadline, an answer longer than ``max_bytes``, or one that
-                is not a JSON object.
+                whole answer by the deadline, malformed HTTP (a status line, a header or a chunk
+                size that is not a plain hexadecimal number), an answer longer than
+                ``max_bytes``, or one that is not a JSON object.
         """
         deadline = time.monotonic() + self.timeout
         request = urllib.request.Request(self.endpoint, data=json.dumps(body).encode(), method="POST",
@@ -562,9 +613,15 @@ def _check_url(url: Any) -> str:
         # urlsplit drops CR, LF and tab silently; sent on they would split the request line
         raise InputError(f"TF Serving URL must be printable ASCII without spaces or control characters (CR, LF, "
                          f"tab), like http://host:8501, got {url!r}")
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
-        raise InputError(f"TF Serving URL must look like http://host:8501, got {url!r}")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError as err:  # an unclosed '[' or a bracketed host that is no IP address
+        raise InputError(f"TF Serving URL has a malformed host ({err}); write an IPv6 address in closed brackets, "
+                         f"like http://[::1]:8501, any other host without brackets, got {url!r}") from None
+    # '?' or '#' with nothing after leaves query and fragment empty, but the endpoint's path
+    # would land after them: the request would go to the server's root
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or "?" in url or "#" in url:
+        raise InputError(f"TF Serving URL must look like http://host:8501, without '?' or '#', got {url!r}")
     if parsed.username is not None or parsed.password is not None:  # not echoed: it may hold a password
         raise InputError("TF Serving URL must not hold a user name or password (user@host); give http://host:8501")
     try:

@@ -39,7 +39,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tfssim._io import atomic_write
+from tfssim._io import atomic_write, open_lock_file
 from tfssim.errors import InputError
 from tfssim.ssim_params import NUMBER_RANGES, SSIMParams, describe_range, in_range
 
@@ -49,14 +49,15 @@ __all__ = ["CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME", "STATE_DIR", "LOCK_NA
            "CHANGEABLE_KEYS", "SSIM_CONFIG_KEYS", "INT_SETTINGS", "FLOAT_SETTINGS", "BOOL_SETTINGS", "STR_SETTINGS",
            "RESTART", "setting_problem", "damaged", "read_history", "write_history", "read_progress", "ResumeState",
            "read_resume_state", "data_fingerprint", "check_same_data", "previous_locations", "run_record",
-           "read_run_record", "resume_settings"]
+           "read_run_record", "resume_settings", "open_run_lock"]
 
 CONFIG_NAME = "config.json"
 HISTORY_NAME = "history.csv"
 PROGRESS_NAME = "progress.json"
 # The folder of the resume state: PROGRESS_NAME and the weights + optimizer file it names.
 STATE_DIR = "state"
-# A lock file in the run folder: one trainer at a time per folder (tfssim.training.run_folder).
+# A lock file in the run folder: one trainer at a time per folder (tfssim.training.run_folder). Every
+# process that opens it goes through open_run_lock.
 LOCK_NAME = ".tfssim-train.lock"
 # Settings that say where a run and its data live, not what the run is: a copied or moved run
 # folder resumes (moved data is compared by its images, check_same_data).
@@ -173,6 +174,31 @@ def damaged(path: str | os.PathLike, problem: str, otherwise: str = RESTART,
         The error to raise: ``"{path}: {problem}; the run folder is damaged: {repair}, or {otherwise}"``.
     """
     return InputError(f"{path}: {problem}; the run folder is damaged: {repair}, or {otherwise}")
+
+
+# --- the run folder's lock file ---------------------------------------------------------------------
+
+def open_run_lock(run_dir: str | os.PathLike, *, create: bool) -> int | None:
+    """A descriptor of the run folder's lock file (:data:`LOCK_NAME`), for every process that opens it.
+
+    The trainer holds it (``create``); ``tfssim-train --resume`` and ``tfssim-export`` probe it.
+    Only a regular file is opened: never through a link, never blocking on a named pipe
+    (see :func:`tfssim._io.open_lock_file`).
+
+    Args:
+        run_dir: The run folder.
+        create: Open it to write, creating it if missing; else read-only, ``None`` where missing.
+
+    Returns:
+        An open descriptor (the caller closes it), or ``None`` (a probe, no lock file).
+
+    Raises:
+        InputError: the lock file is a link, a folder, a pipe or a device (or, to write, a file
+            with other hard links); one line naming it and saying to remove it.
+        OSError: it cannot be opened otherwise (e.g. no permission).
+    """
+    return open_lock_file(Path(run_dir) / LOCK_NAME, create=create,
+                          fix="tfssim-train makes a new one when it trains into the folder")
 
 
 def _read_text(path: Path, otherwise: str) -> str:
@@ -455,8 +481,14 @@ def read_run_record(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> 
     The file is a JSON object whose ``config`` is an object; each setting in it that
     :class:`~tfssim.training.TrainConfig` knows has its JSON type and range
     (:func:`setting_problem`); ``model``, ``channels``, ``patch_size``, ``latent_dim``, ``ssim``,
-    the image lists, ``data_fingerprint`` and ``previous_locations``, where present, have the
-    shapes :func:`run_record` writes. Keys this version does not know are kept unchecked.
+    the image lists, ``data_fingerprint``, ``previous_locations`` and what the trainers add
+    (``layout``, ``precision``, ``strategy``, ``replicas``, ``resize``, ``device``, ...), where
+    present, have the shapes the trainers write; the copies of a setting outside ``config``
+    (``model``, ``channels``, ``patch_size``, ``latent_dim``, ``ssim``, ``resize``) equal it.
+    Keys this version does not know are kept unchecked. Which choices a setting may take (a
+    model kind, a layout) is :class:`~tfssim.training.TrainConfig`'s, which needs TensorFlow:
+    ``tfssim.training.read_run`` adds those checks, for both ``tfssim-train --resume`` and
+    ``tfssim-export``.
 
     Args:
         run_dir: The run folder.
@@ -506,6 +538,11 @@ def read_run_record(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> 
         "versions": ("an object", lambda v: isinstance(v, dict)),
         "device": ("a string", lambda v: isinstance(v, str)),
         "devices": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v)),
+        # what a trainer adds besides (tfssim.training's loop, scripts/train_any_backend.py)
+        **dict.fromkeys(("layout", "precision", "strategy", "trainer"), ("a string", lambda v: isinstance(v, str))),
+        "replicas": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+        "skipped_images": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v)),
+        "resize": ("an object of scale, image_size and interpolation", lambda v: isinstance(v, dict)),
     }
     for key, (wanted, ok) in checks.items():
         if key in record and not ok(record[key]):
@@ -526,7 +563,52 @@ def read_run_record(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> 
                 for part in ("train", "val"))):
             raise wrong("data_fingerprint", 'an object of "train" and "val" lists of [name, bytes, sha256]',
                         fingerprint)
+    if "resize" in record:
+        for name in ("scale", "image_size"):
+            if name in record["resize"]:
+                wanted = setting_problem(name, record["resize"][name])
+                if wanted is not None:
+                    raise wrong(f"resize.{name}", wanted, record["resize"][name])
+        if not isinstance(record["resize"].get("interpolation", ""), (str, type(None))):
+            raise wrong("resize.interpolation", "a string or null", record["resize"]["interpolation"])
+    _check_copies(record, path, otherwise)
     return record
+
+
+def _check_copies(record: Mapping[str, Any], path: Path, otherwise: str) -> None:
+    """Refuse a record whose copies of a setting differ from ``config``'s (each already of its type).
+
+    :func:`run_record` writes ``model``, ``channels``, ``patch_size``, ``latent_dim`` and
+    ``ssim`` from the settings, tfssim-train its ``resize`` too: they agree in every record a
+    trainer wrote. Readers take one or the other (``tfssim-export`` the copies, a resume
+    ``config``), so a record where they differ would be read as two different runs: it is
+    damaged, whichever of the two is wrong.
+    """
+    config, absent = record["config"], object()
+    # (the copy's key, its value, the setting's key, the setting's value as the copy records it)
+    pairs: list[tuple[str, Any, str, Any]] = [
+        (key, record.get(key, absent), f"config.{key}", config.get(key, absent))
+        for key in ("model", "patch_size", "latent_dim")]
+    grayscale = config.get("grayscale", True)  # as run_record derives channels: absent is grayscale
+    pairs.append(("channels", record.get("channels", absent), "config.grayscale", 1 if grayscale else 3))
+    if isinstance(record.get("ssim"), dict):
+        pairs += [(f"ssim.{field}", record["ssim"].get(field, absent), f"config.{key}", config.get(key, absent))
+                  for key, field in SSIM_CONFIG_KEYS.items()]
+    if isinstance(record.get("resize"), dict):
+        # compared only where config has them: without, both readers take config's default (unresized)
+        pairs += [(f"resize.{key}", record["resize"].get(key, absent), f"config.{key}", config.get(key, absent))
+                  for key in ("scale", "image_size")]
+    for copy_key, copy, key, value in pairs:
+        if copy is absent or value is absent or copy == value:
+            continue
+        if key == "config.grayscale":
+            shown, fix = f"{json.dumps(grayscale)} ({value} channel{'s' if value != 1 else ''})", \
+                "the run's own values in it (1 and true, or 3 and false)"
+        else:
+            shown, fix = _short(value), "the run's own value in it"
+        raise damaged(path, f"{copy_key} is {_short(copy)} but {key} is {shown}: the trainer records the same "
+                      "setting in both", otherwise,
+                      repair=f"give {copy_key} and {key} {fix} (or restore it from a backup)")
 
 
 def read_progress(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> dict[str, Any] | None:

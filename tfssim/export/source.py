@@ -18,10 +18,10 @@ import keras
 
 from tfssim.errors import InputError
 from tfssim.export.graph import _model_geometry
-from tfssim.models import MODEL_KINDS
-from tfssim.run_record import CONFIG_NAME, HISTORY_NAME, SSIM_CONFIG_KEYS, damaged, read_history, read_run_record
+from tfssim.run_record import HISTORY_NAME, SSIM_CONFIG_KEYS, open_run_lock, read_history
 from tfssim.ssim_params import SSIMParams
 from tfssim.training import LOCK_NAME
+from tfssim.training.run_folder import read_run
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,17 @@ def training_running(run_dir: str | os.PathLike) -> bool | None:
     and at once released), and ``F_GETLK`` for a POSIX record lock (``fcntl.lockf``), which
     takes no lock at all. Either lock held by another process means training is running.
 
+    The lock file is opened as the trainer opens it (:func:`tfssim.run_record.open_run_lock`):
+    never through a link, never blocking on a named pipe.
+
     Returns:
         ``True`` (held), ``False`` (the lock file exists and nobody holds it) or ``None`` (cannot
-        tell: no lock file, as in run folders from before the lock, or no ``fcntl`` on this
-        system).
+        tell: no lock file, as in run folders from before the lock, one that cannot be opened,
+        or no ``fcntl`` on this system).
+
+    Raises:
+        InputError: the lock file is a link, a folder, a pipe or a device; one line naming it
+            and saying to remove it.
     """
     import struct
 
@@ -82,10 +89,11 @@ def training_running(run_dir: str | os.PathLike) -> bool | None:
         import fcntl
     except ImportError:  # Windows
         return None
-    path = Path(run_dir) / RUN_LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        fd = open_run_lock(run_dir, create=False)  # InputError (not OSError) for a link, a pipe, a device
+    except OSError:  # e.g. no permission to read it: the export still goes on, unable to tell
+        return None
+    if fd is None:
         return None
     try:
         try:
@@ -201,7 +209,9 @@ def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, A
     Raises:
         FileNotFoundError: ``source`` does not exist.
         ValueError: not a run folder or ``.keras`` file, no model in the folder, the model
-            does not load, or the run's config contradicts the model.
+            does not load, the run's ``config.json`` is damaged (:func:`tfssim.training.run_folder.read_run`,
+            the reader of ``tfssim-train --resume``) or contradicts the model, or its lock file is
+            no regular file.
     """
     source = Path(source)
     if not source.exists():
@@ -213,18 +223,16 @@ def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, A
         if model_path is None:
             raise InputError(f"run folder {source} holds neither best.keras nor final.keras; has training finished?")
         # The run's record and history, checked (one line naming the file and key where damaged)
-        # before the model is loaded: export writes nothing into the run folder.
+        # before the model is loaded: export writes nothing into the run folder. read_run is the
+        # reader tfssim-train --resume uses: a record one refuses, the other refuses the same way.
         otherwise = f"export {model_path} itself"
-        record = read_run_record(source, otherwise=otherwise) or {}
+        record = read_run(source, otherwise=otherwise) or {}
         read_history(source / HISTORY_NAME, otherwise=otherwise)
+        training_running(source)  # a lock file that is no regular file: refused before the model loads
         if record:
             config = record["config"]
-            info["kind"] = record.get("model", config.get("model"))
-            if info["kind"] is not None and info["kind"] not in MODEL_KINDS:
-                wanted = f"one of {', '.join(MODEL_KINDS)}"
-                raise damaged(source / CONFIG_NAME, f"model must be {wanted}, got {info['kind']!r}",
-                              f"{otherwise} with --kind", repair=f"set model to {wanted} in it")
-            info["ssim"] = _ssim_from_run_config(record)  # checked by read_run_record
+            info["kind"] = record.get("model", config.get("model"))  # the same where both are (read_run)
+            info["ssim"] = _ssim_from_run_config(record)  # checked by read_run
             info["training_config"] = config
             info["vae_samples"] = config.get("vae_samples")
     elif source.suffix == ".keras":

@@ -46,7 +46,14 @@ from tfssim.training.distribute import (
 )
 from tfssim.training.optimizer import FusedAdamW
 from tfssim.training.progress import ProgressBar, quiet_remapper, wants_bar
-from tfssim.training.run_folder import RunExistsError, _check_same_data, _claim_run_folder, _load_checkpoint, _RunState
+from tfssim.training.run_folder import (
+    RunExistsError,
+    _check_same_data,
+    _claim_run_folder,
+    _load_checkpoint,
+    _RunState,
+    check_run_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -276,6 +283,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
                     f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
                 )
             previous = saved.record
+            # The record's settings as tfssim-export checks them (read_run): a damaged value is the
+            # file's fault, named as such, not "a setting that differs" below.
+            check_run_settings(previous, run_dir)
             # Every setting is given here: one that differs from the run's is refused (resume_config
             # fills in the run's own settings for a caller that gave only some).
             resume_settings(previous["config"], config.to_dict(), run_dir)

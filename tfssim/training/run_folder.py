@@ -30,10 +30,12 @@ from tfssim.run_record import (  # noqa: F401 - the schema's names, re-exported 
     LOCATION_KEYS,
     LOCK_NAME,
     PROGRESS_NAME,
+    RESTART,
     STATE_DIR,
     check_same_data,
     damaged,
     data_fingerprint,
+    open_run_lock,
     read_history,
     read_run_record,
     resume_settings,
@@ -51,6 +53,62 @@ class RunExistsError(FileExistsError):
 def _check_same_data(previous: dict[str, Any], config: TrainConfig, split: Any, run_dir: Path) -> dict[str, Any] | None:
     """:func:`tfssim.run_record.check_same_data` of a :class:`TrainConfig` and a ``DatasetSplit``."""
     return check_same_data(previous, config.data, split.train, split.val, run_dir)
+
+
+def check_run_settings(record: Mapping[str, Any], run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> None:
+    """Refuse a run record whose settings :meth:`TrainConfig.validate` refuses: the file is damaged.
+
+    :func:`~tfssim.run_record.read_run_record` (no TensorFlow) checks each value's type and
+    range and that the record's copies agree with ``config``; which choices a setting may take
+    (a model kind, a layout) and the rules across settings (the SSIM window inside the patch)
+    are TrainConfig's. A value of the run's own that it refuses is the file's fault, not the
+    caller's. Where the run lives (:data:`LOCATION_KEYS`) is not checked: a resume gives it anew.
+
+    Args:
+        record: The run's ``config.json``, as :func:`~tfssim.run_record.read_run_record` read it.
+        run_dir: The run folder.
+        otherwise: The other way out named in the error (after "restore it from a backup, or").
+
+    Raises:
+        InputError: one line naming the file and the setting.
+    """
+    from tfssim.models import MODEL_KINDS
+
+    path = Path(run_dir) / CONFIG_NAME
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    recorded = {k: v for k, v in record["config"].items() if k in known and k not in LOCATION_KEYS}
+    try:
+        # validate() converts the fields of this copy; the record itself stays as the file holds it
+        TrainConfig(data=os.fspath(run_dir), output=os.fspath(run_dir), **recorded).validate()
+    except InputError as err:
+        raise damaged(path, f"its settings are refused ({err})", otherwise) from None
+    # model is config.model's copy (read_run_record compares them) except in a config without one
+    if "model" in record and record["model"] not in MODEL_KINDS:
+        wanted = f"one of {', '.join(MODEL_KINDS)}"
+        raise damaged(path, f"model must be {wanted}, got {record['model']!r}", otherwise,
+                      repair=f"set model to {wanted} in it (or restore it from a backup)")
+
+
+def read_run(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> dict[str, Any] | None:
+    """A run folder's ``config.json`` read strictly, as both ``tfssim-train --resume`` and ``tfssim-export`` read it.
+
+    :func:`~tfssim.run_record.read_run_record`, then :func:`check_run_settings`: one reader, so
+    that a record either command refuses, the other refuses too, with the same line.
+
+    Args:
+        run_dir: The run folder.
+        otherwise: The other way out named in the error (after "restore it from a backup, or").
+
+    Returns:
+        The record as the file holds it, or ``None`` where the folder has no ``config.json``.
+
+    Raises:
+        InputError: the file is damaged; one line naming it, the key and the fix.
+    """
+    record = read_run_record(run_dir, otherwise=otherwise)
+    if record is not None:
+        check_run_settings(record, run_dir, otherwise=otherwise)
+    return record
 
 
 def resume_config(data: str | os.PathLike, output: str | os.PathLike, given: Mapping[str, Any]) -> TrainConfig:
@@ -71,28 +129,24 @@ def resume_config(data: str | os.PathLike, output: str | os.PathLike, given: Map
         The (not yet validated) configuration.
 
     Raises:
-        InputError: ``output`` holds no run, its ``config.json`` is damaged (a value of the wrong
-            type, or a setting :meth:`TrainConfig.validate` refuses; the line names the file), or
-            a given setting differs from the recorded one.
+        InputError: ``output`` holds no run, its ``config.json`` is damaged (:func:`read_run`:
+            a value of the wrong type, a copy that differs from ``config``, or a setting
+            :meth:`TrainConfig.validate` refuses; the line names the file), its lock file is not
+            a regular file, or a given setting differs from the recorded one.
 
     Example:
         >>> config = resume_config("NanoTWICE", "runs/ssim", {"epochs": 300})
         >>> train(config, resume=True)
     """
     _refuse_if_in_use(Path(output))  # before its config.json is read: another trainer may be writing it
-    previous = read_run_record(output)
+    # The recorded settings alone first (read_run): a value of the run's own that TrainConfig
+    # refuses (an unknown model, a window larger than the patch) is the file's fault, not the caller's.
+    previous = read_run(output)
     if previous is None:
         raise InputError(
             f"--resume given but {output} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
         )
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    recorded = {k: v for k, v in previous["config"].items() if k in known and k not in LOCATION_KEYS}
-    try:
-        # The recorded settings alone first: a value of the run's own that TrainConfig refuses (an
-        # unknown model, a window larger than the patch) is the file's fault, not the caller's.
-        TrainConfig(data=os.fspath(data), output=os.fspath(output), **recorded).validate()
-    except InputError as err:
-        raise damaged(Path(output) / CONFIG_NAME, f"its settings are refused ({err})") from None
     settings = resume_settings(previous["config"], {k: v for k, v in given.items() if k not in LOCATION_KEYS}, output)
     return TrainConfig(data=os.fspath(data), output=os.fspath(output),
                        **{k: v for k, v in settings.items() if k in known and k not in LOCATION_KEYS})
@@ -230,6 +284,10 @@ def _save_checkpoint(model: keras.Model, state: Path, weights: str) -> None:
             hooks[0](report)
 
 
+# The most a lock file holds that a trainer wrote (its process id); a larger one is not rewritten.
+_LOCK_TEXT_BYTES = 4096
+
+
 class RunInUseError(InputError):
     """Another process (a tfssim-train, e.g. a second --resume) holds the run folder."""
 
@@ -241,6 +299,9 @@ def _claim_run_folder(run_dir: Path, resume: bool) -> Iterator[None]:
     A lock (``fcntl.flock`` on :data:`LOCK_NAME` in the folder, released by the kernel when the
     process ends, however it ends) refuses a second ``tfssim-train`` on the same folder, e.g.
     two ``--resume`` of one run, which would both train and overwrite each other's checkpoints.
+    The lock file is opened only if it is a regular file (:func:`tfssim.run_record.open_run_lock`:
+    never through a link, whose target its writes would change, never blocking on a pipe), and a
+    run that fails leaves it holding what it held before.
 
     A new run (not ``resume``) that fails or is interrupted before its first epoch finished
     (no ``state/progress.json``) removes the files and folders this call created, so that the
@@ -259,46 +320,62 @@ def _claim_run_folder(run_dir: Path, resume: bool) -> Iterator[None]:
             missing = missing.parent
         run_dir.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in run_dir.iterdir()}
-    lock = _lock_run_folder(run_dir)
+    lock, found = _lock_run_folder(run_dir)
+    left = b""  # what the lock file holds once released: empty after a run
     try:
         yield
     except BaseException:
+        # A failed or refused run leaves the lock file as it found it (a killed trainer's process
+        # id included): a refused resume changes no file of the folder.
+        left = found
         if not resume and not (run_dir / "state" / PROGRESS_NAME).exists():
             _remove_created(run_dir, before, created)
         raise
     finally:
         if lock is not None:
-            # Emptied before it is released: a run that changed nothing (a refused resume) leaves
+            # Rewritten before it is released: a run that changed nothing (a refused resume) leaves
             # the folder byte-identical, the lock file included.
-            with contextlib.suppress(OSError):
-                lock.seek(0)
-                lock.truncate()
-            lock.close()  # releases the flock
+            if found is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(lock, 0)
+                    os.pwrite(lock, left, 0)
+            os.close(lock)  # releases the flock
 
 
-def _lock_run_folder(run_dir: Path) -> Any:
-    """An open lock file holding an exclusive ``flock`` of ``run_dir`` (None where fcntl is missing).
+def _lock_run_folder(run_dir: Path) -> tuple[int | None, bytes | None]:
+    """A descriptor of the lock file holding an exclusive ``flock`` of ``run_dir``, and what it held before.
 
     While held, the file holds this process's id (named to a second trainer that is refused);
-    :func:`_claim_run_folder` empties it again on release.
+    :func:`_claim_run_folder` rewrites it on release. A file of more than 4 KiB, which no
+    trainer wrote, is left as it is (``None``: nothing to restore). ``(None, None)`` where fcntl
+    is missing.
+
+    Raises:
+        RunInUseError: another process holds the lock.
+        InputError: the lock file is a link, a pipe, a device or a file with other names
+            (:func:`tfssim.run_record.open_run_lock`): it is not opened, nothing is written.
     """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks here
-        return None
-    handle = open(run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the run
+        return None, None
+    fd = open_run_lock(run_dir, create=True)  # held open for the run
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        found: bytes | None = os.pread(fd, _LOCK_TEXT_BYTES + 1, 0)
     except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip()
-        handle.close()
+        owner = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        os.close(fd)
         raise _in_use(run_dir, owner) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+    except BaseException:
+        os.close(fd)
+        raise
+    if len(found) > _LOCK_TEXT_BYTES:
+        found = None  # not a trainer's: left alone (a refused trainer then names no process)
+    else:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, found
 
 
 def _in_use(run_dir: Path, owner: str) -> RunInUseError:
@@ -309,21 +386,28 @@ def _in_use(run_dir: Path, owner: str) -> RunInUseError:
 
 
 def _refuse_if_in_use(run_dir: Path) -> None:
-    """Raise :class:`RunInUseError` if another process holds ``run_dir``'s lock (probed, not kept, nothing written)."""
+    """Raise :class:`RunInUseError` if another process holds ``run_dir``'s lock (probed, not kept, nothing written).
+
+    Raises:
+        RunInUseError: another process holds it.
+        InputError: the lock file is a link, a pipe or a device (:func:`tfssim.run_record.open_run_lock`).
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks here
         return
-    try:
-        handle = open(run_dir / LOCK_NAME)  # noqa: SIM115 - closed below
-    except OSError:  # no lock file: no trainer has held the folder
+    # never through a link nor blocking on a pipe: InputError for a lock file that is no regular file
+    fd = open_run_lock(run_dir, create=False)
+    if fd is None:  # no lock file: no trainer has held the folder
         return
-    with handle:
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _in_use(run_dir, handle.read().strip()) from None
-        fcntl.flock(handle, fcntl.LOCK_UN)
+            raise _in_use(run_dir, os.pread(fd, 200, 0).decode(errors="replace").strip()) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _remove_created(run_dir: Path, before: set[str], created: list[Path]) -> None:
