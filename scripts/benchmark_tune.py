@@ -72,9 +72,10 @@ def paper_export(root: Path, patch_size: int, latent_dim: int, stride: int) -> P
     return Path(export.export_model(model_file, root / "exports", name="bench", stride=stride))
 
 
-def run_tune(export_dir: Path, images: Path, output: Path) -> dict:
-    """``tfssim-tune EXPORT IMAGES --output OUTPUT`` in a fresh process: wall time, peak RSS, its record."""
-    command = [sys.executable, "-m", "tfssim.cli.tune", str(export_dir), str(images), "--output", str(output)]
+def run_tune(export_dir: Path, images: Path, output: Path, options: list[str] = ()) -> dict:
+    """``tfssim-tune EXPORT IMAGES --output OUTPUT [options]`` in a fresh process: wall time, peak RSS, its record."""
+    command = [sys.executable, "-m", "tfssim.cli.tune", str(export_dir), str(images), "--output", str(output),
+               *options]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _, status, usage = os.wait4(process.pid, 0)
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-target", type=float, default=3.0, help="peak RSS target, GB")
     parser.add_argument("--time-target", type=float, default=12.0, help="minutes for --time-target-images")
     parser.add_argument("--time-target-images", type=int, default=26)
+    parser.add_argument("--paper-tiling", action="store_true",
+                        help="tune only the export's own tiling (--border none --blend mean): no border and blend "
+                             "candidates, which cost one more model pass per image (the reflected one)")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = parser.parse_args(argv)
@@ -109,9 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for count in args.images:
         folder = validation_images(work / f"val_{count}", count, args.size, args.texture)[0].parent
-        result = run_tune(export_dir, folder, work / f"tuning_{count}")
+        result = run_tune(export_dir, folder, work / f"tuning_{count}",
+                          ["--border", "none", "--blend", "mean"] if args.paper_tiling else [])
         stages = result["stage_seconds"]
-        sweep = stages["map_candidates"] + stages["threshold"] + stages["post_processing"]
+        sweep = (stages["map_candidates"] + stages.get("tilings", 0.0) + stages["threshold"]
+                 + stages["post_processing"])
         row = {"images": count, "size": args.size, **{k: result[k] for k in ("wall_seconds", "peak_rss_gb")},
                "stage_seconds": stages, "sweep_seconds": round(sweep, 1),
                "sweep_over_reconstructions": round(sweep / stages["reconstructions"], 3),

@@ -80,6 +80,8 @@ def test_each_defects_region_is_what_it_changed_and_together_they_cover_the_mask
         for info in infos:
             family = defects.FAMILIES[int(rng.integers(len(defects.FAMILIES)))]
             diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            if family in defects.LARGE_FAMILIES:  # painted larger, at most the image's side
+                diameter = min(diameter * defects.LARGE_FAMILIES[family], 128.0)
             step, step_mask, step_info = defects.paint_defect(current, rng, family, diameter, sources=sources)
             assert step_info["family"] == info["family"] == family
             assert step_info["box"] == info["box"]

@@ -50,7 +50,10 @@ def test_several_defects_have_one_exact_mask_and_a_record_each():
     image = _val_images(n=1)[0]
     painted, mask, infos = defects.paint_defects(image, np.random.default_rng(4), 6, size_range=(6, 30))
     np.testing.assert_array_equal(painted != image, mask)
-    assert len(infos) == 6 and all(6 <= i["diameter"] <= 30 for i in infos)
+    assert len(infos) == 6
+    for info in infos:  # the large families are painted larger, at most the image's side
+        scale = defects.LARGE_FAMILIES.get(info["family"], 1.0)
+        assert 6 * scale <= info["diameter"] <= min(30 * scale, 96), info
     with pytest.raises(ValueError, match="1 <= min <= max"):
         defects.paint_defects(image, np.random.default_rng(0), 1, size_range=(20, 10))
     with pytest.raises(ValueError, match="unknown defect family 'dent'"):
@@ -88,6 +91,25 @@ def test_same_seed_same_defects_other_seed_other_defects():
     assert any(not np.array_equal(ma, mc) for (_, ma, _), (_, mc, _) in zip(a, c))
 
 
+def test_missing_material_is_flat_at_the_border_and_inside_the_images_range():
+    """A missing area touches the image border, is one flat value, and that value lies between the
+    image's 10th and 90th percentiles: a global threshold separates it only partly."""
+    image = _val_images("gravel", n=1, size=(128, 128))[0]
+    rng = np.random.default_rng(12)
+    shares = []
+    for _ in range(10):
+        painted, mask, infos = defects.paint_defects(image, rng, 1, size_range=(8, 32), families=["missing"])
+        (info,) = infos
+        r0, r1, c0, c1 = info["box"]
+        assert r0 == 0 or c0 == 0 or r1 == 128 or c1 == 128, info["box"]
+        assert np.ptp(painted[mask]) < 1e-6  # flat (up to float32 rounding of the blend)
+        level = painted[mask][0]
+        assert np.quantile(image, 0.09) <= level <= np.quantile(image, 0.91)
+        auc = roc_auc_score(mask.ravel(), painted.ravel())
+        shares.append(max(auc, 1 - auc))
+    assert np.mean(shares) < 0.85, shares
+
+
 def _intensity_aurocs(family: str) -> tuple[float, float]:
     """Pixel ROC AUC of two detectors that see intensity only: the raw value, and the distance of
     the local mean (Gaussian, sigma 2) from the image mean."""
@@ -105,8 +127,8 @@ def _intensity_aurocs(family: str) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-def test_transplants_and_smears_are_not_separable_by_intensity_but_foreign_bodies_are():
-    for family in ("transplant", "smear"):
+def test_transplants_smears_and_shading_are_not_separable_by_intensity_but_foreign_bodies_are():
+    for family in ("transplant", "smear", "shading"):
         raw, local = _intensity_aurocs(family)
         assert abs(raw - 0.5) < 0.12, (family, raw)  # neither brighter nor darker
         assert local < 0.6, (family, local)  # the local mean stays that of the surroundings
@@ -287,17 +309,29 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
     record = json.loads((root / "t" / "tuning.json").read_text())
     assert (root / "t" / "tuning.png").stat().st_size > 0
     assert record["settings"]["seed"] == 3 and record["settings"]["defect_size"] == [3.0, 12.0]
-    assert len(record["map_candidates"]) == 3 * 2 * 3  # windows x weightings x sigmas that fit 32 px
+    # windows x weightings x sigmas that fit 32 px on the export's tiling; 3 other tilings (border x
+    # blend) with the window and weighting best on it x those sigmas
+    assert len(record["map_candidates"]) == 3 * 2 * 3 + 3 * 3
+    assert {(c["border"], c["blend"]) for c in record["map_candidates"]} == {
+        ("none", "mean"), ("none", "gaussian"), ("reflect", "mean"), ("reflect", "gaussian")}
+    own = [c for c in record["map_candidates"] if (c["border"], c["blend"]) == ("none", "mean")]
+    # The tuner's own rule: the best AUROC within its tolerance, smaller sigma first, then the export's
+    # own window and weighting (Gaussian 11).
+    best_own = tuning._pick(own, "pixel_auroc", 0.001, lambda c: (
+        c["map_sigma"], (c["window_size"], c["weighting"]) != (11, "gaussian"), own.index(c)))
+    assert {(c["window_size"], c["weighting"]) for c in record["map_candidates"] if c not in own} == {
+        (best_own["window_size"], best_own["weighting"])}
     assert len(record["post_candidates"]) == len(tuning.DEFAULT_OPENINGS) * 4
     assert record["objective"]["map"] == tuning.MAP_OBJECTIVE
     choice = record["choice"]
     best = max(c["pixel_auroc"] for c in record["map_candidates"])
-    chosen = next(c for c in record["map_candidates"] if (c["window_size"], c["weighting"], c["map_sigma"])
-                  == (choice["window_size"], choice["weighting"], choice["map_sigma"]))
+    keys = ("window_size", "weighting", "map_sigma", "border", "blend")
+    chosen = next(c for c in record["map_candidates"] if all(c[k] == choice[k] for k in keys))
     assert chosen["pixel_auroc"] >= best - 0.001
     meta = export.read_metadata(new)
     assert meta["version"] == 2 and meta["ssim"]["window_size"] == choice["window_size"]
     assert meta["ssim"]["weighting"] == choice["weighting"] and meta["map_sigma"] == choice["map_sigma"]
+    assert (meta["border"], meta["blend"]) == (choice["border"], choice["blend"])
     assert meta["threshold"] == choice["threshold"] and meta["threshold_fpr"] == 0.02
     assert (meta["opening_diameter"], meta["min_area"]) == (choice["opening_diameter"], choice["min_area"])
     assert meta["tuned"]["from_version"] == 1 and meta["tuned"]["settings"]["seed"] == 3
@@ -326,7 +360,8 @@ def test_tuned_version_serves_the_librarys_map_with_the_chosen_settings(tuned):
     served = [new.predict(im)["anomaly_map"] for im in images]
     for image, got in zip(images, served):
         want = scoring.anomaly_maps(model, image, "ssim", 32, 16, ssim_kwargs=meta["ssim"],
-                                    map_sigma=meta["map_sigma"])["anomaly_map"]
+                                    map_sigma=meta["map_sigma"], border=meta["border"],
+                                    blend=meta["blend"])["anomaly_map"]
         np.testing.assert_allclose(got, np.asarray(want), atol=1e-5)
     # The stored threshold is the served maps' own at the requested FPR.
     assert meta["threshold"] == pytest.approx(postprocess.threshold_at_fpr(served, 0.02), abs=1e-5)

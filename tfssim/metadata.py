@@ -77,6 +77,10 @@ FLOAT_SIGNATURE = "serve_float"
 STRIDE_SIGNATURE = "serve_with_stride"
 SIGNATURE_NAMES = ("serving_default", FLOAT_SIGNATURE, STRIDE_SIGNATURE)
 OUTPUT_NAMES = ("reconstruction", "anomaly_map", "luminance_map", "contrast_map", "structure_map")
+# How a served graph scores the image border (tfssim.scoring.anomaly_maps' ``border``) and combines
+# overlapping tiles (tfssim.tiling.reconstruct's ``blend``); the first of each is the paper's.
+BORDERS = ("none", "reflect")
+BLENDS = ("mean", "gaussian")
 
 
 def _type_name(value: Any) -> str:
@@ -146,6 +150,8 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "vae_seed": (f"an integer from 0 to {2**31 - 1}", _int_in(0, 2**31 - 1)),
     "observation_std": ("a finite number > 0", lambda v: _is_number(v) and v > 0),
     "map_sigma": (f"a number >= 0 and at most {MAX_SIDE}", lambda v: _is_number(v) and 0 <= v <= MAX_SIDE),
+    "border": ("one of " + ", ".join(map(repr, BORDERS)), lambda v: v in BORDERS),
+    "blend": ("one of " + ", ".join(map(repr, BLENDS)), lambda v: v in BLENDS),
     "scale": ("a number > 0 and <= 1", lambda v: _is_number(v) and 0 < v <= 1),
     "image_size": (f"a list of two positive integers [height, width], each at most {MAX_SIDE}",
                    lambda v: isinstance(v, list) and len(v) == 2 and all(_int_in(1, MAX_SIDE)(x) for x in v)),
@@ -230,6 +236,9 @@ class ExportMetadata:
         vae_seed: Seed of the VAE's posterior sampling (VAE only).
         observation_std: The VAE's observation noise (VAE only).
         map_sigma: Gaussian smoothing of the served maps, in pixels (0: none).
+        border: How the image border is scored: ``"none"`` (the paper) or ``"reflect"`` (each
+            request mirrored outward by half a patch before tiling, outputs cropped back).
+        blend: How overlapping tiles are combined: ``"mean"`` (the paper) or ``"gaussian"``.
         scale: Factor every request is resized by inside the graph before it is tiled (1: none;
             the model was trained with ``tfssim-train --scale``); outputs come back at the
             request's size.
@@ -289,6 +298,8 @@ class ExportMetadata:
     vae_seed: int | None = None
     observation_std: float | None = None
     map_sigma: float = 0.0
+    border: str = "none"
+    blend: str = "mean"
     scale: float = 1.0
     image_size: list[int] | None = None
     interpolation: str | None = None

@@ -197,14 +197,21 @@ def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
     fig = Figure(figsize=(12, 8.4))
     (left, right), (recall_ax, rule_ax) = fig.subplots(2, 2)
     groups: dict[tuple, list[Mapping]] = {}
+    before = tuning.synthetic.get("before") or {}
+    own_tiling = (before.get("border", "none"), before.get("blend", "mean"))
     for c in tuning.map_candidates:
-        groups.setdefault((c["window_size"], c["weighting"]), []).append(c)
-    for (window, weighting), rows in groups.items():
+        key = (c["window_size"], c["weighting"], c.get("border", "none"), c.get("blend", "mean"))
+        groups.setdefault(key, []).append(c)
+    for (window, weighting, border, blend), rows in groups.items():
         rows = sorted(rows, key=lambda c: c["map_sigma"])
         label = "map" if window is None else f"window {window}, {weighting}"
-        left.plot([c["map_sigma"] for c in rows], [c["pixel_auroc"] for c in rows], marker="o", label=label)
-    best = next(c for c in tuning.map_candidates if (c["window_size"], c["weighting"], c["map_sigma"])
-                == (choice.window_size, choice.weighting, choice.map_sigma))
+        if (border, blend) != own_tiling:  # the export's own tiling: solid lines, unlabelled
+            label += f"; border {border}, blend {blend}"
+        left.plot([c["map_sigma"] for c in rows], [c["pixel_auroc"] for c in rows], marker="o", label=label,
+                  ls="-" if (border, blend) == own_tiling else "--")
+    best = next(c for c in tuning.map_candidates
+                if (c["window_size"], c["weighting"], c["map_sigma"], c.get("border", "none"), c.get("blend", "mean"))
+                == (choice.window_size, choice.weighting, choice.map_sigma, choice.border, choice.blend))
     left.plot([best["map_sigma"]], [best["pixel_auroc"]], marker="*", ms=16, c="k", ls="", label="chosen")
     left.set(xlabel="map smoothing sigma (pixels)", ylabel="pixel ROC AUC (synthetic defects)", title="anomaly map")
     left.legend(fontsize=7)

@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any
@@ -31,11 +32,19 @@ import tensorflow as tf
 
 from tfssim import resize, tiling
 from tfssim.errors import InputError
+# How the image border is scored: "none" (the paper: the border pixels are reconstructed by the
+# edges of the outermost tiles only) or "reflect" (the request is mirrored outward by half a patch
+# first, so that every pixel lies near the centre of some tile, and the outputs are cropped back).
+from tfssim.metadata import BORDERS
 from tfssim.models import VariationalAutoencoder, get_spec, kind_of, reconstruction_nll
 from tfssim.ssim import SSIMParams, ssim_maps
 
 __all__ = [
     "RESIDUALS",
+    "BORDERS",
+    "check_border",
+    "border_padding",
+    "pad_border",
     "SSIM_KEYS",
     "ssim_residual_maps",
     "l2_residual_map",
@@ -189,6 +198,31 @@ def _shifted_sum(x: tf.Tensor, taps: list[float], axis: int) -> tf.Tensor:
     return out
 
 
+def check_border(border: str) -> str:
+    """``border`` if it is one of :data:`BORDERS`, else one ``InputError`` line."""
+    if border not in BORDERS:
+        raise InputError(f"unknown border handling {border!r}; choose one of {', '.join(BORDERS)}")
+    return border
+
+
+def border_padding(patch_size: int, border: str) -> int:
+    """Pixels added on each side of the image by ``border``: ``patch_size // 2`` for
+    ``"reflect"`` (then every image pixel is at most a quarter patch from some tile's centre
+    row and column at the paper's stride), 0 for ``"none"``."""
+    return patch_size // 2 if check_border(border) == "reflect" else 0
+
+
+def pad_border(image: np.ndarray, padding: int) -> np.ndarray:
+    """``image [..., H, W, C]`` mirrored outward by ``padding`` pixels on each side, as the served
+    graph does for ``border="reflect"``: ``numpy.pad(mode="reflect")`` (the edge pixel is not
+    repeated), which is ``tf.pad(mode="REFLECT")``."""
+    image = np.asarray(image)
+    if not padding:
+        return image
+    widths = [(0, 0)] * (image.ndim - 3) + [(padding, padding), (padding, padding), (0, 0)]
+    return np.pad(image, widths, mode="reflect")
+
+
 def model_patch_size(model: keras.Model) -> int:
     """The square input side of a tfssim model (static)."""
     size = getattr(model, "patch_size", None)
@@ -214,6 +248,8 @@ def anomaly_maps(
     map_sigma: float = 0.0,
     scale: float = 1.0,
     image_size: tuple[int, int] | None = None,
+    border: str = "none",
+    blend: str = "mean",
 ) -> dict[str, tf.Tensor]:
     """Reconstruction and anomaly maps of one whole image, by strided tiling and averaging.
 
@@ -237,6 +273,14 @@ def anomaly_maps(
             then tile, reconstruct and score at that size, and resize the reconstruction and
             every map back to ``[H, W]`` (the model was trained with ``--scale``). 1: none.
         image_size: ``(height, width)`` to resize ``image`` to instead (``--image-size``).
+        border: ``"none"`` (the paper) or ``"reflect"``: mirror the (resized) image outward by
+            half a patch (:func:`border_padding`), tile, reconstruct and score that, and crop
+            the reconstruction and every map back (before any smoothing), so that border pixels
+            are reconstructed by tile centres and scored with SSIM windows over real
+            (mirrored) content. Not free: on an oriented texture the mirrored strip is a
+            pattern the model never saw.
+        blend: How overlapping tiles are combined (:data:`tfssim.tiling.BLENDS`): ``"mean"``
+            (the paper) or ``"gaussian"`` (:func:`tfssim.tiling.blend_weights`).
 
     Returns:
         Float32 tensors: ``reconstruction [H, W, C]``, ``anomaly_map [H, W]`` and, for SSIM
@@ -246,12 +290,12 @@ def anomaly_maps(
     residual = residual_of(kind or kind_of(model))
     patch_size = patch_size or model_patch_size(model)
     map_sigma = validate_map_sigma(map_sigma, patch_size)
+    tiles = _Tiling(patch_size, stride, chunk_size, check_border(border), tiling.check_blend(blend))
     if resize.is_identity(scale, image_size):
-        maps = _maps(model, image, residual, patch_size, stride, chunk_size, ssim_kwargs, vae_samples, vae_seed,
-                     jit_compile)
+        maps = _maps(model, image, residual, tiles, ssim_kwargs, vae_samples, vae_seed, jit_compile)
     else:
-        maps = _resized_maps(model, image, residual, patch_size, stride, chunk_size, ssim_kwargs, vae_samples,
-                             vae_seed, jit_compile, scale, image_size)
+        maps = _resized_maps(model, image, residual, tiles, ssim_kwargs, vae_samples, vae_seed, jit_compile, scale,
+                             image_size)
     if map_sigma == 0:
         return maps
     keys = [k for k in maps if k.endswith("_map")]
@@ -260,15 +304,25 @@ def anomaly_maps(
     return {**maps, **dict(zip(keys, smoothed))}
 
 
-def _resized_maps(model: keras.Model, image: tf.Tensor, residual: str, patch_size: int, stride: int | tf.Tensor,
-                  chunk_size: int, ssim_kwargs: SSIMParams | dict[str, Any] | None, vae_samples: int | None,
+@dataclasses.dataclass(frozen=True)
+class _Tiling:
+    """How :func:`anomaly_maps` tiles an image: patch, stride, chunk, border and blend."""
+
+    patch_size: int
+    stride: int | tf.Tensor
+    chunk_size: int
+    border: str
+    blend: str
+
+
+def _resized_maps(model: keras.Model, image: tf.Tensor, residual: str, tiles: _Tiling,
+                  ssim_kwargs: SSIMParams | dict[str, Any] | None, vae_samples: int | None,
                   vae_seed: int, jit_compile: bool, scale: float,
                   image_size: tuple[int, int] | None) -> dict[str, tf.Tensor]:
     """:func:`_maps` of ``image`` resized by ``scale`` / to ``image_size``, every output resized back."""
     image = tf.cast(tf.convert_to_tensor(image), tf.float32)
     small = resize.resize_to(image, resize.check_scale(scale), resize.check_image_size(image_size))
-    maps = _maps(model, small, residual, patch_size, stride, chunk_size, ssim_kwargs, vae_samples, vae_seed,
-                 jit_compile)
+    maps = _maps(model, small, residual, tiles, ssim_kwargs, vae_samples, vae_seed, jit_compile)
     size = tf.shape(image)[:2]
     out = {"reconstruction": resize.resize_image(maps["reconstruction"], size)}
     # The maps stacked as channels: one resize (the same filter per channel), one pass.
@@ -278,11 +332,28 @@ def _resized_maps(model: keras.Model, image: tf.Tensor, residual: str, patch_siz
     return out
 
 
-def _maps(model: keras.Model, image: tf.Tensor, residual: str, patch_size: int, stride: int | tf.Tensor,
-          chunk_size: int, ssim_kwargs: SSIMParams | dict[str, Any] | None, vae_samples: int | None, vae_seed: int,
+def _maps(model: keras.Model, image: tf.Tensor, residual: str, tiles: _Tiling,
+          ssim_kwargs: SSIMParams | dict[str, Any] | None, vae_samples: int | None, vae_seed: int,
           jit_compile: bool) -> dict[str, tf.Tensor]:
-    """:func:`anomaly_maps` before smoothing."""
+    """:func:`anomaly_maps` before smoothing (and after resizing)."""
     image = tf.cast(tf.convert_to_tensor(image), tf.float32)
+    pad = border_padding(tiles.patch_size, tiles.border)
+    if not pad:
+        return _tiled_maps(model, image, residual, tiles, ssim_kwargs, vae_samples, vae_seed, jit_compile)
+    # The image itself must hold a patch (as without the border), which also keeps REFLECT's
+    # padding below each side.
+    image = tiling.checked_image(image, tiles.patch_size, tiles.stride)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    maps = _tiled_maps(model, padded, residual, tiles, ssim_kwargs, vae_samples, vae_seed, jit_compile)
+    return {k: v[..., pad:-pad, pad:-pad, :] if k == "reconstruction" else v[..., pad:-pad, pad:-pad]
+            for k, v in maps.items()}
+
+
+def _tiled_maps(model: keras.Model, image: tf.Tensor, residual: str, tiles: _Tiling,
+                ssim_kwargs: SSIMParams | dict[str, Any] | None, vae_samples: int | None, vae_seed: int,
+                jit_compile: bool) -> dict[str, tf.Tensor]:
+    """The reconstruction and raw maps of ``image`` as tiled (no border handling)."""
+    patch_size, stride, chunk_size = tiles.patch_size, tiles.stride, tiles.chunk_size
     if residual == "vae":
         if not isinstance(model, VariationalAutoencoder):
             raise InputError("the 'vae' residual needs a tfssim VariationalAutoencoder")
@@ -293,10 +364,10 @@ def _maps(model: keras.Model, image: tf.Tensor, residual: str, patch_size: int, 
     if jit_compile:
         fn = tf.function(fn, jit_compile=True)
     if residual == "vae":
-        samples = tiling.reconstruct(fn, image, patch_size, stride, chunk_size, samples=n)
+        samples = tiling.reconstruct(fn, image, patch_size, stride, chunk_size, samples=n, blend=tiles.blend)
         return {"reconstruction": tf.reduce_mean(samples, axis=0),
                 "anomaly_map": vae_residual_map(image, samples, model.observation_std)}
-    recon = tiling.reconstruct(fn, image, patch_size, stride, chunk_size)
+    recon = tiling.reconstruct(fn, image, patch_size, stride, chunk_size, blend=tiles.blend)
     if residual == "ssim":
         return {"reconstruction": recon, **ssim_residual_maps(image, recon, ssim_kwargs)}
     return {"reconstruction": recon, "anomaly_map": l2_residual_map(image, recon)}

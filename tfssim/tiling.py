@@ -25,16 +25,23 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import tensorflow as tf
 
 from tfssim.errors import InputError
-from tfssim.metadata import check_value
+# How overlapping tiles are combined: "mean" (the paper: every tile weighs the same) or "gaussian"
+# (each tile weighted by a Gaussian falling off toward its edges, as nnU-Net and MONAI do).
+from tfssim.metadata import BLENDS, check_value
 
 __all__ = [
+    "BLENDS",
+    "check_blend",
+    "blend_weights",
     "check_tiling",
+    "checked_image",
     "tile_origins",
     "tile_grid",
     "num_tiles",
@@ -43,10 +50,42 @@ __all__ = [
     "coverage",
     "map_in_chunks",
     "reconstruct",
+    "reconstruct_blends",
 ]
 
 # Tiles per model call (bounds memory), also inside exported graphs; see scripts/benchmark_export.py.
 DEFAULT_CHUNK = 64
+# The Gaussian blend's standard deviation as a share of the patch side (nnU-Net's sigma_scale).
+GAUSSIAN_BLEND_SIGMA = 1 / 8
+
+
+def check_blend(blend: str) -> str:
+    """``blend`` if it is one of :data:`BLENDS`, else one ``InputError`` line."""
+    if blend not in BLENDS:
+        raise InputError(f"unknown tile blend {blend!r}; choose one of {', '.join(BLENDS)}")
+    return blend
+
+
+def blend_weights(patch_size: int, blend: str) -> np.ndarray:
+    """The 1-D weights ``[p]`` (float32, at most 1) of a tile's rows and columns under ``blend``.
+
+    A tile's pixel ``(i, j)`` weighs ``w[i] * w[j]``; overlapping tiles are combined by
+    normalised weighted overlap-add, ``sum(w * tile) / sum(w)``. ``"mean"``: all ones (the
+    paper's plain average). ``"gaussian"``: ``exp(-(i - c)^2 / (2 sigma^2))`` with
+    ``c = (p - 1) / 2`` and ``sigma = p / 8``: an autoencoder reconstructs a tile's edges worse
+    than its centre, so the centres of the overlapping tiles decide each pixel. The edge weight
+    is about 4e-4 of the centre's for any p, never 0, so pixels at the image border (covered by
+    tile edges only) stay defined.
+
+    References:
+        Isensee et al., "nnU-Net", Nature Methods 18, 2021 (Gaussian importance weighting of
+        sliding-window predictions); MONAI ``sliding_window_inference(mode="gaussian")``.
+    """
+    check_blend(blend)
+    if blend == "mean":
+        return np.ones(patch_size, np.float32)
+    offsets = np.arange(patch_size) - (patch_size - 1) / 2
+    return np.exp(-0.5 * (offsets / (GAUSSIAN_BLEND_SIGMA * patch_size)) ** 2).astype(np.float32)
 
 
 def _static_int(value: int | tf.Tensor) -> int | None:
@@ -120,6 +159,17 @@ def _checked(patch_size: int, stride: int | tf.Tensor, height: tf.Tensor, width:
         with tf.control_dependencies(checks):
             stride, height, width = tf.identity(stride), tf.identity(height), tf.identity(width)
     return stride, height, width
+
+
+def checked_image(image: tf.Tensor, patch_size: int, stride: int | tf.Tensor) -> tf.Tensor:
+    """``image [H, W, C]`` as float32, after the checks :func:`reconstruct` makes (a stride in
+    ``[1, patch]``, sides of at least the patch): ``ValueError`` while tracing where they are
+    known, else in the graph, before anything that uses the returned image runs. For callers
+    that change the image before tiling it (``border="reflect"`` pads it)."""
+    image = tf.cast(_as_image(image), tf.float32)
+    _, height, width = _checked(patch_size, stride, *_height_width(image))
+    with tf.control_dependencies([height, width]):
+        return tf.identity(image)
 
 
 def tile_origins(length: int | tf.Tensor, patch_size: int, stride: int | tf.Tensor) -> tf.Tensor:
@@ -244,11 +294,18 @@ def coverage(height: int | tf.Tensor, width: int | tf.Tensor, patch_size: int, s
     return _coverage(height, width, patch_size, stride)
 
 
-def _coverage(height: tf.Tensor, width: tf.Tensor, patch_size: int, stride: tf.Tensor) -> tf.Tensor:
+def _coverage(height: tf.Tensor, width: tf.Tensor, patch_size: int, stride: tf.Tensor,
+              weights: np.ndarray | None = None) -> tf.Tensor:
+    """``[H, W, 1]``: the summed tile weights of every pixel (the tile count when ``weights`` is
+    None). The 2-D weights are the outer product of 1-D ones, so the sum is the product of the
+    per-axis sums."""
     def axis_counts(length: tf.Tensor) -> tf.Tensor:
         origins = _origins(length, patch_size, stride)
         covered = tf.reshape(origins[:, None] + tf.range(patch_size)[None], [-1])
-        return tf.cast(tf.math.bincount(covered, minlength=length, maxlength=length), tf.float32)
+        if weights is None:
+            return tf.cast(tf.math.bincount(covered, minlength=length, maxlength=length), tf.float32)
+        per_pixel = tf.tile(tf.constant(weights, tf.float32), tf.size(origins)[None])
+        return tf.math.bincount(covered, weights=per_pixel, minlength=length, maxlength=length)
 
     return (axis_counts(height)[:, None] * axis_counts(width)[None, :])[..., None]
 
@@ -285,6 +342,7 @@ def reconstruct(
     stride: int | tf.Tensor,
     chunk_size: int = DEFAULT_CHUNK,
     samples: int | None = None,
+    blend: str = "mean",
 ) -> tf.Tensor:
     """Reconstruct a whole image by strided tiling, chunked model calls and overlap averaging.
 
@@ -297,22 +355,59 @@ def reconstruct(
         stride: Tile stride (Python int or int32 scalar tensor), ``1 <= stride <= p``.
         chunk_size: Tiles per model call; bounds the memory of one step.
         samples: ``None`` for a deterministic model, else the number of samples per tile.
+        blend: How overlapping tiles are combined (:data:`BLENDS`): ``"mean"`` (the paper's
+            plain average) or ``"gaussian"`` (normalised weighted overlap-add with
+            :func:`blend_weights`).
 
     Returns:
-        ``[H, W, C]`` (or ``[N, H, W, C]``) float32: every pixel the mean of the
+        ``[H, W, C]`` (or ``[N, H, W, C]``) float32: every pixel the (weighted) mean of the
         reconstructions of all tiles that cover it.
 
     Raises:
         ValueError: stride outside ``[1, p]``, image smaller than the patch, or a bad chunk
-            size, when known while tracing; the same checks run in the graph otherwise.
+            size or blend, when known while tracing; the same checks run in the graph otherwise.
     """
+    return _reconstruct(model_fn, image, patch_size, stride, chunk_size, samples, [blend])[0]
+
+
+def reconstruct_blends(
+    model_fn: Callable[[tf.Tensor], tf.Tensor],
+    image: tf.Tensor,
+    patch_size: int,
+    stride: int | tf.Tensor,
+    blends: Sequence[str] = BLENDS,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> dict[str, tf.Tensor]:
+    """:func:`reconstruct` under several blends from one pass of the model over the tiles.
+
+    The tiles and their reconstructions do not depend on the blend, only their weights do, so
+    one model call per chunk serves every blend (``tfssim-tune`` compares them this way).
+
+    Returns:
+        ``{blend: [H, W, C] float32}``, each equal to ``reconstruct(..., blend=blend)``.
+    """
+    blends = list(dict.fromkeys(blends))
+    if not blends:
+        raise InputError("no tile blends given")
+    return dict(zip(blends, _reconstruct(model_fn, image, patch_size, stride, chunk_size, None, blends)))
+
+
+def _reconstruct(model_fn: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor, patch_size: int,
+                 stride: int | tf.Tensor, chunk_size: int, samples: int | None, blends: list[str]) -> list[tf.Tensor]:
+    """:func:`reconstruct` for each of ``blends`` (one model pass): the blends ride along as
+    extra channels of the running sum, as the VAE's samples do."""
     check_value("chunk_size", chunk_size, "chunk size")  # the export metadata's bound: int32 counts stay exact
+    for blend in blends:
+        check_blend(blend)
     image = tf.cast(_as_image(image), tf.float32)
     shape = tf.shape(image)
     stride, height, width = _checked(patch_size, stride, *_height_width(image))
     p = patch_size
     channels = image.shape[-1] if image.shape[-1] is not None else shape[2]
     depth = channels * (samples or 1)  # samples ride along as extra channels while summing
+    weights = {b: blend_weights(p, b) for b in blends}
+    # Per blend, the [p, p, 1] weight of each tile pixel (None: all ones, nothing to multiply).
+    tile_weights = [None if b == "mean" else tf.constant(np.outer(weights[b], weights[b])[..., None]) for b in blends]
     oy = _origins(height, p, stride)
     ox = _origins(width, p, stride)
     ny, nx = tf.size(oy), tf.size(ox)
@@ -324,6 +419,7 @@ def reconstruct(
     steps = (ny + block_rows - 1) // block_rows * col_blocks
     offsets = tf.range(p)
     tile_shape = [None, p, p, image.shape[-1]]
+    all_depth = depth * len(blends)
 
     def body(step: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         row0 = step // col_blocks * block_rows
@@ -337,18 +433,23 @@ def reconstruct(
         recon = tf.cast(model_fn(tf.ensure_shape(tiles, tile_shape)), tf.float32)
         if samples is not None:
             recon = tf.transpose(recon, [1, 2, 3, 0, 4])  # [T, p, p, N, C]
+        recon = tf.reshape(recon, tf.stack([r * k, p, p, depth]))
+        recon = tf.concat([recon if w is None else recon * w for w in tile_weights], axis=-1)
         # Overlap-add: sum the tiles of each band along the columns ([W, R, p, D]), then add
         # the bands into the running sum by rows; both scatters move whole rows of pixels.
-        recon = tf.reshape(recon, tf.stack([r, k, p, p, depth]))
-        recon = tf.reshape(tf.transpose(recon, [1, 3, 0, 2, 4]), tf.stack([k * p, r, p, depth]))
-        bands = tf.scatter_nd(tf.reshape(cols, [-1, 1]), recon, tf.stack([width, r, p, depth]))
-        bands = tf.reshape(tf.transpose(bands, [1, 2, 0, 3]), tf.stack([r * p, width, depth]))
+        recon = tf.reshape(recon, tf.stack([r, k, p, p, all_depth]))
+        recon = tf.reshape(tf.transpose(recon, [1, 3, 0, 2, 4]), tf.stack([k * p, r, p, all_depth]))
+        bands = tf.scatter_nd(tf.reshape(cols, [-1, 1]), recon, tf.stack([width, r, p, all_depth]))
+        bands = tf.reshape(tf.transpose(bands, [1, 2, 0, 3]), tf.stack([r * p, width, all_depth]))
         return step + 1, tf.tensor_scatter_nd_add(total, tf.reshape(rows, [-1, 1]), bands)
 
-    total = tf.zeros(tf.stack([height, width, depth]), tf.float32)
+    total = tf.zeros(tf.stack([height, width, all_depth]), tf.float32)
     _, total = tf.while_loop(lambda step, _: step < steps, body, (tf.constant(0), total), parallel_iterations=1)
-    total = total / _coverage(height, width, p, stride)
-    if samples is None:
-        return total
-    total = tf.reshape(total, tf.stack([height, width, samples, channels]))
-    return tf.transpose(total, [2, 0, 1, 3])
+    out = []
+    for i, blend in enumerate(blends):
+        part = total if len(blends) == 1 else total[..., i * depth:(i + 1) * depth]
+        part = part / _coverage(height, width, p, stride, None if blend == "mean" else weights[blend])
+        if samples is not None:
+            part = tf.transpose(tf.reshape(part, tf.stack([height, width, samples, channels])), [2, 0, 1, 3])
+        out.append(part)
+    return out

@@ -9,7 +9,10 @@ reconstruction) in the library, since the candidates differ only in scoring:
 
 * the anomaly map: for SSIM models the SSIM window (7 / 11 / 15) and its weighting (Gaussian /
   uniform), and for every model the map's Gaussian smoothing sigma (0, 2, 4, 8, 12, 16, those
-  that fit the patch). **Objective: pixel ROC AUC on the synthetic masks** - threshold-free, so
+  that fit the patch); and, given the export's Keras model, the tiling the map is computed from:
+  the image border (``none`` / ``reflect``) and the tile blend (``mean`` / ``gaussian``), each
+  other tiling scored with the window and weighting best on the export's own one.
+  **Objective: pixel ROC AUC on the synthetic masks** - threshold-free, so
   the map is judged before any threshold exists, and it is the paper's headline metric;
 * the threshold, at ``fpr`` on the clean validation images (the paper's rule), or with
   ``threshold_rule="f1"`` the one with the best synthetic F1 among those whose clean-pixel FPR
@@ -29,7 +32,8 @@ refinement on a second look at the chosen map, and TP / FP / FN and region count
 post-processing candidate. Time is linear in the number of images. The passes:
 
 1. per image: paint ``copies`` copies (each seeded by ``(seed, image, copy)``, so it can be
-   painted again later), reconstruct them and the clean image, score every map candidate;
+   painted again later), reconstruct them and the clean image under every tiling, score every
+   map candidate of the export's own tiling; 1b. with other tilings: score them, from the cache;
 2. the chosen map on the clean images: the exact threshold at ``fpr``
    (:func:`tfssim.postprocess.threshold_at_fpr`'s value);
 3. the chosen map on the copies and the clean images: every post-processing candidate at that
@@ -109,15 +113,22 @@ _GOOD, _DEFECT = 0, 1
 
 @dataclasses.dataclass(frozen=True)
 class MapCandidate:
-    """One anomaly-map setting: SSIM window and weighting (``None`` for other maps) and smoothing."""
+    """One anomaly-map setting: SSIM window and weighting (``None`` for other maps), smoothing,
+    and the tiling it is computed from (border handling and tile blend)."""
 
     window_size: int | None
     weighting: str | None
     map_sigma: float
+    border: str = "none"
+    blend: str = "mean"
 
     @property
     def scoring(self) -> tuple[int | None, str | None]:
         return self.window_size, self.weighting
+
+    @property
+    def tiling(self) -> tuple[str, str]:
+        return self.border, self.blend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +138,7 @@ class TuningChoice:
     Attributes:
         window_size, weighting: SSIM window and weighting (``None`` for non-SSIM models).
         map_sigma: Gaussian smoothing of the map.
+        border, blend: The tiling the map is computed from (``tfssim-export --border / --blend``).
         opening_diameter, min_area, convex_hull: The post-processing.
         threshold: The threshold (pixels scoring above it are defects).
         threshold_rule: ``"fpr"`` or ``"f1"`` (:data:`THRESHOLD_RULES`).
@@ -144,13 +156,17 @@ class TuningChoice:
     threshold_rule: str
     fpr: float
     val_fpr: float
+    border: str = "none"
+    blend: str = "mean"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def describe(self) -> str:
-        """One line: ``SSIM window 11 (uniform), map sigma 12, opening 4, min area 0; threshold ... ``."""
+        """One line: ``SSIM window 11 (uniform), map sigma 12, border none, blend mean, opening 4, min area 0;
+        threshold ...``."""
         scoring = f"SSIM window {self.window_size} ({self.weighting}), " if self.window_size is not None else ""
+        scoring += f"border {self.border}, blend {self.blend}, "
         rule = f"pixel FPR {self.fpr:g}" if self.threshold_rule == "fpr" else \
             f"best synthetic F1 within pixel FPR {self.fpr:g} (clean FPR {self.val_fpr:.4g})"
         return (f"{scoring}map sigma {self.map_sigma:g}, opening {self.opening_diameter}, min area {self.min_area}; "
@@ -164,7 +180,8 @@ class Tuning:
     Attributes:
         residual: ``ssim``, ``l2`` or ``vae``.
         map_candidates: One dict per anomaly-map candidate: ``window_size``, ``weighting``
-            (``None`` for non-SSIM models), ``map_sigma``, ``pixel_auroc``, ``auroc_error_bound``.
+            (``None`` for non-SSIM models), ``map_sigma``, ``border``, ``blend``,
+            ``pixel_auroc``, ``auroc_error_bound``.
         post_candidates: One dict per post-processing candidate: ``opening_diameter``,
             ``min_area``, ``f1``, ``iou``, ``region_recall``, ``false_regions_per_clean_image`` (on
             the chosen map at the ``fpr`` threshold).
@@ -230,7 +247,7 @@ def defects_per_copy(shape: Sequence[int], patch_size: int, defects_per_patch: f
 
 
 def synthetic_copy(image: np.ndarray, index: int, copy: int, *, seed: int, count: int, size_range: Sequence[float],
-                   families: Sequence[str] = defects.FAMILIES,
+                   families: Sequence[str] = defects.LOCAL_FAMILIES,
                    source: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Defective copy ``copy`` of validation image ``index``, as :func:`tune` paints it.
 
@@ -244,7 +261,8 @@ def synthetic_copy(image: np.ndarray, index: int, copy: int, *, seed: int, count
         seed: The tuning's seed.
         count: Defects in the copy (:func:`defects_per_copy`).
         size_range: ``(min, max)`` equivalent diameter in pixels.
-        families: Defect families (:data:`tfssim.data.defects.FAMILIES`).
+        families: Defect families (:data:`tfssim.data.defects.FAMILIES`; the tuner paints
+            :data:`tfssim.data.defects.LOCAL_FAMILIES` by default).
         source: Another defect-free image a transplant may take its texture from (the tuner
             gives the next validation image).
 
@@ -257,7 +275,8 @@ def synthetic_copy(image: np.ndarray, index: int, copy: int, *, seed: int, count
 
 
 def synthetic_copies(images: Sequence[np.ndarray], copies: int, *, seed: int, size_range: Sequence[float],
-                     patch_size: int, defects_per_patch: float = 1.0, families: Sequence[str] = defects.FAMILIES,
+                     patch_size: int, defects_per_patch: float = 1.0,
+                     families: Sequence[str] = defects.LOCAL_FAMILIES,
                      ) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]:
     """Every synthetic copy :func:`tune` paints into ``images`` (in memory), in its order."""
     for i, image in enumerate(images):
@@ -315,6 +334,32 @@ def _smooth(raw: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(raw, sigma, mode="reflect", truncate=4.0, axes=(-2, -1))
 
 
+def _tiling_candidates(borders: Sequence[str] | None, blends: Sequence[str] | None, own: tuple[str, str],
+                       fixed: str | None) -> list[tuple[str, str]]:
+    """The tiling variants ``(border, blend)`` to compare, the export's own first.
+
+    Other tilings need reconstructions the export does not serve. ``fixed`` says why they cannot
+    be had here (``None``: they can); asked for anyway, one ``InputError`` line.
+    """
+    from tfssim.metadata import BLENDS, BORDERS
+
+    given = borders is not None or blends is not None
+    borders = list(BORDERS if borders is None else [borders] if isinstance(borders, str) else borders)
+    blends = list(BLENDS if blends is None else [blends] if isinstance(blends, str) else blends)
+    for value, known, what in [(b, BORDERS, "border") for b in borders] + [(b, BLENDS, "blend") for b in blends]:
+        if value not in known:
+            raise InputError(f"unknown {what} candidate {value!r}; choose from {', '.join(known)}")
+    if not borders or not blends:
+        raise InputError("give at least one border and one blend candidate")
+    wanted = list(dict.fromkeys([own] + [(b, g) for b in borders for g in blends]))
+    if fixed is not None:
+        if given and wanted != [own]:
+            raise InputError(f"cannot compare tile borders or blends here: {fixed}; the export's own is "
+                             f"border {own[0]}, blend {own[1]}")
+        return [own]
+    return wanted
+
+
 def _pick(candidates: list[dict[str, Any]], score: str, tolerance: float, preference: Any) -> dict[str, Any]:
     """The candidate with the best ``score``; among those within ``tolerance`` of it, the one
     ``preference`` (a sort key, smaller = simpler) ranks first."""
@@ -369,17 +414,26 @@ class _Maps:
 
     residual: str
     base_ssim: dict[str, Any]
-    served: bool  # the export's served map is the one raw map (a VAE, or an export that resizes)
+    # The export's served map is the one raw map: a VAE, an export that resizes its requests, or
+    # one that mirrors its border when its Keras model is not given.
+    served: bool
     workers: int
 
-    def raw(self, images: np.ndarray, bases: np.ndarray, scoring: tuple[int | None, str | None]) -> np.ndarray:
+    def raw(self, images: np.ndarray, bases: np.ndarray, scoring: tuple[int | None, str | None],
+            margin: int = 0) -> np.ndarray:
         """Raw maps ``[B, H, W]`` of images ``[B, H, W, C]`` from their cached bases (reconstructions
-        or served maps)."""
+        or served maps). ``margin > 0``: the bases are reconstructions of the images mirrored
+        outward by at least ``margin`` pixels (``border="reflect"``), cut to that margin; the map is
+        computed on the mirrored images and cropped back, as the served graph does (a margin of
+        the SSIM window's radius holds everything the cropped map depends on)."""
         if self.served:
             return np.asarray(bases, np.float32)
+        from tfssim.scoring import pad_border
+
         window, weighting = scoring
         params = {**self.base_ssim, "window_size": window, "weighting": weighting} if self.residual == "ssim" else None
-        return library_map(self.residual, images, bases, ssim_params=params)
+        out = library_map(self.residual, pad_border(images, margin), bases, ssim_params=params)
+        return np.ascontiguousarray(out[..., margin:-margin, margin:-margin]) if margin else out
 
     def smooth(self, raw: np.ndarray, sigma: float) -> np.ndarray:
         """The map as served (:func:`_smooth`)."""
@@ -421,23 +475,33 @@ class _Maps:
 
 
 class _Cache:
-    """The reconstructions (or served maps) of pass 1, on disk, read back by the later passes."""
+    """The reconstructions (or served maps) of pass 1, on disk, read back by the later passes:
+    one pair of files per image and tiling variant, until :meth:`keep` drops all but the chosen
+    variant's."""
 
     def __init__(self, folder: str | os.PathLike | None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix=".tfssim-tune-cache-", dir=folder)
         self.path = Path(self._dir.name)
+        self.variant = 0
 
-    def save(self, i: int, copies: np.ndarray, clean: np.ndarray) -> None:
+    def save(self, i: int, variant: int, copies: np.ndarray, clean: np.ndarray) -> None:
         from tfssim._io import save_array
 
-        save_array(self.path / f"{i}_copies.npy", copies)
-        save_array(self.path / f"{i}_clean.npy", clean)
+        save_array(self.path / f"{i}_{variant}_copies.npy", copies)
+        save_array(self.path / f"{i}_{variant}_clean.npy", clean)
 
-    def copies(self, i: int) -> np.ndarray:
-        return np.load(self.path / f"{i}_copies.npy")
+    def keep(self, variant: int) -> None:
+        """From here on read ``variant``'s files; delete the others'."""
+        self.variant = variant
+        for file in self.path.glob("*.npy"):
+            if file.name.split("_")[1] != str(variant):
+                file.unlink()
+
+    def copies(self, i: int, variant: int | None = None) -> np.ndarray:
+        return np.load(self.path / f"{i}_{self.variant if variant is None else variant}_copies.npy")
 
     def clean(self, i: int) -> np.ndarray:
-        return np.load(self.path / f"{i}_clean.npy")
+        return np.load(self.path / f"{i}_{self.variant}_clean.npy")
 
     def close(self) -> None:
         self._dir.cleanup()
@@ -445,6 +509,54 @@ class _Cache:
 
 def _hwc(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 3 else image[..., None]
+
+
+class _Reconstructions:
+    """What pass 1 caches of one image under each tiling variant ``(border, blend)`` it compares.
+
+    With the export's Keras model (``source_model``) the library reconstructs, in one traced
+    function: one model pass over the tiles per border serves every blend
+    (:func:`tfssim.tiling.reconstruct_blends`), and a mirrored image's reconstruction is kept
+    with a margin of ``margins[border]`` pixels around the image (what the SSIM window at the
+    border sees). Without it the export itself serves its own variant: its ``reconstruction``,
+    or its ``anomaly_map`` where maps cannot be recomputed (``key``).
+    """
+
+    def __init__(self, model: ExportedModel, source_model: Any, variants: list[tuple[str, str]],
+                 margins: dict[str, int], key: str) -> None:
+        self.model, self.variants, self.margins, self.key = model, variants, margins, key
+        self._graph = None
+        if source_model is None:
+            return
+        import tensorflow as tf
+
+        from tfssim import tiling
+
+        md = model.metadata
+        patch, stride, chunk = int(md["patch_size"]), int(md["stride"]), int(md.get("chunk_size") or 64)
+        blends = list(dict.fromkeys(blend for _, blend in variants))
+        fn = lambda t: source_model(t, training=False)  # noqa: E731
+        self._graph = tf.function(
+            lambda image: tiling.reconstruct_blends(fn, image, patch, stride, blends, chunk),
+            input_signature=[tf.TensorSpec([None, None, model.channels], tf.float32)])
+        self._patch = patch
+
+    def __call__(self, x: np.ndarray, name: str) -> list[np.ndarray]:
+        """The bases of image ``x [H, W, C]``, one per variant (in :attr:`variants`' order)."""
+        if self._graph is None:
+            return [self.model.predict(x, source=name)[self.key]]
+        from tfssim.scoring import border_padding, pad_border
+
+        out: dict[tuple[str, str], np.ndarray] = {}
+        for border in dict.fromkeys(b for b, _ in self.variants):
+            pad = border_padding(self._patch, border)
+            cut = pad - self.margins[border]
+            recon = self._graph(pad_border(x, pad).astype(np.float32))
+            for variant in self.variants:
+                if variant[0] == border:
+                    r = recon[variant[1]].numpy()
+                    out[variant] = np.ascontiguousarray(r[cut:r.shape[0] - cut, cut:r.shape[1] - cut]) if cut else r
+        return [out[v] for v in self.variants]
 
 
 # --- the tuner ------------------------------------------------------------------------------------
@@ -467,8 +579,12 @@ class _PostCounts:
         return 2 * self.tp / (2 * self.tp + self.fp + self.fn), self.tp / (self.tp + self.fp + self.fn)
 
 
-def _size_bins(size_range: tuple[float, float]) -> np.ndarray:
+def _size_bins(size_range: tuple[float, float], families: Sequence[str], shortest: int) -> np.ndarray:
+    """Log-spaced size bins over the sizes painted: the range asked for, up to what the large
+    families (:data:`tfssim.data.defects.LARGE_FAMILIES`) paint."""
     lo, hi = size_range
+    scale = max([defects.LARGE_FAMILIES[f] for f in families if f in defects.LARGE_FAMILIES], default=1.0)
+    hi = max(hi, min(hi * scale, float(shortest)))
     return np.geomspace(lo, hi, SIZE_BINS + 1) if hi > lo else np.array([lo, hi])
 
 
@@ -544,12 +660,15 @@ def tune(
     openings: Sequence[int] = DEFAULT_OPENINGS,
     min_areas: Sequence[int] | None = None,
     defects_per_patch: float = 1.0,
-    families: Sequence[str] = defects.FAMILIES,
+    families: Sequence[str] = defects.LOCAL_FAMILIES,
     tolerance: float = 0.001,
     progress: bool = True,
     sources: Sequence[Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    borders: Sequence[str] | None = None,
+    blends: Sequence[str] | None = None,
+    source_model: Any = None,
 ) -> Tuning:
     """Choose the anomaly-map settings, post-processing and threshold of an export from defect-free images.
 
@@ -557,11 +676,14 @@ def tune(
     module docstring); time grows linearly with it.
 
     Args:
-        model: A loaded export (any map smoothing: maps are recomputed from its reconstruction;
-            a VAE export must serve unsmoothed maps). An export that resizes its requests
-            (``scale`` / ``image_size``) scores at the resized size, so its own served map is
-            the one map candidate (the SSIM window and weighting are not tuned; only the
-            smoothing, post-processing and threshold) and it must serve unsmoothed maps.
+        model: A loaded export (any map smoothing: maps are recomputed from its reconstruction,
+            or with ``source_model`` from the Keras model's, equal to the served ones up to float
+            rounding, about 1e-6; a VAE export must serve unsmoothed maps). An export that
+            resizes its requests (``scale`` / ``image_size``) scores at the resized size, so its
+            own served map is the one map candidate (the SSIM window and weighting are not
+            tuned; only the smoothing, post-processing and threshold) and it must serve
+            unsmoothed maps; so is that of an export with ``border="reflect"`` when
+            ``source_model`` is not given.
         images: Defect-free validation images: arrays ``[H, W]`` / ``[H, W, C]`` in [0, 1], or
             image files (read one at a time, when needed).
         size_range: ``(min, max)`` defect size (equivalent diameter, pixels); default 1/16
@@ -580,14 +702,29 @@ def tune(
         min_areas: Minimum region areas tried; default :data:`MIN_AREA_FRACTIONS` of the
             smallest defect size's area.
         defects_per_patch: Defects per patch-sized area of an image (at least one per copy).
-        families: Defect families (:data:`tfssim.data.defects.FAMILIES`).
+        families: Defect families (from :data:`tfssim.data.defects.FAMILIES`); default the
+            four of local structure (:data:`tfssim.data.defects.LOCAL_FAMILIES`). ``shading``
+            and ``missing`` paint large low-contrast and flat areas, which SSIM maps barely see:
+            add them to learn that from the report (region recall by family), not by default,
+            since they then dominate the pixel ROC AUC the map is chosen by.
         tolerance: A candidate within this of the best score counts as tied (the synthetic
             estimate is noisy at that level); ties go to the simpler setting.
         progress: Show progress bars with an ETA (on a terminal only).
         sources: Names of the images (e.g. their paths) for messages.
         cache_dir: Folder for the temporary cache of reconstructions (removed at the end; about
-            ``(copies + 1) * H * W * C * 4`` bytes per image); default the system's.
+            ``(copies + 1) * H * W * C * 4`` bytes per image and tiling compared, a little more
+            for a mirrored border's margin); default the system's.
         workers: Threads of the candidate sweep's FFTs (default: the CPU count, at most 4).
+        borders, blends: Tiling candidates (``tfssim-export --border / --blend``); default every
+            one of :data:`tfssim.metadata.BORDERS` and :data:`tfssim.metadata.BLENDS` when
+            ``source_model`` is given, else only the export's own. The export's own tiling is
+            scored with every map candidate; then each other tiling with the SSIM window and
+            weighting best on the export's own tiling, and every sigma (a tiling needs its own
+            reconstructions: one more model pass per border; the blends come from the same
+            pass). Not for VAE exports or exports that resize their requests (their served map
+            is the one candidate).
+        source_model: The export's Keras model (:func:`load_source`), which reconstructs the
+            tiling candidates; ``None``: the export's reconstructions, its own tiling only.
 
     Returns:
         A :class:`Tuning`.
@@ -613,6 +750,7 @@ def tune(
     residual = md.get("residual") or scoring.residual_of(md["kind"])
     patch_size = int(md["patch_size"])
     exported_sigma = float(md.get("map_sigma") or 0.0)
+    own_tiling = (md.get("border") or "none", md.get("blend") or "mean")
     if residual == "vae" and exported_sigma:
         raise InputError(f"VAE export {model.path} already smooths its maps (map_sigma {exported_sigma:g}); "
                          "tune an export made without --map-sigma")
@@ -623,6 +761,17 @@ def tune(
     if resized and exported_sigma:
         raise InputError(f"export {model.path} resizes its requests and already smooths its maps (map_sigma "
                          f"{exported_sigma:g}); tune an export made without --map-sigma")
+    # The served reconstruction of a mirrored-border export is cropped: the map at the border needs
+    # the mirrored strip, so without the Keras model the served map is the one candidate too.
+    served = residual == "vae" or resized or (own_tiling[0] != "none" and source_model is None)
+    if served and exported_sigma:
+        raise InputError(f"export {model.path} mirrors its border and already smooths its maps (map_sigma "
+                         f"{exported_sigma:g}); give its Keras model (tfssim-tune --model) or tune an export made "
+                         "without --map-sigma")
+    fixed = ("a VAE's served map is the one candidate" if residual == "vae" else
+             "an export that resizes its requests serves the one candidate map" if resized else
+             "other tilings need the export's Keras model (tfssim-tune --model)" if source_model is None else None)
+    tilings = _tiling_candidates(borders, blends, own_tiling, fixed)
     smallest = resize.min_input_size(patch_size, md.get("scale", 1.0), md.get("image_size"))
     size_range = defects._check_size_range(size_range or defects.default_size_range(patch_size))
     if sigmas is None:
@@ -636,7 +785,7 @@ def tune(
         own = (base_ssim.get("window_size", 11), base_ssim.get("weighting", "gaussian"))
     else:
         own = (None, None)
-    if residual == "ssim" and not resized:
+    if residual == "ssim" and not served:
         with input_checks():
             for w in windows:
                 validate_window(w, base_ssim.get("sigma", 1.5), "gaussian")
@@ -674,12 +823,19 @@ def tune(
         if family not in defects.FAMILIES:
             raise InputError(f"unknown defect family {family!r}; choose from {', '.join(defects.FAMILIES)}")
 
-    maps = _Maps(residual, base_ssim, served=residual == "vae" or resized,
-                 workers=workers or min(4, os.cpu_count() or 1))
-    candidates = [MapCandidate(w, g, s) for w, g in scorings for s in sigmas]
+    maps = _Maps(residual, base_ssim, served=served, workers=workers or min(4, os.cpu_count() or 1))
+    # Each tiling's margin: the mirrored strip the widest SSIM window at the border reads.
+    widest = max((w for w, _ in scorings if w is not None), default=1)
+    margins = {border: min(scoring.border_padding(patch_size, border), widest // 2 if residual == "ssim" else 0)
+               for border, _ in tilings}
+    reconstructions = _Reconstructions(model, None if served else source_model, tilings, margins,
+                                       "anomaly_map" if served else "reconstruction")
+    # The export's own tiling (tilings[0]) with every map candidate; the other tilings later, with
+    # the window and weighting best on it and every sigma.
+    candidates = [MapCandidate(*scoring_, s, *own_tiling) for scoring_ in scorings for s in sigmas]
     sweep_histograms = {c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in candidates}
-    bins = _size_bins(size_range)
-    seconds = {"painting": 0.0, "reconstructions": 0.0, "map_candidates": 0.0, "threshold": 0.0,
+    bins = _size_bins(size_range, families, shortest)
+    seconds = {"painting": 0.0, "reconstructions": 0.0, "map_candidates": 0.0, "tilings": 0.0, "threshold": 0.0,
                "post_processing": 0.0, "threshold_rule": 0.0}
     n_images = len(store)
     family_counts: dict[str, int] = {}
@@ -708,38 +864,71 @@ def tune(
                 for family, size_bin, _, _ in _defect_regions(infos, mask, bins):
                     totals[family, size_bin] = totals.get((family, size_bin), 0) + 1
             tick = time.perf_counter()
-            key = "anomaly_map" if maps.served else "reconstruction"
             names = [f"synthetic copy {k} of {store.names[i]}" for k in range(copies)]
-            copy_bases = np.stack([model.predict(p, source=name)[key] for (p, _, _), name in zip(copies_i, names)])
-            clean_base = model.predict(x, source=store.names[i])[key]
+            per_copy = [reconstructions(_hwc(p), name) for (p, _, _), name in zip(copies_i, names)]
+            clean_bases = reconstructions(x, store.names[i])
             seconds["reconstructions"] += time.perf_counter() - tick
-            cache.save(i, copy_bases, clean_base)
+            copy_bases = [np.stack([bases[v] for bases in per_copy]) for v in range(len(tilings))]
+            del per_copy
+            for v in range(len(tilings)):
+                cache.save(i, v, copy_bases[v], clean_bases[v])
             tick = time.perf_counter()
             stack = np.stack([_hwc(p) for p, _, _ in copies_i])
             labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)  # _GOOD 0, _DEFECT 1
             for scoring_ in scorings:
-                for sigma, smoothed in maps.smooth_many(maps.raw(stack, copy_bases, scoring_), sigmas).items():
-                    sweep_histograms[MapCandidate(*scoring_, sigma)].update(smoothed, labels)
+                raw = maps.raw(stack, copy_bases[0], scoring_, margins[own_tiling[0]])
+                for sigma, smoothed in maps.smooth_many(raw, sigmas).items():
+                    sweep_histograms[MapCandidate(*scoring_, sigma, *own_tiling)].update(smoothed, labels)
+            del copy_bases
             seconds["map_candidates"] += time.perf_counter() - tick
             bar.update()
         bar.close()
 
-        ranked = [{"window_size": c.window_size, "weighting": c.weighting, "map_sigma": c.map_sigma,
-                   "pixel_auroc": sweep_histograms[c].roc_auc(_DEFECT, _GOOD),
-                   "auroc_error_bound": sweep_histograms[c].roc_auc_error_bound(_DEFECT, _GOOD)}
-                  for c in candidates]
-        current = next((c for c in ranked
-                        if (c["window_size"], c["weighting"]) == own and c["map_sigma"] == exported_sigma), None)
-        chosen_map = _pick(ranked, "pixel_auroc", tolerance,
-                           lambda c: (c["map_sigma"], (c["window_size"], c["weighting"]) != own, ranked.index(c)))
-        chosen = MapCandidate(chosen_map["window_size"], chosen_map["weighting"], chosen_map["map_sigma"])
+        def ranked_rows(cands: list[MapCandidate]) -> list[dict[str, Any]]:
+            return [{"window_size": c.window_size, "weighting": c.weighting, "map_sigma": c.map_sigma,
+                     "border": c.border, "blend": c.blend,
+                     "pixel_auroc": sweep_histograms[c].roc_auc(_DEFECT, _GOOD),
+                     "auroc_error_bound": sweep_histograms[c].roc_auc_error_bound(_DEFECT, _GOOD)} for c in cands]
+
+        ranked = ranked_rows(candidates)
+        # Ties go to the export's own tiling, then the smaller sigma, then its own window and weighting.
+        preference = lambda c: ((c["border"], c["blend"]) != own_tiling, c["map_sigma"],  # noqa: E731
+                                (c["window_size"], c["weighting"]) != own, ranked.index(c))
+        if len(tilings) > 1:
+            # Pass 1b: the other tilings, from the cache, with the window and weighting best on the
+            # export's own tiling (the one the tuner would pick without them) and every sigma.
+            tick, painting_before = time.perf_counter(), seconds["painting"]
+            best = _pick(ranked, "pixel_auroc", tolerance, preference)
+            best_scoring = (best["window_size"], best["weighting"])
+            others = [MapCandidate(*best_scoring, s, *t) for t in tilings[1:] for s in sigmas]
+            sweep_histograms.update({c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in others})
+            bar = _progress(n_images, "tune: tile border and blend", progress)
+            for i in range(n_images):
+                copies_i = painted(i, _hwc(store[i]))
+                stack = np.stack([_hwc(p) for p, _, _ in copies_i])
+                labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)
+                for v, tiling_ in enumerate(tilings[1:], 1):
+                    raw = maps.raw(stack, cache.copies(i, v), best_scoring, margins[tiling_[0]])
+                    for sigma, smoothed in maps.smooth_many(raw, sigmas).items():
+                        sweep_histograms[MapCandidate(*best_scoring, sigma, *tiling_)].update(smoothed, labels)
+                bar.update()
+            bar.close()
+            ranked += ranked_rows(others)
+            seconds["tilings"] = time.perf_counter() - tick - (seconds["painting"] - painting_before)
+        current = next((c for c in ranked if (c["window_size"], c["weighting"]) == own
+                        and (c["border"], c["blend"]) == own_tiling and c["map_sigma"] == exported_sigma), None)
+        chosen_map = _pick(ranked, "pixel_auroc", tolerance, preference)
+        chosen = MapCandidate(chosen_map["window_size"], chosen_map["weighting"], chosen_map["map_sigma"],
+                              chosen_map["border"], chosen_map["blend"])
         sweep = sweep_histograms[chosen]
         sweep_histograms.clear()  # only the chosen candidate's counts are needed from here
+        cache.keep(tilings.index(chosen.tiling))
+        margin = margins[chosen.border]
 
         def chosen_maps(x: np.ndarray, bases: np.ndarray, stack: np.ndarray | None = None) -> np.ndarray:
             """The chosen map as the export will serve it (from here on, no FFT shortcut)."""
             images_ = x[None] if stack is None else stack
-            return maps.smooth(maps.raw(images_, bases, chosen.scoring), chosen.map_sigma)
+            return maps.smooth(maps.raw(images_, bases, chosen.scoring, margin), chosen.map_sigma)
 
         def image_again(i: int) -> tuple[list[tuple[np.ndarray, np.ndarray, list]], np.ndarray, np.ndarray]:
             """Image ``i``'s copies painted again, their chosen maps and its clean image's, from the cache."""
@@ -851,11 +1040,12 @@ def tune(
     choice = TuningChoice(window_size=chosen.window_size, weighting=chosen.weighting, map_sigma=chosen.map_sigma,
                           opening_diameter=post[0], min_area=post[1], convex_hull=convex_hull,
                           threshold=float(final_threshold), threshold_rule=threshold_rule, fpr=float(fpr),
-                          val_fpr=float(final_fpr))
+                          val_fpr=float(final_fpr), border=chosen.border, blend=chosen.blend)
     synthetic = {"pixel_auroc": served_hist.roc_auc(_DEFECT, _GOOD),
                  "auroc_error_bound": served_hist.roc_auc_error_bound(_DEFECT, _GOOD),
                  "aupro_0.3": aupro, "f1": operating_point["pixel_f1"], "iou": operating_point["pixel_iou"],
                  "before": {"window_size": own[0], "weighting": own[1], "map_sigma": exported_sigma,
+                            "border": own_tiling[0], "blend": own_tiling[1],
                             "pixel_auroc": None if current is None else current["pixel_auroc"]}}
     warnings = []
     if chosen_map["pixel_auroc"] < WEAK_AUROC:
@@ -868,6 +1058,7 @@ def tune(
     settings = {
         "seed": int(seed), "copies": int(copies), "defect_size": [float(size_range[0]), float(size_range[1])],
         "families": families, "defects_per_patch": float(defects_per_patch), "tolerance": float(tolerance),
+        "tilings": [{"border": b, "blend": g} for b, g in tilings],
         "validation_images": n_images, "defective_copies": n_images * copies, "defects": family_counts,
         "defect_fraction": float(defect_pixels / copy_pixels), "threshold_rule": threshold_rule,
         "region_found_share": REGION_FOUND_SHARE, "export": str(model.path),
@@ -950,7 +1141,9 @@ def load_source(model: ExportedModel, source: str | os.PathLike | None = None, *
         have = scoring.anomaly_maps(keras_model, image, md["kind"], int(md["patch_size"]), int(md["stride"]),
                                     chunk_size=int(md.get("chunk_size") or 64), ssim_kwargs=md.get("ssim"),
                                     vae_samples=md.get("vae_samples"), vae_seed=int(md.get("vae_seed") or 0),
-                                    scale=md.get("scale", 1.0), image_size=md.get("image_size"))["reconstruction"]
+                                    scale=md.get("scale", 1.0), image_size=md.get("image_size"),
+                                    border=md.get("border") or "none",
+                                    blend=md.get("blend") or "mean")["reconstruction"]
         diff = float(np.max(np.abs(np.asarray(have) - want)))
         if diff > 1e-4:
             raise InputError(f"the model in {path} is not the one exported as {model.path} (reconstructions differ "
@@ -988,7 +1181,7 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: SourceModel
         kind=md["kind"], ssim_kwargs=tuning.ssim_params(md.get("ssim")), chunk_size=int(md.get("chunk_size") or 64),
         training_config=md.get("training_config"), threshold=choice.threshold, vae_samples=md.get("vae_samples"),
         jit_compile=bool(md.get("jit_compile", False)), map_sigma=choice.map_sigma,
-        scale=md.get("scale", 1.0), image_size=md.get("image_size"),
+        scale=md.get("scale", 1.0), image_size=md.get("image_size"), border=choice.border, blend=choice.blend,
         extra_metadata={"threshold_fpr": choice.fpr, "opening_diameter": choice.opening_diameter,
                         "min_area": choice.min_area, "convex_hull": choice.convex_hull,
                         "source": source.info.get("model_path", str(source.path)), "tuned": tuned},
@@ -1114,7 +1307,8 @@ def tune_export(export: str | os.PathLike | ExportedModel, images: Sequence[str 
         first = data.read_image(paths[0], model.channels)
         keras_source = load_source(model, source, check_image=first)
         del first
-        result = tune(model, paths, sources=[str(p) for p in paths], progress=progress, cache_dir=out, **tune_kwargs)
+        result = tune(model, paths, sources=[str(p) for p in paths], progress=progress, cache_dir=out,
+                      source_model=keras_source.model, **tune_kwargs)
         # The figure before the version (a plotting failure publishes nothing), in place after it.
         hidden = out / f".tuning.{os.getpid()}.png"
         try:

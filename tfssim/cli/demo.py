@@ -2,9 +2,9 @@
 
 Train an SSIM autoencoder on a real texture shipped with scikit-image, export it for TF
 Serving, tune its scoring on synthetic defects painted into the defect-free validation images
-(SSIM window and weighting, map smoothing, post-processing; ``tfssim-tune``) and calibrate its
-threshold there, written as a new export version, evaluate that version against the test
-images' exact masks, and predict on those test images with its threshold (per-image maps,
+(SSIM window and weighting, map smoothing, image border and tile blend, post-processing;
+``tfssim-tune``) and calibrate its threshold there, written as a new export version, evaluate
+that version against the test images' exact masks, and predict on those test images with its threshold (per-image maps,
 masks, overlays and region tables in ``predictions/``).
 """
 from __future__ import annotations

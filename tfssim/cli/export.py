@@ -5,7 +5,7 @@ import click
 
 from tfssim.cli._common import Command, FloatRange, odd_window, setup_logging, tensorflow_required, usage_errors
 from tfssim.export.layout import MAX_VERSION  # the bounds the metadata is checked against; no TF: --help stays cheap
-from tfssim.metadata import MAX_CHUNK_SIZE
+from tfssim.metadata import BLENDS, BORDERS, MAX_CHUNK_SIZE
 from tfssim.ssim_params import WEIGHTINGS
 
 
@@ -39,11 +39,19 @@ from tfssim.ssim_params import WEIGHTINGS
 @click.option("--image-size", type=click.IntRange(min=1), nargs=2, default=None, metavar="H W",
               help="Resize requests to exactly H x W inside the graph; default the run folder's --image-size "
                    "(give it for a .keras file of such a run).")
+@click.option("--border", type=click.Choice(BORDERS), default="none", show_default=True,
+              help="Image border, inside the graph: none (the paper) or reflect (mirror each request outward by "
+                   "half a patch before tiling, crop the maps back: border pixels are reconstructed by tile "
+                   "centres). Let tfssim-tune choose it: on an oriented texture the mirror can make the border worse.")
+@click.option("--blend", type=click.Choice(BLENDS), default="mean", show_default=True,
+              help="How overlapping tiles are combined, inside the graph: mean (the paper) or gaussian (each "
+                   "tile weighted by a Gaussian falling off toward its edges, as nnU-Net does).")
 @click.option("--verbose", "-v", is_flag=True)
 @tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(source: str, name: str, version: int | None, stride: int, output: str, kind: str | None,
          chunk_size: int | None, threshold: float | None, ssim_window: int | None, ssim_weighting: str | None,
-         map_sigma: float, scale: float | None, image_size: tuple[int, int] | None, verbose: bool) -> None:
+         map_sigma: float, scale: float | None, image_size: tuple[int, int] | None, border: str, blend: str,
+         verbose: bool) -> None:
     """Export the model in RUN_DIR_OR_MODEL (a tfssim-train run folder or a .keras file) to
     OUTPUT/NAME/VERSION in TensorFlow Serving's layout, and print that folder."""
     setup_logging(verbose)
@@ -54,7 +62,8 @@ def main(source: str, name: str, version: int | None, stride: int, output: str, 
     with usage_errors():
         path = export_model(source, output_root=output, name=name, version=version, stride=stride, kind=kind,
                             chunk_size=chunk_size or DEFAULT_CHUNK, threshold=threshold, ssim_overrides=overrides,
-                            map_sigma=map_sigma, scale=scale, image_size=image_size or None)
+                            map_sigma=map_sigma, scale=scale, image_size=image_size or None, border=border,
+                            blend=blend)
     click.echo(str(path))
 
 

@@ -1,6 +1,7 @@
 """Realistic synthetic defects with exact masks, for choosing scoring settings without labelled defects.
 
-Four families, generic rather than shaped to one dataset (the ideas behind CutPaste and DRAEM):
+Six families, generic rather than shaped to one dataset (the first four are the ideas behind
+CutPaste and DRAEM; the last two are defects that are not local structure):
 
 * ``transplant``: an irregular region (thresholded smooth noise, not a disc) filled with texture
   from elsewhere in the same or another defect-free image, rotated, rescaled and re-scaled in
@@ -10,7 +11,12 @@ Four families, generic rather than shaped to one dataset (the ideas behind CutPa
 * ``foreign``: bright or dark blobs or a cluster of particles, with soft edges, their contrast a
   multiple of the image's local standard deviation (not a fixed gray);
 * ``scratch``: a thin (1-3 px) smooth curve or a jagged, branching crack, darker or brighter
-  than its surroundings by a multiple of the local standard deviation.
+  than its surroundings by a multiple of the local standard deviation;
+* ``shading``: a large region (2-4 times the drawn size: up to two patches wide at the default
+  sizes) a few percent of the intensity range brighter or darker, fading in smoothly and tilted
+  across it - an uneven surface or a discoloration, with no new structure;
+* ``missing``: a region cut by the image border, filled with one flat value taken from the
+  image's own dark or bright levels - material missing at a part's edge.
 
 Sizes are equivalent diameters in pixels (``2 * sqrt(area / pi)`` of the region; for a scratch
 its length), drawn log-uniformly from a range the caller sets from what must be found. A
@@ -50,9 +56,15 @@ import numpy as np
 
 from tfssim.errors import InputError
 
-__all__ = ["FAMILIES", "MIN_CHANGE", "default_size_range", "defect_region", "paint_defect", "paint_defects"]
+__all__ = ["FAMILIES", "LOCAL_FAMILIES", "LARGE_FAMILIES", "MIN_CHANGE", "default_size_range", "defect_region", "paint_defect", "paint_defects"]
 
-FAMILIES = ("transplant", "smear", "foreign", "scratch")
+FAMILIES = ("transplant", "smear", "foreign", "scratch", "shading", "missing")
+# The families of local structure (what an SSIM map sees); tfssim-tune paints these by default.
+LOCAL_FAMILIES = FAMILIES[:4]
+# Families of large defects: :func:`paint_defects` paints them this many times the size it draws
+# (at most the image's shorter side), so that the default sizes - those of local defects, up to
+# half a patch - also give shading up to two patches wide and missing areas of a patch.
+LARGE_FAMILIES = {"shading": 4.0, "missing": 2.0}
 # A pixel counts as painted when some channel changed by more than this (values in [0, 1]);
 # smaller changes (the far tail of a soft edge) are undone so the mask stays exact.
 MIN_CHANGE = 1e-3
@@ -226,8 +238,10 @@ def _stationary_noise(rng: np.random.Generator, shape: tuple[int, int], scale: f
     return field[reach : reach + h, reach : reach + w] / std
 
 
-def _region_box(rng: np.random.Generator, diameter: float, shape: tuple[int, int]) -> _Box:
-    """:func:`defect_region` as a tight box (the same draws, the same pixels)."""
+def _region_box(rng: np.random.Generator, diameter: float, shape: tuple[int, int], at_edge: bool = False) -> _Box:
+    """:func:`defect_region` as a tight box (the same draws, the same pixels). ``at_edge``: the
+    blob's centre lies on a random image edge, so the region is cut by the border (material
+    missing at a part's edge)."""
     from scipy.ndimage import label
 
     h, w = shape
@@ -245,6 +259,12 @@ def _region_box(rng: np.random.Generator, diameter: float, shape: tuple[int, int
     # The box's top-left corner; the box may hang over the border (the blob is cut there).
     y0 = int(rng.integers(-side // 4, max(h - 3 * side // 4, -side // 4 + 1)))
     x0 = int(rng.integers(-side // 4, max(w - 3 * side // 4, -side // 4 + 1)))
+    if at_edge:  # the centre on the top, bottom, left or right edge
+        edge = int(rng.integers(4))
+        if edge < 2:
+            y0 = -side // 2 if edge == 0 else h - side // 2
+        else:
+            x0 = -side // 2 if edge == 2 else w - side // 2
     for top, left in ((y0, x0), ((h - side) // 2, (w - side) // 2)):  # cut away entirely: centre it instead
         r0, r1, c0, c1 = max(top, 0), min(top + side, h), max(left, 0), min(left + side, w)
         box = _tight(blob[r0 - top : max(r1, r0) - top, c0 - left : max(c1, c0) - left], r0, c0)
@@ -387,6 +407,35 @@ def _foreign(image: np.ndarray, rng: np.random.Generator,
         "particles": particles, "contrast_std": round(sign * contrast, 2), "opaque": bool(opaque)}
 
 
+def _shading(image: np.ndarray, rng: np.random.Generator, region: _Box,
+             diameter: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A few percent of the intensity range added over a large region, fading in over a third of
+    its diameter and tilted across it (uneven surface, discoloration): no new structure."""
+    shape = image.shape[:2]
+    amplitude = float(rng.uniform(0.02, 0.06)) * float(rng.choice([-1, 1]))
+    tilt, angle = float(rng.uniform(-0.8, 0.8)), float(rng.uniform(0, 2 * np.pi))
+    rows, cols = np.mgrid[region.r0:region.r1, region.c0:region.c1].astype(np.float32)
+    ramp = (np.cos(angle) * (rows - rows.mean()) + np.sin(angle) * (cols - cols.mean())) / max(diameter / 2, 1.0)
+    change = amplitude * (1 + tilt * np.clip(ramp, -1, 1))
+    weight = np.clip(_distance_inside(region, shape) / max(2.0, diameter / 3), 0, 1)
+    alpha = (weight * weight * (3 - 2 * weight) * region.mask).astype(np.float32)  # smoothstep
+    fill = image[region.slices] + change[..., None].astype(np.float32)
+    return fill, alpha, {"amplitude": round(amplitude, 4), "tilt": round(tilt, 3)}
+
+
+def _missing(image: np.ndarray, rng: np.random.Generator,
+             region: _Box) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The region filled flat (missing material): one value per channel, the image's own level at
+    a dark (10-40 %) or a bright (60-90 %) quantile, so it lies well inside the image's range; hard
+    edges. What gives it away is that it is flat, not its level."""
+    dark = bool(rng.random() < 0.5)
+    quantile = float(rng.uniform(0.1, 0.4) if dark else rng.uniform(0.6, 0.9))
+    sample = image[::4, ::4].reshape(-1, image.shape[-1])  # the image's levels, at a sixteenth of the cost
+    level = np.quantile(sample, quantile, axis=0).astype(np.float32)
+    fill = np.broadcast_to(level, region.mask.shape + (image.shape[-1],)).copy()
+    return fill, region.mask.astype(np.float32), {"dark": dark, "quantile": round(quantile, 3)}
+
+
 def _curve(rng: np.random.Generator, length: float, shape: tuple[int, int], jagged: bool) -> list[np.ndarray]:
     """Polyline points (float ``[N, 2]``) of a smooth scratch or a jagged crack with branches."""
     h, w = shape
@@ -467,6 +516,12 @@ def _paint_into(canvas: np.ndarray, rng: np.random.Generator, family: str, diame
         soft = bool(rng.random() < 0.6)
         alpha = _soft_alpha(region, rng, soft, diameter, shape)
         extra["soft_edge"] = soft
+    elif family in LARGE_FAMILIES:
+        region = _region_box(rng, diameter, shape, at_edge=family == "missing")
+        if family == "shading":
+            fill, alpha, extra = _shading(canvas, rng, region, diameter)
+        else:
+            fill, alpha, extra = _missing(canvas, rng, region)
     elif family == "foreign":
         fill, region, alpha, extra = _foreign(canvas, rng, diameter)
     else:
@@ -542,7 +597,9 @@ def paint_defects(image: np.ndarray, rng: np.random.Generator, count: int = 1, *
         rng: The random generator: the same seed gives the same defects.
         count: Number of defects (they may overlap).
         size_range: ``(min, max)`` equivalent diameter in pixels, drawn log-uniformly
-            (:func:`default_size_range` gives 1/16 to 1/2 of a patch side).
+            (:func:`default_size_range` gives 1/16 to 1/2 of a patch side); the large families
+            (:data:`LARGE_FAMILIES`) are painted that many times larger, at most the image's
+            shorter side (their info's ``diameter`` is the size painted).
         families: The families to draw from, uniformly.
         sources: Other defect-free images for the ``transplant`` family.
 
@@ -576,6 +633,8 @@ def paint_defects(image: np.ndarray, rng: np.random.Generator, count: int = 1, *
     for _ in range(count):
         family = families[int(rng.integers(len(families)))]
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        if family in LARGE_FAMILIES:
+            diameter = min(diameter * LARGE_FAMILIES[family], float(min(original.shape[:2])))
         infos.append(_paint_into(canvas, rng, family, diameter, sources))
     painted, mask = _exact(original, canvas)
     return painted.reshape(np.shape(image)), mask, infos

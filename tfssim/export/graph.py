@@ -54,6 +54,8 @@ class _Scorer:
     map_sigma: float = 0.0
     scale: float = 1.0
     image_size: tuple[int, int] | None = None
+    border: str = "none"
+    blend: str = "mean"
 
     def _size_message(self) -> tuple[int, str]:
         """The smallest height and width a request may have, and the message refusing a smaller one."""
@@ -108,6 +110,7 @@ class _Scorer:
             self.model, image, self.residual, self.patch_size, stride, chunk_size=self.chunk_size,
             ssim_kwargs=self.ssim_kwargs, vae_samples=self.vae_samples, vae_seed=VAE_SEED,
             jit_compile=self.jit_compile, map_sigma=self.map_sigma, scale=self.scale, image_size=self.image_size,
+            border=self.border, blend=self.blend,
         )
 
     def serve_uint8(self, image: tf.Tensor) -> dict[str, tf.Tensor]:

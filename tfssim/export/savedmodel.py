@@ -55,7 +55,7 @@ GRAPH_METADATA_KEYS = ("format", "name", "version", "kind", "residual", "patch_s
                        "chunk_size", "ssim", "ssim_padding", "vae_samples", "vae_seed", "observation_std",
                        "map_sigma", "input_name", "uint8_scale", "float_signature", "stride_signature",
                        "signatures", "outputs", "output_shapes", "jit_compile", "scale", "image_size",
-                       "interpolation")
+                       "interpolation", "border", "blend")
 
 
 def _resizing(scale: float | None, image_size: Any, training_config: dict[str, Any] | None,
@@ -96,6 +96,8 @@ def export_model(
     extra_metadata: dict[str, Any] | None = None,
     scale: float | None = None,
     image_size: tuple[int, int] | list[int] | None = None,
+    border: str = "none",
+    blend: str = "mean",
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
 
@@ -144,6 +146,11 @@ def export_model(
             resizing). Recorded in the metadata with ``image_size`` and ``interpolation``.
         image_size: ``(height, width)`` every request is resized to instead
             (``tfssim-train --image-size``); default the training config's, else none.
+        border: ``"none"`` (the paper) or ``"reflect"``: the graph mirrors each request outward
+            by half a patch before tiling and crops every output back
+            (:func:`tfssim.scoring.anomaly_maps`). Recorded in the metadata as ``border``.
+        blend: ``"mean"`` (the paper) or ``"gaussian"``: how overlapping tiles are combined in
+            the graph (:func:`tfssim.tiling.blend_weights`). Recorded as ``blend``.
 
     Returns:
         The version folder ``output_root/name/version``.
@@ -187,6 +194,7 @@ def export_model(
     check_value("vae_samples", vae_samples, "vae_samples")
     with input_checks():
         map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
+    border, blend = scoring.check_border(border), tiling.check_blend(blend)
     scale, image_size = _resizing(scale, image_size, training_config if training_config is not None
                                   else info.get("training_config"), patch_size)
     clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
@@ -209,7 +217,7 @@ def export_model(
     _remove_dead_partials(model_root)
 
     scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params.to_dict(), vae_samples, jit_compile,
-                     map_sigma, scale, image_size)
+                     map_sigma, scale, image_size, border, blend)
     archive = keras.export.ExportArchive()
     archive.track(model)
     any_image = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
@@ -230,7 +238,7 @@ def export_model(
         "vae_samples": vae_samples if residual == "vae" else None,
         "vae_seed": VAE_SEED if residual == "vae" else None,
         "observation_std": float(model.observation_std) if residual == "vae" else None,
-        "map_sigma": map_sigma,
+        "map_sigma": map_sigma, "border": border, "blend": blend,
         "scale": scale, "image_size": None if image_size is None else list(image_size),
         "interpolation": None if resize.is_identity(scale, image_size) else resize.INTERPOLATION,
         "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
