@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-target", type=float, default=12.0, help="minutes for --time-target-images")
     parser.add_argument("--time-target-images", type=int, default=26)
     parser.add_argument("--paper-tiling", action="store_true",
-                        help="tune only the export's own tiling (--border none --blend mean): no border and blend "
-                             "candidates, which cost one more model pass per image (the reflected one)")
+                        help="tune only the export's own tiling (--border none --blend mean): no blend candidate")
+    parser.add_argument("--both-borders", action="store_true",
+                        help="also compare the mirrored border (--border none --border reflect): one more model pass "
+                             "per image and copy")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = parser.parse_args(argv)
@@ -113,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for count in args.images:
         folder = validation_images(work / f"val_{count}", count, args.size, args.texture)[0].parent
-        result = run_tune(export_dir, folder, work / f"tuning_{count}",
-                          ["--border", "none", "--blend", "mean"] if args.paper_tiling else [])
+        options = ["--border", "none", "--blend", "mean"] if args.paper_tiling else []
+        options += ["--border", "none", "--border", "reflect"] if args.both_borders else []
+        result = run_tune(export_dir, folder, work / f"tuning_{count}", options)
         stages = result["stage_seconds"]
         sweep = (stages["map_candidates"] + stages.get("tilings", 0.0) + stages["threshold"]
                  + stages["post_processing"])

@@ -196,7 +196,7 @@ def test_synthetic_defects_reach_the_image_border():
     assert touching >= 10, touching  # a band of 8 px holds 31 % of a 96-px image
 
 
-@pytest.mark.slow  # about 30 s: an export and three small tunes
+@pytest.mark.slow  # about 35 s: an export and four small tunes
 def test_tuning_an_export_that_mirrors_its_border(tmp_path):
     """An export whose own border is reflect: with its Keras model the tuner recomputes its maps
     (they match the served ones) and compares the other tilings; without it the served map is the
@@ -209,7 +209,9 @@ def test_tuning_an_export_that_mirrors_its_border(tmp_path):
     export = ExportedModel.load(export_model(model, tmp_path, name="r", stride=16, border="reflect"))
     images = [np.random.default_rng(6).random((48, 56)).astype(np.float32)]
     settings = dict(copies=1, seed=0, size_range=(4, 12), progress=False, cache_dir=tmp_path)
-    full = tuning.tune(export, images, source_model=model, **settings)
+    assert {(c["border"], c["blend"]) for c in tuning.tune(export, images, source_model=model, **settings)
+            .map_candidates} == {("reflect", "mean"), ("reflect", "gaussian")}  # by default, its own border only
+    full = tuning.tune(export, images, source_model=model, borders=["none", "reflect"], **settings)
     assert full.map_candidates[0]["border"] == "reflect"  # the export's own tiling comes first
     assert {(c["border"], c["blend"]) for c in full.map_candidates} == {
         ("reflect", "mean"), ("none", "mean"), ("none", "gaussian"), ("reflect", "gaussian")}

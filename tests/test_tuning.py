@@ -294,7 +294,8 @@ def tuned(tmp_path_factory, dataset):
         shutil.copy(p, product / p.name)
     before = _hashes(old)
     result = CliRunner().invoke(tune_cli, [str(old), str(product), "--copies", "1", "--seed", "3",
-                                           "--defect-size", "3", "12", "--fpr", "0.02", "--output", str(root / "t")])
+                                           "--defect-size", "3", "12", "--fpr", "0.02", "--output", str(root / "t"),
+                                           "--border", "none", "--border", "reflect"])
     return {"root": root, "old": old, "before": before, "result": result, "product": product}
 
 
@@ -310,7 +311,7 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
     assert (root / "t" / "tuning.png").stat().st_size > 0
     assert record["settings"]["seed"] == 3 and record["settings"]["defect_size"] == [3.0, 12.0]
     # windows x weightings x sigmas that fit 32 px on the export's tiling; 3 other tilings (border x
-    # blend) with the window and weighting best on it x those sigmas
+    # blend: the fixture asks for both borders) with the window and weighting best on it x those sigmas
     assert len(record["map_candidates"]) == 3 * 2 * 3 + 3 * 3
     assert {(c["border"], c["blend"]) for c in record["map_candidates"]} == {
         ("none", "mean"), ("none", "gaussian"), ("reflect", "mean"), ("reflect", "gaussian")}

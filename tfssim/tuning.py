@@ -10,8 +10,9 @@ reconstruction) in the library, since the candidates differ only in scoring:
 * the anomaly map: for SSIM models the SSIM window (7 / 11 / 15) and its weighting (Gaussian /
   uniform), and for every model the map's Gaussian smoothing sigma (0, 2, 4, 8, 12, 16, those
   that fit the patch); and, given the export's Keras model, the tiling the map is computed from:
-  the image border (``none`` / ``reflect``) and the tile blend (``mean`` / ``gaussian``), each
-  other tiling scored with the window and weighting best on the export's own one.
+  the tile blend (``mean`` / ``gaussian``) and, when asked for, the image border (``none`` /
+  ``reflect``: one more model pass per image), each other tiling scored with the window and
+  weighting best on the export's own one.
   **Objective: pixel ROC AUC on the synthetic masks** - threshold-free, so
   the map is judged before any threshold exists, and it is the paper's headline metric;
 * the threshold, at ``fpr`` on the clean validation images (the paper's rule), or with
@@ -344,7 +345,9 @@ def _tiling_candidates(borders: Sequence[str] | None, blends: Sequence[str] | No
     from tfssim.metadata import BLENDS, BORDERS
 
     given = borders is not None or blends is not None
-    borders = list(BORDERS if borders is None else [borders] if isinstance(borders, str) else borders)
+    # Another border costs a model pass over the mirrored image per image and copy (about doubling
+    # the tuning time), so only when asked for; the blends share one pass, so every one by default.
+    borders = list([own[0]] if borders is None else [borders] if isinstance(borders, str) else borders)
     blends = list(BLENDS if blends is None else [blends] if isinstance(blends, str) else blends)
     for value, known, what in [(b, BORDERS, "border") for b in borders] + [(b, BLENDS, "blend") for b in blends]:
         if value not in known:
@@ -715,13 +718,14 @@ def tune(
             ``(copies + 1) * H * W * C * 4`` bytes per image and tiling compared, a little more
             for a mirrored border's margin); default the system's.
         workers: Threads of the candidate sweep's FFTs (default: the CPU count, at most 4).
-        borders, blends: Tiling candidates (``tfssim-export --border / --blend``); default every
-            one of :data:`tfssim.metadata.BORDERS` and :data:`tfssim.metadata.BLENDS` when
-            ``source_model`` is given, else only the export's own. The export's own tiling is
-            scored with every map candidate; then each other tiling with the SSIM window and
-            weighting best on the export's own tiling, and every sigma (a tiling needs its own
-            reconstructions: one more model pass per border; the blends come from the same
-            pass). Not for VAE exports or exports that resize their requests (their served map
+        borders, blends: Tiling candidates (``tfssim-export --border / --blend``); default the
+            export's own border and every one of :data:`tfssim.metadata.BLENDS` when
+            ``source_model`` is given (the blends share one model pass; another border costs one
+            more pass per image and copy, about twice the tuning time, so it is compared only when
+            given, e.g. ``borders=("none", "reflect")``), else only the export's own. The
+            export's own tiling is scored with every map candidate; then each other tiling with
+            the SSIM window and weighting best on the export's own tiling, and every sigma. Not
+            for VAE exports or exports that resize their requests (their served map
             is the one candidate).
         source_model: The export's Keras model (:func:`load_source`), which reconstructs the
             tiling candidates; ``None``: the export's reconstructions, its own tiling only.

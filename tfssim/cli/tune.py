@@ -30,7 +30,8 @@ from tfssim.tuning import THRESHOLD_RULES
               help="Run folder or .keras file the export was made from; default the one its metadata records.")
 @click.option("--border", "borders", type=click.Choice(BORDERS), multiple=True,
               help="Border handling candidates (repeat the option): none (the paper) and reflect (mirror the image "
-                   "outward by half a patch before tiling)  [default: both]")
+                   "outward by half a patch before tiling). Comparing a second border costs one more model pass "
+                   "per image (about twice the tuning time)  [default: the export's own only]")
 @click.option("--blend", "blends", type=click.Choice(BLENDS), multiple=True,
               help="Tile blend candidates (repeat the option): mean (the paper) and gaussian (tiles weighted toward "
                    "their centres)  [default: both]")
