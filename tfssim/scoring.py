@@ -32,9 +32,6 @@ import tensorflow as tf
 
 from tfssim import resize, tiling
 from tfssim.errors import InputError
-# How the image border is scored: "none" (the paper: the border pixels are reconstructed by the
-# edges of the outermost tiles only) or "reflect" (the request is mirrored outward by half a patch
-# first, so that every pixel lies near the centre of some tile, and the outputs are cropped back).
 from tfssim.metadata import BORDERS
 from tfssim.models import VariationalAutoencoder, get_spec, kind_of, reconstruction_nll
 from tfssim.ssim import SSIMParams, ssim_maps

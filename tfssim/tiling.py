@@ -32,8 +32,6 @@ import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow,
 import tensorflow as tf
 
 from tfssim.errors import InputError
-# How overlapping tiles are combined: "mean" (the paper: every tile weighs the same) or "gaussian"
-# (each tile weighted by a Gaussian falling off toward its edges, as nnU-Net and MONAI do).
 from tfssim.metadata import BLENDS, check_value
 
 __all__ = [
