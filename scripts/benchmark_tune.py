@@ -11,8 +11,8 @@ count, each in a fresh process, and prints per run:
 * the peak resident memory of the process (``wait4``'s ``ru_maxrss``), against ``--memory-target``;
 * the wall time, against ``--time-target`` for the image count of the issue (26);
 * the seconds per stage the tuner records (``tuning.json`` ``settings.stage_seconds``): the
-  export's reconstructions against the candidate sweep (map candidates, threshold,
-  post-processing), whose ratio must stay at or below 1;
+  export's reconstructions against the candidate sweep (map candidates, tilings, map formulas,
+  threshold, post-processing), whose ratio must stay at or below 1;
 * seconds per image, to show that time is linear in the number of images.
 
     python scripts/benchmark_tune.py                          # 26 and 100 images (about 40 minutes)
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         options += ["--border", "none", "--border", "reflect"] if args.both_borders else []
         result = run_tune(export_dir, folder, work / f"tuning_{count}", options)
         stages = result["stage_seconds"]
-        sweep = (stages["map_candidates"] + stages.get("tilings", 0.0) + stages["threshold"]
-                 + stages["post_processing"])
+        sweep = (stages["map_candidates"] + stages.get("tilings", 0.0) + stages.get("formulas", 0.0)
+                 + stages["threshold"] + stages["post_processing"])
         row = {"images": count, "size": args.size, **{k: result[k] for k in ("wall_seconds", "peak_rss_gb")},
                "stage_seconds": stages, "sweep_seconds": round(sweep, 1),
                "sweep_over_reconstructions": round(sweep / stages["reconstructions"], 3),

@@ -59,6 +59,15 @@ def test_histogram_auroc_is_within_its_bound_of_scikit_learns(case):
     assert got == pytest.approx(metrics.pixel_roc_auc(maps, masks), abs=max(bound, 1e-12))
     # Memory: only the bins between the smallest and largest score are kept.
     assert hist.counts.nbytes < 2 * 8 * 2 ** (tuning.HISTOGRAM_BITS + 6)
+    # The standardised partial area (McClish) up to an FPR, as scikit-learn's max_fpr computes it.
+    labels = np.concatenate([g.ravel() for g in masks])
+    scores = np.concatenate([m.astype(np.float32).ravel() for m in maps])
+    for max_fpr in (0.01, 0.05, 0.3):
+        want = roc_auc_score(labels, scores, max_fpr=max_fpr)
+        assert hist.partial_roc_auc(max_fpr) == pytest.approx(want, abs=2e-3 if case != "ties" else 1e-9), max_fpr
+    assert hist.partial_roc_auc(1.0) == pytest.approx(got, abs=1e-12)
+    with pytest.raises(ValueError, match="max_fpr must be in"):
+        hist.partial_roc_auc(0.0)
 
 
 def test_histogram_refinement_gives_threshold_at_fpr_exactly_and_counts_at_edges_are_exact():
@@ -138,6 +147,16 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
     assert sixteen < 1.2 * four, (four, sixteen)
 
 
+def _family_labels(mask: np.ndarray, infos: list[dict]) -> np.ndarray:
+    """The family name of each defect pixel ("" elsewhere); a later defect over an earlier one wins."""
+    out = np.full(mask.shape, "", dtype=object)
+    for info in infos:
+        r0, r1, c0, c1 = info["box"]
+        region = info["region"] & mask[r0:r1, c0:c1]
+        out[r0:r1, c0:c1][region] = info["family"]
+    return out
+
+
 def test_the_report_matches_an_independent_count_and_the_threshold_rules(tmp_path):
     paths = _image_files(tmp_path / "val", 3)
     model = BlurExport()
@@ -182,6 +201,13 @@ def test_the_report_matches_an_independent_count_and_the_threshold_rules(tmp_pat
     assert "recall" in " ".join(op) and any("region recall" in line for line in result.summary_lines())
     # AUPRO from the streamed overlap sums, against the exact sweep over the same maps.
     maps = [served(p) for p, _, _ in copies]
+    # Each family's pixel ROC AUC: its defect pixels against every good pixel (scikit-learn's).
+    scores = np.concatenate([m.ravel() for m in maps])
+    family_of = np.concatenate([_family_labels(mask, infos).ravel() for _, mask, infos in copies])
+    for family, auroc in result.synthetic["pixel_auroc_by_family"].items():
+        keep = (family_of == family) | ~truth
+        want = roc_auc_score(truth[keep], scores[keep]) if (family_of == family).any() else None
+        assert auroc == (None if want is None else pytest.approx(want, abs=1e-3)), family
     assert result.synthetic["aupro_0.3"] == pytest.approx(metrics.aupro(maps, [m for _, m, _ in copies]), abs=5e-3)
     assert result.synthetic["pixel_auroc"] == pytest.approx(metrics.pixel_roc_auc(maps, [m for _, m, _ in copies]),
                                                             abs=result.synthetic["auroc_error_bound"] + 1e-12)

@@ -312,7 +312,17 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
     assert record["settings"]["seed"] == 3 and record["settings"]["defect_size"] == [3.0, 12.0]
     # windows x weightings x sigmas that fit 32 px on the export's tiling; 3 other tilings (border x
     # blend: the fixture asks for both borders) with the window and weighting best on it x those sigmas
-    assert len(record["map_candidates"]) == 3 * 2 * 3 + 3 * 3
+    plain = [c for c in record["map_candidates"] if c["map_formula"] == {"name": "ssim"}]
+    assert len(plain) == 3 * 2 * 3 + 3 * 3
+    # Then the map formulas on the best plain map: low-frequency sigma 2 and 4 (32 / 16, 32 / 8), the
+    # wider windows 2K + 1 and 4K + 1 that fit 32 px; max and three weighted sums; its sigma.
+    formulas = [c for c in record["map_candidates"] if c not in plain]
+    window = formulas[0]["window_size"]
+    wider = [w for w in (2 * window + 1, 4 * window + 1) if w <= 32]
+    assert len(formulas) == (2 + len(wider)) * 4
+    assert {c["map_formula"].get("lowfreq_sigma") or c["map_formula"]["window_size"] for c in formulas} == {
+        2.0, 4.0, *wider}
+    assert len({(c["window_size"], c["weighting"], c["border"], c["blend"], c["map_sigma"]) for c in formulas}) == 1
     assert {(c["border"], c["blend"]) for c in record["map_candidates"]} == {
         ("none", "mean"), ("none", "gaussian"), ("reflect", "mean"), ("reflect", "gaussian")}
     own = [c for c in record["map_candidates"] if (c["border"], c["blend"]) == ("none", "mean")]
@@ -320,19 +330,20 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
     # own window and weighting (Gaussian 11).
     best_own = tuning._pick(own, "pixel_auroc", 0.001, lambda c: (
         c["map_sigma"], (c["window_size"], c["weighting"]) != (11, "gaussian"), own.index(c)))
-    assert {(c["window_size"], c["weighting"]) for c in record["map_candidates"] if c not in own} == {
+    assert {(c["window_size"], c["weighting"]) for c in plain if c not in own} == {
         (best_own["window_size"], best_own["weighting"])}
     assert len(record["post_candidates"]) == len(tuning.DEFAULT_OPENINGS) * 4
     assert record["objective"]["map"] == tuning.MAP_OBJECTIVE
     choice = record["choice"]
     best = max(c["pixel_auroc"] for c in record["map_candidates"])
-    keys = ("window_size", "weighting", "map_sigma", "border", "blend")
+    keys = ("window_size", "weighting", "map_sigma", "border", "blend", "map_formula")
     chosen = next(c for c in record["map_candidates"] if all(c[k] == choice[k] for k in keys))
     assert chosen["pixel_auroc"] >= best - 0.001
     meta = export.read_metadata(new)
     assert meta["version"] == 2 and meta["ssim"]["window_size"] == choice["window_size"]
     assert meta["ssim"]["weighting"] == choice["weighting"] and meta["map_sigma"] == choice["map_sigma"]
-    assert (meta["border"], meta["blend"]) == (choice["border"], choice["blend"])
+    assert (meta["border"], meta["blend"], meta["map_formula"]) == (choice["border"], choice["blend"],
+                                                                   choice["map_formula"])
     assert meta["threshold"] == choice["threshold"] and meta["threshold_fpr"] == 0.02
     assert (meta["opening_diameter"], meta["min_area"]) == (choice["opening_diameter"], choice["min_area"])
     assert meta["tuned"]["from_version"] == 1 and meta["tuned"]["settings"]["seed"] == 3
@@ -362,7 +373,7 @@ def test_tuned_version_serves_the_librarys_map_with_the_chosen_settings(tuned):
     for image, got in zip(images, served):
         want = scoring.anomaly_maps(model, image, "ssim", 32, 16, ssim_kwargs=meta["ssim"],
                                     map_sigma=meta["map_sigma"], border=meta["border"],
-                                    blend=meta["blend"])["anomaly_map"]
+                                    blend=meta["blend"], map_formula=meta["map_formula"])["anomaly_map"]
         np.testing.assert_allclose(got, np.asarray(want), atol=1e-5)
     # The stored threshold is the served maps' own at the requested FPR.
     assert meta["threshold"] == pytest.approx(postprocess.threshold_at_fpr(served, 0.02), abs=1e-5)

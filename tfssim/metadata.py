@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 from tfssim.errors import InputError
 from tfssim.export.layout import MAX_VERSION, is_model_name, list_versions, newest_version, parse_version
+from tfssim.map_formula import FORMULAS, MapFormula
 from tfssim.run_record import setting_problem
 from tfssim.ssim_params import SSIMParams
 
@@ -127,6 +128,16 @@ def _is_word(value: Any) -> bool:
         and all(c.isalnum() or c in "_-" for c in value)
 
 
+def _is_formula(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    try:
+        MapFormula.of(value)
+    except InputError:
+        return False
+    return True
+
+
 def _is_input_name(value: Any) -> bool:
     """A signature input name: a letter or ``_``, then letters, digits or ``_`` (at most 64)."""
     return _is_word(value) and "-" not in value and not value[0].isdigit()
@@ -152,6 +163,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "map_sigma": (f"a number >= 0 and at most {MAX_SIDE}", lambda v: _is_number(v) and 0 <= v <= MAX_SIDE),
     "border": ("one of " + ", ".join(map(repr, BORDERS)), lambda v: v in BORDERS),
     "blend": ("one of " + ", ".join(map(repr, BLENDS)), lambda v: v in BLENDS),
+    "map_formula": ("a map formula record (tfssim.map_formula: name " + ", ".join(FORMULAS) + ")", _is_formula),
     "scale": ("a number > 0 and <= 1", lambda v: _is_number(v) and 0 < v <= 1),
     "image_size": (f"a list of two positive integers [height, width], each at most {MAX_SIDE}",
                    lambda v: isinstance(v, list) and len(v) == 2 and all(_int_in(1, MAX_SIDE)(x) for x in v)),
@@ -239,6 +251,8 @@ class ExportMetadata:
         border: How the image border is scored: ``"none"`` (the paper) or ``"reflect"`` (each
             request mirrored outward by half a patch before tiling, outputs cropped back).
         blend: How overlapping tiles are combined: ``"mean"`` (the paper) or ``"gaussian"``.
+        map_formula: How the served ``anomaly_map`` is made (:meth:`tfssim.map_formula.MapFormula.to_dict`);
+            ``None`` (exports from before this key) and ``{"name": "ssim"}`` are the paper's ``1 - SSIM``.
         scale: Factor every request is resized by inside the graph before it is tiled (1: none;
             the model was trained with ``tfssim-train --scale``); outputs come back at the
             request's size.
@@ -300,6 +314,7 @@ class ExportMetadata:
     map_sigma: float = 0.0
     border: str = "none"
     blend: str = "mean"
+    map_formula: dict[str, Any] | None = None
     scale: float = 1.0
     image_size: list[int] | None = None
     interpolation: str | None = None

@@ -527,6 +527,23 @@ class ScoreHistogram:
         return (np.r_[0.0, np.cumsum(neg[occupied]) / n_neg], np.r_[0.0, np.cumsum(pos[occupied]) / n_pos],
                 np.r_[np.inf, edges])
 
+    def partial_roc_auc(self, max_fpr: float, positive: int = 1, negative: int = 0) -> float:
+        """The ROC curve's area up to ``max_fpr``, standardised as McClish (1989) and
+        ``sklearn.metrics.roc_auc_score(max_fpr=...)`` do: ``(1 + (A - A_min) / (A_max - A_min)) / 2``
+        with ``A_min = max_fpr**2 / 2`` (chance) and ``A_max = max_fpr`` (perfect), so 0.5 is
+        chance and 1 perfect, as for the full area. Pixels sharing a bin count as ties."""
+        if not 0 < max_fpr <= 1:
+            raise InputError(f"max_fpr must be in (0, 1], got {max_fpr}")
+        fpr, tpr, _ = self.roc_curve(positive, negative)
+        stop = int(np.searchsorted(fpr, max_fpr, side="right"))
+        x, y = fpr[:stop], tpr[:stop]
+        if stop < fpr.size:  # the curve's value at max_fpr, on the segment that crosses it
+            x0, x1, y0, y1 = fpr[stop - 1], fpr[stop], tpr[stop - 1], tpr[stop]
+            x, y = np.r_[x, max_fpr], np.r_[y, y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)]
+        area = area_under_curve(x, y)
+        low, high = max_fpr**2 / 2, max_fpr
+        return float(0.5 * (1 + (area - low) / (high - low)))
+
 
 def fpr_rank(fpr: float, pixels: int) -> int:
     """The 0-based rank (ascending) of :func:`tfssim.postprocess.threshold_at_fpr`'s threshold

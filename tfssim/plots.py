@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tfssim._io import atomic_write
+from tfssim.map_formula import MapFormula
 
 __all__ = [
     "plot_roc_curves", "plot_pro_quantiles", "plot_anomaly_map", "plot_overlay", "plot_training_curves",
@@ -200,18 +201,34 @@ def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
     before = tuning.synthetic.get("before") or {}
     own_tiling = (before.get("border", "none"), before.get("blend", "mean"))
     for c in tuning.map_candidates:
-        key = (c["window_size"], c["weighting"], c.get("border", "none"), c.get("blend", "mean"))
+        formula = MapFormula.of(c.get("map_formula"))
+        key = (c["window_size"], c["weighting"], c.get("border", "none"), c.get("blend", "mean"), formula.describe())
         groups.setdefault(key, []).append(c)
-    for (window, weighting, border, blend), rows in groups.items():
+    # Of the formulas with a second term, one line per second term: its best combination.
+    best_combination: dict[tuple, tuple] = {}
+    for key, rows in groups.items():
+        formula = MapFormula.of(rows[0].get("map_formula"))
+        term = (formula.name, formula.lowfreq_sigma, formula.window_size)
+        top = max(c["pixel_auroc"] for c in rows)
+        if not formula.plain and (term not in best_combination or top > best_combination[term][0]):
+            best_combination[term] = (top, key)
+    shown = {key for _, key in best_combination.values()}
+    for (window, weighting, border, blend, formula), rows in groups.items():
+        if formula != "ssim" and (window, weighting, border, blend, formula) not in shown:
+            continue
         rows = sorted(rows, key=lambda c: c["map_sigma"])
         label = "map" if window is None else f"window {window}, {weighting}"
         if (border, blend) != own_tiling:  # the export's own tiling: solid lines, unlabelled
             label += f"; border {border}, blend {blend}"
+        if formula != "ssim":
+            label += f"; {formula}"
         left.plot([c["map_sigma"] for c in rows], [c["pixel_auroc"] for c in rows], marker="o", label=label,
-                  ls="-" if (border, blend) == own_tiling else "--")
+                  ls=":" if formula != "ssim" else "-" if (border, blend) == own_tiling else "--")
+    chosen_formula = MapFormula.of(choice.map_formula)
     best = next(c for c in tuning.map_candidates
                 if (c["window_size"], c["weighting"], c["map_sigma"], c.get("border", "none"), c.get("blend", "mean"))
-                == (choice.window_size, choice.weighting, choice.map_sigma, choice.border, choice.blend))
+                == (choice.window_size, choice.weighting, choice.map_sigma, choice.border, choice.blend)
+                and MapFormula.of(c.get("map_formula")) == chosen_formula)
     left.plot([best["map_sigma"]], [best["pixel_auroc"]], marker="*", ms=16, c="k", ls="", label="chosen")
     left.set(xlabel="map smoothing sigma (pixels)", ylabel="pixel ROC AUC (synthetic defects)", title="anomaly map")
     left.legend(fontsize=7)

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tfssim import resize, tiling
 from tfssim.errors import InputError
+from tfssim.map_formula import MapFormula
 from tfssim.metadata import BORDERS
 from tfssim.models import VariationalAutoencoder, get_spec, kind_of, reconstruction_nll
 from tfssim.ssim import SSIMParams, ssim_maps
@@ -51,6 +52,7 @@ __all__ = [
     "smoothing_radius",
     "validate_map_sigma",
     "smooth_map",
+    "second_term",
     "anomaly_maps",
 ]
 
@@ -195,6 +197,34 @@ def _shifted_sum(x: tf.Tensor, taps: list[float], axis: int) -> tf.Tensor:
     return out
 
 
+def second_term(x: tf.Tensor, reconstruction: tf.Tensor, formula: MapFormula | dict[str, Any],
+                ssim_params: SSIMParams | dict[str, Any] | None = None) -> tf.Tensor:
+    """The second term of a map formula (:mod:`tfssim.map_formula`), ``[H, W]`` (or ``[B, H, W]``) float32.
+
+    * ``"ssim_lowfreq"``: ``|G_s * mean_c(x - reconstruction)|``, the blur of :func:`smooth_map`
+      at ``formula.lowfreq_sigma``;
+    * ``"ssim_multiscale"``: ``1 - SSIM`` with :meth:`MapFormula.second_ssim` of ``ssim_params``.
+
+    Args:
+        x: Images ``[H, W, C]`` or ``[B, H, W, C]`` in ``[0, 1]``.
+        reconstruction: Their reconstructions, same shape.
+        formula: A formula with a second term.
+        ssim_params: The anomaly map's SSIM (default the paper's).
+
+    Returns:
+        The term, full-size.
+    """
+    formula = MapFormula.of(formula)
+    if formula.lowfreq_sigma is not None:
+        x, reconstruction, batched = _batched(x, reconstruction)
+        diff = tf.reduce_mean(tf.cast(x, tf.float32) - tf.cast(reconstruction, tf.float32), axis=-1)
+        term = tf.abs(smooth_map(diff, formula.lowfreq_sigma))
+        return term if batched else term[0]
+    if formula.window_size is not None:
+        return ssim_residual_maps(x, reconstruction, formula.second_ssim(ssim_params))["anomaly_map"]
+    raise InputError(f"map formula {formula.name!r} has no second term")
+
+
 def check_border(border: str) -> str:
     """``border`` if it is one of :data:`BORDERS`, else one ``InputError`` line."""
     if border not in BORDERS:
@@ -247,6 +277,7 @@ def anomaly_maps(
     image_size: tuple[int, int] | None = None,
     border: str = "none",
     blend: str = "mean",
+    map_formula: MapFormula | dict[str, Any] | str | None = None,
 ) -> dict[str, tf.Tensor]:
     """Reconstruction and anomaly maps of one whole image, by strided tiling and averaging.
 
@@ -278,16 +309,28 @@ def anomaly_maps(
             pattern the model never saw.
         blend: How overlapping tiles are combined (:data:`tfssim.tiling.BLENDS`): ``"mean"``
             (the paper) or ``"gaussian"`` (:func:`tfssim.tiling.blend_weights`).
+        map_formula: How ``anomaly_map`` is made (:class:`tfssim.map_formula.MapFormula`, a
+            record of one, or a name): ``None`` / ``"ssim"`` is ``1 - SSIM`` (the paper); the
+            others combine it with a second term (:func:`second_term`) computed on the same
+            (mirrored) image, before cropping and smoothing. SSIM models only.
 
     Returns:
         Float32 tensors: ``reconstruction [H, W, C]``, ``anomaly_map [H, W]`` and, for SSIM
-        models, ``luminance_map``, ``contrast_map``, ``structure_map`` (``1 -`` each component).
+        models, ``luminance_map``, ``contrast_map``, ``structure_map`` (``1 -`` each component
+        of the first SSIM; the formula changes ``anomaly_map`` only).
         For the VAE the reconstruction is the mean of the averaged samples.
     """
     residual = residual_of(kind or kind_of(model))
     patch_size = patch_size or model_patch_size(model)
     map_sigma = validate_map_sigma(map_sigma, patch_size)
-    tiles = _Tiling(patch_size, stride, chunk_size, check_border(border), tiling.check_blend(blend))
+    formula = MapFormula.of(map_formula)
+    if not formula.plain:
+        if residual != "ssim":
+            raise InputError(f"map formula {formula.name!r} needs an SSIM model, not a {residual!r} one")
+        if formula.reach() >= patch_size:
+            raise InputError(f"map formula {formula.describe()} reads {formula.reach()} pixels around each pixel, "
+                             f"which does not fit the {patch_size}-pixel patch (the smallest image scored)")
+    tiles = _Tiling(patch_size, stride, chunk_size, check_border(border), tiling.check_blend(blend), formula)
     if resize.is_identity(scale, image_size):
         maps = _maps(model, image, residual, tiles, ssim_kwargs, vae_samples, vae_seed, jit_compile)
     else:
@@ -310,6 +353,7 @@ class _Tiling:
     chunk_size: int
     border: str
     blend: str
+    formula: MapFormula
 
 
 def _resized_maps(model: keras.Model, image: tf.Tensor, residual: str, tiles: _Tiling,
@@ -366,5 +410,9 @@ def _tiled_maps(model: keras.Model, image: tf.Tensor, residual: str, tiles: _Til
                 "anomaly_map": vae_residual_map(image, samples, model.observation_std)}
     recon = tiling.reconstruct(fn, image, patch_size, stride, chunk_size, blend=tiles.blend)
     if residual == "ssim":
-        return {"reconstruction": recon, **ssim_residual_maps(image, recon, ssim_kwargs)}
+        maps = {"reconstruction": recon, **ssim_residual_maps(image, recon, ssim_kwargs)}
+        if not tiles.formula.plain:
+            second = second_term(image, recon, tiles.formula, ssim_kwargs)
+            maps["anomaly_map"] = tiles.formula.combine_maps(maps["anomaly_map"], second)
+        return maps
     return {"reconstruction": recon, "anomaly_map": l2_residual_map(image, recon)}

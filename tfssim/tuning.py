@@ -12,7 +12,10 @@ reconstruction) in the library, since the candidates differ only in scoring:
   that fit the patch); and, given the export's Keras model, the tiling the map is computed from:
   the tile blend (``mean`` / ``gaussian``) and, when asked for, the image border (``none`` /
   ``reflect``: one more model pass per image), each other tiling scored with the window and
-  weighting best on the export's own one.
+  weighting best on the export's own one; and the map formula (:mod:`tfssim.map_formula`): the
+  SSIM map alone, or with a low-frequency intensity residual or a wider-window SSIM, each term
+  normalised by its clean-image quantiles and combined by max or a weighted sum, scored on the
+  best plain map's window, weighting, tiling and sigma.
   **Objective: pixel ROC AUC on the synthetic masks** - threshold-free, so
   the map is judged before any threshold exists, and it is the paper's headline metric;
 * the threshold, at ``fpr`` on the clean validation images (the paper's rule), or with
@@ -22,8 +25,8 @@ reconstruction) in the library, since the candidates differ only in scoring:
   ``fpr`` threshold. **Objective: pooled pixel F1 of the segmentation** - post-processing acts
   on the thresholded mask only, so a threshold-free score cannot tell its candidates apart.
 
-Near-ties (within ``tolerance``) go to the simpler setting: the smaller sigma, the export's own
-window and weighting, the export's own post-processing.
+Near-ties (within ``tolerance``) go to the simpler setting: the plain SSIM map, the export's own
+tiling, the smaller sigma, the export's own window and weighting, the export's own post-processing.
 
 **Memory is bounded by one image**, whatever the number of validation images: the images are
 read one at a time, each image's reconstructions go to a cache on disk, and every candidate
@@ -35,6 +38,8 @@ post-processing candidate. Time is linear in the number of images. The passes:
 1. per image: paint ``copies`` copies (each seeded by ``(seed, image, copy)``, so it can be
    painted again later), reconstruct them and the clean image under every tiling, score every
    map candidate of the export's own tiling; 1b. with other tilings: score them, from the cache;
+   1c. with map formulas: each second term's quantiles on the clean images, then every
+   combination on the copies, from the cache;
 2. the chosen map on the clean images: the exact threshold at ``fpr``
    (:func:`tfssim.postprocess.threshold_at_fpr`'s value);
 3. the chosen map on the copies and the clean images: every post-processing candidate at that
@@ -75,10 +80,12 @@ from tfssim import metrics, postprocess, resize
 from tfssim.data import defects
 from tfssim.errors import InputError, input_checks
 from tfssim.inference import ExportedModel
+from tfssim.map_formula import FORMULAS, PLAIN, MapFormula
 from tfssim.ssim_params import WEIGHTINGS, SSIMParams
 
 __all__ = [
-    "DEFAULT_WINDOWS", "DEFAULT_WEIGHTINGS", "DEFAULT_SIGMAS", "DEFAULT_OPENINGS", "MIN_AREA_FRACTIONS",
+    "DEFAULT_WINDOWS", "DEFAULT_WEIGHTINGS", "DEFAULT_SIGMAS", "DEFAULT_OPENINGS", "DEFAULT_FORMULAS",
+    "LOWFREQ_SIGMA_SHARES", "MULTISCALE_FACTORS", "SUM_WEIGHTS", "MIN_AREA_FRACTIONS",
     "THRESHOLD_RULES", "REGION_FOUND_SHARE", "WEAK_AUROC", "MAP_OBJECTIVE", "POST_OBJECTIVE", "MapCandidate",
     "TuningChoice", "Tuning", "SourceModel", "TuneRun", "defects_per_copy", "synthetic_copy", "synthetic_copies",
     "library_map", "tune", "find_source", "load_source", "write_tuned_export", "recorded_validation_images",
@@ -89,6 +96,15 @@ DEFAULT_WINDOWS = (7, 11, 15)
 DEFAULT_WEIGHTINGS = WEIGHTINGS  # every weighting SSIMParams knows
 DEFAULT_SIGMAS = (0.0, 2.0, 4.0, 8.0, 12.0, 16.0)
 DEFAULT_OPENINGS = (0, 2, 4, 8)
+# Map formulas (tfssim.map_formula) tried by default, and their second terms: the low-frequency
+# residual's sigma as shares of the patch side (a defect "up to two patches wide" is smooth at
+# that scale; 1/8 is the widest whose 4-sigma kernel fits the patch), the multi-scale SSIM's wider
+# window as 2K+1 and 4K+1 of the chosen window K.
+DEFAULT_FORMULAS = FORMULAS
+LOWFREQ_SIGMA_SHARES = (1 / 16, 1 / 8)
+MULTISCALE_FACTORS = (2, 4)
+# How the two normalised terms are combined: max, or a weighted sum with these second-term weights.
+SUM_WEIGHTS = (0.25, 0.5, 0.75)
 # Minimum region areas tried, as shares of the area of the smallest defect size asked for.
 MIN_AREA_FRACTIONS = (0.0, 0.25, 0.5, 1.0)
 THRESHOLD_RULES = ("fpr", "f1")
@@ -115,13 +131,14 @@ _GOOD, _DEFECT = 0, 1
 @dataclasses.dataclass(frozen=True)
 class MapCandidate:
     """One anomaly-map setting: SSIM window and weighting (``None`` for other maps), smoothing,
-    and the tiling it is computed from (border handling and tile blend)."""
+    the tiling it is computed from (border handling and tile blend) and the map formula."""
 
     window_size: int | None
     weighting: str | None
     map_sigma: float
     border: str = "none"
     blend: str = "mean"
+    formula: MapFormula = PLAIN
 
     @property
     def scoring(self) -> tuple[int | None, str | None]:
@@ -140,6 +157,8 @@ class TuningChoice:
         window_size, weighting: SSIM window and weighting (``None`` for non-SSIM models).
         map_sigma: Gaussian smoothing of the map.
         border, blend: The tiling the map is computed from (``tfssim-export --border / --blend``).
+        map_formula: The map formula's record (:meth:`tfssim.map_formula.MapFormula.to_dict`),
+            with its normalisation from the clean validation images.
         opening_diameter, min_area, convex_hull: The post-processing.
         threshold: The threshold (pixels scoring above it are defects).
         threshold_rule: ``"fpr"`` or ``"f1"`` (:data:`THRESHOLD_RULES`).
@@ -159,6 +178,7 @@ class TuningChoice:
     val_fpr: float
     border: str = "none"
     blend: str = "mean"
+    map_formula: dict[str, Any] = dataclasses.field(default_factory=PLAIN.to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,7 +187,7 @@ class TuningChoice:
         """One line: ``SSIM window 11 (uniform), map sigma 12, border none, blend mean, opening 4, min area 0;
         threshold ...``."""
         scoring = f"SSIM window {self.window_size} ({self.weighting}), " if self.window_size is not None else ""
-        scoring += f"border {self.border}, blend {self.blend}, "
+        scoring += f"map {MapFormula.of(self.map_formula).describe()}, border {self.border}, blend {self.blend}, "
         rule = f"pixel FPR {self.fpr:g}" if self.threshold_rule == "fpr" else \
             f"best synthetic F1 within pixel FPR {self.fpr:g} (clean FPR {self.val_fpr:.4g})"
         return (f"{scoring}map sigma {self.map_sigma:g}, opening {self.opening_diameter}, min area {self.min_area}; "
@@ -181,14 +201,17 @@ class Tuning:
     Attributes:
         residual: ``ssim``, ``l2`` or ``vae``.
         map_candidates: One dict per anomaly-map candidate: ``window_size``, ``weighting``
-            (``None`` for non-SSIM models), ``map_sigma``, ``border``, ``blend``,
-            ``pixel_auroc``, ``auroc_error_bound``.
+            (``None`` for non-SSIM models), ``map_sigma``, ``border``, ``blend``, ``map_formula``
+            (its record), ``pixel_auroc``, ``auroc_error_bound``, ``pixel_pauc_0.3`` (the ROC
+            curve's standardised area up to FPR 0.3, :meth:`tfssim.metrics.ScoreHistogram.partial_roc_auc`);
+            formula candidates also ``eligible`` (see :func:`tune`'s ``formulas``).
         post_candidates: One dict per post-processing candidate: ``opening_diameter``,
             ``min_area``, ``f1``, ``iou``, ``region_recall``, ``false_regions_per_clean_image`` (on
             the chosen map at the ``fpr`` threshold).
         choice: The :class:`TuningChoice`.
         synthetic: Scores of the chosen map on the synthetic defects: ``pixel_auroc``,
-            ``auroc_error_bound``, ``aupro_0.3``, ``f1``, ``iou``; and the export's own map's AUROC
+            ``auroc_error_bound``, ``aupro_0.3``, ``f1``, ``iou``, ``pixel_auroc_by_family`` (each
+            family's defect pixels against the good ones); and the export's own map's AUROC
             (``before``).
         operating_point: What the chosen threshold finds (see the module docstring); with the
             ``f1`` rule also every threshold tried (``thresholds``) and the ``fpr`` rule's point.
@@ -228,7 +251,10 @@ class Tuning:
                  f"{op['regions']} synthetic defects (found: >= {REGION_FOUND_SHARE:.0%} of a region flagged); "
                  f"{op['false_regions_per_clean_image']:.2f} false regions per clean validation image"]
         sizes = ", ".join(f"{b['min']:g}-{b['max']:g} px {_percent(b['recall'])}" for b in op["region_recall_by_size"])
-        families = ", ".join(f"{name} {_percent(b['recall'])}" for name, b in op["region_recall_by_family"].items())
+        by_family = syn.get("pixel_auroc_by_family", {})
+        families = ", ".join(f"{name} {_percent(b['recall'])}"
+                             + (f" (AUROC {by_family[name]:.3f})" if by_family.get(name) is not None else "")
+                             for name, b in op["region_recall_by_family"].items())
         lines.append(f"region recall by size: {sizes}")
         lines.append(f"region recall by family: {families}")
         return lines
@@ -363,6 +389,35 @@ def _tiling_candidates(borders: Sequence[str] | None, blends: Sequence[str] | No
     return wanted
 
 
+def _formula_candidates(formulas: Sequence[str] | None, fixed: str | None) -> list[str]:
+    """The map formulas to compare (names). ``fixed`` says why only the export's own can be had
+    here (``None``: every one can); other formulas asked for anyway are one ``InputError`` line."""
+    given = formulas is not None
+    formulas = list(DEFAULT_FORMULAS if formulas is None else [formulas] if isinstance(formulas, str) else formulas)
+    for name in formulas:
+        if name not in FORMULAS:
+            raise InputError(f"unknown map formula {name!r}; choose from {', '.join(FORMULAS)}")
+    if fixed is not None:
+        if given and any(name != PLAIN.name for name in formulas):
+            raise InputError(f"cannot compare map formulas here: {fixed}")
+        return [PLAIN.name]
+    return list(dict.fromkeys([PLAIN.name] + formulas))
+
+
+def _second_terms(formulas: Sequence[str], window: int | None, patch_size: int) -> list[MapFormula]:
+    """The second terms tried for ``formulas`` on an SSIM map of ``window``, as formulas with the
+    default combination and no normalisation yet: those whose reach fits the patch."""
+    if window is None:
+        return []
+    terms = []
+    if "ssim_lowfreq" in formulas:
+        terms += [MapFormula("ssim_lowfreq", lowfreq_sigma=patch_size * share) for share in LOWFREQ_SIGMA_SHARES]
+    if "ssim_multiscale" in formulas:
+        terms += [MapFormula("ssim_multiscale", window_size=f * window + 1) for f in MULTISCALE_FACTORS
+                  if f * window + 1 <= patch_size]
+    return [t for t in dict.fromkeys(terms) if t.reach() < patch_size]
+
+
 def _pick(candidates: list[dict[str, Any]], score: str, tolerance: float, preference: Any) -> dict[str, Any]:
     """The candidate with the best ``score``; among those within ``tolerance`` of it, the one
     ``preference`` (a sort key, smaller = simpler) ranks first."""
@@ -422,21 +477,42 @@ class _Maps:
     served: bool
     workers: int
 
+    def params(self, scoring: tuple[int | None, str | None]) -> dict[str, Any] | None:
+        """The SSIM of a ``(window, weighting)`` candidate (``None`` for other residuals)."""
+        window, weighting = scoring
+        return {**self.base_ssim, "window_size": window, "weighting": weighting} if self.residual == "ssim" else None
+
     def raw(self, images: np.ndarray, bases: np.ndarray, scoring: tuple[int | None, str | None],
-            margin: int = 0) -> np.ndarray:
+            margin: int = 0, formula: MapFormula = PLAIN) -> np.ndarray:
         """Raw maps ``[B, H, W]`` of images ``[B, H, W, C]`` from their cached bases (reconstructions
         or served maps). ``margin > 0``: the bases are reconstructions of the images mirrored
         outward by at least ``margin`` pixels (``border="reflect"``), cut to that margin; the map is
         computed on the mirrored images and cropped back, as the served graph does (a margin of
-        the SSIM window's radius holds everything the cropped map depends on)."""
+        the widest reach of the SSIM window or formula term holds everything the cropped map
+        depends on). ``formula``: the map formula's combination of this map and its second term."""
         if self.served:
             return np.asarray(bases, np.float32)
         from tfssim.scoring import pad_border
 
-        window, weighting = scoring
-        params = {**self.base_ssim, "window_size": window, "weighting": weighting} if self.residual == "ssim" else None
-        out = library_map(self.residual, pad_border(images, margin), bases, ssim_params=params)
-        return np.ascontiguousarray(out[..., margin:-margin, margin:-margin]) if margin else out
+        out = library_map(self.residual, pad_border(images, margin), bases, ssim_params=self.params(scoring))
+        out = np.ascontiguousarray(out[..., margin:-margin, margin:-margin]) if margin else out
+        if formula.plain:
+            return out
+        return formula.combine_maps(out, self.term(images, bases, scoring, margin, formula))
+
+    def term(self, images: np.ndarray, bases: np.ndarray, scoring: tuple[int | None, str | None], margin: int,
+             formula: MapFormula) -> np.ndarray:
+        """The second term of ``formula`` (:func:`tfssim.scoring.second_term`), ``[B, H, W]``; the
+        low-frequency residual's blur in SciPy (:func:`_smooth`, the same filter)."""
+        from tfssim.scoring import pad_border
+
+        padded = pad_border(images, margin)
+        if formula.lowfreq_sigma is not None:
+            diff = np.mean(np.asarray(padded, np.float32) - np.asarray(bases, np.float32), axis=-1)
+            out = np.abs(_smooth(diff, formula.lowfreq_sigma))
+        else:
+            out = library_map("ssim", padded, bases, ssim_params=formula.second_ssim(self.params(scoring)).to_dict())
+        return np.ascontiguousarray(out[..., margin:-margin, margin:-margin], np.float32) if margin else out
 
     def smooth(self, raw: np.ndarray, sigma: float) -> np.ndarray:
         """The map as served (:func:`_smooth`)."""
@@ -503,8 +579,8 @@ class _Cache:
     def copies(self, i: int, variant: int | None = None) -> np.ndarray:
         return np.load(self.path / f"{i}_{self.variant if variant is None else variant}_copies.npy")
 
-    def clean(self, i: int) -> np.ndarray:
-        return np.load(self.path / f"{i}_{self.variant}_clean.npy")
+    def clean(self, i: int, variant: int | None = None) -> np.ndarray:
+        return np.load(self.path / f"{i}_{self.variant if variant is None else variant}_clean.npy")
 
     def close(self) -> None:
         self._dir.cleanup()
@@ -672,6 +748,7 @@ def tune(
     borders: Sequence[str] | None = None,
     blends: Sequence[str] | None = None,
     source_model: Any = None,
+    formulas: Sequence[str] | None = None,
 ) -> Tuning:
     """Choose the anomaly-map settings, post-processing and threshold of an export from defect-free images.
 
@@ -707,9 +784,11 @@ def tune(
         defects_per_patch: Defects per patch-sized area of an image (at least one per copy).
         families: Defect families (from :data:`tfssim.data.defects.FAMILIES`); default the
             four of local structure (:data:`tfssim.data.defects.LOCAL_FAMILIES`). ``shading``
-            and ``missing`` paint large low-contrast and flat areas, which SSIM maps barely see:
-            add them to learn that from the report (region recall by family), not by default,
-            since they then dominate the pixel ROC AUC the map is chosen by.
+            and ``missing`` paint large low-contrast and flat areas: add them to learn from the
+            report (region recall and AUROC by family) what the model misses, or where the
+            product's defects are of that kind; not by default, since they then dominate the pixel
+            ROC AUC the map is chosen by (docs/results.md: on synthetic defects of an unused
+            seed, the choice loses on the local families and no candidate sees shading).
         tolerance: A candidate within this of the best score counts as tied (the synthetic
             estimate is noisy at that level); ties go to the simpler setting.
         progress: Show progress bars with an ETA (on a terminal only).
@@ -729,6 +808,16 @@ def tune(
             is the one candidate).
         source_model: The export's Keras model (:func:`load_source`), which reconstructs the
             tiling candidates; ``None``: the export's reconstructions, its own tiling only.
+        formulas: Map formulas tried (:data:`tfssim.map_formula.FORMULAS`; default all of them
+            for SSIM exports whose maps the tuner recomputes, else the export's own). Each formula
+            with a second term is scored on the best plain map's window, weighting and tiling,
+            and sigma, with every second term (:data:`LOWFREQ_SIGMA_SHARES`,
+            :data:`MULTISCALE_FACTORS`), each term normalised by its median and ``1 - fpr``
+            quantile on the clean validation images, combined by max or a weighted sum
+            (:data:`SUM_WEIGHTS`). A formula is chosen only if its ROC curve's area up to FPR 0.3
+            (standardised) is also within ``tolerance`` of the plain map's: a smooth second term
+            can raise the whole curve's area through its high-FPR part alone, where no threshold
+            is ever set.
 
     Returns:
         A :class:`Tuning`.
@@ -776,6 +865,9 @@ def tune(
              "an export that resizes its requests serves the one candidate map" if resized else
              "other tilings need the export's Keras model (tfssim-tune --model)" if source_model is None else None)
     tilings = _tiling_candidates(borders, blends, own_tiling, fixed)
+    own_formula = MapFormula.of(md.get("map_formula"))
+    formulas = _formula_candidates(formulas, "the export's maps are its served ones" if served else
+                                   None if residual == "ssim" else f"a {residual!r} export's map has no SSIM term")
     smallest = resize.min_input_size(patch_size, md.get("scale", 1.0), md.get("image_size"))
     size_range = defects._check_size_range(size_range or defects.default_size_range(patch_size))
     if sigmas is None:
@@ -828,9 +920,11 @@ def tune(
             raise InputError(f"unknown defect family {family!r}; choose from {', '.join(defects.FAMILIES)}")
 
     maps = _Maps(residual, base_ssim, served=served, workers=workers or min(4, os.cpu_count() or 1))
-    # Each tiling's margin: the mirrored strip the widest SSIM window at the border reads.
+    # Each tiling's margin: the mirrored strip the widest SSIM window or formula term at the border reads.
     widest = max((w for w, _ in scorings if w is not None), default=1)
-    margins = {border: min(scoring.border_padding(patch_size, border), widest // 2 if residual == "ssim" else 0)
+    reach = max([widest // 2] + [t.reach() for w, _ in scorings if w is not None
+                                 for t in _second_terms(formulas, w, patch_size)])
+    margins = {border: min(scoring.border_padding(patch_size, border), reach if residual == "ssim" else 0)
                for border, _ in tilings}
     reconstructions = _Reconstructions(model, None if served else source_model, tilings, margins,
                                        "anomaly_map" if served else "reconstruction")
@@ -839,8 +933,8 @@ def tune(
     candidates = [MapCandidate(*scoring_, s, *own_tiling) for scoring_ in scorings for s in sigmas]
     sweep_histograms = {c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in candidates}
     bins = _size_bins(size_range, families, shortest)
-    seconds = {"painting": 0.0, "reconstructions": 0.0, "map_candidates": 0.0, "tilings": 0.0, "threshold": 0.0,
-               "post_processing": 0.0, "threshold_rule": 0.0}
+    seconds = {"painting": 0.0, "reconstructions": 0.0, "map_candidates": 0.0, "tilings": 0.0, "formulas": 0.0,
+               "threshold": 0.0, "post_processing": 0.0, "threshold_rule": 0.0}
     n_images = len(store)
     family_counts: dict[str, int] = {}
     totals: dict[tuple[str, int], int] = {}  # (family, size bin) -> regions
@@ -888,15 +982,22 @@ def tune(
             bar.update()
         bar.close()
 
+        ranked_candidates: list[MapCandidate] = []
+
         def ranked_rows(cands: list[MapCandidate]) -> list[dict[str, Any]]:
+            ranked_candidates.extend(cands)
             return [{"window_size": c.window_size, "weighting": c.weighting, "map_sigma": c.map_sigma,
                      "border": c.border, "blend": c.blend,
+                     "map_formula": (own_formula if served else c.formula).to_dict(),
                      "pixel_auroc": sweep_histograms[c].roc_auc(_DEFECT, _GOOD),
+                     "pixel_pauc_0.3": sweep_histograms[c].partial_roc_auc(PRO_MAX_FPR, _DEFECT, _GOOD),
                      "auroc_error_bound": sweep_histograms[c].roc_auc_error_bound(_DEFECT, _GOOD)} for c in cands]
 
         ranked = ranked_rows(candidates)
-        # Ties go to the export's own tiling, then the smaller sigma, then its own window and weighting.
-        preference = lambda c: ((c["border"], c["blend"]) != own_tiling, c["map_sigma"],  # noqa: E731
+        # Ties go to the plain map formula, the export's own tiling, then the smaller sigma, then its
+        # own window and weighting.
+        preference = lambda c: (c["map_formula"]["name"] != PLAIN.name,  # noqa: E731
+                                (c["border"], c["blend"]) != own_tiling, c["map_sigma"],
                                 (c["window_size"], c["weighting"]) != own, ranked.index(c))
         if len(tilings) > 1:
             # Pass 1b: the other tilings, from the cache, with the window and weighting best on the
@@ -919,11 +1020,69 @@ def tune(
             bar.close()
             ranked += ranked_rows(others)
             seconds["tilings"] = time.perf_counter() - tick - (seconds["painting"] - painting_before)
+        if len(formulas) > 1:
+            # Pass 1c: the map formulas with a second term, on the best plain map's window, weighting,
+            # tiling and sigma: each term's clean-image quantiles (its normalisation), then every
+            # combination, from the cache.
+            tick, painting_before = time.perf_counter(), seconds["painting"]
+            plain = ranked_candidates[ranked.index(_pick(ranked, "pixel_auroc", tolerance, preference))]
+            v, margin = tilings.index(plain.tiling), margins[plain.border]
+            terms = _second_terms(formulas, plain.window_size, patch_size)
+            clean_hists = [metrics.ScoreHistogram(2, HISTOGRAM_BITS) for _ in range(len(terms) + 1)]
+            bar = _progress(2 * n_images, "tune: map formulas", progress)
+            for i in range(n_images):
+                x, clean = _hwc(store[i])[None], cache.clean(i, v)[None]
+                clean_hists[0].update(maps.raw(x, clean, plain.scoring, margin), _GOOD)
+                for hist, term in zip(clean_hists[1:], terms):
+                    hist.update(maps.term(x, clean, plain.scoring, margin, term), _GOOD)
+                bar.update()
+            # Each term's median and 1 - fpr quantile on the clean images; a term flat there (no
+            # spread to normalise by) is dropped.
+            quantiles = [(float(h.edge_at_fpr(0.5, _GOOD)), float(h.edge_at_fpr(fpr, _GOOD))) for h in clean_hists]
+            combined = {term: [dataclasses.replace(term, combine=how, weight=weight,
+                                                   offsets=(quantiles[0][0], quantiles[k][0]),
+                                                   scales=(quantiles[0][1] - quantiles[0][0],
+                                                           quantiles[k][1] - quantiles[k][0]))
+                               for how, weight in [("max", 0.5)] + [("sum", w) for w in SUM_WEIGHTS]]
+                        for k, term in enumerate(terms, 1)
+                        if quantiles[k][1] > quantiles[k][0] and quantiles[0][1] > quantiles[0][0]}
+            # At the best plain map's sigma only: 16 combinations at every sigma would cost as much
+            # again as the whole candidate sweep.
+            sigma = plain.map_sigma
+            others = [MapCandidate(*plain.scoring, sigma, *plain.tiling, formula) for group in combined.values()
+                      for formula in group]
+            sweep_histograms.update({c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in others})
+            for i in range(n_images):
+                copies_i = painted(i, _hwc(store[i]))
+                stack = np.stack([_hwc(p) for p, _, _ in copies_i])
+                labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)
+                bases = cache.copies(i, v)
+                first = maps.raw(stack, bases, plain.scoring, margin)
+                for term, group in combined.items():
+                    a, b = group[0].normalise(first, maps.term(stack, bases, plain.scoring, margin, term))
+                    # A weighted sum commutes with the (normalised, linear) blur: the smoothed terms
+                    # are combined; a max is smoothed after combining, as served.
+                    a_smooth, b_smooth = (maps.smooth_many(t, [sigma])[sigma] for t in (a, b))
+                    for formula in group:
+                        scores = maps.smooth_many(formula.combine_normalised(a, b), [sigma])[sigma] \
+                            if formula.combine == "max" else formula.combine_normalised(a_smooth, b_smooth)
+                        sweep_histograms[MapCandidate(*plain.scoring, sigma, *plain.tiling, formula)].update(
+                            scores, labels)
+                bar.update()
+            bar.close()
+            plain_row = ranked[ranked_candidates.index(plain)]
+            formula_rows = ranked_rows(others)
+            # A formula must also not lose on the low-FPR part of the curve, where thresholds are set: its
+            # smooth second term can raise the whole curve's area through the high-FPR part alone.
+            for row in formula_rows:
+                row["eligible"] = row["pixel_pauc_0.3"] >= plain_row["pixel_pauc_0.3"] - tolerance
+            ranked += formula_rows
+            seconds["formulas"] = time.perf_counter() - tick - (seconds["painting"] - painting_before)
         current = next((c for c in ranked if (c["window_size"], c["weighting"]) == own
-                        and (c["border"], c["blend"]) == own_tiling and c["map_sigma"] == exported_sigma), None)
-        chosen_map = _pick(ranked, "pixel_auroc", tolerance, preference)
-        chosen = MapCandidate(chosen_map["window_size"], chosen_map["weighting"], chosen_map["map_sigma"],
-                              chosen_map["border"], chosen_map["blend"])
+                        and (c["border"], c["blend"]) == own_tiling and c["map_sigma"] == exported_sigma
+                        and c["map_formula"] == own_formula.to_dict()), None)
+        chosen_map = _pick([c for c in ranked if c.get("eligible", True)], "pixel_auroc", tolerance, preference)
+        chosen = next(c for row, c in zip(ranked, ranked_candidates) if row is chosen_map)
         sweep = sweep_histograms[chosen]
         sweep_histograms.clear()  # only the chosen candidate's counts are needed from here
         cache.keep(tilings.index(chosen.tiling))
@@ -932,7 +1091,7 @@ def tune(
         def chosen_maps(x: np.ndarray, bases: np.ndarray, stack: np.ndarray | None = None) -> np.ndarray:
             """The chosen map as the export will serve it (from here on, no FFT shortcut)."""
             images_ = x[None] if stack is None else stack
-            return maps.smooth(maps.raw(images_, bases, chosen.scoring, margin), chosen.map_sigma)
+            return maps.smooth(maps.raw(images_, bases, chosen.scoring, margin, chosen.formula), chosen.map_sigma)
 
         def image_again(i: int) -> tuple[list[tuple[np.ndarray, np.ndarray, list]], np.ndarray, np.ndarray]:
             """Image ``i``'s copies painted again, their chosen maps and its clean image's, from the cache."""
@@ -967,6 +1126,8 @@ def tune(
         pro_edges = np.unique(np.r_[top, sweep.edge_at_fpr(np.linspace(0.0, PRO_MAX_FPR, PRO_THRESHOLDS)[1:], _GOOD)])
         pro_edges = pro_edges[::-1]  # falling thresholds: rising FPR, as the curve's area needs
         served_hist = metrics.ScoreHistogram(2, HISTOGRAM_BITS)  # the chosen map as served: its exact AUROC
+        # The same map's scores by family: class 0 the good pixels, class k + 1 family k's defect pixels.
+        family_hist = metrics.ScoreHistogram(1 + len(families), HISTOGRAM_BITS)
         overlap_sums = np.zeros(pro_edges.size)
         pro_regions = 0
         bar = _progress(n_images, "tune: post-processing", progress)
@@ -975,6 +1136,10 @@ def tune(
             for m, (_, mask, infos) in zip(defect_maps, copies_i):
                 served_hist.update(m, mask.astype(np.uint8))
                 regions = _defect_regions(infos, mask, bins)
+                family_labels = np.zeros(mask.shape, np.uint8)
+                for family, _, box, region in regions:
+                    family_labels[box][region] = families.index(family) + 1
+                family_hist.update(m, family_labels)
                 for o in openings:
                     found = postprocess.segment_regions(m, threshold, opening_diameter=o, convex_hull=convex_hull)
                     for a in min_areas:
@@ -1003,6 +1168,8 @@ def tune(
 
         operating_point = {"threshold": float(threshold), "threshold_rule": "fpr", "val_fpr": val_fpr,
                            **reports[post]}
+        auroc_by_family = {family: (family_hist.roc_auc(k + 1, _GOOD) if family_hist.total(k + 1) else None)
+                           for k, family in enumerate(families)}
         final_threshold, final_fpr = float(threshold), val_fpr
         if threshold_rule == "f1":
             # Pass 4: the chosen post-processing at thresholds of lower clean FPRs. Each is the float
@@ -1044,12 +1211,14 @@ def tune(
     choice = TuningChoice(window_size=chosen.window_size, weighting=chosen.weighting, map_sigma=chosen.map_sigma,
                           opening_diameter=post[0], min_area=post[1], convex_hull=convex_hull,
                           threshold=float(final_threshold), threshold_rule=threshold_rule, fpr=float(fpr),
-                          val_fpr=float(final_fpr), border=chosen.border, blend=chosen.blend)
+                          val_fpr=float(final_fpr), border=chosen.border, blend=chosen.blend,
+                          map_formula=chosen_map["map_formula"])
     synthetic = {"pixel_auroc": served_hist.roc_auc(_DEFECT, _GOOD),
                  "auroc_error_bound": served_hist.roc_auc_error_bound(_DEFECT, _GOOD),
                  "aupro_0.3": aupro, "f1": operating_point["pixel_f1"], "iou": operating_point["pixel_iou"],
+                 "pixel_auroc_by_family": auroc_by_family,
                  "before": {"window_size": own[0], "weighting": own[1], "map_sigma": exported_sigma,
-                            "border": own_tiling[0], "blend": own_tiling[1],
+                            "border": own_tiling[0], "blend": own_tiling[1], "map_formula": own_formula.to_dict(),
                             "pixel_auroc": None if current is None else current["pixel_auroc"]}}
     warnings = []
     if chosen_map["pixel_auroc"] < WEAK_AUROC:
@@ -1062,7 +1231,7 @@ def tune(
     settings = {
         "seed": int(seed), "copies": int(copies), "defect_size": [float(size_range[0]), float(size_range[1])],
         "families": families, "defects_per_patch": float(defects_per_patch), "tolerance": float(tolerance),
-        "tilings": [{"border": b, "blend": g} for b, g in tilings],
+        "tilings": [{"border": b, "blend": g} for b, g in tilings], "formulas": list(formulas),
         "validation_images": n_images, "defective_copies": n_images * copies, "defects": family_counts,
         "defect_fraction": float(defect_pixels / copy_pixels), "threshold_rule": threshold_rule,
         "region_found_share": REGION_FOUND_SHARE, "export": str(model.path),
@@ -1186,7 +1355,7 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: SourceModel
         training_config=md.get("training_config"), threshold=choice.threshold, vae_samples=md.get("vae_samples"),
         jit_compile=bool(md.get("jit_compile", False)), map_sigma=choice.map_sigma,
         scale=md.get("scale", 1.0), image_size=md.get("image_size"), border=choice.border, blend=choice.blend,
-        extra_metadata={"threshold_fpr": choice.fpr, "opening_diameter": choice.opening_diameter,
+        map_formula=choice.map_formula, extra_metadata={"threshold_fpr": choice.fpr, "opening_diameter": choice.opening_diameter,
                         "min_area": choice.min_area, "convex_hull": choice.convex_hull,
                         "source": source.info.get("model_path", str(source.path)), "tuned": tuned},
     )

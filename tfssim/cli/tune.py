@@ -6,6 +6,7 @@ import click
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 from tfssim.data.defects import FAMILIES
 from tfssim.errors import InputError
+from tfssim.map_formula import FORMULAS
 from tfssim.metadata import BLENDS, BORDERS
 from tfssim.tuning import THRESHOLD_RULES
 
@@ -35,6 +36,11 @@ from tfssim.tuning import THRESHOLD_RULES
 @click.option("--blend", "blends", type=click.Choice(BLENDS), multiple=True,
               help="Tile blend candidates (repeat the option): mean (the paper) and gaussian (tiles weighted toward "
                    "their centres)  [default: both]")
+@click.option("--formula", "formulas", type=click.Choice(FORMULAS), multiple=True,
+              help="Map formula candidates (repeat the option): ssim (the paper's 1 - SSIM), ssim_lowfreq (with a "
+                   "low-frequency intensity residual: large low-contrast areas, flat missing material) and "
+                   "ssim_multiscale (with SSIM at a wider window); each second term normalised by its clean-image "
+                   "quantiles and combined by max or a weighted sum  [default: all]")
 @click.option("--family", "families", type=click.Choice(FAMILIES), multiple=True,
               help="Synthetic defect families to paint (repeat the option): transplant, smear, foreign, scratch "
                    "(local structure, the default) and shading (large, low-contrast) and missing (flat, at the "
@@ -43,12 +49,12 @@ from tfssim.tuning import THRESHOLD_RULES
 @tensorflow_required()  # one Error line naming the install command without TensorFlow
 def main(export: str, images: tuple[str, ...], defect_size: tuple[float, float] | None, fpr: float,
          threshold_rule: str, copies: int, seed: int, output: str, source: str | None, borders: tuple[str, ...],
-         blends: tuple[str, ...], families: tuple[str, ...], verbose: bool) -> None:
+         blends: tuple[str, ...], formulas: tuple[str, ...], families: tuple[str, ...], verbose: bool) -> None:
     """Paint synthetic defects (texture transplants, smeared areas, foreign bodies, scratches;
     exact masks) into copies of the defect-free VALIDATION_IMAGES (files, folders or globs; none:
     the validation images of the export's training run), choose the anomaly map (SSIM window and
-    weighting, map smoothing, and the tiling it is computed from: image border and tile blend,
-    --border / --blend) by pixel ROC AUC and the post-processing (opening, minimum area) by
+    weighting, map smoothing, the map formula, --formula, and the tiling it is computed from:
+    image border and tile blend, --border / --blend) by pixel ROC AUC and the post-processing (opening, minimum area) by
     segmentation F1 on them, set the threshold on the clean images (--threshold-rule), and write
     the result as a NEW version of EXPORT (the old one is never changed), with tuning.json and
     tuning.png in OUTPUT: what the threshold finds (region recall by defect size and family,
@@ -65,7 +71,7 @@ def main(export: str, images: tuple[str, ...], defect_size: tuple[float, float] 
             raise InputError(f"--defect-size MIN MAX needs MIN <= MAX, got {defect_size[0]:g} {defect_size[1]:g}")
         run = tuning.tune_export(export, list(images) or None, output, source=source, size_range=defect_size,
                                  fpr=fpr, threshold_rule=threshold_rule, copies=copies, seed=seed, announce=announce,
-                                 borders=borders or None, blends=blends or None,
+                                 borders=borders or None, blends=blends or None, formulas=formulas or None,
                                  **({"families": list(dict.fromkeys(families))} if families else {}))
     for line in run.tuning.warnings:
         click.echo(line, err=True)

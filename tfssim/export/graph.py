@@ -56,6 +56,7 @@ class _Scorer:
     image_size: tuple[int, int] | None = None
     border: str = "none"
     blend: str = "mean"
+    map_formula: dict[str, Any] | None = None
 
     def _size_message(self) -> tuple[int, str]:
         """The smallest height and width a request may have, and the message refusing a smaller one."""
@@ -110,7 +111,7 @@ class _Scorer:
             self.model, image, self.residual, self.patch_size, stride, chunk_size=self.chunk_size,
             ssim_kwargs=self.ssim_kwargs, vae_samples=self.vae_samples, vae_seed=VAE_SEED,
             jit_compile=self.jit_compile, map_sigma=self.map_sigma, scale=self.scale, image_size=self.image_size,
-            border=self.border, blend=self.blend,
+            border=self.border, blend=self.blend, map_formula=self.map_formula,
         )
 
     def serve_uint8(self, image: tf.Tensor) -> dict[str, tf.Tensor]:

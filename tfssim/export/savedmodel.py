@@ -42,6 +42,7 @@ from tfssim.export.source import _report_checkpoint, load_for_export
 from tfssim.export.warmup import WARMUP_FILE, _write_warmup
 from tfssim.metadata import METADATA_FILE, ExportMetadata, check_value  # the file and its keys' rules (no TF)
 from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
+from tfssim.map_formula import MapFormula
 from tfssim.ssim_params import SSIMParams
 from tfssim.tiling import DEFAULT_CHUNK
 
@@ -55,7 +56,7 @@ GRAPH_METADATA_KEYS = ("format", "name", "version", "kind", "residual", "patch_s
                        "chunk_size", "ssim", "ssim_padding", "vae_samples", "vae_seed", "observation_std",
                        "map_sigma", "input_name", "uint8_scale", "float_signature", "stride_signature",
                        "signatures", "outputs", "output_shapes", "jit_compile", "scale", "image_size",
-                       "interpolation", "border", "blend")
+                       "interpolation", "border", "blend", "map_formula")
 
 
 def _resizing(scale: float | None, image_size: Any, training_config: dict[str, Any] | None,
@@ -98,6 +99,7 @@ def export_model(
     image_size: tuple[int, int] | list[int] | None = None,
     border: str = "none",
     blend: str = "mean",
+    map_formula: MapFormula | dict[str, Any] | str | None = None,
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
 
@@ -151,6 +153,9 @@ def export_model(
             (:func:`tfssim.scoring.anomaly_maps`). Recorded in the metadata as ``border``.
         blend: ``"mean"`` (the paper) or ``"gaussian"``: how overlapping tiles are combined in
             the graph (:func:`tfssim.tiling.blend_weights`). Recorded as ``blend``.
+        map_formula: How the served ``anomaly_map`` is made (:mod:`tfssim.map_formula`; SSIM
+            models only): ``None`` is the paper's ``1 - SSIM``; ``tfssim-tune`` chooses the
+            others with their normalisation. Recorded as ``map_formula``.
 
     Returns:
         The version folder ``output_root/name/version``.
@@ -195,6 +200,12 @@ def export_model(
     with input_checks():
         map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
     border, blend = scoring.check_border(border), tiling.check_blend(blend)
+    formula = MapFormula.of(map_formula)
+    if not formula.plain and residual != "ssim":
+        raise InputError(f"map formula {formula.name!r} needs an SSIM model, not a {residual!r} one")
+    if formula.reach() >= patch_size:
+        raise InputError(f"map formula {formula.describe()} reads {formula.reach()} pixels around each pixel, which "
+                         f"does not fit the {patch_size}-pixel patch")
     scale, image_size = _resizing(scale, image_size, training_config if training_config is not None
                                   else info.get("training_config"), patch_size)
     clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
@@ -217,7 +228,7 @@ def export_model(
     _remove_dead_partials(model_root)
 
     scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params.to_dict(), vae_samples, jit_compile,
-                     map_sigma, scale, image_size, border, blend)
+                     map_sigma, scale, image_size, border, blend, formula.to_dict())
     archive = keras.export.ExportArchive()
     archive.track(model)
     any_image = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
@@ -238,7 +249,7 @@ def export_model(
         "vae_samples": vae_samples if residual == "vae" else None,
         "vae_seed": VAE_SEED if residual == "vae" else None,
         "observation_std": float(model.observation_std) if residual == "vae" else None,
-        "map_sigma": map_sigma, "border": border, "blend": blend,
+        "map_sigma": map_sigma, "border": border, "blend": blend, "map_formula": formula.to_dict(),
         "scale": scale, "image_size": None if image_size is None else list(image_size),
         "interpolation": None if resize.is_identity(scale, image_size) else resize.INTERPOLATION,
         "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
