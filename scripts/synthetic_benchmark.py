@@ -79,7 +79,7 @@ def benchmark(images: list[np.ndarray], exports: list[str], *, seed: int, copies
                 hit = np.count_nonzero(seg[box] & region) >= tuning.REGION_FOUND_SHARE * np.count_nonzero(region)
                 found[key] = found.get(key, 0) + int(hit)
         scores = np.concatenate(maps)
-        row = {"export": str(model.path), "map_formula": md.get("map_formula") or {"name": "ssim"},
+        row = {"export": str(model.path), "residual": md.get("residual"), "map_formula": md.get("map_formula"),
                "border": md.get("border"), "blend": md.get("blend"), "map_sigma": md.get("map_sigma"),
                "threshold": model.threshold, "pixel_auroc": float(roc_auc_score(labels > 0, scores)),
                "pixel_auroc_by_family": {}, "region_recall_by_family": {}, "region_recall_by_size": []}
@@ -120,7 +120,8 @@ def main() -> None:
     for row in result["exports"]:
         families = ", ".join(f"{f} {a:.3f}" for f, a in row["pixel_auroc_by_family"].items())
         recall = ", ".join(f"{f} {100 * r:.0f} %" for f, r in row["region_recall_by_family"].items() if r is not None)
-        print(f"{row['export']}: {row['map_formula']['name']}, pixel ROC AUC {row['pixel_auroc']:.4f} "
+        name = (row["map_formula"] or {}).get("name", row["residual"])
+        print(f"{row['export']}: {name}, pixel ROC AUC {row['pixel_auroc']:.4f} "
               f"({families}); region recall {recall}", file=sys.stdout)
 
 

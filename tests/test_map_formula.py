@@ -119,9 +119,16 @@ def test_metadata_types_the_map_formula():
     assert ExportMetadata.from_dict(base, source="x").map_formula is None  # older exports: the paper's map
     record = MapFormula("ssim_multiscale", window_size=23).to_dict()
     assert ExportMetadata.from_dict({**base, "map_formula": record}, source="x").map_formula == record
-    for bad in ({"name": "ssim_lowfreq"}, "ssim", {"name": "ssim", "scales": [0, 1]}, [1]):
+    for bad in ({"name": "ssim_lowfreq"}, "ssim", {"name": "ssim", "scales": [0, 1]}, [1],
+                {"name": "ssim", "scales": [1e-320, 1]}):
         with pytest.raises(ValueError, match="'map_formula' must be a map formula record"):
             ExportMetadata.from_dict({**base, "map_formula": bad}, source="x")
+    # The formula against the rest of the file: an SSIM residual, a reach within the patch.
+    with pytest.raises(ValueError, match="map_formula 'ssim_multiscale' needs residual 'ssim', got 'vae'"):
+        ExportMetadata.from_dict({**base, "residual": "vae", "map_formula": record}, source="x")
+    wide = MapFormula("ssim_lowfreq", lowfreq_sigma=8).to_dict()
+    with pytest.raises(ValueError, match="reads 32 pixels around each pixel, more than its 32x32 patch allows"):
+        ExportMetadata.from_dict({**base, "map_formula": wide}, source="x")
 
 
 @pytest.mark.slow  # about 40 s: two exports and a small tune
@@ -182,6 +189,22 @@ def test_the_tuner_normalises_chooses_and_serves_a_formula(tmp_path):
     got = maps.raw(images[0][None, ..., None], recon[None], (base["window_size"], base["weighting"]), 0, low)[0]
     np.testing.assert_allclose(got, served_export.predict(images[0])["anomaly_map"], atol=2e-4)
     assert served_export.metadata["map_formula"] == low.to_dict()
+    # Tuned again, an export with a formula has its own map (formula, normalisation, sigma) among the
+    # candidates, so its AUROC before is known; where its served map is the one candidate (mirrored
+    # border, no Keras model) only its own formula may be asked for.
+    again = tuning.tune(served_export, images[:1], source_model=model, copies=1, seed=0, size_range=(4, 12),
+                        progress=False, sigmas=[0.0], openings=[0], cache_dir=tmp_path, formulas=["ssim"])
+    assert again.synthetic["before"]["map_formula"] == low.to_dict()
+    assert again.synthetic["before"]["pixel_auroc"] is not None
+    mirrored = ExportedModel.load(export_model(model, tmp_path / "exp", name="r", stride=16, border="reflect",
+                                               map_formula=low))
+    served_only = tuning.tune(mirrored, images[:1], copies=1, seed=0, size_range=(4, 12), progress=False,
+                              sigmas=[0.0], openings=[0], cache_dir=tmp_path, formulas=["ssim_lowfreq"])
+    assert [c["map_formula"] for c in served_only.map_candidates] == [low.to_dict()]
+    assert served_only.choice.map_formula == low.to_dict() and served_only.settings["formulas"] == ["ssim_lowfreq"]
+    with pytest.raises(ValueError, match="cannot compare map formulas here: the export's maps are its served ones; "
+                                         "the export's own is ssim_lowfreq"):
+        tuning.tune(mirrored, images[:1], copies=1, size_range=(4, 12), progress=False, formulas=["ssim"])
     # The tuned version serves its choice.
     choice = MapFormula.of(result.choice.map_formula)
     tuned = ExportedModel.load(tuning.write_tuned_export(export, result, tuning.SourceModel(tmp_path, model, {})))
@@ -195,7 +218,11 @@ def test_formula_candidates_are_refused_where_the_map_cannot_be_recomputed(expor
     l2 = ExportedModel.load(exports[1])
     images = [np.random.default_rng(4).random((40, 40)).astype(np.float32)]
     settings = dict(copies=1, size_range=(4, 8), progress=False, sigmas=[0.0], openings=[0])
-    assert {c["map_formula"]["name"] for c in tuning.tune(l2, images, **settings).map_candidates} == {"ssim"}
+    assert l2.metadata["map_formula"] is None  # an l2 map is no SSIM map: no formula recorded
+    result = tuning.tune(l2, images, **settings)
+    assert {c["map_formula"] for c in result.map_candidates} == {None} and result.choice.map_formula is None
+    assert result.synthetic["before"]["pixel_auroc"] is not None  # its own map is found among the candidates
+    assert "map" not in result.choice.describe().split(",")[0]
     with pytest.raises(ValueError, match="cannot compare map formulas here: a 'l2' export's map has no SSIM term"):
         tuning.tune(l2, images, formulas=["ssim", "ssim_lowfreq"], **settings)
     with pytest.raises(ValueError, match="unknown map formula 'ssim_blur'; choose from ssim, ssim_lowfreq"):

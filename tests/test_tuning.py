@@ -335,7 +335,7 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
     assert len(record["post_candidates"]) == len(tuning.DEFAULT_OPENINGS) * 4
     assert record["objective"]["map"] == tuning.MAP_OBJECTIVE
     choice = record["choice"]
-    best = max(c["pixel_auroc"] for c in record["map_candidates"])
+    best = max(c["pixel_auroc"] for c in record["map_candidates"] if c.get("eligible", True))
     keys = ("window_size", "weighting", "map_sigma", "border", "blend", "map_formula")
     chosen = next(c for c in record["map_candidates"] if all(c[k] == choice[k] for k in keys))
     assert chosen["pixel_auroc"] >= best - 0.001

@@ -53,6 +53,7 @@ COMBINES = ("max", "sum")
 _KEYS = ("name", "combine", "weight", "lowfreq_sigma", "window_size", "offsets", "scales")
 # Largest sigma / window accepted from a stored record (the side of a patch: tfssim.metadata.MAX_SIDE).
 _MAX_SIDE = 2**16
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _number(value: Any) -> bool:
@@ -78,7 +79,9 @@ class MapFormula:
         scales: Each term is divided by its scale after the offset (positive).
 
     Raises:
-        InputError: a field out of range, or one given that the formula does not use.
+        InputError: a field out of range, or ``lowfreq_sigma`` / ``window_size`` missing where
+            the formula needs it or given where it does not (the plain ``"ssim"`` ignores the
+            combination fields, and :meth:`to_dict` does not record them).
     """
 
     name: str = "ssim"
@@ -101,8 +104,10 @@ class MapFormula:
             if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_number(v) for v in value):
                 raise InputError(f"map formula {key} must be two finite numbers, got {value!r}")
             object.__setattr__(self, key, tuple(float(v) for v in value))
-        if not all(s > 0 for s in self.scales):
-            raise InputError(f"map formula scales must be positive, got {self.scales!r}")
+        # 1 / scale multiplies float32 maps: it must stay finite there.
+        if not all(s > 0 and 1.0 / s < _FLOAT32_MAX for s in self.scales):
+            raise InputError(f"map formula scales must be positive (and at least {1 / _FLOAT32_MAX:.3g}), got "
+                             f"{self.scales!r}")
         object.__setattr__(self, "weight", float(self.weight))
         wants_sigma, wants_window = self.name == "ssim_lowfreq", self.name == "ssim_multiscale"
         if wants_sigma != (self.lowfreq_sigma is not None):
@@ -166,7 +171,8 @@ class MapFormula:
 
     @classmethod
     def of(cls, value: MapFormula | Mapping[str, Any] | str | None) -> MapFormula:
-        """A formula from a record (:meth:`to_dict`), a name with defaults, or ``None`` (plain).
+        """A formula from a record (:meth:`to_dict`), ``"ssim"`` or ``None`` (both the plain map;
+        the other names need their parameters, so they come as records).
 
         Raises:
             InputError: an unknown key or a bad value.

@@ -252,7 +252,9 @@ class ExportMetadata:
             request mirrored outward by half a patch before tiling, outputs cropped back).
         blend: How overlapping tiles are combined: ``"mean"`` (the paper) or ``"gaussian"``.
         map_formula: How the served ``anomaly_map`` is made (:meth:`tfssim.map_formula.MapFormula.to_dict`);
-            ``None`` (exports from before this key) and ``{"name": "ssim"}`` are the paper's ``1 - SSIM``.
+            ``None`` (exports from before this key) and ``{"name": "ssim"}`` are the paper's ``1 - SSIM``;
+            ``None`` for the other residuals. A formula with a second term needs residual ``ssim``
+            and a reach within the patch.
         scale: Factor every request is resized by inside the graph before it is tiled (1: none;
             the model was trained with ``tfssim-train --scale``); outputs come back at the
             request's size.
@@ -412,6 +414,13 @@ class ExportMetadata:
             if window > self.patch_size:
                 raise InputError(f"tfssim metadata key 'ssim' has window_size {_shown(window)}, larger than its "
                                  f"{self.patch_size}x{self.patch_size} patch")
+        formula = MapFormula.of(self.map_formula)
+        if not formula.plain and self.residual != "ssim":
+            raise InputError(f"tfssim metadata map_formula {formula.name!r} needs residual 'ssim', got "
+                             f"{_shown(self.residual)}")
+        if formula.reach() >= self.patch_size:
+            raise InputError(f"tfssim metadata map_formula {formula.describe()} reads {formula.reach()} pixels around "
+                             f"each pixel, more than its {self.patch_size}x{self.patch_size} patch allows")
         if self.format > FORMAT:
             raise InputError(f"tfssim metadata format {_shown(self.format)} is newer than this tfssim reads ({FORMAT}); "
                              "upgrade tfssim")

@@ -309,8 +309,8 @@ def anomaly_maps(
             pattern the model never saw.
         blend: How overlapping tiles are combined (:data:`tfssim.tiling.BLENDS`): ``"mean"``
             (the paper) or ``"gaussian"`` (:func:`tfssim.tiling.blend_weights`).
-        map_formula: How ``anomaly_map`` is made (:class:`tfssim.map_formula.MapFormula`, a
-            record of one, or a name): ``None`` / ``"ssim"`` is ``1 - SSIM`` (the paper); the
+        map_formula: How ``anomaly_map`` is made (:class:`tfssim.map_formula.MapFormula` or a
+            record of one): ``None`` / ``"ssim"`` is ``1 - SSIM`` (the paper); the
             others combine it with a second term (:func:`second_term`) computed on the same
             (mirrored) image, before cropping and smoothing. SSIM models only.
 

@@ -97,9 +97,9 @@ DEFAULT_WEIGHTINGS = WEIGHTINGS  # every weighting SSIMParams knows
 DEFAULT_SIGMAS = (0.0, 2.0, 4.0, 8.0, 12.0, 16.0)
 DEFAULT_OPENINGS = (0, 2, 4, 8)
 # Map formulas (tfssim.map_formula) tried by default, and their second terms: the low-frequency
-# residual's sigma as shares of the patch side (a defect "up to two patches wide" is smooth at
-# that scale; 1/8 is the widest whose 4-sigma kernel fits the patch), the multi-scale SSIM's wider
-# window as 2K+1 and 4K+1 of the chosen window K.
+# residual's sigma as shares of the patch side (its 4-sigma kernel then reaches a quarter or half
+# a patch around each pixel: the scale of a smooth defect a patch or two wide), the multi-scale
+# SSIM's wider window as 2K+1 and 4K+1 of the chosen window K.
 DEFAULT_FORMULAS = FORMULAS
 LOWFREQ_SIGMA_SHARES = (1 / 16, 1 / 8)
 MULTISCALE_FACTORS = (2, 4)
@@ -158,7 +158,7 @@ class TuningChoice:
         map_sigma: Gaussian smoothing of the map.
         border, blend: The tiling the map is computed from (``tfssim-export --border / --blend``).
         map_formula: The map formula's record (:meth:`tfssim.map_formula.MapFormula.to_dict`),
-            with its normalisation from the clean validation images.
+            with its normalisation from the clean validation images (``None`` for non-SSIM models).
         opening_diameter, min_area, convex_hull: The post-processing.
         threshold: The threshold (pixels scoring above it are defects).
         threshold_rule: ``"fpr"`` or ``"f1"`` (:data:`THRESHOLD_RULES`).
@@ -178,7 +178,7 @@ class TuningChoice:
     val_fpr: float
     border: str = "none"
     blend: str = "mean"
-    map_formula: dict[str, Any] = dataclasses.field(default_factory=PLAIN.to_dict)
+    map_formula: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,7 +187,9 @@ class TuningChoice:
         """One line: ``SSIM window 11 (uniform), map sigma 12, border none, blend mean, opening 4, min area 0;
         threshold ...``."""
         scoring = f"SSIM window {self.window_size} ({self.weighting}), " if self.window_size is not None else ""
-        scoring += f"map {MapFormula.of(self.map_formula).describe()}, border {self.border}, blend {self.blend}, "
+        if self.map_formula is not None:
+            scoring += f"map {MapFormula.of(self.map_formula).describe()}, "
+        scoring += f"border {self.border}, blend {self.blend}, "
         rule = f"pixel FPR {self.fpr:g}" if self.threshold_rule == "fpr" else \
             f"best synthetic F1 within pixel FPR {self.fpr:g} (clean FPR {self.val_fpr:.4g})"
         return (f"{scoring}map sigma {self.map_sigma:g}, opening {self.opening_diameter}, min area {self.min_area}; "
@@ -389,18 +391,19 @@ def _tiling_candidates(borders: Sequence[str] | None, blends: Sequence[str] | No
     return wanted
 
 
-def _formula_candidates(formulas: Sequence[str] | None, fixed: str | None) -> list[str]:
-    """The map formulas to compare (names). ``fixed`` says why only the export's own can be had
-    here (``None``: every one can); other formulas asked for anyway are one ``InputError`` line."""
+def _formula_candidates(formulas: Sequence[str] | None, fixed: str | None, own: str) -> list[str]:
+    """The map formulas to compare (names), the plain one first. ``fixed`` says why only the
+    export's own (``own``) can be had here (``None``: every one can); others asked for anyway are
+    one ``InputError`` line."""
     given = formulas is not None
     formulas = list(DEFAULT_FORMULAS if formulas is None else [formulas] if isinstance(formulas, str) else formulas)
     for name in formulas:
         if name not in FORMULAS:
             raise InputError(f"unknown map formula {name!r}; choose from {', '.join(FORMULAS)}")
     if fixed is not None:
-        if given and any(name != PLAIN.name for name in formulas):
-            raise InputError(f"cannot compare map formulas here: {fixed}")
-        return [PLAIN.name]
+        if given and any(name != own for name in formulas):
+            raise InputError(f"cannot compare map formulas here: {fixed}; the export's own is {own}")
+        return [own]
     return list(dict.fromkeys([PLAIN.name] + formulas))
 
 
@@ -494,8 +497,11 @@ class _Maps:
             return np.asarray(bases, np.float32)
         from tfssim.scoring import pad_border
 
-        out = library_map(self.residual, pad_border(images, margin), bases, ssim_params=self.params(scoring))
-        out = np.ascontiguousarray(out[..., margin:-margin, margin:-margin]) if margin else out
+        window_bases, window_margin = _trimmed(bases, margin, (scoring[0] or 1) // 2)
+        out = library_map(self.residual, pad_border(images, window_margin), window_bases,
+                          ssim_params=self.params(scoring))
+        out = np.ascontiguousarray(out[..., window_margin:-window_margin, window_margin:-window_margin]) \
+            if window_margin else out
         if formula.plain:
             return out
         return formula.combine_maps(out, self.term(images, bases, scoring, margin, formula))
@@ -506,6 +512,7 @@ class _Maps:
         low-frequency residual's blur in SciPy (:func:`_smooth`, the same filter)."""
         from tfssim.scoring import pad_border
 
+        bases, margin = _trimmed(bases, margin, formula.reach())
         padded = pad_border(images, margin)
         if formula.lowfreq_sigma is not None:
             diff = np.mean(np.asarray(padded, np.float32) - np.asarray(bases, np.float32), axis=-1)
@@ -551,6 +558,18 @@ class _Maps:
             full = sfft.irfft2(spectrum * kernel, s=shape, workers=self.workers)
             out[sigma] = np.ascontiguousarray(full[..., reach:reach + h, reach:reach + w], dtype=np.float32)
         return out
+
+
+def _trimmed(bases: np.ndarray, margin: int, reach: int) -> tuple[np.ndarray, int]:
+    """Bases ``[..., H + 2 margin, W + 2 margin, C]`` cut to the margin a map of this ``reach`` needs
+    (what it reads around a pixel), and that margin. A map computed on the mirrored image with at
+    least its reach, or with the whole mirrored strip the graph adds, is the served one; a smaller
+    margin is less work."""
+    keep = min(margin, reach)
+    cut = margin - keep
+    if not cut:
+        return bases, margin
+    return bases[..., cut:bases.shape[-3] - cut, cut:bases.shape[-2] - cut, :], keep
 
 
 class _Cache:
@@ -867,7 +886,8 @@ def tune(
     tilings = _tiling_candidates(borders, blends, own_tiling, fixed)
     own_formula = MapFormula.of(md.get("map_formula"))
     formulas = _formula_candidates(formulas, "the export's maps are its served ones" if served else
-                                   None if residual == "ssim" else f"a {residual!r} export's map has no SSIM term")
+                                   None if residual == "ssim" else f"a {residual!r} export's map has no SSIM term",
+                                   own_formula.name)
     smallest = resize.min_input_size(patch_size, md.get("scale", 1.0), md.get("image_size"))
     size_range = defects._check_size_range(size_range or defects.default_size_range(patch_size))
     if sigmas is None:
@@ -922,8 +942,8 @@ def tune(
     maps = _Maps(residual, base_ssim, served=served, workers=workers or min(4, os.cpu_count() or 1))
     # Each tiling's margin: the mirrored strip the widest SSIM window or formula term at the border reads.
     widest = max((w for w, _ in scorings if w is not None), default=1)
-    reach = max([widest // 2] + [t.reach() for w, _ in scorings if w is not None
-                                 for t in _second_terms(formulas, w, patch_size)])
+    reach = max([widest // 2, own_formula.reach()] + [t.reach() for w, _ in scorings if w is not None
+                                                      for t in _second_terms(formulas, w, patch_size)])
     margins = {border: min(scoring.border_padding(patch_size, border), reach if residual == "ssim" else 0)
                for border, _ in tilings}
     reconstructions = _Reconstructions(model, None if served else source_model, tilings, margins,
@@ -931,6 +951,10 @@ def tune(
     # The export's own tiling (tilings[0]) with every map candidate; the other tilings later, with
     # the window and weighting best on it and every sigma.
     candidates = [MapCandidate(*scoring_, s, *own_tiling) for scoring_ in scorings for s in sigmas]
+    # An export tuned before with a formula: its own map (formula, normalisation, sigma) competes too.
+    own_candidate = MapCandidate(*own, exported_sigma, *own_tiling, own_formula) \
+        if not own_formula.plain and not served else None
+    candidates += [own_candidate] if own_candidate is not None else []
     sweep_histograms = {c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in candidates}
     bins = _size_bins(size_range, families, shortest)
     seconds = {"painting": 0.0, "reconstructions": 0.0, "map_candidates": 0.0, "tilings": 0.0, "formulas": 0.0,
@@ -977,6 +1001,9 @@ def tune(
                 raw = maps.raw(stack, copy_bases[0], scoring_, margins[own_tiling[0]])
                 for sigma, smoothed in maps.smooth_many(raw, sigmas).items():
                     sweep_histograms[MapCandidate(*scoring_, sigma, *own_tiling)].update(smoothed, labels)
+            if own_candidate is not None:
+                raw = maps.raw(stack, copy_bases[0], own, margins[own_tiling[0]], own_formula)
+                sweep_histograms[own_candidate].update(maps.smooth(raw, exported_sigma), labels)
             del copy_bases
             seconds["map_candidates"] += time.perf_counter() - tick
             bar.update()
@@ -988,22 +1015,26 @@ def tune(
             ranked_candidates.extend(cands)
             return [{"window_size": c.window_size, "weighting": c.weighting, "map_sigma": c.map_sigma,
                      "border": c.border, "blend": c.blend,
-                     "map_formula": (own_formula if served else c.formula).to_dict(),
+                     "map_formula": None if residual != "ssim" else (own_formula if served else c.formula).to_dict(),
                      "pixel_auroc": sweep_histograms[c].roc_auc(_DEFECT, _GOOD),
                      "pixel_pauc_0.3": sweep_histograms[c].partial_roc_auc(PRO_MAX_FPR, _DEFECT, _GOOD),
                      "auroc_error_bound": sweep_histograms[c].roc_auc_error_bound(_DEFECT, _GOOD)} for c in cands]
 
         ranked = ranked_rows(candidates)
+
+        def plain_rows() -> list[dict[str, Any]]:
+            """The rows of the plain map (what the other tilings and the formulas are built on)."""
+            return [c for c in ranked if MapFormula.of(c["map_formula"]).plain]
         # Ties go to the plain map formula, the export's own tiling, then the smaller sigma, then its
         # own window and weighting.
-        preference = lambda c: (c["map_formula"]["name"] != PLAIN.name,  # noqa: E731
+        preference = lambda c: (MapFormula.of(c["map_formula"]) != PLAIN,  # noqa: E731
                                 (c["border"], c["blend"]) != own_tiling, c["map_sigma"],
                                 (c["window_size"], c["weighting"]) != own, ranked.index(c))
         if len(tilings) > 1:
             # Pass 1b: the other tilings, from the cache, with the window and weighting best on the
             # export's own tiling (the one the tuner would pick without them) and every sigma.
             tick, painting_before = time.perf_counter(), seconds["painting"]
-            best = _pick(ranked, "pixel_auroc", tolerance, preference)
+            best = _pick(plain_rows(), "pixel_auroc", tolerance, preference)
             best_scoring = (best["window_size"], best["weighting"])
             others = [MapCandidate(*best_scoring, s, *t) for t in tilings[1:] for s in sigmas]
             sweep_histograms.update({c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in others})
@@ -1025,7 +1056,7 @@ def tune(
             # tiling and sigma: each term's clean-image quantiles (its normalisation), then every
             # combination, from the cache.
             tick, painting_before = time.perf_counter(), seconds["painting"]
-            plain = ranked_candidates[ranked.index(_pick(ranked, "pixel_auroc", tolerance, preference))]
+            plain = ranked_candidates[ranked.index(_pick(plain_rows(), "pixel_auroc", tolerance, preference))]
             v, margin = tilings.index(plain.tiling), margins[plain.border]
             terms = _second_terms(formulas, plain.window_size, patch_size)
             clean_hists = [metrics.ScoreHistogram(2, HISTOGRAM_BITS) for _ in range(len(terms) + 1)]
@@ -1052,7 +1083,7 @@ def tune(
             others = [MapCandidate(*plain.scoring, sigma, *plain.tiling, formula) for group in combined.values()
                       for formula in group]
             sweep_histograms.update({c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in others})
-            for i in range(n_images):
+            for i in range(n_images if combined else 0):
                 copies_i = painted(i, _hwc(store[i]))
                 stack = np.stack([_hwc(p) for p, _, _ in copies_i])
                 labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)
@@ -1080,7 +1111,7 @@ def tune(
             seconds["formulas"] = time.perf_counter() - tick - (seconds["painting"] - painting_before)
         current = next((c for c in ranked if (c["window_size"], c["weighting"]) == own
                         and (c["border"], c["blend"]) == own_tiling and c["map_sigma"] == exported_sigma
-                        and c["map_formula"] == own_formula.to_dict()), None)
+                        and MapFormula.of(c["map_formula"]) == own_formula), None)
         chosen_map = _pick([c for c in ranked if c.get("eligible", True)], "pixel_auroc", tolerance, preference)
         chosen = next(c for row, c in zip(ranked, ranked_candidates) if row is chosen_map)
         sweep = sweep_histograms[chosen]
@@ -1218,7 +1249,8 @@ def tune(
                  "aupro_0.3": aupro, "f1": operating_point["pixel_f1"], "iou": operating_point["pixel_iou"],
                  "pixel_auroc_by_family": auroc_by_family,
                  "before": {"window_size": own[0], "weighting": own[1], "map_sigma": exported_sigma,
-                            "border": own_tiling[0], "blend": own_tiling[1], "map_formula": own_formula.to_dict(),
+                            "border": own_tiling[0], "blend": own_tiling[1],
+                            "map_formula": own_formula.to_dict() if residual == "ssim" else None,
                             "pixel_auroc": None if current is None else current["pixel_auroc"]}}
     warnings = []
     if chosen_map["pixel_auroc"] < WEAK_AUROC:

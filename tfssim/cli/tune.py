@@ -40,7 +40,8 @@ from tfssim.tuning import THRESHOLD_RULES
               help="Map formula candidates (repeat the option): ssim (the paper's 1 - SSIM), ssim_lowfreq (with a "
                    "low-frequency intensity residual: large low-contrast areas, flat missing material) and "
                    "ssim_multiscale (with SSIM at a wider window); each second term normalised by its clean-image "
-                   "quantiles and combined by max or a weighted sum  [default: all]")
+                   "quantiles and combined by max or a weighted sum  [default: all, for SSIM exports whose maps the "
+                   "tuner recomputes; else the export's own]")
 @click.option("--family", "families", type=click.Choice(FAMILIES), multiple=True,
               help="Synthetic defect families to paint (repeat the option): transplant, smear, foreign, scratch "
                    "(local structure, the default) and shading (large, low-contrast) and missing (flat, at the "
