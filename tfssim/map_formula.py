@@ -137,6 +137,17 @@ class MapFormula:
         return SSIMParams.of(first, window_size=self.window_size,
                              sigma=first.sigma * self.window_size / first.window_size)
 
+    def check_model(self, residual: str, patch_size: int) -> MapFormula:
+        """This formula if a model with this residual and patch can serve it, else one ``InputError``
+        line: a second term needs an SSIM model and must read less than a patch around each pixel
+        (the smallest image scored is one patch)."""
+        if not self.plain and residual != "ssim":
+            raise InputError(f"map formula {self.name!r} needs an SSIM model, not a {residual!r} one")
+        if self.reach() >= patch_size:
+            raise InputError(f"map formula {self.describe()} reads {self.reach()} pixels around each pixel, which "
+                             f"does not fit the {patch_size}-pixel patch (the smallest image scored)")
+        return self
+
     def reach(self) -> int:
         """How far (pixels) the second term reads around a pixel: the blur's or window's radius."""
         if self.lowfreq_sigma is not None:

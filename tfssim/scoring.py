@@ -323,13 +323,7 @@ def anomaly_maps(
     residual = residual_of(kind or kind_of(model))
     patch_size = patch_size or model_patch_size(model)
     map_sigma = validate_map_sigma(map_sigma, patch_size)
-    formula = MapFormula.of(map_formula)
-    if not formula.plain:
-        if residual != "ssim":
-            raise InputError(f"map formula {formula.name!r} needs an SSIM model, not a {residual!r} one")
-        if formula.reach() >= patch_size:
-            raise InputError(f"map formula {formula.describe()} reads {formula.reach()} pixels around each pixel, "
-                             f"which does not fit the {patch_size}-pixel patch (the smallest image scored)")
+    formula = MapFormula.of(map_formula).check_model(residual, patch_size)
     tiles = _Tiling(patch_size, stride, chunk_size, check_border(border), tiling.check_blend(blend), formula)
     if resize.is_identity(scale, image_size):
         maps = _maps(model, image, residual, tiles, ssim_kwargs, vae_samples, vae_seed, jit_compile)

@@ -509,16 +509,16 @@ class _Maps:
     def term(self, images: np.ndarray, bases: np.ndarray, scoring: tuple[int | None, str | None], margin: int,
              formula: MapFormula) -> np.ndarray:
         """The second term of ``formula`` (:func:`tfssim.scoring.second_term`), ``[B, H, W]``; the
-        low-frequency residual's blur in SciPy (:func:`_smooth`, the same filter)."""
-        from tfssim.scoring import pad_border
+        low-frequency residual's blur in SciPy (:func:`_smooth`, the same filter, faster here)."""
+        from tfssim.scoring import pad_border, second_term
 
         bases, margin = _trimmed(bases, margin, formula.reach())
-        padded = pad_border(images, margin)
+        padded = np.asarray(pad_border(images, margin), np.float32)
+        bases = np.asarray(bases, np.float32).reshape(padded.shape)
         if formula.lowfreq_sigma is not None:
-            diff = np.mean(np.asarray(padded, np.float32) - np.asarray(bases, np.float32), axis=-1)
-            out = np.abs(_smooth(diff, formula.lowfreq_sigma))
+            out = np.abs(_smooth(np.mean(padded - bases, axis=-1), formula.lowfreq_sigma))
         else:
-            out = library_map("ssim", padded, bases, ssim_params=formula.second_ssim(self.params(scoring)).to_dict())
+            out = np.asarray(second_term(padded, bases, formula, self.params(scoring)))
         return np.ascontiguousarray(out[..., margin:-margin, margin:-margin], np.float32) if margin else out
 
     def smooth(self, raw: np.ndarray, sigma: float) -> np.ndarray:

@@ -200,12 +200,7 @@ def export_model(
     with input_checks():
         map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
     border, blend = scoring.check_border(border), tiling.check_blend(blend)
-    formula = MapFormula.of(map_formula)
-    if not formula.plain and residual != "ssim":
-        raise InputError(f"map formula {formula.name!r} needs an SSIM model, not a {residual!r} one")
-    if formula.reach() >= patch_size:
-        raise InputError(f"map formula {formula.describe()} reads {formula.reach()} pixels around each pixel, which "
-                         f"does not fit the {patch_size}-pixel patch")
+    formula = MapFormula.of(map_formula).check_model(residual, patch_size)
     scale, image_size = _resizing(scale, image_size, training_config if training_config is not None
                                   else info.get("training_config"), patch_size)
     clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
