@@ -79,6 +79,7 @@ def test_predict_writes_maps_masks_overlays_and_regions(exports, dataset, tmp_pa
     result = CliRunner().invoke(predict_cli, [str(exports[0]), str(dataset / "test" / "*.png"), "--output", str(out),
                                               "--threshold", "0.3", "--masks", str(dataset / "ground_truth")])
     assert result.exit_code == 0, result.output
+    assert "s per megapixel in the export's graph at stride 16 (0.0154 megapixels)" in result.output
     stems = [p.stem for p in data.list_images(dataset / "test")]
     for stem in stems:
         for suffix in ("_anomaly_map.tif", "_anomaly_map.png", "_mask.png", "_overlay.png", "_regions.json"):
@@ -186,6 +187,9 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
     payload = json.loads((out / "results.json").read_text())
     results = payload["exports"]
     assert set(results) == {"ssim/1", "l2/2"} and payload["counts"] == {"val": 2, "test": 4, "defective": 3}
+    for name in results:  # each export's graph time over the 6 images it scored, at its stride
+        assert results[name]["stride"] == 16 and results[name]["seconds_per_megapixel"] > 0
+        assert f"{name}: {results[name]['seconds_per_megapixel']:.3g} s per megapixel" in result.output
     for name in ("roc.png", "results.csv", "pro_ssim_1.png", "pro_l2_2.png", "roc_ssim_1.csv", "roc_l2_2.csv",
                  "pro_ssim_1.csv", "pro_l2_2.csv", "segroc_ssim_1.csv", "segroc_l2_2.csv"):
         assert (out / name).stat().st_size > 0

@@ -267,7 +267,7 @@ class BlurExport:
         self.name = "blur"
         self.path = root / "blur" / "1"
         self.path.mkdir(parents=True, exist_ok=True)
-        self.metadata = {"opening_diameter": 4, "convex_hull": True}
+        self.metadata = {"opening_diameter": 4, "convex_hull": True, "stride": 30}
         self.offset = np.float32(offset)
         self.calls = 0
 

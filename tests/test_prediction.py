@@ -50,8 +50,13 @@ def test_predict_files_writes_results_and_records_a_skipped_image(model, dataset
         "export": str(model.path), "threshold": 0.3, "images": 4, "failed": summary.failures,
         "processed": [str(images / f"{stem}.png") for stem in stems], "images_without_mask": 0,
         "postprocess": {"threshold": 0.3, "opening_diameter": 4, "convex_hull": True, "min_area": 0},
-        "interrupted": False, "error": None,
+        "interrupted": False, "error": None, "stride": 16,
+        "seconds_per_megapixel": summary.serving.seconds_per_megapixel,
     }
+    # The graph's time over the three images it scored (the broken one never reached it).
+    assert summary.serving.megapixels == pytest.approx(3 * 64 * 80 / 1e6)
+    assert 0 < summary.serving.seconds_per_megapixel == summary.serving.seconds / summary.serving.megapixels
+    assert summary.speed_line().endswith("s per megapixel in the export's graph at stride 16 (0.0154 megapixels)")
 
 
 def test_predict_files_needs_a_threshold_and_expand_inputs_names_bad_paths(model, dataset, tmp_path):

@@ -157,7 +157,7 @@ class FakeExport:
         self.metadata = {"kind": "vae", "residual": "vae", "patch_size": 64, "map_sigma": 0.0, "stride": 16,
                          "channels": 1, "opening_diameter": 4, "convex_hull": self.convex_hull, **self.metadata}
 
-    def predict(self, image, source=None):
+    def predict(self, image, source=None, stride=None):
         self.calls += 1
         image = np.asarray(image, np.float32).reshape(self.clean[0].shape)
         signal = np.min([np.abs(image - c) > 0 for c in self.clean], axis=0).astype(np.float32)
@@ -169,8 +169,9 @@ class FakeExport:
 def test_noisy_maps_are_best_smoothed_and_the_aucs_match_scipy_and_sklearn():
     clean = _val_images(n=2)
     fake = FakeExport(clean, noise=2.0)
-    result = tuning.tune(fake, clean, copies=2, seed=5, sigmas=[0, 1, 2, 4], progress=False)
+    result = tuning.tune(fake, clean, copies=2, seed=5, sigmas=[0, 1, 2, 4], strides=[16], progress=False)
     assert fake.calls == 2 * 2 + 2  # each painted copy and each clean image through the export once
+    assert result.strides == [] and result.choice.stride == 16  # one stride: no frontier
     aucs = {c["map_sigma"]: c["pixel_auroc"] for c in result.map_candidates}
     assert result.choice.map_sigma > 0 and aucs[result.choice.map_sigma] - aucs[0] > 0.1
     assert [c["window_size"] for c in result.map_candidates] == [None] * 4  # no SSIM candidates for a VAE

@@ -68,7 +68,7 @@ import numpy as np
 from tfssim import metrics, postprocess
 from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir, save_array
 from tfssim.errors import InputError
-from tfssim.inference import ExportedModel
+from tfssim.inference import ExportedModel, ServingTime
 from tfssim.per_type import GOOD, TYPE_KEYS, TypePools, defect_types, per_type_scores
 from tfssim.splits import DEFAULT_SEED, DEFAULT_VAL_SPLIT, load_split, split_settings
 
@@ -102,6 +102,8 @@ class ExportEvaluation:
     segmentation_roc: dict[str, Any] | None = None
     # Per defect type (:func:`per_type_scores`): None for datasets without defect types.
     per_type: dict[str, dict[str, Any]] | None = None
+    # Time in the export's graph per megapixel, over the validation and test images it scored.
+    seconds_per_megapixel: float | None = None
 
 
 def _progress(iterable: Sequence[Any], desc: str, enabled: bool) -> Any:
@@ -275,9 +277,10 @@ class _ExportMaps:
     """The anomaly maps of one export on image files, by index: computed on first access and
     cached on disk (``.npy``, exact), read back from there by the later passes."""
 
-    def __init__(self, model: ExportedModel, paths: Sequence[Path], channels: int, cache: Path, prefix: str) -> None:
+    def __init__(self, model: ExportedModel, paths: Sequence[Path], channels: int, cache: Path, prefix: str,
+                 serving: ServingTime) -> None:
         self._model, self._paths, self._channels = model, list(paths), channels
-        self._cache, self._prefix = cache, prefix
+        self._cache, self._prefix, self._serving = cache, prefix, serving
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -289,7 +292,7 @@ class _ExportMaps:
         if cached.exists():
             return np.load(cached)
         image = data.read_image(self._paths[i], self._channels)
-        anomaly_map = np.asarray(self._model.predict(image, source=self._paths[i])["anomaly_map"])
+        anomaly_map = np.asarray(self._serving.predict(self._model, image, source=self._paths[i])["anomaly_map"])
         save_array(cached, anomaly_map)
         return anomaly_map
 
@@ -354,6 +357,9 @@ def format_table(results: Sequence[ExportEvaluation]) -> str:
     for r in results:
         cells = "".join(f"{'-' if r.scores.get(k) is None else format(r.scores[k], '.4f'):>{widths[k]}}" for k in RESULT_KEYS)
         lines.append(f"{r.name[:24]:<24}{cells}")
+    for r in results:
+        if r.seconds_per_megapixel is not None:
+            lines.append(f"{r.name}: {r.seconds_per_megapixel:.3g} s per megapixel in the export's graph")
     for r in results:
         stored = r.scores.get("export_threshold")
         if stored is not None:
@@ -466,8 +472,9 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
         settings = postprocess.PostProcessor.from_metadata(model.metadata, threshold=0.0)
         # The maps of this export, cached for the later passes, gone when it is done.
         with tempfile.TemporaryDirectory(prefix=".tfssim-evaluate-cache-", dir=output) as cache:
-            val_maps = _ExportMaps(model, split.val, ch, Path(cache), "val")
-            test_maps = _ExportMaps(model, split.test, ch, Path(cache), "test")
+            serving = ServingTime()
+            val_maps = _ExportMaps(model, split.val, ch, Path(cache), "val", serving)
+            test_maps = _ExportMaps(model, split.test, ch, Path(cache), "test", serving)
             result = _score(name, val_maps, test_maps, masks, fpr=fpr, processor=settings,
                             segmentation_auroc=segmentation_auroc, test_labels=labels, progress=progress)
             safe = safe_names[len(results)]
@@ -480,6 +487,7 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
         # Beside the threshold recalibrated here: the one stored in the export (what serving uses).
         result.scores["export_threshold"] = model.threshold
         result.seconds = time.perf_counter() - started
+        result.seconds_per_megapixel = serving.seconds_per_megapixel
         results.append(result)
         plots.plot_pro_quantiles(result.pro["fpr"], result.pro["quantiles"], output / f"pro_{safe}.png")
         write_curves(result, output, safe)
@@ -490,7 +498,9 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
     payload = {
         "dataset": str(split.root), "layout": split.layout, "fpr_target": fpr,
         "counts": {"val": len(split.val), "test": len(split.test), "defective": defective},
-        "exports": {r.name: {**r.scores, "path": str(m.path), "seconds": round(r.seconds, 2)} for r, m in zip(results, exports)},
+        "exports": {r.name: {**r.scores, "path": str(m.path), "seconds": round(r.seconds, 2),
+                             "stride": int(m.metadata["stride"]), "seconds_per_megapixel": r.seconds_per_megapixel}
+                    for r, m in zip(results, exports)},
     }
     if types:
         # Beside the pooled scores, never instead of them: datasets without types keep today's files.

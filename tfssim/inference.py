@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 
 from tfssim.errors import InputError
 from tfssim.export.layout import check_loadable_path, check_version_files, newest_version
-from tfssim.metadata import FLOAT_SIGNATURE, METADATA_FILE, ExportMetadata, read_json  # METADATA_FILE: one definition (tfssim.export re-exports it)
+from tfssim.metadata import FLOAT_SIGNATURE, METADATA_FILE, STRIDE_SIGNATURE, ExportMetadata, read_json  # METADATA_FILE: one definition (tfssim.export re-exports it)
 
 __all__ = [
     "ExportedModel", "METADATA_FILE", "check_metadata", "read_export_metadata", "readable_tf_error",
@@ -162,8 +163,13 @@ class ExportedModel:
         value = self.metadata.get("threshold")
         return None if value is None else float(value)
 
-    def predict(self, image: np.ndarray, source: str | Path | None = None) -> dict[str, np.ndarray]:
+    def predict(self, image: np.ndarray, source: str | Path | None = None,
+                stride: int | None = None) -> dict[str, np.ndarray]:
         """Maps of one image ``[H, W]`` or ``[H, W, C]`` float in [0, 1] (or uint8).
+
+        ``stride`` (``1 <= stride <= patch_size``) tiles at that stride through the export's
+        ``serve_with_stride`` signature; ``None``: the export's default stride (its metadata's
+        ``stride``, what ``serving_default`` serves).
 
         Returns a dict of ``[H, W]`` float32 arrays: ``anomaly_map`` and, where the model has
         them, the component residual maps, plus ``reconstruction`` ``[H, W, C]``.
@@ -185,16 +191,25 @@ class ExportedModel:
                 f"[H, W, {self.channels}] images"
             )
         signatures = self._loaded.signatures
-        if image.dtype == np.uint8:
+        extra = {}
+        if stride is not None:
+            if isinstance(stride, bool) or int(stride) != stride or not 1 <= stride <= int(self.metadata["patch_size"]):
+                raise InputError(f"stride must be an integer between 1 and the patch size "
+                                 f"{self.metadata['patch_size']}, got {stride!r}")
+            fn = signatures[self.metadata.get("stride_signature", STRIDE_SIGNATURE)]
+            scale = 255.0 if image.dtype == np.uint8 else 1.0
+            arg = tf.constant(image.astype(np.float32) / scale)
+            extra = {"stride": tf.constant(int(stride), tf.int32)}
+        elif image.dtype == np.uint8:
             fn = signatures["serving_default"]
             arg = tf.constant(image)
         else:
             # The metadata was checked on load: its float_signature is the one every export serves.
             fn = signatures[self.metadata.get("float_signature", FLOAT_SIGNATURE)]
             arg = tf.constant(image.astype(np.float32))
-        (input_name,) = fn.structured_input_signature[1].keys()
+        (input_name,) = [name for name in fn.structured_input_signature[1] if name != "stride"]
         try:
-            outputs = fn(**{input_name: arg})
+            outputs = fn(**{input_name: arg}, **extra)
         except tf.errors.InvalidArgumentError as err:
             raise InputError(
                 f"{where}the export refused the image of shape {image.shape}: {readable_tf_error(err.message)}"
@@ -212,3 +227,31 @@ class ExportedModel:
                 array = array[..., 0]
             result[key] = array
         return result
+
+
+@dataclass
+class ServingTime:
+    """Time spent in an export's graph and the megapixels it scored, over many calls: what
+    ``tfssim-predict`` and ``tfssim-evaluate`` report as seconds per megapixel.
+
+    Example:
+        >>> clock = ServingTime()
+        >>> maps = clock.predict(model, image)
+        >>> clock.seconds_per_megapixel
+    """
+
+    seconds: float = 0.0
+    megapixels: float = 0.0
+
+    def predict(self, model: ExportedModel, image: np.ndarray, **kwargs: Any) -> dict[str, np.ndarray]:
+        """``model.predict(image, **kwargs)``, timed (a refused image counts no time)."""
+        tick = time.perf_counter()
+        maps = model.predict(image, **kwargs)
+        self.seconds += time.perf_counter() - tick
+        self.megapixels += image.shape[0] * image.shape[1] / 1e6
+        return maps
+
+    @property
+    def seconds_per_megapixel(self) -> float | None:
+        """Seconds per megapixel over every call so far; ``None`` before the first."""
+        return self.seconds / self.megapixels if self.megapixels else None

@@ -181,22 +181,30 @@ def plot_per_type(scores: Mapping[str, Mapping[str, Mapping[str, float | None]]]
 
 
 def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
-    """What the tuner (:func:`tfssim.tuning.tune`) measured and chose, in four panels.
+    """What the tuner (:func:`tfssim.tuning.tune`) measured and chose, in four panels, and a fifth
+    and sixth when it compared strides.
 
     Top: synthetic-defect pixel ROC AUC against the map sigma, one line per SSIM window /
     weighting; segmentation F1 against the minimum area, one line per opening diameter (the
     choice starred). Bottom: at the chosen threshold, the share of synthetic defect regions
     found per defect size and per family; and F1, region recall and false regions per clean
     image against the clean-pixel FPR of each threshold tried (``f1`` rule) or at the one
-    threshold (``fpr`` rule).
+    threshold (``fpr`` rule). Right, with strides compared: the speed/quality frontier, the
+    chosen map's pixel ROC AUC and AUPRO against the serving time per megapixel, one point per
+    stride.
 
     Args:
         tuning: A :class:`tfssim.tuning.Tuning`.
         path: The PNG to write (atomically).
     """
     choice, op = tuning.choice, tuning.operating_point
-    fig = Figure(figsize=(12, 8.4))
-    (left, right), (recall_ax, rule_ax) = fig.subplots(2, 2)
+    if tuning.strides:
+        fig = Figure(figsize=(17, 8.4))
+        (left, right, auroc_ax), (recall_ax, rule_ax, aupro_ax) = fig.subplots(2, 3)
+        _plot_frontier(tuning.strides, auroc_ax, aupro_ax)
+    else:
+        fig = Figure(figsize=(12, 8.4))
+        (left, right), (recall_ax, rule_ax) = fig.subplots(2, 2)
     groups: dict[tuple, list[Mapping]] = {}
     before = tuning.synthetic.get("before") or {}
     own_tiling = (before.get("border", "none"), before.get("blend", "mean"))
@@ -285,3 +293,21 @@ def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
     rule_ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _plot_frontier(rows: Sequence[Mapping[str, Any]], auroc_ax: Any, aupro_ax: Any) -> None:
+    """The stride frontier (:attr:`tfssim.tuning.Tuning.strides`): synthetic pixel ROC AUC and AUPRO
+    against the serving time per megapixel, each point labelled with its stride, the chosen starred."""
+    rows = sorted(rows, key=lambda r: r["seconds_per_megapixel"])
+    seconds = [r["seconds_per_megapixel"] for r in rows]
+    for ax, key, label in ((auroc_ax, "pixel_auroc", "pixel ROC AUC"), (aupro_ax, "aupro_0.3", "AUPRO@0.3")):
+        ax.plot(seconds, [r[key] for r in rows], marker="o")
+        for r in rows:
+            ax.annotate(f"stride {r['stride']}" + (" (export's)" if r["own"] else ""),
+                        (r["seconds_per_megapixel"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        chosen = next(r for r in rows if r["chosen"])
+        ax.plot([chosen["seconds_per_megapixel"]], [chosen[key]], marker="*", ms=16, c="k", ls="", label="chosen")
+        ax.set(xlabel="serving time (s per megapixel, this machine)", ylabel=f"{label} (synthetic defects)",
+               title=f"stride: {label} against serving time")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)

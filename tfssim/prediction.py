@@ -28,7 +28,7 @@ import numpy as np
 from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir
 from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
-from tfssim.inference import ExportedModel
+from tfssim.inference import ExportedModel, ServingTime
 
 __all__ = [
     "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "ImageResult", "PredictionSummary", "expand_inputs", "find_mask",
@@ -96,6 +96,9 @@ class PredictionSummary:
         interrupted: Whether the run stopped before the last image (Ctrl-C, or an error
             writing the results); ``results`` then holds the images completed before it.
         error: What stopped it (``"KeyboardInterrupt"`` or the write error), else ``None``.
+        stride: The tiling stride the export served at (its default).
+        serving: Time in the export's graph and megapixels scored
+            (:class:`tfssim.inference.ServingTime`); ``summary.json`` has ``seconds_per_megapixel``.
     """
 
     export: Path
@@ -108,6 +111,8 @@ class PredictionSummary:
     postprocess: dict[str, Any] | None = None
     interrupted: bool = False
     error: str | None = None
+    stride: int | None = None
+    serving: ServingTime = field(default_factory=ServingTime)
 
     @property
     def ok(self) -> bool:
@@ -121,7 +126,15 @@ class PredictionSummary:
         return {"export": str(self.export), "threshold": self.threshold, "images": self.images,
                 "processed": [str(r.path) for r in self.results], "failed": list(self.failures),
                 "images_without_mask": self.images_without_mask, "postprocess": self.postprocess,
-                "interrupted": self.interrupted, "error": self.error}
+                "interrupted": self.interrupted, "error": self.error, "stride": self.stride,
+                "seconds_per_megapixel": self.serving.seconds_per_megapixel}
+
+    def speed_line(self) -> str | None:
+        """``0.62 s per megapixel in the export's graph at stride 30``, once an image was scored."""
+        if self.serving.seconds_per_megapixel is None:
+            return None
+        return (f"{self.serving.seconds_per_megapixel:.3g} s per megapixel in the export's graph at stride "
+                f"{self.stride} ({self.serving.megapixels:.3g} megapixels)")
 
 
 def no_threshold_message(export: str | os.PathLike, alternative: str) -> str:
@@ -334,7 +347,7 @@ def predict_files(
                          "output folder")
     summary = PredictionSummary(model.path, processor.threshold, out, len(paths),
                                 images_without_mask=0 if masks is not None else None,
-                                postprocess=processor.to_dict())
+                                postprocess=processor.to_dict(), stride=int(model.metadata["stride"]))
 
     def say(line: str, err: bool = False) -> None:
         if progress:
@@ -358,7 +371,7 @@ def predict_files(
                                 f"{data.mask_names(path)})", err=True)
                         else:
                             gt = data.read_mask(found, shape=image.shape[:2])
-                    maps = model.predict(image, source=path)
+                    maps = summary.serving.predict(model, image, source=path)
                     anomaly_map = maps["anomaly_map"]
                     if not np.isfinite(anomaly_map).all():
                         raise InputError("the export produced NaN or infinite scores for this image; the model is "

@@ -86,6 +86,7 @@ from tfssim.ssim_params import WEIGHTINGS, SSIMParams
 __all__ = [
     "DEFAULT_WINDOWS", "DEFAULT_WEIGHTINGS", "DEFAULT_SIGMAS", "DEFAULT_OPENINGS", "DEFAULT_FORMULAS",
     "LOWFREQ_SIGMA_SHARES", "MULTISCALE_FACTORS", "SUM_WEIGHTS", "MIN_AREA_FRACTIONS",
+    "STRIDE_SHARES", "STRIDE_TOLERANCE", "TIMED_IMAGES", "default_strides",
     "THRESHOLD_RULES", "REGION_FOUND_SHARE", "WEAK_AUROC", "MAP_OBJECTIVE", "POST_OBJECTIVE", "MapCandidate",
     "TuningChoice", "Tuning", "SourceModel", "TuneRun", "defects_per_copy", "synthetic_copy", "synthetic_copies",
     "library_map", "tune", "find_source", "load_source", "write_tuned_export", "recorded_validation_images",
@@ -105,6 +106,15 @@ LOWFREQ_SIGMA_SHARES = (1 / 16, 1 / 8)
 MULTISCALE_FACTORS = (2, 4)
 # How the two normalised terms are combined: max, or a weighted sum with these second-term weights.
 SUM_WEIGHTS = (0.25, 0.5, 0.75)
+# Tiling strides compared by default beside the export's own: these shares of the patch side (48
+# and 64 for the paper's 128-pixel patch), those larger than the export's stride. A stride trades
+# serving time (tiles ~ 1 / stride^2) against the number of tiles averaged per pixel.
+STRIDE_SHARES = (3 / 8, 1 / 2)
+# The largest stride whose synthetic pixel ROC AUC (and ROC area up to FPR 0.3) is within this of
+# the best stride's is chosen.
+STRIDE_TOLERANCE = 0.005
+# Clean validation images timed per stride, after one untimed call that builds the graph.
+TIMED_IMAGES = 3
 # Minimum region areas tried, as shares of the area of the smallest defect size asked for.
 MIN_AREA_FRACTIONS = (0.0, 0.25, 0.5, 1.0)
 THRESHOLD_RULES = ("fpr", "f1")
@@ -159,6 +169,7 @@ class TuningChoice:
         border, blend: The tiling the map is computed from (``tfssim-export --border / --blend``).
         map_formula: The map formula's record (:meth:`tfssim.map_formula.MapFormula.to_dict`),
             with its normalisation from the clean validation images (``None`` for non-SSIM models).
+        stride: The tiling stride the new version serves by default (``None``: the export's own).
         opening_diameter, min_area, convex_hull: The post-processing.
         threshold: The threshold (pixels scoring above it are defects).
         threshold_rule: ``"fpr"`` or ``"f1"`` (:data:`THRESHOLD_RULES`).
@@ -179,6 +190,7 @@ class TuningChoice:
     border: str = "none"
     blend: str = "mean"
     map_formula: dict[str, Any] | None = None
+    stride: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,6 +202,7 @@ class TuningChoice:
         if self.map_formula is not None:
             scoring += f"map {MapFormula.of(self.map_formula).describe()}, "
         scoring += f"border {self.border}, blend {self.blend}, "
+        scoring += f"stride {self.stride}, " if self.stride is not None else ""
         rule = f"pixel FPR {self.fpr:g}" if self.threshold_rule == "fpr" else \
             f"best synthetic F1 within pixel FPR {self.fpr:g} (clean FPR {self.val_fpr:.4g})"
         return (f"{scoring}map sigma {self.map_sigma:g}, opening {self.opening_diameter}, min area {self.min_area}; "
@@ -220,6 +233,12 @@ class Tuning:
         settings: seed, copies, defect size range, families, defects per copy, counts, seconds
             per stage.
         warnings: Lines starting with ``Warning:`` (e.g. a synthetic AUROC below :data:`WEAK_AUROC`).
+        strides: One dict per tiling stride compared (the speed/quality frontier), on the
+            chosen map: ``stride``, ``pixel_auroc``, ``pixel_pauc_0.3``, ``aupro_0.3`` (synthetic
+            defects), ``seconds_per_megapixel`` (serving time measured on this machine),
+            ``speedup`` (against the export's own stride), ``own`` (the export's stride),
+            ``eligible`` and ``chosen``; empty
+            when only the export's own stride was tried.
     """
 
     residual: str
@@ -230,6 +249,7 @@ class Tuning:
     operating_point: dict[str, Any]
     settings: dict[str, Any]
     warnings: list[str] = dataclasses.field(default_factory=list)
+    strides: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def ssim_params(self, base: SSIMParams | dict[str, Any] | None) -> dict[str, Any] | None:
         """The export's SSIM parameters ``base`` with the chosen window and weighting, as
@@ -259,7 +279,19 @@ class Tuning:
                              for name, b in op["region_recall_by_family"].items())
         lines.append(f"region recall by size: {sizes}")
         lines.append(f"region recall by family: {families}")
+        if self.strides:
+            lines.append(stride_line(self.strides))
         return lines
+
+
+def stride_line(rows: Sequence[dict[str, Any]]) -> str:
+    """One line on the stride chosen from :attr:`Tuning.strides`: its speed-up and what it costs."""
+    chosen = next(r for r in rows if r["chosen"])
+    own = next(r for r in rows if r["own"])
+    return (f"stride {chosen['stride']} (export's {own['stride']}): {chosen['seconds_per_megapixel']:.3g} s per "
+            f"megapixel, {chosen['speedup']:.2f}x the export's speed; synthetic pixel ROC AUC "
+            f"{chosen['pixel_auroc']:.4f} (stride {own['stride']}: {own['pixel_auroc']:.4f}); strides tried: "
+            + ", ".join(f"{r['stride']} ({r['pixel_auroc']:.4f}, {r['seconds_per_megapixel']:.3g} s/MPx)" for r in rows))
 
 
 def _percent(value: float | None) -> str:
@@ -273,6 +305,20 @@ def defects_per_copy(shape: Sequence[int], patch_size: int, defects_per_patch: f
     """``max(1, round(defects_per_patch * H * W / patch_size**2))``: one defect per patch-sized area."""
     h, w = shape[:2]
     return max(1, int(round(defects_per_patch * h * w / patch_size**2)))
+
+
+def default_strides(patch_size: int, stride: int) -> list[int]:
+    """The export's ``stride`` and the :data:`STRIDE_SHARES` of ``patch_size`` larger than it."""
+    larger = {int(round(share * patch_size)) for share in STRIDE_SHARES}
+    return sorted({int(stride)} | {s for s in larger if stride < s <= patch_size})
+
+
+def _check_strides(strides: Sequence[int], patch_size: int, own: int) -> list[int]:
+    """The strides asked for, with the export's own, sorted; each an integer in ``[1, patch_size]``."""
+    for s in strides:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= patch_size:
+            raise InputError(f"strides must be integers between 1 and the patch size {patch_size}, got {s!r}")
+    return sorted({int(s) for s in strides} | {own})
 
 
 def synthetic_copy(image: np.ndarray, index: int, copy: int, *, seed: int, count: int, size_range: Sequence[float],
@@ -621,8 +667,11 @@ class _Reconstructions:
     """
 
     def __init__(self, model: ExportedModel, source_model: Any, variants: list[tuple[str, str]],
-                 margins: dict[str, int], key: str) -> None:
+                 margins: dict[str, int], key: str, stride: int | None = None) -> None:
+        md = model.metadata
         self.model, self.variants, self.margins, self.key = model, variants, margins, key
+        # Another stride than the export's own: through its serve_with_stride signature.
+        self.stride = None if stride is None or stride == int(md["stride"]) else int(stride)
         self._graph = None
         if source_model is None:
             return
@@ -630,8 +679,8 @@ class _Reconstructions:
 
         from tfssim import tiling
 
-        md = model.metadata
-        patch, stride, chunk = int(md["patch_size"]), int(md["stride"]), int(md.get("chunk_size") or 64)
+        patch, chunk = int(md["patch_size"]), int(md.get("chunk_size") or 64)
+        stride = int(md["stride"]) if stride is None else int(stride)
         blends = list(dict.fromkeys(blend for _, blend in variants))
         fn = lambda t: source_model(t, training=False)  # noqa: E731
         self._graph = tf.function(
@@ -642,7 +691,8 @@ class _Reconstructions:
     def __call__(self, x: np.ndarray, name: str) -> list[np.ndarray]:
         """The bases of image ``x [H, W, C]``, one per variant (in :attr:`variants`' order)."""
         if self._graph is None:
-            return [self.model.predict(x, source=name)[self.key]]
+            at_stride = {} if self.stride is None else {"stride": self.stride}
+            return [self.model.predict(x, source=name, **at_stride)[self.key]]
         from tfssim.scoring import border_padding, pad_border
 
         out: dict[tuple[str, str], np.ndarray] = {}
@@ -655,6 +705,129 @@ class _Reconstructions:
                     r = recon[variant[1]].numpy()
                     out[variant] = np.ascontiguousarray(r[cut:r.shape[0] - cut, cut:r.shape[1] - cut]) if cut else r
         return [out[v] for v in self.variants]
+
+
+class _StrideFrontier:
+    """Pass 1d: the chosen map at each tiling stride - on the painted copies its pixel ROC AUC, ROC
+    area up to FPR 0.3 and AUPRO (accumulated image by image), and its serving time.
+
+    The export's own stride reads the cache of pass 1; every other stride reconstructs once more
+    and caches its reconstructions (``cache`` variants from ``first_variant`` on) so that the
+    passes after it can run at the stride chosen. Two looks per stride, as pass 3 does it: the
+    scores' histogram (:meth:`add`), then the per-region overlaps (:meth:`add_overlaps`) at bin
+    edges of that histogram's good pixels up to FPR 0.3, where its FPR is counted exactly.
+    """
+
+    def __init__(self, model: ExportedModel, source_model: Any, chosen: MapCandidate, margin: int, cache: _Cache,
+                 first_variant: int, key: str, *, ssim_params: dict[str, Any] | None) -> None:
+        self.model, self.source_model, self.chosen, self.margin = model, source_model, chosen, margin
+        self.cache, self.key, self.ssim_params = cache, key, ssim_params
+        self.own = int(model.metadata["stride"])
+        self._variants = {self.own: cache.variant}
+        self._first_variant = first_variant
+        self.histograms: dict[int, metrics.ScoreHistogram] = {}
+        self._overlap_sums: dict[int, np.ndarray] = {}
+        self._regions: dict[int, int] = {}
+        self._reconstructions: dict[int, _Reconstructions] = {}
+        self._edges: dict[int, np.ndarray] = {}
+
+    def variant(self, stride: int) -> int:
+        """The cache variant holding ``stride``'s reconstructions."""
+        return self._variants[stride]
+
+    def add(self, stride: int, i: int, x: np.ndarray, copies_i: Sequence[tuple[np.ndarray, np.ndarray, Any]],
+            maps: _Maps, name: str) -> None:
+        """Score image ``i`` (clean ``x``, its painted ``copies_i``) at ``stride``."""
+        if stride not in self.histograms:
+            self.histograms[stride] = metrics.ScoreHistogram(2, HISTOGRAM_BITS)
+            self._variants.setdefault(stride, self._first_variant + len(self._variants) - 1)
+        if stride == self.own:
+            bases = self.cache.copies(i, self._variants[stride])
+        else:
+            if stride not in self._reconstructions:
+                self._reconstructions[stride] = _Reconstructions(
+                    self.model, self.source_model, [self.chosen.tiling], {self.chosen.border: self.margin}, self.key,
+                    stride=stride)
+            reconstruct = self._reconstructions[stride]
+            bases = np.stack([reconstruct(_hwc(p), f"synthetic copy {k} of {name}")[0]
+                              for k, (p, _, _) in enumerate(copies_i)])
+            self.cache.save(i, self._variants[stride], bases, reconstruct(x, name)[0])
+        labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)
+        self.histograms[stride].update(self._maps(copies_i, bases, maps), labels)
+
+    def _maps(self, copies_i: Sequence[tuple[np.ndarray, np.ndarray, Any]], bases: np.ndarray,
+              maps: _Maps) -> np.ndarray:
+        """The chosen map of the copies, as served."""
+        stack = np.stack([_hwc(p) for p, _, _ in copies_i])
+        c = self.chosen
+        return maps.smooth(maps.raw(stack, bases, c.scoring, self.margin, c.formula), c.map_sigma)
+
+    def add_overlaps(self, stride: int, i: int, copies_i: Sequence[tuple[np.ndarray, np.ndarray, Any]],
+                     maps: _Maps) -> None:
+        """Image ``i``'s per-region overlaps at ``stride`` (after every image's :meth:`add`)."""
+        if stride not in self._edges:
+            hist = self.histograms[stride]
+            fprs = np.linspace(0.0, PRO_MAX_FPR, PRO_THRESHOLDS)[1:]
+            self._edges[stride] = np.unique(np.r_[hist.top_edge(_GOOD), hist.edge_at_fpr(fprs, _GOOD)])[::-1]
+            self._overlap_sums[stride], self._regions[stride] = np.zeros(self._edges[stride].size), 0
+        scores = self._maps(copies_i, self.cache.copies(i, self._variants[stride]), maps)
+        for m, (_, mask, _) in zip(scores, copies_i):
+            overlaps = metrics.region_overlaps(m, mask, self._edges[stride])
+            self._overlap_sums[stride] += overlaps.sum(axis=0)
+            self._regions[stride] += overlaps.shape[0]
+
+    def _serving_function(self, stride: int) -> Any:
+        """The chosen map's serving function at ``stride``: with the Keras model the function the
+        export traces into its graph (:func:`tfssim.scoring.anomaly_maps`), else the export's
+        ``serve_with_stride`` signature (its own map)."""
+        if self.source_model is None:
+            return lambda x: self.model.predict(x, stride=stride)
+        import tensorflow as tf
+
+        from tfssim import scoring
+
+        md, c = self.model.metadata, self.chosen
+        graph = tf.function(
+            lambda image: scoring.anomaly_maps(
+                self.source_model, image, md["kind"], int(md["patch_size"]), stride,
+                chunk_size=int(md.get("chunk_size") or 64), ssim_kwargs=self.ssim_params,
+                jit_compile=bool(md.get("jit_compile", False)), map_sigma=c.map_sigma, border=c.border,
+                blend=c.blend, map_formula=None if self.ssim_params is None else c.formula),
+            input_signature=[tf.TensorSpec([None, None, self.model.channels], tf.float32)])
+        return lambda x: {k: v.numpy() for k, v in graph(tf.constant(x, tf.float32)).items()}
+
+    def seconds_per_megapixel(self, stride: int, images: Sequence[np.ndarray]) -> float:
+        """Serving time of ``images`` at ``stride`` per megapixel, after one untimed call."""
+        serve = self._serving_function(stride)
+        serve(images[0])  # builds the graph
+        tick = time.perf_counter()
+        for x in images:
+            serve(x)
+        return (time.perf_counter() - tick) / (sum(x.shape[0] * x.shape[1] for x in images) / 1e6)
+
+    def result(self, tolerance: float, timed: Sequence[np.ndarray]) -> tuple[list[dict[str, Any]], int]:
+        """The frontier's rows (:attr:`Tuning.strides`) and the stride chosen: the largest whose
+        pixel ROC AUC and ROC area up to FPR 0.3 are within ``tolerance`` of the best stride's."""
+        rows = []
+        for stride in sorted(self.histograms):
+            hist = self.histograms[stride]
+            fpr = np.array([hist.count_at_least(t, _GOOD) for t in self._edges[stride]]) / hist.total(_GOOD)
+            mean = self._overlap_sums[stride] / max(self._regions[stride], 1)
+            aupro = metrics.area_under_pro({"fpr": fpr, "mean": mean}, PRO_MAX_FPR)
+            rows.append({"stride": stride, "pixel_auroc": hist.roc_auc(_DEFECT, _GOOD),
+                         "pixel_pauc_0.3": hist.partial_roc_auc(PRO_MAX_FPR, _DEFECT, _GOOD), "aupro_0.3": aupro,
+                         "seconds_per_megapixel": self.seconds_per_megapixel(stride, timed),
+                         "own": stride == self.own})
+        best_auroc = max(r["pixel_auroc"] for r in rows)
+        best_pauc = max(r["pixel_pauc_0.3"] for r in rows)
+        own_seconds = next(r["seconds_per_megapixel"] for r in rows if r["own"])
+        for r in rows:
+            r["eligible"] = r["pixel_auroc"] >= best_auroc - tolerance and r["pixel_pauc_0.3"] >= best_pauc - tolerance
+            r["speedup"] = own_seconds / r["seconds_per_megapixel"]
+        chosen = max(r["stride"] for r in rows if r["eligible"])
+        for r in rows:
+            r["chosen"] = r["stride"] == chosen
+        return rows, chosen
 
 
 # --- the tuner ------------------------------------------------------------------------------------
@@ -768,6 +941,8 @@ def tune(
     blends: Sequence[str] | None = None,
     source_model: Any = None,
     formulas: Sequence[str] | None = None,
+    strides: Sequence[int] | None = None,
+    stride_tolerance: float = STRIDE_TOLERANCE,
 ) -> Tuning:
     """Choose the anomaly-map settings, post-processing and threshold of an export from defect-free images.
 
@@ -837,6 +1012,16 @@ def tune(
             (standardised) is also within ``tolerance`` of the plain map's: a smooth second term
             can raise the whole curve's area through its high-FPR part alone, where no threshold
             is ever set.
+        strides: Tiling strides compared (``1 <= stride <= patch``; the export's own is always
+            one); default :func:`default_strides`. Each other stride reconstructs every copy and
+            clean image once more (through the Keras model, or the export's ``serve_with_stride``
+            signature), scored with the chosen map (its normalisation and sigma as chosen at the
+            export's stride); its serving time is measured on up to :data:`TIMED_IMAGES` clean
+            images. The largest stride whose synthetic pixel ROC AUC and ROC area up to FPR 0.3
+            are both within ``stride_tolerance`` of the best stride's is chosen
+            (:attr:`Tuning.strides` holds the frontier); the threshold and post-processing are
+            then set at that stride.
+        stride_tolerance: See ``strides``.
 
     Returns:
         A :class:`Tuning`.
@@ -913,6 +1098,11 @@ def tune(
     if any(isinstance(d, bool) or int(d) != d or d < 0 for d in openings) or not openings:
         raise InputError(f"opening diameters must be integers >= 0, got {list(openings)}")
     openings = [int(d) for d in openings]
+    own_stride = int(md["stride"])
+    strides = _check_strides(default_strides(patch_size, own_stride) if strides is None else strides,
+                             patch_size, own_stride)
+    if not 0 <= stride_tolerance < 1:
+        raise InputError(f"stride tolerance must be between 0 and 1, got {stride_tolerance}")
     store = _Images(images, int(md["channels"]), sources)
     # Every image is read (and checked) once before any work: a bad file is found in seconds.
     shortest = None
@@ -958,7 +1148,7 @@ def tune(
     sweep_histograms = {c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in candidates}
     bins = _size_bins(size_range, families, shortest)
     seconds = {"painting": 0.0, "reconstructions": 0.0, "map_candidates": 0.0, "tilings": 0.0, "formulas": 0.0,
-               "threshold": 0.0, "post_processing": 0.0, "threshold_rule": 0.0}
+               "strides": 0.0, "threshold": 0.0, "post_processing": 0.0, "threshold_rule": 0.0}
     n_images = len(store)
     family_counts: dict[str, int] = {}
     totals: dict[tuple[str, int], int] = {}  # (family, size bin) -> regions
@@ -1118,6 +1308,29 @@ def tune(
         sweep_histograms.clear()  # only the chosen candidate's counts are needed from here
         cache.keep(tilings.index(chosen.tiling))
         margin = margins[chosen.border]
+        stride_rows: list[dict[str, Any]] = []
+        chosen_stride = own_stride
+        if len(strides) > 1:
+            # Pass 1d: the chosen map at every stride (the speed/quality frontier).
+            tick, painting_before = time.perf_counter(), seconds["painting"]
+            frontier = _StrideFrontier(
+                model, None if served else source_model, chosen, margin, cache, len(tilings),
+                "anomaly_map" if served else "reconstruction", ssim_params=maps.params(chosen.scoring))
+            bar = _progress(2 * n_images * len(strides), "tune: strides", progress)
+            for stride in strides:
+                for i in range(n_images):
+                    frontier.add(stride, i, _hwc(store[i]), painted(i, _hwc(store[i])), maps, store.names[i])
+                    bar.update()
+                for i in range(n_images):
+                    frontier.add_overlaps(stride, i, painted(i, _hwc(store[i])), maps)
+                    bar.update()
+            bar.close()
+            timed = [_hwc(store[i]) for i in range(min(TIMED_IMAGES, n_images))]
+            stride_rows, chosen_stride = frontier.result(stride_tolerance, timed)
+            if chosen_stride != own_stride:
+                sweep = frontier.histograms[chosen_stride]
+            cache.keep(frontier.variant(chosen_stride))
+            seconds["strides"] = time.perf_counter() - tick - (seconds["painting"] - painting_before)
 
         def chosen_maps(x: np.ndarray, bases: np.ndarray, stack: np.ndarray | None = None) -> np.ndarray:
             """The chosen map as the export will serve it (from here on, no FFT shortcut)."""
@@ -1243,13 +1456,13 @@ def tune(
                           opening_diameter=post[0], min_area=post[1], convex_hull=convex_hull,
                           threshold=float(final_threshold), threshold_rule=threshold_rule, fpr=float(fpr),
                           val_fpr=float(final_fpr), border=chosen.border, blend=chosen.blend,
-                          map_formula=chosen_map["map_formula"])
+                          map_formula=chosen_map["map_formula"], stride=chosen_stride)
     synthetic = {"pixel_auroc": served_hist.roc_auc(_DEFECT, _GOOD),
                  "auroc_error_bound": served_hist.roc_auc_error_bound(_DEFECT, _GOOD),
                  "aupro_0.3": aupro, "f1": operating_point["pixel_f1"], "iou": operating_point["pixel_iou"],
                  "pixel_auroc_by_family": auroc_by_family,
                  "before": {"window_size": own[0], "weighting": own[1], "map_sigma": exported_sigma,
-                            "border": own_tiling[0], "blend": own_tiling[1],
+                            "border": own_tiling[0], "blend": own_tiling[1], "stride": own_stride,
                             "map_formula": own_formula.to_dict() if residual == "ssim" else None,
                             "pixel_auroc": None if current is None else current["pixel_auroc"]}}
     warnings = []
@@ -1264,13 +1477,15 @@ def tune(
         "seed": int(seed), "copies": int(copies), "defect_size": [float(size_range[0]), float(size_range[1])],
         "families": families, "defects_per_patch": float(defects_per_patch), "tolerance": float(tolerance),
         "tilings": [{"border": b, "blend": g} for b, g in tilings], "formulas": list(formulas),
+        "strides": strides, "stride_tolerance": float(stride_tolerance),
         "validation_images": n_images, "defective_copies": n_images * copies, "defects": family_counts,
         "defect_fraction": float(defect_pixels / copy_pixels), "threshold_rule": threshold_rule,
         "region_found_share": REGION_FOUND_SHARE, "export": str(model.path),
         "seconds": round(time.perf_counter() - started, 2),
         "stage_seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
-    return Tuning(residual, map_candidates, post_candidates, choice, synthetic, operating_point, settings, warnings)
+    return Tuning(residual, map_candidates, post_candidates, choice, synthetic, operating_point, settings, warnings,
+                  stride_rows)
 
 
 # --- writing the result ----------------------------------------------------------------------------
@@ -1382,7 +1597,8 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: SourceModel
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return export_lib.export_model(
-        source.model, output_root=model.path.parent.parent, name=model.path.parent.name, stride=int(md["stride"]),
+        source.model, output_root=model.path.parent.parent, name=model.path.parent.name,
+        stride=int(md["stride"]) if choice.stride is None else choice.stride,
         kind=md["kind"], ssim_kwargs=tuning.ssim_params(md.get("ssim")), chunk_size=int(md.get("chunk_size") or 64),
         training_config=md.get("training_config"), threshold=choice.threshold, vae_samples=md.get("vae_samples"),
         jit_compile=bool(md.get("jit_compile", False)), map_sigma=choice.map_sigma,
@@ -1485,6 +1701,8 @@ def tune_export(export: str | os.PathLike | ExportedModel, images: Sequence[str 
     from tfssim.run_record import CONFIG_NAME, read_run_record
 
     model = export if isinstance(export, ExportedModel) else ExportedModel.load(export)
+    if tune_kwargs.get("strides") is not None:  # refused in seconds, before the images and the model are read
+        _check_strides(tune_kwargs["strides"], int(model.metadata["patch_size"]), int(model.metadata["stride"]))
     # What the output folder must stay out of: the images and the folders they came from, the export
     # and its model folder (a numbered folder there would be a version), the model file and its run.
     inputs: list[Any] = [model.path, model.path.parent]

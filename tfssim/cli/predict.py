@@ -78,6 +78,8 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
             click.echo(f"  {line}", err=True)
         sys.exit(1)
     click.echo(f"wrote results for {summary.images} image(s) to {summary.output_dir}")
+    if summary.speed_line() is not None:
+        click.echo(summary.speed_line())
 
 
 if __name__ == "__main__":

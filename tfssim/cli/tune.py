@@ -8,7 +8,7 @@ from tfssim.data.defects import FAMILIES
 from tfssim.errors import InputError
 from tfssim.map_formula import FORMULAS
 from tfssim.metadata import BLENDS, BORDERS
-from tfssim.tuning import THRESHOLD_RULES
+from tfssim.tuning import STRIDE_TOLERANCE, THRESHOLD_RULES
 
 
 @click.command(cls=Command, interrupted="no new version was written; the export is unchanged")
@@ -42,6 +42,14 @@ from tfssim.tuning import THRESHOLD_RULES
                    "ssim_multiscale (with SSIM at a wider window); each second term normalised by its clean-image "
                    "quantiles and combined by max or a weighted sum  [default: all, for SSIM exports whose maps the "
                    "tuner recomputes; else the export's own]")
+@click.option("--stride", "strides", type=click.IntRange(min=1), multiple=True,
+              help="Tiling strides compared (repeat the option; each at most the patch side): the new version "
+                   "serves the largest whose synthetic pixel ROC AUC is within --stride-tolerance of the best "
+                   "stride's, by default; tuning.json and tuning.png show each one's AUC and serving time per "
+                   "megapixel. Each stride costs one more model pass per image  [default: the export's own and "
+                   "3/8 and 1/2 of the patch side, those larger]")
+@click.option("--stride-tolerance", type=FloatRange(0, 1, max_open=True), default=STRIDE_TOLERANCE,
+              show_default=True, help="How much synthetic pixel ROC AUC a larger stride may lose.")
 @click.option("--family", "families", type=click.Choice(FAMILIES), multiple=True,
               help="Synthetic defect families to paint (repeat the option): transplant, smear, foreign, scratch "
                    "(local structure, the default) and shading (large, low-contrast) and missing (flat, at the "
@@ -50,12 +58,14 @@ from tfssim.tuning import THRESHOLD_RULES
 @tensorflow_required()  # one Error line naming the install command without TensorFlow
 def main(export: str, images: tuple[str, ...], defect_size: tuple[float, float] | None, fpr: float,
          threshold_rule: str, copies: int, seed: int, output: str, source: str | None, borders: tuple[str, ...],
-         blends: tuple[str, ...], formulas: tuple[str, ...], families: tuple[str, ...], verbose: bool) -> None:
+         blends: tuple[str, ...], formulas: tuple[str, ...], strides: tuple[int, ...], stride_tolerance: float,
+         families: tuple[str, ...], verbose: bool) -> None:
     """Paint synthetic defects (texture transplants, smeared areas, foreign bodies, scratches;
     exact masks) into copies of the defect-free VALIDATION_IMAGES (files, folders or globs; none:
     the validation images of the export's training run), choose the anomaly map (SSIM window and
     weighting, map smoothing, the map formula, --formula, and the tiling it is computed from:
-    image border and tile blend, --border / --blend) by pixel ROC AUC and the post-processing (opening, minimum area) by
+    image border and tile blend, --border / --blend) by pixel ROC AUC, the tiling stride the new
+    version serves (--stride: the largest that keeps the AUC) and the post-processing (opening, minimum area) by
     segmentation F1 on them, set the threshold on the clean images (--threshold-rule), and write
     the result as a NEW version of EXPORT (the old one is never changed), with tuning.json and
     tuning.png in OUTPUT: what the threshold finds (region recall by defect size and family,
@@ -73,6 +83,7 @@ def main(export: str, images: tuple[str, ...], defect_size: tuple[float, float] 
         run = tuning.tune_export(export, list(images) or None, output, source=source, size_range=defect_size,
                                  fpr=fpr, threshold_rule=threshold_rule, copies=copies, seed=seed, announce=announce,
                                  borders=borders or None, blends=blends or None, formulas=formulas or None,
+                                 strides=strides or None, stride_tolerance=stride_tolerance,
                                  **({"families": list(dict.fromkeys(families))} if families else {}))
     for line in run.tuning.warnings:
         click.echo(line, err=True)
