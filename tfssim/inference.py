@@ -251,6 +251,11 @@ class ServingTime:
         self.megapixels += image.shape[0] * image.shape[1] / 1e6
         return maps
 
+    def add(self, other: "ServingTime") -> None:
+        """Count ``other``'s calls too (e.g. those of another worker)."""
+        self.seconds += other.seconds
+        self.megapixels += other.megapixels
+
     @property
     def seconds_per_megapixel(self) -> float | None:
         """Seconds per megapixel over every call so far; ``None`` before the first."""

@@ -3,9 +3,11 @@
 The library behind ``tfssim-predict`` (which is a thin wrapper around :func:`predict_files`), for
 scripts that inspect folders of images without going through the command line.
 
-Why one module of about 420 lines: the input expansion, the output names and the per-image
+Why one module of about 520 lines: the input expansion, the output names and the per-image
 writes are the three steps of one file-to-files job whose rules (no input overwritten, one
-distinct output name per input) hold only together.
+distinct output name per input) hold only together. :class:`PredictionPlan` holds those rules
+for one run; :func:`predict_files` runs it in this process, :mod:`tfssim.beam_scoring` on an
+Apache Beam runner, both through the same read, segment and write steps.
 
 Example:
     >>> from tfssim.inference import ExportedModel
@@ -29,11 +31,16 @@ from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare
 from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
 from tfssim.inference import ExportedModel, ServingTime
+from tfssim.postprocess import PostProcessor
 
 __all__ = [
-    "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "ImageResult", "PredictionSummary", "expand_inputs", "find_mask",
-    "output_stems", "predict_files", "prepare_output_dir",
+    "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "SUMMARY_FILE", "ImageResult", "PredictionPlan", "PredictionSummary", "expand_inputs",
+    "failure_message", "find_mask", "output_stems", "predict_files", "prepare_output_dir", "speed_line",
+    "write_summary",
 ]
+
+# The run's record, written last (also when the run stops early): a folder holding one was a run's output.
+SUMMARY_FILE = "summary.json"
 
 
 # The files written per image, as ``<stem><suffix>`` in the output folder, by kind.
@@ -129,12 +136,13 @@ class PredictionSummary:
                 "interrupted": self.interrupted, "error": self.error, "stride": self.stride,
                 "seconds_per_megapixel": self.serving.seconds_per_megapixel}
 
-    def speed_line(self) -> str | None:
-        """``0.62 s per megapixel in the export's graph at stride 30``, once an image was scored."""
-        if self.serving.seconds_per_megapixel is None:
-            return None
-        return (f"{self.serving.seconds_per_megapixel:.3g} s per megapixel in the export's graph at stride "
-                f"{self.stride} ({self.serving.megapixels:.3g} megapixels)")
+
+def speed_line(summary: dict[str, Any]) -> str | None:
+    """``0.62 s per megapixel in the export's graph at stride 30`` from ``summary.json``'s content
+    (:meth:`PredictionSummary.to_dict`); ``None`` where no image was scored."""
+    if summary.get("seconds_per_megapixel") is None:
+        return None
+    return f"{summary['seconds_per_megapixel']:.3g} s per megapixel in the export's graph at stride {summary['stride']}"
 
 
 def no_threshold_message(export: str | os.PathLike, alternative: str) -> str:
@@ -261,6 +269,174 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda tmp: io.imsave(tmp, array, check_contrast=False))
 
 
+def failure_message(path: str | os.PathLike, err: BaseException) -> str:
+    """The line recorded for an image that was skipped: the error, prefixed by the path unless it names it."""
+    return str(err) if str(path) in str(err) else f"{path}: {err}"
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """What a prediction run fixed and checked before its first image, and the per-image steps.
+
+    The one implementation of a run's rules, shared by :func:`predict_files` (one process) and
+    :mod:`tfssim.beam_scoring` (an Apache Beam pipeline, whose workers receive this object
+    pickled): the output folder and names, the segmentation settings, the pixel budget, reading
+    an image and its mask, writing its files, and the summary. It holds no TensorFlow object.
+
+    Attributes:
+        export: Version folder of the export.
+        channels: Channels the export takes.
+        output_dir: The checked, created output folder.
+        paths: The images, in input order.
+        stems: Their output names (:func:`output_stems`), one per path.
+        processor: The segmentation settings (``tfssim.postprocess.PostProcessor``).
+        max_pixels: The pixel budget of the image reader, fixed when the run started (workers of
+            a distributed run may not see the caller's environment).
+        masks: Folder of ground-truth masks, or ``None``.
+        mask_index: Its images by stem (``tfssim.data.mask_index``), listed once.
+
+    Example:
+        >>> plan = PredictionPlan.create(model.path, model.metadata, paths, "out", threshold=0.3)
+        >>> image, gt, found = plan.read(plan.paths[0])
+        >>> anomaly_map = model.predict(image)["anomaly_map"]
+        >>> result = plan.write(plan.paths[0], plan.stems[0], image, anomaly_map, *plan.segment(anomaly_map))
+    """
+
+    export: Path
+    channels: int
+    output_dir: Path
+    paths: tuple[Path, ...]
+    stems: tuple[str, ...]
+    processor: PostProcessor
+    max_pixels: int
+    masks: Path | None = None
+    mask_index: dict[str, Path] = field(default_factory=dict)
+    stride: int | None = None
+
+    @classmethod
+    def create(cls, export: str | os.PathLike, metadata: dict[str, Any], paths: Sequence[str | os.PathLike],
+               output_dir: str | os.PathLike, *, threshold: float | None = None,
+               mask_dir: str | os.PathLike | None = None, min_area: int | None = None,
+               inputs: Sequence[str | os.PathLike] = ()) -> "PredictionPlan":
+        """Check everything that can be checked before the first image, and create the output folder.
+
+        Args:
+            export: The export's version folder.
+            metadata: Its metadata (``ExportedModel.metadata`` or ``tfssim.inference.read_export_metadata``).
+            paths, output_dir, threshold, mask_dir, min_area, inputs: As :func:`predict_files`.
+
+        Returns:
+            The plan.
+
+        Raises:
+            ValueError: As :func:`predict_files`: no threshold, a negative ``min_area``, a malformed
+                ``TFSSIM_MAX_IMAGE_PIXELS``, an output folder that cannot be used.
+            FileNotFoundError: ``mask_dir`` is not a folder.
+        """
+        from tfssim import data
+        from tfssim.data.io import max_image_pixels
+        from tfssim.inference import METADATA_FILE
+
+        export = Path(export)
+        if threshold is None and metadata.get("threshold") is None:
+            raise InputError(no_threshold_message(export, "or pass a threshold"))
+        if min_area is not None and min_area < 0:
+            raise InputError(f"min_area must be >= 0, got {min_area}")
+        budget = max_image_pixels()  # a malformed TFSSIM_MAX_IMAGE_PIXELS is one error now, not one per image
+        masks = Path(mask_dir) if mask_dir is not None else None
+        if masks is not None and not masks.is_dir():
+            raise FileNotFoundError(f"mask folder {masks} does not exist or is not a folder")
+        index = data.mask_index(masks) if masks is not None else {}
+        paths = [Path(p) for p in paths]
+        processor = PostProcessor.from_metadata(metadata, threshold=threshold, min_area=min_area,
+                                                source=export / METADATA_FILE)
+        # Every output-side problem before the first image: never beside an input, nor in the folders they
+        # came from, the masks, the export or its model folder (a numbered folder there would be a version).
+        out = prepare_output_dir(output_dir, [*paths, *inputs, export, export.parent], masks=masks)
+        if (out / SUMMARY_FILE).exists():  # an earlier run's results: never written over
+            raise InputError(f"{out / SUMMARY_FILE} exists: {out} holds the results of an earlier prediction, which "
+                             "are never overwritten; choose another output folder")
+        stems = output_stems(paths)
+        blocked = [out / f"{stem}{suffix}" for stem in stems for suffix in OUTPUT_SUFFIXES.values()
+                   if (out / f"{stem}{suffix}").is_dir()]
+        if blocked:
+            raise InputError(f"{blocked[0]} is a folder where a result file goes; move it away or choose another "
+                             "output folder")
+        return cls(export, int(metadata["channels"]), out, tuple(paths), tuple(stems), processor, budget, masks,
+                   index, int(metadata["stride"]))
+
+    def read(self, path: Path) -> tuple[np.ndarray, np.ndarray | None, Path | None]:
+        """Read one image and its ground-truth mask (each file once).
+
+        Returns:
+            The image, its mask (``None`` without one) and the mask's file (``None`` where
+            ``masks`` has none for it, or no ``masks`` was given).
+
+        Raises:
+            ValueError, OSError: The image or its mask cannot be read (this image's failure).
+        """
+        from tfssim import data
+
+        image = data.read_image(path, self.channels, max_pixels=self.max_pixels)
+        found = data.find_mask(self.masks, path, self.mask_index) if self.masks is not None else None
+        gt = data.read_mask(found, shape=image.shape[:2], max_pixels=self.max_pixels) if found is not None else None
+        return image, gt, found
+
+    def segment(self, anomaly_map: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The mask and region table of one map (``processor``), refusing a map with NaN or infinite scores.
+
+        Raises:
+            InputError: The map is not finite (this image's failure).
+        """
+        if not np.isfinite(anomaly_map).all():
+            raise InputError("the export produced NaN or infinite scores for this image; the model is "
+                             "broken (retrain or re-export it)")
+        return self.processor(anomaly_map)
+
+    def write(self, path: Path, stem: str, image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray,
+              regions: list[dict[str, Any]], gt: np.ndarray | None = None, found: Path | None = None) -> ImageResult:
+        """Write one image's files (:data:`OUTPUT_SUFFIXES`) atomically, all or none.
+
+        Args:
+            path: The input image.
+            stem: Its output name.
+            image: The image as read.
+            anomaly_map: Its map.
+            mask, regions: :meth:`segment` of the map.
+            gt, found: Its ground-truth mask and the mask's file, if any (drawn on the overlay).
+
+        Returns:
+            What was written.
+
+        Raises:
+            OSError: A write failed (e.g. a full disk); the files of this image written so far are
+                removed, so that no image is left with part of its results. So is ``KeyboardInterrupt``.
+        """
+        from tfssim import plots, postprocess
+
+        files = {kind: self.output_dir / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+        try:
+            _save_tiff(files["anomaly_map_tif"], anomaly_map)
+            plots.plot_anomaly_map(image, anomaly_map, files["anomaly_map_png"])
+            _save_png(files["mask"], (mask * 255).astype(np.uint8))
+            plots.plot_overlay(image, mask, gt, files["overlay"])
+            postprocess.regions_to_json(regions, files["regions"])
+        except BaseException:
+            for file in files.values():
+                try:
+                    file.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise
+        return ImageResult(Path(path), stem, regions, float(anomaly_map.max()), files, found)
+
+    def summary(self) -> PredictionSummary:
+        """An empty :class:`PredictionSummary` of this run, to which results and failures are added."""
+        return PredictionSummary(self.export, self.processor.threshold, self.output_dir, len(self.paths),
+                                 images_without_mask=0 if self.masks is not None else None,
+                                 postprocess=self.processor.to_dict(), stride=self.stride)
+
+
 def predict_files(
     model: ExportedModel,
     paths: Sequence[str | os.PathLike],
@@ -319,35 +495,12 @@ def predict_files(
     """
     from tqdm.auto import tqdm
 
-    from tfssim import data, plots, postprocess
-    from tfssim.data.io import max_image_pixels
-    from tfssim.inference import METADATA_FILE
+    from tfssim import data
 
-    threshold = threshold if threshold is not None else model.threshold
-    if threshold is None:
-        raise InputError(no_threshold_message(model.path, "or pass a threshold"))
-    if min_area is not None and min_area < 0:
-        raise InputError(f"min_area must be >= 0, got {min_area}")
-    max_image_pixels()  # a malformed TFSSIM_MAX_IMAGE_PIXELS is one error now, not one per image
-    masks = Path(mask_dir) if mask_dir is not None else None
-    if masks is not None and not masks.is_dir():
-        raise FileNotFoundError(f"mask folder {masks} does not exist or is not a folder")
-    index = data.mask_index(masks) if masks is not None else {}
-    paths = [Path(p) for p in paths]
-    processor = postprocess.PostProcessor.from_metadata(model.metadata, threshold=threshold, min_area=min_area,
-                                                        source=model.path / METADATA_FILE)
-    # Every output-side problem before the first image: never beside an input, nor in the folders they
-    # came from, the masks, the export or its model folder (a numbered folder there would be a version).
-    out = prepare_output_dir(output_dir, [*paths, *inputs, model.path, model.path.parent], masks=masks)
-    stems = output_stems(paths)
-    blocked = [out / f"{stem}{suffix}" for stem in stems for suffix in OUTPUT_SUFFIXES.values()
-               if (out / f"{stem}{suffix}").is_dir()]
-    if blocked:
-        raise InputError(f"{blocked[0]} is a folder where a result file goes; move it away or choose another "
-                         "output folder")
-    summary = PredictionSummary(model.path, processor.threshold, out, len(paths),
-                                images_without_mask=0 if masks is not None else None,
-                                postprocess=processor.to_dict(), stride=int(model.metadata["stride"]))
+    plan = PredictionPlan.create(model.path, model.metadata, paths, output_dir, threshold=threshold,
+                                 mask_dir=mask_dir, min_area=min_area, inputs=inputs)
+    out = plan.output_dir
+    summary = plan.summary()
 
     def say(line: str, err: bool = False) -> None:
         if progress:
@@ -355,50 +508,26 @@ def predict_files(
 
     with output_dir_lock(out, "tfssim-predict"):  # one command at a time writes the folder
         try:
-            for path, stem in tqdm(list(zip(paths, stems)), desc="predict", unit="img",
+            for path, stem in tqdm(list(zip(plan.paths, plan.stems)), desc="predict", unit="img",
                                    disable=None if progress else True):
-                found = None
                 # Reading and scoring: any failure is this image's (unreadable, over the pixel budget,
                 # gone since listing, refused by the export, out of memory); the others go on.
                 try:
-                    image = data.read_image(path, model.channels)
-                    gt = None
-                    if masks is not None:
-                        found = data.find_mask(masks, path, index)
-                        if found is None:
-                            summary.images_without_mask += 1
-                            say(f"warning: no ground-truth mask for {path} in {mask_dir} (looked for "
-                                f"{data.mask_names(path)})", err=True)
-                        else:
-                            gt = data.read_mask(found, shape=image.shape[:2])
-                    maps = summary.serving.predict(model, image, source=path)
-                    anomaly_map = maps["anomaly_map"]
-                    if not np.isfinite(anomaly_map).all():
-                        raise InputError("the export produced NaN or infinite scores for this image; the model is "
-                                         "broken (retrain or re-export it)")
-                    mask, regions = processor(anomaly_map)
+                    image, gt, found = plan.read(path)
+                    if plan.masks is not None and found is None:
+                        summary.images_without_mask += 1
+                        say(f"warning: no ground-truth mask for {path} in {mask_dir} (looked for "
+                            f"{data.mask_names(path)})", err=True)
+                    anomaly_map = summary.serving.predict(model, image, source=path)["anomaly_map"]
+                    mask, regions = plan.segment(anomaly_map)
                 except (ValueError, OSError, MemoryError) as err:
-                    message = str(err) if str(path) in str(err) else f"{path}: {err}"
+                    message = failure_message(path, err)
                     summary.failures.append(message)
                     say(f"skipped {message}", err=True)
                     continue
                 # Writing: a failure here (disk full, Ctrl-C) stops the run; this image's files go,
                 # so that no image is left with part of its results.
-                files = {kind: out / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
-                try:
-                    _save_tiff(files["anomaly_map_tif"], anomaly_map)
-                    plots.plot_anomaly_map(image, anomaly_map, files["anomaly_map_png"])
-                    _save_png(files["mask"], (mask * 255).astype(np.uint8))
-                    plots.plot_overlay(image, mask, gt, files["overlay"])
-                    postprocess.regions_to_json(regions, files["regions"])
-                except BaseException:
-                    for file in files.values():
-                        try:
-                            file.unlink(missing_ok=True)
-                        except OSError:
-                            pass
-                    raise
-                result = ImageResult(path, stem, regions, float(anomaly_map.max()), files, found)
+                result = plan.write(path, stem, image, anomaly_map, mask, regions, gt, found)
                 summary.results.append(result)
                 say(result.summary_line())
         except BaseException as err:
@@ -406,9 +535,14 @@ def predict_files(
             summary.interrupted = True
             summary.error = type(err).__name__ if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
             try:
-                atomic_write_json(out / "summary.json", summary.to_dict())
+                write_summary(summary)
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
             raise
-        atomic_write_json(out / "summary.json", summary.to_dict())
+        write_summary(summary)
         return summary
+
+
+def write_summary(summary: PredictionSummary) -> Path:
+    """Write ``summary.json`` (:meth:`PredictionSummary.to_dict`) into the summary's output folder, atomically."""
+    return atomic_write_json(summary.output_dir / SUMMARY_FILE, summary.to_dict())

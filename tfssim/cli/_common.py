@@ -59,6 +59,9 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "tifffile"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Apache Beam (tfssim-predict --runner) logs every stage, and warns on import about Google Cloud
+    # clients it may use; a failed pipeline reaches the command as an exception.
+    logging.getLogger("apache_beam").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 # Lines TensorFlow's shared libraries print through absl while ``import tensorflow`` runs, before
