@@ -17,11 +17,17 @@ FLOP/s against the matmul's (target >= 0.5). (a), (b) and (d) are timed round-ro
 ``--repeats`` rounds, so that other load on the machine hits them alike; (c) runs once.
 ``--large`` also runs the export on a 4096x4096 image and reports the peak memory it added.
 
+``--strides 16,30,64`` instead times the speed/quality frontier's other axis: the export's
+``serve_with_stride`` signature at each stride on the same image, in seconds per megapixel,
+against its floor at that stride (tiles x FLOP per tile / the matmul's FLOP/s, measured in the
+same rounds).
+
 Thread pools must be set before TensorFlow starts, so compare ``--intra-op`` / ``--inter-op``
 settings across runs.
 
     python scripts/benchmark_export.py                       # the issue's configuration
     python scripts/benchmark_export.py --chunk-sizes 32,64,128 --jit both
+    python scripts/benchmark_export.py --strides 16,30,64    # seconds per megapixel by stride
 """
 from __future__ import annotations
 
@@ -56,6 +62,46 @@ def forward_flops(model) -> float:
     return 2.0 * total
 
 
+def stride_frontier(model, flops: float, image: np.ndarray, strides: list[int], chunk: int, repeats: int) -> None:
+    """Seconds per megapixel of the exported ``serve_with_stride`` signature at each stride, against
+    the floor: that stride's tiles x ``flops`` at the FLOP/s of a 2048^3 matmul timed in the same rounds."""
+    from tfssim import export, tiling
+
+    height, width = image.shape[:2]
+    megapixels = height * width / 1e6
+    tmp = tempfile.TemporaryDirectory()
+    path = export.export_model(model, tmp.name, name="bench", stride=strides[0], chunk_size=chunk)
+    serve = tf.saved_model.load(str(path)).signatures["serve_with_stride"]
+    request = tf.constant(image.astype(np.float32) / 255)
+    a = tf.random.normal([2048, 2048])
+    matmul = tf.function(lambda: tf.matmul(a, a))
+    candidates = {"matmul": lambda: matmul().numpy()}
+    for stride in strides:
+        candidates[stride] = lambda stride=stride: serve(image=request, stride=tf.constant(stride))["anomaly_map"].numpy()
+    for fn in candidates.values():  # warm-up
+        fn()
+    times = {key: [] for key in candidates}
+    for round_ in range(repeats):
+        for key, fn in candidates.items():
+            started = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - started)
+        print(f"round {round_ + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items()), flush=True)
+    best = {key: min(v) for key, v in times.items()}
+    rate = 2 * 2048**3 / best["matmul"]
+    base = best[strides[0]]
+    print(f"\n{height}x{width} image ({megapixels:.3f} megapixels), 128x128 patches, chunk {chunk}, "
+          f"matmul {rate / 1e9:.1f} GFLOP/s")
+    print(f"{'stride':>6} {'tiles':>7} {'s/image':>9} {'s/MPx':>8} {'floor s/MPx':>12} {'/floor':>7} "
+          f"{'speed-up vs ' + str(strides[0]):>16}")
+    for stride in strides:
+        tiles = tiling.num_tiles(height, width, 128, stride)
+        floor = tiles * flops / rate
+        print(f"{stride:>6} {tiles:>7} {best[stride]:>9.3f} {best[stride] / megapixels:>8.3f} "
+              f"{floor / megapixels:>12.3f} {best[stride] / floor:>7.2f} {base / best[stride]:>16.2f}")
+    tmp.cleanup()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -72,6 +118,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--stride", type=int, default=30)
     parser.add_argument("--large", action="store_true", help="also run a 4096x4096 image through the export")
+    parser.add_argument("--strides", default="", help="comma-separated strides: time seconds per megapixel by "
+                                                      "stride against the floor (instead of (a)-(d))")
     args = parser.parse_args()
     if args.intra_op:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
@@ -96,6 +144,9 @@ def main() -> None:
     print(f"tiles                         : {n} ({args.height}x{args.width}, stride {args.stride}, 128x128 patches)")
     print(f"model                         : {flops / 1e9:.3f} GFLOP per tile, {model.count_params():,} parameters")
 
+    if args.strides:
+        stride_frontier(model, flops, image, [int(s) for s in args.strides.split(",")], chunks[0], args.repeats)
+        return
     # Every candidate is set up and warmed first, then all are timed round-robin, `--repeats`
     # rounds, best of each: other load on the machine then hits all of them alike.
     candidates: dict[str, object] = {}

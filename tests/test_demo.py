@@ -50,6 +50,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert tuned_metadata["map_sigma"] == pytest.approx(choice["map_sigma"])
     assert tuned_metadata["opening_diameter"] == choice["opening_diameter"]
     assert tuned_metadata["min_area"] == choice["min_area"]
+    # The stride frontier: the export's stride (32 // 4) and 3/8, 1/2 of the patch; the chosen one served.
+    assert [r["stride"] for r in summary["tuning"]["strides"]] == [8, 12, 16]
+    assert tuned_metadata["stride"] == choice["stride"] in (8, 12, 16)
+    assert f"stride {choice['stride']} (export's 8): " in result.output
     assert (out / "tuning" / "tuning.json").is_file() and (out / "tuning" / "tuning.png").is_file()
 
     # Evaluation and prediction used the tuned version and its threshold.
@@ -57,6 +61,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     predictions = json.loads((out / "predictions" / "summary.json").read_text())
     assert predictions["export"] == str(tuned)
     assert predictions["threshold"] == pytest.approx(choice["threshold"])
+    assert predictions["stride"] == choice["stride"] and predictions["seconds_per_megapixel"] > 0
     assert predictions["images"] == len(predictions["processed"]) == 6
     assert predictions["failed"] == [] and predictions["interrupted"] is False
     for image in predictions["processed"]:

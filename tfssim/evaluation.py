@@ -104,6 +104,7 @@ class ExportEvaluation:
     per_type: dict[str, dict[str, Any]] | None = None
     # Time in the export's graph per megapixel, over the validation and test images it scored.
     seconds_per_megapixel: float | None = None
+    stride: int | None = None  # the export's (default) stride, at which it served them
 
 
 def _progress(iterable: Sequence[Any], desc: str, enabled: bool) -> Any:
@@ -359,7 +360,8 @@ def format_table(results: Sequence[ExportEvaluation]) -> str:
         lines.append(f"{r.name[:24]:<24}{cells}")
     for r in results:
         if r.seconds_per_megapixel is not None:
-            lines.append(f"{r.name}: {r.seconds_per_megapixel:.3g} s per megapixel in the export's graph")
+            lines.append(f"{r.name}: {r.seconds_per_megapixel:.3g} s per megapixel in the export's graph at stride "
+                         f"{r.stride} (over every image, the graph's start-up included)")
     for r in results:
         stored = r.scores.get("export_threshold")
         if stored is not None:
@@ -487,7 +489,7 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
         # Beside the threshold recalibrated here: the one stored in the export (what serving uses).
         result.scores["export_threshold"] = model.threshold
         result.seconds = time.perf_counter() - started
-        result.seconds_per_megapixel = serving.seconds_per_megapixel
+        result.seconds_per_megapixel, result.stride = serving.seconds_per_megapixel, int(model.metadata["stride"])
         results.append(result)
         plots.plot_pro_quantiles(result.pro["fpr"], result.pro["quantiles"], output / f"pro_{safe}.png")
         write_curves(result, output, safe)
@@ -499,7 +501,7 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
         "dataset": str(split.root), "layout": split.layout, "fpr_target": fpr,
         "counts": {"val": len(split.val), "test": len(split.test), "defective": defective},
         "exports": {r.name: {**r.scores, "path": str(m.path), "seconds": round(r.seconds, 2),
-                             "stride": int(m.metadata["stride"]), "seconds_per_megapixel": r.seconds_per_megapixel}
+                             "stride": r.stride, "seconds_per_megapixel": r.seconds_per_megapixel}
                     for r, m in zip(results, exports)},
     }
     if types:

@@ -142,7 +142,8 @@ def speed_line(summary: dict[str, Any]) -> str | None:
     (:meth:`PredictionSummary.to_dict`); ``None`` where no image was scored."""
     if summary.get("seconds_per_megapixel") is None:
         return None
-    return f"{summary['seconds_per_megapixel']:.3g} s per megapixel in the export's graph at stride {summary['stride']}"
+    return f"{summary['seconds_per_megapixel']:.3g} s per megapixel in the export's graph at stride {summary['stride']}" \
+        " (over every image, the graph's start-up included)"
 
 
 def no_threshold_message(export: str | os.PathLike, alternative: str) -> str:

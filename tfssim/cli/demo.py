@@ -96,6 +96,8 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
         click.echo(f"      chosen: {run.tuning.choice.describe()} ({tune_seconds:.0f} s, {len(run.images)} validation "
                    f"images of the run) -> {export_dir}")
         click.echo(f"      {run.tuning.summary_lines()[2]}")
+        if run.tuning.strides:
+            click.echo(f"      {tuning.stride_line(run.tuning.strides)}")
 
         click.echo(f"[5/6] evaluate + predict with the tuned export at pixel FPR {fpr:g}")
         # The tuned version holds its threshold and post-processing: predict uses them as served.
@@ -115,7 +117,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
                "untuned_export": str(first_export),
                "tuning": {"choice": run.tuning.choice.to_dict(), "synthetic": run.tuning.synthetic,
                           "operating_point": {k: v for k, v in run.tuning.operating_point.items() if k != "thresholds"},
-                          "warnings": run.tuning.warnings,
+                          "warnings": run.tuning.warnings, "strides": run.tuning.strides,
                           "settings": run.tuning.settings, "seconds": round(tune_seconds, 1),
                           "record": str(out / "tuning" / "tuning.json")},
                "evaluation": str(out / "evaluation"), "predictions": str(out / "predictions"),
