@@ -389,7 +389,8 @@ def test_tune_on_a_scaled_export_thresholds_the_served_maps(tiny_model, scaled_e
     assert {(c["window_size"], c["weighting"]) for c in result.map_candidates} == {(11, "gaussian")}
     assert sorted(c["map_sigma"] for c in result.map_candidates) == [0.0, 2.0]
     sigma = result.choice.map_sigma
-    served = [model.predict(image)["anomaly_map"] for image in images]
+    # At the stride the tuner chose (pass 1d compares the export's with larger ones), through serve_with_stride.
+    served = [model.predict(image, stride=result.choice.stride)["anomaly_map"] for image in images]
     smoothed = [gaussian_filter(m, sigma, mode="reflect", truncate=4.0) if sigma else m for m in served]
     assert result.choice.threshold == pytest.approx(postprocess.threshold_at_fpr(smoothed, 0.01), abs=1e-4)
     # The tuned version keeps resizing by 0.5 and serves the maps the threshold was set on.
