@@ -49,7 +49,8 @@ from tfssim.tuning import STRIDE_TOLERANCE, THRESHOLD_RULES
                    "megapixel. Each stride costs one more model pass per image  [default: the export's own and "
                    "3/8 and 1/2 of the patch side, those larger]")
 @click.option("--stride-tolerance", type=FloatRange(0, 1, max_open=True), default=STRIDE_TOLERANCE,
-              show_default=True, help="How much synthetic pixel ROC AUC a larger stride may lose.")
+              show_default=True, help="How much synthetic pixel ROC AUC (and ROC area up to FPR 0.3) a larger "
+                                      "stride may lose against the best stride's.")
 @click.option("--family", "families", type=click.Choice(FAMILIES), multiple=True,
               help="Synthetic defect families to paint (repeat the option): transplant, smear, foreign, scratch "
                    "(local structure, the default) and shading (large, low-contrast) and missing (flat, at the "
