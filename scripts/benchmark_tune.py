@@ -13,6 +13,8 @@ count, each in a fresh process, and prints per run:
 * the seconds per stage the tuner records (``tuning.json`` ``settings.stage_seconds``): the
   export's reconstructions against the candidate sweep (map candidates, tilings, map formulas,
   threshold, post-processing), whose ratio must stay at or below 1;
+* the stride frontier's seconds (pass 1d: the chosen map at the larger strides, which reconstructs
+  every copy and clean image once more per stride, and their serving time), apart from both;
 * seconds per image, to show that time is linear in the number of images.
 
     python scripts/benchmark_tune.py                          # 26 and 100 images (about 40 minutes)
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{count} images of {args.size}x{args.size}: {result['wall_seconds'] / 60:.1f} min, peak RSS "
               f"{result['peak_rss_gb']:.2f} GB (target {args.memory_target:g}); reconstructions "
               f"{stages['reconstructions']:.0f} s, candidate sweep {sweep:.0f} s (ratio "
-              f"{row['sweep_over_reconstructions']:.2f}, target <= 1), painting {stages['painting']:.0f} s; "
+              f"{row['sweep_over_reconstructions']:.2f}, target <= 1), stride frontier "
+              f"{stages.get('strides', 0.0):.0f} s, painting {stages['painting']:.0f} s; "
               f"{row['seconds_per_image']:.1f} s per image", flush=True)
     for row in runs:
         if row["images"] == args.time_target_images:

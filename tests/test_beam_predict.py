@@ -164,3 +164,25 @@ main(sys.argv[1:])
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert "pip install 'tfssim[beam]'" in errors[0] and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@needs_beam
+def test_beam_with_masks_draws_the_same_contours_and_counts_the_same_missing_masks(exports, images, tmp_path):
+    import shutil
+
+    masks = shutil.copytree(images.parent / "ground_truth", tmp_path / "gt")
+    removed = sorted(masks.iterdir())[0]
+    removed.unlink()  # one image without a mask: a warning locally, counted on both paths
+    outputs = {}
+    for name, extra in (("local", []), ("beam", ["--runner", "FnApiRunner"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(predict_cli, [str(exports[0]), str(images), "-o", str(out), "--threshold", "0.3",
+                                                  "--masks", str(masks), *extra])
+        assert result.exit_code == 1, result.output  # the corrupt image
+        outputs[name] = out
+    local, beam = (json.loads((outputs[k] / "summary.json").read_text()) for k in ("local", "beam"))
+    assert local["images_without_mask"] == beam["images_without_mask"] == 1
+    overlays = sorted(p.name for p in outputs["local"].glob("*_overlay.png"))
+    assert len(overlays) == 8
+    for name in overlays:  # the ground truth's contours drawn alike
+        np.testing.assert_array_equal(io.imread(outputs["beam"] / name), io.imread(outputs["local"] / name))

@@ -83,6 +83,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from tfssim import metrics, postprocess, resize
+from tfssim._io import save_array
 from tfssim.data import defects
 from tfssim.errors import InputError, input_checks
 from tfssim.inference import ExportedModel
@@ -721,8 +722,9 @@ class _StrideFrontier:
     The export's own stride reads the cache of pass 1; every other stride reconstructs once more
     and caches its reconstructions (``cache`` variants from ``first_variant`` on) so that the
     passes after it can run at the stride chosen. Two looks per stride, as pass 3 does it: the
-    scores' histogram (:meth:`add`), then the per-region overlaps (:meth:`add_overlaps`) at bin
-    edges of that histogram's good pixels up to FPR 0.3, where its FPR is counted exactly.
+    scores' histogram (:meth:`add`, which keeps each image's maps in the cache until the second
+    look), then the per-region overlaps (:meth:`add_overlaps`) at bin edges of that histogram's
+    good pixels up to FPR 0.3, where its FPR is counted exactly.
     """
 
     def __init__(self, model: ExportedModel, source_model: Any, chosen: MapCandidate, margin: int, cache: _Cache,
@@ -760,7 +762,13 @@ class _StrideFrontier:
                               for k, (p, _, _) in enumerate(copies_i)])
             self.cache.save(i, self._variants[stride], bases, reconstruct(x, name)[0])
         labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)
-        self.histograms[stride].update(self._maps(copies_i, bases, maps), labels)
+        scores = self._maps(copies_i, bases, maps)
+        self.histograms[stride].update(scores, labels)
+        # Kept on disk for the second look (computing the map again costs more than reading it).
+        save_array(self._maps_file(stride, i), scores)
+
+    def _maps_file(self, stride: int, i: int) -> Path:
+        return self.cache.path / f"{i}_frontier-{stride}_maps.npy"
 
     def _maps(self, copies_i: Sequence[tuple[np.ndarray, np.ndarray, Any]], bases: np.ndarray,
               maps: _Maps) -> np.ndarray:
@@ -769,15 +777,15 @@ class _StrideFrontier:
         c = self.chosen
         return maps.smooth(maps.raw(stack, bases, c.scoring, self.margin, c.formula), c.map_sigma)
 
-    def add_overlaps(self, stride: int, i: int, copies_i: Sequence[tuple[np.ndarray, np.ndarray, Any]],
-                     maps: _Maps) -> None:
+    def add_overlaps(self, stride: int, i: int, copies_i: Sequence[tuple[np.ndarray, np.ndarray, Any]]) -> None:
         """Image ``i``'s per-region overlaps at ``stride`` (after every image's :meth:`add`)."""
         if stride not in self._edges:
             hist = self.histograms[stride]
             fprs = np.linspace(0.0, PRO_MAX_FPR, PRO_THRESHOLDS)[1:]
             self._edges[stride] = np.unique(np.r_[hist.top_edge(_GOOD), hist.edge_at_fpr(fprs, _GOOD)])[::-1]
             self._overlap_sums[stride], self._regions[stride] = np.zeros(self._edges[stride].size), 0
-        scores = self._maps(copies_i, self.cache.copies(i, self._variants[stride]), maps)
+        scores = np.load(self._maps_file(stride, i))
+        self._maps_file(stride, i).unlink()
         for m, (_, mask, _) in zip(scores, copies_i):
             overlaps = metrics.region_overlaps(m, mask, self._edges[stride])
             self._overlap_sums[stride] += overlaps.sum(axis=0)
@@ -1338,7 +1346,7 @@ def tune(
                     frontier.add(stride, i, _hwc(store[i]), painted(i, _hwc(store[i])), maps, store.names[i])
                     bar.update()
                 for i in range(n_images):
-                    frontier.add_overlaps(stride, i, painted(i, _hwc(store[i])), maps)
+                    frontier.add_overlaps(stride, i, painted(i, _hwc(store[i])))
                     bar.update()
             bar.close()
             timed = [_hwc(store[i]) for i in range(min(TIMED_IMAGES, n_images))]
