@@ -1341,12 +1341,17 @@ def tune(
                 model, None if served else source_model, chosen, margin, cache, len(tilings),
                 "anomaly_map" if served else "reconstruction", ssim_params=maps.params(chosen.scoring))
             bar = _progress(2 * n_images * len(strides), "tune: strides", progress)
-            for stride in strides:
-                for i in range(n_images):
-                    frontier.add(stride, i, _hwc(store[i]), painted(i, _hwc(store[i])), maps, store.names[i])
+            # Each image painted once per look, for every stride.
+            for i in range(n_images):
+                x = _hwc(store[i])
+                copies_i = painted(i, x)
+                for stride in strides:
+                    frontier.add(stride, i, x, copies_i, maps, store.names[i])
                     bar.update()
-                for i in range(n_images):
-                    frontier.add_overlaps(stride, i, painted(i, _hwc(store[i])))
+            for i in range(n_images):
+                copies_i = painted(i, _hwc(store[i]))
+                for stride in strides:
+                    frontier.add_overlaps(stride, i, copies_i)
                     bar.update()
             bar.close()
             timed = [_hwc(store[i]) for i in range(min(TIMED_IMAGES, n_images))]
