@@ -36,7 +36,7 @@ from tfssim.postprocess import PostProcessor
 __all__ = [
     "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "SUMMARY_FILE", "ImageResult", "PredictionPlan", "PredictionSummary", "expand_inputs",
     "failure_message", "find_mask", "output_stems", "predict_files", "prepare_output_dir", "speed_line",
-    "write_summary",
+    "write_stopped_summary", "write_summary",
 ]
 
 # The run's record, written last (also when the run stops early): a folder holding one was a run's output.
@@ -532,13 +532,7 @@ def predict_files(
                 summary.results.append(result)
                 say(result.summary_line())
         except BaseException as err:
-            # Stopped early: summary.json still says what was done (best effort: the disk may be full).
-            summary.interrupted = True
-            summary.error = type(err).__name__ if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-            try:
-                write_summary(summary)
-            except Exception:  # noqa: BLE001 - the original error is the one to report
-                pass
+            write_stopped_summary(summary, err)  # summary.json still says what was done
             raise
         write_summary(summary)
         return summary
@@ -547,3 +541,20 @@ def predict_files(
 def write_summary(summary: PredictionSummary) -> Path:
     """Write ``summary.json`` (:meth:`PredictionSummary.to_dict`) into the summary's output folder, atomically."""
     return atomic_write_json(summary.output_dir / SUMMARY_FILE, summary.to_dict())
+
+
+def write_stopped_summary(summary: PredictionSummary, err: BaseException, reason: str | None = None) -> None:
+    """Best effort (the disk may be full): ``summary.json`` saying the run stopped early and why.
+
+    Args:
+        summary: What was done so far.
+        err: What stopped the run (``KeyboardInterrupt`` is recorded by its name).
+        reason: The error's line to record; default ``str(err)``.
+    """
+    summary.interrupted = True
+    summary.error = type(err).__name__ if isinstance(err, KeyboardInterrupt) else \
+        f"{type(err).__name__}: {str(err) if reason is None else reason}"
+    try:
+        write_summary(summary)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass

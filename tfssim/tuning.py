@@ -579,6 +579,11 @@ class _Maps:
         """The map as served (:func:`_smooth`)."""
         return _smooth(raw, sigma)
 
+    def as_served(self, candidate: MapCandidate, images: np.ndarray, bases: np.ndarray, margin: int) -> np.ndarray:
+        """``candidate``'s maps ``[B, H, W]`` of ``images`` as the export serves them: raw map with its
+        formula (:meth:`raw`), then smoothed exactly (:meth:`smooth`, no FFT shortcut)."""
+        return self.smooth(self.raw(images, bases, candidate.scoring, margin, candidate.formula), candidate.map_sigma)
+
     def smooth_many(self, raw: np.ndarray, sigmas: Sequence[float]) -> dict[float, np.ndarray]:
         """``raw [B, H, W]`` smoothed by every sigma, for the candidate sweep: one FFT of the
         mirrored map serves every sigma (4x faster than :func:`_smooth` per sigma at sigmas 2-16
@@ -661,6 +666,16 @@ class _Cache:
 
 def _hwc(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 3 else image[..., None]
+
+
+def _images_of(copies: Sequence[tuple[np.ndarray, np.ndarray, Any]]) -> np.ndarray:
+    """The painted images of :func:`synthetic_copy` results, stacked ``[B, H, W, C]``."""
+    return np.stack([_hwc(p) for p, _, _ in copies])
+
+
+def _labels_of(copies: Sequence[tuple[np.ndarray, np.ndarray, Any]]) -> np.ndarray:
+    """Their defect masks as histogram classes ``[B, H, W]`` (``_GOOD`` 0, ``_DEFECT`` 1)."""
+    return np.stack([m for _, m, _ in copies]).astype(np.uint8)
 
 
 class _Reconstructions:
@@ -761,21 +776,13 @@ class _StrideFrontier:
             bases = np.stack([reconstruct(_hwc(p), f"synthetic copy {k} of {name}")[0]
                               for k, (p, _, _) in enumerate(copies_i)])
             self.cache.save(i, self._variants[stride], bases, reconstruct(x, name)[0])
-        labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)
-        scores = self._maps(copies_i, bases, maps)
-        self.histograms[stride].update(scores, labels)
+        scores = maps.as_served(self.chosen, _images_of(copies_i), bases, self.margin)
+        self.histograms[stride].update(scores, _labels_of(copies_i))
         # Kept on disk for the second look (computing the map again costs more than reading it).
         save_array(self._maps_file(stride, i), scores)
 
     def _maps_file(self, stride: int, i: int) -> Path:
         return self.cache.path / f"{i}_frontier-{stride}_maps.npy"
-
-    def _maps(self, copies_i: Sequence[tuple[np.ndarray, np.ndarray, Any]], bases: np.ndarray,
-              maps: _Maps) -> np.ndarray:
-        """The chosen map of the copies, as served."""
-        stack = np.stack([_hwc(p) for p, _, _ in copies_i])
-        c = self.chosen
-        return maps.smooth(maps.raw(stack, bases, c.scoring, self.margin, c.formula), c.map_sigma)
 
     def add_overlaps(self, stride: int, i: int, copies_i: Sequence[tuple[np.ndarray, np.ndarray, Any]]) -> None:
         """Image ``i``'s per-region overlaps at ``stride`` (after every image's :meth:`add`)."""
@@ -1209,8 +1216,7 @@ def tune(
             for v in range(len(tilings)):
                 cache.save(i, v, copy_bases[v], clean_bases[v])
             tick = time.perf_counter()
-            stack = np.stack([_hwc(p) for p, _, _ in copies_i])
-            labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)  # _GOOD 0, _DEFECT 1
+            stack, labels = _images_of(copies_i), _labels_of(copies_i)
             for scoring_ in scorings:
                 raw = maps.raw(stack, copy_bases[0], scoring_, margins[own_tiling[0]])
                 for sigma, smoothed in maps.smooth_many(raw, sigmas).items():
@@ -1255,8 +1261,7 @@ def tune(
             bar = _progress(n_images, "tune: tile border and blend", progress)
             for i in range(n_images):
                 copies_i = painted(i, _hwc(store[i]))
-                stack = np.stack([_hwc(p) for p, _, _ in copies_i])
-                labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)
+                stack, labels = _images_of(copies_i), _labels_of(copies_i)
                 for v, tiling_ in enumerate(tilings[1:], 1):
                     raw = maps.raw(stack, cache.copies(i, v), best_scoring, margins[tiling_[0]])
                     for sigma, smoothed in maps.smooth_many(raw, sigmas).items():
@@ -1299,8 +1304,7 @@ def tune(
             sweep_histograms.update({c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in others})
             for i in range(n_images if combined else 0):
                 copies_i = painted(i, _hwc(store[i]))
-                stack = np.stack([_hwc(p) for p, _, _ in copies_i])
-                labels = np.stack([m for _, m, _ in copies_i]).astype(np.uint8)
+                stack, labels = _images_of(copies_i), _labels_of(copies_i)
                 bases = cache.copies(i, v)
                 first = maps.raw(stack, bases, plain.scoring, margin)
                 for term, group in combined.items():
@@ -1363,14 +1367,13 @@ def tune(
 
         def chosen_maps(x: np.ndarray, bases: np.ndarray, stack: np.ndarray | None = None) -> np.ndarray:
             """The chosen map as the export will serve it (from here on, no FFT shortcut)."""
-            images_ = x[None] if stack is None else stack
-            return maps.smooth(maps.raw(images_, bases, chosen.scoring, margin, chosen.formula), chosen.map_sigma)
+            return maps.as_served(chosen, x[None] if stack is None else stack, bases, margin)
 
         def image_again(i: int) -> tuple[list[tuple[np.ndarray, np.ndarray, list]], np.ndarray, np.ndarray]:
             """Image ``i``'s copies painted again, their chosen maps and its clean image's, from the cache."""
             x = _hwc(store[i])
             copies_i = painted(i, x)
-            stack = np.stack([_hwc(p) for p, _, _ in copies_i])
+            stack = _images_of(copies_i)
             return copies_i, chosen_maps(x, cache.copies(i), stack), chosen_maps(x, cache.clean(i)[None])[0]
 
         # Pass 2: the clean images' scores of the chosen map, twice: a histogram, then the one bin

@@ -20,7 +20,14 @@ from apache_beam.runners.runner import create_runner
 from tfssim.beam_scoring import PipelineFailed
 from tfssim.errors import InputError
 from tfssim.inference import ServingTime
-from tfssim.prediction import SUMMARY_FILE, ImageResult, PredictionPlan, failure_message, write_summary
+from tfssim.prediction import (
+    SUMMARY_FILE,
+    ImageResult,
+    PredictionPlan,
+    failure_message,
+    write_stopped_summary,
+    write_summary,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,22 +224,12 @@ def run(plan: PredictionPlan, options: beam_options.PipelineOptions) -> dict[str
             build(pipeline, plan)
             pipeline.run().wait_until_finish()
         except BaseException as err:
-            _interrupted(plan, err)
+            # Which images were written is unknown here: the summary lists none.
+            write_stopped_summary(plan.summary(), err, _last_line(err))
             if isinstance(err, (KeyboardInterrupt, InputError)):
                 raise
             raise PipelineFailed(f"the Beam pipeline failed: {_last_line(err)}") from err
         return json.loads(summary_file.read_text(encoding="utf-8"))
-
-
-def _interrupted(plan: PredictionPlan, err: BaseException) -> None:
-    """Best effort: ``summary.json`` saying the run stopped and why (which images were written is unknown)."""
-    summary = plan.summary()
-    summary.interrupted = True
-    summary.error = type(err).__name__ if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {_last_line(err)}"
-    try:
-        write_summary(summary)
-    except Exception:  # noqa: BLE001 - the pipeline's error is the one to report
-        pass
 
 
 def _last_line(err: BaseException) -> str:
