@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The paper's Table 1 ablation: SSIM-AE pixel ROC AUC over latent size, SSIM window and patch size.
 
-Each configuration is trained, exported and scored by :func:`tfssim.experiments.train_export_evaluate`
+Each configuration is trained, exported and scored by :func:`_experiments.train_export_evaluate`
 (the library's train -> export -> evaluate, no subprocesses); results accumulate in ``<output>/ablation.json`` and the table in
 ``<output>/ablation.md``. A finished configuration is skipped and an interrupted one resumes,
 so the sweep can be stopped and restarted at any time.
@@ -15,8 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
+from _experiments import Experiment, train_export_evaluate
+
 from tfssim._io import atomic_write_json, atomic_write_text
-from tfssim.experiments import Experiment, train_export_evaluate
 
 GRIDS = {  # the paper's grids (DESIGN.md); the other two settings stay at 100 / 11 / 128
     "latent": ("latent_dim", [50, 100, 200, 500, 1000]),

@@ -2,8 +2,8 @@
 """Images per second of tfssim-predict: the local path against a Beam pipeline, on the same images.
 
 One run scores the same images twice, each into a fresh output folder: with
-``tfssim.prediction.predict_files`` in this process (the export loaded before the clock starts),
-and with ``tfssim.beam_scoring.predict_with_beam`` on Beam's FnApiRunner (the DirectRunner's Python
+``tfssim.serving.prediction.predict_files`` in this process (the export loaded before the clock starts),
+and with ``tfssim.serving.beam.predict_with_beam`` on Beam's FnApiRunner (the DirectRunner's Python
 engine) with ``--workers`` worker processes (``--direct_running_mode multi_processing``). The Beam
 time is the whole command's work: starting the workers, each importing TensorFlow and loading the
 export, reading, scoring, writing. It prints both rates and their ratio (Beam / local), and checks
@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threshold", type=float, default=None, help="default: the export's calibrated one")
     args = parser.parse_args(argv)
 
-    from tfssim.beam_scoring import predict_with_beam
-    from tfssim.inference import ExportedModel
-    from tfssim.prediction import expand_inputs, predict_files
+    from tfssim.serving.beam import predict_with_beam
+    from tfssim.serving.inference import ExportedModel
+    from tfssim.serving.prediction import expand_inputs, predict_files
 
     paths = expand_inputs(args.images)
     model = ExportedModel.load(args.export)

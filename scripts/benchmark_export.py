@@ -65,7 +65,8 @@ def forward_flops(model) -> float:
 def stride_frontier(model, flops: float, image: np.ndarray, strides: list[int], chunk: int, repeats: int) -> None:
     """Seconds per megapixel of the exported ``serve_with_stride`` signature at each stride, against
     the floor: that stride's tiles x ``flops`` at the FLOP/s of a 2048^3 matmul timed in the same rounds."""
-    from tfssim import export, tiling
+    from tfssim import export
+    from tfssim.core import tiling
 
     height, width = image.shape[:2]
     megapixels = height * width / 1e6
@@ -128,7 +129,8 @@ def main() -> None:
 
     import keras
 
-    from tfssim import export, tiling
+    from tfssim import export
+    from tfssim.core import tiling
     from tfssim.models import build_model
 
     chunks = [int(c) for c in args.chunk_sizes.split(",")]

@@ -4,9 +4,9 @@
 For every category folder found under ``MVTEC_ROOT`` (MVTec AD's layout: ``<category>/train/good``,
 ``<category>/test/<type>/``, ``<category>/ground_truth/<type>/<stem>_mask.png``), the SSIM
 autoencoder is trained, exported, calibrated and evaluated with tfssim's library functions
-(:func:`tfssim.experiments.train_export_evaluate`: :func:`tfssim.training.train`,
-:func:`tfssim.export.export_model`, :func:`tfssim.calibration.calibrate`,
-:func:`tfssim.evaluation.evaluate`; no subprocesses), following the protocol of Bergmann et al.,
+(:func:`_experiments.train_export_evaluate`: :func:`tfssim.training.train`,
+:func:`tfssim.export.export_model`, :func:`tfssim.evaluation.calibration.calibrate`,
+:func:`tfssim.evaluation.evaluate.evaluate`; no subprocesses), following the protocol of Bergmann et al.,
 "MVTec AD — A Comprehensive Real-World Dataset for Unsupervised Anomaly Detection", CVPR 2019:
 
 - textures (carpet, grid, leather, tile, wood): grayscale, 128-pixel patches, the anomaly map
@@ -17,14 +17,14 @@ autoencoder is trained, exported, calibrated and evaluated with tfssim's library
   zipper, whose images are gray;
 - the threshold: MVTec AD's rule, the smallest threshold at which no connected region of the
   post-processed segmentation of any defect-free validation image is larger than
-  ``--min-defect-area`` pixels (:func:`tfssim.calibration.threshold_at_min_defect_area`), written
+  ``--min-defect-area`` pixels (:func:`tfssim.evaluation.calibration.threshold_at_min_defect_area`), written
   as a new version of the export (``<category>/exported_models/<category>/2``, calibrated from
   version 1, which stays as exported; ``result.json``'s ``export_dir``), the one evaluated. The
   validation images are a seeded 10 % of ``train/good`` held out of training (MVTec AD ships no
   validation split); the area is one number for all categories, chosen by the
   user, never from test data.
 
-Scores (threshold-free, from :func:`tfssim.evaluation.evaluate`): pixel ROC AUC over all pixels of
+Scores (threshold-free, from :func:`tfssim.evaluation.evaluate.evaluate`): pixel ROC AUC over all pixels of
 all test images; AUPRO up to a false-positive rate of 0.3, normalised; image ROC AUC with the
 **maximum of the anomaly map** as each image's score (defective test images against the good
 ones). The published AE (SSIM) and AE (ℓ2) ROC AUC per category stand beside them.
@@ -135,7 +135,7 @@ def find_categories(root: Path, wanted: Sequence[str] | None) -> list[str]:
 
 def run_category(root: Path, output: Path, category: str, protocol: Protocol, *, verbose: int | str = 2) -> dict:
     """Train, export, calibrate and evaluate one category (resumably); write and return its result."""
-    from tfssim.experiments import Experiment, train_export_evaluate
+    from _experiments import Experiment, train_export_evaluate
 
     folder = output / category
     kind, train, export = protocol.category_settings(category)

@@ -49,7 +49,9 @@ def main() -> None:
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1")
 
-    from tfssim import data, losses, models, precision
+    from tfssim import data, models
+    from tfssim.core import losses
+    from tfssim.training import precision
 
     precision.set_precision("off")  # the figure asked for is float32 training
     if args.data:

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import numpy as np
     import tensorflow as tf
 
-    from tfssim import export, resize, tiling
+    from tfssim import export
+    from tfssim.core import resize, tiling
     from tfssim.models import build_model
 
     keras.utils.set_random_seed(0)

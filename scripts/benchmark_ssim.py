@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Speed of the SSIM loss and its gradient: this tree's ``tfssim.ssim`` against an earlier commit's.
+"""Speed of the SSIM loss and its gradient: this tree's ``tfssim.core.ssim`` against an earlier commit's.
 
 Times ``1 - mean SSIM`` and its gradient with respect to the reconstruction for a batch of 32
 128x128 grayscale patches (the training step's SSIM work), inside one ``tf.function`` as
-``model.fit`` runs it, best of ``--repeats``, for the ``tfssim/ssim.py`` of ``--before`` (a git
+``model.fit`` runs it, best of ``--repeats``, for the ``tfssim/core/ssim.py`` of ``--before`` (a git
 revision, read with ``git show``) and for the current one, in the same process; prints both and
 their ratio, and that the two losses agree.
 
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_revision(revision: str) -> object:
-    """``tfssim/ssim.py`` as it was at ``revision``, as a module of its own."""
-    source = subprocess.run(["git", "show", f"{revision}:tfssim/ssim.py"], cwd=ROOT, check=True,
+    """``tfssim/core/ssim.py`` as it was at ``revision``, as a module of its own."""
+    source = subprocess.run(["git", "show", f"{revision}:tfssim/core/ssim.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "ssim_before.py"
     path.write_text(source)
@@ -59,13 +59,13 @@ def time_loss_and_gradient(ssim_fn, x: tf.Tensor, y: tf.Tensor, repeats: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="HEAD", help="git revision whose tfssim/ssim.py is the baseline")
+    parser.add_argument("--before", default="HEAD", help="git revision whose tfssim/core/ssim.py is the baseline")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from tfssim import ssim as after
+    from tfssim.core import ssim as after
 
     before = load_revision(args.before)
     rng = np.random.default_rng(0)

@@ -276,11 +276,11 @@ def _summary(values: list[float], digits: int = 4) -> dict[str, Any]:
 def benchmark(kinds: list[str], patches: list[int], repeats: int, steps: dict[int, int], batch: int,
               log: Callable[[str], None] = lambda line: None, breakdown: bool = False) -> dict[str, Any]:
     """Run the round-robin benchmark and return its results as a JSON-able dict."""
+    import _provenance as provenance
     import keras
     import tensorflow as tf
 
-    from tfssim import _provenance as provenance
-    from tfssim import precision
+    from tfssim.training import precision
 
     with precision.precision_policy("auto") as policy:
         cases = [TrainingCase(kind, patch, batch, steps[patch]) for patch in patches for kind in kinds]

@@ -24,9 +24,10 @@ def breakdown(dataset: str, export: str) -> dict:
     """Per-image pixel AUROC and per-size region recall of ``export`` on ``dataset``'s test images."""
     from skimage import measure
 
-    from tfssim import data, metrics
-    from tfssim.evaluation import compute_maps, load_split
-    from tfssim.inference import ExportedModel
+    from tfssim import data
+    from tfssim.evaluation import metrics
+    from tfssim.evaluation.evaluate import compute_maps, load_split
+    from tfssim.serving.inference import ExportedModel
 
     model = ExportedModel.load(export)
     if model.threshold is None:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 def run(output: str, kinds: list[str], patch_size: int, epochs: int, patches_per_epoch: int, seed: int) -> dict:
     """Train each kind in a temporary folder; return and write ``{kind: {"loss": [...], "val_loss": [...]}}``."""
-    from tfssim import _provenance as provenance
+    import _provenance as provenance
+
     from tfssim._io import atomic_write_text
     from tfssim.data import texture_dataset, write_dataset
     from tfssim.training import TrainConfig, train

@@ -3,7 +3,7 @@
 
 Trains the SSIM-AE, l2-AE, VAE and FM-AE (the paper's split: 4 normal images train, the 5th
 validates / sets the threshold, 40 test), exports each and evaluates all of them together, with
-the library's functions (:mod:`tfssim.experiments`, no subprocesses); the evaluation writes the
+the library's functions (:mod:`_experiments`, no subprocesses); the evaluation writes the
 ROC figure, the per-region-overlap figures and the results table, with both pixel ROC AUCs:
 of the raw anomaly maps, and of the post-processed segmentations (threshold, opening, convex
 hulls) swept over thresholds, which is how the paper counts pixels "classified as defect".
@@ -26,9 +26,10 @@ import json
 import time
 from pathlib import Path
 
+from _experiments import Experiment, export_run, train_export_evaluate, train_run
+
 from tfssim._io import atomic_write_json, atomic_write_text
-from tfssim.experiments import Experiment, export_run, train_export_evaluate, train_run
-from tfssim.ssim import WEIGHTINGS
+from tfssim.core.ssim import WEIGHTINGS
 
 
 def fm_weights_file(weights: str, output: Path) -> str:

@@ -7,8 +7,8 @@ default). This paints fresh copies of the given defect-free images with another 
 default 1000) and every family of ``tfssim.data.defects`` (large ones included), runs each
 export's served graph on them (``ExportedModel.predict``: its own map formula, tiling and
 smoothing) and scores the maps against the exact masks with scikit-learn. A region counts as
-found when at least ``tfssim.tuning.REGION_FOUND_SHARE`` of its pixels are in the export's
-post-processed segmentation at its stored threshold (``tfssim.postprocess``), as the tuner's
+found when at least ``tfssim.evaluation.tuning.REGION_FOUND_SHARE`` of its pixels are in the export's
+post-processed segmentation at its stored threshold (``tfssim.serving.postprocess``), as the tuner's
 report counts it. No test image is read: use it to compare exports (e.g. a tune with and without
 map formulas, or with the large families painted) on the defect kinds a test set may lack.
 
@@ -45,9 +45,10 @@ def benchmark(images: list[np.ndarray], exports: list[str], *, seed: int, copies
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
-    from tfssim import postprocess, tuning
     from tfssim.data import defects
-    from tfssim.inference import ExportedModel
+    from tfssim.evaluation import tuning
+    from tfssim.serving import postprocess
+    from tfssim.serving.inference import ExportedModel
 
     models = [ExportedModel.load(e) for e in exports]
     patch = int(models[0].metadata["patch_size"])
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="write the result here as JSON")
     args = parser.parse_args()
     from tfssim import data
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     channels = ExportedModel.load(args.export[0]).channels
     images = [data.read_image(p, channels) for p in args.images]

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 def residual_panels(x: np.ndarray, recon: np.ndarray) -> dict[str, np.ndarray]:
     """l2 and SSIM-component residual maps ``[H, W]`` of one image and its reconstruction."""
-    from tfssim import ssim
+    from tfssim.core import ssim
 
     maps = ssim.ssim_maps(x, recon, window_size=11, padding="same")
     return {
@@ -54,8 +54,10 @@ def main() -> None:
 
     from matplotlib.figure import Figure
 
-    from tfssim import losses, metrics, models
+    from tfssim import models
+    from tfssim.core import losses
     from tfssim.data import synthetic
+    from tfssim.evaluation import metrics
 
     args.output.mkdir(parents=True, exist_ok=True)
     boards = synthetic.checkerboard_patches(max(256, args.steps * args.batch_size // 4), size=128, seed=args.seed)

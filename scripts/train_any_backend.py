@@ -10,8 +10,8 @@ names, and writes a folder that ``tfssim-export`` takes like a ``tfssim-train`` 
 evaluation then run with tfssim on TensorFlow as usual.
 
 Everything but the backend-specific loop comes from the library, which imports no TensorFlow
-for these parts: the losses (:mod:`tfssim.losses`, SSIM in ``keras.ops``), their parameters
-(:class:`tfssim.ssim.SSIMParams`), the image reader (:mod:`tfssim.data.io`), the sampling rule
+for these parts: the losses (:mod:`tfssim.core.losses`, SSIM in ``keras.ops``), their parameters
+(:class:`tfssim.core.ssim.SSIMParams`), the image reader (:mod:`tfssim.data.io`), the sampling rule
 (:mod:`tfssim.data.sampling`), atomic writes (:mod:`tfssim._io`) and the run folder's record with
 its resume rule (:mod:`tfssim.run_record`: ``config.json``, ``history.csv``, the data fingerprint).
 Patches are drawn as ``tfssim-train`` draws them: an image with probability proportional to its number of patch
@@ -45,10 +45,11 @@ if importlib.util.find_spec("tfssim") is None:  # run from a checkout without in
     sys.path.insert(0, str(ROOT))
 
 from tfssim._io import atomic_write, atomic_write_json  # noqa: E402
+from tfssim.core.losses import L2Loss, SSIMLoss  # noqa: E402
+from tfssim.core.ssim import WEIGHTINGS, SSIMParams  # noqa: E402
 from tfssim.data.io import list_images, read_image  # noqa: E402
 from tfssim.data.sampling import image_probabilities  # noqa: E402
 from tfssim.errors import InputError  # noqa: E402
-from tfssim.losses import L2Loss, SSIMLoss  # noqa: E402
 from tfssim.run_record import (  # noqa: E402
     CONFIG_NAME,
     HISTORY_NAME,
@@ -60,7 +61,6 @@ from tfssim.run_record import (  # noqa: E402
     run_record,
     write_history,
 )
-from tfssim.ssim import WEIGHTINGS, SSIMParams  # noqa: E402
 
 
 def load_cae_module() -> Any:

@@ -5,7 +5,7 @@ Trains two SSIM autoencoders that differ only in the SSIM window's weighting (``
 ``tf.image.ssim``'s window, sigma 1.5; ``uniform``: plain K x K patch means, the paper's
 definition), exports each twice (the anomaly map scored with either window), and evaluates the
 four exports together with the segmentation ROC AUC, all through
-:func:`tfssim.experiments.train_export_evaluate` (the library, no subprocesses). Writes ``OUTPUT/weighting_table.md`` and ``OUTPUT/weighting.json``
+:func:`_experiments.train_export_evaluate` (the library, no subprocesses). Writes ``OUTPUT/weighting_table.md`` and ``OUTPUT/weighting.json``
 (the ROC figure is ``OUTPUT/evaluation/roc.png``).
 Re-running resumes: finished trainings and exports are reused, an interrupted training continues.
 
@@ -20,9 +20,10 @@ import csv
 import json
 from pathlib import Path
 
+from _experiments import Experiment, train_export_evaluate
+
 from tfssim._io import atomic_write_text
-from tfssim.experiments import Experiment, train_export_evaluate
-from tfssim.ssim import WEIGHTINGS
+from tfssim.core.ssim import WEIGHTINGS
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,15 @@
 """Session-wide fixtures: the tiny dataset and exports that the inference tests share (built once)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# The scripts' own helper modules (``_experiments``, ``_provenance``) import as the scripts import them.
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +75,7 @@ def load_script(name: str):
 
     module_name = f"tfssim_test_script_{name}"
     if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).resolve().parents[1] / "scripts"
-                                                      / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(module_name, SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)

@@ -1,4 +1,4 @@
-"""tfssim-predict --runner (tfssim.beam_scoring) against the local tfssim-predict on the same images.
+"""tfssim-predict --runner (tfssim.serving.beam) against the local tfssim-predict on the same images.
 
 The local path is the reference: every file the Beam pipeline writes must equal the local one
 (maps to 1e-6, masks, overlays and region tables exactly, summary.json the same). The runner is
@@ -17,7 +17,7 @@ from skimage import io
 
 from tfssim import data
 from tfssim.cli.predict import main as predict_cli
-from tfssim.prediction import OUTPUT_SUFFIXES
+from tfssim.serving.prediction import OUTPUT_SUFFIXES
 
 try:
     import apache_beam  # noqa: F401

@@ -194,8 +194,9 @@ def test_a_finished_category_is_skipped_and_other_settings_refused(mvtec_root, t
 def test_tiny_benchmark_trains_calibrates_evaluates_and_resumes(mvtec_root, tmp_path):
     from scipy import ndimage
 
-    from tfssim import data, postprocess
-    from tfssim.inference import ExportedModel
+    from tfssim import data
+    from tfssim.serving import postprocess
+    from tfssim.serving.inference import ExportedModel
 
     bench = _load()
     out = tmp_path / "bench"

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from scipy.signal.windows import gaussian
 from skimage.metrics import structural_similarity
 
-from tfssim import scoring, tiling, tuning
+from tfssim.core import scoring, tiling
 from tfssim.data import defects
-from tfssim.metadata import ExportMetadata
+from tfssim.evaluation import tuning
+from tfssim.export.metadata import ExportMetadata
 from tfssim.models import build_model
 
 KERNEL = np.array([[0.05, 0.1, 0.05], [0.1, 0.4, 0.1], [0.05, 0.1, 0.05]], np.float32)
@@ -134,7 +135,7 @@ def test_metadata_types_border_and_blend():
 def test_export_serves_the_library_maps_and_records_the_tiling(tmp_path):
     from tfssim.cli.export import main as export_main
     from tfssim.export import export_model
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     keras.utils.set_random_seed(0)
     model = build_model("ssim", 32, 1, 8)
@@ -164,7 +165,7 @@ def test_the_tuners_mirrored_maps_are_the_served_ones(tmp_path):
     mirrored image, kept with a margin of the window's radius) equals what an export with that
     tiling serves, for every SSIM window it tries."""
     from tfssim.export import export_model
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     keras.utils.set_random_seed(0)
     model = build_model("ssim", 32, 1, 8)
@@ -202,7 +203,7 @@ def test_tuning_an_export_that_mirrors_its_border(tmp_path):
     (they match the served ones) and compares the other tilings; without it the served map is the
     one candidate map (windows are not swept) and other tilings are refused in one line."""
     from tfssim.export import export_model
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     keras.utils.set_random_seed(0)
     model = build_model("ssim", 32, 1, 8)
@@ -233,7 +234,7 @@ def test_the_tuner_paints_the_large_families_when_asked_and_reports_them(exports
     """``shading`` and ``missing`` are not painted by default (they would dominate the AUROC the map
     is chosen by); asked for, they are painted up to 4x the drawn size and reported by family, with
     size bins that reach what was painted."""
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     export = ExportedModel.load(exports[0])
     images = [np.random.default_rng(7).random((64, 72)).astype(np.float32)]

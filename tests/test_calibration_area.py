@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 from scipy import ndimage
 
-from tfssim import data, export, postprocess
-from tfssim.calibration import largest_region_area, threshold_at_min_defect_area
+from tfssim import data, export
 from tfssim.cli.calibrate import main as calibrate_cli
 from tfssim.errors import InputError
-from tfssim.metadata import METADATA_FILE, ExportMetadata
+from tfssim.evaluation.calibration import largest_region_area, threshold_at_min_defect_area
+from tfssim.export.metadata import METADATA_FILE, ExportMetadata
+from tfssim.serving import postprocess
 
 # The fixtures `dataset` and `exports` (tiny, built once per session) are in conftest.py.
 
@@ -202,7 +203,7 @@ def test_cli_refuses_both_rules_or_a_negative_area_in_one_line(exports, dataset,
 
 @pytest.mark.slow  # loads and runs a SavedModel twice (about 8 s measured here)
 def test_cli_min_defect_area_round_trip(exports, dataset, tmp_path):
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     first = shutil.copytree(exports[0], tmp_path / "m" / "1")
     before = (first / METADATA_FILE).read_bytes()
@@ -235,7 +236,7 @@ def test_cli_min_defect_area_round_trip(exports, dataset, tmp_path):
     assert index > 0 and scores[index] == meta.threshold  # one of the served scores, not the lowest
     assert largest(meta.threshold) <= 40 < largest(float(scores[index - 1]))
     # The library on the same maps, without writing, agrees; --fpr afterwards switches the method back.
-    from tfssim.calibration import calibrate
+    from tfssim.evaluation.calibration import calibrate
 
     again = calibrate(model, [dataset / "val"], min_defect_area=40, write=False, progress=False)
     assert (again.threshold, again.path, again.method) == (meta.threshold, None, "min_defect_area")

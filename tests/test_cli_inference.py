@@ -12,12 +12,14 @@ from click.testing import CliRunner
 from skimage import io
 from sklearn.metrics import roc_auc_score
 
-from tfssim import data, evaluation, export, metrics, postprocess
+from tfssim import data, export
 from tfssim.cli.calibrate import main as calibrate_cli
 from tfssim.cli.evaluate import main as evaluate_cli
 from tfssim.cli.predict import main as predict_cli
 from tfssim.errors import InputError
-from tfssim.inference import ExportedModel
+from tfssim.evaluation import evaluate, metrics
+from tfssim.serving import postprocess
+from tfssim.serving.inference import ExportedModel
 
 # The fixtures `dataset` and `exports` (tiny, built once per session) are in conftest.py.
 
@@ -39,7 +41,7 @@ def test_calibrate_writes_a_threshold_with_the_requested_fpr(exports, dataset, t
 
 @pytest.mark.slow  # 9 s measured (2 cores shared with other jobs)
 def test_library_calibrate_sets_the_fpr_on_paths_or_arrays(exports, dataset, tmp_path):
-    from tfssim.calibration import calibrate
+    from tfssim.evaluation.calibration import calibrate
 
     source = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
     result = calibrate(source.parent, [dataset / "val"], 0.05, progress=False)  # model folder: newest version
@@ -67,10 +69,10 @@ def test_library_calibrate_sets_the_fpr_on_paths_or_arrays(exports, dataset, tmp
 
 def test_library_load_split_uses_the_training_split(exports, dataset, tmp_path):
     a = _with_training_config(exports[0], tmp_path / "a", {"val_split": 0.5, "seed": 3})
-    split, val_split, seed = evaluation.load_split(dataset, [a])
+    split, val_split, seed = evaluate.load_split(dataset, [a])
     expected = data.load_dataset(dataset, val_fraction=0.5, seed=3)
     assert (val_split, seed) == (0.5, 3) and split.val == expected.val and split.train == expected.train
-    split, val_split, seed = evaluation.load_split(dataset, [ExportedModel.load(a)], val_split=0.25, seed=1)
+    split, val_split, seed = evaluate.load_split(dataset, [ExportedModel.load(a)], val_split=0.25, seed=1)
     assert (val_split, seed) == (0.25, 1) and split.val == data.load_dataset(dataset, val_fraction=0.25, seed=1).val
 
 
@@ -200,7 +202,7 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
         # and the PRO CSV's mean overlap gives aupro_0.3 back.
         with (out / f"roc_{safe}.csv").open() as fh:
             roc = list(csv.DictReader(fh))
-        assert list(roc[0]) == ["fpr", "tpr"] and 10 < len(roc) <= 2 * evaluation.ROC_POINTS
+        assert list(roc[0]) == ["fpr", "tpr"] and 10 < len(roc) <= 2 * evaluate.ROC_POINTS
         fpr, tpr = (np.array([float(r[k]) for r in roc]) for k in ("fpr", "tpr"))
         assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
         assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
@@ -208,7 +210,7 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
         with (out / f"pro_{safe}.csv").open() as fh:
             pro = list(csv.DictReader(fh))
         assert list(pro[0]) == ["fpr", "threshold", "mean", "q0.1", "q0.25", "q0.5", "q0.75", "q0.9"]
-        assert len(pro) == evaluation.PRO_THRESHOLDS
+        assert len(pro) == evaluate.PRO_THRESHOLDS
         curve = {k: np.array([float(r[k]) for r in pro]) for k in ("fpr", "mean")}
         assert metrics.area_under_pro(curve, 0.3) == pytest.approx(results[name]["aupro_0.3"], abs=1e-12)
         assert all(float(r["q0.1"]) <= float(r["q0.5"]) <= float(r["q0.9"]) for r in pro)
@@ -256,8 +258,8 @@ def test_evaluate_compares_exports_and_matches_independent_scores(exports, datas
     assert [r["model"] for r in rows] == list(results)
     for row in rows:
         scores = results[row["model"]]
-        assert set(row) == {"model", "seconds", *evaluation.CSV_KEYS}
-        for key in evaluation.CSV_KEYS:
+        assert set(row) == {"model", "seconds", *evaluate.CSV_KEYS}
+        for key in evaluate.CSV_KEYS:
             if scores[key] is None:
                 assert row[key] == "", key
             else:

@@ -594,9 +594,9 @@ def test_full_disk_during_training_exits_1_with_one_line(error: Exception, image
 
 
 def test_weighting_choices_are_the_librarys() -> None:
-    """The CLIs list the weightings by hand (importing tfssim.ssim would load TensorFlow at --help)."""
+    """The CLIs list the weightings by hand (importing tfssim.core.ssim would load TensorFlow at --help)."""
     from tfssim.cli.export import main as export_main
-    from tfssim.ssim import WEIGHTINGS
+    from tfssim.core.ssim import WEIGHTINGS
 
     for command in (main, export_main):
         option = next(p for p in command.params if p.name == "ssim_weighting")

@@ -1,9 +1,9 @@
-"""``tfssim.client.ServingClient`` against a stand-in for TF Serving's REST API on a loopback port.
+"""``tfssim.serving.client.ServingClient`` against a stand-in for TF Serving's REST API on a loopback port.
 
 The stand-in (a thread of this test process, which has TensorFlow) answers TF Serving's
 ``:predict`` format by running the exported SavedModel; the client under test runs in a
 subprocess where ``import tensorflow`` fails, and its maps must equal
-``tfssim.inference.ExportedModel.predict`` on the same image.
+``tfssim.serving.inference.ExportedModel.predict`` on the same image.
 """
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from skimage import io
 
-from tfssim import data, export, postprocess
-from tfssim.client import ServingClient, ServingError
+from tfssim import data, export
 from tfssim.errors import InputError
 from tfssim.export.layout import MAX_VERSION
-from tfssim.inference import ExportedModel
-from tfssim.metadata import ExportMetadata
+from tfssim.export.metadata import ExportMetadata
+from tfssim.serving import postprocess
+from tfssim.serving.client import ServingClient, ServingError
+from tfssim.serving.inference import ExportedModel
 
 # The fixtures `dataset` and `exports` (tiny, built once per session) are in conftest.py.
 
@@ -147,7 +148,7 @@ import json, sys
 import numpy as np
 from skimage import io
 from tfssim import data
-from tfssim.client import ServingClient
+from tfssim.serving.client import ServingClient
 
 url, export_dir, image_path, uint8_path, out = sys.argv[1:6]
 client = ServingClient(url, "ssim", metadata=export_dir)

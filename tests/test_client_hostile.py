@@ -1,4 +1,4 @@
-"""``tfssim.client.ServingClient`` against a broken or hostile stand-in for TF Serving on loopback.
+"""``tfssim.serving.client.ServingClient`` against a broken or hostile stand-in for TF Serving on loopback.
 
 The stand-in writes raw bytes, so it can answer what no honest server would: an answer dripped a
 byte at a time, bodies far larger than any map, redirects to another port, maps of NaN, infinity,
@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from tfssim.client import ServingClient, ServingError, default_max_response_bytes
+from tfssim.serving.client import ServingClient, ServingError, default_max_response_bytes
 
 IMAGE = np.full((40, 40), 0.5, np.float32)
 GOOD_MAP = [[0.5] * 40] * 40

@@ -138,8 +138,8 @@ def test_mvtec_layout(tmp_path):
 
 
 def test_one_list_of_mask_names_for_every_loader_and_for_prediction(tmp_path):
-    from tfssim import prediction
     from tfssim.cli import predict
+    from tfssim.serving import prediction
 
     assert data.MASK_SUFFIXES == ("_gt", "", "_mask")
     assert prediction.MASK_SUFFIXES is data.MASK_SUFFIXES and predict.MASK_SUFFIXES is data.MASK_SUFFIXES

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from tfssim.cli.demo import main
-from tfssim.metadata import metadata_path
+from tfssim.export.metadata import metadata_path
 
 # The budget of this test: 4 epochs x 512 patches of 32 px, latent 16, brick texture.
 BUDGET = ["--epochs", "4", "--patches-per-epoch", "512", "--patch-size", "32", "--latent-dim", "16"]

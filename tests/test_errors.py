@@ -32,7 +32,7 @@ def _keras_like_failure(*args, **kwargs):
 
 def test_a_valueerror_from_inside_keras_keeps_its_traceback_and_exits_1(calibrate_inputs, monkeypatch):
     from tfssim.cli.calibrate import main
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     monkeypatch.setattr(ExportedModel, "load", classmethod(lambda cls, path: _keras_like_failure()))
     result = CliRunner().invoke(main, list(calibrate_inputs))
@@ -46,7 +46,7 @@ def test_a_valueerror_from_inside_keras_keeps_its_traceback_and_exits_1(calibrat
 
 def test_an_input_error_is_one_error_line_and_exit_2(calibrate_inputs, monkeypatch):
     from tfssim.cli.calibrate import main
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     def refuse(cls, path):
         raise InputError(f"export {path} is not what it should be; re-export it")
@@ -64,7 +64,7 @@ def test_an_internal_valueerror_in_a_real_process_prints_a_traceback(tmp_path: P
     """End to end: the console entry point, not CliRunner, shows the traceback and exits 1."""
     script = (
         "import sys\n"
-        "from tfssim.inference import ExportedModel\n"
+        "from tfssim.serving.inference import ExportedModel\n"
         "def broken(cls, path):\n"
         "    raise ValueError('internal: shapes do not match')\n"
         "ExportedModel.load = classmethod(broken)\n"
@@ -97,5 +97,5 @@ def test_library_input_checks_raise_input_error():
 
     with pytest.raises(InputError, match="epochs"):
         TrainConfig(data="d", output="o", epochs=0).validate()
-    with pytest.raises(InputError, match="window"):  # tfssim.ssim's check, reached through the config
+    with pytest.raises(InputError, match="window"):  # tfssim.core.ssim's check, reached through the config
         TrainConfig(data="d", output="o", ssim_window=4).validate()

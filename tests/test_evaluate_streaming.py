@@ -1,7 +1,7 @@
-"""The streamed evaluation (issue 24): ``tfssim.evaluation`` keeps accumulators, not maps.
+"""The streamed evaluation (issue 24): ``tfssim.evaluation.evaluate`` keeps accumulators, not maps.
 
 Every streamed number against an independent exact computation on small data (scikit-learn,
-the in-memory :mod:`tfssim.metrics` functions, counts written out here): the threshold, F1 / IoU
+the in-memory :mod:`tfssim.evaluation.metrics` functions, counts written out here): the threshold, F1 / IoU
 and the image AUROC exactly, the pixel AUROC within 1e-3 and within the histogram's stated
 bound, the overlap curve point by point and its area within :data:`AUPRO_TOLERANCE`; maps
 computed once per image; bad files refused before the first map; memory that does not grow with
@@ -20,13 +20,14 @@ from skimage import io
 from skimage.measure import label
 from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
-from tfssim import evaluation, metrics, postprocess
 from tfssim.data.layouts import DatasetSplit
 from tfssim.errors import InputError
+from tfssim.evaluation import evaluate, metrics
+from tfssim.serving import postprocess
 
 # The overlap area's stated bound (two trapezoid sums of one monotone curve, each within half an
 # FPR step of its area: 1 / (PRO_THRESHOLDS - 1) where no tie is wider than a step).
-AUPRO_TOLERANCE = 1 / (evaluation.PRO_THRESHOLDS - 1)
+AUPRO_TOLERANCE = 1 / (evaluate.PRO_THRESHOLDS - 1)
 # What the tests hold the area to on these maps: 30x tighter than the worst case (measured: 5e-5).
 AUPRO_MEASURED = 1e-4
 # The segmentation ROC's area against metrics.segmentation_roc's: its thresholds move by up to
@@ -91,7 +92,7 @@ def test_every_streamed_score_matches_the_exact_computation(case):
     val, test, masks, labels = _dataset(["smooth", "float64", "ties", "negative", "wide"].index(case), case)
     fpr = 0.02
     settings = {"opening_diameter": 2, "convex_hull": True, "min_area": 0}
-    result = evaluation.evaluate_maps("m", val, test, masks, fpr=fpr, test_labels=labels, segmentation_auroc=True,
+    result = evaluate.evaluate_maps("m", val, test, masks, fpr=fpr, test_labels=labels, segmentation_auroc=True,
                                       **settings)
     scores = result.scores
     # The threshold and its FPR: exactly threshold_at_fpr's.
@@ -134,14 +135,14 @@ def test_every_streamed_score_matches_the_exact_computation(case):
 @pytest.mark.parametrize("case", ["smooth", "float64", "negative"])
 def test_the_curves_are_exact_at_their_thresholds(case):
     val, test, masks, labels = _dataset(10 + ["smooth", "float64", "negative"].index(case), case)
-    result = evaluation.evaluate_maps("m", val, test, masks, fpr=0.05)
+    result = evaluate.evaluate_maps("m", val, test, masks, fpr=0.05)
     y = _pooled(masks)
     s32 = _pooled(test).astype(np.float32)
     good = s32[~y]
     # The overlap curve: at each threshold (a bin edge), its FPR counted exactly on the good
     # pixels, the mean overlap over the regions exactly, the quantiles within half a level.
     pro = result.pro
-    assert len(pro["fpr"]) == evaluation.PRO_THRESHOLDS and np.all(np.diff(pro["thresholds"]) <= 0)
+    assert len(pro["fpr"]) == evaluate.PRO_THRESHOLDS and np.all(np.diff(pro["thresholds"]) <= 0)
     assert pro["fpr"][0] == 0 and pro["fpr"][-1] <= 0.3 + 1e-12
     for k in [0, 1, 7, 50, 150, 299]:
         edge = pro["thresholds"][k]
@@ -153,7 +154,7 @@ def test_the_curves_are_exact_at_their_thresholds(case):
     assert int(pro["regions"]) == sum(label(g, connectivity=2).max() for g in masks)
     # Each threshold is the upper edge of the bin holding the in-memory sweep's threshold: at
     # most one bin (a relative 2**-13) above it.
-    exact = metrics.pro_curve(test, masks, evaluation.PRO_THRESHOLDS, 0.3)
+    exact = metrics.pro_curve(test, masks, evaluate.PRO_THRESHOLDS, 0.3)
     assert np.all(pro["thresholds"] >= exact["thresholds"])
     assert np.all(pro["thresholds"] - exact["thresholds"] <= np.abs(exact["thresholds"]) * 2.0 ** -12 + 1e-30)
     assert np.all(pro["fpr"] <= exact["fpr"] + 1e-12)  # the same counts, divided in another order
@@ -189,7 +190,7 @@ def test_the_overlap_area_stays_within_its_tolerance_over_many_datasets():
 def test_per_type_scores_match_the_exact_computation_on_each_types_pixels():
     val, test, masks, labels = _dataset(3, n_test=9)
     settings = {"opening_diameter": 0, "convex_hull": False}
-    result = evaluation.evaluate_maps("m", val, test, masks, fpr=0.05, test_labels=labels, **settings)
+    result = evaluate.evaluate_maps("m", val, test, masks, fpr=0.05, test_labels=labels, **settings)
     threshold = result.scores["threshold"]
     good = [i for i, k in enumerate(labels) if k == "good"]
     assert list(result.per_type) == ["crack", "stain"]
@@ -210,7 +211,7 @@ def test_per_type_scores_match_the_exact_computation_on_each_types_pixels():
         assert (scores["images"], scores["good_images"]) == (len(own), len(good))
     # per_type_scores (maps in memory, segmentations given) is the same accumulators.
     segs = _segment(test, threshold, **settings)
-    assert evaluation.per_type_scores(test, masks, labels, segs) == result.per_type
+    assert evaluate.per_type_scores(test, masks, labels, segs) == result.per_type
 
 
 @pytest.mark.parametrize("case", ["smooth", "float64", "negative", "ties"])
@@ -243,13 +244,13 @@ def test_bad_maps_are_named_as_the_in_memory_metrics_name_them():
     bad = [m.copy() for m in test]
     bad[2][0, 0] = np.nan
     with pytest.raises(InputError, match="anomaly map 2 holds NaN or infinite values"):
-        evaluation.evaluate_maps("m", val, bad, masks)
+        evaluate.evaluate_maps("m", val, bad, masks)
     with pytest.raises(InputError, match=r"anomaly map 1 has shape \(70, 90\) but its mask has shape \(7, 9\)"):
-        evaluation.evaluate_maps("m", val, test, [masks[0], np.zeros((7, 9), bool), *masks[2:]])
+        evaluate.evaluate_maps("m", val, test, [masks[0], np.zeros((7, 9), bool), *masks[2:]])
     with pytest.raises(InputError, match="ROC needs both defect and good pixels"):
-        evaluation.evaluate_maps("m", val, test, [np.zeros_like(g) for g in masks])
+        evaluate.evaluate_maps("m", val, test, [np.zeros_like(g) for g in masks])
     with pytest.raises(InputError, match="no validation maps"):
-        evaluation.evaluate_maps("m", [], test, masks)
+        evaluate.evaluate_maps("m", [], test, masks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,14 +314,14 @@ def test_evaluate_on_files_gives_evaluate_maps_numbers_and_every_file(tmp_path):
     split = _image_dataset(tmp_path / "data", 7)
     model = BlurExport(tmp_path / "exports")
     out = tmp_path / "eval"
-    (result,) = evaluation.evaluate(split, [model], out, fpr=0.02, max_overlays=3, progress=False,
+    (result,) = evaluate.evaluate(split, [model], out, fpr=0.02, max_overlays=3, progress=False,
                                     segmentation_auroc=True)
     assert model.calls == len(split.val) + len(split.test)  # each map computed once: the passes read the cache
     # The same accumulators as over the maps in memory: the same numbers.
     val = [model.predict(data.read_image(p))["anomaly_map"] for p in split.val]
     test = [model.predict(data.read_image(p))["anomaly_map"] for p in split.test]
     masks = data.read_test_masks(split.test_masks, test)
-    again = evaluation.evaluate_maps("blur/1", val, test, masks, fpr=0.02, opening_diameter=4, convex_hull=True,
+    again = evaluate.evaluate_maps("blur/1", val, test, masks, fpr=0.02, opening_diameter=4, convex_hull=True,
                                      segmentation_auroc=True, test_labels=split.test_labels)
     assert {k: v for k, v in result.scores.items() if k != "export_threshold"} == again.scores
     assert result.per_type == again.per_type
@@ -338,7 +339,7 @@ def test_evaluate_on_files_gives_evaluate_maps_numbers_and_every_file(tmp_path):
     assert payload["exports"]["blur/1"]["pixel_auroc"] == result.scores["pixel_auroc"]
     with (out / "pro_blur_1.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == evaluation.PRO_THRESHOLDS
+    assert len(rows) == evaluate.PRO_THRESHOLDS
     curve = {k: np.array([float(r[k]) for r in rows]) for k in ("fpr", "mean")}
     assert metrics.area_under_pro(curve, 0.3) == result.scores["aupro_0.3"]
 
@@ -348,17 +349,17 @@ def test_bad_files_are_refused_before_the_first_map(tmp_path):
     model = BlurExport(tmp_path / "exports")
     io.imsave(split.test_masks[1], np.zeros((10, 10), np.uint8), check_contrast=False)
     with pytest.raises(InputError, match="mask .* is 10x10 but its image is 96x128"):
-        evaluation.evaluate(split, [model], tmp_path / "e1", progress=False)
+        evaluate.evaluate(split, [model], tmp_path / "e1", progress=False)
     split.test[-1].write_bytes(b"not an image")
     with pytest.raises(InputError):
-        evaluation.evaluate(split, [model], tmp_path / "e2", progress=False)
+        evaluate.evaluate(split, [model], tmp_path / "e2", progress=False)
     assert model.calls == 0
 
 
 def _peak_bytes(split, model, out: Path) -> int:
     tracemalloc.start()
     try:
-        evaluation.evaluate(split, [model], out, max_overlays=1, progress=False)
+        evaluate.evaluate(split, [model], out, max_overlays=1, progress=False)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -373,7 +374,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
     # a histogram grows by a block (128 kB per pool) for each binade its scores first reach, a
     # bounded growth (at most 512 blocks) that would blur what this test measures.
     model = BlurExport(tmp_path / "exports", offset=0.25)
-    evaluation.evaluate(small, [model], tmp_path / "warm", max_overlays=1, progress=False)  # imports, caches
+    evaluate.evaluate(small, [model], tmp_path / "warm", max_overlays=1, progress=False)  # imports, caches
     four, sixteen = _peak_bytes(small, model, tmp_path / "e4"), _peak_bytes(big, model, tmp_path / "e16")
     one_map = shape[0] * shape[1] * 4  # float32 bytes
     # Keeping the 12 more maps (or images) would add 12 maps: not even one is kept.
@@ -391,5 +392,5 @@ def test_the_benchmark_scripts_dataset_is_typed_and_its_help_runs(tmp_path, caps
         bench.main(["--help"])
     assert done.value.code == 0 and "--checkouts" in capsys.readouterr().out
     split = data.load_dataset(bench.dataset(tmp_path / "d", val=1, test=8, size=64))
-    assert evaluation.defect_types(split) == ["scratch", "spot"] and len(split.test) == 8
+    assert evaluate.defect_types(split) == ["scratch", "spot"] and len(split.test) == 8
     assert split.test_labels.count("good") == 2 and sum(m is not None for m in split.test_masks) == 6

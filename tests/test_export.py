@@ -12,9 +12,10 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from tfssim import export, scoring, ssim
+from tfssim import export
 from tfssim.cli.export import main as export_cli
-from tfssim.losses import FeatureMatchingLoss, SSIMLoss
+from tfssim.core import scoring, ssim
+from tfssim.core.losses import FeatureMatchingLoss, SSIMLoss
 from tfssim.models import build_model
 
 PATCH = 32
@@ -136,7 +137,7 @@ def test_signature_maps_equal_the_library_maps_and_the_numpy_reference(loaded, s
         np.testing.assert_allclose(out[key].numpy(), want[key].numpy(), atol=1e-5, err_msg=key)
     # The structure term divides by sigma_x sigma_y + C3: graph vs eager rounding shows a bit more.
     np.testing.assert_allclose(out["structure_map"].numpy(), want["structure_map"].numpy(), atol=1e-4)
-    # The anomaly map is tfssim.ssim of the input and the averaged reconstruction.
+    # The anomaly map is tfssim.core.ssim of the input and the averaged reconstruction.
     maps = scoring.ssim_residual_maps(floats, out["reconstruction"], **SSIM)
     np.testing.assert_allclose(out["anomaly_map"].numpy(), maps["anomaly_map"].numpy(), atol=1e-5)
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from tfssim import data, export
 from tfssim.cli.calibrate import main as calibrate_cli
 from tfssim.errors import InputError
-from tfssim.metadata import METADATA_FILE, ExportMetadata
+from tfssim.export.metadata import METADATA_FILE, ExportMetadata
 
 # The metadata keys a calibration may change; every other key and every other file is the source's.
 CALIBRATION_KEYS = {"version", "threshold", "threshold_fpr", "threshold_method", "threshold_min_defect_area",
@@ -65,8 +65,8 @@ def test_new_version_is_a_copy_with_the_threshold_and_the_old_one_is_byte_identi
 
 @pytest.mark.slow  # loads and runs two SavedModels (7.5 s measured, 2 cores shared with other jobs)
 def test_the_new_version_serves_the_same_maps_with_its_threshold(exports, dataset, tmp_path):
-    from tfssim import postprocess
-    from tfssim.inference import ExportedModel
+    from tfssim.serving import postprocess
+    from tfssim.serving.inference import ExportedModel
 
     source = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
     new = export.write_calibrated_version(source, 0.125, min_defect_area=7)
@@ -133,7 +133,7 @@ def test_a_failure_while_writing_leaves_no_version_and_a_dead_partial_is_removed
 
 @pytest.mark.slow  # computes the maps once (5-8 s measured, 2 cores shared with other jobs)
 def test_a_bare_savedmodel_folder_is_refused(exports, dataset, tmp_path):
-    from tfssim.calibration import calibrate
+    from tfssim.evaluation.calibration import calibrate
 
     bare = shutil.copytree(exports[0], tmp_path / "my_savedmodel")
     before = _digest(bare)
@@ -181,7 +181,7 @@ def test_calibrated_from_is_optional_and_checked(exports):
 
 
 def test_experiments_reuse_the_version_they_calibrated(exports, tmp_path):
-    from tfssim.experiments import _calibrated_before
+    from _experiments import _calibrated_before
 
     source = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
     assert _calibrated_before(source, 30) is None
@@ -203,7 +203,7 @@ def test_symlinked_model_folder_names_are_kept(exports, tmp_path):
 
 def test_predicting_with_the_uncalibrated_version_names_the_calibrated_one(exports, dataset, tmp_path):
     from tfssim.cli.predict import main as predict_cli
-    from tfssim.metadata import calibrated_versions
+    from tfssim.export.metadata import calibrated_versions
 
     source = shutil.copytree(exports[1], tmp_path / "l2" / "1")
     assert calibrated_versions(source) == []

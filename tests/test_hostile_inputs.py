@@ -29,12 +29,13 @@ from click.testing import CliRunner
 from conftest import stop_decoding
 from skimage import io
 
-from tfssim import export, postprocess
+from tfssim import export
 from tfssim._io import OUTPUT_LOCK_NAME, atomic_write_json
 from tfssim.cli.predict import main as predict_cli
 from tfssim.data import io as image_io
-from tfssim.inference import ExportedModel, read_export_metadata
-from tfssim.prediction import OUTPUT_SUFFIXES, expand_inputs
+from tfssim.serving import postprocess
+from tfssim.serving.inference import ExportedModel, read_export_metadata
+from tfssim.serving.prediction import OUTPUT_SUFFIXES, expand_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 BOMB_SIDE = 50000  # 2.5e9 pixels: 2.3 GiB as uint8, 9.3 GiB as float32

@@ -17,7 +17,7 @@ from skimage import io
 from tfssim import data
 from tfssim._io import check_output_location, output_dir_lock, prepare_output_dir
 from tfssim.errors import InputError
-from tfssim.prediction import expand_inputs
+from tfssim.serving.prediction import expand_inputs
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -137,12 +137,12 @@ def test_evaluate_refuses_an_output_folder_in_the_dataset_or_an_export(exports, 
 
 
 def test_evaluate_names_overlays_by_type_and_stem(exports, mvtec, tmp_path):
-    from tfssim import evaluation
-    from tfssim.inference import ExportedModel
+    from tfssim.evaluation import evaluate
+    from tfssim.serving.inference import ExportedModel
 
     split = data.load_dataset(mvtec, val_fraction=0.5, seed=0)
     assert sorted(Path(p).name for p in split.test) == ["000.png", "000.png", "001.png", "001.png"]
-    evaluation.evaluate(split, [ExportedModel.load(exports[0])], tmp_path / "eval", progress=False)
+    evaluate.evaluate(split, [ExportedModel.load(exports[0])], tmp_path / "eval", progress=False)
     overlays = sorted(p.name for p in (tmp_path / "eval" / "overlays").rglob("*.png"))
     assert overlays == ["good_000.png", "good_001.png", "scratch_000.png", "scratch_001.png"]
 
@@ -151,14 +151,14 @@ def test_evaluate_names_overlays_by_type_and_stem(exports, mvtec, tmp_path):
 
 
 def test_ctrl_c_is_exit_status_130_in_every_command(exports, dataset, tmp_path, monkeypatch):
-    from tfssim import evaluation
     from tfssim.cli.evaluate import main as evaluate_main
     from tfssim.cli.export import main as export_main
+    from tfssim.evaluation import evaluate
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluation, "evaluate", interrupt)
+    monkeypatch.setattr(evaluate, "evaluate", interrupt)
     result = CliRunner().invoke(evaluate_main, [str(dataset), str(exports[0]), "--output", str(tmp_path / "e")])
     assert result.exit_code == 130 and "Aborted" not in result.output
     assert sum(line.startswith("Interrupted:") for line in result.output.splitlines()) == 1
@@ -268,7 +268,7 @@ def test_a_short_write_of_a_working_array_is_a_full_disk(tmp_path, monkeypatch):
 def test_defect_sizes_beyond_the_images_are_refused(tmp_path):
     from test_tune_streaming import BlurExport
 
-    from tfssim import tuning
+    from tfssim.evaluation import tuning
 
     paths = [_png(tmp_path / f"v{i}.png", i) for i in range(2)]
     for size in ((1, 1e308), (1, 100000), (65, 70)):

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tfssim import export, postprocess
+from tfssim import export
 from tfssim.errors import InputError
 from tfssim.export import layout
-from tfssim.metadata import (
+from tfssim.export.metadata import (
     MAX_CHUNK_SIZE,
     MAX_OPENING_DIAMETER,
     METADATA_FILE,
@@ -29,6 +29,7 @@ from tfssim.metadata import (
     metadata_path,
     read_json,
 )
+from tfssim.serving import postprocess
 
 REPO = Path(__file__).resolve().parents[1]
 BIG = 10**400  # a 400-digit number: no float holds it
@@ -134,7 +135,7 @@ def test_every_command_that_loads_a_version_refuses_it(model, dataset, tmp_path)
     from tfssim.cli.evaluate import main as evaluate_cli
     from tfssim.cli.predict import main as predict_cli
     from tfssim.cli.tune import main as tune_cli
-    from tfssim.inference import ExportedModel, resolve_export_dir
+    from tfssim.serving.inference import ExportedModel, resolve_export_dir
 
     entry = _plant(model / "1", "dev_zero", "variables", tmp_path)
     before = digest(model)
@@ -210,14 +211,15 @@ def test_stray_unicode_digit_folders_are_no_versions(model):
     assert layout.next_version(model) == 2
     assert metadata_path(model) == model / "1" / METADATA_FILE
     assert ExportMetadata.read(model).version == 1
-    from tfssim.inference import resolve_export_dir
+    from tfssim.serving.inference import resolve_export_dir
 
     assert resolve_export_dir(model) == model / "1"
     for name in ("²", "١٢"):
         with pytest.raises(InputError, match="is not a version folder"):
             layout.version_folder(model / name)
-    from tfssim.experiments import _calibrated_before
-    from tfssim.metadata import calibrated_versions
+    from _experiments import _calibrated_before
+
+    from tfssim.export.metadata import calibrated_versions
 
     assert calibrated_versions(model / "²") == [] and _calibrated_before(model / "١٢", 30) is None
     new = export.write_calibrated_version(model / "1", 0.5, fpr=0.01)
@@ -259,8 +261,8 @@ def test_export_model_beside_the_last_version_refuses_before_building(tmp_path):
 
 
 def test_tfssim_calibrate_beside_the_last_version_refuses_before_computing_maps(model, dataset, monkeypatch):
-    from tfssim import evaluation
     from tfssim.cli.calibrate import main as calibrate_cli
+    from tfssim.evaluation import evaluate
 
     (model / str(2**63 - 1)).mkdir()
     before = digest(model)
@@ -268,7 +270,7 @@ def test_tfssim_calibrate_beside_the_last_version_refuses_before_computing_maps(
     def no_maps(*args, **kwargs):
         raise AssertionError("maps computed although no version can be written")
 
-    monkeypatch.setattr(evaluation, "compute_maps", no_maps)
+    monkeypatch.setattr(evaluate, "compute_maps", no_maps)
     line = one_error(CliRunner().invoke(calibrate_cli, [str(model / "1"), str(dataset / "val")]))
     assert str(2**63 - 1) in line and "largest TensorFlow Serving reads" in line
     assert digest(model) == before
@@ -299,7 +301,7 @@ def test_the_export_package_and_its_layout_import_without_tensorflow(model, tmp_
     code = """
 import json, sys
 from pathlib import Path
-import tfssim.export, tfssim.export.layout, tfssim.export.calibrated, tfssim.metadata, tfssim.inference
+import tfssim.export, tfssim.export.layout, tfssim.export.calibrated, tfssim.export.metadata, tfssim.serving.inference
 from tfssim import export
 source = Path(sys.argv[1])
 new = export.write_calibrated_version(source, 0.25, fpr=0.01)  # copying and metadata only: no TensorFlow
@@ -394,7 +396,7 @@ def test_every_tampered_field_is_one_input_error_line(exports, key, value, messa
 
 
 def test_a_400_digit_threshold_in_the_file_is_refused_by_every_reader(model):
-    from tfssim.inference import read_export_metadata
+    from tfssim.serving.inference import read_export_metadata
 
     version = model / "1"
     file = version / METADATA_FILE
@@ -454,7 +456,7 @@ def test_commands_refuse_a_tampered_export_in_one_line(model, dataset, tmp_path,
 
 
 def test_the_split_settings_check_what_they_read():
-    from tfssim.splits import split_settings
+    from tfssim.evaluation.splits import split_settings
 
     assert split_settings([{"training_config": {"val_split": 0.2, "seed": 3}}], None, None) == (0.2, 3, [])
     with pytest.raises(InputError, match="export a: training_config val_split must be a number >= 0 and < 1, got 'abc'"):
@@ -483,7 +485,7 @@ def test_export_model_checks_the_chunk_size_by_the_metadata_rule(tmp_path, value
 def test_the_graph_refuses_the_same_chunk_sizes_while_tracing():
     import numpy as np
 
-    from tfssim import tiling
+    from tfssim.core import tiling
 
     image = np.zeros((16, 16, 1), np.float32)
     for value in (2**62, MAX_CHUNK_SIZE + 1):

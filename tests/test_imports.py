@@ -7,11 +7,11 @@ import pytest
 
 # Every module a client without TensorFlow uses (issue 15: post-processing, metrics, image and mask
 # reading, plots, the metadata type, the REST client).
-TF_FREE = ["tfssim", "tfssim.postprocess", "tfssim.metrics", "tfssim.data", "tfssim.data.io", "tfssim.data.layouts",
-           "tfssim.data.synthetic", "tfssim.plots", "tfssim.metadata", "tfssim.client", "tfssim._io",
+TF_FREE = ["tfssim", "tfssim.serving.postprocess", "tfssim.evaluation.metrics", "tfssim.data", "tfssim.data.io", "tfssim.data.layouts",
+           "tfssim.data.synthetic", "tfssim.plots", "tfssim.export.metadata", "tfssim.serving.client", "tfssim._io",
            # the run folder's schema (shared with scripts/train_any_backend.py on JAX) and the evaluation's
            # split and per-type rules
-           "tfssim.run_record", "tfssim.splits", "tfssim.per_type"]
+           "tfssim.run_record", "tfssim.evaluation.splits", "tfssim.evaluation.per_type"]
 
 _USE_WITHOUT_TENSORFLOW = """
 import importlib, json, sys, tempfile
@@ -28,9 +28,11 @@ import numpy as np
 from skimage import io
 
 import tfssim
-from tfssim import data, metrics, plots, postprocess
+from tfssim import data, plots
+from tfssim.evaluation import metrics
+from tfssim.serving import postprocess
 
-assert tfssim.client.ServingClient and tfssim.metadata.ExportMetadata  # lazy attributes of the package
+assert tfssim.serving.client.ServingClient and tfssim.export.metadata.ExportMetadata  # lazy attributes of the package
 
 # ... and they run: read an image and a mask, post-process a map, score it, draw a figure.
 folder = Path(tempfile.mkdtemp())

@@ -1,4 +1,4 @@
-"""Keras losses of ``tfssim.losses``: values vs independent oracles, gradients, config, errors."""
+"""Keras losses of ``tfssim.core.losses``: values vs independent oracles, gradients, config, errors."""
 from __future__ import annotations
 
 import keras
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfssim import losses
-from tfssim.losses import FeatureMatchingLoss, L2Loss, MSSSIMLoss, SSIMLoss
+from tfssim.core import losses
+from tfssim.core.losses import FeatureMatchingLoss, L2Loss, MSSSIMLoss, SSIMLoss
 from tfssim.models.features import extract_features
 
 PATCH = 32
@@ -177,7 +177,7 @@ def test_config_keeps_non_default_parameters():
     assert (config["window_size"], config["sigma"], config["k1"], config["k2"], config["data_range"],
             config["gamma"]) == (7, 1.0, 0.02, 0.05, 255.0, 2.0)
     # one SSIMParams inside, flat keys in the config (saved .keras files keep loading)
-    from tfssim.ssim import SSIMParams
+    from tfssim.core.ssim import SSIMParams
 
     params = SSIMParams(window_size=7, sigma=1.0, k1=0.02, k2=0.05, data_range=255.0, gamma=2.0)
     assert SSIMLoss(params=params).get_config() == config

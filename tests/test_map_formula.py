@@ -1,4 +1,4 @@
-"""Map formulas (``tfssim.map_formula``): the record's rules, the library and served maps against
+"""Map formulas (``tfssim.core.map_formula``): the record's rules, the library and served maps against
 SciPy / scikit-image references, the tuner's normalisation and choice, the metadata and the CLI."""
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from tfssim import scoring, tuning
-from tfssim.map_formula import FORMULAS, PLAIN, MapFormula
-from tfssim.metadata import ExportMetadata
+from tfssim.core import scoring
+from tfssim.core.map_formula import FORMULAS, PLAIN, MapFormula
+from tfssim.evaluation import tuning
+from tfssim.export.metadata import ExportMetadata
 from tfssim.models import build_model
 
 
@@ -75,7 +76,7 @@ def test_combination_is_numpys_max_or_weighted_sum_of_the_normalised_terms(combi
 
 @pytest.mark.parametrize("border", ["none", "reflect"])
 def test_library_maps_equal_scipy_and_scikit_image(border):
-    """The formula maps of :func:`tfssim.scoring.anomaly_maps`, recomputed from its reconstruction of
+    """The formula maps of :func:`tfssim.core.scoring.anomaly_maps`, recomputed from its reconstruction of
     the (mirrored) image with scikit-image's SSIM and SciPy's Gaussian filter, cropped back."""
     keras.utils.set_random_seed(0)
     model = build_model("ssim", 32, 1, 8)
@@ -137,7 +138,7 @@ def test_the_tuner_normalises_chooses_and_serves_a_formula(tmp_path):
     1 - fpr quantile (NumPy's, within the histogram's bin); the tuner's formula maps are what an
     export with that formula serves; the tuned version serves its chosen formula."""
     from tfssim.export import export_model
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     keras.utils.set_random_seed(0)
     model = build_model("ssim", 32, 1, 8)
@@ -213,7 +214,7 @@ def test_the_tuner_normalises_chooses_and_serves_a_formula(tmp_path):
 
 
 def test_formula_candidates_are_refused_where_the_map_cannot_be_recomputed(exports):
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     l2 = ExportedModel.load(exports[1])
     images = [np.random.default_rng(4).random((40, 40)).astype(np.float32)]

@@ -1,4 +1,4 @@
-"""``tfssim.metadata.ExportMetadata``: the metadata of real exports, round trips, and refused files."""
+"""``tfssim.export.metadata.ExportMetadata``: the metadata of real exports, round trips, and refused files."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from tfssim import export, postprocess
-from tfssim.metadata import METADATA_FILE, ExportMetadata, metadata_path
+from tfssim import export
+from tfssim.export.metadata import METADATA_FILE, ExportMetadata, metadata_path
+from tfssim.serving import postprocess
 
 # The fixture `exports` (untrained 32x32 SSIM and l2 exports, built once per session) is in conftest.py.
 

@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from tfssim import metrics
+from tfssim.evaluation import metrics
 
 
 def _pooled(maps, masks):
@@ -195,7 +195,7 @@ def test_segmentation_roc_without_postprocessing_is_sklearns_roc_at_those_thresh
 
 
 def test_segmentation_roc_opening_and_hull_beat_the_raw_map_on_speckle():
-    from tfssim.postprocess import segment
+    from tfssim.serving.postprocess import segment
 
     rng = np.random.default_rng(0)
     masks, maps = [], []

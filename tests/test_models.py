@@ -8,7 +8,7 @@ import scipy.stats
 import tensorflow as tf
 
 from tfssim import models
-from tfssim.losses import L2Loss
+from tfssim.core.losses import L2Loss
 from tfssim.models import VariationalAutoencoder, build_autoencoder, get_spec, validate_architecture
 
 # Bergmann et al. 2019, Table 1 (input 128x128xC): name -> (output side, filters, kernel, stride)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from tfssim import postprocess
+from tfssim.serving import postprocess
 
 
 @pytest.mark.parametrize("fpr", [0.001, 0.01, 0.05])

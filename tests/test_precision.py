@@ -1,4 +1,4 @@
-"""Mixed-precision policy selection and float16 training on CPU (``tfssim.precision``)."""
+"""Mixed-precision policy selection and float16 training on CPU (``tfssim.training.precision``)."""
 from __future__ import annotations
 
 import keras
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfssim import precision
-from tfssim.losses import L2Loss, SSIMLoss
+from tfssim.core.losses import L2Loss, SSIMLoss
 from tfssim.models import VariationalAutoencoder, build_autoencoder
+from tfssim.training import precision
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_resolve_precision():
 
 
 def test_set_precision_sets_and_logs_global_policy(restore_policy, caplog):
-    with caplog.at_level("INFO", logger="tfssim.precision"):
+    with caplog.at_level("INFO", logger="tfssim.training.precision"):
         assert precision.set_precision("on") == "mixed_float16"
     assert keras.mixed_precision.global_policy().name == "mixed_float16"
     assert "mixed_float16" in caplog.text
@@ -111,7 +111,7 @@ def test_mixed_float16_vae_outputs_float32(restore_policy):
 
 
 def test_feature_extractor_computes_in_float32_under_mixed_precision(restore_policy):
-    from tfssim.losses import FeatureMatchingLoss
+    from tfssim.core.losses import FeatureMatchingLoss
     from tfssim.models import extract_features
 
     precision.set_precision("on")

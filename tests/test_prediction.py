@@ -1,4 +1,4 @@
-"""tfssim.prediction.predict_files, the library behind tfssim-predict, on the session's tiny export (conftest.py)."""
+"""tfssim.serving.prediction.predict_files, the library behind tfssim-predict, on the session's tiny export (conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import pytest
 from skimage import io
 
 from tfssim import data
-from tfssim.inference import ExportedModel
-from tfssim.prediction import OUTPUT_SUFFIXES, PredictionSummary, expand_inputs, predict_files, speed_line
+from tfssim.serving.inference import ExportedModel
+from tfssim.serving.prediction import OUTPUT_SUFFIXES, PredictionSummary, expand_inputs, predict_files, speed_line
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def _edited_copy(export_dir, folder, **changes):
 
 
 def test_predict_files_post_processes_as_the_export_metadata_says(exports, dataset, tmp_path, monkeypatch):
-    from tfssim import postprocess
+    from tfssim.serving import postprocess
 
     yy, xx = np.mgrid[:64, :80]
     radius = np.hypot(yy - 32, xx - 40)

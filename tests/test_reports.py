@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from skimage import io
 from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
-from tfssim import data, evaluation
+from tfssim import data
 from tfssim.cli.evaluate import main as evaluate_cli
-from tfssim.inference import ExportedModel
+from tfssim.evaluation import evaluate
+from tfssim.serving.inference import ExportedModel
 
 # ---------------------------------------------------------------------------------------------
 # 1. Per-defect-type scores
@@ -43,7 +44,7 @@ def _synthetic_maps(seed: int = 0):
 
 def test_per_type_scores_match_sklearn_on_each_types_pixels():
     val, maps, masks, labels = _synthetic_maps()
-    result = evaluation.evaluate_maps("m", val, maps, masks, fpr=0.05, opening_diameter=0, convex_hull=False,
+    result = evaluate.evaluate_maps("m", val, maps, masks, fpr=0.05, opening_diameter=0, convex_hull=False,
                                       test_labels=labels)
     assert list(result.per_type) == ["crack", "stain"]
     threshold = result.scores["threshold"]
@@ -67,7 +68,7 @@ def test_per_type_scores_match_sklearn_on_each_types_pixels():
     pooled = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
     assert result.scores["pixel_auroc"] == pytest.approx(pooled, abs=1e-12) and 0.2 < pooled < 0.8
     # Without labels: no per-type scores.
-    assert evaluation.evaluate_maps("m", val, maps, masks, fpr=0.05).per_type is None
+    assert evaluate.evaluate_maps("m", val, maps, masks, fpr=0.05).per_type is None
 
 
 def _typed_folder(dataset: Path, root: Path) -> Path:
@@ -89,14 +90,14 @@ def _typed_folder(dataset: Path, root: Path) -> Path:
 
 def test_defect_types_of_each_layout(dataset, tmp_path):
     typed = _typed_folder(dataset, tmp_path / "typed")
-    assert evaluation.defect_types(data.load_dataset(typed)) == ["crack", "stain"]
-    assert evaluation.defect_types(data.load_dataset(dataset)) == []  # flat test/ folder
+    assert evaluate.defect_types(data.load_dataset(typed)) == ["crack", "stain"]
+    assert evaluate.defect_types(data.load_dataset(dataset)) == []  # flat test/ folder
     mvtec = tmp_path / "mvtec"
     shutil.copytree(dataset / "train", mvtec / "train" / "good")
     shutil.copytree(typed / "test", mvtec / "test")
     shutil.copytree(typed / "ground_truth", mvtec / "ground_truth")
     split = data.load_dataset(mvtec)
-    assert split.layout == "mvtec" and evaluation.defect_types(split) == ["crack", "stain"]
+    assert split.layout == "mvtec" and evaluate.defect_types(split) == ["crack", "stain"]
     nano = tmp_path / "nano"
     (nano / "Anomalous").mkdir(parents=True)
     shutil.copytree(dataset / "val", nano / "Normal")
@@ -104,7 +105,7 @@ def test_defect_types_of_each_layout(dataset, tmp_path):
     (nano / "Anomalous" / "gt").mkdir()
     for mask in (dataset / "ground_truth").iterdir():
         shutil.copy(mask, nano / "Anomalous" / "gt" / mask.name.replace("_mask", "_gt"))
-    assert evaluation.defect_types(data.load_dataset(nano)) == []
+    assert evaluate.defect_types(data.load_dataset(nano)) == []
 
 
 @pytest.mark.slow  # two evaluations of a tiny export: about 15 s here
@@ -157,7 +158,7 @@ def test_evaluate_reports_each_defect_type_beside_the_pooled_scores(exports, dat
     assert "per_type" not in flat_payload["exports"]["ssim/1"] and "per_type" not in flat_payload["counts"]
     assert not (flat_out / "per_type.png").exists() and "per defect type" not in flat.output
     with (flat_out / "results.csv").open() as fh:
-        assert next(csv.reader(fh)) == ["model", *evaluation.CSV_KEYS, "seconds"]
+        assert next(csv.reader(fh)) == ["model", *evaluate.CSV_KEYS, "seconds"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,11 +358,11 @@ def test_train_config_file_without_tensorflow(tmp_path):
 
 def test_importing_a_tensorflow_module_without_it_names_the_install_command():
     check = """
-import tfssim, tfssim.inference, tfssim.postprocess, tfssim.plots, tfssim.data, tfssim.cli._common  # no TF needed
-# tfssim.ssim and tfssim.losses are keras.ops code for any Keras backend (JAX too): not listed.
-# tfssim.export itself is TensorFlow-free (its layout serves tfssim.metadata); export_model's module is not.
+import tfssim, tfssim.serving.inference, tfssim.serving.postprocess, tfssim.plots, tfssim.data, tfssim.cli._common  # no TF needed
+# tfssim.core.ssim and tfssim.core.losses are keras.ops code for any Keras backend (JAX too): not listed.
+# tfssim.export itself is TensorFlow-free (its layout serves tfssim.export.metadata); export_model's module is not.
 for name in ("tfssim.training", "tfssim.export.savedmodel", "tfssim.models", "tfssim.data.patches",
-             "tfssim.scoring"):
+             "tfssim.core.scoring"):
     try:
         __import__(name)
     except ModuleNotFoundError as err:
@@ -369,7 +370,7 @@ for name in ("tfssim.training", "tfssim.export.savedmodel", "tfssim.models", "tf
     else:
         raise AssertionError(name + " imported without TensorFlow")
 try:
-    tfssim.inference.ExportedModel.load(".")
+    tfssim.serving.inference.ExportedModel.load(".")
 except ImportError as err:
     assert str(err).endswith(INSTALL), str(err)
 else:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tfssim import run_record
+from tfssim.core.ssim_params import SSIMParams
 from tfssim.errors import InputError
-from tfssim.ssim_params import SSIMParams
 
 
 def test_resume_settings_keep_the_recorded_ones_and_refuse_given_differences(tmp_path):

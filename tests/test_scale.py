@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from skimage import io
 
-from tfssim import resize
 from tfssim.cli.train import main as train_main
+from tfssim.core import resize
 from tfssim.training import TrainConfig, load_config
 
 ONE_STEP = ["--patch-size", "32", "--latent-dim", "8", "--batch-size", "16", "--patches-per-epoch", "16",
@@ -180,7 +180,7 @@ def scaled_export(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scaled_loaded(scaled_export):
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     return ExportedModel.load(scaled_export)
 
@@ -194,7 +194,7 @@ def _op_types(export_dir: Path) -> set[str]:
 
 
 def test_recorded_method_is_pils_bilinear_filter() -> None:
-    """tfssim.resize's method agrees with PIL's anti-aliased bilinear, shrinking and enlarging."""
+    """tfssim.core.resize's method agrees with PIL's anti-aliased bilinear, shrinking and enlarging."""
     image = np.random.default_rng(0).uniform(size=(101, 77, 1)).astype(np.float32)
     for size in ((51, 39), (389, 501), (33, 32)):
         have = resize.resize_image(image, size).numpy()
@@ -204,7 +204,7 @@ def test_recorded_method_is_pils_bilinear_filter() -> None:
 
 @pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
 def test_scaled_export_metadata_and_maps_at_the_inputs_odd_size(scaled_export, scaled_loaded) -> None:
-    from tfssim.metadata import ExportMetadata
+    from tfssim.export.metadata import ExportMetadata
 
     meta = ExportMetadata.read(scaled_export)
     assert (meta.scale, meta.image_size, meta.interpolation) == (0.5, None, "bilinear_antialias")
@@ -222,7 +222,7 @@ def test_scaled_export_metadata_and_maps_at_the_inputs_odd_size(scaled_export, s
 @pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
 def test_served_reconstruction_is_resize_then_unscaled_pipeline_then_resize_back(tiny_model, scaled_loaded) -> None:
     """Independently: PIL resizes by 0.5 (half-up sizes), the library's unscaled pipeline runs, PIL resizes back."""
-    from tfssim import scoring
+    from tfssim.core import scoring
 
     image = np.random.default_rng(2).uniform(size=(101, 77, 1)).astype(np.float32)
     served = scaled_loaded.predict(image)
@@ -236,9 +236,10 @@ def test_served_reconstruction_is_resize_then_unscaled_pipeline_then_resize_back
 
 @pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
 def test_unscaled_export_has_no_resizing_in_its_graph(tiny_model, tmp_path: Path) -> None:
-    from tfssim import export, scoring
-    from tfssim.inference import ExportedModel
-    from tfssim.metadata import ExportMetadata
+    from tfssim import export
+    from tfssim.core import scoring
+    from tfssim.export.metadata import ExportMetadata
+    from tfssim.serving.inference import ExportedModel
 
     path = export.export_model(tiny_model, tmp_path, name="full", stride=12, training_config={"scale": 1.0})
     meta = ExportMetadata.read(path)
@@ -252,8 +253,8 @@ def test_unscaled_export_has_no_resizing_in_its_graph(tiny_model, tmp_path: Path
 
 @pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
 def test_too_small_after_scaling_names_the_smallest_input(scaled_loaded, scaled_export) -> None:
-    from tfssim.client import ServingClient
-    from tfssim.metadata import ExportMetadata
+    from tfssim.export.metadata import ExportMetadata
+    from tfssim.serving.client import ServingClient
 
     image = np.zeros((62, 200, 1), np.float32)  # 62 * 0.5 = 31 < 32
     with pytest.raises(ValueError, match="must be at least 63: the model scores images resized by 0.5, which must "
@@ -270,8 +271,8 @@ def test_too_small_after_scaling_names_the_smallest_input(scaled_loaded, scaled_
 def test_whole_image_export_round_trip(tiny_model, tmp_path: Path) -> None:
     """image_size = patch: every request is one tile, resized to 32x32, reconstructed, resized back."""
     from tfssim import export
-    from tfssim.inference import ExportedModel
-    from tfssim.metadata import ExportMetadata
+    from tfssim.export.metadata import ExportMetadata
+    from tfssim.serving.inference import ExportedModel
 
     path = export.export_model(tiny_model, tmp_path, name="whole", stride=30, image_size=(PATCH, PATCH))
     meta = ExportMetadata.read(path)
@@ -304,7 +305,7 @@ def test_export_refuses_bad_resizing(tiny_model, tmp_path: Path, kwargs: dict, m
 
 @pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
 def test_metadata_checks_the_resizing_keys(scaled_export) -> None:
-    from tfssim.metadata import ExportMetadata
+    from tfssim.export.metadata import ExportMetadata
 
     values = ExportMetadata.read(scaled_export).to_dict()
     for change, message in (({"scale": 0}, "'scale' must be a number > 0 and <= 1"),
@@ -332,7 +333,7 @@ def test_calibrate_predict_evaluate_report_at_full_resolution(scaled_export, dat
     from tfssim.cli.calibrate import main as calibrate_cli
     from tfssim.cli.evaluate import main as evaluate_cli
     from tfssim.cli.predict import main as predict_cli
-    from tfssim.inference import ExportedModel
+    from tfssim.serving.inference import ExportedModel
 
     version = shutil.copytree(scaled_export, tmp_path / "half" / "1")
     result = CliRunner().invoke(calibrate_cli, [str(version), str(dataset / "val"), "--fpr", "0.05"])
@@ -374,9 +375,10 @@ def test_tune_on_a_scaled_export_thresholds_the_served_maps(tiny_model, scaled_e
 
     from scipy.ndimage import gaussian_filter
 
-    from tfssim import postprocess, tuning
-    from tfssim.inference import ExportedModel
-    from tfssim.metadata import ExportMetadata
+    from tfssim.evaluation import tuning
+    from tfssim.export.metadata import ExportMetadata
+    from tfssim.serving import postprocess
+    from tfssim.serving.inference import ExportedModel
 
     source = tmp_path / "model.keras"
     tiny_model.save(source)
@@ -425,8 +427,8 @@ def test_whole_image_model_through_the_clis(image_folder: Path, tmp_path: Path) 
     import keras
 
     from tfssim.cli.export import main as export_main
-    from tfssim.inference import ExportedModel
-    from tfssim.metadata import ExportMetadata
+    from tfssim.export.metadata import ExportMetadata
+    from tfssim.serving.inference import ExportedModel
 
     run = tmp_path / "run"
     result = CliRunner().invoke(train_main, [str(image_folder), "--output", str(run), "--image-size", "32", "32",
@@ -453,8 +455,8 @@ def test_whole_image_model_through_the_clis(image_folder: Path, tmp_path: Path) 
 def test_export_cli_takes_the_resizing_for_a_keras_file(tiny_model, tmp_path: Path) -> None:
     """A .keras file records no --scale: tfssim-export --scale / --image-size put it in the graph."""
     from tfssim.cli.export import main as export_main
-    from tfssim.inference import ExportedModel
-    from tfssim.metadata import ExportMetadata
+    from tfssim.export.metadata import ExportMetadata
+    from tfssim.serving.inference import ExportedModel
 
     keras_file = tmp_path / "model.keras"
     tiny_model.save(keras_file)

@@ -1,5 +1,5 @@
 """The research scripts (scripts/ablation.py, reproduce_nanotwice.py, weighting_experiment.py):
-their command lines, and one tiny train -> export -> evaluate through tfssim.experiments."""
+their command lines, and one tiny train -> export -> evaluate through _experiments."""
 from __future__ import annotations
 
 import json
@@ -63,7 +63,7 @@ def test_ablation_tiny_run_trains_exports_evaluates_and_resumes(texture_folder, 
 
 
 def test_train_export_evaluate_refuses_repeated_names(tmp_path):
-    from tfssim.experiments import Experiment, train_export_evaluate
+    from _experiments import Experiment, train_export_evaluate
 
     with pytest.raises(ValueError, match="distinct names"):
         train_export_evaluate(tmp_path, tmp_path / "out", [Experiment("a"), Experiment("a")])

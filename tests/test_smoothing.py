@@ -1,4 +1,4 @@
-"""Gaussian smoothing of anomaly maps (tfssim.scoring.smooth_map), cross-checked with SciPy."""
+"""Gaussian smoothing of anomaly maps (tfssim.core.scoring.smooth_map), cross-checked with SciPy."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from scipy.ndimage import gaussian_filter
 
-from tfssim import scoring
+from tfssim.core import scoring
 from tfssim.models import build_model
 
 
@@ -66,7 +66,7 @@ def test_an_export_with_wide_smoothing_scores_a_large_image(tmp_path):
 import numpy as np, keras
 from scipy.ndimage import gaussian_filter
 from tfssim import export
-from tfssim.inference import ExportedModel
+from tfssim.serving.inference import ExportedModel
 from tfssim.models import build_model
 keras.utils.set_random_seed(0)
 model = build_model("ssim", 128, 1, 16)

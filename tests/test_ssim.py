@@ -1,9 +1,9 @@
-"""SSIM numerics of ``tfssim.ssim``, cross-checked against independent implementations.
+"""SSIM numerics of ``tfssim.core.ssim``, cross-checked against independent implementations.
 
 Oracles: ``tf.image.ssim`` / ``tf.image.ssim_multiscale`` (TensorFlow's own), scikit-image's
 ``structural_similarity`` (float64, SciPy filters) and a small float64 NumPy/SciPy
 implementation written here (``reference_components``). None of them shares code with
-``tfssim.ssim``.
+``tfssim.core.ssim``.
 
 Measured on this machine (256x256 crops of brick/grass/gravel, noise/blur/reconstruction-like
 smoothing): mean SSIM vs ``tf.image.ssim`` within 8.5e-6 (most of it is tf.image.ssim's own
@@ -20,7 +20,7 @@ import tensorflow as tf
 from skimage import data as skdata
 from skimage.metrics import structural_similarity
 
-from tfssim.ssim import gaussian_kernel, ms_ssim, ssim, ssim_map, ssim_maps
+from tfssim.core.ssim import gaussian_kernel, ms_ssim, ssim, ssim_map, ssim_maps
 
 MAP_ATOL = 1e-3     # per-pixel maps, float32 vs float64 references
 MEAN_ATOL = 1e-5    # mean SSIM vs tf.image.ssim
@@ -577,7 +577,7 @@ def test_uniform_window_matches_skimage_plain_patch_means(real_pairs, window, pa
 
 
 def test_window_kernel_and_bad_weighting():
-    from tfssim.ssim import window_kernel
+    from tfssim.core.ssim import window_kernel
 
     np.testing.assert_allclose(window_kernel(5, weighting="uniform").numpy(), np.full(5, 0.2), rtol=1e-6)
     np.testing.assert_allclose(window_kernel(11, 1.5).numpy(), gaussian_kernel(11, 1.5).numpy())
@@ -593,7 +593,7 @@ import numpy as np
 import keras
 from skimage import data as skdata
 from skimage.metrics import structural_similarity
-from tfssim.ssim import SSIMParams, ssim, ssim_maps
+from tfssim.core.ssim import SSIMParams, ssim, ssim_maps
 
 assert keras.backend.backend() == "jax", keras.backend.backend()
 rng = np.random.default_rng(0)
@@ -645,7 +645,7 @@ def test_ssim_on_jax_backend_matches_skimage_without_tensorflow():
 
 
 def test_ssim_params_round_trip_validation_and_overrides():
-    from tfssim.ssim import SSIMParams
+    from tfssim.core.ssim import SSIMParams
 
     params = SSIMParams(window_size=7, sigma=1.0, weighting="uniform", k2=0.05, gamma=2.0, data_range=255.0)
     assert SSIMParams.from_dict(params.to_dict()) == params

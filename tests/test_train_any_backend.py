@@ -21,8 +21,8 @@ import pytest
 from skimage import data as skdata
 from skimage import io
 
-from tfssim.losses import SSIMLoss
-from tfssim.ssim import SSIMParams
+from tfssim.core.losses import SSIMLoss
+from tfssim.core.ssim import SSIMParams
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_any_backend.py"
 MODULE_NAME = "tfssim_test_train_any_backend"
@@ -46,7 +46,7 @@ TINY = ["--patches-per-epoch", "32", "--batch-size", "16", "--patch-size", "32",
 
 
 # --------------------------------------------------------------------------- losses
-# The script's SSIM is the library's (tfssim.losses.SSIMLoss on tfssim.ssim, checked against
+# The script's SSIM is the library's (tfssim.core.losses.SSIMLoss on tfssim.core.ssim, checked against
 # tf.image.ssim and scikit-image in tests/test_ssim.py, on JAX too); here: that it is used, with
 # the arguments' parameters.
 @pytest.mark.slow  # 53 s measured here (trains, on a loaded 2-core machine)

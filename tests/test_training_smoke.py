@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
+from tfssim.core.losses import SSIMLoss
 from tfssim.data.synthetic import checkerboard_patches
-from tfssim.losses import SSIMLoss
 from tfssim.models import build_autoencoder
 
 PATCH = 32

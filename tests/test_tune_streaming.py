@@ -18,8 +18,10 @@ from skimage import io
 from skimage.measure import label
 from sklearn.metrics import f1_score, roc_auc_score
 
-from tfssim import data, metrics, postprocess, tuning
-from tfssim.metrics import ScoreHistogram
+from tfssim import data
+from tfssim.evaluation import metrics, tuning
+from tfssim.evaluation.metrics import ScoreHistogram
+from tfssim.serving import postprocess
 
 # --------------------------------------------------------------------------------------------
 # The accumulators
@@ -369,8 +371,8 @@ def test_tune_refuses_before_writing_anything(run_export, tmp_path):
 
 def test_ctrl_c_in_tune_and_calibrate_exits_130_with_one_line(exports, dataset, tmp_path, monkeypatch):
     """Issue 25 case 10: Ctrl-C is exit status 130 and one ``Interrupted:`` line, not click's ``Aborted!``."""
-    from tfssim import calibration
     from tfssim.cli.calibrate import main as calibrate_main
+    from tfssim.evaluation import calibration
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

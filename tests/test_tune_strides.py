@@ -12,9 +12,11 @@ from click.testing import CliRunner
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from tfssim import data, export, postprocess, tuning
+from tfssim import data, export
 from tfssim.data import defects
-from tfssim.inference import ExportedModel
+from tfssim.evaluation import tuning
+from tfssim.serving import postprocess
+from tfssim.serving.inference import ExportedModel
 
 
 def _val_images(n: int = 2, size=(96, 96)) -> list[np.ndarray]:
@@ -146,7 +148,7 @@ def small_export(tmp_path_factory) -> dict:
 
 
 def test_exported_model_serves_any_stride_as_the_library_tiles(small_export, dataset):
-    from tfssim import scoring
+    from tfssim.core import scoring
 
     model = ExportedModel.load(small_export["old"])
     image = data.read_image(data.list_images(dataset / "val")[0], 1)
@@ -177,8 +179,8 @@ def test_tune_cli_refuses_a_stride_larger_than_the_patch(exports, dataset, tmp_p
 
 @pytest.mark.slow  # about 35 s: a tune with three strides and an export
 def test_tuned_version_serves_its_chosen_stride_by_default(small_export, dataset):
-    from tfssim import scoring
     from tfssim.cli.tune import main as tune_cli
+    from tfssim.core import scoring
 
     root = small_export["root"]
     # A tolerance of 0.9 makes every stride eligible: the largest is chosen, whatever the (untrained) maps.

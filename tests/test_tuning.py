@@ -1,4 +1,4 @@
-"""Synthetic defects (tfssim.data.defects) and the tuner (tfssim.tuning, tfssim-tune), cross-checked with
+"""Synthetic defects (tfssim.data.defects) and the tuner (tfssim.evaluation.tuning, tfssim-tune), cross-checked with
 SciPy and scikit-learn."""
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import f1_score, roc_auc_score
 
-from tfssim import data, export, postprocess, tuning
+from tfssim import data, export
 from tfssim.data import defects
-from tfssim.inference import ExportedModel
+from tfssim.evaluation import tuning
+from tfssim.serving import postprocess
+from tfssim.serving.inference import ExportedModel
 
 
 def _val_images(texture: str = "gravel", n: int = 3, size=(96, 96)) -> list[np.ndarray]:
@@ -363,7 +365,7 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
 def test_tuned_version_serves_the_librarys_map_with_the_chosen_settings(tuned):
     import keras
 
-    from tfssim import scoring
+    from tfssim.core import scoring
 
     assert tuned["result"].exit_code == 0, tuned["result"].output
     new = ExportedModel.load(tuned["old"].parent / "2")

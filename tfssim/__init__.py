@@ -4,9 +4,9 @@ An implementation of Bergmann et al. 2019, "Improving Unsupervised Defect Segmen
 Applying Structural Similarity to Autoencoders", for TensorFlow 2.16+ / Keras 3.
 
 Submodules are imported lazily so that ``import tfssim`` stays cheap and a post-processing
-script does not pay for Keras start-up. ``postprocess``, ``metrics``, ``plots``, ``metadata``,
-``client`` and the readers of ``data`` import no TensorFlow (and no Keras): a service that calls
-TF Serving can use them after ``pip install tfssim`` alone.
+script does not pay for Keras start-up. ``serving.postprocess``, ``serving.client``,
+``evaluation.metrics``, ``export.metadata``, ``plots`` and the readers of ``data`` import no
+TensorFlow (and no Keras): a service that calls TF Serving can use them after ``pip install tfssim`` alone.
 """
 from __future__ import annotations
 
@@ -15,10 +15,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = (
-    "ssim", "losses", "models", "data", "precision", "tiling", "scoring", "export",
-    "postprocess", "metrics", "plots", "training", "prediction", "tuning", "metadata", "client",
-)
+_SUBMODULES = ("core", "data", "models", "training", "export", "serving", "evaluation", "plots", "run_record",
+               "errors")
 
 
 def __getattr__(name: str) -> Any:

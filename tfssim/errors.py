@@ -31,7 +31,7 @@ def input_checks() -> Iterator[None]:
     """Treat a ``ValueError`` raised inside the block as bad input (:class:`InputError`).
 
     For calls into a function whose only ``ValueError`` is a check of the arguments it is given
-    (e.g. :func:`tfssim.ssim.validate_window` on the user's ``--ssim-window``). Keep the block to
+    (e.g. :func:`tfssim.core.ssim.validate_window` on the user's ``--ssim-window``). Keep the block to
     that call: anything else raising ``ValueError`` inside it would be reported as bad input.
 
     Raises:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tfssim._io import atomic_write
-from tfssim.map_formula import MapFormula
+from tfssim.core.map_formula import MapFormula
 
 __all__ = [
     "plot_roc_curves", "plot_pro_quantiles", "plot_anomaly_map", "plot_overlay", "plot_training_curves",
@@ -151,7 +151,7 @@ def plot_per_type(scores: Mapping[str, Mapping[str, Mapping[str, float | None]]]
 
     Args:
         scores: ``{model: {defect type: {"pixel_auroc": ..., "aupro_0.3": ..., "image_auroc": ...,
-            "f1": ...}}}`` (:func:`tfssim.evaluation.per_type_scores` per model). A missing or
+            "f1": ...}}}`` (:func:`tfssim.evaluation.evaluate.per_type_scores` per model). A missing or
             ``None`` score leaves its bar out.
         path: The PNG to write.
 
@@ -181,7 +181,7 @@ def plot_per_type(scores: Mapping[str, Mapping[str, Mapping[str, float | None]]]
 
 
 def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
-    """What the tuner (:func:`tfssim.tuning.tune`) measured and chose, in four panels, and a fifth
+    """What the tuner (:func:`tfssim.evaluation.tuning.tune`) measured and chose, in four panels, and a fifth
     and sixth when it compared strides.
 
     Top: synthetic-defect pixel ROC AUC against the map sigma, one line per SSIM window /
@@ -194,7 +194,7 @@ def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
     stride.
 
     Args:
-        tuning: A :class:`tfssim.tuning.Tuning`.
+        tuning: A :class:`tfssim.evaluation.tuning.Tuning`.
         path: The PNG to write (atomically).
     """
     choice, op = tuning.choice, tuning.operating_point
@@ -296,7 +296,7 @@ def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
 
 
 def _plot_frontier(rows: Sequence[Mapping[str, Any]], auroc_ax: Any, aupro_ax: Any) -> None:
-    """The stride frontier (:attr:`tfssim.tuning.Tuning.strides`): synthetic pixel ROC AUC and AUPRO
+    """The stride frontier (:attr:`tfssim.evaluation.tuning.Tuning.strides`): synthetic pixel ROC AUC and AUPRO
     against the serving time per megapixel, each point labelled with its stride, the chosen starred."""
     rows = sorted(rows, key=lambda r: r["seconds_per_megapixel"])
     seconds = [r["seconds_per_megapixel"] for r in rows]

@@ -6,7 +6,7 @@ on JAX or PyTorch, on a machine without TensorFlow). It imports no TensorFlow an
 
 ``config.json`` holds ``config`` (the run's settings by :class:`tfssim.training.TrainConfig`
 field name; a trainer records those it has), ``versions``, ``model``, ``channels``,
-``patch_size``, ``latent_dim``, ``ssim`` (:meth:`tfssim.ssim_params.SSIMParams.to_dict`),
+``patch_size``, ``latent_dim``, ``ssim`` (:meth:`tfssim.core.ssim_params.SSIMParams.to_dict`),
 ``train_images``, ``val_images``, ``data_fingerprint`` (:func:`data_fingerprint`) and, after a
 resume from elsewhere, ``previous_locations``; a trainer adds what it knows besides (layout,
 precision, strategy, device). ``history.csv`` has one row per finished epoch (``epoch``,
@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tfssim._io import atomic_write, open_lock_file
+from tfssim.core.ssim_params import NUMBER_RANGES, SSIMParams, describe_range, in_range
 from tfssim.errors import InputError
-from tfssim.ssim_params import NUMBER_RANGES, SSIMParams, describe_range, in_range
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import click
 
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
-from tfssim.prediction import expand_inputs
+from tfssim.serving.prediction import expand_inputs
 
-DEFAULT_FPR = 0.01  # tfssim.calibration.DEFAULT_FPR (not imported here: --help stays cheap)
+DEFAULT_FPR = 0.01  # tfssim.evaluation.calibration.DEFAULT_FPR (not imported here: --help stays cheap)
 
 
 @click.command(cls=Command,
@@ -38,8 +38,8 @@ def main(export: str, images: tuple[str, ...], fpr: float | None, min_defect_are
     setup_logging(verbose)
     if fpr is not None and min_defect_area is not None:
         raise click.UsageError("--fpr and --min-defect-area are mutually exclusive (two rules for the threshold); give one of them")
-    from tfssim.calibration import calibrate
-    from tfssim.inference import ExportedModel
+    from tfssim.evaluation.calibration import calibrate
+    from tfssim.serving.inference import ExportedModel
 
     try:
         paths = expand_inputs(images)  # as tfssim-predict: a missing file, an empty glob or folder is bad input

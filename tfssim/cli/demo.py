@@ -43,8 +43,10 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
          stride: int | None, fpr: float, seed: int, verbose: bool) -> None:
     """Run train -> export -> tune (scoring + threshold) -> evaluate -> predict on built-in texture images."""
     setup_logging(verbose)
-    from tfssim import data, evaluation, export, prediction, tuning
-    from tfssim.inference import ExportedModel
+    from tfssim import data, export
+    from tfssim.evaluation import evaluate, tuning
+    from tfssim.serving import prediction
+    from tfssim.serving.inference import ExportedModel
     from tfssim.training import TrainConfig, train
 
     started = time.perf_counter()
@@ -52,7 +54,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
     if out.exists() and any(out.iterdir()):
         raise click.UsageError(f"output folder {out} already exists and is not empty; choose another --output")
     stride = stride or (30 if patch_size == 128 else max(1, patch_size // 4))
-    from tfssim.tiling import check_tiling
+    from tfssim.core.tiling import check_tiling
 
     # Every setting is checked here, before anything is written or trained.
     try:
@@ -103,7 +105,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
         # The tuned version holds its threshold and post-processing: predict uses them as served.
         split = data.load_dataset(out / "data", layout="folder", seed=seed)
         model = ExportedModel.load(export_dir)
-        (result,) = evaluation.evaluate(split, [model], out / "evaluation", fpr=fpr)
+        (result,) = evaluate.evaluate(split, [model], out / "evaluation", fpr=fpr)
         predictions = prediction.predict_files(model, split.test, out / "predictions",
                                                mask_dir=out / "data" / "ground_truth", progress=False)
         flagged = sum(r.defect for r in predictions.results)
@@ -123,7 +125,7 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
                "evaluation": str(out / "evaluation"), "predictions": str(out / "predictions"),
                "seconds": round(seconds, 1)}
     atomic_write_json(out / "results.json", summary)
-    click.echo("[6/6] done\n" + evaluation.format_table([result]))
+    click.echo("[6/6] done\n" + evaluate.format_table([result]))
     click.echo(f"\nexport:      {export_dir}\noverlays:    {out / 'evaluation' / 'overlays'}\n"
                f"predictions: {out / 'predictions'}\n"
                f"ROC plot:    {out / 'evaluation' / 'roc.png'}\ntuning:      {out / 'tuning' / 'tuning.png'}\n"

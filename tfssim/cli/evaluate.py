@@ -7,8 +7,8 @@ import click
 
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 
-# The split rule is the library's (a script evaluating with tfssim.evaluation gets the same split).
-from tfssim.evaluation import DEFAULT_SEED, DEFAULT_VAL_SPLIT, split_settings  # noqa: F401 - re-exported
+# The split rule is the library's (a script evaluating with tfssim.evaluation.evaluate gets the same split).
+from tfssim.evaluation.evaluate import DEFAULT_SEED, DEFAULT_VAL_SPLIT, split_settings  # noqa: F401 - re-exported
 
 
 @click.command(cls=Command,
@@ -38,19 +38,19 @@ def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: 
     Test sets sorted by defect type (MVTec AD, or test/<type>/ folders) are also scored per type:
     each type's images together with the good test images."""
     setup_logging(verbose)
-    from tfssim import evaluation
-    from tfssim.inference import ExportedModel, resolve_export_dir
+    from tfssim.evaluation import evaluate
+    from tfssim.serving.inference import ExportedModel, resolve_export_dir
 
     started = time.perf_counter()
     with usage_errors():
         # The metadata alone first (cheap): the split must be the one of training.
         folders = [resolve_export_dir(e) for e in exports]
-        # The split the exports were trained with (tfssim.evaluation's rule); warnings as they are found.
-        split, _, _ = evaluation.load_split(dataset, folders, layout=layout, val_split=val_split, seed=seed,
+        # The split the exports were trained with (tfssim.evaluation.evaluate's rule); warnings as they are found.
+        split, _, _ = evaluate.load_split(dataset, folders, layout=layout, val_split=val_split, seed=seed,
                                             warn=lambda line: click.echo(line, err=True))
         models = [ExportedModel.load(f) for f in folders]
-        results = evaluation.evaluate(split, models, output, fpr=fpr, segmentation_auroc=segmentation_auroc)
-    click.echo(evaluation.format_table(results))
+        results = evaluate.evaluate(split, models, output, fpr=fpr, segmentation_auroc=segmentation_auroc)
+    click.echo(evaluate.format_table(results))
     click.echo(f"results: {output}/results.json, results.csv, roc.png, roc_*.csv, pro_*.png, pro_*.csv, "
                f"{'segroc_*.csv, ' if segmentation_auroc else ''}"
                f"{'per_type.png, ' if any(r.per_type for r in results) else ''}overlays/ "

@@ -4,9 +4,9 @@ from __future__ import annotations
 import click
 
 from tfssim.cli._common import Command, FloatRange, odd_window, setup_logging, tensorflow_required, usage_errors
+from tfssim.core.ssim_params import WEIGHTINGS
 from tfssim.export.layout import MAX_VERSION  # the bounds the metadata is checked against; no TF: --help stays cheap
-from tfssim.metadata import BLENDS, BORDERS, MAX_CHUNK_SIZE
-from tfssim.ssim_params import WEIGHTINGS
+from tfssim.export.metadata import BLENDS, BORDERS, MAX_CHUNK_SIZE
 
 
 @click.command(cls=Command,
@@ -55,8 +55,8 @@ def main(source: str, name: str, version: int | None, stride: int, output: str, 
     """Export the model in RUN_DIR_OR_MODEL (a tfssim-train run folder or a .keras file) to
     OUTPUT/NAME/VERSION in TensorFlow Serving's layout, and print that folder."""
     setup_logging(verbose)
+    from tfssim.core.tiling import DEFAULT_CHUNK
     from tfssim.export import export_model
-    from tfssim.tiling import DEFAULT_CHUNK
 
     overrides = {k: v for k, v in (("window_size", ssim_window), ("weighting", ssim_weighting)) if v is not None}
     with usage_errors():

@@ -1,6 +1,6 @@
 """``tfssim-predict``: anomaly maps, masks, overlays and region tables for image files.
 
-A thin wrapper around :func:`tfssim.prediction.predict_files`.
+A thin wrapper around :func:`tfssim.serving.prediction.predict_files`.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from tfssim.cli._common import Command, setup_logging, tensorflow_required, usag
 from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
 
-# The work is tfssim.prediction's; its helpers stay importable from here as before.
-from tfssim.prediction import expand_inputs, output_stems, predict_files, speed_line
+# The work is tfssim.serving.prediction's; its helpers stay importable from here as before.
+from tfssim.serving.prediction import expand_inputs, output_stems, predict_files, speed_line
 
 __all__ = ["main", "MASK_SUFFIXES", "expand_inputs", "find_mask", "output_stems"]
 
@@ -72,7 +72,7 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
     minimum area as the export's metadata sets them; --threshold and --min-area override), an overlay
     and the region JSON. With --runner, the same files on an Apache Beam runner."""
     setup_logging(verbose)
-    from tfssim.inference import ExportedModel, read_export_metadata, resolve_export_dir
+    from tfssim.serving.inference import ExportedModel, read_export_metadata, resolve_export_dir
 
     try:
         paths = expand_inputs(images)
@@ -83,13 +83,13 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
             model = ExportedModel.load(export)
             export_dir, metadata = model.path, model.metadata
         else:
-            from tfssim.beam_scoring import check_pipeline
+            from tfssim.serving.beam import check_pipeline
 
             check_pipeline(runner, click.get_current_context().meta.get(_PIPELINE_ARGS, []))
             export_dir = resolve_export_dir(export)
             metadata = read_export_metadata(export_dir)  # the workers load the model; this process needs none
     if threshold is None and metadata.get("threshold") is None:
-        from tfssim.prediction import no_threshold_message
+        from tfssim.serving.prediction import no_threshold_message
 
         raise click.UsageError(no_threshold_message(export_dir, "or pass --threshold"))
     inputs = [item for item in images if os.path.isdir(item)]
@@ -120,9 +120,9 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
 
 
 def _predict_with_beam(export_dir, paths, output, runner, threshold, mask_dir, min_area, inputs) -> dict:
-    """:func:`tfssim.beam_scoring.predict_with_beam` with the pipeline options given after ``--``;
+    """:func:`tfssim.serving.beam.predict_with_beam` with the pipeline options given after ``--``;
     a failed pipeline is one ``Error:`` line (exit 1: a failure at run time, not bad input)."""
-    from tfssim.beam_scoring import PipelineFailed, predict_with_beam
+    from tfssim.serving.beam import PipelineFailed, predict_with_beam
 
     try:
         return predict_with_beam(export_dir, paths, output, runner=runner,

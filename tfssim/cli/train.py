@@ -9,8 +9,8 @@ import click
 from click.core import ParameterSource
 
 from tfssim.cli._common import Command, FloatRange, odd_window, setup_logging, tensorflow_required, usage_errors
+from tfssim.core.ssim_params import WEIGHTINGS, SSIMParams
 from tfssim.errors import InputError
-from tfssim.ssim_params import WEIGHTINGS, SSIMParams
 
 _MODELS = ("ssim", "l2", "vae", "fm")
 

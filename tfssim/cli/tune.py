@@ -4,11 +4,11 @@ from __future__ import annotations
 import click
 
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
+from tfssim.core.map_formula import FORMULAS
 from tfssim.data.defects import FAMILIES
 from tfssim.errors import InputError
-from tfssim.map_formula import FORMULAS
-from tfssim.metadata import BLENDS, BORDERS
-from tfssim.tuning import STRIDE_TOLERANCE, THRESHOLD_RULES
+from tfssim.evaluation.tuning import STRIDE_TOLERANCE, THRESHOLD_RULES
+from tfssim.export.metadata import BLENDS, BORDERS
 
 
 @click.command(cls=Command, interrupted="no new version was written; the export is unchanged")
@@ -73,7 +73,7 @@ def main(export: str, images: tuple[str, ...], defect_size: tuple[float, float] 
     false regions per clean image, F1). Memory stays that of about one image, for any number
     of images. No test image is read."""
     setup_logging(verbose)
-    from tfssim import tuning
+    from tfssim.evaluation import tuning
 
     def announce(paths, origin: str) -> None:
         click.echo(f"validation images: {len(paths)} from {origin}", err=True)

@@ -3,7 +3,7 @@
 The readers (:mod:`tfssim.data.io`), the dataset layouts and the synthetic data import no
 TensorFlow. The ``tf.data`` pipeline (:mod:`tfssim.data.patches`) is loaded on first use of one of
 its names (PEP 562 module ``__getattr__``), so that ``import tfssim.data`` (and every module that
-reads images or masks, such as :mod:`tfssim.metrics`) stays usable without TensorFlow installed.
+reads images or masks, such as :mod:`tfssim.evaluation.metrics`) stays usable without TensorFlow installed.
 
 Example:
     >>> split = load_dataset("NanoTWICE")                      # layout detected

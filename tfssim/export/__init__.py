@@ -21,12 +21,12 @@ default stride has its own ones):
 Outputs, all float32 at the input's size: ``reconstruction [H, W, C]``, ``anomaly_map [H, W]``
 and, for SSIM models, ``luminance_map``, ``contrast_map`` and ``structure_map`` (``1 -`` each
 SSIM component). Tiling, chunked reconstruction, overlap averaging and the residual map all
-run inside the graph (:mod:`tfssim.tiling`, :mod:`tfssim.scoring`); a bad request (wrong rank,
+run inside the graph (:mod:`tfssim.core.tiling`, :mod:`tfssim.core.scoring`); a bad request (wrong rank,
 batch, channel count, an image smaller than the patch, a stride out of range, float values
 outside [0, 1]) fails with ``INVALID_ARGUMENT`` and a readable message.
 
 A model trained on resized images (``tfssim-train --scale S`` or ``--image-size H W``) is
-exported with the same resizing inside the graph (:mod:`tfssim.resize`, anti-aliased bilinear):
+exported with the same resizing inside the graph (:mod:`tfssim.core.resize`, anti-aliased bilinear):
 each request is resized, tiled, reconstructed and scored at that size, and the reconstruction and
 every map are resized back to the request's height and width; the metadata records ``scale``,
 ``image_size`` and ``interpolation``. A scaled export takes images whose sides, once scaled, hold
@@ -40,7 +40,7 @@ hold, the no-replace rename, partial folders) and :mod:`~tfssim.export.calibrate
 (:func:`write_calibrated_version`: a threshold as a new version).
 
 Importing this package loads no TensorFlow: the layout's names are imported at once (the
-TensorFlow-free :mod:`tfssim.metadata` and :mod:`tfssim.inference` use its version rule), every
+TensorFlow-free :mod:`tfssim.export.metadata` and :mod:`tfssim.serving.inference` use its version rule), every
 other name on first use (PEP 562 module ``__getattr__``), so ``from tfssim import export;
 export.export_model(...)`` imports TensorFlow only at that call's name lookup.
 
@@ -68,7 +68,7 @@ from tfssim.export.layout import (
     version_folder,
 )
 
-# Names served by a submodule that imports TensorFlow (or tfssim.metadata, which imports this
+# Names served by a submodule that imports TensorFlow (or tfssim.export.metadata, which imports this
 # package's layout: importing it here would be circular): resolved on first access only.
 _LAZY = {
     "export_model": "tfssim.export.savedmodel",
@@ -86,8 +86,8 @@ _LAZY = {
     "_report_checkpoint": "tfssim.export.source",  # kept for callers of the old single module
     "warmup_record": "tfssim.export.warmup",
     "WARMUP_FILE": "tfssim.export.warmup",
-    "METADATA_FILE": "tfssim.metadata",
-    "ExportMetadata": "tfssim.metadata",
+    "METADATA_FILE": "tfssim.export.metadata",
+    "ExportMetadata": "tfssim.export.metadata",
 }
 _SUBMODULES = ("calibrated", "graph", "layout", "savedmodel", "source", "warmup")
 

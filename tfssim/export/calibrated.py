@@ -27,7 +27,7 @@ from tfssim.export.layout import (
     next_version,
     version_folder,
 )
-from tfssim.metadata import METADATA_FILE, ExportMetadata, check_value
+from tfssim.export.metadata import METADATA_FILE, ExportMetadata, check_value
 
 __all__ = ["read_metadata", "write_calibrated_version"]
 
@@ -37,10 +37,10 @@ logger = logging.getLogger(__name__)
 def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
 
-    :func:`tfssim.inference.read_export_metadata`: strict JSON, well-formed values; any fault
+    :func:`tfssim.serving.inference.read_export_metadata`: strict JSON, well-formed values; any fault
     is one ``ValueError`` naming the file.
     """
-    from tfssim.inference import read_export_metadata
+    from tfssim.serving.inference import read_export_metadata
 
     return read_export_metadata(export_dir)
 

@@ -7,7 +7,7 @@ command that lists, picks or numbers versions asks here (:func:`list_versions`,
 :func:`newest_version`, :func:`next_version`, :func:`version_folder`). It also owns what a
 version may hold: regular files and folders only (:func:`check_version_files`,
 :func:`copy_version`), so a link or a device inside a version is refused in one line instead of
-being followed. It imports no TensorFlow (:mod:`tfssim.metadata` and :mod:`tfssim.inference`,
+being followed. It imports no TensorFlow (:mod:`tfssim.export.metadata` and :mod:`tfssim.serving.inference`,
 used by a TF Serving client, rely on it).
 
 An export is built in a hidden ``.<version>.partial-*`` folder beside its destination (TF
@@ -407,7 +407,7 @@ def _move_into_place(export_dir: Path, model_root: Path, version: int, *, auto: 
     Returns:
         The version folder the export now lives in.
     """
-    from tfssim.metadata import METADATA_FILE  # not at the top: tfssim.metadata imports this module
+    from tfssim.export.metadata import METADATA_FILE  # not at the top: tfssim.export.metadata imports this module
 
     for attempt in range(retries + 1):
         destination = model_root / str(version)

@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfssim import __version__, resize, scoring, tiling
+from tfssim import __version__
+from tfssim.core import resize, scoring, tiling
 from tfssim.errors import InputError, input_checks
 from tfssim.export.graph import SIGNATURES, VAE_SEED, _model_geometry, _Scorer
 from tfssim.export.layout import (
@@ -40,11 +41,11 @@ from tfssim.export.layout import (
 )
 from tfssim.export.source import _report_checkpoint, load_for_export
 from tfssim.export.warmup import WARMUP_FILE, _write_warmup
-from tfssim.metadata import METADATA_FILE, ExportMetadata, check_value  # the file and its keys' rules (no TF)
+from tfssim.export.metadata import METADATA_FILE, ExportMetadata, check_value  # the file and its keys' rules (no TF)
 from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
-from tfssim.map_formula import MapFormula
-from tfssim.ssim_params import SSIMParams
-from tfssim.tiling import DEFAULT_CHUNK
+from tfssim.core.map_formula import MapFormula
+from tfssim.core.ssim_params import SSIMParams
+from tfssim.core.tiling import DEFAULT_CHUNK
 
 __all__ = ["DEFAULT_SSIM", "GRAPH_METADATA_KEYS", "export_model"]
 
@@ -116,7 +117,7 @@ def export_model(
         ssim_kwargs: SSIM parameters of the anomaly map; default those of training (run
             folder, else the ``.keras`` file's compiled ``SSIMLoss``, else the paper's).
         chunk_size: Tiles per model call inside the graph (bounds memory; see the benchmark), from
-            1 to :data:`tfssim.metadata.MAX_CHUNK_SIZE` (the graph counts tiles in int32).
+            1 to :data:`tfssim.export.metadata.MAX_CHUNK_SIZE` (the graph counts tiles in int32).
         training_config: Stored in the metadata (default: the run folder's).
             The metadata's ``checkpoint`` records the file and epoch taken (see
             :func:`load_for_export`); exporting a run folder whose training still holds its
@@ -131,17 +132,17 @@ def export_model(
             ``{"weighting": "uniform"}`` to score with plain patch means (the paper's SSIM
             definition) a model trained with ``tf.image.ssim``'s Gaussian window.
         map_sigma: Gaussian smoothing (standard deviation in pixels) of every served map,
-            inside the graph (:func:`tfssim.scoring.smooth_map`); 0 (default) serves the maps
+            inside the graph (:func:`tfssim.core.scoring.smooth_map`); 0 (default) serves the maps
             as the paper computes them. Recorded in the metadata as ``map_sigma``, so a
             threshold calibrated on this export applies to the smoothed maps.
         jit_compile: Compile the model call with XLA. Off by default: TensorFlow Serving
             refuses XLA-compiled graphs on CPU unless started with
             ``--xla_cpu_compilation_enabled``.
         extra_metadata: More metadata entries, written with the version (e.g. the
-            post-processing and ``tuned`` record of :func:`tfssim.tuning.write_tuned_export`);
+            post-processing and ``tuned`` record of :func:`tfssim.evaluation.tuning.write_tuned_export`);
             entries that describe the graph (:data:`GRAPH_METADATA_KEYS`) are refused.
         scale: The resizing the model was trained with (``tfssim-train --scale``), done inside
-            the serving graph: each request is resized by it (:mod:`tfssim.resize`), tiled,
+            the serving graph: each request is resized by it (:mod:`tfssim.core.resize`), tiled,
             reconstructed and scored at that size, and the reconstruction and every map are
             resized back to the request's height and width. Default: the training config's
             (``training_config``, else the run folder's), else 1 (none: the graph is as without
@@ -150,10 +151,10 @@ def export_model(
             (``tfssim-train --image-size``); default the training config's, else none.
         border: ``"none"`` (the paper) or ``"reflect"``: the graph mirrors each request outward
             by half a patch before tiling and crops every output back
-            (:func:`tfssim.scoring.anomaly_maps`). Recorded in the metadata as ``border``.
+            (:func:`tfssim.core.scoring.anomaly_maps`). Recorded in the metadata as ``border``.
         blend: ``"mean"`` (the paper) or ``"gaussian"``: how overlapping tiles are combined in
-            the graph (:func:`tfssim.tiling.blend_weights`). Recorded as ``blend``.
-        map_formula: How the served ``anomaly_map`` is made (:mod:`tfssim.map_formula`; SSIM
+            the graph (:func:`tfssim.core.tiling.blend_weights`). Recorded as ``blend``.
+        map_formula: How the served ``anomaly_map`` is made (:mod:`tfssim.core.map_formula`; SSIM
             models only): ``None`` is the paper's ``1 - SSIM``; ``tfssim-tune`` chooses the
             others with their normalisation. Recorded as ``map_formula``.
 
@@ -167,7 +168,7 @@ def export_model(
     check_name(name)
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
         raise InputError(f"stride must be an integer, got {stride!r}")
-    # The stored metadata's rules (tfssim.metadata), so that no export is written that its own
+    # The stored metadata's rules (tfssim.export.metadata), so that no export is written that its own
     # metadata would refuse, or whose graph cannot count its chunks.
     chunk_size = int(chunk_size) if isinstance(chunk_size, np.integer) else chunk_size
     check_value("chunk_size", chunk_size, "chunk size")
@@ -240,7 +241,7 @@ def export_model(
         "name": name, "version": version, "kind": kind, "residual": residual,
         "patch_size": patch_size, "channels": channels, "stride": stride, "chunk_size": chunk_size,
         "ssim": ssim_params.to_dict() if residual == "ssim" else None,
-        "ssim_padding": "same (mirror, tfssim.ssim padding='same')" if residual == "ssim" else None,
+        "ssim_padding": "same (mirror, tfssim.core.ssim padding='same')" if residual == "ssim" else None,
         "vae_samples": vae_samples if residual == "vae" else None,
         "vae_seed": VAE_SEED if residual == "vae" else None,
         "observation_std": float(model.observation_std) if residual == "vae" else None,

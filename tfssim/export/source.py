@@ -16,10 +16,10 @@ from typing import Any
 
 import keras
 
+from tfssim.core.ssim_params import SSIMParams
 from tfssim.errors import InputError
 from tfssim.export.graph import _model_geometry
 from tfssim.run_record import HISTORY_NAME, SSIM_CONFIG_KEYS, open_run_lock, read_history
-from tfssim.ssim_params import SSIMParams
 from tfssim.training import LOCK_NAME
 from tfssim.training.run_folder import read_run
 

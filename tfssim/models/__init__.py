@@ -21,7 +21,7 @@ from typing import Any, Callable
 import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
 import keras
 
-from tfssim import losses
+from tfssim.core import losses
 from tfssim.models.cae import (
     ENCODER_LAYERS,
     LeakyReLU,
@@ -33,7 +33,7 @@ from tfssim.models.cae import (
 from tfssim.models.features import WeightsUnavailableError, build_feature_extractor, extract_features
 from tfssim.models.vae import VariationalAutoencoder, reconstruction_nll
 from tfssim.errors import InputError
-from tfssim.ssim_params import SSIMParams
+from tfssim.core.ssim_params import SSIMParams
 
 __all__ = [
     "ENCODER_LAYERS", "LeakyReLU", "MODEL_KINDS", "ModelSpec", "VariationalAutoencoder", "build_autoencoder",

@@ -161,7 +161,7 @@ def build_autoencoder(
 
     Example:
         >>> model = build_autoencoder(128, 1, 100)
-        >>> model.compile(optimizer="adam", loss=tfssim.losses.SSIMLoss())
+        >>> model.compile(optimizer="adam", loss=tfssim.core.losses.SSIMLoss())
     """
     encoder = build_encoder(patch_size, channels, latent_dim)
     decoder = build_decoder(patch_size, channels, latent_dim)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tfssim import precision
+from tfssim.core.ssim_params import WEIGHTINGS, SSIMParams, describe_range, in_range
 from tfssim.errors import InputError, input_checks
 from tfssim.models import MODEL_KINDS, get_spec, validate_architecture
 from tfssim.run_record import (
@@ -33,7 +33,7 @@ from tfssim.run_record import (
     STR_SETTINGS,
     setting_problem,
 )
-from tfssim.ssim_params import WEIGHTINGS, SSIMParams, describe_range, in_range
+from tfssim.training import precision
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LAYOUTS = ("auto", "nanotwice", "mvtec", "folder")
@@ -51,7 +51,7 @@ class TrainConfig:
     replicas and the learning rate is used unchanged, so a run behaves the same on one
     device or several. ``scale`` (``0 < scale <= 1``) or ``image_size`` (``[H, W]``, each at
     least ``patch_size``; not both) resize every image before patches are drawn
-    (:mod:`tfssim.resize`); the export resizes its requests the same way.
+    (:mod:`tfssim.core.resize`); the export resizes its requests the same way.
     """
 
     data: str
@@ -83,7 +83,7 @@ class TrainConfig:
     strategy: str = "auto"
     skip_bad_images: bool = False
     jit_compile: bool = False  # XLA measured slower here: 0.85 vs 0.46 s per 32-patch step on CPU
-    # Resizing before patches are drawn (tfssim.resize: anti-aliased bilinear); the export resizes
+    # Resizing before patches are drawn (tfssim.core.resize: anti-aliased bilinear); the export resizes
     # inside its serving graph the same way. One of the two at most.
     scale: float = 1.0
     image_size: tuple[int, int] | None = None

@@ -22,8 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfssim import __version__, precision, resize
+from tfssim import __version__
 from tfssim._io import atomic_write, atomic_write_text
+from tfssim.core import resize
 from tfssim.errors import InputError
 from tfssim.models import get_spec
 from tfssim.run_record import (
@@ -34,6 +35,7 @@ from tfssim.run_record import (
     resume_settings,
     run_record,
 )
+from tfssim.training import precision
 from tfssim.training.config import TrainConfig
 from tfssim.training.distribute import (
     _all_workers,
@@ -168,7 +170,7 @@ def _compile(model: keras.Model, config: TrainConfig, loss: keras.losses.Loss) -
 
 def _save_examples(model: keras.Model, config: TrainConfig, patches: np.ndarray, folder: Path) -> None:
     from tfssim import plots
-    from tfssim.ssim import ssim_maps
+    from tfssim.core.ssim import ssim_maps
 
     folder.mkdir(exist_ok=True)
     x = patches[:4]

@@ -41,7 +41,7 @@ class FusedAdamW(keras.optimizers.AdamW):
 
     Example:
         >>> model.compile(optimizer=FusedAdamW(learning_rate=2e-4, weight_decay=1e-5),
-        ...               loss=tfssim.losses.SSIMLoss())
+        ...               loss=tfssim.core.losses.SSIMLoss())
     """
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:

@@ -3,7 +3,7 @@
 An experiment folder holds ``runs/<run>/`` (:func:`tfssim.training.train` run folders),
 ``exported_models/<name>/1/`` (:func:`tfssim.export.export_model`; with ``min_defect_area`` also
 its calibrated copy ``exported_models/<name>/2/``) and one evaluation folder
-(:func:`tfssim.evaluation.evaluate`). Every step is resumable: a finished run (``final.keras``)
+(:func:`tfssim.evaluation.evaluate.evaluate`). Every step is resumable: a finished run (``final.keras``)
 or an existing export is reused, an interrupted run continues from its last epoch, so a script
 built on :func:`train_export_evaluate` can be stopped and started again at any time.
 
@@ -123,7 +123,7 @@ def _calibrated_before(export: Path, min_defect_area: int) -> tuple[Path, float]
     (same export, same validation split, same rule: the same threshold) instead of adding another.
     """
     from tfssim.export.layout import list_versions, parse_version
-    from tfssim.metadata import ExportMetadata
+    from tfssim.export.metadata import ExportMetadata
 
     version = parse_version(export.name)
     if version is None:
@@ -182,7 +182,7 @@ def train_export_evaluate(
         min_defect_area: Calibrate each export before evaluating it: write as a new version of
             it (``exported_models/<name>/2``, ``calibrated_from`` 1) the smallest threshold at
             which no region of the post-processed segmentation of any validation image exceeds
-            this many pixels (:func:`tfssim.calibration.calibrate`; MVTec AD's rule), and
+            this many pixels (:func:`tfssim.evaluation.calibration.calibrate`; MVTec AD's rule), and
             evaluate that version. A version calibrated from the export by the same rule and area
             before is reused (resuming). The evaluation's own scores are unchanged by it: its
             F1 / IoU threshold is set at ``fpr``, and ``export_threshold`` reports the stored one.
@@ -194,8 +194,8 @@ def train_export_evaluate(
         ValueError: No experiments, repeated names, or bad settings of a training or export.
     """
     from tfssim import data as data_lib
-    from tfssim import evaluation
-    from tfssim.inference import ExportedModel
+    from tfssim.evaluation import evaluate
+    from tfssim.serving.inference import ExportedModel
 
     names = [e.name for e in experiments]
     if not names or len(set(names)) != len(names):
@@ -216,7 +216,7 @@ def train_export_evaluate(
     split = data_lib.load_dataset(data, layout=layout, val_fraction=val_split, seed=seed)
     thresholds: dict[str, float] = {}
     if min_defect_area is not None:
-        from tfssim.calibration import calibrate
+        from tfssim.evaluation.calibration import calibrate
 
         for name in names:  # before the models are loaded below: they are the calibrated versions
             calibrated = _calibrated_before(exports[name], min_defect_area)
@@ -226,7 +226,7 @@ def train_export_evaluate(
             exports[name], thresholds[name] = calibrated
     models = [ExportedModel.load(exports[name]) for name in names]
     evaluation_dir = Path(evaluation_dir) if evaluation_dir is not None else output / "evaluation"
-    results = evaluation.evaluate(split, models, evaluation_dir, fpr=fpr, progress=progress,
+    results = evaluate.evaluate(split, models, evaluation_dir, fpr=fpr, progress=progress,
                                   segmentation_auroc=segmentation_auroc)
     scores = {name: dict(result.scores) for name, result in zip(names, results)}
     return ExperimentResult(run_dirs, exports, scores, evaluation_dir, thresholds)

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow, an ImportError naming the install command
+import numpy as np
 import tensorflow as tf
 
 from tfssim.errors import InputError
-from tfssim.metadata import BLENDS, check_value
+from tfssim.export.metadata import BLENDS, check_value
 
 __all__ = [
     "BLENDS",

@@ -8,7 +8,7 @@ model compiled with them reloads with ``keras.saving.load_model``.
 Example:
     >>> model = tfssim.models.build_autoencoder(patch_size=128, latent_dim=100)
     >>> model.compile(optimizer=keras.optimizers.AdamW(2e-4, weight_decay=1e-5),
-    ...               loss=tfssim.losses.SSIMLoss(window_size=11))
+    ...               loss=tfssim.core.losses.SSIMLoss(window_size=11))
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfssim import ssim as ssim_lib
+from tfssim.core import ssim as ssim_lib
+from tfssim.core.ssim import SSIMParams
 from tfssim.errors import InputError
-from tfssim.ssim import SSIMParams
 
 __all__ = ["SSIMLoss", "MSSSIMLoss", "L2Loss", "FeatureMatchingLoss", "get"]
 
@@ -59,10 +59,10 @@ class SSIMLoss(keras.losses.Loss):
     """``1 - mean SSIM`` between targets and reconstructions (Bergmann et al. 2019, Eq. 5).
 
     Args:
-        params: The SSIM's :class:`tfssim.ssim.SSIMParams` (default the paper's: Gaussian 11x11
+        params: The SSIM's :class:`tfssim.core.ssim.SSIMParams` (default the paper's: Gaussian 11x11
             window, K1 = 0.01, K2 = 0.03); exposed as ``loss.params`` and its fields as
             attributes (``loss.window_size``).
-        **ssim_kwargs: Fields of :class:`tfssim.ssim.SSIMParams` (``window_size``, ``sigma``,
+        **ssim_kwargs: Fields of :class:`tfssim.core.ssim.SSIMParams` (``window_size``, ``sigma``,
             ``weighting``, ``k1``, ``k2``, ``alpha``, ``beta``, ``gamma``, ``data_range``),
             overriding ``params``; ``get_config`` stores all nine flat (as before this type).
         reduction: Keras reduction over the per-sample losses.
@@ -96,7 +96,7 @@ class SSIMLoss(keras.losses.Loss):
 
     @property
     def ssim_kwargs(self) -> dict[str, Any]:
-        """The SSIM parameters, as keyword arguments of :func:`tfssim.ssim.ssim_maps`."""
+        """The SSIM parameters, as keyword arguments of :func:`tfssim.core.ssim.ssim_maps`."""
         return self.params.to_dict()
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
@@ -112,13 +112,13 @@ class SSIMLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MSSSIMLoss(keras.losses.Loss):
-    """``1 - MS-SSIM`` (multi-scale SSIM, Wang et al. 2003), see :func:`tfssim.ssim.ms_ssim`.
+    """``1 - MS-SSIM`` (multi-scale SSIM, Wang et al. 2003), see :func:`tfssim.core.ssim.ms_ssim`.
 
     Args:
         power_factors: Per-scale weights; ``None`` fits the standard five weights to the
             patch size (a 128-pixel patch with an 11 window gets four scales).
         **ssim_kwargs: The Gaussian window's ``window_size`` and ``sigma``, ``k1``, ``k2`` and
-            ``data_range`` (fields of :class:`tfssim.ssim.SSIMParams`).
+            ``data_range`` (fields of :class:`tfssim.core.ssim.SSIMParams`).
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Residual (anomaly) maps of whole images from the input and its averaged reconstruction.
 
 * ``ssim`` models: ``1 - SSIM`` map (and ``1 - l``, ``1 - c``, ``1 - s``) with the parameters the
-  model was trained with, full-size via mirror padding (:func:`tfssim.ssim.ssim_maps`,
+  model was trained with, full-size via mirror padding (:func:`tfssim.core.ssim.ssim_maps`,
   ``padding="same"``).
 * ``l2`` and ``fm`` (feature-matching) models: the squared error.
 * ``vae``: ``-log`` of the per-pixel reconstruction probability over N posterior samples, each
@@ -30,12 +30,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfssim import resize, tiling
+from tfssim.core import resize, tiling
+from tfssim.core.map_formula import MapFormula
+from tfssim.core.ssim import SSIMParams, ssim_maps
 from tfssim.errors import InputError
-from tfssim.map_formula import MapFormula
-from tfssim.metadata import BORDERS
+from tfssim.export.metadata import BORDERS
 from tfssim.models import VariationalAutoencoder, get_spec, kind_of, reconstruction_nll
-from tfssim.ssim import SSIMParams, ssim_maps
 
 __all__ = [
     "RESIDUALS",
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 RESIDUALS = ("ssim", "l2", "vae")
-# The keyword arguments of tfssim.ssim.ssim_maps that describe the SSIM itself.
+# The keyword arguments of tfssim.core.ssim.ssim_maps that describe the SSIM itself.
 SSIM_KEYS = SSIMParams.keys()
 
 
@@ -85,9 +85,9 @@ def ssim_residual_maps(x: tf.Tensor, reconstruction: tf.Tensor, params: SSIMPara
     Args:
         x: Images ``[H, W, C]`` or ``[B, H, W, C]`` in ``[0, data_range]``.
         reconstruction: Their reconstructions, same shape.
-        params: The SSIM's :class:`tfssim.ssim.SSIMParams` (or a dict of its fields); default
+        params: The SSIM's :class:`tfssim.core.ssim.SSIMParams` (or a dict of its fields); default
             the paper's.
-        **ssim_kwargs: Fields of :class:`tfssim.ssim.SSIMParams`, overriding ``params``.
+        **ssim_kwargs: Fields of :class:`tfssim.core.ssim.SSIMParams`, overriding ``params``.
 
     Returns:
         ``anomaly_map`` (``1 - SSIM``), ``luminance_map``, ``contrast_map``, ``structure_map``:
@@ -199,7 +199,7 @@ def _shifted_sum(x: tf.Tensor, taps: list[float], axis: int) -> tf.Tensor:
 
 def second_term(x: tf.Tensor, reconstruction: tf.Tensor, formula: MapFormula | dict[str, Any],
                 ssim_params: SSIMParams | dict[str, Any] | None = None) -> tf.Tensor:
-    """The second term of a map formula (:mod:`tfssim.map_formula`), ``[H, W]`` (or ``[B, H, W]``) float32.
+    """The second term of a map formula (:mod:`tfssim.core.map_formula`), ``[H, W]`` (or ``[B, H, W]``) float32.
 
     * ``"ssim_lowfreq"``: ``|G_s * mean_c(x - reconstruction)|``, the blur of :func:`smooth_map`
       at ``formula.lowfreq_sigma``;
@@ -289,7 +289,7 @@ def anomaly_maps(
         stride: Tile stride, ``1 <= stride <= p`` (the paper: 30 for 128).
         chunk_size: Tiles per model call (bounds memory).
         ssim_kwargs: SSIM parameters of the anomaly map for SSIM models, an
-            :class:`tfssim.ssim.SSIMParams` or a dict of its fields (default: the paper's).
+            :class:`tfssim.core.ssim.SSIMParams` or a dict of its fields (default: the paper's).
         vae_samples: Posterior samples per tile for the VAE (default: the model's ``num_samples``).
         vae_seed: Seed of the VAE's sampling (a fixed seed gives the same map every call).
         jit_compile: Compile the model call on each chunk with XLA (a ``tf.function`` made per
@@ -297,7 +297,7 @@ def anomaly_maps(
         map_sigma: Gaussian smoothing of every map (:func:`smooth_map`); 0 (default, the paper)
             leaves them as computed. In pixels of ``image``: with resizing, the maps are
             smoothed after they are resized back.
-        scale: Resize ``image`` by this factor (``0 < scale <= 1``; :mod:`tfssim.resize`) first,
+        scale: Resize ``image`` by this factor (``0 < scale <= 1``; :mod:`tfssim.core.resize`) first,
             then tile, reconstruct and score at that size, and resize the reconstruction and
             every map back to ``[H, W]`` (the model was trained with ``--scale``). 1: none.
         image_size: ``(height, width)`` to resize ``image`` to instead (``--image-size``).
@@ -307,9 +307,9 @@ def anomaly_maps(
             are reconstructed by tile centres and scored with SSIM windows over real
             (mirrored) content. Not free: on an oriented texture the mirrored strip is a
             pattern the model never saw.
-        blend: How overlapping tiles are combined (:data:`tfssim.tiling.BLENDS`): ``"mean"``
-            (the paper) or ``"gaussian"`` (:func:`tfssim.tiling.blend_weights`).
-        map_formula: How ``anomaly_map`` is made (:class:`tfssim.map_formula.MapFormula` or a
+        blend: How overlapping tiles are combined (:data:`tfssim.core.tiling.BLENDS`): ``"mean"``
+            (the paper) or ``"gaussian"`` (:func:`tfssim.core.tiling.blend_weights`).
+        map_formula: How ``anomaly_map`` is made (:class:`tfssim.core.map_formula.MapFormula` or a
             record of one): ``None`` / ``"ssim"`` is ``1 - SSIM`` (the paper); the
             others combine it with a second term (:func:`second_term`) computed on the same
             (mirrored) image, before cropping and smoothing. SSIM models only.

@@ -12,7 +12,7 @@ reconstruction) in the library, since the candidates differ only in scoring:
   that fit the patch); and, given the export's Keras model, the tiling the map is computed from:
   the tile blend (``mean`` / ``gaussian``) and, when asked for, the image border (``none`` /
   ``reflect``: one more model pass per image), each other tiling scored with the window and
-  weighting best on the export's own one; and the map formula (:mod:`tfssim.map_formula`): the
+  weighting best on the export's own one; and the map formula (:mod:`tfssim.core.map_formula`): the
   SSIM map alone, or with a low-frequency intensity residual or a wider-window SSIM, each term
   normalised by its clean-image quantiles and combined by max or a weighted sum, scored on the
   best plain map's window, weighting, tiling and sigma.
@@ -35,7 +35,7 @@ tiling, the smaller sigma, the export's own window and weighting, the export's o
 
 **Memory is bounded by one image**, whatever the number of validation images: the images are
 read one at a time, each image's reconstructions go to a cache on disk, and every candidate
-keeps only accumulators - a :class:`tfssim.metrics.ScoreHistogram` per map candidate (pooled
+keeps only accumulators - a :class:`tfssim.evaluation.metrics.ScoreHistogram` per map candidate (pooled
 ROC AUC within its stated error bound, about 1e-4; clean-pixel counts), exact threshold
 refinement on a second look at the chosen map, and TP / FP / FN and region counts per
 post-processing candidate. Time is linear in the number of images. The passes:
@@ -47,7 +47,7 @@ post-processing candidate. Time is linear in the number of images. The passes:
    combination on the copies, from the cache; 1d. with several strides: the chosen map at each
    (one more model pass per image and copy for each other stride), its serving time;
 2. the chosen map on the clean images: the exact threshold at ``fpr``
-   (:func:`tfssim.postprocess.threshold_at_fpr`'s value);
+   (:func:`tfssim.serving.postprocess.threshold_at_fpr`'s value);
 3. the chosen map on the copies and the clean images: every post-processing candidate at that
    threshold, the per-region overlap curve (AUPRO), the operating-point report;
 4. with ``threshold_rule="f1"`` only: the chosen post-processing at thresholds from ``fpr``
@@ -82,13 +82,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from tfssim import metrics, postprocess, resize
 from tfssim._io import save_array
+from tfssim.core import resize
+from tfssim.core.map_formula import FORMULAS, PLAIN, MapFormula
+from tfssim.core.ssim_params import WEIGHTINGS, SSIMParams
 from tfssim.data import defects
 from tfssim.errors import InputError, input_checks
-from tfssim.inference import ExportedModel
-from tfssim.map_formula import FORMULAS, PLAIN, MapFormula
-from tfssim.ssim_params import WEIGHTINGS, SSIMParams
+from tfssim.evaluation import metrics
+from tfssim.serving import postprocess
+from tfssim.serving.inference import ExportedModel
 
 __all__ = [
     "DEFAULT_WINDOWS", "DEFAULT_WEIGHTINGS", "DEFAULT_SIGMAS", "DEFAULT_OPENINGS", "DEFAULT_FORMULAS",
@@ -104,7 +106,7 @@ DEFAULT_WINDOWS = (7, 11, 15)
 DEFAULT_WEIGHTINGS = WEIGHTINGS  # every weighting SSIMParams knows
 DEFAULT_SIGMAS = (0.0, 2.0, 4.0, 8.0, 12.0, 16.0)
 DEFAULT_OPENINGS = (0, 2, 4, 8)
-# Map formulas (tfssim.map_formula) tried by default, and their second terms: the low-frequency
+# Map formulas (tfssim.core.map_formula) tried by default, and their second terms: the low-frequency
 # residual's sigma as shares of the patch side (its 4-sigma kernel then reaches a quarter or half
 # a patch around each pixel: the scale of a smooth defect a patch or two wide), the multi-scale
 # SSIM's wider window as 2K+1 and 4K+1 of the chosen window K.
@@ -135,7 +137,7 @@ WEAK_AUROC = 0.6
 SIZE_BINS = 4
 # threshold_rule "f1": clean-pixel false-positive rates tried, as shares of fpr.
 F1_FPR_SHARES = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05, 0.025, 0.01)
-# The per-region overlap curve (AUPRO@0.3), as tfssim.metrics.aupro sweeps it.
+# The per-region overlap curve (AUPRO@0.3), as tfssim.evaluation.metrics.aupro sweeps it.
 PRO_MAX_FPR, PRO_THRESHOLDS = 0.3, 300
 # Mantissa bits of the candidates' score histograms (bins 2**-13 = 0.012 % wide, relatively).
 HISTOGRAM_BITS = 13
@@ -175,7 +177,7 @@ class TuningChoice:
         window_size, weighting: SSIM window and weighting (``None`` for non-SSIM models).
         map_sigma: Gaussian smoothing of the map.
         border, blend: The tiling the map is computed from (``tfssim-export --border / --blend``).
-        map_formula: The map formula's record (:meth:`tfssim.map_formula.MapFormula.to_dict`),
+        map_formula: The map formula's record (:meth:`tfssim.core.map_formula.MapFormula.to_dict`),
             with its normalisation from the clean validation images (``None`` for non-SSIM models).
         stride: The tiling stride the new version serves by default (``None``: the export's own).
         opening_diameter, min_area, convex_hull: The post-processing.
@@ -226,7 +228,7 @@ class Tuning:
         map_candidates: One dict per anomaly-map candidate: ``window_size``, ``weighting``
             (``None`` for non-SSIM models), ``map_sigma``, ``border``, ``blend``, ``map_formula``
             (its record), ``pixel_auroc``, ``auroc_error_bound``, ``pixel_pauc_0.3`` (the ROC
-            curve's standardised area up to FPR 0.3, :meth:`tfssim.metrics.ScoreHistogram.partial_roc_auc`);
+            curve's standardised area up to FPR 0.3, :meth:`tfssim.evaluation.metrics.ScoreHistogram.partial_roc_auc`);
             formula candidates also ``eligible`` (see :func:`tune`'s ``formulas``).
         post_candidates: One dict per post-processing candidate: ``opening_diameter``,
             ``min_area``, ``f1``, ``iou``, ``region_recall``, ``false_regions_per_clean_image`` (on
@@ -381,7 +383,7 @@ def library_map(residual: str, image: np.ndarray, reconstruction: np.ndarray, *,
             ``reconstruction`` of the same shape).
         reconstruction: The export's ``reconstruction`` output ``[H, W, C]``.
         ssim_params: SSIM parameters (``ssim`` only).
-        map_sigma: Gaussian smoothing of the map (that of :func:`tfssim.scoring.smooth_map`:
+        map_sigma: Gaussian smoothing of the map (that of :func:`tfssim.core.scoring.smooth_map`:
             ``scipy.ndimage.gaussian_filter`` with mirrored borders, truncated at 4 sigma).
         served_map: For ``vae``, the export's unsmoothed ``anomaly_map`` (its posterior samples
             are not in the reconstruction, so the map cannot be recomputed from it).
@@ -389,7 +391,7 @@ def library_map(residual: str, image: np.ndarray, reconstruction: np.ndarray, *,
     Returns:
         The ``[H, W]`` (or ``[B, H, W]``) float32 map.
     """
-    from tfssim import scoring
+    from tfssim.core import scoring
 
     reconstruction = np.asarray(reconstruction, np.float32)
     image = np.asarray(image, np.float32).reshape(reconstruction.shape)
@@ -407,7 +409,7 @@ def library_map(residual: str, image: np.ndarray, reconstruction: np.ndarray, *,
 
 
 def _smooth(raw: np.ndarray, sigma: float) -> np.ndarray:
-    """:func:`tfssim.scoring.smooth_map`'s filter in SciPy (6x faster here than eager TensorFlow at
+    """:func:`tfssim.core.scoring.smooth_map`'s filter in SciPy (6x faster here than eager TensorFlow at
     sigma 16): the last two axes blurred, mirrored borders, truncated at 4 sigma."""
     from scipy.ndimage import gaussian_filter
 
@@ -424,7 +426,7 @@ def _tiling_candidates(borders: Sequence[str] | None, blends: Sequence[str] | No
     Other tilings need reconstructions the export does not serve. ``fixed`` says why they cannot
     be had here (``None``: they can); asked for anyway, one ``InputError`` line.
     """
-    from tfssim.metadata import BLENDS, BORDERS
+    from tfssim.export.metadata import BLENDS, BORDERS
 
     given = borders is not None or blends is not None
     # Another border costs a model pass over the mirrored image per image and copy (about doubling
@@ -549,7 +551,7 @@ class _Maps:
         depends on). ``formula``: the map formula's combination of this map and its second term."""
         if self.served:
             return np.asarray(bases, np.float32)
-        from tfssim.scoring import pad_border
+        from tfssim.core.scoring import pad_border
 
         window_bases, window_margin = _trimmed(bases, margin, (scoring[0] or 1) // 2)
         out = library_map(self.residual, pad_border(images, window_margin), window_bases,
@@ -562,9 +564,9 @@ class _Maps:
 
     def term(self, images: np.ndarray, bases: np.ndarray, scoring: tuple[int | None, str | None], margin: int,
              formula: MapFormula) -> np.ndarray:
-        """The second term of ``formula`` (:func:`tfssim.scoring.second_term`), ``[B, H, W]``; the
+        """The second term of ``formula`` (:func:`tfssim.core.scoring.second_term`), ``[B, H, W]``; the
         low-frequency residual's blur in SciPy (:func:`_smooth`, the same filter, faster here)."""
-        from tfssim.scoring import pad_border, second_term
+        from tfssim.core.scoring import pad_border, second_term
 
         bases, margin = _trimmed(bases, margin, formula.reach())
         padded = np.asarray(pad_border(images, margin), np.float32)
@@ -596,7 +598,7 @@ class _Maps:
         smoothed = [float(s) for s in sigmas if s]
         if not smoothed:
             return out
-        from tfssim.scoring import smoothing_radius
+        from tfssim.core.scoring import smoothing_radius
 
         reach = max(smoothing_radius(s) for s in smoothed)
         h, w = raw.shape[-2:]
@@ -683,7 +685,7 @@ class _Reconstructions:
 
     With the export's Keras model (``source_model``) the library reconstructs, in one traced
     function: one model pass over the tiles per border serves every blend
-    (:func:`tfssim.tiling.reconstruct_blends`), and a mirrored image's reconstruction is kept
+    (:func:`tfssim.core.tiling.reconstruct_blends`), and a mirrored image's reconstruction is kept
     with a margin of ``margins[border]`` pixels around the image (what the SSIM window at the
     border sees). Without it the export itself serves its own variant: its ``reconstruction``,
     or its ``anomaly_map`` where maps cannot be recomputed (``key``).
@@ -700,7 +702,7 @@ class _Reconstructions:
             return
         import tensorflow as tf
 
-        from tfssim import tiling
+        from tfssim.core import tiling
 
         patch, chunk = int(md["patch_size"]), int(md.get("chunk_size") or 64)
         stride = int(md["stride"]) if stride is None else int(stride)
@@ -716,7 +718,7 @@ class _Reconstructions:
         if self._graph is None:
             at_stride = {} if self.stride is None else {"stride": self.stride}
             return [self.model.predict(x, source=name, **at_stride)[self.key]]
-        from tfssim.scoring import border_padding, pad_border
+        from tfssim.core.scoring import border_padding, pad_border
 
         out: dict[tuple[str, str], np.ndarray] = {}
         for border in dict.fromkeys(b for b, _ in self.variants):
@@ -800,13 +802,13 @@ class _StrideFrontier:
 
     def _serving_function(self, stride: int) -> Any:
         """The chosen map's serving function at ``stride``: with the Keras model the function the
-        export traces into its graph (:func:`tfssim.scoring.anomaly_maps`), else the export's
+        export traces into its graph (:func:`tfssim.core.scoring.anomaly_maps`), else the export's
         ``serve_with_stride`` signature (its own map)."""
         if self.source_model is None:
             return lambda x: self.model.predict(x, stride=stride)
         import tensorflow as tf
 
-        from tfssim import scoring
+        from tfssim.core import scoring
 
         md, c = self.model.metadata, self.chosen
         graph = tf.function(
@@ -1002,7 +1004,7 @@ def tune(
         windows, weightings: SSIM candidates (SSIM models only); windows larger than the
             patch are dropped.
         sigmas: Map smoothing candidates; default :data:`DEFAULT_SIGMAS` that fit the patch
-            (:func:`tfssim.scoring.validate_map_sigma`); given ones must fit.
+            (:func:`tfssim.core.scoring.validate_map_sigma`); given ones must fit.
         openings: Opening diameters tried (0 = none).
         min_areas: Minimum region areas tried; default :data:`MIN_AREA_FRACTIONS` of the
             smallest defect size's area.
@@ -1023,7 +1025,7 @@ def tune(
             for a mirrored border's margin); default the system's.
         workers: Threads of the candidate sweep's FFTs (default: the CPU count, at most 4).
         borders, blends: Tiling candidates (``tfssim-export --border / --blend``); default the
-            export's own border and every one of :data:`tfssim.metadata.BLENDS` when
+            export's own border and every one of :data:`tfssim.export.metadata.BLENDS` when
             ``source_model`` is given (the blends share one model pass; another border costs one
             more pass per image and copy, about twice the tuning time, so it is compared only when
             given, e.g. ``borders=("none", "reflect")``), else only the export's own. The
@@ -1033,7 +1035,7 @@ def tune(
             is the one candidate).
         source_model: The export's Keras model (:func:`load_source`), which reconstructs the
             tiling candidates; ``None``: the export's reconstructions, its own tiling only.
-        formulas: Map formulas tried (:data:`tfssim.map_formula.FORMULAS`; default all of them
+        formulas: Map formulas tried (:data:`tfssim.core.map_formula.FORMULAS`; default all of them
             for SSIM exports whose maps the tuner recomputes, else the export's own). Each formula
             with a second term is scored on the best plain map's window, weighting and tiling,
             and sigma, with every second term (:data:`LOWFREQ_SIGMA_SHARES`,
@@ -1062,8 +1064,8 @@ def tune(
             post-processing candidate, an image smaller than the export takes, or a VAE
             export that smooths its maps.
     """
-    from tfssim import scoring
-    from tfssim.ssim import validate_window
+    from tfssim.core import scoring
+    from tfssim.core.ssim import validate_window
 
     started = time.perf_counter()
     if len(images) == 0:
@@ -1108,7 +1110,7 @@ def tune(
     size_range = defects._check_size_range(size_range or defects.default_size_range(patch_size))
     if sigmas is None:
         sigmas = [s for s in DEFAULT_SIGMAS if scoring.smoothing_radius(s) < patch_size]
-    with input_checks():  # tfssim.scoring / tfssim.ssim check the candidates with ValueError
+    with input_checks():  # tfssim.core.scoring / tfssim.core.ssim check the candidates with ValueError
         sigmas = sorted({scoring.validate_map_sigma(float(s), patch_size) for s in sigmas})
     if not sigmas:
         raise InputError("no candidate map sigmas given")
@@ -1377,7 +1379,7 @@ def tune(
             return copies_i, chosen_maps(x, cache.copies(i), stack), chosen_maps(x, cache.clean(i)[None])[0]
 
         # Pass 2: the clean images' scores of the chosen map, twice: a histogram, then the one bin
-        # holding the threshold's rank, looked at exactly (tfssim.metrics.FprThreshold).
+        # holding the threshold's rank, looked at exactly (tfssim.evaluation.metrics.FprThreshold).
         tick = time.perf_counter()
         calibration = metrics.FprThreshold(fpr, HISTOGRAM_BITS)
         bar = _progress(2 * n_images, "tune: threshold", progress)
@@ -1569,7 +1571,7 @@ def load_source(model: ExportedModel, source: str | os.PathLike | None = None, *
             reconstructs differently (one line naming it and what to pass instead).
     """
     from tfssim import export as export_lib
-    from tfssim import scoring
+    from tfssim.core import scoring
 
     path = find_source(model, source)
     fix = "give the run folder or .keras file the export was made from (tfssim-tune --model)"
@@ -1621,7 +1623,7 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: SourceModel
     md = model.metadata
     choice = tuning.choice
     tuned = {
-        "by": "tfssim.tuning", "from_version": md.get("version"), "from_path": str(model.path),
+        "by": "tfssim.evaluation.tuning", "from_version": md.get("version"), "from_path": str(model.path),
         "objective": {"map": MAP_OBJECTIVE, "post_processing": POST_OBJECTIVE},
         "threshold_rule": choice.threshold_rule, "synthetic": tuning.synthetic,
         "operating_point": {k: v for k, v in tuning.operating_point.items() if k not in ("thresholds", "fpr_rule")},
@@ -1730,8 +1732,8 @@ def tune_export(export: str | os.PathLike | ExportedModel, images: Sequence[str 
     """
     from tfssim import plots
     from tfssim._io import atomic_write_json, output_dir_lock, prepare_output_dir
-    from tfssim.prediction import expand_inputs
     from tfssim.run_record import CONFIG_NAME, read_run_record
+    from tfssim.serving.prediction import expand_inputs
 
     model = export if isinstance(export, ExportedModel) else ExportedModel.load(export)
     if tune_kwargs.get("strides") is not None:  # refused in seconds, before the images and the model are read

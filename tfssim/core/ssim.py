@@ -36,10 +36,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfssim.errors import InputError
-
 # The parameter set lives in a keras-free module (the metadata reads it without TensorFlow).
-from tfssim.ssim_params import WEIGHTINGS, SSIMParams, validate_window
+from tfssim.core.ssim_params import WEIGHTINGS, SSIMParams, validate_window
+from tfssim.errors import InputError
 
 __all__ = [
     "SSIMParams",

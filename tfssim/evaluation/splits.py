@@ -1,7 +1,7 @@
 """Which validation split an evaluation sets the threshold on: the one the exports were trained with.
 
 ``tfssim-evaluate`` and the scripts that evaluate exports share this rule (:func:`split_settings`,
-:func:`load_split`, re-exported by :mod:`tfssim.evaluation`), so that a threshold is never set on
+:func:`load_split`, re-exported by :mod:`tfssim.evaluation.evaluate`), so that a threshold is never set on
 a model's own training images. Imports no TensorFlow (the exports' metadata is read as JSON).
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tfssim.errors import InputError
-from tfssim.inference import ExportedModel
 from tfssim.run_record import setting_problem
+from tfssim.serving.inference import ExportedModel
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def load_split(dataset: str | Path, exports: Sequence[str | Path | ExportedModel
 
     Args:
         dataset: A labelled dataset folder (NanoTWICE, an MVTec AD category, or a folder layout).
-        exports: Export folders or loaded :class:`~tfssim.inference.ExportedModel` s (only their
+        exports: Export folders or loaded :class:`~tfssim.serving.inference.ExportedModel` s (only their
             metadata is read).
         layout: ``auto``, ``nanotwice``, ``mvtec`` or ``folder``.
         val_split: Validation share to use instead of the training's.
@@ -106,7 +106,7 @@ def load_split(dataset: str | Path, exports: Sequence[str | Path | ExportedModel
         >>> evaluate(split, [ExportedModel.load("exported_models/carpet")], "results")
     """
     from tfssim import data
-    from tfssim.inference import read_export_metadata, resolve_export_dir
+    from tfssim.serving.inference import read_export_metadata, resolve_export_dir
 
     metadatas, names = [], []
     for export in exports:

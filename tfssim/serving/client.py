@@ -1,7 +1,7 @@
 """A client for TF Serving's REST ``:predict`` API: image in, anomaly maps and defect regions out.
 
-Needs only the standard library, NumPy and scikit-image (through :mod:`tfssim.postprocess`): no
-TensorFlow, no Keras. The export's metadata (:class:`tfssim.metadata.ExportMetadata`) gives the
+Needs only the standard library, NumPy and scikit-image (through :mod:`tfssim.serving.postprocess`): no
+TensorFlow, no Keras. The export's metadata (:class:`tfssim.export.metadata.ExportMetadata`) gives the
 post-processing settings (threshold, opening, convex hull) and lets the client check an image's
 channels and size before sending it; without it the client still returns the maps.
 
@@ -38,9 +38,9 @@ import numpy as np
 
 from tfssim.errors import InputError
 from tfssim.export.layout import MAX_VERSION
-from tfssim.inference import readable_tf_error
-from tfssim.metadata import ExportMetadata
-from tfssim.postprocess import PostProcessor
+from tfssim.export.metadata import ExportMetadata
+from tfssim.serving.inference import readable_tf_error
+from tfssim.serving.postprocess import PostProcessor
 
 __all__ = ["MAX_TIMEOUT_S", "ServingClient", "ServingError", "default_max_response_bytes"]
 
@@ -293,8 +293,8 @@ class ServingClient:
             the newest one the server has loaded.
         signature: Signature to call; default by the image's type: uint8 images go to
             ``serving_default``, float images in [0, 1] to the export's float signature
-            (``serve_float``), as :meth:`tfssim.inference.ExportedModel.predict` does.
-        metadata: The export's metadata: an :class:`~tfssim.metadata.ExportMetadata`, its dict,
+            (``serve_float``), as :meth:`tfssim.serving.inference.ExportedModel.predict` does.
+        metadata: The export's metadata: an :class:`~tfssim.export.metadata.ExportMetadata`, its dict,
             or a path to the export (model folder, version folder or ``tfssim.json``). Needed
             for :meth:`segment` unless a threshold is given there; lets :meth:`predict` check
             an image before sending it.
@@ -499,7 +499,7 @@ class ServingClient:
         Returns:
             ``anomaly_map`` ``[H, W]`` float32 and the other outputs of the export (component
             maps ``[H, W]``, ``reconstruction`` ``[H, W, C]``), as
-            :meth:`tfssim.inference.ExportedModel.predict` returns them.
+            :meth:`tfssim.serving.inference.ExportedModel.predict` returns them.
 
         Raises:
             ValueError: the image is malformed, or does not fit the export's metadata.
@@ -591,7 +591,7 @@ class ServingClient:
 
         Returns:
             The boolean ``[H, W]`` mask and one dict per region (label, area, bbox, centroid,
-            max and mean score; :func:`tfssim.postprocess.region_table`).
+            max and mean score; :func:`tfssim.serving.postprocess.region_table`).
 
         Raises:
             ValueError: no threshold (calibrate the export, or pass ``threshold``), or a bad image.

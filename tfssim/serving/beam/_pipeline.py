@@ -1,4 +1,4 @@
-"""The Beam pipeline of :func:`tfssim.beam_scoring.predict_with_beam`; the one module importing ``apache_beam``.
+"""The Beam pipeline of :func:`tfssim.serving.beam.predict_with_beam`; the one module importing ``apache_beam``.
 
 Its DoFns and model handler are module-level classes, pickled by reference: a worker process
 (the DirectRunner's ``multi_processing`` mode, a Flink or Spark task, a Dataflow VM) imports this
@@ -17,10 +17,10 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options import pipeline_options as beam_options
 from apache_beam.runners.runner import create_runner
 
-from tfssim.beam_scoring import PipelineFailed
 from tfssim.errors import InputError
-from tfssim.inference import ServingTime
-from tfssim.prediction import (
+from tfssim.serving.beam import PipelineFailed
+from tfssim.serving.inference import ServingTime
+from tfssim.serving.prediction import (
     SUMMARY_FILE,
     ImageResult,
     PredictionPlan,
@@ -130,7 +130,7 @@ class ExportHandler(ModelHandler):
         self._export = export
 
     def load_model(self) -> Any:
-        from tfssim.inference import ExportedModel
+        from tfssim.serving.inference import ExportedModel
 
         return ExportedModel.load(self._export)
 
@@ -199,7 +199,7 @@ def _write_summary(records: list[_Record], plan: PredictionPlan) -> None:
 def build(pipeline: beam.Pipeline, plan: PredictionPlan) -> None:
     """Add the scoring steps for ``plan`` to ``pipeline``."""
     _ = (pipeline
-         # The paths were matched before the pipeline (tfssim.prediction.expand_inputs): the output
+         # The paths were matched before the pipeline (tfssim.serving.prediction.expand_inputs): the output
          # names and folder checks need all of them, and a folder or glob means what it means locally.
          | "Match files" >> beam.Create(range(len(plan.paths)))
          | "Read" >> beam.ParDo(_Read(plan))

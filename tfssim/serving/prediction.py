@@ -6,12 +6,12 @@ scripts that inspect folders of images without going through the command line.
 Why one module of about 520 lines: the input expansion, the output names and the per-image
 writes are the three steps of one file-to-files job whose rules (no input overwritten, one
 distinct output name per input) hold only together. :class:`PredictionPlan` holds those rules
-for one run; :func:`predict_files` runs it in this process, :mod:`tfssim.beam_scoring` on an
+for one run; :func:`predict_files` runs it in this process, :mod:`tfssim.serving.beam` on an
 Apache Beam runner, both through the same read, segment and write steps.
 
 Example:
-    >>> from tfssim.inference import ExportedModel
-    >>> from tfssim.prediction import expand_inputs, predict_files
+    >>> from tfssim.serving.inference import ExportedModel
+    >>> from tfssim.serving.prediction import expand_inputs, predict_files
     >>> model = ExportedModel.load("exported_models/nanotwice/1")   # threshold set by tfssim-calibrate
     >>> summary = predict_files(model, expand_inputs(["images/*.tif"]), "predictions", mask_dir="gt")
     >>> [r.path.name for r in summary.results if r.defect], summary.failures
@@ -30,8 +30,8 @@ import numpy as np
 from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir
 from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
-from tfssim.inference import ExportedModel, ServingTime
-from tfssim.postprocess import PostProcessor
+from tfssim.serving.inference import ExportedModel, ServingTime
+from tfssim.serving.postprocess import PostProcessor
 
 __all__ = [
     "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "SUMMARY_FILE", "ImageResult", "PredictionPlan", "PredictionSummary", "expand_inputs",
@@ -60,7 +60,7 @@ class ImageResult:
     Attributes:
         path: The input image.
         stem: Prefix of its output files (see :func:`output_stems`).
-        regions: The region table (``tfssim.postprocess.region_table`` rows), as in ``<stem>_regions.json``.
+        regions: The region table (``tfssim.serving.postprocess.region_table`` rows), as in ``<stem>_regions.json``.
         max_score: Maximum of the anomaly map.
         files: Paths of the files written, keyed as :data:`OUTPUT_SUFFIXES`.
         ground_truth: The mask file drawn on the overlay, or ``None``.
@@ -105,7 +105,7 @@ class PredictionSummary:
         error: What stopped it (``"KeyboardInterrupt"`` or the write error), else ``None``.
         stride: The tiling stride the export served at (its default).
         serving: Time in the export's graph and megapixels scored
-            (:class:`tfssim.inference.ServingTime`); ``summary.json`` has ``seconds_per_megapixel``.
+            (:class:`tfssim.serving.inference.ServingTime`); ``summary.json`` has ``seconds_per_megapixel``.
     """
 
     export: Path
@@ -154,7 +154,7 @@ def no_threshold_message(export: str | os.PathLike, alternative: str) -> str:
         export: The version folder that has no threshold.
         alternative: The other way out, e.g. ``"or pass --threshold"``.
     """
-    from tfssim.metadata import calibrated_versions
+    from tfssim.export.metadata import calibrated_versions
 
     calibrated = calibrated_versions(export)
     if calibrated:
@@ -280,7 +280,7 @@ class PredictionPlan:
     """What a prediction run fixed and checked before its first image, and the per-image steps.
 
     The one implementation of a run's rules, shared by :func:`predict_files` (one process) and
-    :mod:`tfssim.beam_scoring` (an Apache Beam pipeline, whose workers receive this object
+    :mod:`tfssim.serving.beam` (an Apache Beam pipeline, whose workers receive this object
     pickled): the output folder and names, the segmentation settings, the pixel budget, reading
     an image and its mask, writing its files, and the summary. It holds no TensorFlow object.
 
@@ -290,7 +290,7 @@ class PredictionPlan:
         output_dir: The checked, created output folder.
         paths: The images, in input order.
         stems: Their output names (:func:`output_stems`), one per path.
-        processor: The segmentation settings (``tfssim.postprocess.PostProcessor``).
+        processor: The segmentation settings (``tfssim.serving.postprocess.PostProcessor``).
         max_pixels: The pixel budget of the image reader, fixed when the run started (workers of
             a distributed run may not see the caller's environment).
         masks: Folder of ground-truth masks, or ``None``.
@@ -323,7 +323,7 @@ class PredictionPlan:
 
         Args:
             export: The export's version folder.
-            metadata: Its metadata (``ExportedModel.metadata`` or ``tfssim.inference.read_export_metadata``).
+            metadata: Its metadata (``ExportedModel.metadata`` or ``tfssim.serving.inference.read_export_metadata``).
             paths, output_dir, threshold, mask_dir, min_area, inputs: As :func:`predict_files`.
 
         Returns:
@@ -336,7 +336,7 @@ class PredictionPlan:
         """
         from tfssim import data
         from tfssim.data.io import max_image_pixels
-        from tfssim.inference import METADATA_FILE
+        from tfssim.serving.inference import METADATA_FILE
 
         export = Path(export)
         if threshold is None and metadata.get("threshold") is None:
@@ -413,7 +413,8 @@ class PredictionPlan:
             OSError: A write failed (e.g. a full disk); the files of this image written so far are
                 removed, so that no image is left with part of its results. So is ``KeyboardInterrupt``.
         """
-        from tfssim import plots, postprocess
+        from tfssim import plots
+        from tfssim.serving import postprocess
 
         files = {kind: self.output_dir / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
         try:
@@ -455,7 +456,7 @@ def predict_files(
     map as float32 TIFF (``<stem>_anomaly_map.tif``) and as a PNG beside the input with a colour
     bar (``<stem>_anomaly_map.png``), the binary segmentation (``<stem>_mask.png``: threshold,
     opening, convex hulls, minimum area, as the export's metadata sets them —
-    ``tfssim.postprocess.PostProcessor.from_metadata``, the settings serving users read), an overlay (segmentation
+    ``tfssim.serving.postprocess.PostProcessor.from_metadata``, the settings serving users read), an overlay (segmentation
     green, ground-truth contours red; ``<stem>_overlay.png``) and the region table
     (``<stem>_regions.json``). An image that cannot be read, that the export refuses (e.g.
     smaller than the patch) or whose mask cannot be read is skipped and recorded in

@@ -1,6 +1,6 @@
 """Calibrating an export: the anomaly-map threshold from defect-free images.
 
-Two rules: a pixel false-positive rate (the paper's; :func:`tfssim.postprocess.threshold_at_fpr`),
+Two rules: a pixel false-positive rate (the paper's; :func:`tfssim.serving.postprocess.threshold_at_fpr`),
 or a minimum defect area (MVTec AD's protocol; :func:`threshold_at_min_defect_area`): the
 smallest threshold at which no region of the post-processed segmentation of any defect-free
 image is larger than a given number of pixels.
@@ -11,7 +11,7 @@ one with the threshold in its metadata, ``calibrated_from`` naming the old versi
 the version calibrated: that one may be served, and no version is ever overwritten.
 
 Example:
-    >>> from tfssim.calibration import calibrate
+    >>> from tfssim.evaluation.calibration import calibrate
     >>> result = calibrate("exported_models/nanotwice", ["good/*.png"], fpr=0.01)   # newest version
     >>> result.threshold, result.path, result.source
     (0.4123, PosixPath('exported_models/nanotwice/2'), PosixPath('exported_models/nanotwice/1'))
@@ -68,9 +68,9 @@ def largest_region_area(anomaly_map: np.ndarray, threshold: float, *, opening_di
                         convex_hull: bool = True, min_area: int = 0) -> int:
     """Pixels of the largest connected region of the post-processed segmentation of one map.
 
-    The segmentation is :func:`tfssim.postprocess.segment`'s (threshold, opening, convex hull
+    The segmentation is :func:`tfssim.serving.postprocess.segment`'s (threshold, opening, convex hull
     of each region, regions under ``min_area`` dropped); its regions are counted as
-    :func:`tfssim.postprocess.region_table` does (8-connected), so overlapping hulls form one
+    :func:`tfssim.serving.postprocess.region_table` does (8-connected), so overlapping hulls form one
     region.
 
     Args:
@@ -83,7 +83,7 @@ def largest_region_area(anomaly_map: np.ndarray, threshold: float, *, opening_di
     """
     from skimage.measure import label
 
-    from tfssim import postprocess
+    from tfssim.serving import postprocess
 
     mask = postprocess.segment(anomaly_map, threshold, opening_diameter=opening_diameter, convex_hull=convex_hull,
                                min_area=min_area)
@@ -106,7 +106,7 @@ def _map_over(anomaly_map: np.ndarray, threshold: float, area: int, settings: di
     """
     from scipy import ndimage
 
-    from tfssim import postprocess
+    from tfssim.serving import postprocess
 
     eight = np.ones((3, 3), bool)
     opened = postprocess.segment(anomaly_map, threshold, opening_diameter=settings["opening_diameter"],
@@ -220,7 +220,7 @@ def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLik
     and write it as a new export version.
 
     With ``fpr`` (default :data:`DEFAULT_FPR` when neither rule is given), a share ``fpr`` of
-    the defect-free pixels lies above the threshold (:func:`tfssim.postprocess.threshold_at_fpr`).
+    the defect-free pixels lies above the threshold (:func:`tfssim.serving.postprocess.threshold_at_fpr`).
     With ``min_defect_area``, the threshold is the smallest at which no connected region of the
     post-processed segmentation (the export's opening, convex hull and minimum area, as served)
     of any of the images is larger than that many pixels (:func:`threshold_at_min_defect_area`;
@@ -237,7 +237,7 @@ def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLik
 
     Args:
         export: An export version folder ``<root>/<name>/<version>``, its model folder (the
-            newest version is used) or a loaded :class:`tfssim.inference.ExportedModel`. A
+            newest version is used) or a loaded :class:`tfssim.serving.inference.ExportedModel`. A
             SavedModel folder outside that layout can be calibrated only with ``write=False``.
         images: Defect-free images: file paths, folders or globs (as ``tfssim-calibrate`` takes
             them), or arrays ``[H, W]`` / ``[H, W, C]`` in [0, 1] (or uint8).
@@ -260,11 +260,12 @@ def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLik
             three checked before any map is computed).
         FileNotFoundError: the export or an image file does not exist.
     """
-    from tfssim import data, postprocess
-    from tfssim.evaluation import compute_maps
+    from tfssim import data
+    from tfssim.evaluation.evaluate import compute_maps
     from tfssim.export import check_version_files, next_version, version_folder, write_calibrated_version
-    from tfssim.inference import ExportedModel
-    from tfssim.prediction import expand_inputs
+    from tfssim.serving import postprocess
+    from tfssim.serving.inference import ExportedModel
+    from tfssim.serving.prediction import expand_inputs
 
     if fpr is not None and min_defect_area is not None:
         raise InputError("give either fpr or min_defect_area, not both: they are two rules for the threshold")

@@ -2,8 +2,8 @@
 
 The loss, the anomaly map, the training config's ``ssim_*`` keys and the export metadata's
 ``"ssim"`` entry all describe their SSIM with :class:`SSIMParams` and check it by the rules
-here (:func:`validate_window`, :data:`NUMBER_RANGES`). :mod:`tfssim.ssim` re-exports these
-names; this module imports neither Keras nor TensorFlow, so :mod:`tfssim.metadata` can
+here (:func:`validate_window`, :data:`NUMBER_RANGES`). :mod:`tfssim.core.ssim` re-exports these
+names; this module imports neither Keras nor TensorFlow, so :mod:`tfssim.export.metadata` can
 validate an export's metadata in a client without them.
 """
 from __future__ import annotations

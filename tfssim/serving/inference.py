@@ -12,7 +12,13 @@ import numpy as np
 
 from tfssim.errors import InputError
 from tfssim.export.layout import check_loadable_path, check_version_files, newest_version
-from tfssim.metadata import FLOAT_SIGNATURE, METADATA_FILE, STRIDE_SIGNATURE, ExportMetadata, read_json  # METADATA_FILE: one definition (tfssim.export re-exports it)
+from tfssim.export.metadata import (  # METADATA_FILE: one definition (tfssim.export re-exports it)
+    FLOAT_SIGNATURE,
+    METADATA_FILE,
+    STRIDE_SIGNATURE,
+    ExportMetadata,
+    read_json,
+)
 
 __all__ = [
     "ExportedModel", "METADATA_FILE", "check_metadata", "read_export_metadata", "readable_tf_error",
@@ -23,7 +29,7 @@ __all__ = [
 def check_metadata(metadata: Any, source: str | os.PathLike) -> dict[str, Any]:
     """``metadata`` if it is valid export metadata, else one ``InputError`` line naming ``source``.
 
-    The checks are :class:`tfssim.metadata.ExportMetadata`'s (the one place the metadata is
+    The checks are :class:`tfssim.export.metadata.ExportMetadata`'s (the one place the metadata is
     validated); this returns the dict as it is, for callers that read it by key.
 
     Args:
@@ -44,7 +50,7 @@ def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
 
     The file must be strict JSON (no ``NaN``/``Infinity``), at most 16 MiB
-    (:func:`tfssim.metadata.read_json`), an object that passes :class:`tfssim.metadata.ExportMetadata`'s
+    (:func:`tfssim.export.metadata.read_json`), an object that passes :class:`tfssim.export.metadata.ExportMetadata`'s
     checks (the one definition of every key's type and range).
     Every failure is one ``InputError`` line naming the file.
 

@@ -6,7 +6,7 @@ pixel ROC AUC, the per-region overlap (PRO) curve and its normalised area up to 
 the image-level ROC AUC (score = map maximum) where good test images exist, and F1 / IoU of
 the post-processed segmentation (threshold, opening, convex hulls) at the calibrated threshold.
 On request, also the ROC of the post-processed segmentations swept over thresholds
-(``segmentation_auroc``, :func:`tfssim.metrics.segmentation_roc`): the paper counts pixels
+(``segmentation_auroc``, :func:`tfssim.evaluation.metrics.segmentation_roc`): the paper counts pixels
 "classified as defect" by its whole pipeline.
 
 Datasets whose test images are sorted by defect type (MVTec AD, a folder with
@@ -15,13 +15,13 @@ Datasets whose test images are sorted by defect type (MVTec AD, a folder with
 **Memory is bounded by one image**, whatever the number of images: :func:`evaluate` reads the
 images one at a time when they are needed, caches each export's maps on disk (a temporary folder
 in the output folder, removed when the export is done) and keeps only accumulators
-(:class:`tfssim.metrics.FprThreshold`, :class:`tfssim.metrics.PooledScores`,
-:class:`tfssim.per_type.TypePools`). :func:`evaluate_maps` runs the same accumulators over maps
+(:class:`tfssim.evaluation.metrics.FprThreshold`, :class:`tfssim.evaluation.metrics.PooledScores`,
+:class:`tfssim.evaluation.per_type.TypePools`). :func:`evaluate_maps` runs the same accumulators over maps
 in memory. Per export, the passes:
 
 1. the validation maps (computed, cached): a histogram of their scores;
 2. the validation maps again (from the cache): the scores in the one bin that holds the
-   threshold's rank, so the threshold is exactly :func:`tfssim.postprocess.threshold_at_fpr`'s;
+   threshold's rank, so the threshold is exactly :func:`tfssim.serving.postprocess.threshold_at_fpr`'s;
 3. the test maps (computed, cached): a histogram of good and defect pixel scores per defect type
    and pooled, each image's maximum;
 4. the test maps again (from the cache): the segmentation at the threshold (TP / FP / FN), each
@@ -30,27 +30,27 @@ in memory. Per export, the passes:
 
 The maps are cached rather than computed twice: writing and reading a map (4 bytes per pixel,
 4 MB for 1024x1024) takes milliseconds, the export's forward pass seconds. How each number
-compares with the exact in-memory computation (:mod:`tfssim.metrics`):
+compares with the exact in-memory computation (:mod:`tfssim.evaluation.metrics`):
 
 * ``threshold``, ``val_fpr``, ``f1``, ``iou``, ``image_auroc``: exact;
 * ``pixel_auroc``: within ``pixel_auroc_error_bound`` (also reported; about 1e-4 for smooth
-  maps, at most 1e-3 in the tests) of :func:`tfssim.metrics.pixel_roc_auc`: pixels whose scores
+  maps, at most 1e-3 in the tests) of :func:`tfssim.evaluation.metrics.pixel_roc_auc`: pixels whose scores
   differ by less than 2**-13 relatively count as ties. The ROC curve (``roc_*.csv``) has a point
   at each occupied bin edge, every point exact for its threshold;
-* ``aupro_0.3``: the overlap curve at bin edges next to :func:`tfssim.metrics.pro_curve`'s
-  thresholds, every point exact for its threshold (:class:`tfssim.metrics.PooledScores`); the
-  area is within 1 / (PRO_THRESHOLDS - 1) of :func:`tfssim.metrics.aupro` without wide ties
+* ``aupro_0.3``: the overlap curve at bin edges next to :func:`tfssim.evaluation.metrics.pro_curve`'s
+  thresholds, every point exact for its threshold (:class:`tfssim.evaluation.metrics.PooledScores`); the
+  area is within 1 / (PRO_THRESHOLDS - 1) of :func:`tfssim.evaluation.metrics.aupro` without wide ties
   (each sum within half an FPR step of the curve's area), within 1e-4 on the tests' maps (equal
   with ties); the overlap quantiles of ``pro_*.csv`` within 5e-4 of the exact ones at the same
   threshold;
 * ``segmentation_auroc``: every point counted exactly at its threshold, the thresholds the top of
   the good test pixels' bin that holds the score quantile at each rate, which may differ from
-  :func:`tfssim.metrics.segmentation_roc`'s interpolated quantiles by about one bin; an opening or
+  :func:`tfssim.evaluation.metrics.segmentation_roc`'s interpolated quantiles by about one bin; an opening or
   a hull can turn that into a region's jump, so the area differs by up to a few 1e-3 on the
   tests' small maps (equal with ties).
 
-By seam: which validation split sets the threshold is :mod:`tfssim.splits` (:func:`load_split`),
-the per-type pooling :mod:`tfssim.per_type`; both are re-exported here. This module is the metric
+By seam: which validation split sets the threshold is :mod:`tfssim.evaluation.splits` (:func:`load_split`),
+the per-type pooling :mod:`tfssim.evaluation.per_type`; both are re-exported here. This module is the metric
 loop (:func:`evaluate_maps`, :func:`evaluate`) and its files (curves, ``results.csv``, the table).
 """
 from __future__ import annotations
@@ -65,12 +65,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tfssim import metrics, postprocess
 from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir, save_array
 from tfssim.errors import InputError
-from tfssim.inference import ExportedModel, ServingTime
-from tfssim.per_type import GOOD, TYPE_KEYS, TypePools, defect_types, per_type_scores
-from tfssim.splits import DEFAULT_SEED, DEFAULT_VAL_SPLIT, load_split, split_settings
+from tfssim.evaluation import metrics
+from tfssim.evaluation.per_type import GOOD, TYPE_KEYS, TypePools, defect_types, per_type_scores
+from tfssim.evaluation.splits import DEFAULT_SEED, DEFAULT_VAL_SPLIT, load_split, split_settings
+from tfssim.serving import postprocess
+from tfssim.serving.inference import ExportedModel, ServingTime
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ CSV_KEYS = (*RESULT_KEYS, "export_threshold")
 ROC_POINTS = 2000  # the stored / plotted ROC curve is thinned to about this many points
 PRO_THRESHOLDS = 300  # FPR sweep of the overlap curve (that of metrics.aupro)
 PRO_MAX_FPR = 0.3
-# Mantissa bits of the score histograms: bins 2**-13 (0.012 %) wide, relatively (tfssim.tuning's).
+# Mantissa bits of the score histograms: bins 2**-13 (0.012 %) wide, relatively (tfssim.evaluation.tuning's).
 HISTOGRAM_BITS = 13
 
 
@@ -153,10 +154,10 @@ def evaluate_maps(
         test_masks: Boolean ground truth of the test images (all False for good images).
         fpr: Target pixel false-positive rate of the threshold.
         opening_diameter, convex_hull, min_area: Post-processing of the segmentation scored by
-            F1 / IoU (:class:`tfssim.postprocess.PostProcessor`); :func:`evaluate` takes them
+            F1 / IoU (:class:`tfssim.serving.postprocess.PostProcessor`); :func:`evaluate` takes them
             from each export's metadata.
         segmentation_auroc: Also sweep the post-processed segmentation over thresholds (the
-            ROC of :func:`tfssim.metrics.segmentation_roc`, at thresholds on histogram bin edges;
+            ROC of :func:`tfssim.evaluation.metrics.segmentation_roc`, at thresholds on histogram bin edges;
             about a minute per model on the 40 NanoTWICE test images); the score is ``None``
             otherwise.
         test_labels: Defect type of each test image (``"good"`` for defect-free ones, see
@@ -175,7 +176,7 @@ def evaluate_maps(
 
 class _SegmentationCounts:
     """The segmentation ROC accumulated image by image: TP / FP of the post-processed
-    segmentation at each threshold of :func:`tfssim.metrics.segmentation_roc`'s sweep, a
+    segmentation at each threshold of :func:`tfssim.evaluation.metrics.segmentation_roc`'s sweep, a
     threshold being the largest float32 of the good test pixels' bin that holds the score
     quantile at a rate of :data:`metrics.SEGMENTATION_ROC_FPRS` (``score > threshold``: the
     scores above that bin)."""
@@ -198,7 +199,7 @@ class _SegmentationCounts:
             self.fp[k] += int(np.count_nonzero(flagged & ~mask))
 
     def curve(self) -> dict[str, Any]:
-        """As :func:`tfssim.metrics.segmentation_roc` returns it."""
+        """As :func:`tfssim.evaluation.metrics.segmentation_roc` returns it."""
         points = [(0.0, 0.0, np.nan), (1.0, 1.0, np.nan)]
         points += [(int(fp) / self.n_good, int(tp) / self.n_defect, float(t))
                    for t, tp, fp in zip(self.thresholds, self.tp, self.fp)]
@@ -440,7 +441,7 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
                    segmentation_auroc: bool) -> list[ExportEvaluation]:
     """:func:`evaluate` once its output folder is checked and held."""
     from tfssim import data, plots  # matplotlib loads here, not when the module (or the CLI's --help) does
-    from tfssim.prediction import output_stems
+    from tfssim.serving.prediction import output_stems
 
     channels = {m.channels for m in exports}
     if len(channels) > 1:

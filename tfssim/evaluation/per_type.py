@@ -1,8 +1,8 @@
 """Scores per defect type: which test images form a type, and how its pixels are pooled.
 
 MVTec AD categories (and plain folders with ``test/<type>/`` subfolders) sort their test images
-by defect type; :func:`tfssim.evaluation.evaluate` scores each type beside the pooled scores with
-:class:`TypePools` (the accumulators of :class:`tfssim.metrics.PooledScores`, one per type, fed
+by defect type; :func:`tfssim.evaluation.evaluate.evaluate` scores each type beside the pooled scores with
+:class:`TypePools` (the accumulators of :class:`tfssim.evaluation.metrics.PooledScores`, one per type, fed
 image by image), :func:`per_type_scores` with maps in memory. Imports no TensorFlow.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tfssim import metrics
 from tfssim.errors import InputError
+from tfssim.evaluation import metrics
 
 __all__ = ["GOOD", "TYPE_KEYS", "defect_types", "per_type_scores", "TypePools"]
 
@@ -38,7 +38,7 @@ def defect_types(split: Any) -> list[str]:
 
 
 class TypePools:
-    """Per-type scores accumulated image by image: one :class:`tfssim.metrics.PooledScores` per
+    """Per-type scores accumulated image by image: one :class:`tfssim.evaluation.metrics.PooledScores` per
     defect type, over the type's images and the good test images (the pixels
     :func:`per_type_scores` describes), in two passes over the same maps.
 
@@ -62,14 +62,14 @@ class TypePools:
         return list(self.pools.values()) if label == GOOD else [self.pools[label]]
 
     def add_scores(self, i: int, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
-        """Pass 1 for test image ``i`` (:meth:`tfssim.metrics.PooledScores.add_scores`); its
+        """Pass 1 for test image ``i`` (:meth:`tfssim.evaluation.metrics.PooledScores.add_scores`); its
         image-ROC label is its type (defective) or good, not its mask."""
         for pool in self._pools_of(i):
             pool.add_scores(anomaly_map, mask, defective=self.labels[i] != GOOD)
 
     def add_segmentation(self, i: int, anomaly_map: np.ndarray, mask: np.ndarray, segmentation: np.ndarray,
                          regions: tuple[np.ndarray, int] | None = None) -> None:
-        """Pass 2 for test image ``i`` (:meth:`tfssim.metrics.PooledScores.add_segmentation`)."""
+        """Pass 2 for test image ``i`` (:meth:`tfssim.evaluation.metrics.PooledScores.add_segmentation`)."""
         for pool in self._pools_of(i):
             pool.add_segmentation(anomaly_map, mask, segmentation, regions)
 
@@ -113,10 +113,10 @@ def per_type_scores(
     false-positive rates of all types are measured on the same good images. Images of the other
     defect types are left out.
 
-    The scores are those :func:`tfssim.evaluation.evaluate` streams (:class:`TypePools`, of
-    :class:`tfssim.metrics.PooledScores`): ``pixel_auroc`` within ``pixel_auroc_error_bound``
-    of the exact pooled AUC (:func:`tfssim.metrics.pixel_roc_auc`), ``aupro_0.3`` with its
-    thresholds at histogram bin edges (see :class:`tfssim.metrics.PooledScores`), the image
+    The scores are those :func:`tfssim.evaluation.evaluate.evaluate` streams (:class:`TypePools`, of
+    :class:`tfssim.evaluation.metrics.PooledScores`): ``pixel_auroc`` within ``pixel_auroc_error_bound``
+    of the exact pooled AUC (:func:`tfssim.evaluation.metrics.pixel_roc_auc`), ``aupro_0.3`` with its
+    thresholds at histogram bin edges (see :class:`tfssim.evaluation.metrics.PooledScores`), the image
     AUROC, F1 and IoU exact.
 
     Args:
@@ -126,8 +126,8 @@ def per_type_scores(
         segmentations: The post-processed segmentation of each map at the calibrated threshold
             (for F1 / IoU).
         max_fpr: The FPR limit of the overlap area (``aupro_0.3``: 0.3, as
-            :func:`tfssim.evaluation.evaluate_maps` passes it).
-        num_thresholds: The thresholds of the overlap sweep (:func:`tfssim.metrics.aupro`).
+            :func:`tfssim.evaluation.evaluate.evaluate_maps` passes it).
+        num_thresholds: The thresholds of the overlap sweep (:func:`tfssim.evaluation.metrics.aupro`).
 
     Returns:
         ``{type: {"pixel_auroc", "aupro_0.3", "image_auroc", "f1", "iou", "images",

@@ -16,7 +16,7 @@ import numpy as np
 
 from tfssim._io import atomic_write_json
 from tfssim.errors import InputError
-from tfssim.metadata import MAX_OPENING_DIAMETER
+from tfssim.export.metadata import MAX_OPENING_DIAMETER
 
 __all__ = ["threshold_at_fpr", "opening_footprint", "segment", "segment_regions", "regions_mask", "region_table",
            "regions_to_json", "PostProcessor"]

@@ -115,7 +115,7 @@ def segmentation_roc(
         maps, masks (sequences of ndarray): Test anomaly maps ``[H, W]`` and boolean ground truth of the same shapes; at least one
             defect pixel and one good pixel overall.
         segment (callable): ``segment(map, threshold) -> bool mask``, e.g. ``PostProcessor.segment`` with the
-            threshold replaced (see :func:`tfssim.postprocess.segment`).
+            threshold replaced (see :func:`tfssim.serving.postprocess.segment`).
         fprs (sequence of float): Raw-map false-positive rates in (0, 1) that pick the thresholds.
 
     Returns:
@@ -471,7 +471,7 @@ class ScoreHistogram:
         return self._edge(bins[j]), self._edge(bins[j] + 1), int(cumulative[j] - counts[j])
 
     def edge_at_fpr(self, fpr: float | Sequence[float], cls: int) -> float | np.ndarray:
-        """The lower edge of the bin that holds :func:`tfssim.postprocess.threshold_at_fpr`'s
+        """The lower edge of the bin that holds :func:`tfssim.serving.postprocess.threshold_at_fpr`'s
         threshold over the class's scores (an array of them for a sequence of rates): that
         threshold lies in ``[edge, next edge)``, and :meth:`count_at_least` counts exactly the
         scores ``>= edge``."""
@@ -494,7 +494,7 @@ class ScoreHistogram:
         return self._edge(bins[occupied[-1]] + 1)
 
     def edge_above_fpr(self, fpr: float | Sequence[float], cls: int) -> float | np.ndarray:
-        """The upper edge of the bin that holds :func:`tfssim.postprocess.threshold_at_fpr`'s
+        """The upper edge of the bin that holds :func:`tfssim.serving.postprocess.threshold_at_fpr`'s
         threshold over the class's scores (the lower edge of the bin above it; an array of them
         for a sequence of rates): the scores ``>=`` it are those above every score of that bin,
         so its false-positive rate is at most the threshold's (equal when no other score of the
@@ -546,7 +546,7 @@ class ScoreHistogram:
 
 
 def fpr_rank(fpr: float, pixels: int) -> int:
-    """The 0-based rank (ascending) of :func:`tfssim.postprocess.threshold_at_fpr`'s threshold
+    """The 0-based rank (ascending) of :func:`tfssim.serving.postprocess.threshold_at_fpr`'s threshold
     among ``pixels`` scores: ``ceil((1 - fpr) * pixels) - 1``, clipped to the scores."""
     return min(max(int(np.ceil((1.0 - fpr) * pixels)) - 1, 0), pixels - 1)
 
@@ -561,7 +561,7 @@ def value_of_rank(values: np.ndarray, rank: int) -> float:
 
 
 class FprThreshold:
-    """:func:`tfssim.postprocess.threshold_at_fpr` over maps given one at a time, exactly, in
+    """:func:`tfssim.serving.postprocess.threshold_at_fpr` over maps given one at a time, exactly, in
     memory that does not grow with their number.
 
     Two looks at the same maps: the first (:meth:`count`) counts every score in a
@@ -792,7 +792,7 @@ class PooledScores:
         """The ``num_thresholds`` thresholds of the overlap curve, falling (its FPR rising from 0
         to at most ``max_fpr``): above every good pixel, then at FPRs evenly spaced up to
         ``max_fpr`` the upper edges of the good pixels' bins that hold
-        :func:`tfssim.postprocess.threshold_at_fpr`'s thresholds
+        :func:`tfssim.serving.postprocess.threshold_at_fpr`'s thresholds
         (:meth:`ScoreHistogram.edge_above_fpr`; :func:`pro_curve` flags the scores above those
         thresholds, these the scores above their bins). Fixed once pass 2 starts."""
         if self._edges is None:

@@ -1,17 +1,17 @@
 """Score an archive of images on Apache Beam: ``tfssim-predict --runner``.
 
-The same run as :func:`tfssim.prediction.predict_files` (the same checks before the first image,
+The same run as :func:`tfssim.serving.prediction.predict_files` (the same checks before the first image,
 the same per-image files, the same ``summary.json``), spread over the workers of a Beam runner:
 the DirectRunner on one machine, or Flink, Spark or Dataflow where the images, the export and the
 output folder lie on storage every worker reads and writes. The steps are
-:class:`tfssim.prediction.PredictionPlan`'s, so both paths write the same files.
+:class:`tfssim.serving.prediction.PredictionPlan`'s, so both paths write the same files.
 
 This module imports without Apache Beam (``pip install 'tfssim[beam]'`` adds it); only
 :func:`predict_with_beam` needs it, and says so in one line where it is missing.
 
 Example:
-    >>> from tfssim.beam_scoring import predict_with_beam
-    >>> from tfssim.prediction import expand_inputs
+    >>> from tfssim.serving.beam import predict_with_beam
+    >>> from tfssim.serving.prediction import expand_inputs
     >>> summary = predict_with_beam("exported_models/nanotwice/2", expand_inputs(["scans/"]), "predictions",
     ...                             runner="DirectRunner",
     ...                             pipeline_args=["--direct_num_workers", "2", "--direct_running_mode",
@@ -66,7 +66,7 @@ def check_pipeline(runner: str, pipeline_args: Sequence[str] = ()) -> Any:
         InputError: One line saying what is wrong (naming :data:`BEAM_INSTALL` where Beam is missing).
     """
     require_beam()
-    from tfssim.beam_scoring import _pipeline
+    from tfssim.serving.beam import _pipeline
 
     return _pipeline.pipeline_options(runner, pipeline_args)
 
@@ -87,10 +87,10 @@ def predict_with_beam(
 
     Before the pipeline starts, in this process: Beam is importable, the runner exists, every
     pipeline option is known and well-formed, the export and its metadata are readable, and the
-    output folder passes :func:`tfssim.prediction.PredictionPlan.create`'s checks (the same as
+    output folder passes :func:`tfssim.serving.prediction.PredictionPlan.create`'s checks (the same as
     the local path's). The folder is then held for this command (a second ``tfssim-predict``
     into it is refused, as the local path refuses it) until the pipeline ends. In the pipeline
-    each worker loads the export once (``tfssim.inference.ExportedModel``); each image is read
+    each worker loads the export once (``tfssim.serving.inference.ExportedModel``); each image is read
     once, scored, post-processed and written (atomically, all of its files or none); an image
     that cannot be read or is refused by the export is a recorded failure, the others go on;
     one last step writes ``summary.json``.
@@ -98,15 +98,15 @@ def predict_with_beam(
     Args:
         export: The export's version folder, or its model folder (newest version). On a runner
             with remote workers: a path every worker can read.
-        paths: Image files (:func:`tfssim.prediction.expand_inputs` turns folders and globs into these).
+        paths: Image files (:func:`tfssim.serving.prediction.expand_inputs` turns folders and globs into these).
         output_dir: Folder for the results, created if missing; on remote workers, shared storage.
         runner: A Beam runner name (``DirectRunner``, ``FlinkRunner``, ``SparkRunner``,
             ``DataflowRunner``, ...).
         pipeline_args: Further Beam pipeline options, e.g. ``["--direct_num_workers", "2"]``.
-        threshold, mask_dir, min_area, inputs: As :func:`tfssim.prediction.predict_files`.
+        threshold, mask_dir, min_area, inputs: As :func:`tfssim.serving.prediction.predict_files`.
 
     Returns:
-        The content of ``summary.json`` (:meth:`tfssim.prediction.PredictionSummary.to_dict`).
+        The content of ``summary.json`` (:meth:`tfssim.serving.prediction.PredictionSummary.to_dict`).
 
     Raises:
         InputError: Beam missing, an unknown runner or pipeline option, a bad export, or an
@@ -115,11 +115,11 @@ def predict_with_beam(
             then says ``interrupted`` and lists no image (the files of the images written
             before are whole).
     """
-    from tfssim.inference import read_export_metadata, resolve_export_dir
-    from tfssim.prediction import PredictionPlan
+    from tfssim.serving.inference import read_export_metadata, resolve_export_dir
+    from tfssim.serving.prediction import PredictionPlan
 
     options = check_pipeline(runner, pipeline_args)  # before anything is read or created
-    from tfssim.beam_scoring import _pipeline
+    from tfssim.serving.beam import _pipeline
 
     export_dir = resolve_export_dir(export)
     plan = PredictionPlan.create(export_dir, read_export_metadata(export_dir), paths, output_dir,

@@ -21,7 +21,7 @@ Example:
     >>> meta = ExportMetadata.read("exported_models/nanotwice")     # newest version folder
     >>> meta.patch_size, meta.stride, meta.threshold
     (128, 30, 0.412)
-    >>> PostProcessor.from_metadata(meta.to_dict())                   # tfssim.postprocess
+    >>> PostProcessor.from_metadata(meta.to_dict())                   # tfssim.serving.postprocess
 """
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from tfssim.core.map_formula import FORMULAS, MapFormula
+from tfssim.core.ssim_params import SSIMParams
 from tfssim.errors import InputError
 from tfssim.export.layout import MAX_VERSION, is_model_name, list_versions, newest_version, parse_version
-from tfssim.map_formula import FORMULAS, MapFormula
 from tfssim.run_record import setting_problem
-from tfssim.ssim_params import SSIMParams
 
 __all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "MAX_CHUNK_SIZE", "MAX_OPENING_DIAMETER", "METADATA_FILE",
            "calibrated_versions", "check_value", "metadata_path", "read_json"]
@@ -59,7 +59,7 @@ _REQUIRED = ("format", "name", "version", "kind", "residual", "patch_size", "cha
 
 
 # Bounds of the stored settings (one rule: tfssim-export's options and export_model check the same).
-# Tiles per model call: the serving graph counts tiles and chunks in int32 (tfssim.tiling), and one
+# Tiles per model call: the serving graph counts tiles and chunks in int32 (tfssim.core.tiling), and one
 # call of 2**20 tiles already holds 4 GiB of 32x32 patches; a larger chunk only overflows the counts.
 MAX_CHUNK_SIZE = 2**20
 # Diameter in pixels of the opening's disk: the paper's is 4 and tfssim-tune tries up to 8; an
@@ -78,8 +78,8 @@ FLOAT_SIGNATURE = "serve_float"
 STRIDE_SIGNATURE = "serve_with_stride"
 SIGNATURE_NAMES = ("serving_default", FLOAT_SIGNATURE, STRIDE_SIGNATURE)
 OUTPUT_NAMES = ("reconstruction", "anomaly_map", "luminance_map", "contrast_map", "structure_map")
-# How a served graph scores the image border (tfssim.scoring.anomaly_maps' ``border``) and combines
-# overlapping tiles (tfssim.tiling.reconstruct's ``blend``); the first of each is the paper's.
+# How a served graph scores the image border (tfssim.core.scoring.anomaly_maps' ``border``) and combines
+# overlapping tiles (tfssim.core.tiling.reconstruct's ``blend``); the first of each is the paper's.
 BORDERS = ("none", "reflect")
 BLENDS = ("mean", "gaussian")
 
@@ -163,7 +163,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "map_sigma": (f"a number >= 0 and at most {MAX_SIDE}", lambda v: _is_number(v) and 0 <= v <= MAX_SIDE),
     "border": ("one of " + ", ".join(map(repr, BORDERS)), lambda v: v in BORDERS),
     "blend": ("one of " + ", ".join(map(repr, BLENDS)), lambda v: v in BLENDS),
-    "map_formula": ("a map formula record (tfssim.map_formula: name " + ", ".join(FORMULAS) + ")", _is_formula),
+    "map_formula": ("a map formula record (tfssim.core.map_formula: name " + ", ".join(FORMULAS) + ")", _is_formula),
     "scale": ("a number > 0 and <= 1", lambda v: _is_number(v) and 0 < v <= 1),
     "image_size": (f"a list of two positive integers [height, width], each at most {MAX_SIDE}",
                    lambda v: isinstance(v, list) and len(v) == 2 and all(_int_in(1, MAX_SIDE)(x) for x in v)),
@@ -251,7 +251,7 @@ class ExportMetadata:
         border: How the image border is scored: ``"none"`` (the paper) or ``"reflect"`` (each
             request mirrored outward by half a patch before tiling, outputs cropped back).
         blend: How overlapping tiles are combined: ``"mean"`` (the paper) or ``"gaussian"``.
-        map_formula: How the served ``anomaly_map`` is made (:meth:`tfssim.map_formula.MapFormula.to_dict`);
+        map_formula: How the served ``anomaly_map`` is made (:meth:`tfssim.core.map_formula.MapFormula.to_dict`);
             ``None`` (exports from before this key) and ``{"name": "ssim"}`` are the paper's ``1 - SSIM``;
             ``None`` for the other residuals. A formula with a second term needs residual ``ssim``
             and a reach within the patch.
@@ -259,7 +259,7 @@ class ExportMetadata:
             the model was trained with ``tfssim-train --scale``); outputs come back at the
             request's size.
         image_size: ``[height, width]`` every request is resized to instead (``--image-size``).
-        interpolation: How requests and outputs are resized (:data:`tfssim.resize.INTERPOLATION`,
+        interpolation: How requests and outputs are resized (:data:`tfssim.core.resize.INTERPOLATION`,
             ``"bilinear_antialias"``); ``None`` when nothing is resized.
         latent_dim: Size of the latent code.
         threshold: Calibrated anomaly-map threshold (``None`` until ``tfssim-calibrate``).
@@ -454,8 +454,8 @@ class ExportMetadata:
     @property
     def min_input_size(self) -> int:
         """The smallest height and width the export takes: the patch size, or what resizes to it
-        (:func:`tfssim.resize.min_input_size`)."""
-        from tfssim.resize import min_input_size
+        (:func:`tfssim.core.resize.min_input_size`)."""
+        from tfssim.core.resize import min_input_size
 
         return min_input_size(self.patch_size, self.scale, self.image_size)
 
