@@ -3,8 +3,8 @@
 An experiment folder holds ``runs/<run>/`` (:func:`tfssim.training.train` run folders),
 ``exported_models/<name>/1/`` (:func:`tfssim.export.export_model`; with ``min_defect_area`` also
 its calibrated copy ``exported_models/<name>/2/``) and one evaluation folder
-(:func:`tfssim.evaluation.evaluate.evaluate`). Every step is resumable: a finished run (``final.keras``)
-or an existing export is reused, an interrupted run continues from its last epoch, so a script
+(:func:`tfssim.evaluation.evaluate.evaluate`). Every step is resumable: a finished run
+(:func:`tfssim.run_record.is_finished`) or an existing export is reused, an interrupted run continues from its last epoch, so a script
 built on :func:`train_export_evaluate` can be stopped and started again at any time.
 
 TensorFlow is imported inside the functions: importing this module is cheap.
@@ -79,7 +79,7 @@ class ExperimentResult:
 
 def train_run(data: str | os.PathLike, run_dir: str | os.PathLike, settings: dict[str, Any] | None = None, *,
               verbose: int | str = "auto") -> Path:
-    """Train a run folder unless it is finished: reuse (``final.keras``), resume (``config.json``) or start.
+    """Train a run folder unless it is finished: reuse (finished), resume (a run record there) or start.
 
     Args:
         data: Training data folder (any layout :func:`tfssim.data.load_dataset` reads).
@@ -94,14 +94,15 @@ def train_run(data: str | os.PathLike, run_dir: str | os.PathLike, settings: dic
         ValueError: Bad settings (see :meth:`tfssim.training.TrainConfig.validate`), or a resumed
             run started with other settings.
     """
+    from tfssim.run_record import has_run, is_finished
     from tfssim.training import TrainConfig, train
 
     run_dir = Path(run_dir)
-    if (run_dir / "final.keras").exists():
+    if is_finished(run_dir):
         log.info("%s: finished run, reused", run_dir)
         return run_dir
     config = TrainConfig(data=str(data), output=str(run_dir), **(settings or {}))
-    train(config, resume=(run_dir / "config.json").exists(), verbose=verbose)
+    train(config, resume=has_run(run_dir), verbose=verbose)
     return run_dir
 
 
@@ -122,34 +123,18 @@ def _calibrated_before(export: Path, min_defect_area: int) -> tuple[Path, float]
     Calibration writes a new version each time; a resumed experiment reuses the one it wrote
     (same export, same validation split, same rule: the same threshold) instead of adding another.
     """
-    from tfssim.export.layout import list_versions, parse_version
-    from tfssim.export.metadata import ExportMetadata
+    from tfssim.export.metadata import ExportMetadata, calibrated_versions
 
-    version = parse_version(export.name)
-    if version is None:
-        return None
-    for _, folder in reversed(list_versions(export.parent)):
+    for folder in calibrated_versions(export):  # newest first
         try:
             meta = ExportMetadata.read(folder)
         except (OSError, ValueError):
             continue
-        if meta.calibrated_from == version and meta.threshold_method == "min_defect_area" \
+        if meta.threshold_method == "min_defect_area" \
                 and meta.threshold_min_defect_area == min_defect_area and meta.threshold is not None:
             log.info("%s: calibrated before from %s, reused", folder, export)
             return folder, meta.threshold
     return None
-
-
-def _split_of(run_dir: Path) -> tuple[float, int]:
-    """The validation share and seed a run was trained with (its ``config.json``), else the defaults."""
-    from tfssim.run_record import read_run_record
-    from tfssim.training import TrainConfig
-
-    # The run folder's strict reader: a damaged value is one InputError naming the file, not a
-    # ValueError from float("abc").
-    record = read_run_record(run_dir) or {"config": {}}
-    config = record["config"]
-    return (float(config.get("val_split", TrainConfig.val_split)), int(config.get("seed", TrainConfig.seed)))
 
 
 def train_export_evaluate(
@@ -193,8 +178,8 @@ def train_export_evaluate(
     Raises:
         ValueError: No experiments, repeated names, or bad settings of a training or export.
     """
-    from tfssim import data as data_lib
     from tfssim.evaluation import evaluate
+    from tfssim.evaluation.splits import load_split
     from tfssim.serving.inference import ExportedModel
 
     names = [e.name for e in experiments]
@@ -210,10 +195,9 @@ def train_export_evaluate(
             train_run(data, run_dir, experiment.train, verbose=verbose)
         run_dirs[experiment.name] = run_dir
         exports[experiment.name] = export_run(run_dir, export_root, experiment.name, **experiment.export)
-    # Evaluated on the validation split the (first) model was trained with: its training images
-    # must not set the threshold (NanoTWICE's split is fixed and ignores both).
-    val_split, seed = _split_of(run_dirs[names[0]])
-    split = data_lib.load_dataset(data, layout=layout, val_fraction=val_split, seed=seed)
+    # Evaluated on the validation split the (first) model was trained with (tfssim-evaluate's
+    # rule): its training images must not set the threshold (NanoTWICE's split is fixed).
+    split, _, _ = load_split(data, [exports[name] for name in names], layout=layout)
     thresholds: dict[str, float] = {}
     if min_defect_area is not None:
         from tfssim.evaluation.calibration import calibrate

@@ -9,7 +9,7 @@ of the raw anomaly maps, and of the post-processed segmentations (threshold, ope
 hulls) swept over thresholds, which is how the paper counts pixels "classified as defect".
 Re-running resumes: a finished training or export is reused, an interrupted training continues.
 
-A run folder already holding ``final.keras`` is used as it is, e.g. one that
+A finished run folder (holding its final model) is used as it is, e.g. one that
 ``scripts/train_any_backend.py`` trained at the paper's budget on a GPU machine without
 TensorFlow (put it at ``OUTPUT/runs/<model>``); the table names where each model was trained.
 
@@ -21,7 +21,6 @@ Example (the budget used for the README table):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from _experiments import Experiment, export_run, train_export_evaluate, train_ru
 
 from tfssim._io import atomic_write_json, atomic_write_text
 from tfssim.core.ssim import WEIGHTINGS
+from tfssim.run_record import FINAL_MODEL_NAME, HISTORY_NAME, is_finished, read_history, read_run_record
 
 
 def fm_weights_file(weights: str, output: Path) -> str:
@@ -81,13 +81,14 @@ def main(argv: list[str] | None = None) -> None:
         epochs, patches = budgets[model]
         run_dir = args.output / "runs" / model
         started = time.perf_counter()
-        if not (run_dir / "final.keras").exists() and (run_dir / "config.json").exists():
-            trainer = json.loads((run_dir / "config.json").read_text()).get("trainer", "tfssim-train")
+        record = read_run_record(run_dir)
+        if record is not None and not is_finished(run_dir):
+            trainer = record.get("trainer", "tfssim-train")
             if trainer != "tfssim-train":
-                raise SystemExit(f"error: {run_dir} is an unfinished {trainer} run (no final.keras); finish it "
-                                 "with that script (run its command again) before reproducing")
-        if model == "ssim" and (run_dir / "config.json").exists():
-            had = json.loads((run_dir / "config.json").read_text()).get("config", {}).get("ssim_weighting", "gaussian")
+                raise SystemExit(f"error: {run_dir} is an unfinished {trainer} run (no {FINAL_MODEL_NAME}); finish "
+                                 "it with that script (run its command again) before reproducing")
+        if model == "ssim" and record is not None:
+            had = record["config"].get("ssim_weighting", "gaussian")
             if had != args.ssim_weighting:
                 raise SystemExit(f"error: {run_dir} was trained with --ssim-weighting {had}, not "
                                  f"{args.ssim_weighting}; use another --output or the run's weighting")
@@ -99,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
             settings["ssim_weighting"] = args.ssim_weighting
         train_run(args.data, run_dir, settings, verbose=2)
         train_s = time.perf_counter() - started
-        if train_s < 5 and (run_dir / "history.csv").exists():  # reused: report the recorded epoch times
-            with open(run_dir / "history.csv") as handle:
-                train_s = sum(float(row.get("seconds") or 0) for row in csv.DictReader(handle))
+        history = read_history(run_dir / HISTORY_NAME)
+        if train_s < 5 and history:  # reused: report the recorded epoch times
+            train_s = sum(row.get("seconds", 0.0) for row in history)
         started = time.perf_counter()
         export = {"stride": args.stride}
         export_run(run_dir, args.output / "exported_models", f"nanotwice_{model}", **export)
@@ -115,12 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads((outcome.evaluation_dir / "results.json").read_text())
     trained = {}
     for model in args.models.split(","):
-        record = json.loads((args.output / "runs" / model / "config.json").read_text())
-        config = record.get("config", {})
+        run_dir = args.output / "runs" / model
+        record = read_run_record(run_dir) or {"config": {}}
+        config = record["config"]
         epochs = int(config.get("epochs", budgets[model][0]))
-        history = args.output / "runs" / model / "history.csv"
-        if history.exists():  # the epochs actually run (a run stopped early records more in its config)
-            epochs = len(history.read_text().strip().splitlines()) - 1
+        history = read_history(run_dir / HISTORY_NAME)
+        if history:  # the epochs actually run (a run stopped early records more in its config)
+            epochs = len(history)
         budgets[model] = (epochs, int(config.get("patches_per_epoch", budgets[model][1])))
         trained[model] = {"trainer": record.get("trainer", "tfssim-train"), "device": record.get("device", "GPU" if record.get("precision") == "mixed_float16" else "CPU"),
                           "learning_rate": config.get("learning_rate"), "batch_size": config.get("batch_size")}

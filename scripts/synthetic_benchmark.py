@@ -51,7 +51,7 @@ def benchmark(images: list[np.ndarray], exports: list[str], *, seed: int, copies
     from tfssim.serving.inference import ExportedModel
 
     models = [ExportedModel.load(e) for e in exports]
-    patch = int(models[0].metadata["patch_size"])
+    patch = models[0].metadata.patch_size
     size_range = tuple(size_range or defects.default_size_range(patch))
     painted = []
     for i, image in enumerate(images):
@@ -67,21 +67,20 @@ def benchmark(images: list[np.ndarray], exports: list[str], *, seed: int, copies
         md = model.metadata
         if model.threshold is None:
             raise SystemExit(f"Error: export {model.path} has no threshold; tune or calibrate it first")
+        processor = postprocess.PostProcessor.from_metadata(md)  # the export's own post-processing
         maps, found, total = [], {}, {}
         for picture, mask, infos in tqdm(painted, desc=f"{model.path}", leave=False):
             m = model.predict(picture)["anomaly_map"]
             maps.append(m.ravel())
-            seg = postprocess.segment(m, model.threshold, opening_diameter=int(md.get("opening_diameter") or 0),
-                                      convex_hull=bool(md.get("convex_hull", True)),
-                                      min_area=int(md.get("min_area") or 0))
+            seg = processor.segment(m)
             for family, size_bin, box, region in tuning._defect_regions(infos, mask, bins):
                 key = (family, size_bin)
                 total[key] = total.get(key, 0) + 1
                 hit = np.count_nonzero(seg[box] & region) >= tuning.REGION_FOUND_SHARE * np.count_nonzero(region)
                 found[key] = found.get(key, 0) + int(hit)
         scores = np.concatenate(maps)
-        row = {"export": str(model.path), "residual": md.get("residual"), "map_formula": md.get("map_formula"),
-               "border": md.get("border"), "blend": md.get("blend"), "map_sigma": md.get("map_sigma"),
+        row = {"export": str(model.path), "residual": md.residual, "map_formula": md.map_formula,
+               "border": md.border, "blend": md.blend, "map_sigma": md.map_sigma,
                "threshold": model.threshold, "pixel_auroc": float(roc_auc_score(labels > 0, scores)),
                "pixel_auroc_by_family": {}, "region_recall_by_family": {}, "region_recall_by_size": []}
         for k, family in enumerate(defects.FAMILIES, 1):

@@ -5,15 +5,15 @@
 or PyTorch but no TensorFlow can still train the same network at the paper's budget: this
 script builds it with ``tfssim/models/cae.py`` (plain Keras 3, loaded by file path so that no
 TensorFlow import happens), trains it with ``model.fit`` on whatever backend ``KERAS_BACKEND``
-names, and writes a folder that ``tfssim-export`` takes like a ``tfssim-train`` run folder:
-``final.keras``, ``config.json`` (the same schema), ``history.csv``. Export, calibration and
+names, and writes a folder that ``tfssim-export`` takes like a ``tfssim-train`` run folder
+(:mod:`tfssim.run_record`'s files: the final model, the run's record, its history). Export, calibration and
 evaluation then run with tfssim on TensorFlow as usual.
 
 Everything but the backend-specific loop comes from the library, which imports no TensorFlow
 for these parts: the losses (:mod:`tfssim.core.losses`, SSIM in ``keras.ops``), their parameters
 (:class:`tfssim.core.ssim.SSIMParams`), the image reader (:mod:`tfssim.data.io`), the sampling rule
 (:mod:`tfssim.data.sampling`), atomic writes (:mod:`tfssim._io`) and the run folder's record with
-its resume rule (:mod:`tfssim.run_record`: ``config.json``, ``history.csv``, the data fingerprint).
+its resume rule (:mod:`tfssim.run_record`: the record, the history, the data fingerprint).
 Patches are drawn as ``tfssim-train`` draws them: an image with probability proportional to its number of patch
 origins, a uniform crop origin, random horizontal/vertical flips and 90-degree rotations.
 Training is resumable: the model and optimizer are saved after every epoch, and the same
@@ -29,6 +29,7 @@ one sorted by name is the validation image, as in the paper's split):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import platform
 import sys
@@ -46,12 +47,13 @@ if importlib.util.find_spec("tfssim") is None:  # run from a checkout without in
 
 from tfssim._io import atomic_write, atomic_write_json  # noqa: E402
 from tfssim.core.losses import L2Loss, SSIMLoss  # noqa: E402
-from tfssim.core.ssim import WEIGHTINGS, SSIMParams  # noqa: E402
+from tfssim.core.ssim_params import WEIGHTINGS, SSIMParams  # noqa: E402
 from tfssim.data.io import list_images, read_image  # noqa: E402
 from tfssim.data.sampling import image_probabilities  # noqa: E402
 from tfssim.errors import InputError  # noqa: E402
 from tfssim.run_record import (  # noqa: E402
     CONFIG_NAME,
+    FINAL_MODEL_NAME,
     HISTORY_NAME,
     check_same_data,
     damaged,
@@ -61,6 +63,11 @@ from tfssim.run_record import (  # noqa: E402
     run_record,
     write_history,
 )
+from tfssim.training.config import TrainConfig  # noqa: E402 - the settings' defaults, without TensorFlow
+
+# tfssim-train's defaults (TrainConfig's fields), which this script's arguments share.
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                  if f.default is not dataclasses.MISSING}
 
 
 def load_cae_module() -> Any:
@@ -132,12 +139,12 @@ def sample_patches(images: list[np.ndarray], count: int, patch_size: int, rng: n
     return out
 
 
-# How history.csv's cells are written; a resumed run writes its earlier rows again exactly so.
+# How the history's cells are written; a resumed run writes its earlier rows again exactly so.
 HISTORY_FORMATS = {"epoch": "{:d}", "loss": "{:.6f}", "val_loss": "{:.6f}", "seconds": "{:.2f}"}
 
 
 def history_row(row: dict[str, Any]) -> dict[str, str]:
-    """One epoch's ``history.csv`` row as text (:data:`HISTORY_FORMATS`; other columns as ``str``)."""
+    """One epoch's history row as text (:data:`HISTORY_FORMATS`; other columns as ``str``)."""
     return {key: HISTORY_FORMATS.get(key, "{}").format(int(value) if key == "epoch" else float(value))
             for key, value in row.items()}
 
@@ -165,8 +172,8 @@ def atomic_save(path: Path, model: keras.Model) -> None:
     atomic_write(path, lambda tmp: model.save(str(tmp)))
 
 
-# The run's settings as config.json's "config" records them (TrainConfig field names) and the
-# argument each comes from; the others are fixed here (a folder of grayscale images, SSIMParams'
+# The run's settings as the run record's "config" holds them (TrainConfig field names) and the
+# argument each comes from; the others are fixed here (a folder of grayscale images, TrainConfig's SSIM
 # sigma, K1 and K2) or are the script's own (val_count: how many images, sorted, validate).
 CONFIG_ARGS = {"model": "loss", "epochs": "epochs", "patches_per_epoch": "patches_per_epoch",
                "batch_size": "batch_size", "patch_size": "patch_size", "latent_dim": "latent_dim",
@@ -182,20 +189,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     parser.add_argument("--output", type=Path, required=True,
                         help="run folder (tfssim-export takes it); if it holds a run, that run is resumed with its "
                              "recorded settings (arguments given again must agree; only --epochs may change)")
-    parser.add_argument("--loss", choices=("ssim", "l2"), default="ssim")
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--patches-per-epoch", type=int, default=20000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--patch-size", type=int, default=128)
-    parser.add_argument("--latent-dim", type=int, default=100)
-    parser.add_argument("--ssim-window", type=int, default=SSIMParams.window_size)
-    parser.add_argument("--ssim-weighting", choices=WEIGHTINGS, default=SSIMParams.weighting,
+    defaults = TRAIN_DEFAULTS
+    parser.add_argument("--loss", choices=("ssim", "l2"), default=defaults["model"])
+    parser.add_argument("--epochs", type=int, default=defaults["epochs"])
+    parser.add_argument("--patches-per-epoch", type=int, default=defaults["patches_per_epoch"])
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"])
+    parser.add_argument("--patch-size", type=int, default=defaults["patch_size"])
+    parser.add_argument("--latent-dim", type=int, default=defaults["latent_dim"])
+    parser.add_argument("--ssim-window", type=int, default=defaults["ssim_window"])
+    parser.add_argument("--ssim-weighting", choices=WEIGHTINGS, default=defaults["ssim_weighting"],
                         help="SSIM window weighting of the loss (and of the exported anomaly map)")
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--weight-decay", type=float, default=1e-5)
+    parser.add_argument("--learning-rate", type=float, default=defaults["learning_rate"])
+    parser.add_argument("--weight-decay", type=float, default=defaults["weight_decay"])
     parser.add_argument("--val-count", type=int, default=1)
-    parser.add_argument("--val-patches", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-patches", type=int, default=defaults["val_patches"])
+    parser.add_argument("--seed", type=int, default=defaults["seed"])
     parser.add_argument("--no-augment", dest="augment", action="store_false")
     parser.add_argument("--steps-per-execution", type=int, default=25,
                         help="optimizer steps per compiled call (amortises dispatch on a GPU)")
@@ -222,10 +230,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
-    """config.json's ``config``: the run's settings by :class:`tfssim.training.TrainConfig` field name."""
-    defaults = SSIMParams()
+    """The run record's ``config``: the run's settings by :class:`tfssim.training.TrainConfig` field name."""
     return {"data": str(args.images), "output": str(args.output), "layout": "folder", "grayscale": True,
-            "ssim_sigma": defaults.sigma, "ssim_k1": defaults.k1, "ssim_k2": defaults.k2,
+            **{key: TRAIN_DEFAULTS[key] for key in ("ssim_sigma", "ssim_k1", "ssim_k2")},
             **{key: getattr(args, arg) for key, arg in CONFIG_ARGS.items()}}
 
 
@@ -335,12 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epoch {epoch + 1}/{args.epochs}: loss {rows[-1]['loss']} val {rows[-1]['val_loss']} "
               f"({last_epoch_s:.1f} s)", flush=True)
 
-    # final.keras is the plain model (tfssim-export loads it with compile=False; the SSIM
-    # parameters come from config.json).
+    # The final model is the plain model (tfssim-export loads it with compile=False; the SSIM
+    # parameters come from the run record).
     plain = keras.models.clone_model(model)
     plain.set_weights(model.get_weights())
-    atomic_save(out / "final.keras", plain)
-    print(f"done: {out / 'final.keras'} ({sum(float(r['seconds']) for r in rows):.0f} s of training)", flush=True)
+    atomic_save(out / FINAL_MODEL_NAME, plain)
+    print(f"done: {out / FINAL_MODEL_NAME} ({sum(float(r['seconds']) for r in rows):.0f} s of training)", flush=True)
     return 0
 
 

@@ -16,7 +16,6 @@ Example (the run in the README, about 45 min on 2 CPU cores):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from _experiments import Experiment, train_export_evaluate
 
 from tfssim._io import atomic_write_text
 from tfssim.core.ssim import WEIGHTINGS
+from tfssim.run_record import HISTORY_NAME, read_history, read_run_record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     for experiment in experiments:
         trained, scored = experiment.run, experiment.export["ssim_overrides"]["weighting"]
         scores = outcome.scores[experiment.name]
-        with open(args.output / "runs" / trained / "history.csv") as handle:
-            history = list(csv.DictReader(handle))
+        run_dir = args.output / "runs" / trained
+        history = read_history(run_dir / HISTORY_NAME)
         # A reused run keeps its own budget: report what it was trained with, not this call's arguments.
-        config = json.loads((args.output / "runs" / trained / "config.json").read_text())["config"]
+        config = read_run_record(run_dir)["config"]
         rows.append({"trained_with": trained, "scored_with": scored, "epochs": len(history),
                      "patches": len(history) * int(config["patches_per_epoch"]),
                      "learning_rate": float(config["learning_rate"]),

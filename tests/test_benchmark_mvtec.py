@@ -215,15 +215,15 @@ def test_tiny_benchmark_trains_calibrates_evaluates_and_resumes(mvtec_root, tmp_
         # The calibrated version is a new one (2) beside the export (1), which keeps no threshold.
         export = out / category / "exported_models" / category / "2"
         assert result["export_dir"] == str(export)
-        assert export.parent.joinpath("1").is_dir() and ExportedModel.load(export.parent / "1").metadata["threshold"] is None
+        assert export.parent.joinpath("1").is_dir() and ExportedModel.load(export.parent / "1").metadata.threshold is None
         model = ExportedModel.load(export)
         meta = model.metadata
-        assert meta["calibrated_from"] == 1 and meta["version"] == 2
+        assert meta.calibrated_from == 1 and meta.version == 2
         assert model.channels == channels
         # Objects are served as whole images resized to the object size (one tile), textures as they are.
-        assert meta["image_size"] == ([32, 32] if category == "bottle" else None) and meta["patch_size"] == 32
-        assert (meta["threshold_method"], meta["threshold_min_defect_area"]) == ("min_defect_area", 30)
-        assert meta["threshold"] == result["threshold"]
+        assert meta.image_size == ([32, 32] if category == "bottle" else None) and meta.patch_size == 32
+        assert (meta.threshold_method, meta.threshold_min_defect_area) == ("min_defect_area", 30)
+        assert meta.threshold == result["threshold"]
         # The stored threshold meets the rule on the validation images the run held out, at their
         # full resolution (the served maps have the input's size).
         split = data.load_dataset(mvtec_root / category, layout="mvtec")

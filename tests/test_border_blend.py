@@ -143,7 +143,7 @@ def test_export_serves_the_library_maps_and_records_the_tiling(tmp_path):
     image = np.random.default_rng(3).random((41, 77, 1)).astype(np.float32)
     path = export_model(model, tmp_path / "exp", name="m", stride=10, border="reflect", blend="gaussian", map_sigma=1.0)
     export = ExportedModel.load(path)
-    assert (export.metadata["border"], export.metadata["blend"]) == ("reflect", "gaussian")
+    assert (export.metadata.border, export.metadata.blend) == ("reflect", "gaussian")
     served = export.predict(image)
     want = scoring.anomaly_maps(model, image, "ssim", stride=10, border="reflect", blend="gaussian", map_sigma=1.0)
     for key in ("reconstruction", "anomaly_map", "structure_map"):
@@ -174,7 +174,7 @@ def test_the_tuners_mirrored_maps_are_the_served_ones(tmp_path):
     tilings = [("none", "mean"), ("reflect", "gaussian")]
     margins = {"none": 0, "reflect": 7}  # the radius of the widest window tried, 15
     bases = tuning._Reconstructions(plain, model, tilings, margins, "reconstruction")(image, "x")
-    maps = tuning._Maps("ssim", dict(plain.metadata["ssim"]), served=False, workers=1)
+    maps = tuning._Maps("ssim", dict(plain.metadata.ssim), served=False, workers=1)
     for window, weighting in ((7, "gaussian"), (15, "uniform")):
         got = maps.raw(image[None], bases[1][None], (window, weighting), margins["reflect"])[0]
         want = scoring.anomaly_maps(model, image, "ssim", stride=8, border="reflect", blend="gaussian",

@@ -222,7 +222,7 @@ def test_cli_min_defect_area_round_trip(exports, dataset, tmp_path):
     # (as tfssim-predict does), has no region over 40 px; at the next lower score, some image has one.
     model = ExportedModel.load(target)
     maps = [model.predict(data.read_image(p))["anomaly_map"] for p in data.list_images(dataset / "val")]
-    processor = postprocess.PostProcessor.from_metadata(meta.to_dict())
+    processor = postprocess.PostProcessor.from_metadata(meta)
 
     def largest(threshold: float) -> int:
         sizes = [0]

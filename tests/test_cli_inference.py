@@ -31,8 +31,8 @@ def test_calibrate_writes_a_threshold_with_the_requested_fpr(exports, dataset, t
     assert result.exit_code == 0, result.output
     # The threshold is in a new version (printed), not in the version calibrated.
     target = tmp_path / "ssim" / "2"
-    assert f"new version {target} " in result.output and export.read_metadata(source)["threshold"] is None
-    threshold = export.read_metadata(target)["threshold"]
+    assert f"new version {target} " in result.output and export.read_metadata(source).threshold is None
+    threshold = export.read_metadata(target).threshold
     model = ExportedModel.load(target)
     maps = [model.predict(data.read_image(p))["anomaly_map"] for p in data.list_images(dataset / "val")]
     achieved = np.mean(np.concatenate([m.ravel() for m in maps]) > threshold)
@@ -49,7 +49,7 @@ def test_library_calibrate_sets_the_fpr_on_paths_or_arrays(exports, dataset, tmp
     assert (result.source, result.path, result.method, result.fpr) == (source, target, "fpr", 0.05)
     threshold = result.threshold
     meta = export.read_metadata(target)
-    assert meta["threshold"] == threshold and meta["threshold_fpr"] == 0.05 and meta["calibrated_from"] == 1
+    assert meta.threshold == threshold and meta.threshold_fpr == 0.05 and meta.calibrated_from == 1
     # Checked against the served maps directly: 5 % of the defect-free pixels lie above it.
     model = ExportedModel.load(target)
     images = [data.read_image(p) for p in data.list_images(dataset / "val")]
@@ -345,9 +345,9 @@ def test_evaluate_splits_validation_as_the_export_was_trained(exports, dataset, 
 def test_split_settings_prefers_given_values_then_the_first_training_config():
     from tfssim.cli.evaluate import split_settings
 
-    meta = [{"training_config": {"val_split": 0.3, "seed": 2}}, {"training_config": None}, {}]
-    assert split_settings(meta, None, None) == (0.3, 2, [])
-    assert split_settings(meta[1:], None, None) == (0.1, 0, [])
-    assert split_settings(meta, 0.2, None) == (0.2, 2, [])
-    _, _, warnings = split_settings([meta[0], {"training_config": {"val_split": 0.3, "seed": 9}}], None, None, ["x", "y"])
+    configs = [{"val_split": 0.3, "seed": 2}, None, {}]
+    assert split_settings(configs, None, None) == (0.3, 2, [])
+    assert split_settings(configs[1:], None, None) == (0.1, 0, [])
+    assert split_settings(configs, 0.2, None) == (0.2, 2, [])
+    _, _, warnings = split_settings([configs[0], {"val_split": 0.3, "seed": 9}], None, None, ["x", "y"])
     assert len(warnings) == 1 and "different seed (x: 2, y: 9); using 2 from x" in warnings[0]

@@ -593,11 +593,45 @@ def test_full_disk_during_training_exits_1_with_one_line(error: Exception, image
     assert "--resume" in result.output
 
 
-def test_weighting_choices_are_the_librarys() -> None:
-    """The CLIs list the weightings by hand (importing tfssim.core.ssim would load TensorFlow at --help)."""
-    from tfssim.cli.export import main as export_main
-    from tfssim.core.ssim import WEIGHTINGS
+def test_options_take_their_defaults_and_choices_from_the_library() -> None:
+    """Every tfssim-train option that is a TrainConfig field defaults to the field's default, and the
+    choice lists are the library's (TrainConfig's checks, the model kinds, the layouts, the weightings)."""
+    import dataclasses
 
-    for command in (main, export_main):
-        option = next(p for p in command.params if p.name == "ssim_weighting")
-        assert tuple(option.type.choices) == WEIGHTINGS
+    from tfssim.cli.export import main as export_main
+    from tfssim.core.ssim_params import WEIGHTINGS
+    from tfssim.data.layouts import LAYOUT_CHOICES
+    from tfssim.models.kinds import MODEL_KINDS
+    from tfssim.training.config import PRECISION_MODES, STRATEGIES, TrainConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    options = {p.name: p for p in main.params if isinstance(p, click.Option)}
+    checked = sorted(set(options) & set(fields))
+    assert len(checked) >= 22, checked  # every option but --output, --virtual-cpus, --resume, --verbose
+    for name in checked:
+        assert options[name].default == fields[name], name
+    choices = {"model": MODEL_KINDS, "layout": LAYOUT_CHOICES, "mixed_precision": PRECISION_MODES,
+               "strategy": STRATEGIES, "ssim_weighting": WEIGHTINGS}
+    for name, expected in choices.items():
+        assert tuple(options[name].type.choices) == expected, name
+    export_weighting = next(p for p in export_main.params if p.name == "ssim_weighting")
+    assert tuple(export_weighting.type.choices) == WEIGHTINGS
+
+
+def test_help_is_fast_and_imports_no_tensorflow() -> None:
+    """``tfssim-train --help`` reads TrainConfig's defaults without loading TensorFlow or Keras."""
+    code = ("import sys, time\n"
+            "started = time.perf_counter()\n"
+            "from tfssim.cli.train import main\n"
+            "try:\n"
+            "    main(['--help'])\n"
+            "except SystemExit as err:\n"
+            "    assert err.code == 0, err.code\n"
+            "print('SECONDS', time.perf_counter() - started)\n"
+            "print('LOADED', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--patches-per-epoch" in done.stdout and "[ssim|l2|vae|fm]" in done.stdout
+    assert "LOADED []" in done.stdout, done.stdout[-300:]
+    seconds = float(re.search(r"SECONDS (\S+)", done.stdout).group(1))
+    assert seconds < 5, seconds  # TensorFlow alone takes several seconds to import

@@ -23,6 +23,7 @@ from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 from tfssim.data.layouts import DatasetSplit
 from tfssim.errors import InputError
 from tfssim.evaluation import evaluate, metrics
+from tfssim.export.metadata import ExportMetadata
 from tfssim.serving import postprocess
 
 # The overlap area's stated bound (two trapezoid sums of one monotone curve, each within half an
@@ -268,7 +269,9 @@ class BlurExport:
         self.name = "blur"
         self.path = root / "blur" / "1"
         self.path.mkdir(parents=True, exist_ok=True)
-        self.metadata = {"opening_diameter": 4, "convex_hull": True, "stride": 30}
+        self.metadata = ExportMetadata.from_dict({
+            "format": 1, "name": "blur", "version": 1, "kind": "l2", "residual": "l2", "patch_size": 32,
+            "channels": 1, "stride": 30, "opening_diameter": 4, "convex_hull": True})
         self.offset = np.float32(offset)
         self.calls = 0
 

@@ -71,7 +71,7 @@ def test_the_new_version_serves_the_same_maps_with_its_threshold(exports, datase
     source = shutil.copytree(exports[0], tmp_path / "ssim" / "1")
     new = export.write_calibrated_version(source, 0.125, min_defect_area=7)
     old_model, new_model = ExportedModel.load(source), ExportedModel.load(new)
-    assert (new_model.metadata["threshold"], new_model.metadata["threshold_min_defect_area"]) == (0.125, 7)
+    assert (new_model.metadata.threshold, new_model.metadata.threshold_min_defect_area) == (0.125, 7)
     image = data.read_image(data.list_images(dataset / "test")[0])
     old_out, new_out = old_model.predict(image), new_model.predict(image)
     assert sorted(old_out) == sorted(new_out)

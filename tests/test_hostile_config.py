@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from skimage import io
 
-from tfssim import training
+from tfssim import run_record, training
 from tfssim.cli import calibrate as calibrate_cli
 from tfssim.cli import demo as demo_cli
 from tfssim.cli import export as export_cli
@@ -286,7 +286,7 @@ def test_failed_resume_never_removes_the_runs_files(images: Path, tmp_path: Path
     assert_one_error_line(result)
     after = _digest(run)
     assert {k: after.get(k) for k in before} == before  # the run's files, untouched
-    assert sorted(p.name for p in run.iterdir()) == sorted(["config.json", "history.csv", training.LOCK_NAME])
+    assert sorted(p.name for p in run.iterdir()) == sorted(["config.json", "history.csv", run_record.LOCK_NAME])
 
 
 def test_out_of_memory_from_a_huge_latent_dim_is_one_line_and_leaves_no_run_folder(images: Path,
@@ -332,7 +332,7 @@ def test_second_train_on_a_locked_run_folder_is_refused_with_one_line(images: Pa
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
-    with open(run / training.LOCK_NAME, "a+") as held:  # another tfssim-train holds the run
+    with open(run / run_record.LOCK_NAME, "a+") as held:  # another tfssim-train holds the run
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         before = _digest(run)
         result = _train(images, "--output", run, "--resume", *ONE_STEP)
@@ -342,7 +342,7 @@ def test_second_train_on_a_locked_run_folder_is_refused_with_one_line(images: Pa
         (run / "config.json").unlink()
         result = _train(images, "--output", run, *ONE_STEP)
         assert_one_error_line(result, "is in use by another tfssim-train")
-        assert sorted(p.name for p in run.iterdir()) == [training.LOCK_NAME]
+        assert sorted(p.name for p in run.iterdir()) == [run_record.LOCK_NAME]
 
 
 @pytest.mark.slow

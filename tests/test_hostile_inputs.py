@@ -33,6 +33,7 @@ from tfssim import export
 from tfssim._io import OUTPUT_LOCK_NAME, atomic_write_json
 from tfssim.cli.predict import main as predict_cli
 from tfssim.data import io as image_io
+from tfssim.export.metadata import ExportMetadata
 from tfssim.serving import postprocess
 from tfssim.serving.inference import ExportedModel, read_export_metadata
 from tfssim.serving.prediction import OUTPUT_SUFFIXES, expand_inputs
@@ -357,16 +358,17 @@ def test_damaged_metadata_is_one_error_naming_the_file(damage, copied_export, da
 
 
 def test_post_processor_refuses_malformed_settings():
-    with pytest.raises(ValueError, match=r"threshold in the export metadata /x/tfssim.json must be a finite number"):
-        postprocess.PostProcessor.from_metadata({"threshold": float("nan")}, source="/x/tfssim.json")
+    # Stored values are checked when the metadata is read (ExportMetadata); given ones here.
+    stored = ExportMetadata.from_dict({"format": 1, "name": "m", "version": 1, "kind": "ssim", "residual": "ssim",
+                                       "patch_size": 32, "channels": 1, "stride": 8, "threshold": 0.3})
     for bad in (float("inf"), float("-inf"), float("nan"), "0.3", True):
         with pytest.raises(ValueError, match="threshold must be a finite number"):
-            postprocess.PostProcessor.from_metadata({"threshold": 0.3}, threshold=bad)
+            postprocess.PostProcessor.from_metadata(stored, threshold=bad)
     with pytest.raises(ValueError, match="min_area .* whole number >= 0"):
-        postprocess.PostProcessor.from_metadata({"threshold": 0.3, "min_area": 2.5})
+        postprocess.PostProcessor.from_metadata(stored, min_area=2.5)
     with pytest.raises(ValueError, match="convex_hull .* true or false"):
-        postprocess.PostProcessor.from_metadata({"threshold": 0.3, "convex_hull": "no"})
-    ok = postprocess.PostProcessor.from_metadata({"threshold": 0.3, "opening_diameter": 0, "min_area": np.int64(5)})
+        postprocess.PostProcessor.from_metadata(stored, convex_hull="no")
+    ok = postprocess.PostProcessor.from_metadata(stored, opening_diameter=0, min_area=np.int64(5))
     assert (ok.threshold, ok.opening_diameter, ok.convex_hull, ok.min_area) == (0.3, 0, True, 5)
 
 

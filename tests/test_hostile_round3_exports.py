@@ -407,7 +407,7 @@ def test_a_400_digit_threshold_in_the_file_is_refused_by_every_reader(model):
     # What the client and the post-processor take from Python: no OverflowError either.
     for settings in ({"threshold": BIG}, {"threshold": 0.5, "min_area": BIG}, {"threshold": 0.5, "opening_diameter": BIG}):
         with pytest.raises(InputError, match="must be a"):
-            postprocess.PostProcessor.from_metadata(settings)
+            postprocess.PostProcessor.from_metadata(None, **settings)
 
 
 def test_a_huge_threshold_or_fpr_given_in_python_is_refused_before_anything_is_written(model, tmp_path):
@@ -424,7 +424,7 @@ def test_an_opening_too_wide_is_a_clear_error_everywhere():
     import numpy as np
 
     with pytest.raises(InputError, match=f"must be at most {MAX_OPENING_DIAMETER} pixels"):
-        postprocess.PostProcessor.from_metadata({"threshold": 0.5, "opening_diameter": 3000})
+        postprocess.PostProcessor.from_metadata(None, threshold=0.5, opening_diameter=3000)
     with pytest.raises(InputError, match=f"opening diameter must be at most {MAX_OPENING_DIAMETER} pixels"):
         postprocess.segment(np.zeros((8, 8)), 0.5, opening_diameter=3000)  # was a MemoryError with no text
     assert postprocess.segment(np.ones((80, 80)), 0.5, opening_diameter=MAX_OPENING_DIAMETER).any()
@@ -458,12 +458,12 @@ def test_commands_refuse_a_tampered_export_in_one_line(model, dataset, tmp_path,
 def test_the_split_settings_check_what_they_read():
     from tfssim.evaluation.splits import split_settings
 
-    assert split_settings([{"training_config": {"val_split": 0.2, "seed": 3}}], None, None) == (0.2, 3, [])
+    assert split_settings([{"val_split": 0.2, "seed": 3}], None, None) == (0.2, 3, [])
     with pytest.raises(InputError, match="export a: training_config val_split must be a number >= 0 and < 1, got 'abc'"):
-        split_settings([{"training_config": {"val_split": "abc"}}], None, None, names=["a"])
+        split_settings([{"val_split": "abc"}], None, None, names=["a"])
     with pytest.raises(InputError, match="training_config seed must be an integer >= 0"):
-        split_settings([{"training_config": {"seed": [1]}}], 0.1, None)
-    assert split_settings([{"training_config": {"val_split": "abc"}}], 0.3, 1) == (0.3, 1, [])  # given: not read
+        split_settings([{"seed": [1]}], 0.1, None)
+    assert split_settings([{"val_split": "abc"}], 0.3, 1) == (0.3, 1, [])  # given: not read
 
 
 @pytest.mark.parametrize("value", [str(2**62), str(MAX_CHUNK_SIZE + 1), "0", "-1", "2.5"])

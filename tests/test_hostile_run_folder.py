@@ -26,7 +26,8 @@ from skimage import io
 from tfssim import run_record
 from tfssim.cli import export as export_cli
 from tfssim.cli import train as train_cli
-from tfssim.training import LOCK_NAME, TrainConfig
+from tfssim.run_record import LOCK_NAME
+from tfssim.training import TrainConfig
 
 ONE_STEP = ["--patch-size", "32", "--latent-dim", "8", "--batch-size", "16", "--patches-per-epoch", "16"]
 WEIGHTS = "state/epoch-00001.weights.h5"

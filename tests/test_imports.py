@@ -11,7 +11,10 @@ TF_FREE = ["tfssim", "tfssim.serving.postprocess", "tfssim.evaluation.metrics", 
            "tfssim.data.synthetic", "tfssim.plots", "tfssim.export.metadata", "tfssim.serving.client", "tfssim._io",
            # the run folder's schema (shared with scripts/train_any_backend.py on JAX) and the evaluation's
            # split and per-type rules
-           "tfssim.run_record", "tfssim.evaluation.splits", "tfssim.evaluation.per_type"]
+           "tfssim.run_record", "tfssim.evaluation.splits", "tfssim.evaluation.per_type",
+           # the training settings with their defaults and choice lists (the CLIs' --help, the JAX script)
+           "tfssim.training", "tfssim.training.config", "tfssim.models", "tfssim.models.kinds",
+           "tfssim.evaluation.calibration"]
 
 _USE_WITHOUT_TENSORFLOW = """
 import importlib, json, sys, tempfile
@@ -50,12 +53,22 @@ try:
     lazy_error = None
 except ModuleNotFoundError as err:
     lazy_error = err.name
+from tfssim.training.config import TrainConfig
+
+config = TrainConfig(data=str(folder), output=str(folder / "run"), model="vae", patch_size=64)
+config.validate()  # the model kind, layout, precision and architecture checks, all without Keras
+lazy_errors = []
+for package, name in (("tfssim.training", "train"), ("tfssim.models", "get_spec")):
+    try:
+        getattr(importlib.import_module(package), name)
+    except ImportError as err:  # the install command, from tfssim._tensorflow
+        lazy_errors.append("install" in str(err))
 print(json.dumps({
     "blocked": blocked,
     "loaded": sorted(m for m in ("tensorflow", "keras", "tf_keras", "jax", "torch") if m in sys.modules),
     "image": list(read.shape), "mask_pixels": int(mask.sum()), "regions": len(found[1]),
     "region_area": found[1][0]["area"], "auroc": auroc, "figure": figure.stat().st_size > 0,
-    "lazy_error": lazy_error,
+    "lazy_error": lazy_error, "config_channels": config.channels, "lazy_errors": lazy_errors,
 }))
 """
 
@@ -74,6 +87,25 @@ def test_client_modules_import_and_run_where_tensorflow_cannot_be_imported(run_w
     assert result["figure"]
     # the tf.data names are still there, and fail only on use, naming the missing module
     assert result["lazy_error"] == "tensorflow"
+    # TrainConfig checks a run without Keras; training and model building name the install command
+    assert result["config_channels"] == 1
+    assert result["lazy_errors"] == [True, True]
+
+
+def test_the_training_and_model_names_resolve_lazily_to_their_modules():
+    import tfssim.models
+    import tfssim.models.kinds
+    import tfssim.models.registry
+    import tfssim.training
+    import tfssim.training.loop
+
+    assert tfssim.training.train is tfssim.training.loop.train
+    assert tfssim.models.get_spec is tfssim.models.registry.get_spec
+    assert tfssim.models.get_spec("fm").residual == tfssim.models.kinds.get_kind("fm").residual == "l2"
+    for package in (tfssim.training, tfssim.models):
+        assert set(package.__all__) <= set(dir(package))
+        with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+            package.nothing  # noqa: B018
 
 
 def test_the_tf_data_names_of_tfssim_data_resolve_lazily_to_the_pipeline():

@@ -169,7 +169,7 @@ def test_the_tuner_normalises_chooses_and_serves_a_formula(tmp_path):
                                  result.choice.blend, result.choice.map_sigma)]
     assert len(chosen) == 1 and chosen[0].get("eligible", True)
     # The normalisation: the clean images' maps of both terms, quantiles by NumPy.
-    params = {**export.metadata["ssim"], "window_size": base["window_size"], "weighting": base["weighting"]}
+    params = {**export.metadata.ssim, "window_size": base["window_size"], "weighting": base["weighting"]}
     clean_first, clean_low = [], []
     for image in images:
         served = scoring.anomaly_maps(model, image[..., None], "ssim", stride=16, ssim_kwargs=params,
@@ -185,11 +185,11 @@ def test_the_tuner_normalises_chooses_and_serves_a_formula(tmp_path):
     # An export with that formula serves the map the tuner scored.
     served_export = ExportedModel.load(export_model(model, tmp_path / "exp", name="f", stride=16, ssim_kwargs=params,
                                                     blend=base["blend"], map_formula=low))
-    maps = tuning._Maps("ssim", dict(export.metadata["ssim"]), served=False, workers=1)
+    maps = tuning._Maps("ssim", dict(export.metadata.ssim), served=False, workers=1)
     recon = served_export.predict(images[0])["reconstruction"]
     got = maps.raw(images[0][None, ..., None], recon[None], (base["window_size"], base["weighting"]), 0, low)[0]
     np.testing.assert_allclose(got, served_export.predict(images[0])["anomaly_map"], atol=2e-4)
-    assert served_export.metadata["map_formula"] == low.to_dict()
+    assert served_export.metadata.map_formula == low.to_dict()
     # Tuned again, an export with a formula has its own map (formula, normalisation, sigma) among the
     # candidates, so its AUROC before is known; where its served map is the one candidate (mirrored
     # border, no Keras model) only its own formula may be asked for.
@@ -209,7 +209,7 @@ def test_the_tuner_normalises_chooses_and_serves_a_formula(tmp_path):
     # The tuned version serves its choice.
     choice = MapFormula.of(result.choice.map_formula)
     tuned = ExportedModel.load(tuning.write_tuned_export(export, result, tuning.SourceModel(tmp_path, model, {})))
-    assert tuned.metadata["map_formula"] == choice.to_dict()
+    assert tuned.metadata.map_formula == choice.to_dict()
     assert choice.describe() in result.choice.describe()
 
 
@@ -219,7 +219,7 @@ def test_formula_candidates_are_refused_where_the_map_cannot_be_recomputed(expor
     l2 = ExportedModel.load(exports[1])
     images = [np.random.default_rng(4).random((40, 40)).astype(np.float32)]
     settings = dict(copies=1, size_range=(4, 8), progress=False, sigmas=[0.0], openings=[0])
-    assert l2.metadata["map_formula"] is None  # an l2 map is no SSIM map: no formula recorded
+    assert l2.metadata.map_formula is None  # an l2 map is no SSIM map: no formula recorded
     result = tuning.tune(l2, images, **settings)
     assert {c["map_formula"] for c in result.map_candidates} == {None} and result.choice.map_formula is None
     assert result.synthetic["before"]["pixel_auroc"] is not None  # its own map is found among the candidates

@@ -40,7 +40,7 @@ def test_read_accepts_the_model_folder_the_version_folder_and_the_file(exports, 
     assert (newest.threshold, newest.threshold_fpr, newest.version, newest.calibrated_from) == (0.25, 0.01, 11, 1)
     assert ExportMetadata.read(model / "1").threshold is None and ExportMetadata.read(model / "10").threshold is None
     assert ExportMetadata.read(model / "11" / METADATA_FILE) == newest
-    processor = postprocess.PostProcessor.from_metadata(newest.to_dict())
+    processor = postprocess.PostProcessor.from_metadata(newest)
     assert (processor.threshold, processor.opening_diameter, processor.convex_hull) == (0.25, 4, True)
 
 
@@ -59,8 +59,13 @@ def test_missing_optional_keys_take_what_older_exporters_did(exports):
     for key in ("map_sigma", "jit_compile", "chunk_size", "opening_diameter", "convex_hull", "float_signature"):
         del values[key]
     meta = ExportMetadata.from_dict(values)
-    assert (meta.map_sigma, meta.jit_compile, meta.chunk_size) == (0.0, False, None)
+    assert (meta.map_sigma, meta.jit_compile, meta.chunk_size) == (0.0, False, 64)
     assert (meta.opening_diameter, meta.convex_hull, meta.float_signature) == (4, True, "serve_float")
+    # Metadata rewritten before chunk_size and min_area had values of their own holds null there.
+    older = ExportMetadata.from_dict({**values, "chunk_size": None, "min_area": None})
+    assert (older.chunk_size, older.min_area) == (64, 0) and older.to_dict()["min_area"] == 0
+    with pytest.raises(ValueError, match="'opening_diameter' must be an integer"):  # no other key reads null so
+        ExportMetadata.from_dict({**values, "opening_diameter": None})
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

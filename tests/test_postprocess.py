@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
+from tfssim.export.metadata import ExportMetadata
 from tfssim.serving import postprocess
 
 
@@ -81,13 +82,22 @@ def test_region_table_by_hand(tmp_path):
 
 
 def test_postprocessor_from_metadata():
-    processor = postprocess.PostProcessor.from_metadata({"threshold": 0.5, "opening_diameter": 4})
+    meta = ExportMetadata.from_dict({"format": 1, "name": "m", "version": 1, "kind": "ssim", "residual": "ssim",
+                                     "patch_size": 32, "channels": 1, "stride": 8, "threshold": 0.5})
+    processor = postprocess.PostProcessor.from_metadata(meta)
+    # The record's defaults: the paper's opening of diameter 4 and convex hulls, no minimum area.
+    assert (processor.opening_diameter, processor.convex_hull, processor.min_area) == (4, True, 0)
+    assert postprocess.PostProcessor(0.5) == processor
     score = np.zeros((30, 30))
     score[5:20, 5:20] = 1
     mask, regions = processor(score)
     assert mask.sum() == 225 - 4 and len(regions) == 1  # the round footprint trims one pixel per corner
     with pytest.raises(ValueError, match="no calibrated threshold"):
-        postprocess.PostProcessor.from_metadata({"threshold": None})
+        postprocess.PostProcessor.from_metadata(meta.replace(threshold=None))
+    with pytest.raises(ValueError, match="no calibrated threshold"):
+        postprocess.PostProcessor.from_metadata(None)
+    given = postprocess.PostProcessor.from_metadata(None, threshold=0.2, opening_diameter=0, convex_hull=False)
+    assert (given.threshold, given.opening_diameter, given.convex_hull, given.min_area) == (0.2, 0, False, 0)
 
 
 @pytest.mark.parametrize(

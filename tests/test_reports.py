@@ -252,7 +252,7 @@ def test_a_moved_run_folder_and_dataset_resume_with_their_history(images: Path, 
 
 
 def test_resume_data_check_without_a_recorded_fingerprint_goes_by_names(images: Path, tmp_path: Path, caplog):
-    from tfssim import training
+    from tfssim import run_record, training
 
     config = training.TrainConfig(data=str(images), output=str(tmp_path / "run"), val_split=0.25)
     split = data.load_dataset(images, val_fraction=0.25)
@@ -269,7 +269,7 @@ def test_resume_data_check_without_a_recorded_fingerprint_goes_by_names(images: 
     with caplog.at_level("WARNING", logger="tfssim.training"):
         got = training.run_folder._check_same_data(previous, config, moved_split, tmp_path)
     assert "only the image names were compared" in caplog.text
-    assert got == training.data_fingerprint(moved, moved_split.train, moved_split.val)
+    assert got == run_record.data_fingerprint(moved, moved_split.train, moved_split.val)
     # The fingerprint is recorded from now on: the next move compares contents.
     import hashlib
 
@@ -277,7 +277,7 @@ def test_resume_data_check_without_a_recorded_fingerprint_goes_by_names(images: 
     path = moved / name
     assert (size, digest) == (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
     with pytest.raises(ValueError, match="same size, other content|bytes"):
-        training.run_folder._check_same_data({**previous, "data_fingerprint": training.data_fingerprint(
+        training.run_folder._check_same_data({**previous, "data_fingerprint": run_record.data_fingerprint(
             images, split.train, split.val)}, config, moved_split, tmp_path)
 
 
@@ -361,7 +361,7 @@ def test_importing_a_tensorflow_module_without_it_names_the_install_command():
 import tfssim, tfssim.serving.inference, tfssim.serving.postprocess, tfssim.plots, tfssim.data, tfssim.cli._common  # no TF needed
 # tfssim.core.ssim and tfssim.core.losses are keras.ops code for any Keras backend (JAX too): not listed.
 # tfssim.export itself is TensorFlow-free (its layout serves tfssim.export.metadata); export_model's module is not.
-for name in ("tfssim.training", "tfssim.export.savedmodel", "tfssim.models", "tfssim.data.patches",
+for name in ("tfssim.training.precision", "tfssim.export.savedmodel", "tfssim.models.registry", "tfssim.data.patches",
              "tfssim.core.scoring"):
     try:
         __import__(name)
@@ -427,13 +427,14 @@ def _write_run(run: Path, val_losses, epochs: int = 5) -> None:
 
 
 def test_training_running_sees_a_held_lock(tmp_path):
-    from tfssim.export import RUN_LOCK_FILE, training_running
+    from tfssim.export import training_running
+    from tfssim.run_record import LOCK_NAME
 
     assert training_running(tmp_path) is None  # no lock file: cannot tell
-    (tmp_path / RUN_LOCK_FILE).touch()
+    (tmp_path / LOCK_NAME).touch()
     assert training_running(tmp_path) is False
     for how in ("flock", "lockf"):
-        holder = _hold_lock(tmp_path / RUN_LOCK_FILE, how)
+        holder = _hold_lock(tmp_path / LOCK_NAME, how)
         try:
             assert training_running(tmp_path) is True, how
         finally:
@@ -487,12 +488,13 @@ def test_export_says_when_it_cannot_tell_whether_training_runs(tmp_path, caplog)
 @pytest.mark.slow  # a tiny export: about 10 s here
 def test_export_records_and_prints_its_checkpoint_and_warns_while_training_runs(tmp_path):
     from tfssim.cli.export import main as export_cli
-    from tfssim.export import RUN_LOCK_FILE, read_metadata
+    from tfssim.export import read_metadata
+    from tfssim.run_record import LOCK_NAME
 
     run = tmp_path / "run"
     _write_run(run, [0.5, 0.2, 0.3])
-    (run / RUN_LOCK_FILE).touch()
-    holder = _hold_lock(run / RUN_LOCK_FILE, "flock")
+    (run / LOCK_NAME).touch()
+    holder = _hold_lock(run / LOCK_NAME, "flock")
     try:
         done = CliRunner().invoke(export_cli, [str(run), "--name", "m", "--output", str(tmp_path / "exports")])
     finally:
@@ -500,7 +502,7 @@ def test_export_records_and_prints_its_checkpoint_and_warns_while_training_runs(
         holder.wait()
     assert done.exit_code == 0 and done.exception is None, done.output
     meta = read_metadata(tmp_path / "exports" / "m" / "1")
-    checkpoint = meta["checkpoint"]
+    checkpoint = meta.checkpoint
     assert (checkpoint["file"], checkpoint["epoch"], checkpoint["val_loss"]) == ("best.keras", 2, 0.2)
     assert checkpoint["epochs_done"] == 3 and checkpoint["epochs_configured"] == 5
     assert checkpoint["training_running"] is True

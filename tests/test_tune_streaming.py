@@ -21,6 +21,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from tfssim import data
 from tfssim.evaluation import metrics, tuning
 from tfssim.evaluation.metrics import ScoreHistogram
+from tfssim.export.metadata import ExportMetadata
 from tfssim.serving import postprocess
 
 # --------------------------------------------------------------------------------------------
@@ -101,8 +102,9 @@ class BlurExport:
     difference between the image and its blur, the reconstruction the blur."""
 
     def __init__(self, patch_size: int = 32, **metadata) -> None:
-        self.metadata = {"kind": "vae", "residual": "vae", "patch_size": patch_size, "map_sigma": 0.0, "stride": 16,
-                         "channels": 1, "opening_diameter": 4, "convex_hull": True, **metadata}
+        self.metadata = ExportMetadata.from_dict({
+            "format": 1, "name": "stand-in", "version": 1, "kind": "vae", "residual": "vae", "patch_size": patch_size,
+            "map_sigma": 0.0, "stride": 16, "channels": 1, "opening_diameter": 4, "convex_hull": True, **metadata})
         self.path = Path("stand-in/1")
         self.calls = 0
 

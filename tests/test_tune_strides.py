@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 from tfssim import data, export
 from tfssim.data import defects
 from tfssim.evaluation import tuning
+from tfssim.export.metadata import ExportMetadata
 from tfssim.serving import postprocess
 from tfssim.serving.inference import ExportedModel
 
@@ -39,8 +40,9 @@ class StrideFake:
     strides_served: list = field(default_factory=list)
 
     def __post_init__(self):
-        self.metadata = {"kind": "vae", "residual": "vae", "patch_size": 64, "map_sigma": 0.0, "stride": 16,
-                         "channels": 1, "opening_diameter": 0, "convex_hull": False}
+        self.metadata = ExportMetadata.from_dict({
+            "format": 1, "name": "fake", "version": 1, "kind": "vae", "residual": "vae", "patch_size": 64,
+            "map_sigma": 0.0, "stride": 16, "channels": 1, "opening_diameter": 0, "convex_hull": False})
 
     def predict(self, image, source=None, stride=None):
         stride = 16 if stride is None else stride
@@ -194,12 +196,12 @@ def test_tuned_version_serves_its_chosen_stride_by_default(small_export, dataset
     assert [r["stride"] for r in record["strides"]] == [16, 24, 32]
     assert record["choice"]["stride"] == 32 and record["synthetic"]["before"]["stride"] == 16
     new = ExportedModel.load(root / "exports" / "product" / "2")
-    assert new.metadata["stride"] == 32 and ExportedModel.load(small_export["old"]).metadata["stride"] == 16
+    assert new.metadata.stride == 32 and ExportedModel.load(small_export["old"]).metadata.stride == 16
     image = data.read_image(data.list_images(dataset / "val")[0], 1)
     served = new.predict(np.round(image * 255).astype(np.uint8))["anomaly_map"]  # serving_default
     md = new.metadata
     want = scoring.anomaly_maps(small_export["keras"], (np.round(image * 255) / 255).astype(np.float32), "ssim", 32,
-                                32, ssim_kwargs=md["ssim"], map_sigma=md["map_sigma"], border=md["border"],
-                                blend=md["blend"])["anomaly_map"]
+                                32, ssim_kwargs=md.ssim, map_sigma=md.map_sigma, border=md.border,
+                                blend=md.blend)["anomaly_map"]
     np.testing.assert_allclose(served, np.asarray(want), atol=1e-5)
     assert (root / "t" / "tuning.png").stat().st_size > 0

@@ -18,6 +18,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from tfssim import data, export
 from tfssim.data import defects
 from tfssim.evaluation import tuning
+from tfssim.export.metadata import ExportMetadata
 from tfssim.serving import postprocess
 from tfssim.serving.inference import ExportedModel
 
@@ -156,8 +157,10 @@ class FakeExport:
     calls: int = 0
 
     def __post_init__(self):
-        self.metadata = {"kind": "vae", "residual": "vae", "patch_size": 64, "map_sigma": 0.0, "stride": 16,
-                         "channels": 1, "opening_diameter": 4, "convex_hull": self.convex_hull, **self.metadata}
+        self.metadata = ExportMetadata.from_dict({
+            "format": 1, "name": "fake", "version": 1, "kind": "vae", "residual": "vae", "patch_size": 64,
+            "map_sigma": 0.0, "stride": 16, "channels": 1, "opening_diameter": 4, "convex_hull": self.convex_hull,
+            **self.metadata})
 
     def predict(self, image, source=None, stride=None):
         self.calls += 1
@@ -342,7 +345,7 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
     keys = ("window_size", "weighting", "map_sigma", "border", "blend", "map_formula")
     chosen = next(c for c in record["map_candidates"] if all(c[k] == choice[k] for k in keys))
     assert chosen["pixel_auroc"] >= best - 0.001
-    meta = export.read_metadata(new)
+    meta = export.read_metadata(new).to_dict()
     assert meta["version"] == 2 and meta["ssim"]["window_size"] == choice["window_size"]
     assert meta["ssim"]["weighting"] == choice["weighting"] and meta["map_sigma"] == choice["map_sigma"]
     assert (meta["border"], meta["blend"], meta["map_formula"]) == (choice["border"], choice["blend"],
@@ -369,7 +372,7 @@ def test_tuned_version_serves_the_librarys_map_with_the_chosen_settings(tuned):
 
     assert tuned["result"].exit_code == 0, tuned["result"].output
     new = ExportedModel.load(tuned["old"].parent / "2")
-    meta = new.metadata
+    meta = new.metadata.to_dict()
     model = keras.saving.load_model(tuned["root"] / "model.keras", compile=False)
     images = [data.read_image(p, 1) for p in data.list_images(tuned["product"])]
     served = [new.predict(im)["anomaly_map"] for im in images]

@@ -1,4 +1,4 @@
-"""Writing files safely: atomic writes, and the output folder of a command.
+"""Writing files safely (atomic writes, the output folder of a command), and the commands' progress bars.
 
 Atomic writes: a temporary file beside the target, renamed over it only when complete. A reader
 (or TF Serving, or a crash) never sees half a file: either the old content or the new.
@@ -9,6 +9,12 @@ tifffile) work unchanged.
 Output folders: :func:`prepare_output_dir` is the one check every command that writes a folder
 runs before any work (never beside or inside its inputs, writable), and :func:`output_dir_lock`
 holds the folder for one command at a time.
+
+Failures of the machine: :func:`machine_errno` tells a full disk, a full quota or a failing
+device from any other error, whoever reports it (an ``OSError``, TensorFlow, h5py).
+
+Progress: :func:`progress_bar` is the bar of the commands that go through many images
+(evaluation, tuning).
 """
 from __future__ import annotations
 
@@ -23,8 +29,38 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tfssim.errors import InputError
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "save_array", "open_lock_file", "check_output_location", "prepare_output_dir",
-           "output_dir_lock", "OUTPUT_LOCK_NAME"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "save_array", "open_lock_file",
+           "check_output_location", "prepare_output_dir", "output_dir_lock", "OUTPUT_LOCK_NAME", "MACHINE_ERRNOS",
+           "machine_errno", "progress_bar"]
+
+# Errors of the machine, not of a command's input: a full disk, a full quota, a failing device.
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)})
+# How libraries that raise no OSError (TensorFlow's OpError, h5py's, Keras's) word them: the C library's text.
+_MACHINE_MESSAGES = tuple((code, os.strerror(code)) for code in sorted(MACHINE_ERRNOS))
+
+
+def machine_errno(err: BaseException) -> int | None:
+    """The errno of a full disk, a full quota or a failing device that ``err`` reports, else ``None``.
+
+    An ``OSError`` with an errno is read by it; any other error (TensorFlow's ``OpError``, an
+    h5py or Keras error wrapping a failed write, an ``OSError`` without errno) by its message,
+    which holds the C library's text (``"No space left on device"``, ``"Disk quota exceeded"``,
+    ``"Input/output error"``).
+
+    Args:
+        err: Any exception.
+
+    Returns:
+        ``errno.ENOSPC``, ``errno.EDQUOT`` or ``errno.EIO``, or ``None``.
+
+    Example:
+        >>> machine_errno(OSError(errno.ENOSPC, "No space left on device")) == errno.ENOSPC
+        True
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno if err.errno in MACHINE_ERRNOS else None
+    text = " ".join(str(err).split())
+    return next((code for code, message in _MACHINE_MESSAGES if message in text), None)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
@@ -174,21 +210,19 @@ def prepare_output_dir(output_dir: str | os.PathLike, inputs: Iterable[str | os.
         >>> prepare_output_dir("predictions", ["scans/a.png", "scans/b.png"])
         PosixPath('predictions')
     """
-    import errno
     import tempfile
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder {out} is a file, not a folder; choose another output folder")
     check_output_location(out, inputs, masks=masks)
-    machine = {errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tfssim-write-test-", dir=out)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        if err.errno in machine:
+        if err.errno in MACHINE_ERRNOS:
             raise
         reason = ("a parent of it is a file" if isinstance(err, (FileExistsError, NotADirectoryError))
                   else err.strerror or type(err).__name__)
@@ -311,3 +345,24 @@ def output_dir_lock(output_dir: str | os.PathLike, command: str) -> Iterator[Pat
         yield out
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, enabled: bool, total: int | None = None,
+                 unit: str = "img") -> Any:
+    """A progress bar with an ETA on a terminal (tqdm's own test); nothing elsewhere or when not ``enabled``.
+
+    Args:
+        iterable: What to go through (the bar counts its items); ``None`` for a bar advanced by
+            ``update``.
+        desc: The bar's label.
+        enabled: Whether the caller wants a bar at all (a command's ``--progress``).
+        total: The number of steps (default: ``len(iterable)``).
+        unit: What a step is.
+
+    Returns:
+        A ``tqdm`` bar: iterate over it, or call ``update`` and ``close``; disabled, it yields
+        ``iterable``'s items and ``update`` does nothing.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, disable=None if enabled else True)

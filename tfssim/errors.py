@@ -1,4 +1,4 @@
-"""The error type of bad user input; imports nothing but the standard library.
+"""The error type of bad user input, and the checks of values every layer shares; standard library only.
 
 tfssim's own checks of what a user gave (an option, a file, an image, a configuration) raise
 :class:`InputError`. The command-line tools report it as one ``Error:`` line with exit status 2;
@@ -17,9 +17,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import numbers
+from typing import Any, Iterator
 
-__all__ = ["InputError", "input_checks"]
+__all__ = ["InputError", "check_fpr", "input_checks"]
 
 
 class InputError(ValueError):
@@ -43,3 +44,26 @@ def input_checks() -> Iterator[None]:
         raise
     except ValueError as err:
         raise InputError(str(err)) from None
+
+
+def check_fpr(fpr: Any, name: str = "false-positive rate") -> float:
+    """A false-positive rate a threshold can be set at: a number strictly between 0 and 1.
+
+    Args:
+        fpr: The value given (a Python or NumPy number; ``True`` is no rate).
+        name: How the message names it (e.g. ``"fpr"``, a parameter's name).
+
+    Returns:
+        ``fpr`` as a ``float``.
+
+    Raises:
+        InputError: ``fpr`` is not a number, or not in ``(0, 1)`` (NaN included).
+
+    Example:
+        >>> check_fpr(0.01)
+        0.01
+    """
+    if isinstance(fpr, bool) or not isinstance(fpr, numbers.Real) or not 0 < float(fpr) < 1:
+        shown = f"{float(fpr):g}" if isinstance(fpr, numbers.Real) and not isinstance(fpr, bool) else repr(fpr)
+        raise InputError(f"{name} must be a number between 0 and 1 (exclusive), got {shown}")
+    return float(fpr)

@@ -45,11 +45,13 @@ from tfssim.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME", "STATE_DIR", "LOCK_NAME", "LOCATION_KEYS",
+__all__ = ["CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME", "STATE_DIR", "LOCK_NAME", "BEST_MODEL_NAME",
+           "FINAL_MODEL_NAME", "CURVES_NAME", "TENSORBOARD_DIR", "EXAMPLES_DIR", "LOCATION_KEYS",
            "CHANGEABLE_KEYS", "SSIM_CONFIG_KEYS", "INT_SETTINGS", "FLOAT_SETTINGS", "BOOL_SETTINGS", "STR_SETTINGS",
            "RESTART", "setting_problem", "damaged", "read_history", "write_history", "read_progress", "ResumeState",
            "read_resume_state", "data_fingerprint", "check_same_data", "previous_locations", "run_record",
-           "read_run_record", "resume_settings", "open_run_lock"]
+           "read_run_record", "resume_settings", "open_run_lock", "model_file", "is_finished", "has_run",
+           "keras_archive_config"]
 
 CONFIG_NAME = "config.json"
 HISTORY_NAME = "history.csv"
@@ -59,6 +61,13 @@ STATE_DIR = "state"
 # A lock file in the run folder: one trainer at a time per folder (tfssim.training.run_folder). Every
 # process that opens it goes through open_run_lock.
 LOCK_NAME = ".tfssim-train.lock"
+# The models a trainer saves: the one of the lowest monitored loss, and the one after the last epoch.
+BEST_MODEL_NAME = "best.keras"
+FINAL_MODEL_NAME = "final.keras"
+# What tfssim-train writes besides: the loss curves, TensorBoard's logs, reconstructed examples.
+CURVES_NAME = "training_curves.png"
+TENSORBOARD_DIR = "tensorboard"
+EXAMPLES_DIR = "examples"
 # Settings that say where a run and its data live, not what the run is: a copied or moved run
 # folder resumes (moved data is compared by its images, check_same_data).
 LOCATION_KEYS = ("output", "data")
@@ -174,6 +183,44 @@ def damaged(path: str | os.PathLike, problem: str, otherwise: str = RESTART,
         The error to raise: ``"{path}: {problem}; the run folder is damaged: {repair}, or {otherwise}"``.
     """
     return InputError(f"{path}: {problem}; the run folder is damaged: {repair}, or {otherwise}")
+
+
+def has_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a run a trainer can resume (its ``config.json`` exists)."""
+    return (Path(run_dir) / CONFIG_NAME).exists()
+
+
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    """Whether the run in ``run_dir`` has finished (its ``final.keras`` exists)."""
+    return (Path(run_dir) / FINAL_MODEL_NAME).exists()
+
+
+def model_file(run_dir: str | os.PathLike) -> Path | None:
+    """The model file an export takes from a run folder: ``best.keras``, else ``final.keras``, else ``None``."""
+    run_dir = Path(run_dir)
+    return next((p for p in (run_dir / BEST_MODEL_NAME, run_dir / FINAL_MODEL_NAME) if p.exists()), None)
+
+
+# The model's configuration inside a ``.keras`` archive (Keras's own file, not the run folder's config.json).
+_ARCHIVE_CONFIG = "config.json"
+
+
+def keras_archive_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The model configuration a ``.keras`` archive holds, read without Keras (nothing is deserialised).
+
+    Args:
+        path: A ``.keras`` file (e.g. a run folder's ``best.keras``).
+
+    Returns:
+        The archive's configuration object, or ``None`` where the file is no readable archive or
+        holds no JSON object there.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read(_ARCHIVE_CONFIG))
+    except (OSError, KeyError, ValueError, RecursionError, zipfile.BadZipFile):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 # --- the run folder's lock file ---------------------------------------------------------------------
@@ -696,7 +743,7 @@ def read_resume_state(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -
         if len(history) < epochs_done:
             raise damaged(run_dir / HISTORY_NAME, f"holds {len(history)} epoch(s), but {progress_path} says "
                           f"{epochs_done} finished", otherwise)
-    best_model = run_dir / "best.keras"
+    best_model = run_dir / BEST_MODEL_NAME
     if best_model.exists() and not zipfile.is_zipfile(best_model):
         raise damaged(best_model, "not a .keras archive (a zip file)", otherwise,
                       repair="delete it and --resume again (the run then keeps the best model of the epochs still to "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.abc
 import importlib.util
 import logging
@@ -14,6 +13,7 @@ from typing import Iterator
 
 import click
 
+from tfssim._io import machine_errno
 from tfssim.errors import InputError
 
 
@@ -157,12 +157,12 @@ def usage_errors() -> Iterator[None]:
     except InputError as err:
         raise click.UsageError(str(err)) from None
     except OSError as err:
-        if err.errno in _RUNTIME_ERRNOS:
+        if machine_errno(err) is not None:
             raise click.ClickException(_runtime_os_error_line(err.strerror or type(err).__name__, err.filename)) from None
         raise click.UsageError(_os_error_line(err)) from None
     except Exception as err:
         # TensorFlow's own file I/O (SavedModel, TensorBoard) reports a full disk as an OpError.
-        if type(err).__module__.startswith("tensorflow") and any(m in str(err) for m in _DISK_FULL_MESSAGES):
+        if type(err).__module__.startswith("tensorflow") and machine_errno(err) is not None:
             raise click.ClickException(_runtime_os_error_line(str(err).strip().splitlines()[0], None)) from None
         raise
 
@@ -245,11 +245,6 @@ def tensorflow_required() -> Iterator[None]:
         if not is_tensorflow_import_error(err):
             raise
         raise MissingTensorFlowError(tensorflow_message(err)) from None
-
-
-# Errors of the machine, not of the command line: exit 1 like any run-time failure.
-_RUNTIME_ERRNOS = {errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
-_DISK_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")
 
 
 def _runtime_os_error_line(reason: str, filename: object) -> str:

@@ -6,9 +6,8 @@ import click
 
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
+from tfssim.evaluation.calibration import DEFAULT_FPR  # no TensorFlow: --help stays cheap
 from tfssim.serving.prediction import expand_inputs
-
-DEFAULT_FPR = 0.01  # tfssim.evaluation.calibration.DEFAULT_FPR (not imported here: --help stays cheap)
 
 
 @click.command(cls=Command,

@@ -19,7 +19,11 @@ import click
 
 from tfssim._io import atomic_write_json
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
+from tfssim.data.synthetic import TEXTURES
 from tfssim.errors import InputError
+from tfssim.evaluation.calibration import DEFAULT_FPR
+from tfssim.export.metadata import DEFAULT_STRIDE
+from tfssim.training.config import TrainConfig
 
 # Defective copies per validation image when the demo tunes: its 2 validation images are small,
 # so 4 copies (8 painted images) cost seconds; the re-export of the tuned version costs more.
@@ -29,14 +33,14 @@ TUNE_COPIES = 4
 @click.command(cls=Command,
                interrupted="what the demo wrote was removed; run it again with the same --output")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="demo_output", help="Folder for everything the demo makes.")
-@click.option("--texture", type=click.Choice(("brick", "grass", "gravel")), default="brick", help="scikit-image texture to inspect.")
+@click.option("--texture", type=click.Choice(TEXTURES), default="brick", help="scikit-image texture to inspect.")
 @click.option("--epochs", type=click.IntRange(min=1), default=40)
 @click.option("--patches-per-epoch", type=click.IntRange(min=1), default=2048)
 @click.option("--patch-size", type=click.IntRange(min=16), default=64)
-@click.option("--latent-dim", type=click.IntRange(min=1), default=100)
+@click.option("--latent-dim", type=click.IntRange(min=1), default=TrainConfig.latent_dim)
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Tiling stride; default patch_size // 4 (30 for 128 as in the paper).")
-@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.01)
-@click.option("--seed", type=int, default=0)
+@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULT_FPR)
+@click.option("--seed", type=int, default=TrainConfig.seed)
 @click.option("--verbose", "-v", is_flag=True)
 @tensorflow_required()  # every command needs TensorFlow: one Error line naming the install command without it
 def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_size: int, latent_dim: int,
@@ -47,13 +51,13 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
     from tfssim.evaluation import evaluate, tuning
     from tfssim.serving import prediction
     from tfssim.serving.inference import ExportedModel
-    from tfssim.training import TrainConfig, train
+    from tfssim.training import train
 
     started = time.perf_counter()
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         raise click.UsageError(f"output folder {out} already exists and is not empty; choose another --output")
-    stride = stride or (30 if patch_size == 128 else max(1, patch_size // 4))
+    stride = stride or (DEFAULT_STRIDE if patch_size == 128 else max(1, patch_size // 4))
     from tfssim.core.tiling import check_tiling
 
     # Every setting is checked here, before anything is written or trained.

@@ -88,7 +88,7 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
             check_pipeline(runner, click.get_current_context().meta.get(_PIPELINE_ARGS, []))
             export_dir = resolve_export_dir(export)
             metadata = read_export_metadata(export_dir)  # the workers load the model; this process needs none
-    if threshold is None and metadata.get("threshold") is None:
+    if threshold is None and metadata.threshold is None:
         from tfssim.serving.prediction import no_threshold_message
 
         raise click.UsageError(no_threshold_message(export_dir, "or pass --threshold"))

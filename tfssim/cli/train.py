@@ -9,19 +9,20 @@ import click
 from click.core import ParameterSource
 
 from tfssim.cli._common import Command, FloatRange, odd_window, setup_logging, tensorflow_required, usage_errors
-from tfssim.core.ssim_params import WEIGHTINGS, SSIMParams
+from tfssim.core.ssim_params import WEIGHTINGS
+from tfssim.data.layouts import LAYOUT_CHOICES
 from tfssim.errors import InputError
+from tfssim.models.kinds import MODEL_KINDS
+from tfssim.training.config import PRECISION_MODES, STRATEGIES, TrainConfig, load_config
 
-_MODELS = ("ssim", "l2", "vae", "fm")
+# Every option's default is TrainConfig's (the settings' one definition, imported without TensorFlow).
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
 def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Eager ``--config`` callback: the file's values become defaults that flags override."""
     if value is None:
         return None
-    with tensorflow_required():  # parsed before main runs
-        from tfssim.training import load_config
-
     try:
         values = load_config(value)
     except InputError as err:
@@ -71,44 +72,44 @@ def _check_data(data: str) -> None:
 @click.argument("data", type=click.Path(), required=False)
 @click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,
               expose_value=False, help="YAML or JSON file of option values (keys as option names); flags override it.")
-@click.option("--model", type=click.Choice(_MODELS), default="ssim", help="Which autoencoder to train.")
+@click.option("--model", type=click.Choice(MODEL_KINDS), default=_DEFAULTS["model"], help="Which autoencoder to train.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Run folder to create (or continue with --resume).")
-@click.option("--layout", type=click.Choice(("auto", "nanotwice", "mvtec", "folder")), default="auto", help="Dataset layout of DATA.")
-@click.option("--epochs", type=click.IntRange(min=1), default=200)
-@click.option("--patches-per-epoch", type=click.IntRange(min=1), default=20000, help="Random patches drawn per epoch.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size (split across replicas).")
-@click.option("--patch-size", type=click.IntRange(min=16), default=128, help="Patch side; multiple of 16.")
-@click.option("--scale", type=FloatRange(0, 1, min_open=True), default=1.0,
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=_DEFAULTS["layout"], help="Dataset layout of DATA.")
+@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"])
+@click.option("--patches-per-epoch", type=click.IntRange(min=1), default=_DEFAULTS["patches_per_epoch"], help="Random patches drawn per epoch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS["batch_size"], help="Global batch size (split across replicas).")
+@click.option("--patch-size", type=click.IntRange(min=16), default=_DEFAULTS["patch_size"], help="Patch side; multiple of 16.")
+@click.option("--scale", type=FloatRange(0, 1, min_open=True), default=_DEFAULTS["scale"],
               help="Resize every image by this factor (0 < S <= 1; anti-aliased bilinear) before patches are drawn; "
                    "the export does the same inside its serving graph and returns maps at the input's size.")
-@click.option("--image-size", type=click.IntRange(min=1), nargs=2, default=None, metavar="H W",
+@click.option("--image-size", type=click.IntRange(min=1), nargs=2, default=_DEFAULTS["image_size"], metavar="H W",
               help="Resize every image to exactly H x W (aspect not kept; anti-aliased bilinear) before patches "
                    "are drawn; with --patch-size equal to it, the autoencoder models whole images. The export "
                    "resizes the same way and returns maps at the input's size.")
-@click.option("--latent-dim", type=click.IntRange(min=1), default=100, help="Latent size d.")
-@click.option("--ssim-window", type=int, default=SSIMParams.window_size, callback=odd_window,
+@click.option("--latent-dim", type=click.IntRange(min=1), default=_DEFAULTS["latent_dim"], help="Latent size d.")
+@click.option("--ssim-window", type=int, default=_DEFAULTS["ssim_window"], callback=odd_window,
               help="SSIM window K (odd; SSIM model only).")
-@click.option("--ssim-weighting", type=click.Choice(WEIGHTINGS), default=SSIMParams.weighting,
+@click.option("--ssim-weighting", type=click.Choice(WEIGHTINGS), default=_DEFAULTS["ssim_weighting"],
               help="SSIM model only: window weighting of the loss and the anomaly map: Gaussian "
                    "(sigma 1.5, tf.image.ssim's) or uniform (plain K x K patch means, the paper's definition).")
-@click.option("--learning-rate", type=FloatRange(min=0, min_open=True), default=2e-4)
-@click.option("--weight-decay", type=FloatRange(min=0), default=1e-5)
-@click.option("--seed", type=int, default=0)
-@click.option("--grayscale/--rgb", default=True, help="Train on 1-channel or 3-channel images.")
-@click.option("--augment/--no-augment", default=True, help="Random flips and 90-degree rotations.")
-@click.option("--val-split", type=FloatRange(0, 1, max_open=True), default=0.1,
+@click.option("--learning-rate", type=FloatRange(min=0, min_open=True), default=_DEFAULTS["learning_rate"])
+@click.option("--weight-decay", type=FloatRange(min=0), default=_DEFAULTS["weight_decay"])
+@click.option("--seed", type=int, default=_DEFAULTS["seed"])
+@click.option("--grayscale/--rgb", default=_DEFAULTS["grayscale"], help="Train on 1-channel or 3-channel images.")
+@click.option("--augment/--no-augment", default=_DEFAULTS["augment"], help="Random flips and 90-degree rotations.")
+@click.option("--val-split", type=FloatRange(0, 1, max_open=True), default=_DEFAULTS["val_split"],
               help="Share of a plain folder / MVTec train/good held out for validation.")
-@click.option("--vae-samples", type=click.IntRange(min=1), default=10, help="VAE: latent samples N per pixel score.")
-@click.option("--fm-weight", type=FloatRange(min=0), default=1.0, help="FM-AE: weight lambda of the feature term.")
-@click.option("--weights", "fm_weights", type=str, default="imagenet",
+@click.option("--vae-samples", type=click.IntRange(min=1), default=_DEFAULTS["vae_samples"], help="VAE: latent samples N per pixel score.")
+@click.option("--fm-weight", type=FloatRange(min=0), default=_DEFAULTS["fm_weight"], help="FM-AE: weight lambda of the feature term.")
+@click.option("--weights", "fm_weights", type=str, default=_DEFAULTS["fm_weights"],
               help="FM-AE: 'imagenet' (download) or a local VGG16 weights file.")
-@click.option("--mixed-precision", type=click.Choice(("auto", "on", "off")), default="auto",
+@click.option("--mixed-precision", type=click.Choice(PRECISION_MODES), default=_DEFAULTS["mixed_precision"],
               help="auto: mixed_float16 when a GPU is visible.")
-@click.option("--strategy", type=click.Choice(("auto", "none", "mirrored", "multiworker")), default="auto",
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=_DEFAULTS["strategy"],
               help="auto: MirroredStrategy when 2+ GPUs; multiworker reads TF_CONFIG.")
 @click.option("--virtual-cpus", type=click.IntRange(min=1), default=None,
               help="Split the CPU into N logical devices (to try --strategy mirrored without GPUs).")
-@click.option("--skip-bad-images", is_flag=True, help="Skip unreadable images (listed in the log) instead of stopping.")
+@click.option("--skip-bad-images", is_flag=True, default=_DEFAULTS["skip_bad_images"], help="Skip unreadable images (listed in the log) instead of stopping.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --output from its last finished epoch, with its recorded settings (options "
                    "not given keep the run's values; only --epochs may change).")
@@ -140,7 +141,7 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
         _virtual_cpus(virtual_cpus)
 
     from tfssim.models import WeightsUnavailableError
-    from tfssim.training import OutOfMemoryError, TrainConfig, resume_config, train
+    from tfssim.training import OutOfMemoryError, resume_config, train
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in options.items() if k in known}

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfssim.errors import InputError
-from tfssim.export.metadata import BLENDS, check_value
+from tfssim.export.metadata import BLENDS, DEFAULT_CHUNK_SIZE, check_value
 
 __all__ = [
     "BLENDS",
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # Tiles per model call (bounds memory), also inside exported graphs; see scripts/benchmark_export.py.
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = DEFAULT_CHUNK_SIZE
 # The Gaussian blend's standard deviation as a share of the patch side (nnU-Net's sigma_scale).
 GAUSSIAN_BLEND_SIGMA = 1 / 8
 

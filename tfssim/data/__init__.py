@@ -25,6 +25,7 @@ from tfssim.data.io import (
     read_test_masks,
 )
 from tfssim.data.layouts import (
+    LAYOUT_CHOICES,
     LAYOUTS,
     MASK_SUFFIXES,
     DatasetSplit,
@@ -57,7 +58,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "IMAGE_SUFFIXES", "LAYOUTS", "MASK_SUFFIXES", "TEXTURES", "DatasetSplit", "SyntheticDataset", "add_defects",
+    "IMAGE_SUFFIXES", "LAYOUTS", "LAYOUT_CHOICES", "MASK_SUFFIXES", "TEXTURES", "DatasetSplit", "SyntheticDataset", "add_defects",
     "check_binary_mask", "checkerboard", "checkerboard_patches", "defective_checkerboard", "detect_layout",
     "find_mask", "fixed_patches", "list_images", "load_dataset", "load_folder", "load_mvtec", "load_nanotwice",
     "mask_index", "mask_names", "patch_dataset", "read_image", "read_images", "read_mask", "read_test_masks",

@@ -1,5 +1,10 @@
 """Realistic synthetic defects with exact masks, for choosing scoring settings without labelled defects.
 
+This is the tuner's painter (:mod:`tfssim.evaluation.tuning` paints validation images with it).
+The built-in datasets' test defects come from a second, simpler one on purpose
+(:func:`tfssim.data.synthetic.add_defects`: scratches, flattened blobs, specks), so that no test
+set is drawn by the generator the tuner chooses its settings on.
+
 Six families, generic rather than shaped to one dataset (the first four are the ideas behind
 CutPaste and DRAEM; the last two are defects that are not local structure):
 

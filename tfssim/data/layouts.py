@@ -11,11 +11,14 @@ from tfssim.data.io import IMAGE_SUFFIXES, list_images
 from tfssim.errors import InputError
 
 __all__ = [
-    "DatasetSplit", "LAYOUTS", "MASK_SUFFIXES", "detect_layout", "find_mask", "load_dataset", "load_folder",
+    "DatasetSplit", "LAYOUTS", "LAYOUT_CHOICES", "MASK_SUFFIXES", "detect_layout", "find_mask", "load_dataset", "load_folder",
     "load_mvtec", "load_nanotwice", "mask_index", "mask_names",
 ]
 
+# The layouts a dataset folder can have (detect_layout's answers), and what load_dataset's (and
+# tfssim-train's) layout setting takes: one of them, or "auto" to detect it.
 LAYOUTS = ("nanotwice", "mvtec", "folder")
+LAYOUT_CHOICES = ("auto", *LAYOUTS)
 # Ground-truth mask names tried for a test image <stem>, in this order, by every loader here and
 # by tfssim-predict --masks: NanoTWICE's <stem>_gt, a mask with the image's own stem, MVTec AD's
 # <stem>_mask (each with any image extension).
@@ -259,4 +262,4 @@ def load_dataset(root: str | os.PathLike, layout: str = "auto", val_fraction: fl
         return load_mvtec(root, val_fraction, seed)
     if layout == "folder":
         return load_folder(root, val_fraction, seed)
-    raise InputError(f"unknown dataset layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
+    raise InputError(f"unknown dataset layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}")

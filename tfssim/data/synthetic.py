@@ -1,4 +1,11 @@
-"""Synthetic data: the paper's checkerboard toy example and built-in textures with defects."""
+"""Synthetic data: the paper's checkerboard toy example and built-in textures with defects.
+
+:func:`add_defects` paints the *test* defects of the built-in datasets (``tfssim-demo``, the
+tests). It is deliberately not :func:`tfssim.data.defects.paint_defects`, the painter that
+``tfssim-tune`` chooses its scoring on: a test set drawn by the generator the tuner selects
+with would reward the choice for fitting that generator, not for finding defects. The two
+share no code and no parameters, so the demo's test numbers stay a measurement.
+"""
 from __future__ import annotations
 
 import os

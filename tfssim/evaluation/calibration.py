@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tfssim.errors import InputError
+from tfssim.errors import InputError, check_fpr
 
 __all__ = ["DEFAULT_FPR", "Calibration", "calibrate", "largest_region_area", "threshold_at_min_defect_area"]
 
@@ -273,9 +273,7 @@ def calibrate(export: str | os.PathLike | Any, images: Sequence[str | os.PathLik
         min_defect_area = _checked_area(min_defect_area)
     else:
         fpr = DEFAULT_FPR if fpr is None else fpr
-        if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.floating)) or not 0 < float(fpr) < 1:
-            raise InputError(f"fpr must be a number between 0 and 1 (exclusive), got {fpr!r}")
-        fpr = float(fpr)
+        fpr = check_fpr(fpr, "fpr")
     model = export if isinstance(export, ExportedModel) else ExportedModel.load(export)
     source = Path(model.path)
     if write:

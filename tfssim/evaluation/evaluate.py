@@ -65,7 +65,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir, save_array
+from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir, progress_bar, save_array
 from tfssim.errors import InputError
 from tfssim.evaluation import metrics
 from tfssim.evaluation.per_type import GOOD, TYPE_KEYS, TypePools, defect_types, per_type_scores
@@ -108,14 +108,6 @@ class ExportEvaluation:
     stride: int | None = None  # the export's (default) stride, at which it served them
 
 
-def _progress(iterable: Sequence[Any], desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, unit="img", leave=False)
-
-
 def compute_maps(model: ExportedModel, images: Sequence[np.ndarray], desc: str = "maps", progress: bool = True,
                  sources: Sequence[Any] | None = None) -> list[np.ndarray]:
     """Anomaly maps ``[H, W]`` of ``images`` with ``model``.
@@ -126,7 +118,8 @@ def compute_maps(model: ExportedModel, images: Sequence[np.ndarray], desc: str =
         raise InputError(f"{len(images)} images but {len(sources)} sources")
     names = sources if sources is not None else [None] * len(images)
     pairs = list(zip(images, names))
-    return [model.predict(img, source=name)["anomaly_map"] for img, name in _progress(pairs, desc, progress)]
+    return [model.predict(img, source=name)["anomaly_map"]
+            for img, name in progress_bar(pairs, desc=desc, enabled=progress)]
 
 
 def evaluate_maps(
@@ -225,9 +218,9 @@ def _score(name: str, val_maps: Sequence[np.ndarray], test_maps: Sequence[np.nda
     if len(val_maps) == 0:
         raise InputError("no validation maps to calibrate the threshold on; give defect-free images")
     calibration = metrics.FprThreshold(fpr, HISTOGRAM_BITS)
-    for i in _progress(range(len(val_maps)), f"{name}: validation", progress):
+    for i in progress_bar(range(len(val_maps)), desc=f"{name}: validation", enabled=progress):
         calibration.count(val_maps[i])
-    for i in _progress(range(len(val_maps)), f"{name}: threshold", progress):
+    for i in progress_bar(range(len(val_maps)), desc=f"{name}: threshold", enabled=progress):
         calibration.look(val_maps[i])
     threshold, val_fpr = calibration.result()
     processor = dataclasses.replace(processor, threshold=threshold)
@@ -235,7 +228,7 @@ def _score(name: str, val_maps: Sequence[np.ndarray], test_maps: Sequence[np.nda
     pooled = metrics.PooledScores(mantissa_bits=HISTOGRAM_BITS, num_thresholds=PRO_THRESHOLDS, max_fpr=PRO_MAX_FPR)
     types = None if test_labels is None else TypePools(test_labels, max_fpr=PRO_MAX_FPR,
                                                        num_thresholds=PRO_THRESHOLDS, mantissa_bits=HISTOGRAM_BITS)
-    for i in _progress(range(n), f"{name}: test", progress):
+    for i in progress_bar(range(n), desc=f"{name}: test", enabled=progress):
         anomaly_map, mask = metrics.checked_pair(i, test_maps[i], masks[i])
         pooled.add_scores(anomaly_map, mask)
         if types is not None:
@@ -246,7 +239,7 @@ def _score(name: str, val_maps: Sequence[np.ndarray], test_maps: Sequence[np.nda
     del fpr_curve, tpr_curve
     seg_counts = _SegmentationCounts(pooled, processor) if segmentation_auroc else None
 
-    for i in _progress(range(n), f"{name}: scores", progress):
+    for i in progress_bar(range(n), desc=f"{name}: scores", enabled=progress):
         anomaly_map, mask = metrics.checked_pair(i, test_maps[i], masks[i])
         segmentation = processor.segment(anomaly_map)
         regions = metrics.region_labels(mask) if mask.any() else None  # labelled once for every pool
@@ -449,11 +442,12 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
     (ch,) = channels
     # Every image and mask read (and checked) once before the first map, one at a time: a bad
     # file fails in seconds, not after an export's maps. Only the shapes are kept.
-    for path in _progress(split.val, "checking validation images", progress):
+    for path in progress_bar(split.val, desc="checking validation images", enabled=progress):
         data.read_image(path, ch)
     shapes: list[tuple[int, int]] = []
     defective = 0
-    for path, mask_path in _progress(list(zip(split.test, split.test_masks)), "checking test images", progress):
+    for path, mask_path in progress_bar(list(zip(split.test, split.test_masks)), desc="checking test images",
+                                        enabled=progress):
         image = data.read_image(path, ch)
         (mask,) = data.read_test_masks([mask_path], [image])
         shapes.append(tuple(image.shape[:2]))
@@ -490,7 +484,7 @@ def _evaluate_into(split: Any, exports: Sequence[ExportedModel], output: Path, n
         # Beside the threshold recalibrated here: the one stored in the export (what serving uses).
         result.scores["export_threshold"] = model.threshold
         result.seconds = time.perf_counter() - started
-        result.seconds_per_megapixel, result.stride = serving.seconds_per_megapixel, int(model.metadata["stride"])
+        result.seconds_per_megapixel, result.stride = serving.seconds_per_megapixel, model.metadata.stride
         results.append(result)
         plots.plot_pro_quantiles(result.pro["fpr"], result.pro["quantiles"], output / f"pro_{safe}.png")
         write_curves(result, output, safe)

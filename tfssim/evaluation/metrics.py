@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tfssim.data.io import check_binary_mask
-from tfssim.errors import InputError
+from tfssim.errors import InputError, check_fpr
 
 __all__ = [
     "pixel_roc", "pixel_roc_auc", "segmentation_roc", "SEGMENTATION_ROC_FPRS", "pro_curve", "aupro", "area_under_pro", "thin_curve", "image_roc_auc", "f1_iou",
@@ -583,9 +583,7 @@ class FprThreshold:
     """
 
     def __init__(self, fpr: float, mantissa_bits: int = 13) -> None:
-        if not 0 < fpr < 1:
-            raise InputError(f"false-positive rate must be between 0 and 1 (exclusive), got {fpr}")
-        self.fpr = float(fpr)
+        self.fpr = check_fpr(fpr)
         self._histogram = ScoreHistogram(1, mantissa_bits)
         self._maps = 0
         self._bin: tuple[float, float, int, int] | None = None  # (low, high, below, rank) after the first look

@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tfssim.errors import InputError
 from tfssim.run_record import setting_problem
 from tfssim.serving.inference import ExportedModel
+from tfssim.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SEED", "DEFAULT_VAL_SPLIT", "load_split", "split_settings"]
 
 # The validation split of MVTec AD and plain folders when neither the command line nor the
-# export's training_config gives it (tfssim-train's defaults).
-DEFAULT_VAL_SPLIT = 0.1
-DEFAULT_SEED = 0
+# export's training_config gives it: tfssim-train's defaults, read from TrainConfig (no TensorFlow).
+DEFAULT_VAL_SPLIT: float = TrainConfig.val_split
+DEFAULT_SEED: int = TrainConfig.seed
 
 
-def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None, seed: int | None,
+def split_settings(training_configs: Sequence[Mapping[str, Any] | None], val_split: float | None, seed: int | None,
                    names: Sequence[str] | None = None) -> tuple[float, int, list[str]]:
     """The validation split and seed to evaluate exports with, and warnings (``tfssim-evaluate``'s rule).
 
@@ -34,7 +35,8 @@ def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None,
     exports whose training configs disagree on a value taken from the first one.
 
     Args:
-        metadatas: The exports' metadata (``training_config`` is read).
+        training_configs: The exports' ``training_config`` (:attr:`tfssim.export.metadata.ExportMetadata.training_config`;
+            ``None`` where an export has none).
         val_split: The validation share given by the user, or ``None``.
         seed: The split's seed given by the user, or ``None``.
         names: The exports' names for the warnings (default: their indices).
@@ -45,8 +47,8 @@ def split_settings(metadatas: Sequence[dict[str, Any]], val_split: float | None,
     Raises:
         InputError: a stored ``val_split`` or ``seed`` of the wrong type or range (naming the export).
     """
-    names = list(names) if names is not None else [str(i) for i in range(len(metadatas))]
-    configs = [m.get("training_config") if isinstance(m.get("training_config"), dict) else {} for m in metadatas]
+    names = list(names) if names is not None else [str(i) for i in range(len(training_configs))]
+    configs = [config if isinstance(config, Mapping) else {} for config in training_configs]
     warnings: list[str] = []
     resolved: dict[str, Any] = {}
     for key, given, default in (("val_split", val_split, DEFAULT_VAL_SPLIT), ("seed", seed, DEFAULT_SEED)):
@@ -118,7 +120,7 @@ def load_split(dataset: str | Path, exports: Sequence[str | Path | ExportedModel
             metadatas.append(read_export_metadata(folder))  # checked; a fault names the file
             names.append(str(folder))
     given = (val_split, seed)
-    val_split, seed, warnings = split_settings(metadatas, val_split, seed, names)
+    val_split, seed, warnings = split_settings([m.training_config for m in metadatas], val_split, seed, names)
     if (layout if layout != "auto" else data.detect_layout(dataset)) != "nanotwice":  # fixed split there
         for line in warnings:
             (warn or logger.warning)(line)

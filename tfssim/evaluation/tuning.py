@@ -82,12 +82,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from tfssim._io import save_array
+from tfssim._io import progress_bar, save_array
 from tfssim.core import resize
 from tfssim.core.map_formula import FORMULAS, PLAIN, MapFormula
 from tfssim.core.ssim_params import WEIGHTINGS, SSIMParams
 from tfssim.data import defects
-from tfssim.errors import InputError, input_checks
+from tfssim.errors import InputError, check_fpr, input_checks
 from tfssim.evaluation import metrics
 from tfssim.serving import postprocess
 from tfssim.serving.inference import ExportedModel
@@ -485,13 +485,6 @@ def _pick(candidates: list[dict[str, Any]], score: str, tolerance: float, prefer
     return min(near, key=preference)
 
 
-def _progress(total: int, desc: str, enabled: bool, unit: str = "img") -> Any:
-    """A progress bar with an ETA on a terminal (tqdm's own test), nothing elsewhere or when disabled."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None if enabled else True)
-
-
 # --- the validation images, read one at a time ---------------------------------------------------
 
 
@@ -696,7 +689,7 @@ class _Reconstructions:
         md = model.metadata
         self.model, self.variants, self.margins, self.key = model, variants, margins, key
         # Another stride than the export's own: through its serve_with_stride signature.
-        self.stride = None if stride is None or stride == int(md["stride"]) else int(stride)
+        self.stride = None if stride is None or stride == md.stride else int(stride)
         self._graph = None
         if source_model is None:
             return
@@ -704,8 +697,8 @@ class _Reconstructions:
 
         from tfssim.core import tiling
 
-        patch, chunk = int(md["patch_size"]), int(md.get("chunk_size") or 64)
-        stride = int(md["stride"]) if stride is None else int(stride)
+        patch, chunk = md.patch_size, md.chunk_size
+        stride = md.stride if stride is None else int(stride)
         blends = list(dict.fromkeys(blend for _, blend in variants))
         fn = lambda t: source_model(t, training=False)  # noqa: E731
         self._graph = tf.function(
@@ -748,7 +741,7 @@ class _StrideFrontier:
                  first_variant: int, key: str, *, ssim_params: dict[str, Any] | None) -> None:
         self.model, self.source_model, self.chosen, self.margin = model, source_model, chosen, margin
         self.cache, self.key, self.ssim_params = cache, key, ssim_params
-        self.own = int(model.metadata["stride"])
+        self.own = model.metadata.stride
         self._variants = {self.own: cache.variant}
         self._first_variant = first_variant
         self.histograms: dict[int, metrics.ScoreHistogram] = {}
@@ -813,9 +806,9 @@ class _StrideFrontier:
         md, c = self.model.metadata, self.chosen
         graph = tf.function(
             lambda image: scoring.anomaly_maps(
-                self.source_model, image, md["kind"], int(md["patch_size"]), stride,
-                chunk_size=int(md.get("chunk_size") or 64), ssim_kwargs=self.ssim_params,
-                jit_compile=bool(md.get("jit_compile", False)), map_sigma=c.map_sigma, border=c.border,
+                self.source_model, image, md.kind, md.patch_size, stride,
+                chunk_size=md.chunk_size, ssim_kwargs=self.ssim_params,
+                jit_compile=md.jit_compile, map_sigma=c.map_sigma, border=c.border,
                 blend=c.blend, map_formula=None if self.ssim_params is None else c.formula),
             input_signature=[tf.TensorSpec([None, None, self.model.channels], tf.float32)])
         return lambda x: {k: v.numpy() for k, v in graph(tf.constant(x, tf.float32)).items()}
@@ -949,6 +942,555 @@ def _report(counts: _PostCounts, totals: dict[tuple[str, int], int], bins: np.nd
             "clean_images_with_false_regions": counts.clean_images_flagged}
 
 
+def _check_run(images: Sequence[Any], copies: int, fpr: float, threshold_rule: str) -> None:
+    """Refuse an empty image list, a copy count below 1, an fpr outside (0, 1) or an unknown rule."""
+    if len(images) == 0:
+        raise InputError("no validation images: tuning needs at least one defect-free image")
+    if isinstance(copies, bool) or int(copies) != copies or copies < 1:
+        raise InputError(f"copies must be >= 1, got {copies}")
+    check_fpr(fpr)
+    if threshold_rule not in THRESHOLD_RULES:
+        raise InputError(f"unknown threshold rule {threshold_rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
+
+
+def _shortest_side(store: _Images, smallest: int, patch_size: int) -> int:
+    """Read (and check) every image once, before any work, so that a bad file is found in seconds;
+    the shortest side among them."""
+    shortest = None
+    for i in range(len(store)):
+        image = store[i]
+        if image.ndim not in (2, 3) or min(image.shape[:2]) < smallest:
+            what = f"{patch_size}-pixel patch" if smallest == patch_size else \
+                f"smallest input ({smallest} pixels: its {patch_size}-pixel patch once resized)"
+            raise InputError(f"{store.names[i]}: image of shape {image.shape} is smaller than the export's {what} "
+                             "(or not [H, W] / [H, W, C]); tune on images at least one patch high and wide")
+        shortest = min(image.shape[:2]) if shortest is None else min(shortest, *image.shape[:2])
+    assert shortest is not None  # at least one image (_check_run)
+    return shortest
+
+
+def _checked_min_areas(min_areas: Sequence[int] | None, size_range: tuple[float, float]) -> list[int]:
+    """The minimum region areas to try: ``min_areas`` checked, else :data:`MIN_AREA_FRACTIONS` of the
+    smallest defect's area."""
+    if min_areas is None:
+        smallest_area = math.pi * size_range[0] ** 2 / 4
+        min_areas = sorted({int(round(f * smallest_area)) for f in MIN_AREA_FRACTIONS})
+    if any(isinstance(a, bool) or int(a) != a or a < 0 for a in min_areas) or not min_areas:
+        raise InputError(f"minimum areas must be integers >= 0, got {list(min_areas)}")
+    return [int(a) for a in min_areas]
+
+
+class _Tuner:
+    """One run of :func:`tune`: its checked settings, and the passes that accumulate and choose.
+
+    Each pass is one method and leaves what the next ones need on the instance (the ranked map
+    candidates, the chosen map, its threshold, ...); :meth:`result` assembles the :class:`Tuning`.
+    """
+
+    def __init__(self, model: ExportedModel, images: Sequence[Any], *, size_range: Sequence[float] | None,
+                 fpr: float, threshold_rule: str, copies: int, seed: int, windows: Sequence[int],
+                 weightings: Sequence[str], sigmas: Sequence[float] | None, openings: Sequence[int],
+                 min_areas: Sequence[int] | None, defects_per_patch: float, families: Sequence[str],
+                 tolerance: float, progress: bool, sources: Sequence[Any] | None, workers: int | None,
+                 borders: Sequence[str] | None, blends: Sequence[str] | None, source_model: Any,
+                 formulas: Sequence[str] | None, strides: Sequence[int] | None, stride_tolerance: float) -> None:
+        """Check every setting and image against the export, and set up the candidates."""
+        _check_run(images, copies, fpr, threshold_rule)
+        md = model.metadata
+        self.model, self.source_model, self.progress = model, source_model, progress
+        self.fpr, self.threshold_rule, self.copies, self.seed = fpr, threshold_rule, copies, seed
+        self.defects_per_patch, self.tolerance, self.stride_tolerance = defects_per_patch, tolerance, stride_tolerance
+        self.residual = residual = md.residual
+        self.patch_size = patch_size = md.patch_size
+        self.exported_sigma = exported_sigma = float(md.map_sigma)
+        self.own_tiling = (md.border, md.blend)
+        if residual == "vae" and exported_sigma:
+            raise InputError(f"VAE export {model.path} already smooths its maps (map_sigma {exported_sigma:g}); "
+                             "tune an export made without --map-sigma")
+        # An export that resizes requests scores them at the resized size: its maps cannot be
+        # recomputed from the full-size input and reconstruction, so (as for the VAE) the served map
+        # is the one candidate map, smoothed by each sigma.
+        resized = not resize.is_identity(md.scale, md.image_size)
+        if resized and exported_sigma:
+            raise InputError(f"export {model.path} resizes its requests and already smooths its maps (map_sigma "
+                             f"{exported_sigma:g}); tune an export made without --map-sigma")
+        # The served reconstruction of a mirrored-border export is cropped: the map at the border needs
+        # the mirrored strip, so without the Keras model the served map is the one candidate too.
+        self.served = served = residual == "vae" or resized or (self.own_tiling[0] != "none" and source_model is None)
+        if served and exported_sigma:
+            raise InputError(f"export {model.path} mirrors its border and already smooths its maps (map_sigma "
+                             f"{exported_sigma:g}); give its Keras model (tfssim-tune --model) or tune an export "
+                             "made without --map-sigma")
+        fixed = ("a VAE's served map is the one candidate" if residual == "vae" else
+                 "an export that resizes its requests serves the one candidate map" if resized else
+                 "other tilings need the export's Keras model (tfssim-tune --model)" if source_model is None else None)
+        self.tilings = _tiling_candidates(borders, blends, self.own_tiling, fixed)
+        self.own_formula = MapFormula.of(md.map_formula)
+        self.formulas = _formula_candidates(formulas, "the export's maps are its served ones" if served else
+                                            None if residual == "ssim" else f"a {residual!r} export's map has no SSIM "
+                                            "term", self.own_formula.name)
+        self.size_range = defects._check_size_range(size_range or defects.default_size_range(patch_size))
+        self.sigmas = self._checked_sigmas(sigmas)
+        self.own, self.scorings = self._scorings(windows, weightings)
+        if any(isinstance(d, bool) or int(d) != d or d < 0 for d in openings) or not openings:
+            raise InputError(f"opening diameters must be integers >= 0, got {list(openings)}")
+        self.openings = [int(d) for d in openings]
+        self.own_stride = md.stride
+        self.strides = _check_strides(default_strides(patch_size, self.own_stride) if strides is None else strides,
+                                      patch_size, self.own_stride)
+        if not 0 <= stride_tolerance < 1:
+            raise InputError(f"stride tolerance must be between 0 and 1, got {stride_tolerance}")
+        self.store = _Images(images, md.channels, sources)
+        self.n_images = len(self.store)
+        shortest = _shortest_side(self.store, md.min_input_size, patch_size)
+        if self.size_range[1] > shortest:
+            raise InputError(f"the largest synthetic defect size {self.size_range[1]:g} px is larger than the "
+                             f"smallest validation image side ({shortest} px); give --defect-size MIN MAX within "
+                             "the images")
+        self.min_areas = _checked_min_areas(min_areas, self.size_range)
+        self.families = list(families)
+        for family in self.families:
+            if family not in defects.FAMILIES:
+                raise InputError(f"unknown defect family {family!r}; choose from {', '.join(defects.FAMILIES)}")
+        self._prepare_sweep(workers, shortest)
+
+    def _prepare_sweep(self, workers: int | None, shortest: int) -> None:
+        """Set up pass 1: the map computation, each tiling's margin, the reconstructions, the map
+        candidates and their accumulators."""
+        from tfssim.core import scoring
+
+        model, residual, served, patch_size = self.model, self.residual, self.served, self.patch_size
+        self.maps = _Maps(residual, dict(model.metadata.ssim or {}), served=served,
+                          workers=workers or min(4, os.cpu_count() or 1))
+        # Each tiling's margin: the mirrored strip the widest SSIM window or formula term at the border reads.
+        widest = max((w for w, _ in self.scorings if w is not None), default=1)
+        reach = max([widest // 2, self.own_formula.reach()]
+                    + [t.reach() for w, _ in self.scorings if w is not None
+                       for t in _second_terms(self.formulas, w, patch_size)])
+        self.margins = {border: min(scoring.border_padding(patch_size, border), reach if residual == "ssim" else 0)
+                        for border, _ in self.tilings}
+        self.reconstructions = _Reconstructions(model, None if served else self.source_model, self.tilings,
+                                                self.margins, "anomaly_map" if served else "reconstruction")
+        # The export's own tiling (tilings[0]) with every map candidate; the other tilings later, with
+        # the window and weighting best on it and every sigma.
+        self.candidates = [MapCandidate(*scoring_, s, *self.own_tiling) for scoring_ in self.scorings
+                           for s in self.sigmas]
+        # An export tuned before with a formula: its own map (formula, normalisation, sigma) competes too.
+        self.own_candidate = MapCandidate(*self.own, self.exported_sigma, *self.own_tiling, self.own_formula) \
+            if not self.own_formula.plain and not served else None
+        self.candidates += [self.own_candidate] if self.own_candidate is not None else []
+        self.sweep_histograms = {c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in self.candidates}
+        self.bins = _size_bins(self.size_range, self.families, shortest)
+        self.seconds = {"painting": 0.0, "reconstructions": 0.0, "map_candidates": 0.0, "tilings": 0.0,
+                        "formulas": 0.0, "strides": 0.0, "threshold": 0.0, "post_processing": 0.0,
+                        "threshold_rule": 0.0}
+        self.family_counts: dict[str, int] = {}
+        self.totals: dict[tuple[str, int], int] = {}  # (family, size bin) -> regions
+        self.ranked: list[dict[str, Any]] = []  # one row per map candidate scored, in ranked_candidates' order
+        self.ranked_candidates: list[MapCandidate] = []
+        self.stride_rows: list[dict[str, Any]] = []
+        self.chosen_stride = self.own_stride
+
+    def _checked_sigmas(self, sigmas: Sequence[float] | None) -> list[float]:
+        """The map smoothing candidates: ``sigmas`` checked, else :data:`DEFAULT_SIGMAS` that fit the patch."""
+        from tfssim.core import scoring
+
+        if sigmas is None:
+            sigmas = [s for s in DEFAULT_SIGMAS if scoring.smoothing_radius(s) < self.patch_size]
+        with input_checks():  # tfssim.core.scoring checks the candidates with ValueError
+            checked = sorted({scoring.validate_map_sigma(float(s), self.patch_size) for s in sigmas})
+        if not checked:
+            raise InputError("no candidate map sigmas given")
+        return checked
+
+    def _scorings(self, windows: Sequence[int], weightings: Sequence[str],
+                  ) -> tuple[tuple[int | None, str | None], list[tuple[int | None, str | None]]]:
+        """The export's own ``(window, weighting)`` and the candidates (its own alone where the map is not
+        recomputed or has no SSIM term)."""
+        from tfssim.core.ssim import validate_window
+
+        if self.residual != "ssim":
+            return (None, None), [(None, None)]
+        params = SSIMParams.of(self.model.metadata.ssim)  # the export's SSIM; SSIMParams' defaults where unset
+        own = (params.window_size, params.weighting)
+        if self.served:
+            return own, [own]
+        with input_checks():  # tfssim.core.ssim checks the candidates with ValueError
+            for w in windows:
+                validate_window(w, params.sigma, "gaussian")
+            for weighting in weightings:
+                validate_window(params.window_size, params.sigma, weighting)
+        return own, sorted({(int(w), str(g)) for w in windows for g in weightings if w <= self.patch_size} | {own})
+
+    def open_cache(self, folder: str | os.PathLike | None) -> _Cache:
+        """The on-disk cache of the reconstructions, in ``folder`` (the caller closes it)."""
+        self.cache = _Cache(folder)
+        return self.cache
+
+    def painted(self, i: int, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]:
+        """Image ``i``'s synthetic copies (the same on every call: seeded by ``(seed, i, copy)``)."""
+        tick = time.perf_counter()
+        j = self.store.neighbour(i)
+        source = self.store[j] if j is not None else None
+        count = defects_per_copy(image.shape, self.patch_size, self.defects_per_patch)
+        out = [synthetic_copy(image, i, k, seed=self.seed, count=count, size_range=self.size_range,
+                              families=self.families, source=source) for k in range(self.copies)]
+        self.seconds["painting"] += time.perf_counter() - tick
+        return out
+
+    def _bar(self, total: int, desc: str) -> Any:
+        return progress_bar(total=total, desc=desc, enabled=self.progress)
+
+    def _ranked_rows(self, cands: list[MapCandidate]) -> list[dict[str, Any]]:
+        """The rows of ``cands`` (scored), recorded in :attr:`ranked_candidates`."""
+        self.ranked_candidates.extend(cands)
+        hists = self.sweep_histograms
+        return [{"window_size": c.window_size, "weighting": c.weighting, "map_sigma": c.map_sigma,
+                 "border": c.border, "blend": c.blend,
+                 "map_formula": None if self.residual != "ssim" else
+                 (self.own_formula if self.served else c.formula).to_dict(),
+                 "pixel_auroc": hists[c].roc_auc(_DEFECT, _GOOD),
+                 "pixel_pauc_0.3": hists[c].partial_roc_auc(PRO_MAX_FPR, _DEFECT, _GOOD),
+                 "auroc_error_bound": hists[c].roc_auc_error_bound(_DEFECT, _GOOD)} for c in cands]
+
+    def _preference(self, c: dict[str, Any]) -> tuple[Any, ...]:
+        """Ties go to the plain map formula, the export's own tiling, then the smaller sigma, then its
+        own window and weighting."""
+        return (MapFormula.of(c["map_formula"]) != PLAIN, (c["border"], c["blend"]) != self.own_tiling,
+                c["map_sigma"], (c["window_size"], c["weighting"]) != self.own, self.ranked.index(c))
+
+    def _best_plain(self) -> dict[str, Any]:
+        """The best row of the plain map (what the other tilings and the formulas are built on)."""
+        plain = [c for c in self.ranked if MapFormula.of(c["map_formula"]).plain]
+        return _pick(plain, "pixel_auroc", self.tolerance, self._preference)
+
+    def rank_map_candidates(self) -> None:
+        """Pass 1: paint, reconstruct every copy and clean image once, score every map candidate."""
+        store, cache, maps, own_tiling = self.store, self.cache, self.maps, self.own_tiling
+        bar = self._bar(self.n_images, "tune: reconstructions and map candidates")
+        for i in range(self.n_images):
+            x = _hwc(store[i])
+            copies_i = self.painted(i, x)
+            for _, mask, infos in copies_i:
+                for info in infos:
+                    self.family_counts[info["family"]] = self.family_counts.get(info["family"], 0) + 1
+                for family, size_bin, _, _ in _defect_regions(infos, mask, self.bins):
+                    self.totals[family, size_bin] = self.totals.get((family, size_bin), 0) + 1
+            tick = time.perf_counter()
+            names = [f"synthetic copy {k} of {store.names[i]}" for k in range(self.copies)]
+            per_copy = [self.reconstructions(_hwc(p), name) for (p, _, _), name in zip(copies_i, names)]
+            clean_bases = self.reconstructions(x, store.names[i])
+            self.seconds["reconstructions"] += time.perf_counter() - tick
+            copy_bases = [np.stack([bases[v] for bases in per_copy]) for v in range(len(self.tilings))]
+            del per_copy
+            for v in range(len(self.tilings)):
+                cache.save(i, v, copy_bases[v], clean_bases[v])
+            tick = time.perf_counter()
+            stack, labels = _images_of(copies_i), _labels_of(copies_i)
+            for scoring_ in self.scorings:
+                raw = maps.raw(stack, copy_bases[0], scoring_, self.margins[own_tiling[0]])
+                for sigma, smoothed in maps.smooth_many(raw, self.sigmas).items():
+                    self.sweep_histograms[MapCandidate(*scoring_, sigma, *own_tiling)].update(smoothed, labels)
+            if self.own_candidate is not None:
+                raw = maps.raw(stack, copy_bases[0], self.own, self.margins[own_tiling[0]], self.own_formula)
+                self.sweep_histograms[self.own_candidate].update(maps.smooth(raw, self.exported_sigma), labels)
+            del copy_bases
+            self.seconds["map_candidates"] += time.perf_counter() - tick
+            bar.update()
+        bar.close()
+        self.ranked = self._ranked_rows(self.candidates)
+
+    def rank_tilings(self) -> None:
+        """Pass 1b: the other tilings, from the cache, with the window and weighting best on the
+        export's own tiling (the one the tuner would pick without them) and every sigma."""
+        tick, painting_before = time.perf_counter(), self.seconds["painting"]
+        best = self._best_plain()
+        best_scoring = (best["window_size"], best["weighting"])
+        others = [MapCandidate(*best_scoring, s, *t) for t in self.tilings[1:] for s in self.sigmas]
+        self.sweep_histograms.update({c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in others})
+        bar = self._bar(self.n_images, "tune: tile border and blend")
+        for i in range(self.n_images):
+            copies_i = self.painted(i, _hwc(self.store[i]))
+            stack, labels = _images_of(copies_i), _labels_of(copies_i)
+            for v, tiling_ in enumerate(self.tilings[1:], 1):
+                raw = self.maps.raw(stack, self.cache.copies(i, v), best_scoring, self.margins[tiling_[0]])
+                for sigma, smoothed in self.maps.smooth_many(raw, self.sigmas).items():
+                    self.sweep_histograms[MapCandidate(*best_scoring, sigma, *tiling_)].update(smoothed, labels)
+            bar.update()
+        bar.close()
+        self.ranked += self._ranked_rows(others)
+        self.seconds["tilings"] = time.perf_counter() - tick - (self.seconds["painting"] - painting_before)
+
+    def rank_formulas(self) -> None:
+        """Pass 1c: the map formulas with a second term, on the best plain map's window, weighting,
+        tiling and sigma: each term's clean-image quantiles (its normalisation), then every
+        combination, from the cache."""
+        tick, painting_before = time.perf_counter(), self.seconds["painting"]
+        maps, cache, n_images = self.maps, self.cache, self.n_images
+        plain = self.ranked_candidates[self.ranked.index(self._best_plain())]
+        v, margin = self.tilings.index(plain.tiling), self.margins[plain.border]
+        terms = _second_terms(self.formulas, plain.window_size, self.patch_size)
+        clean_hists = [metrics.ScoreHistogram(2, HISTOGRAM_BITS) for _ in range(len(terms) + 1)]
+        bar = self._bar(2 * n_images, "tune: map formulas")
+        for i in range(n_images):
+            x, clean = _hwc(self.store[i])[None], cache.clean(i, v)[None]
+            clean_hists[0].update(maps.raw(x, clean, plain.scoring, margin), _GOOD)
+            for hist, term in zip(clean_hists[1:], terms):
+                hist.update(maps.term(x, clean, plain.scoring, margin, term), _GOOD)
+            bar.update()
+        # Each term's median and 1 - fpr quantile on the clean images; a term flat there (no
+        # spread to normalise by) is dropped.
+        quantiles = [(float(h.edge_at_fpr(0.5, _GOOD)), float(h.edge_at_fpr(self.fpr, _GOOD))) for h in clean_hists]
+        combined = {term: [dataclasses.replace(term, combine=how, weight=weight,
+                                               offsets=(quantiles[0][0], quantiles[k][0]),
+                                               scales=(quantiles[0][1] - quantiles[0][0],
+                                                       quantiles[k][1] - quantiles[k][0]))
+                           for how, weight in [("max", 0.5)] + [("sum", w) for w in SUM_WEIGHTS]]
+                    for k, term in enumerate(terms, 1)
+                    if quantiles[k][1] > quantiles[k][0] and quantiles[0][1] > quantiles[0][0]}
+        # At the best plain map's sigma only: 16 combinations at every sigma would cost as much
+        # again as the whole candidate sweep.
+        sigma = plain.map_sigma
+        others = [MapCandidate(*plain.scoring, sigma, *plain.tiling, formula) for group in combined.values()
+                  for formula in group]
+        self.sweep_histograms.update({c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in others})
+        for i in range(n_images if combined else 0):
+            copies_i = self.painted(i, _hwc(self.store[i]))
+            stack, labels = _images_of(copies_i), _labels_of(copies_i)
+            bases = cache.copies(i, v)
+            first = maps.raw(stack, bases, plain.scoring, margin)
+            for term, group in combined.items():
+                a, b = group[0].normalise(first, maps.term(stack, bases, plain.scoring, margin, term))
+                # A weighted sum commutes with the (normalised, linear) blur: the smoothed terms
+                # are combined; a max is smoothed after combining, as served.
+                a_smooth, b_smooth = (maps.smooth_many(t, [sigma])[sigma] for t in (a, b))
+                for formula in group:
+                    scores = maps.smooth_many(formula.combine_normalised(a, b), [sigma])[sigma] \
+                        if formula.combine == "max" else formula.combine_normalised(a_smooth, b_smooth)
+                    self.sweep_histograms[MapCandidate(*plain.scoring, sigma, *plain.tiling, formula)].update(
+                        scores, labels)
+            bar.update()
+        bar.close()
+        plain_row = self.ranked[self.ranked_candidates.index(plain)]
+        formula_rows = self._ranked_rows(others)
+        # A formula must also not lose on the low-FPR part of the curve, where thresholds are set: its
+        # smooth second term can raise the whole curve's area through the high-FPR part alone.
+        for row in formula_rows:
+            row["eligible"] = row["pixel_pauc_0.3"] >= plain_row["pixel_pauc_0.3"] - self.tolerance
+        self.ranked += formula_rows
+        self.seconds["formulas"] = time.perf_counter() - tick - (self.seconds["painting"] - painting_before)
+
+    def choose_map(self) -> None:
+        """Pick the best eligible map candidate (ties to the simpler one) and keep only its cache."""
+        self.current = next((c for c in self.ranked if (c["window_size"], c["weighting"]) == self.own
+                             and (c["border"], c["blend"]) == self.own_tiling and c["map_sigma"] == self.exported_sigma
+                             and MapFormula.of(c["map_formula"]) == self.own_formula), None)
+        self.chosen_map = _pick([c for c in self.ranked if c.get("eligible", True)], "pixel_auroc", self.tolerance,
+                                self._preference)
+        self.chosen = next(c for row, c in zip(self.ranked, self.ranked_candidates) if row is self.chosen_map)
+        self.sweep = self.sweep_histograms[self.chosen]
+        self.sweep_histograms.clear()  # only the chosen candidate's counts are needed from here
+        self.cache.keep(self.tilings.index(self.chosen.tiling))
+        self.margin = self.margins[self.chosen.border]
+
+    def compare_strides(self) -> None:
+        """Pass 1d: the chosen map at every stride (the speed/quality frontier), and the stride chosen."""
+        tick, painting_before = time.perf_counter(), self.seconds["painting"]
+        frontier = _StrideFrontier(
+            self.model, None if self.served else self.source_model, self.chosen, self.margin, self.cache,
+            len(self.tilings), "anomaly_map" if self.served else "reconstruction",
+            ssim_params=self.maps.params(self.chosen.scoring))
+        bar = self._bar(2 * self.n_images * len(self.strides), "tune: strides")
+        # Each image painted once per look, for every stride.
+        for i in range(self.n_images):
+            x = _hwc(self.store[i])
+            copies_i = self.painted(i, x)
+            for stride in self.strides:
+                frontier.add(stride, i, x, copies_i, self.maps, self.store.names[i])
+                bar.update()
+        for i in range(self.n_images):
+            copies_i = self.painted(i, _hwc(self.store[i]))
+            for stride in self.strides:
+                frontier.add_overlaps(stride, i, copies_i)
+                bar.update()
+        bar.close()
+        timed = [_hwc(self.store[i]) for i in range(min(TIMED_IMAGES, self.n_images))]
+        self.stride_rows, self.chosen_stride = frontier.result(self.stride_tolerance, timed)
+        if self.chosen_stride != self.own_stride:
+            self.sweep = frontier.histograms[self.chosen_stride]
+        self.cache.keep(frontier.variant(self.chosen_stride))
+        self.seconds["strides"] = time.perf_counter() - tick - (self.seconds["painting"] - painting_before)
+
+    def _chosen_maps(self, x: np.ndarray, bases: np.ndarray, stack: np.ndarray | None = None) -> np.ndarray:
+        """The chosen map as the export will serve it (from here on, no FFT shortcut)."""
+        return self.maps.as_served(self.chosen, x[None] if stack is None else stack, bases, self.margin)
+
+    def _image_again(self, i: int) -> tuple[list[tuple[np.ndarray, np.ndarray, list]], np.ndarray, np.ndarray]:
+        """Image ``i``'s copies painted again, their chosen maps and its clean image's, from the cache."""
+        x = _hwc(self.store[i])
+        copies_i = self.painted(i, x)
+        stack = _images_of(copies_i)
+        return (copies_i, self._chosen_maps(x, self.cache.copies(i), stack),
+                self._chosen_maps(x, self.cache.clean(i)[None])[0])
+
+    def set_threshold(self) -> None:
+        """Pass 2: the clean images' scores of the chosen map, twice: a histogram, then the one bin
+        holding the threshold's rank, looked at exactly (:class:`tfssim.evaluation.metrics.FprThreshold`)."""
+        tick = time.perf_counter()
+        calibration = metrics.FprThreshold(self.fpr, HISTOGRAM_BITS)
+        bar = self._bar(2 * self.n_images, "tune: threshold")
+        for look in (calibration.count, calibration.look):
+            for i in range(self.n_images):
+                look(self._chosen_maps(_hwc(self.store[i]), self.cache.clean(i)[None])[0])
+                bar.update()
+        bar.close()
+        self.threshold, self.val_fpr = calibration.result()
+        self.clean_hist = calibration.histogram
+        self.final_threshold, self.final_fpr = float(self.threshold), self.val_fpr
+        self.seconds["threshold"] = time.perf_counter() - tick
+
+    def choose_post_processing(self) -> None:
+        """Pass 3: every post-processing candidate at the threshold, the per-region overlap curve
+        (AUPRO) and the operating-point report."""
+        tick = time.perf_counter()
+        md, threshold, bins, families = self.model.metadata, self.threshold, self.bins, self.families
+        openings, min_areas = self.openings, self.min_areas
+        self.convex_hull = convex_hull = md.convex_hull
+        own_post = (md.opening_diameter, md.min_area)
+        post_counts = {(o, a): _PostCounts() for o in openings for a in min_areas}
+        # The per-region overlap curve at bin edges of the good pixels' scores (from the sweep's
+        # counts), its FPR counted exactly on the served maps (a bin edge: count_at_least).
+        top = self.sweep.top_edge(_GOOD)  # above every good pixel: FPR 0
+        pro_edges = np.unique(np.r_[top, self.sweep.edge_at_fpr(np.linspace(0.0, PRO_MAX_FPR, PRO_THRESHOLDS)[1:],
+                                                                _GOOD)])
+        pro_edges = pro_edges[::-1]  # falling thresholds: rising FPR, as the curve's area needs
+        self.served_hist = served_hist = metrics.ScoreHistogram(2, HISTOGRAM_BITS)  # the chosen map as served
+        # The same map's scores by family: class 0 the good pixels, class k + 1 family k's defect pixels.
+        family_hist = metrics.ScoreHistogram(1 + len(families), HISTOGRAM_BITS)
+        overlap_sums = np.zeros(pro_edges.size)
+        pro_regions = 0
+        bar = self._bar(self.n_images, "tune: post-processing")
+        for i in range(self.n_images):
+            copies_i, defect_maps, clean_map = self._image_again(i)
+            for m, (_, mask, infos) in zip(defect_maps, copies_i):
+                served_hist.update(m, mask.astype(np.uint8))
+                regions = _defect_regions(infos, mask, bins)
+                family_labels = np.zeros(mask.shape, np.uint8)
+                for family, _, box, region in regions:
+                    family_labels[box][region] = families.index(family) + 1
+                family_hist.update(m, family_labels)
+                for o in openings:
+                    found = postprocess.segment_regions(m, threshold, opening_diameter=o, convex_hull=convex_hull)
+                    for a in min_areas:
+                        _count(post_counts[o, a], postprocess.regions_mask(found, m.shape, a), mask, regions)
+                overlaps = metrics.region_overlaps(m, mask, pro_edges)  # [regions, edges]
+                overlap_sums += overlaps.sum(axis=0)
+                pro_regions += overlaps.shape[0]
+            for o in openings:
+                found = postprocess.segment_regions(clean_map, threshold, opening_diameter=o, convex_hull=convex_hull)
+                for a in min_areas:
+                    _count_clean(post_counts[o, a], postprocess.regions_mask(found, clean_map.shape, a))
+            bar.update()
+        bar.close()
+        reports = {key: _report(c, self.totals, bins, families, self.n_images) for key, c in post_counts.items()}
+        self.post_candidates = post_candidates = [
+            {"opening_diameter": o, "min_area": a, "f1": reports[o, a]["pixel_f1"],
+             "iou": reports[o, a]["pixel_iou"], "region_recall": reports[o, a]["region_recall"],
+             "false_regions_per_clean_image": reports[o, a]["false_regions_per_clean_image"]}
+            for o in openings for a in min_areas]
+        chosen_post = _pick(post_candidates, "f1", self.tolerance,
+                            lambda c: ((c["opening_diameter"], c["min_area"]) != own_post, post_candidates.index(c)))
+        self.post = (chosen_post["opening_diameter"], chosen_post["min_area"])
+        n_good = served_hist.total(_GOOD)
+        pro_fpr = np.array([served_hist.count_at_least(t, _GOOD) for t in pro_edges]) / n_good
+        self.aupro = metrics.area_under_pro({"fpr": pro_fpr, "mean": overlap_sums / max(pro_regions, 1)}, PRO_MAX_FPR)
+        self.operating_point = {"threshold": float(threshold), "threshold_rule": "fpr", "val_fpr": self.val_fpr,
+                                **reports[self.post]}
+        self.auroc_by_family = {family: (family_hist.roc_auc(k + 1, _GOOD) if family_hist.total(k + 1) else None)
+                                for k, family in enumerate(families)}
+        self.seconds["post_processing"] = time.perf_counter() - tick
+
+    def apply_f1_rule(self) -> None:
+        """Pass 4 (``threshold_rule="f1"``): the chosen post-processing at thresholds of lower clean
+        FPRs, and the one with the best synthetic F1."""
+        # Each threshold tried is the float just under a bin edge, so it flags exactly the scores >= the
+        # edge, which the clean histogram counts.
+        tick = time.perf_counter()
+        threshold, clean_hist, post, convex_hull = self.threshold, self.clean_hist, self.post, self.convex_hull
+        edges = set(clean_hist.edge_at_fpr([self.fpr * share for share in F1_FPR_SHARES[1:]], 0).tolist())
+        below_edge = {float(np.nextafter(np.float32(e), np.float32(-np.inf))): e for e in edges}
+        tried = [float(threshold)] + sorted(t for t in below_edge if t > threshold)
+        sweep_counts = {t: _PostCounts() for t in tried}
+        bar = self._bar(self.n_images, "tune: threshold rule f1")
+        for i in range(self.n_images):
+            copies_i, defect_maps, clean_map = self._image_again(i)
+            for t in tried:
+                for m, (_, mask, infos) in zip(defect_maps, copies_i):
+                    seg = postprocess.segment(m, t, opening_diameter=post[0], convex_hull=convex_hull,
+                                              min_area=post[1])
+                    _count(sweep_counts[t], seg, mask, _defect_regions(infos, mask, self.bins))
+                _count_clean(sweep_counts[t], postprocess.segment(clean_map, t, opening_diameter=post[0],
+                                                                  convex_hull=convex_hull, min_area=post[1]))
+            bar.update()
+        bar.close()
+        n_clean = clean_hist.total(0)
+        points = []
+        for t in tried:
+            clean_fpr = self.val_fpr if t == threshold else clean_hist.count_at_least(below_edge[t], 0) / n_clean
+            points.append({"threshold": t, "val_fpr": clean_fpr,
+                           **_report(sweep_counts[t], self.totals, self.bins, self.families, self.n_images)})
+        best = max(points, key=lambda p: (p["pixel_f1"], -p["threshold"]))
+        self.final_threshold, self.final_fpr = best["threshold"], best["val_fpr"]
+        self.operating_point = {**best, "threshold_rule": "f1", "fpr_rule": self.operating_point,
+                                "thresholds": [{k: p[k] for k in ("threshold", "val_fpr", "pixel_f1", "pixel_iou",
+                                                                  "region_recall", "false_regions_per_clean_image")}
+                                               for p in points]}
+        self.seconds["threshold_rule"] = time.perf_counter() - tick
+
+    def result(self, seconds: float) -> Tuning:
+        """The :class:`Tuning` of the passes run (``seconds``: the whole run's time)."""
+        chosen, chosen_map, operating_point, served_hist = self.chosen, self.chosen_map, self.operating_point, \
+            self.served_hist
+        choice = TuningChoice(window_size=chosen.window_size, weighting=chosen.weighting, map_sigma=chosen.map_sigma,
+                              opening_diameter=self.post[0], min_area=self.post[1], convex_hull=self.convex_hull,
+                              threshold=float(self.final_threshold), threshold_rule=self.threshold_rule,
+                              fpr=float(self.fpr), val_fpr=float(self.final_fpr), border=chosen.border,
+                              blend=chosen.blend, map_formula=chosen_map["map_formula"], stride=self.chosen_stride)
+        synthetic = {"pixel_auroc": served_hist.roc_auc(_DEFECT, _GOOD),
+                     "auroc_error_bound": served_hist.roc_auc_error_bound(_DEFECT, _GOOD),
+                     "aupro_0.3": self.aupro, "f1": operating_point["pixel_f1"], "iou": operating_point["pixel_iou"],
+                     "pixel_auroc_by_family": self.auroc_by_family,
+                     "before": {"window_size": self.own[0], "weighting": self.own[1], "map_sigma": self.exported_sigma,
+                                "border": self.own_tiling[0], "blend": self.own_tiling[1], "stride": self.own_stride,
+                                "map_formula": self.own_formula.to_dict() if self.residual == "ssim" else None,
+                                "pixel_auroc": None if self.current is None else self.current["pixel_auroc"]}}
+        warnings = []
+        if chosen_map["pixel_auroc"] < WEAK_AUROC:
+            size_range = self.size_range
+            warnings.append(
+                f"Warning: the best anomaly map tells the synthetic defects apart only at pixel ROC AUC "
+                f"{chosen_map['pixel_auroc']:.3f} (below {WEAK_AUROC}), so this choice means little; paint defect "
+                f"sizes that match the defects you must find (--defect-size, now {size_range[0]:g}-"
+                f"{size_range[1]:g} px) or train the model longer")
+        defect_pixels = served_hist.total(_DEFECT)
+        copy_pixels = defect_pixels + served_hist.total(_GOOD)
+        settings = {
+            "seed": int(self.seed), "copies": int(self.copies),
+            "defect_size": [float(self.size_range[0]), float(self.size_range[1])],
+            "families": self.families, "defects_per_patch": float(self.defects_per_patch),
+            "tolerance": float(self.tolerance),
+            "tilings": [{"border": b, "blend": g} for b, g in self.tilings], "formulas": list(self.formulas),
+            "strides": self.strides, "stride_tolerance": float(self.stride_tolerance),
+            "validation_images": self.n_images, "defective_copies": self.n_images * self.copies,
+            "defects": self.family_counts, "defect_fraction": float(defect_pixels / copy_pixels),
+            "threshold_rule": self.threshold_rule, "region_found_share": REGION_FOUND_SHARE,
+            "export": str(self.model.path), "seconds": round(seconds, 2),
+            "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+        }
+        return Tuning(self.residual, self.ranked, self.post_candidates, choice, synthetic, operating_point, settings,
+                      warnings, self.stride_rows)
+
+
 def tune(
     model: ExportedModel,
     images: Sequence[np.ndarray | str | os.PathLike],
@@ -1064,462 +1606,29 @@ def tune(
             post-processing candidate, an image smaller than the export takes, or a VAE
             export that smooths its maps.
     """
-    from tfssim.core import scoring
-    from tfssim.core.ssim import validate_window
-
     started = time.perf_counter()
-    if len(images) == 0:
-        raise InputError("no validation images: tuning needs at least one defect-free image")
-    if isinstance(copies, bool) or int(copies) != copies or copies < 1:
-        raise InputError(f"copies must be >= 1, got {copies}")
-    if not 0 < fpr < 1:
-        raise InputError(f"false-positive rate must be between 0 and 1 (exclusive), got {fpr}")
-    if threshold_rule not in THRESHOLD_RULES:
-        raise InputError(f"unknown threshold rule {threshold_rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
-    md = model.metadata
-    residual = md.get("residual") or scoring.residual_of(md["kind"])
-    patch_size = int(md["patch_size"])
-    exported_sigma = float(md.get("map_sigma") or 0.0)
-    own_tiling = (md.get("border") or "none", md.get("blend") or "mean")
-    if residual == "vae" and exported_sigma:
-        raise InputError(f"VAE export {model.path} already smooths its maps (map_sigma {exported_sigma:g}); "
-                         "tune an export made without --map-sigma")
-    # An export that resizes requests scores them at the resized size: its maps cannot be
-    # recomputed from the full-size input and reconstruction, so (as for the VAE) the served map
-    # is the one candidate map, smoothed by each sigma.
-    resized = not resize.is_identity(md.get("scale", 1.0), md.get("image_size"))
-    if resized and exported_sigma:
-        raise InputError(f"export {model.path} resizes its requests and already smooths its maps (map_sigma "
-                         f"{exported_sigma:g}); tune an export made without --map-sigma")
-    # The served reconstruction of a mirrored-border export is cropped: the map at the border needs
-    # the mirrored strip, so without the Keras model the served map is the one candidate too.
-    served = residual == "vae" or resized or (own_tiling[0] != "none" and source_model is None)
-    if served and exported_sigma:
-        raise InputError(f"export {model.path} mirrors its border and already smooths its maps (map_sigma "
-                         f"{exported_sigma:g}); give its Keras model (tfssim-tune --model) or tune an export made "
-                         "without --map-sigma")
-    fixed = ("a VAE's served map is the one candidate" if residual == "vae" else
-             "an export that resizes its requests serves the one candidate map" if resized else
-             "other tilings need the export's Keras model (tfssim-tune --model)" if source_model is None else None)
-    tilings = _tiling_candidates(borders, blends, own_tiling, fixed)
-    own_formula = MapFormula.of(md.get("map_formula"))
-    formulas = _formula_candidates(formulas, "the export's maps are its served ones" if served else
-                                   None if residual == "ssim" else f"a {residual!r} export's map has no SSIM term",
-                                   own_formula.name)
-    smallest = resize.min_input_size(patch_size, md.get("scale", 1.0), md.get("image_size"))
-    size_range = defects._check_size_range(size_range or defects.default_size_range(patch_size))
-    if sigmas is None:
-        sigmas = [s for s in DEFAULT_SIGMAS if scoring.smoothing_radius(s) < patch_size]
-    with input_checks():  # tfssim.core.scoring / tfssim.core.ssim check the candidates with ValueError
-        sigmas = sorted({scoring.validate_map_sigma(float(s), patch_size) for s in sigmas})
-    if not sigmas:
-        raise InputError("no candidate map sigmas given")
-    base_ssim = dict(md.get("ssim") or {})
-    if residual == "ssim":
-        own = (base_ssim.get("window_size", 11), base_ssim.get("weighting", "gaussian"))
-    else:
-        own = (None, None)
-    if residual == "ssim" and not served:
-        with input_checks():
-            for w in windows:
-                validate_window(w, base_ssim.get("sigma", 1.5), "gaussian")
-            for weighting in weightings:
-                validate_window(3, 1.5, weighting)
-        scorings = sorted({(int(w), str(g)) for w in windows for g in weightings if w <= patch_size} | {own})
-    else:
-        scorings = [own]
-    if any(isinstance(d, bool) or int(d) != d or d < 0 for d in openings) or not openings:
-        raise InputError(f"opening diameters must be integers >= 0, got {list(openings)}")
-    openings = [int(d) for d in openings]
-    own_stride = int(md["stride"])
-    strides = _check_strides(default_strides(patch_size, own_stride) if strides is None else strides,
-                             patch_size, own_stride)
-    if not 0 <= stride_tolerance < 1:
-        raise InputError(f"stride tolerance must be between 0 and 1, got {stride_tolerance}")
-    store = _Images(images, int(md["channels"]), sources)
-    # Every image is read (and checked) once before any work: a bad file is found in seconds.
-    shortest = None
-    for i in range(len(store)):
-        image = store[i]
-        if image.ndim not in (2, 3) or min(image.shape[:2]) < smallest:
-            what = f"{patch_size}-pixel patch" if smallest == patch_size else \
-                f"smallest input ({smallest} pixels: its {patch_size}-pixel patch once resized)"
-            raise InputError(f"{store.names[i]}: image of shape {image.shape} is smaller than the export's {what} "
-                             "(or not [H, W] / [H, W, C]); tune on images at least one patch high and wide")
-        shortest = min(image.shape[:2]) if shortest is None else min(shortest, *image.shape[:2])
-    del image
-    if size_range[1] > shortest:
-        raise InputError(f"the largest synthetic defect size {size_range[1]:g} px is larger than the smallest "
-                         f"validation image side ({shortest} px); give --defect-size MIN MAX within the images")
-    smallest_area = math.pi * size_range[0] ** 2 / 4
-    if min_areas is None:
-        min_areas = sorted({int(round(f * smallest_area)) for f in MIN_AREA_FRACTIONS})
-    if any(isinstance(a, bool) or int(a) != a or a < 0 for a in min_areas) or not min_areas:
-        raise InputError(f"minimum areas must be integers >= 0, got {list(min_areas)}")
-    min_areas = [int(a) for a in min_areas]
-    families = list(families)
-    for family in families:
-        if family not in defects.FAMILIES:
-            raise InputError(f"unknown defect family {family!r}; choose from {', '.join(defects.FAMILIES)}")
-
-    maps = _Maps(residual, base_ssim, served=served, workers=workers or min(4, os.cpu_count() or 1))
-    # Each tiling's margin: the mirrored strip the widest SSIM window or formula term at the border reads.
-    widest = max((w for w, _ in scorings if w is not None), default=1)
-    reach = max([widest // 2, own_formula.reach()] + [t.reach() for w, _ in scorings if w is not None
-                                                      for t in _second_terms(formulas, w, patch_size)])
-    margins = {border: min(scoring.border_padding(patch_size, border), reach if residual == "ssim" else 0)
-               for border, _ in tilings}
-    reconstructions = _Reconstructions(model, None if served else source_model, tilings, margins,
-                                       "anomaly_map" if served else "reconstruction")
-    # The export's own tiling (tilings[0]) with every map candidate; the other tilings later, with
-    # the window and weighting best on it and every sigma.
-    candidates = [MapCandidate(*scoring_, s, *own_tiling) for scoring_ in scorings for s in sigmas]
-    # An export tuned before with a formula: its own map (formula, normalisation, sigma) competes too.
-    own_candidate = MapCandidate(*own, exported_sigma, *own_tiling, own_formula) \
-        if not own_formula.plain and not served else None
-    candidates += [own_candidate] if own_candidate is not None else []
-    sweep_histograms = {c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in candidates}
-    bins = _size_bins(size_range, families, shortest)
-    seconds = {"painting": 0.0, "reconstructions": 0.0, "map_candidates": 0.0, "tilings": 0.0, "formulas": 0.0,
-               "strides": 0.0, "threshold": 0.0, "post_processing": 0.0, "threshold_rule": 0.0}
-    n_images = len(store)
-    family_counts: dict[str, int] = {}
-    totals: dict[tuple[str, int], int] = {}  # (family, size bin) -> regions
-
-    def painted(i: int, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]:
-        tick = time.perf_counter()
-        j = store.neighbour(i)
-        source = store[j] if j is not None else None
-        count = defects_per_copy(image.shape, patch_size, defects_per_patch)
-        out = [synthetic_copy(image, i, k, seed=seed, count=count, size_range=size_range, families=families,
-                              source=source) for k in range(copies)]
-        seconds["painting"] += time.perf_counter() - tick
-        return out
-
-    cache = _Cache(cache_dir)
+    tuner = _Tuner(model, images, size_range=size_range, fpr=fpr, threshold_rule=threshold_rule, copies=copies,
+                   seed=seed, windows=windows, weightings=weightings, sigmas=sigmas, openings=openings,
+                   min_areas=min_areas, defects_per_patch=defects_per_patch, families=families, tolerance=tolerance,
+                   progress=progress, sources=sources, workers=workers, borders=borders, blends=blends,
+                   source_model=source_model, formulas=formulas, strides=strides, stride_tolerance=stride_tolerance)
+    cache = tuner.open_cache(cache_dir)
     try:
-        # Pass 1: paint, reconstruct every copy and clean image once, rank every map candidate.
-        bar = _progress(n_images, "tune: reconstructions and map candidates", progress)
-        for i in range(n_images):
-            x = _hwc(store[i])
-            copies_i = painted(i, x)
-            for _, mask, infos in copies_i:
-                for info in infos:
-                    family_counts[info["family"]] = family_counts.get(info["family"], 0) + 1
-                for family, size_bin, _, _ in _defect_regions(infos, mask, bins):
-                    totals[family, size_bin] = totals.get((family, size_bin), 0) + 1
-            tick = time.perf_counter()
-            names = [f"synthetic copy {k} of {store.names[i]}" for k in range(copies)]
-            per_copy = [reconstructions(_hwc(p), name) for (p, _, _), name in zip(copies_i, names)]
-            clean_bases = reconstructions(x, store.names[i])
-            seconds["reconstructions"] += time.perf_counter() - tick
-            copy_bases = [np.stack([bases[v] for bases in per_copy]) for v in range(len(tilings))]
-            del per_copy
-            for v in range(len(tilings)):
-                cache.save(i, v, copy_bases[v], clean_bases[v])
-            tick = time.perf_counter()
-            stack, labels = _images_of(copies_i), _labels_of(copies_i)
-            for scoring_ in scorings:
-                raw = maps.raw(stack, copy_bases[0], scoring_, margins[own_tiling[0]])
-                for sigma, smoothed in maps.smooth_many(raw, sigmas).items():
-                    sweep_histograms[MapCandidate(*scoring_, sigma, *own_tiling)].update(smoothed, labels)
-            if own_candidate is not None:
-                raw = maps.raw(stack, copy_bases[0], own, margins[own_tiling[0]], own_formula)
-                sweep_histograms[own_candidate].update(maps.smooth(raw, exported_sigma), labels)
-            del copy_bases
-            seconds["map_candidates"] += time.perf_counter() - tick
-            bar.update()
-        bar.close()
-
-        ranked_candidates: list[MapCandidate] = []
-
-        def ranked_rows(cands: list[MapCandidate]) -> list[dict[str, Any]]:
-            ranked_candidates.extend(cands)
-            return [{"window_size": c.window_size, "weighting": c.weighting, "map_sigma": c.map_sigma,
-                     "border": c.border, "blend": c.blend,
-                     "map_formula": None if residual != "ssim" else (own_formula if served else c.formula).to_dict(),
-                     "pixel_auroc": sweep_histograms[c].roc_auc(_DEFECT, _GOOD),
-                     "pixel_pauc_0.3": sweep_histograms[c].partial_roc_auc(PRO_MAX_FPR, _DEFECT, _GOOD),
-                     "auroc_error_bound": sweep_histograms[c].roc_auc_error_bound(_DEFECT, _GOOD)} for c in cands]
-
-        ranked = ranked_rows(candidates)
-
-        def plain_rows() -> list[dict[str, Any]]:
-            """The rows of the plain map (what the other tilings and the formulas are built on)."""
-            return [c for c in ranked if MapFormula.of(c["map_formula"]).plain]
-        # Ties go to the plain map formula, the export's own tiling, then the smaller sigma, then its
-        # own window and weighting.
-        preference = lambda c: (MapFormula.of(c["map_formula"]) != PLAIN,  # noqa: E731
-                                (c["border"], c["blend"]) != own_tiling, c["map_sigma"],
-                                (c["window_size"], c["weighting"]) != own, ranked.index(c))
-        if len(tilings) > 1:
-            # Pass 1b: the other tilings, from the cache, with the window and weighting best on the
-            # export's own tiling (the one the tuner would pick without them) and every sigma.
-            tick, painting_before = time.perf_counter(), seconds["painting"]
-            best = _pick(plain_rows(), "pixel_auroc", tolerance, preference)
-            best_scoring = (best["window_size"], best["weighting"])
-            others = [MapCandidate(*best_scoring, s, *t) for t in tilings[1:] for s in sigmas]
-            sweep_histograms.update({c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in others})
-            bar = _progress(n_images, "tune: tile border and blend", progress)
-            for i in range(n_images):
-                copies_i = painted(i, _hwc(store[i]))
-                stack, labels = _images_of(copies_i), _labels_of(copies_i)
-                for v, tiling_ in enumerate(tilings[1:], 1):
-                    raw = maps.raw(stack, cache.copies(i, v), best_scoring, margins[tiling_[0]])
-                    for sigma, smoothed in maps.smooth_many(raw, sigmas).items():
-                        sweep_histograms[MapCandidate(*best_scoring, sigma, *tiling_)].update(smoothed, labels)
-                bar.update()
-            bar.close()
-            ranked += ranked_rows(others)
-            seconds["tilings"] = time.perf_counter() - tick - (seconds["painting"] - painting_before)
-        if len(formulas) > 1:
-            # Pass 1c: the map formulas with a second term, on the best plain map's window, weighting,
-            # tiling and sigma: each term's clean-image quantiles (its normalisation), then every
-            # combination, from the cache.
-            tick, painting_before = time.perf_counter(), seconds["painting"]
-            plain = ranked_candidates[ranked.index(_pick(plain_rows(), "pixel_auroc", tolerance, preference))]
-            v, margin = tilings.index(plain.tiling), margins[plain.border]
-            terms = _second_terms(formulas, plain.window_size, patch_size)
-            clean_hists = [metrics.ScoreHistogram(2, HISTOGRAM_BITS) for _ in range(len(terms) + 1)]
-            bar = _progress(2 * n_images, "tune: map formulas", progress)
-            for i in range(n_images):
-                x, clean = _hwc(store[i])[None], cache.clean(i, v)[None]
-                clean_hists[0].update(maps.raw(x, clean, plain.scoring, margin), _GOOD)
-                for hist, term in zip(clean_hists[1:], terms):
-                    hist.update(maps.term(x, clean, plain.scoring, margin, term), _GOOD)
-                bar.update()
-            # Each term's median and 1 - fpr quantile on the clean images; a term flat there (no
-            # spread to normalise by) is dropped.
-            quantiles = [(float(h.edge_at_fpr(0.5, _GOOD)), float(h.edge_at_fpr(fpr, _GOOD))) for h in clean_hists]
-            combined = {term: [dataclasses.replace(term, combine=how, weight=weight,
-                                                   offsets=(quantiles[0][0], quantiles[k][0]),
-                                                   scales=(quantiles[0][1] - quantiles[0][0],
-                                                           quantiles[k][1] - quantiles[k][0]))
-                               for how, weight in [("max", 0.5)] + [("sum", w) for w in SUM_WEIGHTS]]
-                        for k, term in enumerate(terms, 1)
-                        if quantiles[k][1] > quantiles[k][0] and quantiles[0][1] > quantiles[0][0]}
-            # At the best plain map's sigma only: 16 combinations at every sigma would cost as much
-            # again as the whole candidate sweep.
-            sigma = plain.map_sigma
-            others = [MapCandidate(*plain.scoring, sigma, *plain.tiling, formula) for group in combined.values()
-                      for formula in group]
-            sweep_histograms.update({c: metrics.ScoreHistogram(2, HISTOGRAM_BITS) for c in others})
-            for i in range(n_images if combined else 0):
-                copies_i = painted(i, _hwc(store[i]))
-                stack, labels = _images_of(copies_i), _labels_of(copies_i)
-                bases = cache.copies(i, v)
-                first = maps.raw(stack, bases, plain.scoring, margin)
-                for term, group in combined.items():
-                    a, b = group[0].normalise(first, maps.term(stack, bases, plain.scoring, margin, term))
-                    # A weighted sum commutes with the (normalised, linear) blur: the smoothed terms
-                    # are combined; a max is smoothed after combining, as served.
-                    a_smooth, b_smooth = (maps.smooth_many(t, [sigma])[sigma] for t in (a, b))
-                    for formula in group:
-                        scores = maps.smooth_many(formula.combine_normalised(a, b), [sigma])[sigma] \
-                            if formula.combine == "max" else formula.combine_normalised(a_smooth, b_smooth)
-                        sweep_histograms[MapCandidate(*plain.scoring, sigma, *plain.tiling, formula)].update(
-                            scores, labels)
-                bar.update()
-            bar.close()
-            plain_row = ranked[ranked_candidates.index(plain)]
-            formula_rows = ranked_rows(others)
-            # A formula must also not lose on the low-FPR part of the curve, where thresholds are set: its
-            # smooth second term can raise the whole curve's area through the high-FPR part alone.
-            for row in formula_rows:
-                row["eligible"] = row["pixel_pauc_0.3"] >= plain_row["pixel_pauc_0.3"] - tolerance
-            ranked += formula_rows
-            seconds["formulas"] = time.perf_counter() - tick - (seconds["painting"] - painting_before)
-        current = next((c for c in ranked if (c["window_size"], c["weighting"]) == own
-                        and (c["border"], c["blend"]) == own_tiling and c["map_sigma"] == exported_sigma
-                        and MapFormula.of(c["map_formula"]) == own_formula), None)
-        chosen_map = _pick([c for c in ranked if c.get("eligible", True)], "pixel_auroc", tolerance, preference)
-        chosen = next(c for row, c in zip(ranked, ranked_candidates) if row is chosen_map)
-        sweep = sweep_histograms[chosen]
-        sweep_histograms.clear()  # only the chosen candidate's counts are needed from here
-        cache.keep(tilings.index(chosen.tiling))
-        margin = margins[chosen.border]
-        stride_rows: list[dict[str, Any]] = []
-        chosen_stride = own_stride
-        if len(strides) > 1:
-            # Pass 1d: the chosen map at every stride (the speed/quality frontier).
-            tick, painting_before = time.perf_counter(), seconds["painting"]
-            frontier = _StrideFrontier(
-                model, None if served else source_model, chosen, margin, cache, len(tilings),
-                "anomaly_map" if served else "reconstruction", ssim_params=maps.params(chosen.scoring))
-            bar = _progress(2 * n_images * len(strides), "tune: strides", progress)
-            # Each image painted once per look, for every stride.
-            for i in range(n_images):
-                x = _hwc(store[i])
-                copies_i = painted(i, x)
-                for stride in strides:
-                    frontier.add(stride, i, x, copies_i, maps, store.names[i])
-                    bar.update()
-            for i in range(n_images):
-                copies_i = painted(i, _hwc(store[i]))
-                for stride in strides:
-                    frontier.add_overlaps(stride, i, copies_i)
-                    bar.update()
-            bar.close()
-            timed = [_hwc(store[i]) for i in range(min(TIMED_IMAGES, n_images))]
-            stride_rows, chosen_stride = frontier.result(stride_tolerance, timed)
-            if chosen_stride != own_stride:
-                sweep = frontier.histograms[chosen_stride]
-            cache.keep(frontier.variant(chosen_stride))
-            seconds["strides"] = time.perf_counter() - tick - (seconds["painting"] - painting_before)
-
-        def chosen_maps(x: np.ndarray, bases: np.ndarray, stack: np.ndarray | None = None) -> np.ndarray:
-            """The chosen map as the export will serve it (from here on, no FFT shortcut)."""
-            return maps.as_served(chosen, x[None] if stack is None else stack, bases, margin)
-
-        def image_again(i: int) -> tuple[list[tuple[np.ndarray, np.ndarray, list]], np.ndarray, np.ndarray]:
-            """Image ``i``'s copies painted again, their chosen maps and its clean image's, from the cache."""
-            x = _hwc(store[i])
-            copies_i = painted(i, x)
-            stack = _images_of(copies_i)
-            return copies_i, chosen_maps(x, cache.copies(i), stack), chosen_maps(x, cache.clean(i)[None])[0]
-
-        # Pass 2: the clean images' scores of the chosen map, twice: a histogram, then the one bin
-        # holding the threshold's rank, looked at exactly (tfssim.evaluation.metrics.FprThreshold).
-        tick = time.perf_counter()
-        calibration = metrics.FprThreshold(fpr, HISTOGRAM_BITS)
-        bar = _progress(2 * n_images, "tune: threshold", progress)
-        for look in (calibration.count, calibration.look):
-            for i in range(n_images):
-                look(chosen_maps(_hwc(store[i]), cache.clean(i)[None])[0])
-                bar.update()
-        bar.close()
-        threshold, val_fpr = calibration.result()
-        clean_hist = calibration.histogram
-        n_clean = clean_hist.total(0)
-        seconds["threshold"] = time.perf_counter() - tick
-
-        # Pass 3: post-processing candidates at that threshold, per-region overlap, the report.
-        tick = time.perf_counter()
-        convex_hull = bool(md.get("convex_hull", True))
-        own_post = (int(md.get("opening_diameter", 4) or 0), int(md.get("min_area", 0) or 0))
-        post_counts = {(o, a): _PostCounts() for o in openings for a in min_areas}
-        # The per-region overlap curve at bin edges of the good pixels' scores (from the sweep's
-        # counts), its FPR counted exactly on the served maps (a bin edge: count_at_least).
-        top = sweep.top_edge(_GOOD)  # above every good pixel: FPR 0
-        pro_edges = np.unique(np.r_[top, sweep.edge_at_fpr(np.linspace(0.0, PRO_MAX_FPR, PRO_THRESHOLDS)[1:], _GOOD)])
-        pro_edges = pro_edges[::-1]  # falling thresholds: rising FPR, as the curve's area needs
-        served_hist = metrics.ScoreHistogram(2, HISTOGRAM_BITS)  # the chosen map as served: its exact AUROC
-        # The same map's scores by family: class 0 the good pixels, class k + 1 family k's defect pixels.
-        family_hist = metrics.ScoreHistogram(1 + len(families), HISTOGRAM_BITS)
-        overlap_sums = np.zeros(pro_edges.size)
-        pro_regions = 0
-        bar = _progress(n_images, "tune: post-processing", progress)
-        for i in range(n_images):
-            copies_i, defect_maps, clean_map = image_again(i)
-            for m, (_, mask, infos) in zip(defect_maps, copies_i):
-                served_hist.update(m, mask.astype(np.uint8))
-                regions = _defect_regions(infos, mask, bins)
-                family_labels = np.zeros(mask.shape, np.uint8)
-                for family, _, box, region in regions:
-                    family_labels[box][region] = families.index(family) + 1
-                family_hist.update(m, family_labels)
-                for o in openings:
-                    found = postprocess.segment_regions(m, threshold, opening_diameter=o, convex_hull=convex_hull)
-                    for a in min_areas:
-                        _count(post_counts[o, a], postprocess.regions_mask(found, m.shape, a), mask, regions)
-                overlaps = metrics.region_overlaps(m, mask, pro_edges)  # [regions, edges]
-                overlap_sums += overlaps.sum(axis=0)
-                pro_regions += overlaps.shape[0]
-            for o in openings:
-                found = postprocess.segment_regions(clean_map, threshold, opening_diameter=o, convex_hull=convex_hull)
-                for a in min_areas:
-                    _count_clean(post_counts[o, a], postprocess.regions_mask(found, clean_map.shape, a))
-            bar.update()
-        bar.close()
-        reports = {key: _report(c, totals, bins, families, n_images) for key, c in post_counts.items()}
-        post_candidates = [{"opening_diameter": o, "min_area": a, "f1": reports[o, a]["pixel_f1"],
-                            "iou": reports[o, a]["pixel_iou"], "region_recall": reports[o, a]["region_recall"],
-                            "false_regions_per_clean_image": reports[o, a]["false_regions_per_clean_image"]}
-                           for o in openings for a in min_areas]
-        chosen_post = _pick(post_candidates, "f1", tolerance,
-                            lambda c: ((c["opening_diameter"], c["min_area"]) != own_post, post_candidates.index(c)))
-        post = (chosen_post["opening_diameter"], chosen_post["min_area"])
-        n_good = served_hist.total(_GOOD)
-        pro_fpr = np.array([served_hist.count_at_least(t, _GOOD) for t in pro_edges]) / n_good
-        aupro = metrics.area_under_pro({"fpr": pro_fpr, "mean": overlap_sums / max(pro_regions, 1)}, PRO_MAX_FPR)
-        seconds["post_processing"] = time.perf_counter() - tick
-
-        operating_point = {"threshold": float(threshold), "threshold_rule": "fpr", "val_fpr": val_fpr,
-                           **reports[post]}
-        auroc_by_family = {family: (family_hist.roc_auc(k + 1, _GOOD) if family_hist.total(k + 1) else None)
-                           for k, family in enumerate(families)}
-        final_threshold, final_fpr = float(threshold), val_fpr
+        tuner.rank_map_candidates()
+        if len(tuner.tilings) > 1:
+            tuner.rank_tilings()
+        if len(tuner.formulas) > 1:
+            tuner.rank_formulas()
+        tuner.choose_map()
+        if len(tuner.strides) > 1:
+            tuner.compare_strides()
+        tuner.set_threshold()
+        tuner.choose_post_processing()
         if threshold_rule == "f1":
-            # Pass 4: the chosen post-processing at thresholds of lower clean FPRs. Each is the float
-            # just under a bin edge, so it flags exactly the scores >= the edge, which the clean
-            # histogram counts.
-            tick = time.perf_counter()
-            edges = set(clean_hist.edge_at_fpr([fpr * share for share in F1_FPR_SHARES[1:]], 0).tolist())
-            below_edge = {float(np.nextafter(np.float32(e), np.float32(-np.inf))): e for e in edges}
-            tried = [float(threshold)] + sorted(t for t in below_edge if t > threshold)
-            sweep_counts = {t: _PostCounts() for t in tried}
-            bar = _progress(n_images, "tune: threshold rule f1", progress)
-            for i in range(n_images):
-                copies_i, defect_maps, clean_map = image_again(i)
-                for t in tried:
-                    for m, (_, mask, infos) in zip(defect_maps, copies_i):
-                        seg = postprocess.segment(m, t, opening_diameter=post[0], convex_hull=convex_hull,
-                                                  min_area=post[1])
-                        _count(sweep_counts[t], seg, mask, _defect_regions(infos, mask, bins))
-                    _count_clean(sweep_counts[t], postprocess.segment(clean_map, t, opening_diameter=post[0],
-                                                                      convex_hull=convex_hull, min_area=post[1]))
-                bar.update()
-            bar.close()
-            points = []
-            for t in tried:
-                clean_fpr = val_fpr if t == threshold else clean_hist.count_at_least(below_edge[t], 0) / n_clean
-                points.append({"threshold": t, "val_fpr": clean_fpr,
-                               **_report(sweep_counts[t], totals, bins, families, n_images)})
-            best = max(points, key=lambda p: (p["pixel_f1"], -p["threshold"]))
-            final_threshold, final_fpr = best["threshold"], best["val_fpr"]
-            operating_point = {**best, "threshold_rule": "f1", "fpr_rule": operating_point,
-                               "thresholds": [{k: p[k] for k in ("threshold", "val_fpr", "pixel_f1", "pixel_iou",
-                                                                 "region_recall", "false_regions_per_clean_image")}
-                                              for p in points]}
-            seconds["threshold_rule"] = time.perf_counter() - tick
+            tuner.apply_f1_rule()
     finally:
         cache.close()
-
-    map_candidates = ranked
-    choice = TuningChoice(window_size=chosen.window_size, weighting=chosen.weighting, map_sigma=chosen.map_sigma,
-                          opening_diameter=post[0], min_area=post[1], convex_hull=convex_hull,
-                          threshold=float(final_threshold), threshold_rule=threshold_rule, fpr=float(fpr),
-                          val_fpr=float(final_fpr), border=chosen.border, blend=chosen.blend,
-                          map_formula=chosen_map["map_formula"], stride=chosen_stride)
-    synthetic = {"pixel_auroc": served_hist.roc_auc(_DEFECT, _GOOD),
-                 "auroc_error_bound": served_hist.roc_auc_error_bound(_DEFECT, _GOOD),
-                 "aupro_0.3": aupro, "f1": operating_point["pixel_f1"], "iou": operating_point["pixel_iou"],
-                 "pixel_auroc_by_family": auroc_by_family,
-                 "before": {"window_size": own[0], "weighting": own[1], "map_sigma": exported_sigma,
-                            "border": own_tiling[0], "blend": own_tiling[1], "stride": own_stride,
-                            "map_formula": own_formula.to_dict() if residual == "ssim" else None,
-                            "pixel_auroc": None if current is None else current["pixel_auroc"]}}
-    warnings = []
-    if chosen_map["pixel_auroc"] < WEAK_AUROC:
-        warnings.append(
-            f"Warning: the best anomaly map tells the synthetic defects apart only at pixel ROC AUC "
-            f"{chosen_map['pixel_auroc']:.3f} (below {WEAK_AUROC}), so this choice means little; paint defect sizes "
-            f"that match the defects you must find (--defect-size, now {size_range[0]:g}-{size_range[1]:g} px) or "
-            "train the model longer")
-    defect_pixels, copy_pixels = served_hist.total(_DEFECT), served_hist.total(_DEFECT) + served_hist.total(_GOOD)
-    settings = {
-        "seed": int(seed), "copies": int(copies), "defect_size": [float(size_range[0]), float(size_range[1])],
-        "families": families, "defects_per_patch": float(defects_per_patch), "tolerance": float(tolerance),
-        "tilings": [{"border": b, "blend": g} for b, g in tilings], "formulas": list(formulas),
-        "strides": strides, "stride_tolerance": float(stride_tolerance),
-        "validation_images": n_images, "defective_copies": n_images * copies, "defects": family_counts,
-        "defect_fraction": float(defect_pixels / copy_pixels), "threshold_rule": threshold_rule,
-        "region_found_share": REGION_FOUND_SHARE, "export": str(model.path),
-        "seconds": round(time.perf_counter() - started, 2),
-        "stage_seconds": {k: round(v, 2) for k, v in seconds.items()},
-    }
-    return Tuning(residual, map_candidates, post_candidates, choice, synthetic, operating_point, settings, warnings,
-                  stride_rows)
+    return tuner.result(time.perf_counter() - started)
 
 
 # --- writing the result ----------------------------------------------------------------------------
@@ -1532,7 +1641,7 @@ def find_source(model: ExportedModel, source: str | os.PathLike | None = None) -
     Raises:
         InputError: none recorded or given, or it does not exist (the message says what to pass).
     """
-    source = source if source is not None else model.metadata.get("source")
+    source = source if source is not None else model.metadata.source
     if source is None:
         raise InputError(f"export {model.path} does not record the Keras model it was made from (metadata 'source'); "
                          "give the run folder or .keras file of that model (tfssim-tune --model)")
@@ -1585,19 +1694,19 @@ def load_source(model: ExportedModel, source: str | os.PathLike | None = None, *
     md = model.metadata
     shape = tuple(keras_model.input_shape[1:])
     channels, patch = shape[-1], shape[0]
-    if channels != model.channels or patch != int(md["patch_size"]):
+    if channels != model.channels or patch != md.patch_size:
         raise InputError(f"the Keras model {path} takes {patch}x{patch}x{channels} patches but export {model.path} "
-                         f"takes {md['patch_size']}x{md['patch_size']}x{model.channels}: it is not the exported model; "
+                         f"takes {md.patch_size}x{md.patch_size}x{model.channels}: it is not the exported model; "
                          f"{fix}")
     if check_image is not None:
         want = model.predict(check_image)["reconstruction"]
         image = np.asarray(check_image, np.float32).reshape(want.shape)
-        have = scoring.anomaly_maps(keras_model, image, md["kind"], int(md["patch_size"]), int(md["stride"]),
-                                    chunk_size=int(md.get("chunk_size") or 64), ssim_kwargs=md.get("ssim"),
-                                    vae_samples=md.get("vae_samples"), vae_seed=int(md.get("vae_seed") or 0),
-                                    scale=md.get("scale", 1.0), image_size=md.get("image_size"),
-                                    border=md.get("border") or "none",
-                                    blend=md.get("blend") or "mean")["reconstruction"]
+        # A VAE export records its sampling seed; the other kinds sample nothing (anomaly_maps' own default).
+        seed = {} if md.vae_seed is None else {"vae_seed": md.vae_seed}
+        have = scoring.anomaly_maps(keras_model, image, md.kind, md.patch_size, md.stride,
+                                    chunk_size=md.chunk_size, ssim_kwargs=md.ssim, vae_samples=md.vae_samples,
+                                    scale=md.scale, image_size=md.image_size, border=md.border, blend=md.blend,
+                                    **seed)["reconstruction"]
         diff = float(np.max(np.abs(np.asarray(have) - want)))
         if diff > 1e-4:
             raise InputError(f"the model in {path} is not the one exported as {model.path} (reconstructions differ "
@@ -1623,7 +1732,7 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: SourceModel
     md = model.metadata
     choice = tuning.choice
     tuned = {
-        "by": "tfssim.evaluation.tuning", "from_version": md.get("version"), "from_path": str(model.path),
+        "by": "tfssim.evaluation.tuning", "from_version": md.version, "from_path": str(model.path),
         "objective": {"map": MAP_OBJECTIVE, "post_processing": POST_OBJECTIVE},
         "threshold_rule": choice.threshold_rule, "synthetic": tuning.synthetic,
         "operating_point": {k: v for k, v in tuning.operating_point.items() if k not in ("thresholds", "fpr_rule")},
@@ -1633,11 +1742,11 @@ def write_tuned_export(model: ExportedModel, tuning: Tuning, source: SourceModel
     }
     return export_lib.export_model(
         source.model, output_root=model.path.parent.parent, name=model.path.parent.name,
-        stride=int(md["stride"]) if choice.stride is None else choice.stride,
-        kind=md["kind"], ssim_kwargs=tuning.ssim_params(md.get("ssim")), chunk_size=int(md.get("chunk_size") or 64),
-        training_config=md.get("training_config"), threshold=choice.threshold, vae_samples=md.get("vae_samples"),
-        jit_compile=bool(md.get("jit_compile", False)), map_sigma=choice.map_sigma,
-        scale=md.get("scale", 1.0), image_size=md.get("image_size"), border=choice.border, blend=choice.blend,
+        stride=md.stride if choice.stride is None else choice.stride,
+        kind=md.kind, ssim_kwargs=tuning.ssim_params(md.ssim), chunk_size=md.chunk_size,
+        training_config=md.training_config, threshold=choice.threshold, vae_samples=md.vae_samples,
+        jit_compile=md.jit_compile, map_sigma=choice.map_sigma,
+        scale=md.scale, image_size=md.image_size, border=choice.border, blend=choice.blend,
         map_formula=choice.map_formula, extra_metadata={"threshold_fpr": choice.fpr, "opening_diameter": choice.opening_diameter,
                         "min_area": choice.min_area, "convex_hull": choice.convex_hull,
                         "source": source.info.get("model_path", str(source.path)), "tuned": tuned},
@@ -1667,7 +1776,7 @@ class TuneRun:
 
 
 def recorded_validation_images(model: ExportedModel, source: str | os.PathLike | None = None) -> tuple[list[Path], Path]:
-    """The validation images the training run behind ``model`` recorded (``config.json``'s ``val_images``).
+    """The validation images the training run behind ``model`` recorded (its run record's ``val_images``).
 
     The run folder is ``source`` or the one the export's metadata records (its model file's
     folder).
@@ -1679,7 +1788,7 @@ def recorded_validation_images(model: ExportedModel, source: str | os.PathLike |
         InputError: the export was not made from a run folder, the run recorded no validation
             images, or they are gone (the message says to give images instead).
     """
-    from tfssim.run_record import read_run_record
+    from tfssim.run_record import CONFIG_NAME, read_run_record
 
     path = find_source(model, source)
     run_dir = path if path.is_dir() else path.parent
@@ -1687,10 +1796,10 @@ def recorded_validation_images(model: ExportedModel, source: str | os.PathLike |
     record = read_run_record(run_dir)
     if record is None:
         raise InputError(f"export {model.path} was made from {path}, which is not in a training run folder (no "
-                         f"config.json beside it), so no validation images are recorded; {fix}")
+                         f"{CONFIG_NAME} beside it), so no validation images are recorded; {fix}")
     recorded = record.get("val_images")
     if not isinstance(recorded, list) or not recorded or not all(isinstance(p, str) for p in recorded):
-        raise InputError(f"the training run {run_dir} recorded no validation images (config.json 'val_images'; "
+        raise InputError(f"the training run {run_dir} recorded no validation images ({CONFIG_NAME} 'val_images'; "
                          f"trained with --val-split 0?); {fix}")
     images = [Path(p) for p in recorded]
     missing = [p for p in images if not p.is_file()]
@@ -1737,7 +1846,7 @@ def tune_export(export: str | os.PathLike | ExportedModel, images: Sequence[str 
 
     model = export if isinstance(export, ExportedModel) else ExportedModel.load(export)
     if tune_kwargs.get("strides") is not None:  # refused in seconds, before the images and the model are read
-        _check_strides(tune_kwargs["strides"], int(model.metadata["patch_size"]), int(model.metadata["stride"]))
+        _check_strides(tune_kwargs["strides"], model.metadata.patch_size, model.metadata.stride)
     # What the output folder must stay out of: the images and the folders they came from, the export
     # and its model folder (a numbered folder there would be a version), the model file and its run.
     inputs: list[Any] = [model.path, model.path.parent]
@@ -1746,12 +1855,12 @@ def tune_export(export: str | os.PathLike | ExportedModel, images: Sequence[str 
         inputs += [item for item in images if os.path.isdir(item)]
     else:
         paths, run_dir = recorded_validation_images(model, source)
-        origin = f"the training run folder {run_dir} (its config.json)"
+        origin = f"the training run folder {run_dir} (its {CONFIG_NAME})"
         data_root = (read_run_record(run_dir) or {}).get("config", {}).get("data")
         inputs += [run_dir] + ([data_root] if isinstance(data_root, str) and os.path.isdir(data_root) else [])
     if announce is not None:
         announce(paths, origin)
-    model_file = find_source(model, source) if (source is not None or model.metadata.get("source")) else None
+    model_file = find_source(model, source) if (source is not None or model.metadata.source) else None
     if model_file is not None:
         run_folder = model_file if model_file.is_dir() else model_file.parent
         inputs += [model_file] + ([run_folder] if (run_folder / CONFIG_NAME).is_file() else [])

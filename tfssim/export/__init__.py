@@ -57,6 +57,7 @@ from typing import Any
 from tfssim.export.layout import (
     MAX_VERSION,
     MAX_VERSION_RETRIES,
+    METADATA_FILE,
     PARTIAL_MAX_AGE_S,
     check_name,
     check_version_files,
@@ -82,11 +83,9 @@ _LAZY = {
     "checkpoint_info": "tfssim.export.source",
     "describe_checkpoint": "tfssim.export.source",
     "training_running": "tfssim.export.source",
-    "RUN_LOCK_FILE": "tfssim.export.source",
     "_report_checkpoint": "tfssim.export.source",  # kept for callers of the old single module
     "warmup_record": "tfssim.export.warmup",
     "WARMUP_FILE": "tfssim.export.warmup",
-    "METADATA_FILE": "tfssim.export.metadata",
     "ExportMetadata": "tfssim.export.metadata",
 }
 _SUBMODULES = ("calibrated", "graph", "layout", "savedmodel", "source", "warmup")
@@ -111,7 +110,6 @@ __all__ = [
     "checkpoint_info",
     "describe_checkpoint",
     "training_running",
-    "RUN_LOCK_FILE",
     "MAX_VERSION",
     "MAX_VERSION_RETRIES",
     "PARTIAL_MAX_AGE_S",

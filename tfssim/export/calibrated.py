@@ -11,7 +11,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,7 +33,7 @@ __all__ = ["read_metadata", "write_calibrated_version"]
 logger = logging.getLogger(__name__)
 
 
-def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
+def read_metadata(export_dir: str | os.PathLike) -> ExportMetadata:
     """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
 
     :func:`tfssim.serving.inference.read_export_metadata`: strict JSON, well-formed values; any fault

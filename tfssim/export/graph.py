@@ -38,9 +38,9 @@ def _model_geometry(model: keras.Model) -> tuple[int, int]:
     return int(shape[1]), int(shape[3])
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class _Scorer:
-    """The traced serving functions around one model."""
+    """The traced serving functions around one model; built by keyword (its settings are many and alike)."""
 
     model: keras.Model
     residual: str

@@ -7,8 +7,10 @@ command that lists, picks or numbers versions asks here (:func:`list_versions`,
 :func:`newest_version`, :func:`next_version`, :func:`version_folder`). It also owns what a
 version may hold: regular files and folders only (:func:`check_version_files`,
 :func:`copy_version`), so a link or a device inside a version is refused in one line instead of
-being followed. It imports no TensorFlow (:mod:`tfssim.export.metadata` and :mod:`tfssim.serving.inference`,
-used by a TF Serving client, rely on it).
+being followed. It names the files a version holds that tfssim reads (:data:`METADATA_FILE`,
+:data:`SAVED_MODEL_FILE`) and finds a version from its model folder (:func:`resolve_version`).
+It imports no TensorFlow and no other tfssim.export module (:mod:`tfssim.export.metadata` and
+:mod:`tfssim.serving.inference`, used by a TF Serving client, import it).
 
 An export is built in a hidden ``.<version>.partial-*`` folder beside its destination (TF
 Serving ignores it: not an integer) and renamed into place with Linux's
@@ -30,14 +32,19 @@ from tfssim._io import atomic_write_json
 from tfssim.errors import InputError
 
 __all__ = [
-    "MAX_VERSION", "check_loadable_path", "check_name", "check_version_files", "copy_version", "is_model_name", "list_versions",
-    "newest_version", "next_version", "parse_version", "version_folder",
+    "EXPORT_ROOT", "MAX_VERSION", "METADATA_FILE", "SAVED_MODEL_FILE", "check_loadable_path", "check_name", "check_version_files", "copy_version", "is_model_name", "list_versions",
+    "newest_version", "next_version", "parse_version", "resolve_version", "version_folder",
 ]
 
 logger = logging.getLogger(__name__)
 
 # TF Serving's version numbers are int64.
 MAX_VERSION = 2**63 - 1
+# Where exports go when no folder is named: <EXPORT_ROOT>/<name>/<version>.
+EXPORT_ROOT = "exported_models"
+# The files of a version that tfssim reads: tfssim's metadata (tfssim.export.metadata) and the graph.
+METADATA_FILE = Path("assets") / "tfssim.json"
+SAVED_MODEL_FILE = "saved_model.pb"
 
 
 def parse_version(name: str) -> int | None:
@@ -86,6 +93,28 @@ def newest_version(model_root: str | os.PathLike) -> Path | None:
     """The version folder with the largest number in ``model_root`` (TF Serving's default), or ``None``."""
     versions = list_versions(model_root)
     return versions[-1][1] if versions else None
+
+
+def resolve_version(path: str | os.PathLike, holds: str | os.PathLike = METADATA_FILE) -> Path | None:
+    """The version folder ``path`` names: itself when it holds ``holds``, else its newest version.
+
+    A version folder, or a bare export folder of any name, is taken as it is; a model folder
+    ``<root>/<name>`` gives its newest version (TF Serving's default).
+
+    Args:
+        path: A version folder, an export folder or a model folder.
+        holds: The file (relative to a version) that marks ``path`` itself as one
+            (:data:`METADATA_FILE` or :data:`SAVED_MODEL_FILE`).
+
+    Returns:
+        ``path`` when ``path / holds`` exists, else :func:`newest_version` of ``path`` (``None``
+        where ``path`` is no folder or has no versions). Whether the newest version holds
+        ``holds`` is the caller's check (its message names the version).
+    """
+    path = Path(path)
+    if (path / holds).exists():
+        return path
+    return newest_version(path) if path.is_dir() else None
 
 
 def next_version(model_root: str | os.PathLike) -> int:
@@ -407,8 +436,6 @@ def _move_into_place(export_dir: Path, model_root: Path, version: int, *, auto: 
     Returns:
         The version folder the export now lives in.
     """
-    from tfssim.export.metadata import METADATA_FILE  # not at the top: tfssim.export.metadata imports this module
-
     for attempt in range(retries + 1):
         destination = model_root / str(version)
         try:

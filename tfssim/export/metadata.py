@@ -8,9 +8,8 @@ tools read one validated type instead of string keys. This module imports only t
 library: a service that calls TF Serving over REST can read an export's metadata without
 installing TensorFlow.
 
-Why one module of about 440 lines: it is the single place the metadata's keys are defined,
-written, read and checked (the field list and one validator per field); split, the keys and
-their rules would drift apart again.
+It is the one place the metadata's keys, their defaults (what an export written before a key
+existed behaved with, the post-processing's included) and their rules are defined.
 
 Reading is tolerant and strict at once: keys this version does not know (written by a newer
 tfssim) are kept in :attr:`ExportMetadata.extra` and written back unchanged by
@@ -21,7 +20,7 @@ Example:
     >>> meta = ExportMetadata.read("exported_models/nanotwice")     # newest version folder
     >>> meta.patch_size, meta.stride, meta.threshold
     (128, 30, 0.412)
-    >>> PostProcessor.from_metadata(meta.to_dict())                   # tfssim.serving.postprocess
+    >>> PostProcessor.from_metadata(meta)                             # tfssim.serving.postprocess
 """
 from __future__ import annotations
 
@@ -37,14 +36,19 @@ from typing import Any, Mapping
 from tfssim.core.map_formula import FORMULAS, MapFormula
 from tfssim.core.ssim_params import SSIMParams
 from tfssim.errors import InputError
-from tfssim.export.layout import MAX_VERSION, is_model_name, list_versions, newest_version, parse_version
+from tfssim.export.layout import (
+    MAX_VERSION,
+    METADATA_FILE,
+    is_model_name,
+    list_versions,
+    parse_version,
+    resolve_version,
+)
 from tfssim.run_record import setting_problem
 
-__all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "MAX_CHUNK_SIZE", "MAX_OPENING_DIAMETER", "METADATA_FILE",
-           "calibrated_versions", "check_value", "metadata_path", "read_json"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_STRIDE", "ExportMetadata", "FORMAT", "MAX_BYTES", "MAX_CHUNK_SIZE", "MAX_OPENING_DIAMETER",
+           "METADATA_FILE", "calibrated_versions", "check_value", "metadata_path", "read_json"]
 
-# The metadata file inside an export version folder.
-METADATA_FILE = Path("assets") / "tfssim.json"
 # The metadata format this module reads and writes ("format" key); a larger one is refused.
 FORMAT = 1
 
@@ -56,12 +60,19 @@ _FIX = "re-export the model with tfssim-export (or set the threshold again with 
 
 # Keys every export since the first has written: a file without one of them is not tfssim metadata.
 _REQUIRED = ("format", "name", "version", "kind", "residual", "patch_size", "channels", "stride")
+# Keys that metadata rewritten before they had a value of their own holds as null (to_dict writes
+# every key): null there reads as the field's default, the value those exports behaved with.
+_NULL_IS_DEFAULT = ("chunk_size", "min_area")
 
 
 # Bounds of the stored settings (one rule: tfssim-export's options and export_model check the same).
 # Tiles per model call: the serving graph counts tiles and chunks in int32 (tfssim.core.tiling), and one
 # call of 2**20 tiles already holds 4 GiB of 32x32 patches; a larger chunk only overflows the counts.
 MAX_CHUNK_SIZE = 2**20
+# Tiles per model call by default (tfssim.core.tiling.DEFAULT_CHUNK), and of exports from before the key.
+DEFAULT_CHUNK_SIZE = 64
+# The signatures' default tiling stride when the exporter names none (the paper's 30 for 128-pixel patches).
+DEFAULT_STRIDE = 30
 # Diameter in pixels of the opening's disk: the paper's is 4 and tfssim-tune tries up to 8; an
 # opening wider than this erases every defect and costs seconds per megapixel (3000 runs out of memory).
 MAX_OPENING_DIAMETER = 64
@@ -241,7 +252,8 @@ class ExportMetadata:
         patch_size: Side of the square patches the model reconstructs.
         channels: Image channels the model takes.
         stride: Default tiling stride of the signatures.
-        chunk_size: Tiles per model call inside the graph.
+        chunk_size: Tiles per model call inside the graph (:data:`DEFAULT_CHUNK_SIZE` in exports from
+            before the key).
         ssim: SSIM parameters of the anomaly map (``residual == "ssim"`` only).
         ssim_padding: How the SSIM map is padded at the image border.
         vae_samples: Posterior samples per pixel score (VAE only).
@@ -279,7 +291,7 @@ class ExportMetadata:
             exports from before this key existed.
         opening_diameter: Diameter of the opening's circular element (0: no opening).
         convex_hull: Replace each region by its convex hull.
-        min_area: Drop regions of fewer pixels (``None``: 0; set by ``tfssim-tune``).
+        min_area: Drop regions of fewer pixels (set by ``tfssim-tune``; null in older files reads as 0).
         input_name: Name of the image input of every signature.
         uint8_scale: Factor from ``serving_default``'s uint8 input to [0, 1].
         float_signature: Signature taking float32 images in [0, 1].
@@ -307,7 +319,7 @@ class ExportMetadata:
     patch_size: int
     channels: int
     stride: int
-    chunk_size: int | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     ssim: dict[str, Any] | None = None
     ssim_padding: str | None = None
     vae_samples: int | None = None
@@ -328,7 +340,7 @@ class ExportMetadata:
     calibrated_from: int | None = None
     opening_diameter: int = 4
     convex_hull: bool = True
-    min_area: int | None = None
+    min_area: int = 0
     input_name: str = "image"
     uint8_scale: float = 1 / 255
     float_signature: str = "serve_float"
@@ -378,7 +390,8 @@ class ExportMetadata:
             raise InputError(f"{where}tfssim metadata lacks {', '.join(missing)}; is this a tfssim export? "
                              "(re-export the model with tfssim-export)")
         known = set(cls.keys())
-        given = {key: value for key, value in values.items() if key in known}
+        given = {key: value for key, value in values.items()
+                 if key in known and not (key in _NULL_IS_DEFAULT and value is None)}
         extra = {key: value for key, value in values.items() if key not in known}
         try:
             return cls(**given, extra=extra)
@@ -561,12 +574,10 @@ def metadata_path(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"export {path} does not exist")
     if not path.is_dir():
         return path  # a file, or a device or pipe that read_json refuses without reading it
-    if (path / METADATA_FILE).is_file():
-        return path / METADATA_FILE
-    newest = newest_version(path)
-    if newest is not None and (newest / METADATA_FILE).is_file():
-        return newest / METADATA_FILE
-    where = f"{path} (newest version {newest.name})" if newest is not None else str(path)
+    version = resolve_version(path, METADATA_FILE)
+    if version is not None and (version / METADATA_FILE).is_file():
+        return version / METADATA_FILE
+    where = f"{path} (newest version {version.name})" if version not in (None, path) else str(path)
     raise InputError(f"{where} has no {METADATA_FILE}; it is not a tfssim export (re-export with tfssim-export)")
 
 

@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -31,7 +32,9 @@ from tfssim.core import resize, scoring, tiling
 from tfssim.errors import InputError, input_checks
 from tfssim.export.graph import SIGNATURES, VAE_SEED, _model_geometry, _Scorer
 from tfssim.export.layout import (
+    EXPORT_ROOT,
     MAX_VERSION,
+    METADATA_FILE,
     _move_into_place,
     _record_owner,
     _remove_dead_partials,
@@ -41,7 +44,7 @@ from tfssim.export.layout import (
 )
 from tfssim.export.source import _report_checkpoint, load_for_export
 from tfssim.export.warmup import WARMUP_FILE, _write_warmup
-from tfssim.export.metadata import METADATA_FILE, ExportMetadata, check_value  # the file and its keys' rules (no TF)
+from tfssim.export.metadata import DEFAULT_STRIDE, ExportMetadata, check_value  # the keys' rules (no TF)
 from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
 from tfssim.core.map_formula import MapFormula
 from tfssim.core.ssim_params import SSIMParams
@@ -81,10 +84,10 @@ def _resizing(scale: float | None, image_size: Any, training_config: dict[str, A
 
 def export_model(
     model_or_path: str | os.PathLike | keras.Model,
-    output_root: str | os.PathLike = "exported_models",
+    output_root: str | os.PathLike = EXPORT_ROOT,
     name: str = "tfssim",
     version: int | None = None,
-    stride: int = 30,
+    stride: int = DEFAULT_STRIDE,
     kind: str | None = None,
     ssim_kwargs: dict[str, Any] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
@@ -105,7 +108,7 @@ def export_model(
     """Write a TF Serving SavedModel of a trained model; return the version folder.
 
     Args:
-        model_or_path: A ``tfssim-train`` run folder (``best.keras`` preferred), a ``.keras``
+        model_or_path: A ``tfssim-train`` run folder (its best model preferred), a ``.keras``
             file or a ``keras.Model``.
         output_root: Folder of exported models: the export goes to ``output_root/name/version``.
         name: Model name (TF Serving's ``--model_name``), a plain folder name.
@@ -166,21 +169,84 @@ def export_model(
         ValueError: bad arguments or model.
     """
     check_name(name)
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
-        raise InputError(f"stride must be an integer, got {stride!r}")
-    # The stored metadata's rules (tfssim.export.metadata), so that no export is written that its own
-    # metadata would refuse, or whose graph cannot count its chunks.
-    chunk_size = int(chunk_size) if isinstance(chunk_size, np.integer) else chunk_size
-    check_value("chunk_size", chunk_size, "chunk size")
-    if threshold is not None:
-        threshold = float(threshold) if isinstance(threshold, (np.floating, np.integer)) else threshold
-        check_value("threshold", threshold, "threshold")
-    stride = int(stride)
+    _check_arguments(stride, chunk_size, threshold)
     if isinstance(model_or_path, keras.Model):
         model, info = model_or_path, {}
     else:
         model, info = load_for_export(model_or_path)
         _report_checkpoint(model_or_path, info.get("checkpoint") or {})
+    settings = _settings(model, info, kind=kind, stride=stride, chunk_size=chunk_size, ssim_kwargs=ssim_kwargs,
+                         ssim_overrides=ssim_overrides, vae_samples=vae_samples, map_sigma=map_sigma, border=border,
+                         blend=blend, map_formula=map_formula, scale=scale, image_size=image_size,
+                         training_config=training_config, threshold=threshold, jit_compile=jit_compile)
+    clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
+    if clash:
+        raise InputError(f"extra metadata may not set {clash}: they describe the exported graph")
+    model_root, version, auto_version = _claim_version(output_root, name, version)
+    archive = _archive(model, settings)
+    metadata = _metadata(model, settings, name=name, version=version, extra_metadata=extra_metadata,
+                         source=info.get("model_path"), checkpoint=info.get("checkpoint"))
+    destination = _write_version(archive, metadata, model_root, version, auto=auto_version, name=name,
+                                 settings=settings)
+    logger.info("exported %s (%s model, patch %d, stride %d%s)", destination, settings.kind, settings.patch_size,
+                settings.stride, "" if resize.is_identity(settings.scale, settings.image_size) else
+                f"; requests resized {resize.describe(settings.scale, settings.image_size)} in the graph, "
+                "maps at their own size")
+    return destination
+
+
+def _check_arguments(stride: Any, chunk_size: Any, threshold: Any) -> None:
+    """Refuse a stride, chunk size or threshold of the wrong type or range, before the model is loaded.
+
+    The stored metadata's rules (:func:`tfssim.export.metadata.check_value`), so that no export is
+    written that its own metadata would refuse, or whose graph cannot count its chunks.
+    """
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
+        raise InputError(f"stride must be an integer, got {stride!r}")
+    check_value("chunk_size", int(chunk_size) if isinstance(chunk_size, np.integer) else chunk_size, "chunk size")
+    if threshold is not None:
+        check_value("threshold", float(threshold) if isinstance(threshold, (np.floating, np.integer)) else threshold,
+                    "threshold")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Settings:
+    """An export's settings, resolved (arguments, else the run's, else the defaults) and checked."""
+
+    kind: str
+    residual: str
+    patch_size: int
+    channels: int
+    stride: int
+    chunk_size: int
+    ssim: SSIMParams
+    vae_samples: int
+    map_sigma: float
+    border: str
+    blend: str
+    formula: MapFormula
+    scale: float
+    image_size: tuple[int, int] | None
+    training_config: dict[str, Any] | None
+    threshold: float | None
+    jit_compile: bool
+
+
+def _settings(model: keras.Model, info: dict[str, Any], *, kind: str | None, stride: int, chunk_size: int,
+              ssim_kwargs: dict[str, Any] | None, ssim_overrides: dict[str, Any] | None, vae_samples: int | None,
+              map_sigma: float, border: str, blend: str, map_formula: MapFormula | dict[str, Any] | str | None,
+              scale: float | None, image_size: Any, training_config: dict[str, Any] | None,
+              threshold: float | None, jit_compile: bool) -> _Settings:
+    """The export's settings from :func:`export_model`'s arguments and what ``info`` says of the model.
+
+    Args:
+        model: The model to export.
+        info: What :func:`~tfssim.export.source.load_for_export` found (empty for a ``keras.Model``).
+        kind, stride, ...: :func:`export_model`'s arguments of the same names.
+
+    Raises:
+        InputError: an argument, or the model, does not fit (one line saying which).
+    """
     kind = kind or info.get("kind") or kind_of(model)
     if kind not in MODEL_KINDS:
         raise InputError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
@@ -188,6 +254,7 @@ def export_model(
     if residual == "vae" and not isinstance(model, VariationalAutoencoder):
         raise InputError(f"kind 'vae' needs a tfssim VariationalAutoencoder, got {type(model).__name__}")
     patch_size, channels = _model_geometry(model)
+    stride = int(stride)
     tiling.check_tiling(patch_size, stride)
     with input_checks():  # SSIMParams raises ValueError: here, checks of the arguments
         ssim_params = SSIMParams.of(ssim_kwargs if ssim_kwargs is not None else info.get("ssim"),
@@ -202,16 +269,33 @@ def export_model(
         map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
     border, blend = scoring.check_border(border), tiling.check_blend(blend)
     formula = MapFormula.of(map_formula).check_model(residual, patch_size)
-    scale, image_size = _resizing(scale, image_size, training_config if training_config is not None
-                                  else info.get("training_config"), patch_size)
-    clash = sorted(set(extra_metadata or {}) & set(GRAPH_METADATA_KEYS))
-    if clash:
-        raise InputError(f"extra metadata may not set {clash}: they describe the exported graph")
+    training_config = training_config if training_config is not None else info.get("training_config")
+    scale, image_size = _resizing(scale, image_size, training_config, patch_size)
+    return _Settings(
+        kind=kind, residual=residual, patch_size=patch_size, channels=channels, stride=stride,
+        chunk_size=int(chunk_size) if isinstance(chunk_size, np.integer) else chunk_size, ssim=ssim_params,
+        vae_samples=vae_samples, map_sigma=map_sigma, border=border, blend=blend, formula=formula, scale=scale,
+        image_size=image_size, training_config=training_config,
+        threshold=None if threshold is None else float(threshold), jit_compile=bool(jit_compile),
+    )
 
+
+def _claim_version(output_root: str | os.PathLike, name: str, version: Any) -> tuple[Path, int, bool]:
+    """The model folder and the version to write (given, else the next free one), the folder made.
+
+    Returns:
+        ``(model_root, version, auto)``: ``auto`` when the version was chosen here (it may then
+        move on to the next free one if a concurrent export takes it, see
+        :func:`~tfssim.export.layout._move_into_place`).
+
+    Raises:
+        InputError: a path TensorFlow could not load from, or a version out of TF Serving's range.
+        FileExistsError: the version exists.
+    """
     model_root = Path(output_root) / name
     check_loadable_path(model_root, "output")  # an export nobody could load is not written
-    auto_version = version is None
-    version = next_version(model_root) if auto_version else version
+    auto = version is None
+    version = next_version(model_root) if auto else version
     if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 1 <= version <= MAX_VERSION:
         raise InputError(f"version must be an integer from 1 to {MAX_VERSION} (TF Serving's int64), got {version!r}")
     version = int(version)
@@ -222,9 +306,18 @@ def export_model(
         )
     model_root.mkdir(parents=True, exist_ok=True)
     _remove_dead_partials(model_root)
+    return model_root, version, auto
 
-    scorer = _Scorer(model, residual, patch_size, channels, stride, chunk_size, ssim_params.to_dict(), vae_samples, jit_compile,
-                     map_sigma, scale, image_size, border, blend, formula.to_dict())
+
+def _archive(model: keras.Model, settings: _Settings) -> keras.export.ExportArchive:
+    """The SavedModel's archive: the model and its three signatures (:data:`~tfssim.export.graph.SIGNATURES`)."""
+    scorer = _Scorer(
+        model=model, residual=settings.residual, patch_size=settings.patch_size, channels=settings.channels,
+        stride=settings.stride, chunk_size=settings.chunk_size, ssim_kwargs=settings.ssim.to_dict(),
+        vae_samples=settings.vae_samples, jit_compile=settings.jit_compile, map_sigma=settings.map_sigma,
+        scale=settings.scale, image_size=settings.image_size, border=settings.border, blend=settings.blend,
+        map_formula=settings.formula.to_dict(),
+    )
     archive = keras.export.ExportArchive()
     archive.track(model)
     any_image = lambda dtype: tf.TensorSpec(shape=None, dtype=dtype, name="image")  # noqa: E731
@@ -232,32 +325,52 @@ def export_model(
     archive.add_endpoint("serve_float", scorer.serve_float, input_signature=[any_image(tf.float32)])
     archive.add_endpoint("serve_with_stride", scorer.serve_with_stride,
                          input_signature=[any_image(tf.float32), tf.TensorSpec([], tf.int32, name="stride")])
+    return archive
 
+
+def _metadata(model: keras.Model, settings: _Settings, *, name: str, version: int,
+              extra_metadata: dict[str, Any] | None, source: str | None, checkpoint: Any) -> dict[str, Any]:
+    """The version's metadata (``assets/tfssim.json``), checked by :class:`ExportMetadata` before anything is built.
+
+    Args:
+        model: The exported model.
+        settings: The export's settings.
+        name: The model name.
+        version: The version number.
+        extra_metadata: :func:`export_model`'s ``extra_metadata`` (already checked not to set a
+            :data:`GRAPH_METADATA_KEYS` entry).
+        source: The model file exported, where known.
+        checkpoint: Which checkpoint the file holds (:func:`~tfssim.export.source.checkpoint_info`).
+
+    Raises:
+        InputError: a value ExportMetadata refuses (e.g. a bad ``extra_metadata`` value).
+    """
+    residual, s = settings.residual, settings
     outputs = ["reconstruction", "anomaly_map"]
     if residual == "ssim":
         outputs += ["luminance_map", "contrast_map", "structure_map"]
     metadata = {
         "format": 1,
-        "name": name, "version": version, "kind": kind, "residual": residual,
-        "patch_size": patch_size, "channels": channels, "stride": stride, "chunk_size": chunk_size,
-        "ssim": ssim_params.to_dict() if residual == "ssim" else None,
+        "name": name, "version": version, "kind": s.kind, "residual": residual,
+        "patch_size": s.patch_size, "channels": s.channels, "stride": s.stride, "chunk_size": s.chunk_size,
+        "ssim": s.ssim.to_dict() if residual == "ssim" else None,
         "ssim_padding": "same (mirror, tfssim.core.ssim padding='same')" if residual == "ssim" else None,
-        "vae_samples": vae_samples if residual == "vae" else None,
+        "vae_samples": s.vae_samples if residual == "vae" else None,
         "vae_seed": VAE_SEED if residual == "vae" else None,
         "observation_std": float(model.observation_std) if residual == "vae" else None,
-        "map_sigma": map_sigma, "border": border, "blend": blend,
-        "map_formula": formula.to_dict() if residual == "ssim" else None,
-        "scale": scale, "image_size": None if image_size is None else list(image_size),
-        "interpolation": None if resize.is_identity(scale, image_size) else resize.INTERPOLATION,
-        "latent_dim": getattr(model, "latent_dim", None) or (info.get("training_config") or {}).get("latent_dim"),
-        "threshold": None if threshold is None else float(threshold), "threshold_fpr": None,
-        "opening_diameter": 4, "convex_hull": True,
+        "map_sigma": s.map_sigma, "border": s.border, "blend": s.blend,
+        "map_formula": s.formula.to_dict() if residual == "ssim" else None,
+        "scale": s.scale, "image_size": None if s.image_size is None else list(s.image_size),
+        "interpolation": None if resize.is_identity(s.scale, s.image_size) else resize.INTERPOLATION,
+        "latent_dim": getattr(model, "latent_dim", None) or (s.training_config or {}).get("latent_dim"),
+        "threshold": s.threshold, "threshold_fpr": None,
+        # The post-processing (opening, convex hull, min area): ExportMetadata's defaults, the paper's.
         "input_name": "image", "uint8_scale": 1 / 255, "float_signature": "serve_float",
         "stride_signature": "serve_with_stride", "signatures": SIGNATURES, "outputs": outputs,
         "output_shapes": {k: ("[H, W, C]" if k == "reconstruction" else "[H, W]") for k in outputs},
-        "jit_compile": bool(jit_compile),
-        "training_config": training_config if training_config is not None else info.get("training_config"),
-        "source": info.get("model_path"), "checkpoint": info.get("checkpoint"),
+        "jit_compile": s.jit_compile,
+        "training_config": s.training_config,
+        "source": source, "checkpoint": checkpoint,
         "tfssim_version": __version__, "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -266,22 +379,28 @@ def export_model(
     # ExportMetadata is the one definition of every key's type: what is written is checked first
     # (a bad extra_metadata value fails here, before anything is built). Values JSON cannot hold
     # (a Path in training_config) are written as strings, as before.
-    metadata = ExportMetadata.from_dict(json.loads(json.dumps(metadata, default=str)),
-                                        source="export metadata").to_dict()
+    return ExportMetadata.from_dict(json.loads(json.dumps(metadata, default=str)), source="export metadata").to_dict()
+
+
+def _write_version(archive: keras.export.ExportArchive, metadata: dict[str, Any], model_root: Path, version: int,
+                   *, auto: bool, name: str, settings: _Settings) -> Path:
+    """Build the version in a hidden partial folder beside the others and rename it into place.
+
+    Returns:
+        The version folder (a later number than ``version`` when ``auto`` and a concurrent export
+        took it meanwhile).
+    """
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_root))
     try:
         _record_owner(tmp)
         export_dir = tmp / "export"
         archive.write_out(str(export_dir), verbose=False)
-        (export_dir / "assets").mkdir(exist_ok=True)
+        (export_dir / METADATA_FILE).parent.mkdir(exist_ok=True)
         (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
         # Warm-up images of 1.5 patches per side once resized (TF Serving refuses a version whose warm-up fails).
-        _write_warmup(export_dir / WARMUP_FILE, name, patch_size, channels, stride,
-                      side=resize.min_input_size(patch_size + patch_size // 2, scale))
-        destination = _move_into_place(export_dir, model_root, version, auto=auto_version, metadata=metadata)
+        p = settings.patch_size
+        _write_warmup(export_dir / WARMUP_FILE, name, p, settings.channels, settings.stride,
+                      side=resize.min_input_size(p + p // 2, settings.scale))
+        return _move_into_place(export_dir, model_root, version, auto=auto, metadata=metadata)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("exported %s (%s model, patch %d, stride %d%s)", destination, kind, patch_size, stride,
-                "" if resize.is_identity(scale, image_size) else
-                f"; requests resized {resize.describe(scale, image_size)} in the graph, maps at their own size")
-    return destination

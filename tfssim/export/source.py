@@ -6,7 +6,6 @@ a ``tfssim-train`` still holds the run folder's lock.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,8 +18,18 @@ import keras
 from tfssim.core.ssim_params import SSIMParams
 from tfssim.errors import InputError
 from tfssim.export.graph import _model_geometry
-from tfssim.run_record import HISTORY_NAME, SSIM_CONFIG_KEYS, open_run_lock, read_history
-from tfssim.training import LOCK_NAME
+from tfssim.run_record import (
+    BEST_MODEL_NAME,
+    CONFIG_NAME,
+    FINAL_MODEL_NAME,
+    HISTORY_NAME,
+    LOCK_NAME,
+    SSIM_CONFIG_KEYS,
+    keras_archive_config,
+    model_file,
+    open_run_lock,
+    read_history,
+)
 from tfssim.training.run_folder import read_run
 
 logger = logging.getLogger(__name__)
@@ -32,13 +41,12 @@ logger = logging.getLogger(__name__)
 def _ssim_from_keras_file(path: Path) -> dict[str, Any] | None:
     """SSIM parameters of the compiled ``SSIMLoss`` stored in a ``.keras`` file, without loading it.
 
-    Reads the archive's ``config.json`` (``compile_config.loss``) so that nothing is
-    deserialised: a feature-matching loss would otherwise build VGG and download ImageNet weights.
+    Reads the archive's model configuration (``compile_config.loss``,
+    :func:`tfssim.run_record.keras_archive_config`) so that nothing is deserialised: a
+    feature-matching loss would otherwise build VGG and download ImageNet weights.
     """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    config = keras_archive_config(path)
+    if config is None:
         return None
     loss = (config.get("compile_config") or {}).get("loss")
     if not isinstance(loss, dict) or loss.get("class_name") != "SSIMLoss":
@@ -48,7 +56,7 @@ def _ssim_from_keras_file(path: Path) -> dict[str, Any] | None:
 
 
 def _ssim_from_run_config(record: dict[str, Any]) -> dict[str, Any] | None:
-    """SSIM parameters from a run folder's ``config.json``: its ``ssim`` dict, or (older runs) the
+    """SSIM parameters from a run folder's record: its ``ssim`` dict, or (older runs) the
     flat ``ssim_*`` keys of :class:`~tfssim.training.TrainConfig`; keys missing get the defaults.
     Returned as :meth:`SSIMParams.to_dict` (checked), ``None`` if the record has none."""
     if isinstance(record.get("ssim"), dict):
@@ -60,12 +68,8 @@ def _ssim_from_run_config(record: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-# The file tfssim-train holds a lock on while it trains into a run folder (one definition, the trainer's).
-RUN_LOCK_FILE = LOCK_NAME
-
-
 def training_running(run_dir: str | os.PathLike) -> bool | None:
-    """Whether a trainer holds the lock of ``run_dir`` (``RUN_DIR/.tfssim-train.lock``) right now.
+    """Whether a trainer holds the lock of ``run_dir`` (:data:`tfssim.run_record.LOCK_NAME`) right now.
 
     Tests without taking anything a trainer could miss: a non-blocking shared ``flock`` (taken
     and at once released), and ``F_GETLK`` for a POSIX record lock (``fcntl.lockf``), which
@@ -119,17 +123,18 @@ def training_running(run_dir: str | os.PathLike) -> bool | None:
 
 def checkpoint_info(run_dir: str | os.PathLike, model_path: str | os.PathLike,
                     record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Which training epoch the model file of a run folder holds, from the run's ``history.csv``.
+    """Which training epoch the model file of a run folder holds, from the run's history.
 
-    ``best.keras`` holds the epoch with the lowest ``val_loss`` (``loss`` without validation
-    images; the first of equal values, as the trainer keeps it); ``final.keras`` holds the last
-    epoch when it is not older than ``history.csv`` (a resumed run still training has written
+    The best model holds the epoch with the lowest ``val_loss`` (``loss`` without validation
+    images; the first of equal values, as the trainer keeps it); the final model holds the last
+    epoch when it is not older than the history (a resumed run still training has written
     epochs since: then its epoch is unknown).
 
     Args:
         run_dir: The run folder.
-        model_path: The model file taken from it (``best.keras`` or ``final.keras``).
-        record: The run's ``config.json`` (for the configured epoch count), if read.
+        model_path: The model file taken from it (:data:`~tfssim.run_record.BEST_MODEL_NAME` or
+            :data:`~tfssim.run_record.FINAL_MODEL_NAME`).
+        record: The run's record (for the configured epoch count), if read.
 
     Returns:
         ``{"file", "path", "epoch", "monitor", "val_loss", "loss", "epochs_done",
@@ -149,10 +154,10 @@ def checkpoint_info(run_dir: str | os.PathLike, model_path: str | os.PathLike,
     monitor = "val_loss" if any(math.isfinite(r.get("val_loss", math.nan)) for r in rows) else "loss"
     info["monitor"] = monitor
     chosen: dict[str, float] | None = None
-    if model_path.name == "best.keras":
+    if model_path.name == BEST_MODEL_NAME:
         scored = [r for r in rows if math.isfinite(r.get(monitor, math.nan))]
         chosen = min(scored, key=lambda r: r[monitor]) if scored else None  # min keeps the first of equals
-    elif model_path.name == "final.keras":
+    elif model_path.name == FINAL_MODEL_NAME:
         if model_path.stat().st_mtime >= history.stat().st_mtime:
             chosen = rows[-1]
     if chosen is not None:
@@ -163,12 +168,12 @@ def checkpoint_info(run_dir: str | os.PathLike, model_path: str | os.PathLike,
 
 
 def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
-    """One line saying which checkpoint an export took, e.g. ``best.keras: epoch 7 of 10 (val_loss 0.0123, the lowest)``."""
+    """One line saying which checkpoint an export took, e.g. ``RUN/best.keras: epoch 7 of 10 (7 done; val_loss 0.0123, the lowest)``."""
     line = f"{checkpoint['path']}: "
     if checkpoint.get("epoch") is None:
         line += "epoch unknown"
-        if checkpoint.get("file") == "final.keras" and checkpoint.get("epochs_done"):
-            line += f" (history.csv has {checkpoint['epochs_done']} epochs, written after it)"
+        if checkpoint.get("file") == FINAL_MODEL_NAME and checkpoint.get("epochs_done"):
+            line += f" ({HISTORY_NAME} has {checkpoint['epochs_done']} epochs, written after it)"
     else:
         total = checkpoint.get("epochs_configured")
         line += f"epoch {checkpoint['epoch']}" + (f" of {total}" if total else "")
@@ -177,7 +182,7 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
             monitor = checkpoint.get("monitor")
             value = checkpoint.get(monitor) if monitor else None
             if value is not None:
-                lowest = ", the lowest" if checkpoint.get("file") == "best.keras" else ""
+                lowest = ", the lowest" if checkpoint.get("file") == BEST_MODEL_NAME else ""
                 line += f"; {monitor} {value:.6g}{lowest}"
             line += ")"
     return line
@@ -191,14 +196,14 @@ def _report_checkpoint(source: str | os.PathLike, checkpoint: dict[str, Any]) ->
         logger.warning(
             "warning: training in %s is still running (%s is locked): this export takes %s as it is now, "
             "and the run may still improve it; export again when training has finished",
-            source, Path(source) / RUN_LOCK_FILE, checkpoint.get("file"))
+            source, Path(source) / LOCK_NAME, checkpoint.get("file"))
     elif Path(source).is_dir() and checkpoint.get("training_running") is None:
         logger.info("cannot tell whether training in %s is still running (it has no %s file): if it is, "
-                    "export again when it has finished", source, RUN_LOCK_FILE)
+                    "export again when it has finished", source, LOCK_NAME)
 
 
 def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:
-    """Load a model from a run folder (``best.keras``, else ``final.keras``) or a ``.keras`` file.
+    """Load a model from a run folder (its best model, else its final one) or a ``.keras`` file.
 
     Returns the model (loaded with ``compile=False``: an FM model's loss would otherwise try to
     download ImageNet weights) and what is known about how it was trained: ``kind``, ``ssim``
@@ -209,7 +214,7 @@ def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, A
     Raises:
         FileNotFoundError: ``source`` does not exist.
         ValueError: not a run folder or ``.keras`` file, no model in the folder, the model
-            does not load, the run's ``config.json`` is damaged (:func:`tfssim.training.run_folder.read_run`,
+            does not load, the run's record is damaged (:func:`tfssim.training.run_folder.read_run`,
             the reader of ``tfssim-train --resume``) or contradicts the model, or its lock file is
             no regular file.
     """
@@ -219,9 +224,10 @@ def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, A
     info: dict[str, Any] = {}
     record: dict[str, Any] = {}
     if source.is_dir():
-        model_path = next((p for p in (source / "best.keras", source / "final.keras") if p.exists()), None)
+        model_path = model_file(source)
         if model_path is None:
-            raise InputError(f"run folder {source} holds neither best.keras nor final.keras; has training finished?")
+            raise InputError(f"run folder {source} holds neither {BEST_MODEL_NAME} nor {FINAL_MODEL_NAME}; "
+                             "has training finished?")
         # The run's record and history, checked (one line naming the file and key where damaged)
         # before the model is loaded: export writes nothing into the run folder. read_run is the
         # reader tfssim-train --resume uses: a record one refuses, the other refuses the same way.
@@ -239,7 +245,7 @@ def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, A
         model_path = source
     else:
         raise InputError(f"{source} is neither a run folder nor a .keras file")
-    fix = "give a .keras file written by tfssim-train (a run folder's best.keras or final.keras)"
+    fix = f"give a .keras file written by tfssim-train (a run folder's {BEST_MODEL_NAME} or {FINAL_MODEL_NAME})"
     if not model_path.is_file() or not zipfile.is_zipfile(model_path):
         # Keras would say "File not found" about a file that exists but is no .keras zip archive.
         raise InputError(f"{model_path} is not a readable Keras file (not a .keras zip archive); {fix}")
@@ -255,7 +261,7 @@ def load_for_export(source: str | os.PathLike) -> tuple[keras.Model, dict[str, A
     expected = {"patch_size": record.get("patch_size", config.get("patch_size")), "channels": record.get("channels")}
     for (key, want), have in zip(expected.items(), _model_geometry(model)):
         if want is not None and int(want) != have:
-            raise InputError(f"{model_path} has {key} {have} but the run's config.json says {want}")
+            raise InputError(f"{model_path} has {key} {have} but the run's {CONFIG_NAME} says {want}")
     info["model_path"] = str(model_path)
     if source.is_dir():
         info["checkpoint"] = checkpoint_info(source, model_path, record)

@@ -5,9 +5,9 @@ from typing import Any
 
 import keras  # plain Keras 3, no TensorFlow: scripts/train_any_backend.py builds it on JAX/PyTorch
 
-from tfssim.errors import InputError
+from tfssim.models.kinds import validate_architecture
 
-__all__ = ["ENCODER_LAYERS", "LeakyReLU", "build_encoder", "build_decoder", "build_autoencoder", "validate_architecture"]
+__all__ = ["ENCODER_LAYERS", "LeakyReLU", "build_encoder", "build_decoder", "build_autoencoder"]
 
 # (name, filters, kernel, stride) of the paper's encoder for 128x128 input; Conv9's kernel is
 # patch_size / 16 so that any of the paper's patch sizes (32, 64, 128) ends in a 1x1xd code.
@@ -27,19 +27,6 @@ _NEG_SLOPE = 0.2
 # pixel from only a quarter of its taps), so an untrained model outputs sigmoid(~1e-6) = 0.5
 # everywhere, gradients are ~1e-7 (Adam's epsilon) and training stalls at the mean image.
 _INIT = "he_normal"
-
-
-def validate_architecture(patch_size: int, channels: int, latent_dim: int) -> None:
-    """Raise ``ValueError`` unless the three sizes define a valid paper autoencoder."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 16 or patch_size % 16:
-        raise InputError(
-            f"patch size must be a multiple of 16 (the encoder halves it four times), got {patch_size!r}; "
-            "the paper uses 32, 64 or 128"
-        )
-    if channels not in (1, 3):
-        raise InputError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-        raise InputError(f"latent dimension d must be a positive integer, got {latent_dim!r}")
 
 
 @keras.saving.register_keras_serializable(package="tfssim")
@@ -62,7 +49,7 @@ class LeakyReLU(keras.layers.LeakyReLU):
     (``scripts/benchmark_training.py``, ``scripts/check_seeded_losses.py``).
 
     It is defined here rather than in a module of its own because
-    ``scripts/train_any_backend.py`` loads this file alone (``tfssim.models`` needs TensorFlow).
+    ``scripts/train_any_backend.py`` builds the network from this module alone, on backends without TensorFlow.
     Inference and the other backends run Keras's own ``call``. (Keras refuses negative slopes,
     for which the sign argument would fail.)
 

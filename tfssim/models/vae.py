@@ -8,7 +8,8 @@ import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow,
 import keras
 import tensorflow as tf
 
-from tfssim.models.cae import build_decoder, build_encoder, validate_architecture
+from tfssim.models.cae import build_decoder, build_encoder
+from tfssim.models.kinds import validate_architecture
 from tfssim.errors import InputError
 
 __all__ = ["VariationalAutoencoder", "reconstruction_nll"]

@@ -394,7 +394,7 @@ class ServingClient:
             return self.signature
         if image.dtype == np.uint8:
             return _UINT8_SIGNATURE
-        return self.metadata.float_signature if self.metadata is not None else "serve_float"
+        return (self.metadata or ExportMetadata).float_signature  # without metadata: every export's default
 
     def _post(self, body: dict[str, Any], max_bytes: int, what: str) -> dict[str, Any]:
         """POST ``body`` as JSON; the decoded answer, or :class:`ServingError` in one line.
@@ -511,7 +511,7 @@ class ServingClient:
         """
         image = self._prepare(image)
         height, width, channels = image.shape
-        input_name = self.metadata.input_name if self.metadata is not None else "image"
+        input_name = (self.metadata or ExportMetadata).input_name
         max_bytes = self.max_response_bytes or default_max_response_bytes(image.shape)
         answer = self._post({"signature_name": self._signature_for(image), "inputs": {input_name: image.tolist()}},
                             max_bytes, f"the maps of a {height}x{width}x{channels} image")
@@ -575,8 +575,7 @@ class ServingClient:
         Raises:
             ValueError: neither the metadata nor ``threshold`` gives a threshold.
         """
-        stored = self.metadata.to_dict() if self.metadata is not None else {}
-        return PostProcessor.from_metadata(stored, threshold=threshold, opening_diameter=opening_diameter,
+        return PostProcessor.from_metadata(self.metadata, threshold=threshold, opening_diameter=opening_diameter,
                                            convex_hull=convex_hull, min_area=min_area)
 
     def segment(self, image: Any, *, threshold: float | None = None, opening_diameter: int | None = None,

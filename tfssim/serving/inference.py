@@ -11,42 +11,22 @@ from typing import Any
 import numpy as np
 
 from tfssim.errors import InputError
-from tfssim.export.layout import check_loadable_path, check_version_files, newest_version
-from tfssim.export.metadata import (  # METADATA_FILE: one definition (tfssim.export re-exports it)
-    FLOAT_SIGNATURE,
+from tfssim.export.layout import (
     METADATA_FILE,
-    STRIDE_SIGNATURE,
-    ExportMetadata,
-    read_json,
+    SAVED_MODEL_FILE,
+    check_loadable_path,
+    check_version_files,
+    resolve_version,
 )
+from tfssim.export.metadata import ExportMetadata, read_json
 
 __all__ = [
-    "ExportedModel", "METADATA_FILE", "check_metadata", "read_export_metadata", "readable_tf_error",
+    "ExportedModel", "METADATA_FILE", "read_export_metadata", "readable_tf_error",
     "resolve_export_dir",
 ]
 
 
-def check_metadata(metadata: Any, source: str | os.PathLike) -> dict[str, Any]:
-    """``metadata`` if it is valid export metadata, else one ``InputError`` line naming ``source``.
-
-    The checks are :class:`tfssim.export.metadata.ExportMetadata`'s (the one place the metadata is
-    validated); this returns the dict as it is, for callers that read it by key.
-
-    Args:
-        metadata: The parsed ``assets/tfssim.json``.
-        source: The file it came from, named in the error.
-
-    Returns:
-        ``metadata`` unchanged.
-
-    Raises:
-        InputError: One line naming ``source``, the key, its value and what it must be.
-    """
-    ExportMetadata.from_dict(metadata, source=source)
-    return metadata
-
-
-def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
+def read_export_metadata(export_dir: str | os.PathLike) -> ExportMetadata:
     """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
 
     The file must be strict JSON (no ``NaN``/``Infinity``), at most 16 MiB
@@ -58,14 +38,13 @@ def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
         export_dir: The version folder.
 
     Returns:
-        The metadata, as the file holds it (``ExportMetadata.read(...).to_dict()`` is the typed
-        view of the same file).
+        The validated metadata (``to_dict()`` gives the JSON object as written back).
 
     Raises:
         InputError: The file is missing, unreadable, not strict JSON or holds malformed values.
 
     Example:
-        >>> read_export_metadata("exported_models/nanotwice/1")["threshold"]
+        >>> read_export_metadata("exported_models/nanotwice/1").threshold
     """
     path = Path(export_dir) / METADATA_FILE
     try:
@@ -75,9 +54,7 @@ def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     if not exists:
         raise InputError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export "
                          "(re-export the model with tfssim-export)")
-    metadata = read_json(path)
-    ExportMetadata.from_dict(metadata, source=path)  # every key's type and range
-    return metadata
+    return ExportMetadata.from_dict(read_json(path), source=path)  # every key's type and range
 
 
 def readable_tf_error(message: str) -> str:
@@ -111,13 +88,12 @@ def resolve_export_dir(path: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"export {path} does not exist")
     check_loadable_path(path)
-    if not (path / "saved_model.pb").exists():
-        newest = newest_version(path) if path.is_dir() else None
-        if newest is None:
-            raise InputError(f"{path} is not a SavedModel (no saved_model.pb) and has no numbered version folders")
-        path = newest
-        if not (path / "saved_model.pb").exists():
-            raise InputError(f"{path} has no saved_model.pb; is the export complete?")
+    version = resolve_version(path, SAVED_MODEL_FILE)
+    if version is None:
+        raise InputError(f"{path} is not a SavedModel (no {SAVED_MODEL_FILE}) and has no numbered version folders")
+    path = version
+    if not (path / SAVED_MODEL_FILE).exists():
+        raise InputError(f"{path} has no {SAVED_MODEL_FILE}; is the export complete?")
     check_version_files(path)
     if not (path / METADATA_FILE).is_file():
         raise InputError(
@@ -138,7 +114,7 @@ class ExportedModel:
     """
 
     path: Path
-    metadata: dict[str, Any]
+    metadata: ExportMetadata
     _loaded: Any = field(repr=False, default=None)
 
     @classmethod
@@ -149,7 +125,7 @@ class ExportedModel:
         export_dir = resolve_export_dir(path)
         metadata = read_export_metadata(export_dir)
         loaded = tf.saved_model.load(str(export_dir))
-        wanted = ("serving_default", metadata.get("float_signature", FLOAT_SIGNATURE))
+        wanted = ("serving_default", metadata.float_signature)
         missing = [name for name in wanted if name not in loaded.signatures]
         if missing:
             raise InputError(f"export {export_dir} has no signature {', '.join(map(repr, missing))}; it is not "
@@ -158,15 +134,15 @@ class ExportedModel:
 
     @property
     def name(self) -> str:
-        return self.metadata.get("name") or self.path.parent.name
+        return self.metadata.name
 
     @property
     def channels(self) -> int:
-        return int(self.metadata["channels"])
+        return self.metadata.channels
 
     @property
     def threshold(self) -> float | None:
-        value = self.metadata.get("threshold")
+        value = self.metadata.threshold
         return None if value is None else float(value)
 
     def predict(self, image: np.ndarray, source: str | Path | None = None,
@@ -199,10 +175,10 @@ class ExportedModel:
         signatures = self._loaded.signatures
         extra = {}
         if stride is not None:
-            if isinstance(stride, bool) or int(stride) != stride or not 1 <= stride <= int(self.metadata["patch_size"]):
-                raise InputError(f"stride must be an integer between 1 and the patch size "
-                                 f"{self.metadata['patch_size']}, got {stride!r}")
-            fn = signatures[self.metadata.get("stride_signature", STRIDE_SIGNATURE)]
+            patch_size = self.metadata.patch_size
+            if isinstance(stride, bool) or int(stride) != stride or not 1 <= stride <= patch_size:
+                raise InputError(f"stride must be an integer between 1 and the patch size {patch_size}, got {stride!r}")
+            fn = signatures[self.metadata.stride_signature]
             scale = 255.0 if image.dtype == np.uint8 else 1.0
             arg = tf.constant(image.astype(np.float32) / scale)
             extra = {"stride": tf.constant(int(stride), tf.int32)}
@@ -211,7 +187,7 @@ class ExportedModel:
             arg = tf.constant(image)
         else:
             # The metadata was checked on load: its float_signature is the one every export serves.
-            fn = signatures[self.metadata.get("float_signature", FLOAT_SIGNATURE)]
+            fn = signatures[self.metadata.float_signature]
             arg = tf.constant(image.astype(np.float32))
         (input_name,) = [name for name in fn.structured_input_signature[1] if name != "stride"]
         try:

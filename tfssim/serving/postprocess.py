@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tfssim._io import atomic_write_json
-from tfssim.errors import InputError
-from tfssim.export.metadata import MAX_OPENING_DIAMETER
+from tfssim.errors import InputError, check_fpr
+from tfssim.export.metadata import MAX_OPENING_DIAMETER, ExportMetadata
 
 __all__ = ["threshold_at_fpr", "opening_footprint", "segment", "segment_regions", "regions_mask", "region_table",
            "regions_to_json", "PostProcessor"]
@@ -36,8 +36,7 @@ def threshold_at_fpr(maps: Sequence[np.ndarray], fpr: float) -> float:
     Raises:
         ValueError: ``fpr`` out of range, no maps, or non-finite scores.
     """
-    if not 0 < fpr < 1:
-        raise InputError(f"false-positive rate must be between 0 and 1 (exclusive), got {fpr}")
+    check_fpr(fpr)
     if len(maps) == 0:
         raise InputError("no validation maps to calibrate the threshold on; give defect-free images")
     scores = np.sort(np.concatenate([np.asarray(m, np.float64).ravel() for m in maps]))
@@ -170,6 +169,8 @@ def regions_to_json(regions: Sequence[Mapping[str, Any]], path: str | os.PathLik
 class PostProcessor:
     """The paper's post-processing with its settings, e.g. from an export's metadata.
 
+    The defaults are :class:`tfssim.export.metadata.ExportMetadata`'s (the record that owns them).
+
     Example
     -------
     >>> processor = PostProcessor.from_metadata(exported_model.metadata)
@@ -177,32 +178,33 @@ class PostProcessor:
     """
 
     threshold: float
-    opening_diameter: int = 4
-    convex_hull: bool = True
-    min_area: int = 0
+    opening_diameter: int = ExportMetadata.opening_diameter
+    convex_hull: bool = ExportMetadata.convex_hull
+    min_area: int = ExportMetadata.min_area
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any], *, threshold: float | None = None,
+    def from_metadata(cls, metadata: ExportMetadata | None, *, threshold: float | None = None,
                       opening_diameter: int | None = None, convex_hull: bool | None = None,
-                      min_area: int | None = None, source: str | os.PathLike | None = None) -> "PostProcessor":
-        """The settings stored in an export's metadata (``threshold``, ``opening_diameter``,
-        ``convex_hull``, ``min_area``; the paper's 4 / true / 0 where missing), each replaced by
-        the keyword argument of the same name unless that is ``None`` (e.g. a command-line option).
+                      min_area: int | None = None) -> "PostProcessor":
+        """The settings stored in an export's metadata, each replaced by its keyword argument unless ``None``.
 
-        ``source`` (e.g. the metadata file) is named in the errors about stored values.
+        Args:
+            metadata: The export's metadata (checked when it was read); ``None``: no export at hand
+                (a TF Serving client without it), so the settings are :class:`ExportMetadata`'s
+                defaults and the threshold must be given.
+            threshold, opening_diameter, convex_hull, min_area: Values that replace the stored ones
+                (e.g. command-line options); ``None``: the stored value.
 
-        Raises ``ValueError`` when neither the metadata nor ``threshold`` gives a threshold, or
-        when a value is malformed: a threshold that is not a finite number (NaN, infinite, text),
-        a diameter or minimum area that is not a whole number >= 0, a convex_hull that is not
-        true/false.
+        Returns:
+            The post-processor.
+
+        Raises:
+            InputError: neither the metadata nor ``threshold`` gives a threshold, or a given value is
+                malformed: a threshold that is not a finite number (NaN, infinite, text), a diameter
+                or minimum area that is not a whole number >= 0 (a diameter above
+                :data:`tfssim.export.metadata.MAX_OPENING_DIAMETER`), a convex_hull that is not
+                true/false.
         """
-        def pick(given: Any, key: str, default: Any) -> tuple[Any, str]:
-            if given is not None:
-                return given, key
-            stored = metadata.get(key)
-            where = f"{key} in the export metadata" + ("" if source is None else f" {os.fspath(source)}")
-            return (default, key) if stored is None else (stored, where)
-
         def number(value: Any) -> bool:
             return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
@@ -212,24 +214,32 @@ class PostProcessor:
             except OverflowError:
                 return False
 
-        threshold, where = pick(threshold, "threshold", None)
+        stored: dict[str, Any] = {"threshold": None, "opening_diameter": cls.opening_diameter,
+                                  "convex_hull": cls.convex_hull, "min_area": cls.min_area}
+        if metadata is not None:
+            stored = {key: getattr(metadata, key) for key in stored}
         if threshold is None:
-            raise InputError("the export has no calibrated threshold; run tfssim-calibrate on defect-free images first")
-        if not (number(threshold) and finite(threshold)):
-            raise InputError(f"{where} must be a finite number, got {threshold!r}")
-        settings: dict[str, Any] = {}
-        for key, given, default in (("opening_diameter", opening_diameter, 4), ("min_area", min_area, 0)):
-            value, where = pick(given, key, default)
-            if not (number(value) and finite(value) and float(value).is_integer() and value >= 0):
-                raise InputError(f"{where} must be a whole number >= 0, got {value!r}")
-            if key == "opening_diameter" and value > MAX_OPENING_DIAMETER:
-                raise InputError(f"{where} must be at most {MAX_OPENING_DIAMETER} pixels (the paper's is 4), "
-                                 f"got {value!r}")
-            settings[key] = int(value)
-        value, where = pick(convex_hull, "convex_hull", True)
-        if not isinstance(value, (bool, np.bool_)):
-            raise InputError(f"{where} must be true or false, got {value!r}")
-        return cls(float(threshold), settings["opening_diameter"], bool(value), settings["min_area"])
+            threshold = stored["threshold"]
+            if threshold is None:
+                raise InputError("the export has no calibrated threshold; run tfssim-calibrate on defect-free "
+                                 "images first")
+        elif not (number(threshold) and finite(threshold)):
+            raise InputError(f"threshold must be a finite number, got {threshold!r}")
+        settings: dict[str, int] = {}
+        for key, given in (("opening_diameter", opening_diameter), ("min_area", min_area)):
+            if given is None:
+                settings[key] = stored[key]
+                continue
+            if not (number(given) and finite(given) and float(given).is_integer() and given >= 0):
+                raise InputError(f"{key} must be a whole number >= 0, got {given!r}")
+            if key == "opening_diameter" and given > MAX_OPENING_DIAMETER:
+                raise InputError(f"{key} must be at most {MAX_OPENING_DIAMETER} pixels (the paper's is 4), "
+                                 f"got {given!r}")
+            settings[key] = int(given)
+        if convex_hull is not None and not isinstance(convex_hull, (bool, np.bool_)):
+            raise InputError(f"convex_hull must be true or false, got {convex_hull!r}")
+        hull = stored["convex_hull"] if convex_hull is None else bool(convex_hull)
+        return cls(float(threshold), settings["opening_diameter"], hull, settings["min_area"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,6 +30,7 @@ import numpy as np
 from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir
 from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
+from tfssim.export.metadata import ExportMetadata
 from tfssim.serving.inference import ExportedModel, ServingTime
 from tfssim.serving.postprocess import PostProcessor
 
@@ -315,7 +316,7 @@ class PredictionPlan:
     stride: int | None = None
 
     @classmethod
-    def create(cls, export: str | os.PathLike, metadata: dict[str, Any], paths: Sequence[str | os.PathLike],
+    def create(cls, export: str | os.PathLike, metadata: ExportMetadata, paths: Sequence[str | os.PathLike],
                output_dir: str | os.PathLike, *, threshold: float | None = None,
                mask_dir: str | os.PathLike | None = None, min_area: int | None = None,
                inputs: Sequence[str | os.PathLike] = ()) -> "PredictionPlan":
@@ -323,7 +324,7 @@ class PredictionPlan:
 
         Args:
             export: The export's version folder.
-            metadata: Its metadata (``ExportedModel.metadata`` or ``tfssim.serving.inference.read_export_metadata``).
+            metadata: Its metadata (``ExportedModel.metadata`` or ``tfssim.serving.inference.read_export_metadata``'s).
             paths, output_dir, threshold, mask_dir, min_area, inputs: As :func:`predict_files`.
 
         Returns:
@@ -336,10 +337,8 @@ class PredictionPlan:
         """
         from tfssim import data
         from tfssim.data.io import max_image_pixels
-        from tfssim.serving.inference import METADATA_FILE
-
         export = Path(export)
-        if threshold is None and metadata.get("threshold") is None:
+        if threshold is None and metadata.threshold is None:
             raise InputError(no_threshold_message(export, "or pass a threshold"))
         if min_area is not None and min_area < 0:
             raise InputError(f"min_area must be >= 0, got {min_area}")
@@ -349,8 +348,7 @@ class PredictionPlan:
             raise FileNotFoundError(f"mask folder {masks} does not exist or is not a folder")
         index = data.mask_index(masks) if masks is not None else {}
         paths = [Path(p) for p in paths]
-        processor = PostProcessor.from_metadata(metadata, threshold=threshold, min_area=min_area,
-                                                source=export / METADATA_FILE)
+        processor = PostProcessor.from_metadata(metadata, threshold=threshold, min_area=min_area)
         # Every output-side problem before the first image: never beside an input, nor in the folders they
         # came from, the masks, the export or its model folder (a numbered folder there would be a version).
         out = prepare_output_dir(output_dir, [*paths, *inputs, export, export.parent], masks=masks)
@@ -363,8 +361,8 @@ class PredictionPlan:
         if blocked:
             raise InputError(f"{blocked[0]} is a folder where a result file goes; move it away or choose another "
                              "output folder")
-        return cls(export, int(metadata["channels"]), out, tuple(paths), tuple(stems), processor, budget, masks,
-                   index, int(metadata["stride"]))
+        return cls(export, metadata.channels, out, tuple(paths), tuple(stems), processor, budget, masks,
+                   index, metadata.stride)
 
     def read(self, path: Path) -> tuple[np.ndarray, np.ndarray | None, Path | None]:
         """Read one image and its ground-truth mask (each file once).

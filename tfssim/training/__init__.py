@@ -28,35 +28,73 @@ The package, by seam: :mod:`~tfssim.training.config` (the settings and their che
 :mod:`~tfssim.training.optimizer` (AdamW with TensorFlow's fused Adam step),
 :mod:`~tfssim.training.run_folder` (the folder, resume state, lock; its record's schema is
 :mod:`tfssim.run_record`, which imports no TensorFlow), :mod:`~tfssim.training.distribute`
-(strategies and the multi-worker loop) and :mod:`~tfssim.training.loop` (:func:`train`).
+(strategies and the multi-worker loop), :mod:`~tfssim.training.precision` (the mixed-precision
+policy) and :mod:`~tfssim.training.loop` (:func:`train`).
+
+Importing this package loads no TensorFlow: the settings (:class:`TrainConfig`, :func:`load_config`
+and the choice lists) are imported at once, every other name on first use (PEP 562 module
+``__getattr__``), so that ``tfssim-train --help`` and the scripts that only read the settings
+stay cheap. The run folder's file names are :mod:`tfssim.run_record`'s.
 """
 from __future__ import annotations
 
-import tfssim._tensorflow  # noqa: F401,I001 - first: without TensorFlow, an ImportError naming the install command
+import importlib
+from typing import Any
+
 from tfssim.training.config import (
     CONFIG_ALIASES,
     CONFIG_MAX_BYTES,
     CONFIG_MAX_DEPTH,
-    LAYOUTS,
+    PRECISION_MODES,
     STRATEGIES,
     TrainConfig,
     load_config,
 )
-from tfssim.training.loop import OutOfMemoryError, TrainResult, train
-from tfssim.training.optimizer import FusedAdamW
-from tfssim.training.run_folder import (
-    CONFIG_NAME,
-    HISTORY_NAME,
-    LOCK_NAME,
-    PROGRESS_NAME,
-    RunExistsError,
-    RunInUseError,
-    data_fingerprint,
-    resume_config,
-)
+
+# Names served by a submodule that imports TensorFlow: resolved on first access only.
+_LAZY = {
+    "train": "tfssim.training.loop",
+    "TrainResult": "tfssim.training.loop",
+    "OutOfMemoryError": "tfssim.training.loop",
+    "FusedAdamW": "tfssim.training.optimizer",
+    "RunExistsError": "tfssim.training.run_folder",
+    "RunInUseError": "tfssim.training.run_folder",
+    "resume_config": "tfssim.training.run_folder",
+}
+
+# The package's submodules, reachable as attributes (``tfssim.training.<module>``) before anything imported them.
+_SUBMODULES = ("config", "distribute", "loop", "optimizer", "precision", "progress", "run_folder")
 
 __all__ = [
-    "TrainConfig", "TrainResult", "train", "FusedAdamW", "load_config", "RunExistsError", "RunInUseError",
-    "OutOfMemoryError", "STRATEGIES", "LAYOUTS", "LOCK_NAME", "CONFIG_NAME", "HISTORY_NAME", "PROGRESS_NAME",
-    "CONFIG_ALIASES", "CONFIG_MAX_BYTES", "CONFIG_MAX_DEPTH", "data_fingerprint", "resume_config",
+    "TrainConfig", "load_config", "STRATEGIES", "PRECISION_MODES", "CONFIG_ALIASES", "CONFIG_MAX_BYTES",
+    "CONFIG_MAX_DEPTH", *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the TensorFlow submodule behind ``name`` (one of its names, or the submodule itself) on first use.
+
+    The value is stored in the package's namespace, so later lookups are plain attribute reads
+    and ``monkeypatch.setattr(tfssim.training, "train", ...)`` replaces what callers see.
+    ``tfssim._tensorflow`` comes first: without TensorFlow the lookup fails with an
+    ``ImportError`` naming the install command.
+
+    Raises:
+        AttributeError: ``name`` is not a name of this package.
+    """
+    if name in _SUBMODULES:
+        if name != "config":
+            import tfssim._tensorflow  # noqa: F401 - before TensorFlow: the install command when it is missing
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import tfssim._tensorflow  # noqa: F401 - before TensorFlow: the install command when it is missing
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,13 +1,15 @@
-"""The configuration of a training run: :class:`TrainConfig`, its strict checks, and :func:`load_config`.
+"""The settings of a training run: :class:`TrainConfig`, its choice lists, its strict checks, and :func:`load_config`.
 
-``TrainConfig.validate`` checks and coerces every field (naming the key and its option);
-``load_config`` reads a YAML or JSON file, bounded in size and depth, refusing values of the
-wrong raw type before anything converts them.
+``TrainConfig``'s field defaults and the choice lists (:data:`STRATEGIES`, :data:`PRECISION_MODES`,
+the model kinds, dataset layouts and SSIM weightings it checks against) are the one definition of
+each setting: ``tfssim-train``, ``tfssim-evaluate``'s split and ``scripts/train_any_backend.py``
+read them from here. ``TrainConfig.validate`` checks and coerces every field (naming the key and
+its option) against :mod:`tfssim.run_record`'s schema of the settings, the same types and ranges a
+run's ``config.json`` is checked against; ``load_config`` reads a YAML or JSON file, bounded in
+size and depth, refusing values of the wrong raw type before anything converts them.
 
-Why one module of about 400 lines: ``validate``'s checks and ``load_config``'s raw-type rules
-share the field table (``_INT_FIELDS``, ``_FLOAT_FIELDS``, ...), which is built from
-:mod:`tfssim.run_record`'s schema of the settings: a run's ``config.json`` is checked against
-the same types and ranges, without TensorFlow.
+Imports no TensorFlow and no Keras, so that the command-line help and the scripts that only need
+the settings stay cheap.
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from tfssim.core.ssim_params import WEIGHTINGS, SSIMParams, describe_range, in_range
+from tfssim.data.layouts import LAYOUT_CHOICES
 from tfssim.errors import InputError, input_checks
-from tfssim.models import MODEL_KINDS, get_spec, validate_architecture
+from tfssim.models.kinds import MODEL_KINDS, get_kind, validate_architecture
 from tfssim.run_record import (
     BOOL_SETTINGS,
     FLOAT_SETTINGS,
@@ -33,10 +36,10 @@ from tfssim.run_record import (
     STR_SETTINGS,
     setting_problem,
 )
-from tfssim.training import precision
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
-LAYOUTS = ("auto", "nanotwice", "mvtec", "folder")
+# Mixed precision (tfssim.training.precision): auto (mixed_float16 when a GPU is visible), on, off.
+PRECISION_MODES = ("auto", "on", "off")
 # Config-file keys that are option names but not TrainConfig fields (``--weights`` sets fm_weights).
 CONFIG_ALIASES = {"weights": "fm_weights"}
 _SSIM_DEFAULTS = SSIMParams()
@@ -117,8 +120,8 @@ class TrainConfig:
             if not isinstance(value, str) or not value:
                 raise InputError(f"{_key(name)} must be a path, got {value!r}; set it to a folder path")
             setattr(self, name, value)
-        for name, choices in (("model", MODEL_KINDS), ("layout", LAYOUTS), ("strategy", STRATEGIES),
-                              ("mixed_precision", precision.PRECISION_MODES),
+        for name, choices in (("model", MODEL_KINDS), ("layout", LAYOUT_CHOICES), ("strategy", STRATEGIES),
+                              ("mixed_precision", PRECISION_MODES),
                               ("ssim_weighting", WEIGHTINGS)):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in choices:
@@ -149,7 +152,7 @@ class TrainConfig:
             )
         with input_checks():  # SSIMParams' checks (ValueError): here, of the user's settings
             self.ssim_params
-        if get_spec(self.model).residual == "ssim" and self.ssim_window > self.patch_size:
+        if get_kind(self.model).residual == "ssim" and self.ssim_window > self.patch_size:
             # The SSIM loss compares whole patches: its window must fit inside one.
             fits = self.patch_size - 1 if self.patch_size % 2 == 0 else self.patch_size
             raise InputError(

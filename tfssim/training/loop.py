@@ -23,14 +23,20 @@ import numpy as np
 import tensorflow as tf
 
 from tfssim import __version__
-from tfssim._io import atomic_write, atomic_write_text
+from tfssim._io import atomic_write, atomic_write_text, machine_errno
 from tfssim.core import resize
 from tfssim.errors import InputError
 from tfssim.models import get_spec
 from tfssim.run_record import (
+    BEST_MODEL_NAME,
     CONFIG_NAME,
+    CURVES_NAME,
+    EXAMPLES_DIR,
+    FINAL_MODEL_NAME,
     HISTORY_NAME,
     LOCK_NAME,
+    STATE_DIR,
+    TENSORBOARD_DIR,
     read_resume_state,
     resume_settings,
     run_record,
@@ -123,7 +129,7 @@ def _load_images(config: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.nd
         )
         val = [v for v in val if min(v.shape[:2]) >= config.patch_size]
         if not val:
-            logger.warning("no validation image is left: best.keras is chosen by the training loss instead")
+            logger.warning("no validation image is left: %s is chosen by the training loss instead", BEST_MODEL_NAME)
     return split, train, val, skipped
 
 
@@ -238,7 +244,7 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
             try:
                 return _train(config, strategy, policy, resume=resume, verbose=verbose)
             except (MemoryError, tf.errors.ResourceExhaustedError) as err:
-                if any(m in str(err) for m in ("No space left on device", "Disk quota exceeded")):
+                if machine_errno(err) is not None:
                     raise  # TensorFlow reports a full disk this way too: not a memory problem
                 raise OutOfMemoryError(_out_of_memory_line(config, err)) from None
 
@@ -261,8 +267,13 @@ def _out_of_memory_line(config: TrainConfig, err: BaseException) -> str:
 
 def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *, resume: bool,
            verbose: int | str) -> TrainResult:
-    from tfssim import data, plots
+    """Train one run (``train``'s body, inside its strategy, precision policy and run-folder claim).
 
+    The steps, in the order that keeps a refused or failed run from changing the folder: read and
+    check everything (:func:`_start`), build the model, load the checkpoint and write the record
+    (:func:`_build`), fit (:func:`_fit`), refuse a NaN loss (:func:`_raise_if_nan`), write the
+    models and figures (:func:`_write_results`).
+    """
     chief = _is_chief(strategy)
     run_dir = Path(config.output)
     if not chief:
@@ -272,46 +283,85 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
 
         run_dir = Path(tempfile.gettempdir()) / f"tfssim-worker-{os.getpid()}"
         resume = False
-    config_path = run_dir / CONFIG_NAME
-    # Each block below may fail on one worker only (the run-folder checks are the chief's): every
-    # worker learns of it at the block's end, before the next collective (see _all_workers).
-    with _all_workers(strategy, chief):
-        if resume:
-            # Every file the resume continues from, read and checked before anything is written
-            # (the checkpoint's loading below is the last check, config.json the first write).
-            saved = read_resume_state(run_dir)
-            if saved is None:
-                raise InputError(
-                    f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
-                )
-            previous = saved.record
-            # The record's settings as tfssim-export checks them (read_run): a damaged value is the
-            # file's fault, named as such, not "a setting that differs" below.
-            check_run_settings(previous, run_dir)
-            # Every setting is given here: one that differs from the run's is refused (resume_config
-            # fills in the run's own settings for a caller that gave only some).
-            resume_settings(previous["config"], config.to_dict(), run_dir)
-        elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
-            raise RunExistsError(
-                f"run folder {run_dir} already exists and is not empty; pass --resume to continue it or choose "
-                "another --output"
-            )
-
-        split, train_images, val_images, skipped = _load_images(config)
-        fingerprint = _check_same_data(previous, config, split, run_dir) if resume else None
-        rows: list[dict[str, Any]] = []
-        initial_epoch, best, weights_path = 0, math.inf, None
-        if resume:
-            initial_epoch, best, weights_path, rows = saved.epochs_done, saved.best, saved.weights, list(saved.history)
-
+    start = _start(config, strategy, chief, run_dir, resume=resume)
     with _all_workers(strategy, chief):
         # Built before anything is written: a feature extractor whose weights cannot be loaded or
         # downloaded fails here and leaves no half-made run folder behind. (Its variables are
         # created, by the same collective broadcasts on every worker, before the weights load.)
         with strategy.scope():
             loss = _build_loss(config)
-        _banner(config, split, train_images, val_images, policy, strategy, skipped, initial_epoch)
+        _banner(config, start.split, start.train_images, start.val_images, policy, strategy, start.skipped,
+                start.initial_epoch)
+    model = _build(config, strategy, chief, run_dir, start, loss, policy)
+    state, seconds, val_patches = _fit(model, config, strategy, chief, run_dir, start, verbose)
+    _raise_if_nan(state, config, policy, chief, run_dir)
+    return _write_results(model, config, chief, run_dir, start, state, seconds, val_patches)
 
+
+@dataclass
+class _Start:
+    """What a run starts from, read and checked before anything is written (:func:`_start`)."""
+
+    split: Any
+    train_images: list[np.ndarray]
+    val_images: list[np.ndarray]
+    skipped: list[str]
+    previous: dict[str, Any] | None  # the resumed run's record
+    fingerprint: dict[str, Any] | None  # the data's, when it moved (check_same_data)
+    initial_epoch: int = 0
+    best: float = math.inf
+    weights_path: Path | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _start(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, run_dir: Path, *,
+           resume: bool) -> _Start:
+    """Read and check the run folder (a resume's files, or that it is empty) and the images.
+
+    Raises:
+        InputError: ``--resume`` of a folder without a run, a damaged run folder, or settings
+            that differ from the resumed run's. RunExistsError: a new run into a non-empty folder.
+    """
+    # Each block may fail on one worker only (the run-folder checks are the chief's): every
+    # worker learns of it at the block's end, before the next collective (see _all_workers).
+    with _all_workers(strategy, chief):
+        saved = None
+        if resume:
+            # Every file the resume continues from, read and checked before anything is written
+            # (the checkpoint's loading is the last check, the record the first write).
+            saved = read_resume_state(run_dir)
+            if saved is None:
+                raise InputError(
+                    f"--resume given but {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one"
+                )
+            # The record's settings as tfssim-export checks them (read_run): a damaged value is the
+            # file's fault, named as such, not "a setting that differs" below.
+            check_run_settings(saved.record, run_dir)
+            # Every setting is given here: one that differs from the run's is refused (resume_config
+            # fills in the run's own settings for a caller that gave only some).
+            resume_settings(saved.record["config"], config.to_dict(), run_dir)
+        elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+            raise RunExistsError(
+                f"run folder {run_dir} already exists and is not empty; pass --resume to continue it or choose "
+                "another --output"
+            )
+        split, train_images, val_images, skipped = _load_images(config)
+        start = _Start(split, train_images, val_images, skipped, previous=None, fingerprint=None)
+        if saved is not None:
+            start.previous = saved.record
+            start.fingerprint = _check_same_data(saved.record, config, split, run_dir)
+            start.initial_epoch, start.best, start.weights_path = saved.epochs_done, saved.best, saved.weights
+            start.rows = list(saved.history)
+    return start
+
+
+def _build(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, run_dir: Path, start: _Start,
+           loss: keras.losses.Loss, policy: str) -> keras.Model:
+    """Build and compile the model, load the resumed checkpoint, write the run's record (the first write).
+
+    On a multi-worker run every worker then takes the chief's epoch count and weights
+    (``start.initial_epoch`` is updated).
+    """
     with strategy.scope():
         spec = get_spec(config.model)
         extra = {"observation_std": config.vae_observation_std, "num_samples": config.vae_samples, "seed": config.seed} \
@@ -324,52 +374,66 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
         # make TensorFlow trace the training step twice (measured: fit start-up 9.3 -> 4.5 s).
         model.optimizer.build(model.trainable_variables)
     with _all_workers(strategy, chief):
-        if initial_epoch:
+        if start.initial_epoch:
             # Outside strategy.scope(): Keras's weight loading and saving create variables (a
             # throwaway optimizer's iteration and learning_rate), which MultiWorkerMirroredStrategy
             # would initialise by a broadcast from the chief that the other workers never join.
-            _load_checkpoint(model, weights_path)
+            _load_checkpoint(model, start.weights_path)
         if chief:
             # The first write, after every check (a refused resume leaves the run folder as it was).
             run_dir.mkdir(parents=True, exist_ok=True)
+            split = start.split
             record = run_record(config.to_dict(), ssim=config.ssim_params, versions=_versions(),
-                                train_images=split.train, val_images=split.val, fingerprint=fingerprint,
-                                previous=previous if resume else None, layout=split.layout, precision=policy,
+                                train_images=split.train, val_images=split.val, fingerprint=start.fingerprint,
+                                previous=start.previous, layout=split.layout, precision=policy,
                                 strategy=_strategy_name(strategy), replicas=strategy.num_replicas_in_sync,
-                                skipped_images=skipped,
+                                skipped_images=start.skipped,
                                 resize={"scale": config.scale, "image_size": config.to_dict()["image_size"],
                                         "interpolation": resize.INTERPOLATION})
-            atomic_write_text(config_path, json.dumps(record, indent=2))
-    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if multiworker:
+            atomic_write_text(run_dir / CONFIG_NAME, json.dumps(record, indent=2))
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Only the chief read the run folder: every worker takes its epoch count and weights.
         variables = list({id(v): v for v in [*model.variables, *model.optimizer.variables]}.values())
-        epoch_t, *values = _from_chief(strategy, [float(initial_epoch), *variables])
-        initial_epoch = int(epoch_t)
+        epoch_t, *values = _from_chief(strategy, [float(start.initial_epoch), *variables])
+        start.initial_epoch = int(epoch_t)
         for variable, value in zip(variables, values):
             variable.assign(value)
+    return model
 
+
+def _fit(model: keras.Model, config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, run_dir: Path,
+         start: _Start, verbose: int | str) -> tuple[_RunState, float, np.ndarray | None]:
+    """Fit the epochs still to train, with the run state's callback writing after each one.
+
+    Returns:
+        ``(state, seconds, val_patches)``: the run state (its rows, best value, NaN epoch), the
+        seconds fitting took, and the fixed validation patches (``None`` without validation images).
+    """
+    from tfssim import data
+
+    initial_epoch = start.initial_epoch
     steps = data.steps_per_epoch(config.patches_per_epoch, config.batch_size)
     train_ds = data.patch_dataset(
-        train_images, patch_size=config.patch_size, patches_per_epoch=config.patches_per_epoch,
+        start.train_images, patch_size=config.patch_size, patches_per_epoch=config.patches_per_epoch,
         batch_size=config.batch_size, seed=config.seed, augment=config.augment,
         start_batch=initial_epoch * steps, repeat=True,
     )
     val_patches = (
-        data.fixed_patches(val_images, config.patch_size, config.val_patches, seed=config.seed + 1) if val_images else None
+        data.fixed_patches(start.val_images, config.patch_size, config.val_patches, seed=config.seed + 1)
+        if start.val_images else None
     )
-    state = _RunState(run_dir, rows, best, config.epochs, chief)
+    state = _RunState(run_dir, start.rows, start.best, config.epochs, chief)
     # One line per epoch, the run state's; on a terminal a bar within the epoch (erased before that
     # line). Keras's own output stays off: verbose=2 repeated each epoch's line, verbose=1 left
     # each epoch's finished bar on screen next to it.
     bar = [ProgressBar(steps, config.epochs)] if chief and wants_bar(verbose) else []
     callbacks: list[keras.callbacks.Callback] = [*bar, state]
     if chief:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), update_freq="epoch",
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / TENSORBOARD_DIR), update_freq="epoch",
                                                      profile_batch=0, write_graph=False))
     started = time.perf_counter()
     with quiet_remapper():  # one harmless Grappler line at the first step: see progress.py
-        if initial_epoch < config.epochs and multiworker:
+        if initial_epoch < config.epochs and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Keras's fit fails under this strategy (keras-team/keras#20585): see _custom_fit. Run
             # outside strategy.scope(), so that the chief's checkpoint saves (which create variables,
             # see load_weights above) start no collective broadcast.
@@ -384,35 +448,52 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, policy: str, *
                     validation_batch_size=config.batch_size,
                     callbacks=callbacks, verbose=0, shuffle=False,
                 )
-    seconds = time.perf_counter() - started
-    if state.nan_epoch is not None:
-        fix = f"lower --learning-rate (was {config.learning_rate:g})" + (
-            " or use --mixed-precision off" if policy != "float32" else ""
-        )
-        if not chief:
-            kept = "the chief's run folder keeps the last good state, if an epoch finished"
-        elif state.rows:
-            kept = (f"the last good state (epoch {len(state.rows)}) is kept: {run_dir / 'best.keras'}, "
-                    f"{run_dir / 'state'} and {run_dir / HISTORY_NAME}")
-        else:
-            kept = "no epoch finished, so no model was kept"
-        raise FloatingPointError(
-            f"the loss became NaN or infinite in epoch {state.nan_epoch} and training stopped; {kept}; "
-            f"{fix} and train into a new --output"
-        )
+    return state, time.perf_counter() - started, val_patches
+
+
+def _raise_if_nan(state: _RunState, config: TrainConfig, policy: str, chief: bool, run_dir: Path) -> None:
+    """Stop with one line when the loss became NaN or infinite, saying what was kept and what to lower.
+
+    Raises:
+        FloatingPointError: the run state saw a non-finite loss.
+    """
+    if state.nan_epoch is None:
+        return
+    fix = f"lower --learning-rate (was {config.learning_rate:g})" + (
+        " or use --mixed-precision off" if policy != "float32" else ""
+    )
+    if not chief:
+        kept = "the chief's run folder keeps the last good state, if an epoch finished"
+    elif state.rows:
+        kept = (f"the last good state (epoch {len(state.rows)}) is kept: {run_dir / BEST_MODEL_NAME}, "
+                f"{run_dir / STATE_DIR} and {run_dir / HISTORY_NAME}")
+    else:
+        kept = "no epoch finished, so no model was kept"
+    raise FloatingPointError(
+        f"the loss became NaN or infinite in epoch {state.nan_epoch} and training stopped; {kept}; "
+        f"{fix} and train into a new --output"
+    )
+
+
+def _write_results(model: keras.Model, config: TrainConfig, chief: bool, run_dir: Path, start: _Start,
+                   state: _RunState, seconds: float, val_patches: np.ndarray | None) -> TrainResult:
+    """Write the final model (and the best one, if no epoch improved on it), the curves and examples (the chief)."""
+    from tfssim import data, plots
 
     history = {k: [float(r[k]) for r in state.rows] for k in (state.rows[0] if state.rows else {}) if k != "epoch"}
-    final_path, best_path = run_dir / "final.keras", run_dir / "best.keras"
+    final_path, best_path = run_dir / FINAL_MODEL_NAME, run_dir / BEST_MODEL_NAME
     if chief:
         atomic_write(final_path, model.save)
         if not best_path.exists():
             atomic_write(best_path, model.save)
         if state.rows:
-            plots.plot_training_curves({k: v for k, v in history.items() if "loss" in k}, run_dir / "training_curves.png")
-        examples = val_patches if val_patches is not None else data.fixed_patches(train_images, config.patch_size, 4, seed=config.seed + 2)
-        _save_examples(model, config, examples, run_dir / "examples")
-        logger.info("run folder %s: final.keras, best.keras, history.csv, training_curves.png (%.1f s)", run_dir, seconds)
+            plots.plot_training_curves({k: v for k, v in history.items() if "loss" in k}, run_dir / CURVES_NAME)
+        examples = val_patches if val_patches is not None else \
+            data.fixed_patches(start.train_images, config.patch_size, 4, seed=config.seed + 2)
+        _save_examples(model, config, examples, run_dir / EXAMPLES_DIR)
+        logger.info("run folder %s: %s (%.1f s)", run_dir,
+                    ", ".join((FINAL_MODEL_NAME, BEST_MODEL_NAME, HISTORY_NAME, CURVES_NAME)), seconds)
     else:
         logger.info("worker done (%.1f s); the chief wrote the run folder", seconds)
     return TrainResult(run_dir, history, len(state.rows), best_path, final_path, seconds,
-                       {"train": len(train_images), "val": len(val_images)}, chief)
+                       {"train": len(start.train_images), "val": len(start.val_images)}, chief)

@@ -1,4 +1,4 @@
-"""Mixed-precision policy selection (``auto | on | off``)."""
+"""Mixed-precision policy selection for training (``auto | on | off``, :data:`~tfssim.training.config.PRECISION_MODES`)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,10 +10,9 @@ import keras
 import tensorflow as tf
 
 from tfssim.errors import InputError
+from tfssim.training.config import PRECISION_MODES
 
 logger = logging.getLogger(__name__)
-
-PRECISION_MODES = ("auto", "on", "off")
 
 
 def resolve_precision(mode: str = "auto") -> str:

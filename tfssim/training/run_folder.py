@@ -1,9 +1,9 @@
 """The run folder on disk: resume state, the per-epoch callback, the lock; the schema is :mod:`tfssim.run_record`.
 
-See :mod:`tfssim.training` for the folder's layout; its ``config.json`` and ``history.csv``, the
+See :mod:`tfssim.training` for the folder's layout; its file names, the record and history, the
 data fingerprint and the resume-settings rule are :mod:`tfssim.run_record`'s (no TensorFlow, shared
 with ``scripts/train_any_backend.py``). :class:`_RunState` (a Keras callback) writes
-an epoch's history row, weights and ``state/progress.json`` (the commit point) in the order that
+an epoch's history row, weights and progress file (the commit point) in the order that
 keeps a killed run resumable; every write is atomic. A new run that fails before its first epoch
 finished removes what it created (:func:`_claim_run_folder`).
 """
@@ -22,9 +22,10 @@ from typing import Any, Iterator, Mapping
 import keras
 import numpy as np
 
-from tfssim._io import atomic_write, atomic_write_text
+from tfssim._io import atomic_write, atomic_write_text, machine_errno
 from tfssim.errors import InputError
 from tfssim.run_record import (  # noqa: F401 - the schema's names, re-exported here as before
+    BEST_MODEL_NAME,
     CONFIG_NAME,
     HISTORY_NAME,
     LOCATION_KEYS,
@@ -65,7 +66,7 @@ def check_run_settings(record: Mapping[str, Any], run_dir: str | os.PathLike, *,
     caller's. Where the run lives (:data:`LOCATION_KEYS`) is not checked: a resume gives it anew.
 
     Args:
-        record: The run's ``config.json``, as :func:`~tfssim.run_record.read_run_record` read it.
+        record: The run's record, as :func:`~tfssim.run_record.read_run_record` read it.
         run_dir: The run folder.
         otherwise: The other way out named in the error (after "restore it from a backup, or").
 
@@ -90,7 +91,7 @@ def check_run_settings(record: Mapping[str, Any], run_dir: str | os.PathLike, *,
 
 
 def read_run(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> dict[str, Any] | None:
-    """A run folder's ``config.json`` read strictly, as both ``tfssim-train --resume`` and ``tfssim-export`` read it.
+    """A run folder's record read strictly, as both ``tfssim-train --resume`` and ``tfssim-export`` read it.
 
     :func:`~tfssim.run_record.read_run_record`, then :func:`check_run_settings`: one reader, so
     that a record either command refuses, the other refuses too, with the same line.
@@ -100,7 +101,7 @@ def read_run(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> dict[st
         otherwise: The other way out named in the error (after "restore it from a backup, or").
 
     Returns:
-        The record as the file holds it, or ``None`` where the folder has no ``config.json``.
+        The record as the file holds it, or ``None`` where the folder has no record.
 
     Raises:
         InputError: the file is damaged; one line naming it, the key and the fix.
@@ -129,7 +130,7 @@ def resume_config(data: str | os.PathLike, output: str | os.PathLike, given: Map
         The (not yet validated) configuration.
 
     Raises:
-        InputError: ``output`` holds no run, its ``config.json`` is damaged (:func:`read_run`:
+        InputError: ``output`` holds no run, its record is damaged (:func:`read_run`:
             a value of the wrong type, a copy that differs from ``config``, or a setting
             :meth:`TrainConfig.validate` refuses; the line names the file), its lock file is not
             a regular file, or a given setting differs from the recorded one.
@@ -138,7 +139,7 @@ def resume_config(data: str | os.PathLike, output: str | os.PathLike, given: Map
         >>> config = resume_config("NanoTWICE", "runs/ssim", {"epochs": 300})
         >>> train(config, resume=True)
     """
-    _refuse_if_in_use(Path(output))  # before its config.json is read: another trainer may be writing it
+    _refuse_if_in_use(Path(output))  # before its record is read: another trainer may be writing it
     # The recorded settings alone first (read_run): a value of the run's own that TrainConfig
     # refuses (an unknown model, a window larger than the patch) is the file's fault, not the caller's.
     previous = read_run(output)
@@ -188,7 +189,7 @@ class _RunState(keras.callbacks.Callback):
         monitor = logs.get("val_loss", logs.get("loss"))
         if not self.chief:
             return
-        # progress.json is the commit point, written last: it names this epoch's weights file,
+        # The progress file is the commit point, written last: it names this epoch's weights file,
         # so a kill at any moment before it leaves the previous epoch's state whole (weights,
         # and history rows beyond epochs_done are dropped on resume).
         state = self.run_dir / STATE_DIR
@@ -197,7 +198,7 @@ class _RunState(keras.callbacks.Callback):
         _save_checkpoint(self.model, state, weights)
         if monitor < self.best:
             self.best = monitor
-            atomic_write(self.run_dir / "best.keras", self.model.save)
+            atomic_write(self.run_dir / BEST_MODEL_NAME, self.model.save)
         write_history(self.run_dir / HISTORY_NAME, self.rows)
         atomic_write_text(state / PROGRESS_NAME,
                            json.dumps({"epochs_done": epoch + 1, "best": self.best, "weights": weights}))
@@ -238,7 +239,6 @@ def _save_checkpoint(model: keras.Model, state: Path, weights: str) -> None:
     here the file is collected at once with those reports silenced, and the error becomes one
     ``OSError`` line naming the file.
     """
-    import errno
     import gc
     import sys
     import traceback
@@ -259,12 +259,9 @@ def _save_checkpoint(model: keras.Model, state: Path, weights: str) -> None:
             model.save_weights(tmp)
             os.replace(tmp, state / weights)
         except Exception as err:
-            text = " ".join(str(err).split())
             code = getattr(err, "errno", None)
-            if code is None:
-                code = next((c for c, m in ((errno.ENOSPC, "No space left on device"),
-                                            (errno.EDQUOT, "Disk quota exceeded"), (errno.EIO, "Input/output error"))
-                             if m in text), None)
+            if code is None:  # h5py and Keras wrap a failed write without its errno: their message holds it
+                code = machine_errno(err)
             if code is None:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -304,7 +301,7 @@ def _claim_run_folder(run_dir: Path, resume: bool) -> Iterator[None]:
     run that fails leaves it holding what it held before.
 
     A new run (not ``resume``) that fails or is interrupted before its first epoch finished
-    (no ``state/progress.json``) removes the files and folders this call created, so that the
+    (no progress file) removes the files and folders this call created, so that the
     corrected command can run again into the same ``--output``; anything that was there before
     stays. A resumed run never removes anything.
     """
@@ -328,7 +325,7 @@ def _claim_run_folder(run_dir: Path, resume: bool) -> Iterator[None]:
         # A failed or refused run leaves the lock file as it found it (a killed trainer's process
         # id included): a refused resume changes no file of the folder.
         left = found
-        if not resume and not (run_dir / "state" / PROGRESS_NAME).exists():
+        if not resume and not (run_dir / STATE_DIR / PROGRESS_NAME).exists():
             _remove_created(run_dir, before, created)
         raise
     finally:
