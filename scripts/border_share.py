@@ -2,7 +2,7 @@
 """Where the false positives of defect-free images lie: the image border band against the rest.
 
 For each tiling (``--border`` x ``--blend``, as ``tfssim-export`` serves them) this scores the
-defect-free images given with the model (``tfssim.core.scoring.anomaly_maps``, the serving graph's
+defect-free images given with the model (``tfssim.models.scoring.anomaly_maps``, the serving graph's
 code), sets the threshold at ``--fpr`` on those same images (the paper's rule: the threshold is
 made from defect-free images), and reports the share of the pixels above it that lie within
 ``--band`` pixels of the image border, beside the band's share of the area. A map that is as
@@ -52,10 +52,9 @@ def main() -> None:
     import tensorflow as tf
 
     from tfssim import _io, data
-    from tfssim.core import scoring
+    from tfssim.core.tiling_params import BLENDS, BORDERS
     from tfssim.export import load_for_export
-    from tfssim.export.metadata import BLENDS, BORDERS
-    from tfssim.models import get_spec
+    from tfssim.models import get_spec, scoring
 
     model, info = load_for_export(args.model)
     kind = info.get("kind") or "ssim"

@@ -2,8 +2,8 @@
 """Pixel ROC AUC of one SSIM export's reconstructions scored with other SSIM windows and map smoothing.
 
 The model is run once per test image (the export's in-graph tiling and overlap averaging);
-its reconstructions are then compared with the input by ``tfssim.core.scoring.ssim_residual_maps``
-under each window given, each map optionally smoothed by ``tfssim.core.scoring.smooth_map`` with
+its reconstructions are then compared with the input by ``tfssim.models.scoring.ssim_residual_maps``
+under each window given, each map optionally smoothed by ``tfssim.models.scoring.smooth_map`` with
 each ``--map-sigma`` given (0 = none), and the pooled raw-map pixel ROC AUC (with
 ``--segmentation-auroc`` also the AUROC of the paper's segmentations: threshold, opening,
 convex hulls) is printed and written as JSON. This separates what the scoring does from what
@@ -48,8 +48,8 @@ def main() -> None:
     sigmas = args.map_sigma or [0.0]
 
     from tfssim import _io, data
-    from tfssim.core import scoring
     from tfssim.evaluation import metrics
+    from tfssim.models import scoring
     from tfssim.serving import postprocess
     from tfssim.serving.inference import ExportedModel
 

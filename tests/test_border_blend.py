@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from scipy.signal.windows import gaussian
 from skimage.metrics import structural_similarity
 
-from tfssim.core import scoring, tiling
+from tfssim.core import tiling
 from tfssim.data import defects
 from tfssim.evaluation import tuning
 from tfssim.export.metadata import ExportMetadata
-from tfssim.models import build_model
+from tfssim.models import build_model, scoring
 
 KERNEL = np.array([[0.05, 0.1, 0.05], [0.1, 0.4, 0.1], [0.05, 0.1, 0.05]], np.float32)
 

@@ -31,8 +31,8 @@ def test_calibrate_writes_a_threshold_with_the_requested_fpr(exports, dataset, t
     assert result.exit_code == 0, result.output
     # The threshold is in a new version (printed), not in the version calibrated.
     target = tmp_path / "ssim" / "2"
-    assert f"new version {target} " in result.output and export.read_metadata(source).threshold is None
-    threshold = export.read_metadata(target).threshold
+    assert f"new version {target} " in result.output and export.read_export_metadata(source).threshold is None
+    threshold = export.read_export_metadata(target).threshold
     model = ExportedModel.load(target)
     maps = [model.predict(data.read_image(p))["anomaly_map"] for p in data.list_images(dataset / "val")]
     achieved = np.mean(np.concatenate([m.ravel() for m in maps]) > threshold)
@@ -48,7 +48,7 @@ def test_library_calibrate_sets_the_fpr_on_paths_or_arrays(exports, dataset, tmp
     target = tmp_path / "ssim" / "2"
     assert (result.source, result.path, result.method, result.fpr) == (source, target, "fpr", 0.05)
     threshold = result.threshold
-    meta = export.read_metadata(target)
+    meta = export.read_export_metadata(target)
     assert meta.threshold == threshold and meta.threshold_fpr == 0.05 and meta.calibrated_from == 1
     # Checked against the served maps directly: 5 % of the defect-free pixels lie above it.
     model = ExportedModel.load(target)

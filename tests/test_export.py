@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from tfssim import export
 from tfssim.cli.export import main as export_cli
-from tfssim.core import scoring, ssim
+from tfssim.core import ssim
 from tfssim.core.losses import FeatureMatchingLoss, SSIMLoss
-from tfssim.models import build_model
+from tfssim.models import build_model, scoring
 
 PATCH = 32
 SSIM = {"window_size": 7, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0}
@@ -97,7 +97,7 @@ def test_tf_serving_layout_and_metadata(exported: Path):
     for name in ("saved_model.pb", "variables/variables.index", "assets/tfssim.json",
                  "assets.extra/tf_serving_warmup_requests"):
         assert (exported / name).exists(), name
-    meta = export.read_metadata(exported).to_dict()
+    meta = export.read_export_metadata(exported).to_dict()
     assert meta["kind"] == "ssim" and meta["residual"] == "ssim"
     assert (meta["patch_size"], meta["stride"], meta["channels"]) == (PATCH, 12, 1)
     assert meta["ssim"]["window_size"] == 7 and meta["ssim"]["k2"] == 0.03 and meta["threshold"] is None
@@ -344,7 +344,7 @@ def test_an_automatic_version_taken_meanwhile_moves_to_the_next_free_one(ssim_mo
     path = export.export_model(ssim_model, tmp_path, name="m", stride=16)
     assert raced == ["1"] and path == tmp_path / "m" / "2"
     assert (tmp_path / "m" / "1" / "saved_model.pb").read_bytes() == b"other", "the other export is untouched"
-    assert export.read_metadata(path).version == 2 and (path / "variables").is_dir()
+    assert export.read_export_metadata(path).version == 2 and (path / "variables").is_dir()
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2"], "no temporary folder left"
     # An explicit version is never renumbered: see the next test (auto=False).
 
@@ -393,7 +393,7 @@ def test_the_serving_graph_compiles_the_model_call_with_xla_only_when_asked(ssim
 def test_other_kinds_export_their_residual(kind, tmp_path, image):
     model = build_model(kind, PATCH, 1, 8)
     path = export.export_model(model, tmp_path, name=kind, stride=16)
-    meta = export.read_metadata(path).to_dict()
+    meta = export.read_export_metadata(path).to_dict()
     assert meta["kind"] == kind and meta["ssim"] is None
     out = tf.saved_model.load(str(path)).signatures["serving_default"](image=tf.constant(image))
     assert set(out) == {"reconstruction", "anomaly_map"} == set(meta["outputs"])
@@ -420,7 +420,7 @@ def test_a_feature_matching_model_loads_without_building_its_loss(tmp_path, monk
     def no_download(*args, **kwargs):
         raise AssertionError("the FM loss (and its ImageNet backbone) must not be built when exporting")
 
-    monkeypatch.setattr("tfssim.models.features.build_feature_extractor", no_download)
+    monkeypatch.setattr("tfssim.core.features.build_feature_extractor", no_download)
     loaded_model, info = export.load_for_export(tmp_path / "fm.keras")
     assert info["ssim"] is None
     from tfssim.models import kind_of
@@ -451,7 +451,7 @@ def test_a_run_folder_from_before_ssimparams_exports_and_resumes_with_its_ssim(s
     want = {"window_size": 5, "sigma": 2.0, "weighting": "uniform", "k1": 0.02, "k2": 0.05, "alpha": 1.0,
             "beta": 1.0, "gamma": 1.0, "data_range": 1.0}
     path = export.export_model(run, tmp_path / "ex", name="old", stride=16)
-    assert export.read_metadata(path).ssim == want
+    assert export.read_export_metadata(path).ssim == want
     config = TrainConfig(**record["config"])
     config.validate()
     assert config.to_dict() | flat == config.to_dict()  # the flat keys stay the config's (resume compares them)
@@ -473,7 +473,7 @@ def test_cli_exports_a_run_folder_and_rejects_bad_input(ssim_model, tmp_path):
     ok = runner.invoke(export_cli, [str(run), "--name", "cli", "--output", out, "--stride", "16"])
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.strip() == str(tmp_path / "ex" / "cli" / "1")
-    meta = export.read_metadata(tmp_path / "ex" / "cli" / "1").to_dict()
+    meta = export.read_export_metadata(tmp_path / "ex" / "cli" / "1").to_dict()
     assert meta["ssim"]["window_size"] == 5 and meta["training_config"]["epochs"] == 1 and meta["stride"] == 16
     assert meta["source"].endswith("best.keras")
     for args, message in [
@@ -503,7 +503,7 @@ def test_cli_scores_with_another_ssim_window_or_weighting(ssim_model, tmp_path, 
     ok = runner.invoke(export_cli, [str(tmp_path / "m.keras"), "--name", "u", "--output", out,
                                     "--ssim-weighting", "uniform", "--ssim-window", "9"])
     assert ok.exit_code == 0, ok.output
-    meta = export.read_metadata(tmp_path / "ex" / "u" / "1").to_dict()
+    meta = export.read_export_metadata(tmp_path / "ex" / "u" / "1").to_dict()
     assert meta["ssim"]["weighting"] == "uniform" and meta["ssim"]["window_size"] == 9
     maps = tf.saved_model.load(str(tmp_path / "ex" / "u" / "1")).signatures["serving_default"](image=tf.constant(image))
     x = image.astype(np.float32) / 255.0
@@ -527,7 +527,7 @@ def test_cli_exports_smoothed_maps_and_records_the_sigma(ssim_model, tmp_path, i
     ok = runner.invoke(export_cli, [str(tmp_path / "m.keras"), "--name", "s", "--output", out, "--stride", "12",
                                     "--map-sigma", "1.5"])
     assert ok.exit_code == 0, ok.output
-    meta = export.read_metadata(tmp_path / "ex" / "s" / "1").to_dict()
+    meta = export.read_export_metadata(tmp_path / "ex" / "s" / "1").to_dict()
     assert meta["map_sigma"] == 1.5
     maps = tf.saved_model.load(str(tmp_path / "ex" / "s" / "1")).signatures["serving_default"](image=tf.constant(image))
     x = image.astype(np.float32) / 255.0
@@ -539,7 +539,7 @@ def test_cli_exports_smoothed_maps_and_records_the_sigma(ssim_model, tmp_path, i
                                                                               mode="reflect"), atol=1e-4)
     assert np.abs(maps["anomaly_map"].numpy() - raw["anomaly_map"].numpy()).max() > 1e-3
     plain = export.export_model(ssim_model, tmp_path / "ex", name="p", stride=12)
-    assert export.read_metadata(plain).map_sigma == 0.0
+    assert export.read_export_metadata(plain).map_sigma == 0.0
     for args, message in [(["--map-sigma", "8"], "does not fit the 32-pixel patch"), (["--map-sigma", "-1"], "x>=0")]:
         bad = runner.invoke(export_cli, [str(tmp_path / "m.keras"), "--name", "v", "--output", out, *args])
         assert bad.exit_code == 2 and message in bad.output, (args, bad.output)

@@ -33,9 +33,9 @@ from tfssim import export
 from tfssim._io import OUTPUT_LOCK_NAME, atomic_write_json
 from tfssim.cli.predict import main as predict_cli
 from tfssim.data import io as image_io
-from tfssim.export.metadata import ExportMetadata
+from tfssim.export.metadata import ExportMetadata, read_export_metadata
 from tfssim.serving import postprocess
-from tfssim.serving.inference import ExportedModel, read_export_metadata
+from tfssim.serving.inference import ExportedModel
 from tfssim.serving.prediction import OUTPUT_SUFFIXES, expand_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,7 +334,7 @@ def test_damaged_metadata_is_one_error_naming_the_file(damage, copied_export, da
     content = DAMAGED_METADATA[damage](json.loads(meta_path.read_text()))
     meta_path.write_bytes(content if isinstance(content, bytes) else content.encode())
     before = meta_path.read_bytes()
-    for read in (read_export_metadata, export.read_metadata, ExportedModel.load):
+    for read in (read_export_metadata, ExportMetadata.read, ExportedModel.load):
         with pytest.raises(ValueError) as err:
             read(copied_export)
         assert str(meta_path) in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 
 from tfssim import export
+from tfssim.core.tiling_params import MAX_CHUNK_SIZE
 from tfssim.errors import InputError
 from tfssim.export import layout
 from tfssim.export.metadata import (
-    MAX_CHUNK_SIZE,
     MAX_OPENING_DIAMETER,
     METADATA_FILE,
     ExportMetadata,
@@ -135,7 +135,8 @@ def test_every_command_that_loads_a_version_refuses_it(model, dataset, tmp_path)
     from tfssim.cli.evaluate import main as evaluate_cli
     from tfssim.cli.predict import main as predict_cli
     from tfssim.cli.tune import main as tune_cli
-    from tfssim.serving.inference import ExportedModel, resolve_export_dir
+    from tfssim.export.layout import resolve_export_dir
+    from tfssim.serving.inference import ExportedModel
 
     entry = _plant(model / "1", "dev_zero", "variables", tmp_path)
     before = digest(model)
@@ -211,7 +212,7 @@ def test_stray_unicode_digit_folders_are_no_versions(model):
     assert layout.next_version(model) == 2
     assert metadata_path(model) == model / "1" / METADATA_FILE
     assert ExportMetadata.read(model).version == 1
-    from tfssim.serving.inference import resolve_export_dir
+    from tfssim.export.layout import resolve_export_dir
 
     assert resolve_export_dir(model) == model / "1"
     for name in ("²", "١٢"):
@@ -321,9 +322,9 @@ print(json.dumps({"new": str(new), "loaded": sorted(m for m in ("tensorflow", "k
 
 def test_the_public_names_of_tfssim_export_still_resolve():
     from tfssim.export import METADATA_FILE as file
-    from tfssim.export import export_model, read_metadata, write_calibrated_version
+    from tfssim.export import export_model, read_export_metadata, write_calibrated_version
 
-    assert file == METADATA_FILE and callable(export_model) and callable(read_metadata)
+    assert file == METADATA_FILE and callable(export_model) and callable(read_export_metadata)
     assert write_calibrated_version is export.calibrated.write_calibrated_version
     assert export.export_model is export.savedmodel.export_model
     for name in export.__all__:
@@ -396,12 +397,12 @@ def test_every_tampered_field_is_one_input_error_line(exports, key, value, messa
 
 
 def test_a_400_digit_threshold_in_the_file_is_refused_by_every_reader(model):
-    from tfssim.serving.inference import read_export_metadata
+    from tfssim.export.metadata import read_export_metadata
 
     version = model / "1"
     file = version / METADATA_FILE
     file.write_text(file.read_text().replace('"threshold": null', '"threshold": ' + "9" * 400))
-    for read in (ExportMetadata.read, read_export_metadata, export.read_metadata):
+    for read in (ExportMetadata.read, read_export_metadata):
         with pytest.raises(InputError, match="'threshold' must be a finite number, got an integer of 400 digits"):
             read(version)
     # What the client and the post-processor take from Python: no OverflowError either.

@@ -8,7 +8,7 @@ import pytest
 # Every module a client without TensorFlow uses (issue 15: post-processing, metrics, image and mask
 # reading, plots, the metadata type, the REST client).
 TF_FREE = ["tfssim", "tfssim.serving.postprocess", "tfssim.evaluation.metrics", "tfssim.data", "tfssim.data.io", "tfssim.data.layouts",
-           "tfssim.data.synthetic", "tfssim.plots", "tfssim.export.metadata", "tfssim.serving.client", "tfssim._io",
+           "tfssim.data.synthetic", "tfssim.plots", "tfssim.export.metadata", "tfssim.core.tiling_params", "tfssim.serving.client", "tfssim._io",
            # the run folder's schema (shared with scripts/train_any_backend.py on JAX) and the evaluation's
            # split and per-type rules
            "tfssim.run_record", "tfssim.evaluation.splits", "tfssim.evaluation.per_type",

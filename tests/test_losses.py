@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tfssim.core import losses
+from tfssim.core.features import extract_features
 from tfssim.core.losses import FeatureMatchingLoss, L2Loss, MSSSIMLoss, SSIMLoss
-from tfssim.models.features import extract_features
 
 PATCH = 32
 

@@ -11,11 +11,10 @@ from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from tfssim.core import scoring
 from tfssim.core.map_formula import FORMULAS, PLAIN, MapFormula
 from tfssim.evaluation import tuning
 from tfssim.export.metadata import ExportMetadata
-from tfssim.models import build_model
+from tfssim.models import build_model, scoring
 
 
 def ssim_map_skimage(x: np.ndarray, y: np.ndarray, window: int, sigma: float) -> np.ndarray:
@@ -76,7 +75,7 @@ def test_combination_is_numpys_max_or_weighted_sum_of_the_normalised_terms(combi
 
 @pytest.mark.parametrize("border", ["none", "reflect"])
 def test_library_maps_equal_scipy_and_scikit_image(border):
-    """The formula maps of :func:`tfssim.core.scoring.anomaly_maps`, recomputed from its reconstruction of
+    """The formula maps of :func:`tfssim.models.scoring.anomaly_maps`, recomputed from its reconstruction of
     the (mirrored) image with scikit-image's SSIM and SciPy's Gaussian filter, cropped back."""
     keras.utils.set_random_seed(0)
     model = build_model("ssim", 32, 1, 8)

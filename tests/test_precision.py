@@ -111,8 +111,8 @@ def test_mixed_float16_vae_outputs_float32(restore_policy):
 
 
 def test_feature_extractor_computes_in_float32_under_mixed_precision(restore_policy):
+    from tfssim.core.features import extract_features
     from tfssim.core.losses import FeatureMatchingLoss
-    from tfssim.models import extract_features
 
     precision.set_precision("on")
     loss = FeatureMatchingLoss(weights=None)

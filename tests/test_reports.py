@@ -362,7 +362,7 @@ import tfssim, tfssim.serving.inference, tfssim.serving.postprocess, tfssim.plot
 # tfssim.core.ssim and tfssim.core.losses are keras.ops code for any Keras backend (JAX too): not listed.
 # tfssim.export itself is TensorFlow-free (its layout serves tfssim.export.metadata); export_model's module is not.
 for name in ("tfssim.training.precision", "tfssim.export.savedmodel", "tfssim.models.registry", "tfssim.data.patches",
-             "tfssim.core.scoring"):
+             "tfssim.models.scoring"):
     try:
         __import__(name)
     except ModuleNotFoundError as err:
@@ -488,7 +488,7 @@ def test_export_says_when_it_cannot_tell_whether_training_runs(tmp_path, caplog)
 @pytest.mark.slow  # a tiny export: about 10 s here
 def test_export_records_and_prints_its_checkpoint_and_warns_while_training_runs(tmp_path):
     from tfssim.cli.export import main as export_cli
-    from tfssim.export import read_metadata
+    from tfssim.export import read_export_metadata
     from tfssim.run_record import LOCK_NAME
 
     run = tmp_path / "run"
@@ -501,7 +501,7 @@ def test_export_records_and_prints_its_checkpoint_and_warns_while_training_runs(
         holder.kill()
         holder.wait()
     assert done.exit_code == 0 and done.exception is None, done.output
-    meta = read_metadata(tmp_path / "exports" / "m" / "1")
+    meta = read_export_metadata(tmp_path / "exports" / "m" / "1")
     checkpoint = meta.checkpoint
     assert (checkpoint["file"], checkpoint["epoch"], checkpoint["val_loss"]) == ("best.keras", 2, 0.2)
     assert checkpoint["epochs_done"] == 3 and checkpoint["epochs_configured"] == 5

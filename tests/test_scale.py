@@ -222,7 +222,7 @@ def test_scaled_export_metadata_and_maps_at_the_inputs_odd_size(scaled_export, s
 @pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
 def test_served_reconstruction_is_resize_then_unscaled_pipeline_then_resize_back(tiny_model, scaled_loaded) -> None:
     """Independently: PIL resizes by 0.5 (half-up sizes), the library's unscaled pipeline runs, PIL resizes back."""
-    from tfssim.core import scoring
+    from tfssim.models import scoring
 
     image = np.random.default_rng(2).uniform(size=(101, 77, 1)).astype(np.float32)
     served = scaled_loaded.predict(image)
@@ -237,8 +237,8 @@ def test_served_reconstruction_is_resize_then_unscaled_pipeline_then_resize_back
 @pytest.mark.slow  # exports a SavedModel (10-20 s on the shared CPU)
 def test_unscaled_export_has_no_resizing_in_its_graph(tiny_model, tmp_path: Path) -> None:
     from tfssim import export
-    from tfssim.core import scoring
     from tfssim.export.metadata import ExportMetadata
+    from tfssim.models import scoring
     from tfssim.serving.inference import ExportedModel
 
     path = export.export_model(tiny_model, tmp_path, name="full", stride=12, training_config={"scale": 1.0})

@@ -1,4 +1,4 @@
-"""Gaussian smoothing of anomaly maps (tfssim.core.scoring.smooth_map), cross-checked with SciPy."""
+"""Gaussian smoothing of anomaly maps (tfssim.models.scoring.smooth_map), cross-checked with SciPy."""
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +10,7 @@ import pytest
 import tensorflow as tf
 from scipy.ndimage import gaussian_filter
 
-from tfssim.core import scoring
-from tfssim.models import build_model
+from tfssim.models import build_model, scoring
 
 
 @pytest.mark.parametrize("sigma", [0.6, 2.0, 4.5])

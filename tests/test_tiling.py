@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfssim.core import scoring, tiling
+from tfssim.core import tiling
 from tfssim.core.ssim import ssim_maps
-from tfssim.models import build_model, reconstruction_nll
+from tfssim.models import build_model, reconstruction_nll, scoring
 
 KERNEL = np.array([[0.05, 0.1, 0.05], [0.1, 0.4, 0.1], [0.05, 0.1, 0.05]], np.float32)
 

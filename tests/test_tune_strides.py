@@ -150,7 +150,7 @@ def small_export(tmp_path_factory) -> dict:
 
 
 def test_exported_model_serves_any_stride_as_the_library_tiles(small_export, dataset):
-    from tfssim.core import scoring
+    from tfssim.models import scoring
 
     model = ExportedModel.load(small_export["old"])
     image = data.read_image(data.list_images(dataset / "val")[0], 1)
@@ -182,7 +182,7 @@ def test_tune_cli_refuses_a_stride_larger_than_the_patch(exports, dataset, tmp_p
 @pytest.mark.slow  # about 35 s: a tune with three strides and an export
 def test_tuned_version_serves_its_chosen_stride_by_default(small_export, dataset):
     from tfssim.cli.tune import main as tune_cli
-    from tfssim.core import scoring
+    from tfssim.models import scoring
 
     root = small_export["root"]
     # A tolerance of 0.9 makes every stride eligible: the largest is chosen, whatever the (untrained) maps.

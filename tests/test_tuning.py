@@ -345,7 +345,7 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
     keys = ("window_size", "weighting", "map_sigma", "border", "blend", "map_formula")
     chosen = next(c for c in record["map_candidates"] if all(c[k] == choice[k] for k in keys))
     assert chosen["pixel_auroc"] >= best - 0.001
-    meta = export.read_metadata(new).to_dict()
+    meta = export.read_export_metadata(new).to_dict()
     assert meta["version"] == 2 and meta["ssim"]["window_size"] == choice["window_size"]
     assert meta["ssim"]["weighting"] == choice["weighting"] and meta["map_sigma"] == choice["map_sigma"]
     assert (meta["border"], meta["blend"], meta["map_formula"]) == (choice["border"], choice["blend"],
@@ -368,7 +368,7 @@ def test_tune_cli_writes_a_new_version_and_leaves_the_old_one_alone(tuned):
 def test_tuned_version_serves_the_librarys_map_with_the_chosen_settings(tuned):
     import keras
 
-    from tfssim.core import scoring
+    from tfssim.models import scoring
 
     assert tuned["result"].exit_code == 0, tuned["result"].output
     new = ExportedModel.load(tuned["old"].parent / "2")

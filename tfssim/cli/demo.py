@@ -19,10 +19,10 @@ import click
 
 from tfssim._io import atomic_write_json
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
+from tfssim.core.tiling_params import DEFAULT_STRIDE
 from tfssim.data.synthetic import TEXTURES
 from tfssim.errors import InputError
 from tfssim.evaluation.calibration import DEFAULT_FPR
-from tfssim.export.metadata import DEFAULT_STRIDE
 from tfssim.training.config import TrainConfig
 
 # Defective copies per validation image when the demo tunes: its 2 validation images are small,

@@ -39,7 +39,8 @@ def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: 
     each type's images together with the good test images."""
     setup_logging(verbose)
     from tfssim.evaluation import evaluate
-    from tfssim.serving.inference import ExportedModel, resolve_export_dir
+    from tfssim.export.layout import resolve_export_dir
+    from tfssim.serving.inference import ExportedModel
 
     started = time.perf_counter()
     with usage_errors():

@@ -5,17 +5,11 @@ import click
 
 from tfssim.cli._common import Command, FloatRange, odd_window, setup_logging, tensorflow_required, usage_errors
 from tfssim.core.ssim_params import WEIGHTINGS
+from tfssim.core.tiling_params import BLENDS, BORDERS, DEFAULT_CHUNK_SIZE, DEFAULT_STRIDE, MAX_CHUNK_SIZE
 
 # The bounds the metadata is checked against and export_model's defaults; no TF: --help stays cheap.
 from tfssim.export.layout import EXPORT_ROOT, MAX_VERSION
-from tfssim.export.metadata import (
-    BLENDS,
-    BORDERS,
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_STRIDE,
-    MAX_CHUNK_SIZE,
-    ExportMetadata,
-)
+from tfssim.export.metadata import ExportMetadata
 from tfssim.models.kinds import MODEL_KINDS
 
 

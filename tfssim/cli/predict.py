@@ -72,7 +72,9 @@ def main(export: str, images: tuple[str, ...], output: str, threshold: float | N
     minimum area as the export's metadata sets them; --threshold and --min-area override), an overlay
     and the region JSON. With --runner, the same files on an Apache Beam runner."""
     setup_logging(verbose)
-    from tfssim.serving.inference import ExportedModel, read_export_metadata, resolve_export_dir
+    from tfssim.export.layout import resolve_export_dir
+    from tfssim.export.metadata import read_export_metadata
+    from tfssim.serving.inference import ExportedModel
 
     try:
         paths = expand_inputs(images)

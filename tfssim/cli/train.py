@@ -140,7 +140,7 @@ def main(data: str | None, output: str | None, virtual_cpus: int | None, resume:
     if virtual_cpus:
         _virtual_cpus(virtual_cpus)
 
-    from tfssim.models import WeightsUnavailableError
+    from tfssim.core.features import WeightsUnavailableError
     from tfssim.training import OutOfMemoryError, resume_config, train
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -5,10 +5,10 @@ import click
 
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 from tfssim.core.map_formula import FORMULAS
+from tfssim.core.tiling_params import BLENDS, BORDERS
 from tfssim.data.defects import FAMILIES
 from tfssim.errors import InputError
 from tfssim.evaluation.tuning import STRIDE_TOLERANCE, THRESHOLD_RULES
-from tfssim.export.metadata import BLENDS, BORDERS
 
 
 @click.command(cls=Command, interrupted="no new version was written; the export is unchanged")

@@ -174,7 +174,7 @@ class FeatureMatchingLoss(keras.losses.Loss):
     """Feature-matching loss ``l2(x, x_hat) + weight * mean((F(x) - F(x_hat))**2)`` (Eq. 3).
 
     ``F`` is a frozen feature extractor: the first ``num_conv_layers`` convolutions of a
-    pretrained ImageNet CNN (see :func:`tfssim.models.features.build_feature_extractor`).
+    pretrained ImageNet CNN (see :func:`tfssim.core.features.build_feature_extractor`).
     The paper used AlexNet's first three conv layers with ``weight = 1``; Keras ships no
     AlexNet, so the default is VGG16's first three (``block1_conv1``, ``block1_conv2``,
     ``block2_conv1``). Grayscale inputs are repeated to three channels.
@@ -209,14 +209,14 @@ class FeatureMatchingLoss(keras.losses.Loss):
         self.num_conv_layers = int(num_conv_layers)
         self.weights = weights
         # Built eagerly so that a missing weights file fails at construction, not mid-fit.
-        from tfssim.models.features import build_feature_extractor  # TensorFlow: only when used
+        from tfssim.core.features import build_feature_extractor  # TensorFlow: only when used
 
         self.feature_extractor = feature_extractor or build_feature_extractor(
             backbone=backbone, num_conv_layers=num_conv_layers, weights=weights
         )
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        from tfssim.models.features import extract_features
+        from tfssim.core.features import extract_features
 
         y_true, y_pred = _as_float32(y_true, y_pred)
         pixel = ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3))

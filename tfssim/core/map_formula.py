@@ -7,7 +7,7 @@ SSIM map ``t1``:
 
 * ``"ssim_lowfreq"``: the low-frequency intensity residual ``|G_s * mean_c(x - x_hat)|``,
   ``G_s`` the Gaussian of ``lowfreq_sigma`` pixels (the filter of
-  :func:`tfssim.core.scoring.smooth_map`: mirrored borders, truncated at 4 sigma);
+  :func:`tfssim.models.scoring.smooth_map`: mirrored borders, truncated at 4 sigma);
 * ``"ssim_multiscale"``: ``1 - SSIM`` at a wider window ``window_size`` (the Gaussian window's
   sigma scaled with it, :meth:`MapFormula.second_ssim`).
 
@@ -20,7 +20,7 @@ at their own clean tail), and combined::
     sum:  map = (1 - weight) * n_1 + weight * n_2
 
 The map is then smoothed by the export's ``map_sigma`` like any other. This module holds the
-record and its rules (no TensorFlow): :func:`tfssim.core.scoring.anomaly_maps` computes the terms in
+record and its rules (no TensorFlow): :func:`tfssim.models.scoring.anomaly_maps` computes the terms in
 the served graph, ``tfssim-tune`` chooses the formula on synthetic defects, and the export's
 metadata stores it as ``map_formula`` (:meth:`MapFormula.to_dict`).
 
@@ -151,7 +151,7 @@ class MapFormula:
     def reach(self) -> int:
         """How far (pixels) the second term reads around a pixel: the blur's or window's radius."""
         if self.lowfreq_sigma is not None:
-            return int(4.0 * self.lowfreq_sigma + 0.5)  # tfssim.core.scoring.smoothing_radius
+            return int(4.0 * self.lowfreq_sigma + 0.5)  # tfssim.models.scoring.smoothing_radius
         return (self.window_size or 1) // 2
 
     def combine_maps(self, first: Any, second: Any) -> Any:

@@ -31,12 +31,10 @@ import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow,
 import numpy as np
 import tensorflow as tf
 
+from tfssim.core.tiling_params import BLENDS, DEFAULT_CHUNK_SIZE, check_blend, check_chunk_size
 from tfssim.errors import InputError
-from tfssim.export.metadata import BLENDS, DEFAULT_CHUNK_SIZE, check_value
 
 __all__ = [
-    "BLENDS",
-    "check_blend",
     "blend_weights",
     "check_tiling",
     "checked_image",
@@ -51,17 +49,8 @@ __all__ = [
     "reconstruct_blends",
 ]
 
-# Tiles per model call (bounds memory), also inside exported graphs; see scripts/benchmark_export.py.
-DEFAULT_CHUNK = DEFAULT_CHUNK_SIZE
 # The Gaussian blend's standard deviation as a share of the patch side (nnU-Net's sigma_scale).
 GAUSSIAN_BLEND_SIGMA = 1 / 8
-
-
-def check_blend(blend: str) -> str:
-    """``blend`` if it is one of :data:`BLENDS`, else one ``InputError`` line."""
-    if blend not in BLENDS:
-        raise InputError(f"unknown tile blend {blend!r}; choose one of {', '.join(BLENDS)}")
-    return blend
 
 
 def blend_weights(patch_size: int, blend: str) -> np.ndarray:
@@ -312,14 +301,14 @@ def _num_chunks(total: tf.Tensor, chunk_size: int) -> tf.Tensor:
     return (total + chunk_size - 1) // chunk_size
 
 
-def map_in_chunks(fn: Callable[[tf.Tensor], tf.Tensor], tiles: tf.Tensor, chunk_size: int = DEFAULT_CHUNK) -> tf.Tensor:
+def map_in_chunks(fn: Callable[[tf.Tensor], tf.Tensor], tiles: tf.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tf.Tensor:
     """``fn`` applied to ``tiles`` in chunks of at most ``chunk_size`` along the first axis.
 
     A ``tf.while_loop`` (one chunk at a time) writes each chunk's result into a
     ``TensorArray``; the model's activations are bounded by the chunk, the output is
     ``tf.concat`` of all chunk results, float32. ``fn`` must map ``[T, ...]`` to ``[T, ...]``.
     """
-    check_value("chunk_size", chunk_size, "chunk size")  # the export metadata's bound: int32 counts stay exact
+    check_chunk_size(chunk_size)  # int32 tile counts stay exact
     tiles = tf.convert_to_tensor(tiles)
     count = tf.shape(tiles)[0]
     chunks = _num_chunks(count, chunk_size)
@@ -338,7 +327,7 @@ def reconstruct(
     image: tf.Tensor,
     patch_size: int,
     stride: int | tf.Tensor,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     samples: int | None = None,
     blend: str = "mean",
 ) -> tf.Tensor:
@@ -374,7 +363,7 @@ def reconstruct_blends(
     patch_size: int,
     stride: int | tf.Tensor,
     blends: Sequence[str] = BLENDS,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, tf.Tensor]:
     """:func:`reconstruct` under several blends from one pass of the model over the tiles.
 
@@ -394,7 +383,7 @@ def _reconstruct(model_fn: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor, p
                  stride: int | tf.Tensor, chunk_size: int, samples: int | None, blends: list[str]) -> list[tf.Tensor]:
     """:func:`reconstruct` for each of ``blends`` (one model pass): the blends ride along as
     extra channels of the running sum, as the VAE's samples do."""
-    check_value("chunk_size", chunk_size, "chunk size")  # the export metadata's bound: int32 counts stay exact
+    check_chunk_size(chunk_size)  # int32 tile counts stay exact
     for blend in blends:
         check_blend(blend)
     image = tf.cast(_as_image(image), tf.float32)

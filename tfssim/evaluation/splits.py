@@ -108,7 +108,8 @@ def load_split(dataset: str | Path, exports: Sequence[str | Path | ExportedModel
         >>> evaluate(split, [ExportedModel.load("exported_models/carpet")], "results")
     """
     from tfssim import data
-    from tfssim.serving.inference import read_export_metadata, resolve_export_dir
+    from tfssim.export.layout import resolve_export_dir
+    from tfssim.export.metadata import read_export_metadata
 
     metadatas, names = [], []
     for export in exports:

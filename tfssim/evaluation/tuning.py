@@ -383,7 +383,7 @@ def library_map(residual: str, image: np.ndarray, reconstruction: np.ndarray, *,
             ``reconstruction`` of the same shape).
         reconstruction: The export's ``reconstruction`` output ``[H, W, C]``.
         ssim_params: SSIM parameters (``ssim`` only).
-        map_sigma: Gaussian smoothing of the map (that of :func:`tfssim.core.scoring.smooth_map`:
+        map_sigma: Gaussian smoothing of the map (that of :func:`tfssim.models.scoring.smooth_map`:
             ``scipy.ndimage.gaussian_filter`` with mirrored borders, truncated at 4 sigma).
         served_map: For ``vae``, the export's unsmoothed ``anomaly_map`` (its posterior samples
             are not in the reconstruction, so the map cannot be recomputed from it).
@@ -391,7 +391,7 @@ def library_map(residual: str, image: np.ndarray, reconstruction: np.ndarray, *,
     Returns:
         The ``[H, W]`` (or ``[B, H, W]``) float32 map.
     """
-    from tfssim.core import scoring
+    from tfssim.models import scoring
 
     reconstruction = np.asarray(reconstruction, np.float32)
     image = np.asarray(image, np.float32).reshape(reconstruction.shape)
@@ -409,7 +409,7 @@ def library_map(residual: str, image: np.ndarray, reconstruction: np.ndarray, *,
 
 
 def _smooth(raw: np.ndarray, sigma: float) -> np.ndarray:
-    """:func:`tfssim.core.scoring.smooth_map`'s filter in SciPy (6x faster here than eager TensorFlow at
+    """:func:`tfssim.models.scoring.smooth_map`'s filter in SciPy (6x faster here than eager TensorFlow at
     sigma 16): the last two axes blurred, mirrored borders, truncated at 4 sigma."""
     from scipy.ndimage import gaussian_filter
 
@@ -426,7 +426,7 @@ def _tiling_candidates(borders: Sequence[str] | None, blends: Sequence[str] | No
     Other tilings need reconstructions the export does not serve. ``fixed`` says why they cannot
     be had here (``None``: they can); asked for anyway, one ``InputError`` line.
     """
-    from tfssim.export.metadata import BLENDS, BORDERS
+    from tfssim.core.tiling_params import BLENDS, BORDERS
 
     given = borders is not None or blends is not None
     # Another border costs a model pass over the mirrored image per image and copy (about doubling
@@ -544,7 +544,7 @@ class _Maps:
         depends on). ``formula``: the map formula's combination of this map and its second term."""
         if self.served:
             return np.asarray(bases, np.float32)
-        from tfssim.core.scoring import pad_border
+        from tfssim.models.scoring import pad_border
 
         window_bases, window_margin = _trimmed(bases, margin, (scoring[0] or 1) // 2)
         out = library_map(self.residual, pad_border(images, window_margin), window_bases,
@@ -557,9 +557,9 @@ class _Maps:
 
     def term(self, images: np.ndarray, bases: np.ndarray, scoring: tuple[int | None, str | None], margin: int,
              formula: MapFormula) -> np.ndarray:
-        """The second term of ``formula`` (:func:`tfssim.core.scoring.second_term`), ``[B, H, W]``; the
+        """The second term of ``formula`` (:func:`tfssim.models.scoring.second_term`), ``[B, H, W]``; the
         low-frequency residual's blur in SciPy (:func:`_smooth`, the same filter, faster here)."""
-        from tfssim.core.scoring import pad_border, second_term
+        from tfssim.models.scoring import pad_border, second_term
 
         bases, margin = _trimmed(bases, margin, formula.reach())
         padded = np.asarray(pad_border(images, margin), np.float32)
@@ -591,7 +591,7 @@ class _Maps:
         smoothed = [float(s) for s in sigmas if s]
         if not smoothed:
             return out
-        from tfssim.core.scoring import smoothing_radius
+        from tfssim.models.scoring import smoothing_radius
 
         reach = max(smoothing_radius(s) for s in smoothed)
         h, w = raw.shape[-2:]
@@ -711,7 +711,7 @@ class _Reconstructions:
         if self._graph is None:
             at_stride = {} if self.stride is None else {"stride": self.stride}
             return [self.model.predict(x, source=name, **at_stride)[self.key]]
-        from tfssim.core.scoring import border_padding, pad_border
+        from tfssim.models.scoring import border_padding, pad_border
 
         out: dict[tuple[str, str], np.ndarray] = {}
         for border in dict.fromkeys(b for b, _ in self.variants):
@@ -795,13 +795,13 @@ class _StrideFrontier:
 
     def _serving_function(self, stride: int) -> Any:
         """The chosen map's serving function at ``stride``: with the Keras model the function the
-        export traces into its graph (:func:`tfssim.core.scoring.anomaly_maps`), else the export's
+        export traces into its graph (:func:`tfssim.models.scoring.anomaly_maps`), else the export's
         ``serve_with_stride`` signature (its own map)."""
         if self.source_model is None:
             return lambda x: self.model.predict(x, stride=stride)
         import tensorflow as tf
 
-        from tfssim.core import scoring
+        from tfssim.models import scoring
 
         md, c = self.model.metadata, self.chosen
         graph = tf.function(
@@ -1057,7 +1057,7 @@ class _Tuner:
     def _prepare_sweep(self, workers: int | None, shortest: int) -> None:
         """Set up pass 1: the map computation, each tiling's margin, the reconstructions, the map
         candidates and their accumulators."""
-        from tfssim.core import scoring
+        from tfssim.models import scoring
 
         model, residual, served, patch_size = self.model, self.residual, self.served, self.patch_size
         self.maps = _Maps(residual, dict(model.metadata.ssim or {}), served=served,
@@ -1093,11 +1093,11 @@ class _Tuner:
 
     def _checked_sigmas(self, sigmas: Sequence[float] | None) -> list[float]:
         """The map smoothing candidates: ``sigmas`` checked, else :data:`DEFAULT_SIGMAS` that fit the patch."""
-        from tfssim.core import scoring
+        from tfssim.models import scoring
 
         if sigmas is None:
             sigmas = [s for s in DEFAULT_SIGMAS if scoring.smoothing_radius(s) < self.patch_size]
-        with input_checks():  # tfssim.core.scoring checks the candidates with ValueError
+        with input_checks():  # tfssim.models.scoring checks the candidates with ValueError
             checked = sorted({scoring.validate_map_sigma(float(s), self.patch_size) for s in sigmas})
         if not checked:
             raise InputError("no candidate map sigmas given")
@@ -1546,7 +1546,7 @@ def tune(
         windows, weightings: SSIM candidates (SSIM models only); windows larger than the
             patch are dropped.
         sigmas: Map smoothing candidates; default :data:`DEFAULT_SIGMAS` that fit the patch
-            (:func:`tfssim.core.scoring.validate_map_sigma`); given ones must fit.
+            (:func:`tfssim.models.scoring.validate_map_sigma`); given ones must fit.
         openings: Opening diameters tried (0 = none).
         min_areas: Minimum region areas tried; default :data:`MIN_AREA_FRACTIONS` of the
             smallest defect size's area.
@@ -1567,7 +1567,7 @@ def tune(
             for a mirrored border's margin); default the system's.
         workers: Threads of the candidate sweep's FFTs (default: the CPU count, at most 4).
         borders, blends: Tiling candidates (``tfssim-export --border / --blend``); default the
-            export's own border and every one of :data:`tfssim.export.metadata.BLENDS` when
+            export's own border and every one of :data:`tfssim.core.tiling_params.BLENDS` when
             ``source_model`` is given (the blends share one model pass; another border costs one
             more pass per image and copy, about twice the tuning time, so it is compared only when
             given, e.g. ``borders=("none", "reflect")``), else only the export's own. The
@@ -1680,7 +1680,7 @@ def load_source(model: ExportedModel, source: str | os.PathLike | None = None, *
             reconstructs differently (one line naming it and what to pass instead).
     """
     from tfssim import export as export_lib
-    from tfssim.core import scoring
+    from tfssim.models import scoring
 
     path = find_source(model, source)
     fix = "give the run folder or .keras file the export was made from (tfssim-tune --model)"

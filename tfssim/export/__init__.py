@@ -21,7 +21,7 @@ default stride has its own ones):
 Outputs, all float32 at the input's size: ``reconstruction [H, W, C]``, ``anomaly_map [H, W]``
 and, for SSIM models, ``luminance_map``, ``contrast_map`` and ``structure_map`` (``1 -`` each
 SSIM component). Tiling, chunked reconstruction, overlap averaging and the residual map all
-run inside the graph (:mod:`tfssim.core.tiling`, :mod:`tfssim.core.scoring`); a bad request (wrong rank,
+run inside the graph (:mod:`tfssim.core.tiling`, :mod:`tfssim.models.scoring`); a bad request (wrong rank,
 batch, channel count, an image smaller than the patch, a stride out of range, float values
 outside [0, 1]) fails with ``INVALID_ARGUMENT`` and a readable message.
 
@@ -66,6 +66,7 @@ from tfssim.export.layout import (
     newest_version,
     next_version,
     parse_version,
+    resolve_export_dir,
     version_folder,
 )
 
@@ -75,7 +76,7 @@ _LAZY = {
     "export_model": "tfssim.export.savedmodel",
     "DEFAULT_SSIM": "tfssim.export.savedmodel",
     "GRAPH_METADATA_KEYS": "tfssim.export.savedmodel",
-    "read_metadata": "tfssim.export.calibrated",
+    "read_export_metadata": "tfssim.export.metadata",
     "write_calibrated_version": "tfssim.export.calibrated",
     "SIGNATURES": "tfssim.export.graph",
     "VAE_SEED": "tfssim.export.graph",
@@ -92,7 +93,8 @@ _SUBMODULES = ("calibrated", "graph", "layout", "savedmodel", "source", "warmup"
 
 __all__ = [
     "export_model",
-    "read_metadata",
+    "read_export_metadata",
+    "resolve_export_dir",
     "write_calibrated_version",
     "version_folder",
     "next_version",

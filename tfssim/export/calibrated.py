@@ -26,22 +26,12 @@ from tfssim.export.layout import (
     next_version,
     version_folder,
 )
-from tfssim.export.metadata import METADATA_FILE, ExportMetadata, check_value
+from tfssim.export.metadata import METADATA_FILE, ExportMetadata, check_value, read_export_metadata
 
-__all__ = ["read_metadata", "write_calibrated_version"]
+__all__ = ["write_calibrated_version"]
 
 logger = logging.getLogger(__name__)
 
-
-def read_metadata(export_dir: str | os.PathLike) -> ExportMetadata:
-    """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
-
-    :func:`tfssim.serving.inference.read_export_metadata`: strict JSON, well-formed values; any fault
-    is one ``ValueError`` naming the file.
-    """
-    from tfssim.serving.inference import read_export_metadata
-
-    return read_export_metadata(export_dir)
 
 
 def _threshold_rule(threshold: float, fpr: float | None,
@@ -92,7 +82,7 @@ def write_calibrated_version(export_dir: str | os.PathLike, threshold: float, fp
     Raises:
         InputError: a threshold that is not finite, an ``fpr`` outside (0, 1), a
             ``min_defect_area`` that is not a whole number >= 0, both given, metadata that
-            :func:`read_metadata` refuses, or ``export_dir`` not a numbered version folder (a
+            :func:`~tfssim.export.metadata.read_export_metadata` refuses, or ``export_dir`` not a numbered version folder (a
             bare SavedModel folder: move it into ``<name>/1`` first).
         FileNotFoundError: ``export_dir`` does not exist.
         FileExistsError: concurrent exports took :data:`MAX_VERSION_RETRIES` versions in a row.
@@ -107,7 +97,7 @@ def write_calibrated_version(export_dir: str | os.PathLike, threshold: float, fp
         raise FileNotFoundError(f"export {source} does not exist (or is not a folder)")
     model_root, from_version = version_folder(source)
     check_version_files(source)  # a link or device inside is refused before anything is read or written
-    read_metadata(source)  # the file's checks, naming it
+    read_export_metadata(source)  # the file's checks, naming it
     # Every field but these is the source's, unknown keys (a newer tfssim's, tune's) included.
     changed = ExportMetadata.read(source / METADATA_FILE).replace(
         threshold=threshold, threshold_fpr=fpr, threshold_method=method, threshold_min_defect_area=min_defect_area,

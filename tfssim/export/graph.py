@@ -1,7 +1,7 @@
 """The serving graph: the traced functions of every signature around one Keras model.
 
 Tiling, chunked reconstruction, overlap averaging and the residual maps run inside the graph
-(:mod:`tfssim.core.tiling`, :mod:`tfssim.core.scoring`); a bad request fails with ``INVALID_ARGUMENT`` and
+(:mod:`tfssim.core.tiling`, :mod:`tfssim.models.scoring`); a bad request fails with ``INVALID_ARGUMENT`` and
 a readable message.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfssim.core import resize, scoring
+from tfssim.core import resize
 from tfssim.errors import InputError
-from tfssim.models import VariationalAutoencoder
+from tfssim.models import VariationalAutoencoder, scoring
 
 SIGNATURES = {
     "serving_default": {"inputs": {"image": "uint8 [H, W, C] or [1, H, W, C], 0..255"}, "stride": "export default"},
@@ -101,7 +101,7 @@ class _Scorer:
             return tf.clip_by_value(image, 0.0, 1.0)
 
     def maps(self, image: tf.Tensor, stride: tf.Tensor | int) -> dict[str, tf.Tensor]:
-        """The library's pipeline (:func:`tfssim.core.scoring.anomaly_maps`), traced into the graph.
+        """The library's pipeline (:func:`tfssim.models.scoring.anomaly_maps`), traced into the graph.
 
         The VAE's noise is seeded with 0 (metadata ``vae_seed``), so its maps are reproducible.
         A model trained on resized images (``scale`` / ``image_size``) gets the request resized

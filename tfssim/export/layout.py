@@ -33,7 +33,7 @@ from tfssim.errors import InputError
 
 __all__ = [
     "EXPORT_ROOT", "MAX_VERSION", "METADATA_FILE", "SAVED_MODEL_FILE", "check_loadable_path", "check_name", "check_version_files", "copy_version", "is_model_name", "list_versions",
-    "newest_version", "next_version", "parse_version", "resolve_version", "version_folder",
+    "newest_version", "next_version", "parse_version", "resolve_export_dir", "resolve_version", "version_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -511,3 +511,32 @@ def _fsync_tree(folder: Path) -> None:
         finally:
             os.close(fd)
 
+def resolve_export_dir(path: str | Path) -> Path:
+    """A version folder (holding ``saved_model.pb``) from itself or its model folder (newest version).
+
+    The versions of a model folder are :mod:`tfssim.export.layout`'s (ASCII digits, 1 to 2**63 - 1);
+    the version must hold only regular files and folders
+    (:func:`tfssim.export.layout.check_version_files`): a link inside is refused, not followed.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        InputError: naming the path, when neither holds an export with tfssim metadata, or the
+            version holds a link, a device or a pipe.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"export {path} does not exist")
+    check_loadable_path(path)
+    version = resolve_version(path, SAVED_MODEL_FILE)
+    if version is None:
+        raise InputError(f"{path} is not a SavedModel (no {SAVED_MODEL_FILE}) and has no numbered version folders")
+    path = version
+    if not (path / SAVED_MODEL_FILE).exists():
+        raise InputError(f"{path} has no {SAVED_MODEL_FILE}; is the export complete?")
+    check_version_files(path)
+    if not (path / METADATA_FILE).is_file():
+        raise InputError(
+            f"export {path} has no {METADATA_FILE} metadata; it was not written by tfssim-export "
+            "(re-export the model with tfssim-export)"
+        )
+    return path

@@ -35,6 +35,7 @@ from typing import Any, Mapping
 
 from tfssim.core.map_formula import FORMULAS, MapFormula
 from tfssim.core.ssim_params import SSIMParams
+from tfssim.core.tiling_params import BLENDS, BORDERS, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from tfssim.errors import InputError
 from tfssim.export.layout import (
     MAX_VERSION,
@@ -46,8 +47,8 @@ from tfssim.export.layout import (
 )
 from tfssim.run_record import setting_problem
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_STRIDE", "ExportMetadata", "FORMAT", "MAX_BYTES", "MAX_CHUNK_SIZE", "MAX_OPENING_DIAMETER",
-           "METADATA_FILE", "calibrated_versions", "check_value", "metadata_path", "read_json"]
+__all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "MAX_OPENING_DIAMETER",
+           "METADATA_FILE", "calibrated_versions", "check_value", "metadata_path", "read_export_metadata", "read_json"]
 
 # The metadata format this module reads and writes ("format" key); a larger one is refused.
 FORMAT = 1
@@ -66,13 +67,7 @@ _NULL_IS_DEFAULT = ("chunk_size", "min_area")
 
 
 # Bounds of the stored settings (one rule: tfssim-export's options and export_model check the same).
-# Tiles per model call: the serving graph counts tiles and chunks in int32 (tfssim.core.tiling), and one
-# call of 2**20 tiles already holds 4 GiB of 32x32 patches; a larger chunk only overflows the counts.
-MAX_CHUNK_SIZE = 2**20
-# Tiles per model call by default (tfssim.core.tiling.DEFAULT_CHUNK), and of exports from before the key.
-DEFAULT_CHUNK_SIZE = 64
-# The signatures' default tiling stride when the exporter names none (the paper's 30 for 128-pixel patches).
-DEFAULT_STRIDE = 30
+# The tiling settings' (chunk size, border, blend) are tfssim.core.tiling_params'.
 # Diameter in pixels of the opening's disk: the paper's is 4 and tfssim-tune tries up to 8; an
 # opening wider than this erases every defect and costs seconds per megapixel (3000 runs out of memory).
 MAX_OPENING_DIAMETER = 64
@@ -89,10 +84,6 @@ FLOAT_SIGNATURE = "serve_float"
 STRIDE_SIGNATURE = "serve_with_stride"
 SIGNATURE_NAMES = ("serving_default", FLOAT_SIGNATURE, STRIDE_SIGNATURE)
 OUTPUT_NAMES = ("reconstruction", "anomaly_map", "luminance_map", "contrast_map", "structure_map")
-# How a served graph scores the image border (tfssim.core.scoring.anomaly_maps' ``border``) and combines
-# overlapping tiles (tfssim.core.tiling.reconstruct's ``blend``); the first of each is the paper's.
-BORDERS = ("none", "reflect")
-BLENDS = ("mean", "gaussian")
 
 
 def _type_name(value: Any) -> str:
@@ -609,3 +600,33 @@ def calibrated_versions(version_dir: str | os.PathLike) -> list[Path]:
             if meta.calibrated_from == version:
                 found.append(folder)
     return found
+
+def read_export_metadata(export_dir: str | os.PathLike) -> ExportMetadata:
+    """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
+
+    The file must be strict JSON (no ``NaN``/``Infinity``), at most 16 MiB
+    (:func:`tfssim.export.metadata.read_json`), an object that passes :class:`tfssim.export.metadata.ExportMetadata`'s
+    checks (the one definition of every key's type and range).
+    Every failure is one ``InputError`` line naming the file.
+
+    Args:
+        export_dir: The version folder.
+
+    Returns:
+        The validated metadata (``to_dict()`` gives the JSON object as written back).
+
+    Raises:
+        InputError: The file is missing, unreadable, not strict JSON or holds malformed values.
+
+    Example:
+        >>> read_export_metadata("exported_models/nanotwice/1").threshold
+    """
+    path = Path(export_dir) / METADATA_FILE
+    try:
+        exists = path.is_file()
+    except OSError as err:
+        raise InputError(f"cannot read export metadata {path}: {err.strerror or type(err).__name__}") from None
+    if not exists:
+        raise InputError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export "
+                         "(re-export the model with tfssim-export)")
+    return ExportMetadata.from_dict(read_json(path), source=path)  # every key's type and range

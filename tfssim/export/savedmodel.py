@@ -28,7 +28,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfssim import __version__
-from tfssim.core import resize, scoring, tiling
+from tfssim.core import resize, tiling
+from tfssim.core.map_formula import MapFormula
+from tfssim.core.ssim_params import SSIMParams
+from tfssim.core.tiling_params import DEFAULT_CHUNK_SIZE, DEFAULT_STRIDE, check_blend, check_border
 from tfssim.errors import InputError, input_checks
 from tfssim.export.graph import SIGNATURES, VAE_SEED, _model_geometry, _Scorer
 from tfssim.export.layout import (
@@ -42,13 +45,10 @@ from tfssim.export.layout import (
     check_name,
     next_version,
 )
+from tfssim.export.metadata import ExportMetadata, check_value  # the keys' rules (no TF)
 from tfssim.export.source import _report_checkpoint, load_for_export
 from tfssim.export.warmup import WARMUP_FILE, _write_warmup
-from tfssim.export.metadata import DEFAULT_STRIDE, ExportMetadata, check_value  # the keys' rules (no TF)
-from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of
-from tfssim.core.map_formula import MapFormula
-from tfssim.core.ssim_params import SSIMParams
-from tfssim.core.tiling import DEFAULT_CHUNK
+from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of, scoring
 
 __all__ = ["DEFAULT_SSIM", "GRAPH_METADATA_KEYS", "export_model"]
 
@@ -90,7 +90,7 @@ def export_model(
     stride: int = DEFAULT_STRIDE,
     kind: str | None = None,
     ssim_kwargs: dict[str, Any] | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     training_config: dict[str, Any] | None = None,
     threshold: float | None = None,
     *,
@@ -120,7 +120,7 @@ def export_model(
         ssim_kwargs: SSIM parameters of the anomaly map; default those of training (run
             folder, else the ``.keras`` file's compiled ``SSIMLoss``, else the paper's).
         chunk_size: Tiles per model call inside the graph (bounds memory; see the benchmark), from
-            1 to :data:`tfssim.export.metadata.MAX_CHUNK_SIZE` (the graph counts tiles in int32).
+            1 to :data:`tfssim.core.tiling_params.MAX_CHUNK_SIZE` (the graph counts tiles in int32).
         training_config: Stored in the metadata (default: the run folder's).
             The metadata's ``checkpoint`` records the file and epoch taken (see
             :func:`load_for_export`); exporting a run folder whose training still holds its
@@ -135,7 +135,7 @@ def export_model(
             ``{"weighting": "uniform"}`` to score with plain patch means (the paper's SSIM
             definition) a model trained with ``tf.image.ssim``'s Gaussian window.
         map_sigma: Gaussian smoothing (standard deviation in pixels) of every served map,
-            inside the graph (:func:`tfssim.core.scoring.smooth_map`); 0 (default) serves the maps
+            inside the graph (:func:`tfssim.models.scoring.smooth_map`); 0 (default) serves the maps
             as the paper computes them. Recorded in the metadata as ``map_sigma``, so a
             threshold calibrated on this export applies to the smoothed maps.
         jit_compile: Compile the model call with XLA. Off by default: TensorFlow Serving
@@ -154,7 +154,7 @@ def export_model(
             (``tfssim-train --image-size``); default the training config's, else none.
         border: ``"none"`` (the paper) or ``"reflect"``: the graph mirrors each request outward
             by half a patch before tiling and crops every output back
-            (:func:`tfssim.core.scoring.anomaly_maps`). Recorded in the metadata as ``border``.
+            (:func:`tfssim.models.scoring.anomaly_maps`). Recorded in the metadata as ``border``.
         blend: ``"mean"`` (the paper) or ``"gaussian"``: how overlapping tiles are combined in
             the graph (:func:`tfssim.core.tiling.blend_weights`). Recorded as ``blend``.
         map_formula: How the served ``anomaly_map`` is made (:mod:`tfssim.core.map_formula`; SSIM
@@ -267,7 +267,7 @@ def _settings(model: keras.Model, info: dict[str, Any], *, kind: str | None, str
     check_value("vae_samples", vae_samples, "vae_samples")
     with input_checks():
         map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
-    border, blend = scoring.check_border(border), tiling.check_blend(blend)
+    border, blend = check_border(border), check_blend(blend)
     formula = MapFormula.of(map_formula).check_model(residual, patch_size)
     training_config = training_config if training_config is not None else info.get("training_config")
     scale, image_size = _resizing(scale, image_size, training_config, patch_size)

@@ -1,4 +1,4 @@
-"""The paper's autoencoders and a registry of the four model kinds by name.
+"""The paper's autoencoders, a registry of the four model kinds by name, and their anomaly maps.
 
 | kind   | network                    | training loss            | anomaly map                   |
 |--------|----------------------------|--------------------------|-------------------------------|
@@ -15,8 +15,8 @@ Example:
 
 The kinds' names, anomaly maps and the architecture's size rule (:mod:`~tfssim.models.kinds`)
 import no Keras and are imported at once; every other name (:mod:`~tfssim.models.registry`,
-:mod:`~tfssim.models.cae`, :mod:`~tfssim.models.vae`, :mod:`~tfssim.models.features`) on first
-use (PEP 562 module ``__getattr__``), so that the training settings check a model kind without
+:mod:`~tfssim.models.cae`, :mod:`~tfssim.models.vae`; :mod:`~tfssim.models.scoring`, the
+anomaly maps of whole images) on first use (PEP 562 module ``__getattr__``), so that the training settings check a model kind without
 TensorFlow. Using one of those names registers the package's Keras classes (``tfssim>LeakyReLU``,
 ``tfssim>VariationalAutoencoder``) that ``keras.saving.load_model`` needs.
 """
@@ -34,9 +34,6 @@ _LAZY = {
     "build_autoencoder": "tfssim.models.cae",
     "build_decoder": "tfssim.models.cae",
     "build_encoder": "tfssim.models.cae",
-    "WeightsUnavailableError": "tfssim.models.features",
-    "build_feature_extractor": "tfssim.models.features",
-    "extract_features": "tfssim.models.features",
     "VariationalAutoencoder": "tfssim.models.vae",
     "reconstruction_nll": "tfssim.models.vae",
     "ModelSpec": "tfssim.models.registry",
@@ -47,7 +44,7 @@ _LAZY = {
 }
 
 # The package's submodules, reachable as attributes (``tfssim.models.<module>``) before anything imported them.
-_SUBMODULES = ("cae", "features", "kinds", "registry", "vae")
+_SUBMODULES = ("cae", "kinds", "registry", "scoring", "vae")
 
 __all__ = ["MODEL_KINDS", "ModelKind", "get_kind", "validate_architecture", *_LAZY]
 

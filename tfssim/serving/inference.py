@@ -1,7 +1,6 @@
 """Run an exported SavedModel from Python, with TensorFlow alone (no Keras model code)."""
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -11,50 +10,10 @@ from typing import Any
 import numpy as np
 
 from tfssim.errors import InputError
-from tfssim.export.layout import (
-    METADATA_FILE,
-    SAVED_MODEL_FILE,
-    check_loadable_path,
-    check_version_files,
-    resolve_version,
-)
-from tfssim.export.metadata import ExportMetadata, read_json
+from tfssim.export.layout import resolve_export_dir
+from tfssim.export.metadata import ExportMetadata, read_export_metadata
 
-__all__ = [
-    "ExportedModel", "METADATA_FILE", "read_export_metadata", "readable_tf_error",
-    "resolve_export_dir",
-]
-
-
-def read_export_metadata(export_dir: str | os.PathLike) -> ExportMetadata:
-    """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
-
-    The file must be strict JSON (no ``NaN``/``Infinity``), at most 16 MiB
-    (:func:`tfssim.export.metadata.read_json`), an object that passes :class:`tfssim.export.metadata.ExportMetadata`'s
-    checks (the one definition of every key's type and range).
-    Every failure is one ``InputError`` line naming the file.
-
-    Args:
-        export_dir: The version folder.
-
-    Returns:
-        The validated metadata (``to_dict()`` gives the JSON object as written back).
-
-    Raises:
-        InputError: The file is missing, unreadable, not strict JSON or holds malformed values.
-
-    Example:
-        >>> read_export_metadata("exported_models/nanotwice/1").threshold
-    """
-    path = Path(export_dir) / METADATA_FILE
-    try:
-        exists = path.is_file()
-    except OSError as err:
-        raise InputError(f"cannot read export metadata {path}: {err.strerror or type(err).__name__}") from None
-    if not exists:
-        raise InputError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export "
-                         "(re-export the model with tfssim-export)")
-    return ExportMetadata.from_dict(read_json(path), source=path)  # every key's type and range
+__all__ = ["ExportedModel", "readable_tf_error"]
 
 
 def readable_tf_error(message: str) -> str:
@@ -70,37 +29,6 @@ def readable_tf_error(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(noise)]
     return (useful or lines or ["TensorFlow error"])[0]
-
-
-def resolve_export_dir(path: str | Path) -> Path:
-    """A version folder (holding ``saved_model.pb``) from itself or its model folder (newest version).
-
-    The versions of a model folder are :mod:`tfssim.export.layout`'s (ASCII digits, 1 to 2**63 - 1);
-    the version must hold only regular files and folders
-    (:func:`tfssim.export.layout.check_version_files`): a link inside is refused, not followed.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        InputError: naming the path, when neither holds an export with tfssim metadata, or the
-            version holds a link, a device or a pipe.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"export {path} does not exist")
-    check_loadable_path(path)
-    version = resolve_version(path, SAVED_MODEL_FILE)
-    if version is None:
-        raise InputError(f"{path} is not a SavedModel (no {SAVED_MODEL_FILE}) and has no numbered version folders")
-    path = version
-    if not (path / SAVED_MODEL_FILE).exists():
-        raise InputError(f"{path} has no {SAVED_MODEL_FILE}; is the export complete?")
-    check_version_files(path)
-    if not (path / METADATA_FILE).is_file():
-        raise InputError(
-            f"export {path} has no {METADATA_FILE} metadata; it was not written by tfssim-export "
-            "(re-export the model with tfssim-export)"
-        )
-    return path
 
 
 @dataclass

@@ -324,7 +324,7 @@ class PredictionPlan:
 
         Args:
             export: The export's version folder.
-            metadata: Its metadata (``ExportedModel.metadata`` or ``tfssim.serving.inference.read_export_metadata``'s).
+            metadata: Its metadata (``ExportedModel.metadata`` or ``tfssim.export.metadata.read_export_metadata``'s).
             paths, output_dir, threshold, mask_dir, min_area, inputs: As :func:`predict_files`.
 
         Returns:

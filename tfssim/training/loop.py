@@ -221,7 +221,7 @@ def train(config: TrainConfig, *, resume: bool = False, verbose: int | str = "au
         OSError: the run folder cannot be created or written (e.g. no permission).
         FloatingPointError: the loss (or a weight) became NaN/inf; the last good epoch's state
             is kept and no final model is written.
-        tfssim.models.WeightsUnavailableError: ``model="fm"`` with ImageNet weights that cannot
+        tfssim.core.features.WeightsUnavailableError: ``model="fm"`` with ImageNet weights that cannot
             be downloaded (the message names ``--weights FILE``); nothing is written.
 
     Side effects on the calling process:

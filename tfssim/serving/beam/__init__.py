@@ -115,7 +115,8 @@ def predict_with_beam(
             then says ``interrupted`` and lists no image (the files of the images written
             before are whole).
     """
-    from tfssim.serving.inference import read_export_metadata, resolve_export_dir
+    from tfssim.export.layout import resolve_export_dir
+    from tfssim.export.metadata import read_export_metadata
     from tfssim.serving.prediction import PredictionPlan
 
     options = check_pipeline(runner, pipeline_args)  # before anything is read or created

@@ -33,14 +33,13 @@ import tensorflow as tf
 from tfssim.core import resize, tiling
 from tfssim.core.map_formula import MapFormula
 from tfssim.core.ssim import SSIMParams, ssim_maps
+from tfssim.core.tiling_params import DEFAULT_CHUNK_SIZE, DEFAULT_STRIDE, check_blend, check_border
 from tfssim.errors import InputError
-from tfssim.export.metadata import BORDERS
-from tfssim.models import VariationalAutoencoder, get_spec, kind_of, reconstruction_nll
+from tfssim.models.registry import get_spec, kind_of
+from tfssim.models.vae import VariationalAutoencoder, reconstruction_nll
 
 __all__ = [
     "RESIDUALS",
-    "BORDERS",
-    "check_border",
     "border_padding",
     "pad_border",
     "SSIM_KEYS",
@@ -225,13 +224,6 @@ def second_term(x: tf.Tensor, reconstruction: tf.Tensor, formula: MapFormula | d
     raise InputError(f"map formula {formula.name!r} has no second term")
 
 
-def check_border(border: str) -> str:
-    """``border`` if it is one of :data:`BORDERS`, else one ``InputError`` line."""
-    if border not in BORDERS:
-        raise InputError(f"unknown border handling {border!r}; choose one of {', '.join(BORDERS)}")
-    return border
-
-
 def border_padding(patch_size: int, border: str) -> int:
     """Pixels added on each side of the image by ``border``: ``patch_size // 2`` for
     ``"reflect"`` (then every image pixel is at most a quarter patch from some tile's centre
@@ -265,9 +257,9 @@ def anomaly_maps(
     image: tf.Tensor,
     kind: str | None = None,
     patch_size: int | None = None,
-    stride: int | tf.Tensor = 30,
+    stride: int | tf.Tensor = DEFAULT_STRIDE,
     *,
-    chunk_size: int = tiling.DEFAULT_CHUNK,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     ssim_kwargs: SSIMParams | dict[str, Any] | None = None,
     vae_samples: int | None = None,
     vae_seed: int = 0,
@@ -307,7 +299,7 @@ def anomaly_maps(
             are reconstructed by tile centres and scored with SSIM windows over real
             (mirrored) content. Not free: on an oriented texture the mirrored strip is a
             pattern the model never saw.
-        blend: How overlapping tiles are combined (:data:`tfssim.core.tiling.BLENDS`): ``"mean"``
+        blend: How overlapping tiles are combined (:data:`tfssim.core.tiling_params.BLENDS`): ``"mean"``
             (the paper) or ``"gaussian"`` (:func:`tfssim.core.tiling.blend_weights`).
         map_formula: How ``anomaly_map`` is made (:class:`tfssim.core.map_formula.MapFormula` or a
             record of one): ``None`` / ``"ssim"`` is ``1 - SSIM`` (the paper); the
@@ -324,7 +316,7 @@ def anomaly_maps(
     patch_size = patch_size or model_patch_size(model)
     map_sigma = validate_map_sigma(map_sigma, patch_size)
     formula = MapFormula.of(map_formula).check_model(residual, patch_size)
-    tiles = _Tiling(patch_size, stride, chunk_size, check_border(border), tiling.check_blend(blend), formula)
+    tiles = _Tiling(patch_size, stride, chunk_size, check_border(border), check_blend(blend), formula)
     if resize.is_identity(scale, image_size):
         maps = _maps(model, image, residual, tiles, ssim_kwargs, vae_samples, vae_seed, jit_compile)
     else:
