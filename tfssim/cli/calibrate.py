@@ -6,7 +6,7 @@ import click
 
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 from tfssim.errors import InputError
-from tfssim.evaluation.calibration import DEFAULT_FPR  # no TensorFlow: --help stays cheap
+from tfssim.serving.postprocess import DEFAULT_FPR  # no TensorFlow: --help stays cheap
 from tfssim.serving.prediction import expand_inputs
 
 

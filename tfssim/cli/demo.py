@@ -22,7 +22,7 @@ from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_re
 from tfssim.core.tiling_params import DEFAULT_STRIDE
 from tfssim.data.synthetic import TEXTURES
 from tfssim.errors import InputError
-from tfssim.evaluation.calibration import DEFAULT_FPR
+from tfssim.serving.postprocess import DEFAULT_FPR
 from tfssim.training.config import TrainConfig
 
 # Defective copies per validation image when the demo tunes: its 2 validation images are small,
@@ -33,7 +33,7 @@ TUNE_COPIES = 4
 @click.command(cls=Command,
                interrupted="what the demo wrote was removed; run it again with the same --output")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="demo_output", help="Folder for everything the demo makes.")
-@click.option("--texture", type=click.Choice(TEXTURES), default="brick", help="scikit-image texture to inspect.")
+@click.option("--texture", type=click.Choice(TEXTURES), default=TEXTURES[0], help="scikit-image texture to inspect.")
 @click.option("--epochs", type=click.IntRange(min=1), default=40)
 @click.option("--patches-per-epoch", type=click.IntRange(min=1), default=2048)
 @click.option("--patch-size", type=click.IntRange(min=16), default=64)

@@ -6,9 +6,11 @@ import time
 import click
 
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
+from tfssim.data.layouts import LAYOUT_CHOICES
 
 # The split rule is the library's (a script evaluating with tfssim.evaluation.evaluate gets the same split).
 from tfssim.evaluation.evaluate import DEFAULT_SEED, DEFAULT_VAL_SPLIT, split_settings  # noqa: F401 - re-exported
+from tfssim.serving.postprocess import DEFAULT_FPR
 
 
 @click.command(cls=Command,
@@ -16,8 +18,8 @@ from tfssim.evaluation.evaluate import DEFAULT_SEED, DEFAULT_VAL_SPLIT, split_se
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Folder for results and plots.")
-@click.option("--layout", type=click.Choice(("auto", "nanotwice", "mvtec", "folder")), default="auto")
-@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=LAYOUT_CHOICES[0])
+@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULT_FPR,
               help="Pixel false-positive rate on the validation images that sets the threshold.")
 @click.option("--val-split", type=FloatRange(0, 1, max_open=True), default=None,
               help="Validation share for MVTec AD / plain folders; default the one the (first) export was "

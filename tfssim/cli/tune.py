@@ -8,7 +8,14 @@ from tfssim.core.map_formula import FORMULAS
 from tfssim.core.tiling_params import BLENDS, BORDERS
 from tfssim.data.defects import FAMILIES
 from tfssim.errors import InputError
-from tfssim.evaluation.tuning import STRIDE_TOLERANCE, THRESHOLD_RULES
+from tfssim.evaluation.tuning import (
+    DEFAULT_COPIES,
+    DEFAULT_DEFECT_SEED,
+    DEFAULT_OUTPUT,
+    STRIDE_TOLERANCE,
+    THRESHOLD_RULES,
+)
+from tfssim.serving.postprocess import DEFAULT_FPR
 
 
 @click.command(cls=Command, interrupted="no new version was written; the export is unchanged")
@@ -18,14 +25,14 @@ from tfssim.evaluation.tuning import STRIDE_TOLERANCE, THRESHOLD_RULES
               metavar="MIN MAX",
               help="Range of synthetic defect sizes (equivalent diameter, pixels): the sizes you must find  "
                    "[default: 1/16 to 1/2 of the patch side]")
-@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+@click.option("--fpr", type=FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULT_FPR,
               help="Share of defect-free pixels allowed above the threshold.")
-@click.option("--threshold-rule", type=click.Choice(THRESHOLD_RULES), default="fpr",
+@click.option("--threshold-rule", type=click.Choice(THRESHOLD_RULES), default=THRESHOLD_RULES[0],
               help="fpr: the threshold at --fpr on the clean images (the paper's); f1: the threshold with the best "
                    "synthetic-defect F1 among those whose clean-pixel FPR stays within --fpr (both are recorded).")
-@click.option("--copies", type=click.IntRange(min=1), default=4, help="Defective copies painted per image.")
-@click.option("--seed", type=int, default=0, help="Seed of the synthetic defects.")
-@click.option("--output", "-o", type=click.Path(file_okay=False), default="tuning",
+@click.option("--copies", type=click.IntRange(min=1), default=DEFAULT_COPIES, help="Defective copies painted per image.")
+@click.option("--seed", type=int, default=DEFAULT_DEFECT_SEED, help="Seed of the synthetic defects.")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=DEFAULT_OUTPUT,
               help="Folder for tuning.json and tuning.png (never an input folder).")
 @click.option("--model", "source", type=click.Path(exists=True), default=None,
               help="Run folder or .keras file the export was made from; default the one its metadata records.")

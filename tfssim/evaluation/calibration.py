@@ -28,11 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfssim.errors import InputError, check_fpr
+from tfssim.serving.postprocess import DEFAULT_FPR
 
-__all__ = ["DEFAULT_FPR", "Calibration", "calibrate", "largest_region_area", "threshold_at_min_defect_area"]
+__all__ = ["Calibration", "calibrate", "largest_region_area", "threshold_at_min_defect_area"]
 
-# The pixel false-positive rate of calibrate() when no rule is given (tfssim-calibrate's default).
-DEFAULT_FPR = 0.01
 
 
 @dataclasses.dataclass(frozen=True)

@@ -128,6 +128,11 @@ TIMED_IMAGES, TIMING_ROUNDS = 3, 2
 # Minimum region areas tried, as shares of the area of the smallest defect size asked for.
 MIN_AREA_FRACTIONS = (0.0, 0.25, 0.5, 1.0)
 THRESHOLD_RULES = ("fpr", "f1")
+# Defective copies painted per validation image, and the painter's seed (tfssim-tune's defaults).
+DEFAULT_COPIES = 4
+DEFAULT_DEFECT_SEED = 0
+# The folder for tuning.json and tuning.png when none is named.
+DEFAULT_OUTPUT = "tuning"
 # A synthetic defect region counts as found when at least this share of its pixels is flagged
 # (the overlap PRO measures per region).
 REGION_FOUND_SHARE = 0.3
@@ -1496,10 +1501,10 @@ def tune(
     images: Sequence[np.ndarray | str | os.PathLike],
     *,
     size_range: Sequence[float] | None = None,
-    fpr: float = 0.01,
-    threshold_rule: str = "fpr",
-    copies: int = 4,
-    seed: int = 0,
+    fpr: float = postprocess.DEFAULT_FPR,
+    threshold_rule: str = THRESHOLD_RULES[0],
+    copies: int = DEFAULT_COPIES,
+    seed: int = DEFAULT_DEFECT_SEED,
     windows: Sequence[int] = DEFAULT_WINDOWS,
     weightings: Sequence[str] = DEFAULT_WEIGHTINGS,
     sigmas: Sequence[float] | None = None,
@@ -1810,7 +1815,7 @@ def recorded_validation_images(model: ExportedModel, source: str | os.PathLike |
 
 
 def tune_export(export: str | os.PathLike | ExportedModel, images: Sequence[str | os.PathLike] | None = None,
-                output: str | os.PathLike = "tuning", *, source: str | os.PathLike | None = None,
+                output: str | os.PathLike = DEFAULT_OUTPUT, *, source: str | os.PathLike | None = None,
                 progress: bool = True, announce: Any = None, **tune_kwargs: Any) -> TuneRun:
     """:func:`tune` an export and write the result: a new version, ``tuning.json`` and ``tuning.png``.
 

@@ -26,7 +26,7 @@ from tfssim.export.layout import (
     next_version,
     version_folder,
 )
-from tfssim.export.metadata import METADATA_FILE, ExportMetadata, check_value, read_export_metadata
+from tfssim.export.metadata import METADATA_FILE, ExportMetadata, check_value, read_export_metadata, renumber_export
 
 __all__ = ["write_calibrated_version"]
 
@@ -112,7 +112,7 @@ def write_calibrated_version(export_dir: str | os.PathLike, threshold: float, fp
         metadata = changed.replace(version=version).to_dict()
         atomic_write_json(copy / METADATA_FILE, metadata)
         _fsync_tree(copy)
-        destination = _move_into_place(copy, model_root, version, auto=True, metadata=metadata)
+        destination = _move_into_place(copy, model_root, version, auto=True, renumber=renumber_export)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("calibrated %s as new version %s (threshold %.6g)", source, destination, threshold)

@@ -26,9 +26,8 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from tfssim._io import atomic_write_json
 from tfssim.errors import InputError
 
 __all__ = [
@@ -425,13 +424,13 @@ MAX_VERSION_RETRIES = 20
 
 
 def _move_into_place(export_dir: Path, model_root: Path, version: int, *, auto: bool,
-                     metadata: dict[str, Any] | None = None, retries: int = MAX_VERSION_RETRIES) -> Path:
+                     renumber: Callable[[Path, int], None] | None = None, retries: int = MAX_VERSION_RETRIES) -> Path:
     """Rename the finished ``export_dir`` to ``model_root/version``, never replacing anything there.
 
     With ``auto`` (the version was chosen by :func:`next_version`, not by the user), a version
     taken meanwhile by another export is no error: the export takes the next free number
-    instead, at most ``retries`` times, rewriting the ``version`` of ``metadata`` (when given)
-    in ``export_dir`` first. An explicit version raises ``FileExistsError`` at once.
+    instead, at most ``retries`` times, calling ``renumber(export_dir, version)`` (when given:
+    :func:`tfssim.export.metadata.renumber_export`) first. An explicit version raises ``FileExistsError`` at once.
 
     Returns:
         The version folder the export now lives in.
@@ -455,9 +454,8 @@ def _move_into_place(export_dir: Path, model_root: Path, version: int, *, auto: 
                              "a new model folder numbered from 1")
         logger.warning("%s was taken by another export meanwhile; this export becomes version %d",
                        model_root / str(taken), version)
-        if metadata is not None:
-            metadata["version"] = version
-            atomic_write_json(export_dir / METADATA_FILE, metadata, default=str)
+        if renumber is not None:
+            renumber(export_dir, version)
     raise AssertionError("unreachable")
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from tfssim._io import atomic_write_json
 from tfssim.core.map_formula import FORMULAS, MapFormula
 from tfssim.core.ssim_params import SSIMParams
 from tfssim.core.tiling_params import BLENDS, BORDERS, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
@@ -48,7 +49,7 @@ from tfssim.export.layout import (
 from tfssim.run_record import setting_problem
 
 __all__ = ["ExportMetadata", "FORMAT", "MAX_BYTES", "MAX_OPENING_DIAMETER",
-           "METADATA_FILE", "calibrated_versions", "check_value", "metadata_path", "read_export_metadata", "read_json"]
+           "METADATA_FILE", "calibrated_versions", "check_value", "metadata_path", "read_export_metadata", "read_json", "renumber_export"]
 
 # The metadata format this module reads and writes ("format" key); a larger one is refused.
 FORMAT = 1
@@ -630,3 +631,18 @@ def read_export_metadata(export_dir: str | os.PathLike) -> ExportMetadata:
         raise InputError(f"{export_dir} has no {METADATA_FILE}; it is not a tfssim export "
                          "(re-export the model with tfssim-export)")
     return ExportMetadata.from_dict(read_json(path), source=path)  # every key's type and range
+
+
+def renumber_export(version_dir: str | os.PathLike, version: int) -> None:
+    """Record ``version`` in the metadata of an export that is about to take that number.
+
+    :func:`tfssim.export.layout._move_into_place` calls it when a concurrent export took the
+    number this one was built for.
+
+    Args:
+        version_dir: The finished export folder, not yet in place.
+        version: Its new version number.
+    """
+    path = Path(version_dir) / METADATA_FILE
+    renumbered = ExportMetadata.from_dict(read_json(path), source=path).replace(version=version)
+    atomic_write_json(path, renumbered.to_dict(), default=str)

@@ -45,7 +45,7 @@ from tfssim.export.layout import (
     check_name,
     next_version,
 )
-from tfssim.export.metadata import ExportMetadata, check_value  # the keys' rules (no TF)
+from tfssim.export.metadata import ExportMetadata, check_value, renumber_export  # the keys' rules (no TF)
 from tfssim.export.source import _report_checkpoint, load_for_export
 from tfssim.export.warmup import WARMUP_FILE, _write_warmup
 from tfssim.models import MODEL_KINDS, VariationalAutoencoder, get_spec, kind_of, scoring
@@ -401,6 +401,6 @@ def _write_version(archive: keras.export.ExportArchive, metadata: dict[str, Any]
         p = settings.patch_size
         _write_warmup(export_dir / WARMUP_FILE, name, p, settings.channels, settings.stride,
                       side=resize.min_input_size(p + p // 2, settings.scale))
-        return _move_into_place(export_dir, model_root, version, auto=auto, metadata=metadata)
+        return _move_into_place(export_dir, model_root, version, auto=auto, renumber=renumber_export)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

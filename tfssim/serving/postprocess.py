@@ -18,8 +18,13 @@ from tfssim._io import atomic_write_json
 from tfssim.errors import InputError, check_fpr
 from tfssim.export.metadata import MAX_OPENING_DIAMETER, ExportMetadata
 
-__all__ = ["threshold_at_fpr", "opening_footprint", "segment", "segment_regions", "regions_mask", "region_table",
+__all__ = ["DEFAULT_FPR", "threshold_at_fpr", "opening_footprint", "segment", "segment_regions", "regions_mask", "region_table",
            "regions_to_json", "PostProcessor"]
+
+
+# The pixel false-positive rate a threshold is set at when none is named (tfssim-calibrate's,
+# tfssim-tune's and tfssim-evaluate's default): 1% of defect-free pixels above the threshold.
+DEFAULT_FPR = 0.01
 
 
 def threshold_at_fpr(maps: Sequence[np.ndarray], fpr: float) -> float:
