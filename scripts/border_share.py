@@ -14,7 +14,7 @@ Only defect-free images are read (no test image, no labels), so nothing here is 
 data; the tiling a product uses is chosen by ``tfssim-tune`` on synthetic defects.
 
 Example (docs/results.md):
-    python scripts/border_share.py runs/nt/best.keras ../shared/data/NanoTWICE/Normal/ITIA1145.tif \
+    python scripts/border_share.py runs/nt ../shared/data/NanoTWICE/Normal/ITIA1145.tif \
         --map-sigma 0 --map-sigma 12 --output docs/results/border_share_nanotwice.json
 """
 from __future__ import annotations

@@ -1,5 +1,20 @@
 """The run folder's record: ``config.json`` and ``history.csv``, written, read and checked on resume.
 
+A run lives in one folder::
+
+    RUN_DIR/
+      config.json           the resolved configuration, package and TensorFlow versions
+      final.keras           the model after the last epoch
+      best.keras            the model with the lowest validation loss (training loss if no
+                            validation images)
+      history.csv           one row per finished epoch
+      training_curves.png   loss / val_loss per epoch
+      tensorboard/          TensorBoard logs
+      examples/             input / reconstruction / residual PNGs of validation patches
+      state/                resume state: progress.json (epochs done, best value) naming the
+                            weights + optimizer file of the last finished epoch
+      .tfssim-train.lock    held (flock) while a tfssim-train uses the folder: a second one is refused
+
 This is the one definition of the run-folder schema that ``tfssim-export`` reads, shared by both
 trainers: ``tfssim-train`` (:mod:`tfssim.training`) and ``scripts/train_any_backend.py`` (Keras 3
 on JAX or PyTorch, on a machine without TensorFlow). It imports no TensorFlow and no Keras.

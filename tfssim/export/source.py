@@ -168,7 +168,7 @@ def checkpoint_info(run_dir: str | os.PathLike, model_path: str | os.PathLike,
 
 
 def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
-    """One line saying which checkpoint an export took, e.g. ``RUN/best.keras: epoch 7 of 10 (7 done; val_loss 0.0123, the lowest)``."""
+    """One line saying which checkpoint an export took, e.g. ``RUN/<model file>: epoch 7 of 10 (7 done; val_loss 0.0123, the lowest)``."""
     line = f"{checkpoint['path']}: "
     if checkpoint.get("epoch") is None:
         line += "epoch unknown"

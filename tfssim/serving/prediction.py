@@ -3,9 +3,9 @@
 The library behind ``tfssim-predict`` (which is a thin wrapper around :func:`predict_files`), for
 scripts that inspect folders of images without going through the command line.
 
-Why one module of about 520 lines: the input expansion, the output names and the per-image
-writes are the three steps of one file-to-files job whose rules (no input overwritten, one
-distinct output name per input) hold only together. :class:`PredictionPlan` holds those rules
+The input expansion, the output names and the per-image writes are the three steps of one
+file-to-files job whose rules (no input overwritten, one distinct output name per input) hold
+only together. :class:`PredictionPlan` holds those rules
 for one run; :func:`predict_files` runs it in this process, :mod:`tfssim.serving.beam` on an
 Apache Beam runner, both through the same read, segment and write steps.
 

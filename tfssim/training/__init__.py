@@ -1,19 +1,6 @@
 """Training runs: one function that ``tfssim-train`` and user scripts share.
 
-A run lives in one folder::
-
-    RUN_DIR/
-      config.json           the resolved configuration, package and TensorFlow versions
-      final.keras           the model after the last epoch
-      best.keras            the model with the lowest validation loss (training loss if no
-                            validation images)
-      history.csv           one row per finished epoch
-      training_curves.png   loss / val_loss per epoch
-      tensorboard/          TensorBoard logs
-      examples/             input / reconstruction / residual PNGs of validation patches
-      state/                resume state: progress.json (epochs done, best value) naming the
-                            weights + optimizer file of the last finished epoch
-      .tfssim-train.lock    held (flock) while a tfssim-train uses the folder: a second one is refused
+A run lives in one folder, whose files :mod:`tfssim.run_record` names and reads.
 
 Under ``strategy="multiworker"`` only the chief (task 0) writes the run folder, and training runs
 in a custom distributed loop instead of ``model.fit`` (see ``_custom_fit``).
@@ -34,7 +21,7 @@ policy) and :mod:`~tfssim.training.loop` (:func:`train`).
 Importing this package loads no TensorFlow: the settings (:class:`TrainConfig`, :func:`load_config`
 and the choice lists) are imported at once, every other name on first use (PEP 562 module
 ``__getattr__``), so that ``tfssim-train --help`` and the scripts that only read the settings
-stay cheap. The run folder's file names are :mod:`tfssim.run_record`'s.
+stay cheap.
 """
 from __future__ import annotations
 

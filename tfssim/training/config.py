@@ -5,7 +5,7 @@ the model kinds, dataset layouts and SSIM weightings it checks against) are the 
 each setting: ``tfssim-train``, ``tfssim-evaluate``'s split and ``scripts/train_any_backend.py``
 read them from here. ``TrainConfig.validate`` checks and coerces every field (naming the key and
 its option) against :mod:`tfssim.run_record`'s schema of the settings, the same types and ranges a
-run's ``config.json`` is checked against; ``load_config`` reads a YAML or JSON file, bounded in
+run's record is checked against; ``load_config`` reads a YAML or JSON file, bounded in
 size and depth, refusing values of the wrong raw type before anything converts them.
 
 Imports no TensorFlow and no Keras, so that the command-line help and the scripts that only need
@@ -166,7 +166,7 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON holds them (``image_size`` as a list), as a run's ``config.json`` records them."""
+        """The fields as JSON holds them (``image_size`` as a list), as a run's record holds them."""
         values = dataclasses.asdict(self)
         if values["image_size"] is not None:
             values["image_size"] = list(values["image_size"])
@@ -178,7 +178,7 @@ _NO_OPTION = {"ssim_sigma", "ssim_k1", "ssim_k2", "val_patches", "vae_observatio
 _OPTION_OF = {"data": "DATA", "fm_weights": "--weights", "grayscale": "--grayscale/--rgb",
               "augment": "--augment/--no-augment"}
 # (field, minimum, maximum or None) and (field, low, low excluded, high or None, high excluded): the
-# schema's (tfssim.run_record), which a run's config.json is checked against too.
+# schema's (tfssim.run_record), which a run's record is checked against too.
 _INT_FIELDS = tuple((name, *bounds) for name, bounds in INT_SETTINGS.items())
 _FLOAT_FIELDS = tuple((name, *bounds) for name, bounds in FLOAT_SETTINGS.items())
 _BOOL_FIELDS = BOOL_SETTINGS
@@ -332,7 +332,7 @@ def _check_raw_type(path: Path, name: str, value: Any) -> None:
     if name not in _KNOWN_TYPES:
         # a new TrainConfig field needs its type in run_record's schema
         raise AssertionError(f"config field {name!r} has no raw type")
-    if setting_problem(name, value, ranges=False) is None:  # the schema's raw-type rule, config.json's too
+    if setting_problem(name, value, ranges=False) is None:  # the schema's raw-type rule, the run record's too
         return
     if isinstance(value, (list, tuple, dict, set)):
         got = f"a {'mapping' if isinstance(value, dict) else 'list'} {_short_repr(value)}"
