@@ -10,8 +10,7 @@ TensorFlow (and no Keras): a service that calls TF Serving can use them after ``
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tfssim._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -19,11 +18,4 @@ _SUBMODULES = ("core", "data", "models", "training", "export", "serving", "evalu
                "errors")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module 'tfssim' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_SUBMODULES))
+__getattr__, __dir__ = lazy_names(__name__, {}, _SUBMODULES, light=tuple(f"{__name__}.{name}" for name in _SUBMODULES))

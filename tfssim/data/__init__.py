@@ -12,9 +12,7 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from tfssim._lazy import lazy_names
 from tfssim.data.io import (
     IMAGE_SUFFIXES,
     check_binary_mask,
@@ -67,22 +65,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the TensorFlow part of the package on first use of one of its names.
-
-    The value is stored in the module's namespace, so later lookups are plain attribute reads and
-    ``monkeypatch.setattr(tfssim.data, "patch_dataset", ...)`` replaces what callers see.
-
-    Raises:
-        AttributeError: ``name`` is not a name of this package.
-    """
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, (), light=())

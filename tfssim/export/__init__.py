@@ -51,9 +51,7 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from tfssim._lazy import lazy_names
 from tfssim.export.layout import (
     MAX_VERSION,
     MAX_VERSION_RETRIES,
@@ -118,24 +116,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the submodule behind ``name`` on its first use (TensorFlow for :func:`export_model`).
-
-    The value is stored in the package's namespace, so later lookups are plain attribute reads
-    and ``monkeypatch.setattr(tfssim.export, "export_model", ...)`` replaces what callers see.
-
-    Raises:
-        AttributeError: ``name`` is not a name of this package.
-    """
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, _SUBMODULES, light=("tfssim.export.calibrated", "tfssim.export.layout", "tfssim.export.metadata"))

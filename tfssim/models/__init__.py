@@ -22,9 +22,7 @@ TensorFlow. Using one of those names registers the package's Keras classes (``tf
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from tfssim._lazy import lazy_names
 from tfssim.models.kinds import MODEL_KINDS, ModelKind, get_kind, validate_architecture
 
 # Names served by a submodule that imports Keras (and TensorFlow): resolved on first access only.
@@ -49,29 +47,4 @@ _SUBMODULES = ("cae", "kinds", "registry", "scoring", "vae")
 __all__ = ["MODEL_KINDS", "ModelKind", "get_kind", "validate_architecture", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the Keras submodule behind ``name`` (one of its names, or the submodule itself) on first use.
-
-    The value is stored in the package's namespace, so later lookups are plain attribute reads.
-    ``tfssim._tensorflow`` comes first: without TensorFlow the lookup fails with an ``ImportError``
-    naming the install command.
-
-    Raises:
-        AttributeError: ``name`` is not a name of this package.
-    """
-    if name in _SUBMODULES:
-        if name != "kinds":
-            import tfssim._tensorflow  # noqa: F401 - before TensorFlow: the install command when it is missing
-        return importlib.import_module(f"{__name__}.{name}")
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import tfssim._tensorflow  # noqa: F401 - before Keras: the install command when TensorFlow is missing
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, _SUBMODULES, light=("tfssim.models.kinds",))

@@ -25,9 +25,7 @@ stay cheap.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from tfssim._lazy import lazy_names
 from tfssim.training.config import (
     CONFIG_ALIASES,
     CONFIG_MAX_BYTES,
@@ -58,30 +56,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the TensorFlow submodule behind ``name`` (one of its names, or the submodule itself) on first use.
-
-    The value is stored in the package's namespace, so later lookups are plain attribute reads
-    and ``monkeypatch.setattr(tfssim.training, "train", ...)`` replaces what callers see.
-    ``tfssim._tensorflow`` comes first: without TensorFlow the lookup fails with an
-    ``ImportError`` naming the install command.
-
-    Raises:
-        AttributeError: ``name`` is not a name of this package.
-    """
-    if name in _SUBMODULES:
-        if name != "config":
-            import tfssim._tensorflow  # noqa: F401 - before TensorFlow: the install command when it is missing
-        return importlib.import_module(f"{__name__}.{name}")
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import tfssim._tensorflow  # noqa: F401 - before TensorFlow: the install command when it is missing
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, _SUBMODULES, light=("tfssim.training.config",))
