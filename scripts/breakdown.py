@@ -26,7 +26,8 @@ def breakdown(dataset: str, export: str) -> dict:
 
     from tfssim import data
     from tfssim.evaluation import metrics
-    from tfssim.evaluation.evaluate import compute_maps, load_split
+    from tfssim.evaluation.evaluate import compute_maps
+    from tfssim.evaluation.splits import load_split
     from tfssim.serving.inference import ExportedModel
 
     model = ExportedModel.load(export)

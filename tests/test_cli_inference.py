@@ -17,7 +17,7 @@ from tfssim.cli.calibrate import main as calibrate_cli
 from tfssim.cli.evaluate import main as evaluate_cli
 from tfssim.cli.predict import main as predict_cli
 from tfssim.errors import InputError
-from tfssim.evaluation import evaluate, metrics
+from tfssim.evaluation import evaluate, metrics, splits
 from tfssim.serving import postprocess
 from tfssim.serving.inference import ExportedModel
 
@@ -69,10 +69,10 @@ def test_library_calibrate_sets_the_fpr_on_paths_or_arrays(exports, dataset, tmp
 
 def test_library_load_split_uses_the_training_split(exports, dataset, tmp_path):
     a = _with_training_config(exports[0], tmp_path / "a", {"val_split": 0.5, "seed": 3})
-    split, val_split, seed = evaluate.load_split(dataset, [a])
+    split, val_split, seed = splits.load_split(dataset, [a])
     expected = data.load_dataset(dataset, val_fraction=0.5, seed=3)
     assert (val_split, seed) == (0.5, 3) and split.val == expected.val and split.train == expected.train
-    split, val_split, seed = evaluate.load_split(dataset, [ExportedModel.load(a)], val_split=0.25, seed=1)
+    split, val_split, seed = splits.load_split(dataset, [ExportedModel.load(a)], val_split=0.25, seed=1)
     assert (val_split, seed) == (0.25, 1) and split.val == data.load_dataset(dataset, val_fraction=0.25, seed=1).val
 
 
@@ -343,7 +343,7 @@ def test_evaluate_splits_validation_as_the_export_was_trained(exports, dataset, 
 
 
 def test_split_settings_prefers_given_values_then_the_first_training_config():
-    from tfssim.cli.evaluate import split_settings
+    from tfssim.evaluation.splits import split_settings
 
     configs = [{"val_split": 0.3, "seed": 2}, None, {}]
     assert split_settings(configs, None, None) == (0.3, 2, [])

@@ -22,7 +22,7 @@ from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
 from tfssim.data.layouts import DatasetSplit
 from tfssim.errors import InputError
-from tfssim.evaluation import evaluate, metrics
+from tfssim.evaluation import evaluate, metrics, per_type
 from tfssim.export.metadata import ExportMetadata
 from tfssim.serving import postprocess
 
@@ -212,7 +212,7 @@ def test_per_type_scores_match_the_exact_computation_on_each_types_pixels():
         assert (scores["images"], scores["good_images"]) == (len(own), len(good))
     # per_type_scores (maps in memory, segmentations given) is the same accumulators.
     segs = _segment(test, threshold, **settings)
-    assert evaluate.per_type_scores(test, masks, labels, segs) == result.per_type
+    assert per_type.per_type_scores(test, masks, labels, segs) == result.per_type
 
 
 @pytest.mark.parametrize("case", ["smooth", "float64", "negative", "ties"])
@@ -395,5 +395,5 @@ def test_the_benchmark_scripts_dataset_is_typed_and_its_help_runs(tmp_path, caps
         bench.main(["--help"])
     assert done.value.code == 0 and "--checkouts" in capsys.readouterr().out
     split = data.load_dataset(bench.dataset(tmp_path / "d", val=1, test=8, size=64))
-    assert evaluate.defect_types(split) == ["scratch", "spot"] and len(split.test) == 8
+    assert per_type.defect_types(split) == ["scratch", "spot"] and len(split.test) == 8
     assert split.test_labels.count("good") == 2 and sum(m is not None for m in split.test_masks) == 6

@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
 from tfssim import data
 from tfssim.cli.evaluate import main as evaluate_cli
-from tfssim.evaluation import evaluate
+from tfssim.evaluation import evaluate, per_type
 from tfssim.serving.inference import ExportedModel
 
 # ---------------------------------------------------------------------------------------------
@@ -90,14 +90,14 @@ def _typed_folder(dataset: Path, root: Path) -> Path:
 
 def test_defect_types_of_each_layout(dataset, tmp_path):
     typed = _typed_folder(dataset, tmp_path / "typed")
-    assert evaluate.defect_types(data.load_dataset(typed)) == ["crack", "stain"]
-    assert evaluate.defect_types(data.load_dataset(dataset)) == []  # flat test/ folder
+    assert per_type.defect_types(data.load_dataset(typed)) == ["crack", "stain"]
+    assert per_type.defect_types(data.load_dataset(dataset)) == []  # flat test/ folder
     mvtec = tmp_path / "mvtec"
     shutil.copytree(dataset / "train", mvtec / "train" / "good")
     shutil.copytree(typed / "test", mvtec / "test")
     shutil.copytree(typed / "ground_truth", mvtec / "ground_truth")
     split = data.load_dataset(mvtec)
-    assert split.layout == "mvtec" and evaluate.defect_types(split) == ["crack", "stain"]
+    assert split.layout == "mvtec" and per_type.defect_types(split) == ["crack", "stain"]
     nano = tmp_path / "nano"
     (nano / "Anomalous").mkdir(parents=True)
     shutil.copytree(dataset / "val", nano / "Normal")
@@ -105,7 +105,7 @@ def test_defect_types_of_each_layout(dataset, tmp_path):
     (nano / "Anomalous" / "gt").mkdir()
     for mask in (dataset / "ground_truth").iterdir():
         shutil.copy(mask, nano / "Anomalous" / "gt" / mask.name.replace("_mask", "_gt"))
-    assert evaluate.defect_types(data.load_dataset(nano)) == []
+    assert per_type.defect_types(data.load_dataset(nano)) == []
 
 
 @pytest.mark.slow  # two evaluations of a tiny export: about 15 s here
@@ -480,7 +480,7 @@ def test_export_says_when_it_cannot_tell_whether_training_runs(tmp_path, caplog)
     checkpoint = {"file": "final.keras", "path": str(run / "final.keras"), "epoch": 4, "epochs_configured": 4,
                   "epochs_done": 4, "monitor": "loss", "loss": 0.25, "training_running": None}
     with caplog.at_level("INFO", logger="tfssim.export"):
-        export._report_checkpoint(run, checkpoint)
+        export.source._report_checkpoint(run, checkpoint)
     assert f"checkpoint: {run / 'final.keras'}: epoch 4 of 4 (4 done; loss 0.25)" in caplog.text
     assert "cannot tell whether training" in caplog.text and "warning" not in caplog.text
 

@@ -151,7 +151,7 @@ def plot_per_type(scores: Mapping[str, Mapping[str, Mapping[str, float | None]]]
 
     Args:
         scores: ``{model: {defect type: {"pixel_auroc": ..., "aupro_0.3": ..., "image_auroc": ...,
-            "f1": ...}}}`` (:func:`tfssim.evaluation.evaluate.per_type_scores` per model). A missing or
+            "f1": ...}}}`` (:func:`tfssim.evaluation.per_type.per_type_scores` per model). A missing or
             ``None`` score leaves its bar out.
         path: The PNG to write.
 

@@ -7,9 +7,7 @@ import click
 
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
 from tfssim.data.layouts import LAYOUT_CHOICES
-
-# The split rule is the library's (a script evaluating with tfssim.evaluation.evaluate gets the same split).
-from tfssim.evaluation.evaluate import DEFAULT_SEED, DEFAULT_VAL_SPLIT, split_settings  # noqa: F401 - re-exported
+from tfssim.evaluation.splits import DEFAULT_SEED, DEFAULT_VAL_SPLIT
 from tfssim.serving.postprocess import DEFAULT_FPR
 
 
@@ -40,7 +38,7 @@ def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: 
     Test sets sorted by defect type (MVTec AD, or test/<type>/ folders) are also scored per type:
     each type's images together with the good test images."""
     setup_logging(verbose)
-    from tfssim.evaluation import evaluate
+    from tfssim.evaluation import evaluate, splits
     from tfssim.export.layout import resolve_export_dir
     from tfssim.serving.inference import ExportedModel
 
@@ -49,7 +47,7 @@ def main(dataset: str, exports: tuple[str, ...], output: str, layout: str, fpr: 
         # The metadata alone first (cheap): the split must be the one of training.
         folders = [resolve_export_dir(e) for e in exports]
         # The split the exports were trained with (tfssim.evaluation.evaluate's rule); warnings as they are found.
-        split, _, _ = evaluate.load_split(dataset, folders, layout=layout, val_split=val_split, seed=seed,
+        split, _, _ = splits.load_split(dataset, folders, layout=layout, val_split=val_split, seed=seed,
                                             warn=lambda line: click.echo(line, err=True))
         models = [ExportedModel.load(f) for f in folders]
         results = evaluate.evaluate(split, models, output, fpr=fpr, segmentation_auroc=segmentation_auroc)

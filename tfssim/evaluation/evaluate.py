@@ -50,7 +50,7 @@ compares with the exact in-memory computation (:mod:`tfssim.evaluation.metrics`)
   tests' small maps (equal with ties).
 
 By seam: which validation split sets the threshold is :mod:`tfssim.evaluation.splits` (:func:`load_split`),
-the per-type pooling :mod:`tfssim.evaluation.per_type`; both are re-exported here. This module is the metric
+the per-type pooling :mod:`tfssim.evaluation.per_type`. This module is the metric
 loop (:func:`evaluate_maps`, :func:`evaluate`) and its files (curves, ``results.csv``, the table).
 """
 from __future__ import annotations
@@ -68,16 +68,13 @@ import numpy as np
 from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir, progress_bar, save_array
 from tfssim.errors import InputError
 from tfssim.evaluation import metrics
-from tfssim.evaluation.per_type import GOOD, TYPE_KEYS, TypePools, defect_types, per_type_scores
-from tfssim.evaluation.splits import DEFAULT_SEED, DEFAULT_VAL_SPLIT, load_split, split_settings
+from tfssim.evaluation.per_type import GOOD, TYPE_KEYS, TypePools, defect_types
 from tfssim.serving import postprocess
 from tfssim.serving.inference import ExportedModel, ServingTime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportEvaluation", "compute_maps", "defect_types", "evaluate_maps", "evaluate", "format_table",
-           "load_split", "per_type_scores", "split_settings", "write_curves", "GOOD", "TYPE_KEYS", "DEFAULT_SEED",
-           "DEFAULT_VAL_SPLIT"]
+__all__ = ["ExportEvaluation", "compute_maps", "evaluate_maps", "evaluate", "format_table", "write_curves"]
 
 RESULT_KEYS = ("pixel_auroc", "segmentation_auroc", "aupro_0.3", "image_auroc", "threshold", "fpr_target", "val_fpr", "f1", "iou")
 # Columns of results.csv: the scores, then the threshold stored in the export (null if never calibrated).

@@ -1,7 +1,7 @@
 """Which validation split an evaluation sets the threshold on: the one the exports were trained with.
 
 ``tfssim-evaluate`` and the scripts that evaluate exports share this rule (:func:`split_settings`,
-:func:`load_split`, re-exported by :mod:`tfssim.evaluation.evaluate`), so that a threshold is never set on
+:func:`load_split`), so that a threshold is never set on
 a model's own training images. Imports no TensorFlow (the exports' metadata is read as JSON).
 """
 from __future__ import annotations

@@ -82,7 +82,6 @@ _LAZY = {
     "checkpoint_info": "tfssim.export.source",
     "describe_checkpoint": "tfssim.export.source",
     "training_running": "tfssim.export.source",
-    "_report_checkpoint": "tfssim.export.source",  # kept for callers of the old single module
     "warmup_record": "tfssim.export.warmup",
     "WARMUP_FILE": "tfssim.export.warmup",
     "ExportMetadata": "tfssim.export.metadata",

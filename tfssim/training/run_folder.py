@@ -24,7 +24,7 @@ import numpy as np
 
 from tfssim._io import atomic_write, atomic_write_text, machine_errno
 from tfssim.errors import InputError
-from tfssim.run_record import (  # noqa: F401 - the schema's names, re-exported here as before
+from tfssim.run_record import (
     BEST_MODEL_NAME,
     CONFIG_NAME,
     HISTORY_NAME,
@@ -35,9 +35,7 @@ from tfssim.run_record import (  # noqa: F401 - the schema's names, re-exported 
     STATE_DIR,
     check_same_data,
     damaged,
-    data_fingerprint,
     open_run_lock,
-    read_history,
     read_run_record,
     resume_settings,
     write_history,
