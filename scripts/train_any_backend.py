@@ -52,6 +52,7 @@ from tfssim.data.io import list_images, read_image  # noqa: E402
 from tfssim.data.sampling import image_probabilities  # noqa: E402
 from tfssim.errors import InputError  # noqa: E402
 from tfssim.run_record import (  # noqa: E402
+    ANY_BACKEND_STATE_NAME,
     CONFIG_NAME,
     FINAL_MODEL_NAME,
     HISTORY_NAME,
@@ -261,7 +262,7 @@ def _versions() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args, given = parse_args(argv)
     out = args.output
-    state_path, history_path = out / "state.keras", out / HISTORY_NAME
+    state_path, history_path = out / ANY_BACKEND_STATE_NAME, out / HISTORY_NAME
     resuming = state_path.exists() and history_path.exists()
     rows: list[dict[str, str]] = []
     try:

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from tfssim._io import atomic_write
 from tfssim.core.map_formula import MapFormula
+from tfssim.core.tiling_params import DEFAULT_BLEND, DEFAULT_BORDER
 
 __all__ = [
     "plot_roc_curves", "plot_pro_quantiles", "plot_anomaly_map", "plot_overlay", "plot_training_curves",
@@ -207,10 +208,10 @@ def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
         (left, right), (recall_ax, rule_ax) = fig.subplots(2, 2)
     groups: dict[tuple, list[Mapping]] = {}
     before = tuning.synthetic.get("before") or {}
-    own_tiling = (before.get("border", "none"), before.get("blend", "mean"))
+    own_tiling = (before.get("border", DEFAULT_BORDER), before.get("blend", DEFAULT_BLEND))
     for c in tuning.map_candidates:
         formula = MapFormula.of(c.get("map_formula"))
-        key = (c["window_size"], c["weighting"], c.get("border", "none"), c.get("blend", "mean"), formula.describe())
+        key = (c["window_size"], c["weighting"], c.get("border", DEFAULT_BORDER), c.get("blend", DEFAULT_BLEND), formula.describe())
         groups.setdefault(key, []).append(c)
     # Of the formulas with a second term, one line per second term: its best combination.
     best_combination: dict[tuple, tuple] = {}
@@ -234,7 +235,7 @@ def plot_tuning(tuning: Any, path: str | os.PathLike) -> Path:
                   ls=":" if formula != "ssim" else "-" if (border, blend) == own_tiling else "--")
     chosen_formula = MapFormula.of(choice.map_formula)
     best = next(c for c in tuning.map_candidates
-                if (c["window_size"], c["weighting"], c["map_sigma"], c.get("border", "none"), c.get("blend", "mean"))
+                if (c["window_size"], c["weighting"], c["map_sigma"], c.get("border", DEFAULT_BORDER), c.get("blend", DEFAULT_BLEND))
                 == (choice.window_size, choice.weighting, choice.map_sigma, choice.border, choice.blend)
                 and MapFormula.of(c.get("map_formula")) == chosen_formula)
     left.plot([best["map_sigma"]], [best["pixel_auroc"]], marker="*", ms=16, c="k", ls="", label="chosen")

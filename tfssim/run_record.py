@@ -73,6 +73,13 @@ HISTORY_NAME = "history.csv"
 PROGRESS_NAME = "progress.json"
 # The folder of the resume state: PROGRESS_NAME and the weights + optimizer file it names.
 STATE_DIR = "state"
+# That file's ending (Keras's save_weights needs it), the temporary name it is written under, and
+# the name of runs written before progress.json named the file.
+CHECKPOINT_SUFFIX = ".weights.h5"
+CHECKPOINT_TMP_NAME = "checkpoint.tmp" + CHECKPOINT_SUFFIX
+LEGACY_CHECKPOINT_NAME = "checkpoint" + CHECKPOINT_SUFFIX
+# scripts/train_any_backend.py's resume state: model and optimizer in one Keras file.
+ANY_BACKEND_STATE_NAME = "state.keras"
 # A lock file in the run folder: one trainer at a time per folder (tfssim.training.run_folder). Every
 # process that opens it goes through open_run_lock.
 LOCK_NAME = ".tfssim-train.lock"
@@ -83,6 +90,13 @@ FINAL_MODEL_NAME = "final.keras"
 CURVES_NAME = "training_curves.png"
 TENSORBOARD_DIR = "tensorboard"
 EXAMPLES_DIR = "examples"
+
+
+def checkpoint_name(epochs_done: int) -> str:
+    """The resume checkpoint's file name in :data:`STATE_DIR` after ``epochs_done`` epochs."""
+    return f"epoch-{epochs_done:05d}{CHECKPOINT_SUFFIX}"
+
+
 # Settings that say where a run and its data live, not what the run is: a copied or moved run
 # folder resumes (moved data is compared by its images, check_same_data).
 LOCATION_KEYS = ("output", "data")
@@ -549,7 +563,7 @@ def read_run_record(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> 
     (``model``, ``channels``, ``patch_size``, ``latent_dim``, ``ssim``, ``resize``) equal it.
     Keys this version does not know are kept unchecked. Which choices a setting may take (a
     model kind, a layout) is :class:`~tfssim.training.TrainConfig`'s, which needs TensorFlow:
-    ``tfssim.training.read_run`` adds those checks, for both ``tfssim-train --resume`` and
+    ``tfssim.training.run_folder.read_run`` adds those checks, for both ``tfssim-train --resume`` and
     ``tfssim-export``.
 
     Args:
@@ -695,12 +709,12 @@ def read_progress(run_dir: str | os.PathLike, *, otherwise: str = RESTART) -> di
     if not isinstance(progress, dict):
         raise damaged(path, f"holds {_type_name(progress)}, not a JSON object of the resume point", otherwise)
     # runs written before progress.json named its weights file used checkpoint.weights.h5
-    progress = {"weights": "checkpoint.weights.h5", **progress}
+    progress = {"weights": LEGACY_CHECKPOINT_NAME, **progress}
     checks = (("epochs_done", "an integer >= 1", lambda v: _is_int(v) and v >= 1),
               ("best", "a finite number", lambda v: _is_number(v) and _finite(v)),
               # a plain name: the file lies in the state folder, never elsewhere
-              ("weights", "a file name ending in .weights.h5 (in the state folder)",
-               lambda v: isinstance(v, str) and v.endswith(".weights.h5") and v == Path(v).name
+              ("weights", f"a file name ending in {CHECKPOINT_SUFFIX} (in the state folder)",
+               lambda v: isinstance(v, str) and v.endswith(CHECKPOINT_SUFFIX) and v == Path(v).name
                and "\\" not in v and not v.startswith(".")))
     for key, wanted, ok in checks:
         if key not in progress:

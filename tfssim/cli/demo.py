@@ -19,15 +19,11 @@ import click
 
 from tfssim._io import atomic_write_json
 from tfssim.cli._common import Command, FloatRange, setup_logging, tensorflow_required, usage_errors
-from tfssim.core.tiling_params import DEFAULT_STRIDE
+from tfssim.core.tiling_params import BORDERS, DEFAULT_STRIDE
 from tfssim.data.synthetic import TEXTURES
 from tfssim.errors import InputError
 from tfssim.serving.postprocess import DEFAULT_FPR
 from tfssim.training.config import TrainConfig
-
-# Defective copies per validation image when the demo tunes: its 2 validation images are small,
-# so 4 copies (8 painted images) cost seconds; the re-export of the tuned version costs more.
-TUNE_COPIES = 4
 
 
 @click.command(cls=Command,
@@ -93,8 +89,8 @@ def main(output: str, texture: str, epochs: int, patches_per_epoch: int, patch_s
         tune_started = time.perf_counter()
         # No images named: the tuner takes the validation images the training run recorded.
         # Both borders: the demo's two validation crops are small, so comparing them costs seconds.
-        run = tuning.tune_export(first_export, None, out / "tuning", fpr=fpr, copies=TUNE_COPIES, seed=seed,
-                                 progress=False, borders=("none", "reflect"))
+        run = tuning.tune_export(first_export, None, out / "tuning", fpr=fpr, seed=seed,
+                                 progress=False, borders=BORDERS)
         export_dir = run.new_version
         tune_seconds = time.perf_counter() - tune_started
         for line in run.tuning.warnings:

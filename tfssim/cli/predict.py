@@ -11,13 +11,10 @@ import sys
 import click
 
 from tfssim.cli._common import Command, setup_logging, tensorflow_required, usage_errors
-from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
+from tfssim.serving.prediction import expand_inputs, predict_files, speed_line
 
-# The work is tfssim.serving.prediction's; its helpers stay importable from here as before.
-from tfssim.serving.prediction import expand_inputs, output_stems, predict_files, speed_line
-
-__all__ = ["main", "MASK_SUFFIXES", "expand_inputs", "find_mask", "output_stems"]
+__all__ = ["main"]
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

@@ -31,7 +31,7 @@ import tfssim._tensorflow  # noqa: F401,I001 - before keras: without TensorFlow,
 import numpy as np
 import tensorflow as tf
 
-from tfssim.core.tiling_params import BLENDS, DEFAULT_CHUNK_SIZE, check_blend, check_chunk_size
+from tfssim.core.tiling_params import BLENDS, DEFAULT_BLEND, DEFAULT_CHUNK_SIZE, check_blend, check_chunk_size
 from tfssim.errors import InputError
 
 __all__ = [
@@ -329,7 +329,7 @@ def reconstruct(
     stride: int | tf.Tensor,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     samples: int | None = None,
-    blend: str = "mean",
+    blend: str = DEFAULT_BLEND,
 ) -> tf.Tensor:
     """Reconstruct a whole image by strided tiling, chunked model calls and overlap averaging.
 

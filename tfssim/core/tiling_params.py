@@ -1,4 +1,5 @@
-"""The settings of scoring a whole image tile by tile: their names, defaults and bounds.
+"""The settings of scoring a whole image tile by tile (stride, chunk size, blend, border, smoothing):
+their names, defaults and bounds.
 
 One definition for the serving graph (:mod:`tfssim.core.tiling`, :mod:`tfssim.models.scoring`),
 the export's metadata (:mod:`tfssim.export.metadata` checks its stored fields against them) and
@@ -10,8 +11,8 @@ from typing import Any
 
 from tfssim.errors import InputError
 
-__all__ = ["BLENDS", "BORDERS", "DEFAULT_CHUNK_SIZE", "DEFAULT_STRIDE", "MAX_CHUNK_SIZE", "check_blend", "check_border",
-           "check_chunk_size"]
+__all__ = ["BLENDS", "BORDERS", "DEFAULT_BLEND", "DEFAULT_BORDER", "DEFAULT_CHUNK_SIZE", "DEFAULT_MAP_SIGMA", "DEFAULT_STRIDE",
+           "MAX_CHUNK_SIZE", "check_blend", "check_border", "check_chunk_size", "is_chunk_size"]
 
 # The tiling stride when none is named: the paper's 30 for 128-pixel patches.
 DEFAULT_STRIDE = 30
@@ -24,6 +25,14 @@ MAX_CHUNK_SIZE = 2**20
 # combined (``reconstruct``'s ``blend``); the first of each is the paper's.
 BORDERS = ("none", "reflect")
 BLENDS = ("mean", "gaussian")
+DEFAULT_BORDER, DEFAULT_BLEND = BORDERS[0], BLENDS[0]
+# The Gaussian smoothing of the map, in pixels: 0 serves the maps unsmoothed (the paper).
+DEFAULT_MAP_SIGMA = 0.0
+
+
+def is_chunk_size(value: Any) -> bool:
+    """Whether ``value`` is a whole number of tiles per model call from 1 to :data:`MAX_CHUNK_SIZE` (``bool`` is not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CHUNK_SIZE
 
 
 def check_chunk_size(value: Any, what: str = "chunk size") -> int:
@@ -39,7 +48,7 @@ def check_chunk_size(value: Any, what: str = "chunk size") -> int:
     Raises:
         InputError: ``value`` is not an ``int`` (``bool`` is not one) in range.
     """
-    if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CHUNK_SIZE):
+    if not is_chunk_size(value):
         shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) and value.bit_length() > 64 else repr(value)
         raise InputError(f"{what} must be a positive integer of at most {MAX_CHUNK_SIZE}, got {shown[:80]}")
     return value

@@ -139,7 +139,7 @@ def add_defects(image: np.ndarray, rng: np.random.Generator, count: int = 3) -> 
     return out.astype(np.float32), mask
 
 
-def texture_dataset(name: str = "brick", n_val: int = 2, n_test: int = 6, test_size: tuple[int, int] = (128, 128),
+def texture_dataset(name: str = TEXTURES[0], n_val: int = 2, n_test: int = 6, test_size: tuple[int, int] = (128, 128),
                     seed: int = 0) -> SyntheticDataset:
     """A built-in inspection dataset from a scikit-image texture (512x512 gray, shipped offline).
 

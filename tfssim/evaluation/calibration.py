@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfssim.errors import InputError, check_fpr
+from tfssim.export.metadata import ExportMetadata
 from tfssim.serving.postprocess import DEFAULT_FPR
 
 __all__ = ["Calibration", "calibrate", "largest_region_area", "threshold_at_min_defect_area"]
@@ -63,8 +64,8 @@ def _checked_area(min_defect_area: Any) -> int:
     return int(min_defect_area)
 
 
-def largest_region_area(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int = 4,
-                        convex_hull: bool = True, min_area: int = 0) -> int:
+def largest_region_area(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int = ExportMetadata.opening_diameter,
+                        convex_hull: bool = ExportMetadata.convex_hull, min_area: int = ExportMetadata.min_area) -> int:
     """Pixels of the largest connected region of the post-processed segmentation of one map.
 
     The segmentation is :func:`tfssim.serving.postprocess.segment`'s (threshold, opening, convex hull
@@ -132,8 +133,8 @@ def _map_over(anomaly_map: np.ndarray, threshold: float, area: int, settings: di
     return largest_region_area(inside, threshold, **settings) > area
 
 
-def threshold_at_min_defect_area(maps: Sequence[np.ndarray], min_defect_area: int, *, opening_diameter: int = 4,
-                                 convex_hull: bool = True, min_area: int = 0) -> float:
+def threshold_at_min_defect_area(maps: Sequence[np.ndarray], min_defect_area: int, *, opening_diameter: int = ExportMetadata.opening_diameter,
+                                 convex_hull: bool = ExportMetadata.convex_hull, min_area: int = ExportMetadata.min_area) -> float:
     """The smallest threshold at which no region of any map's post-processed segmentation exceeds an area.
 
     MVTec AD's protocol (Bergmann et al., CVPR 2019): the threshold rises until the largest

@@ -10,7 +10,7 @@ On request, also the ROC of the post-processed segmentations swept over threshol
 "classified as defect" by its whole pipeline.
 
 Datasets whose test images are sorted by defect type (MVTec AD, a folder with
-``test/<type>/``) are also scored per type (:func:`per_type_scores`), as MVTec AD reports do.
+``test/<type>/``) are also scored per type (:func:`~tfssim.evaluation.per_type.per_type_scores`), as MVTec AD reports do.
 
 **Memory is bounded by one image**, whatever the number of images: :func:`evaluate` reads the
 images one at a time when they are needed, caches each export's maps on disk (a temporary folder
@@ -49,7 +49,7 @@ compares with the exact in-memory computation (:mod:`tfssim.evaluation.metrics`)
   a hull can turn that into a region's jump, so the area differs by up to a few 1e-3 on the
   tests' small maps (equal with ties).
 
-By seam: which validation split sets the threshold is :mod:`tfssim.evaluation.splits` (:func:`load_split`),
+By seam: which validation split sets the threshold is :mod:`tfssim.evaluation.splits` (:func:`~tfssim.evaluation.splits.load_split`),
 the per-type pooling :mod:`tfssim.evaluation.per_type`. This module is the metric
 loop (:func:`evaluate_maps`, :func:`evaluate`) and its files (curves, ``results.csv``, the table).
 """
@@ -69,6 +69,7 @@ from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare
 from tfssim.errors import InputError
 from tfssim.evaluation import metrics
 from tfssim.evaluation.per_type import GOOD, TYPE_KEYS, TypePools, defect_types
+from tfssim.export.metadata import ExportMetadata
 from tfssim.serving import postprocess
 from tfssim.serving.inference import ExportedModel, ServingTime
 
@@ -98,7 +99,7 @@ class ExportEvaluation:
     pro: dict[str, np.ndarray]
     seconds: float
     segmentation_roc: dict[str, Any] | None = None
-    # Per defect type (:func:`per_type_scores`): None for datasets without defect types.
+    # Per defect type (:func:`~tfssim.evaluation.per_type.per_type_scores`): None for datasets without defect types.
     per_type: dict[str, dict[str, Any]] | None = None
     # Time in the export's graph per megapixel, over the validation and test images it scored.
     seconds_per_megapixel: float | None = None
@@ -126,9 +127,9 @@ def evaluate_maps(
     test_masks: Sequence[np.ndarray],
     *,
     fpr: float = postprocess.DEFAULT_FPR,
-    opening_diameter: int = 4,
-    convex_hull: bool = True,
-    min_area: int = 0,
+    opening_diameter: int = ExportMetadata.opening_diameter,
+    convex_hull: bool = ExportMetadata.convex_hull,
+    min_area: int = ExportMetadata.min_area,
     segmentation_auroc: bool = False,
     test_labels: Sequence[str] | None = None,
 ) -> ExportEvaluation:
@@ -151,7 +152,7 @@ def evaluate_maps(
             about a minute per model on the 40 NanoTWICE test images); the score is ``None``
             otherwise.
         test_labels: Defect type of each test image (``"good"`` for defect-free ones, see
-            :func:`defect_types`): also score each type (:func:`per_type_scores`, in
+            :func:`~tfssim.evaluation.per_type.defect_types`): also score each type (:func:`~tfssim.evaluation.per_type.per_type_scores`, in
             ``per_type``). ``None`` (default): the pooled scores only.
     """
     if len(test_maps) == 0:
@@ -403,8 +404,8 @@ def evaluate(
     post-processed segmentations), and overlays of the first test images for each export under
     ``overlays/``. ``<name>`` is the export's ``name/version`` with ``/`` as ``_``.
 
-    A dataset with defect types (:func:`defect_types`) is also scored per type
-    (:func:`per_type_scores`, which says which pixels count): ``per_type`` per export in
+    A dataset with defect types (:func:`~tfssim.evaluation.per_type.defect_types`) is also scored per type
+    (:func:`~tfssim.evaluation.per_type.per_type_scores`, which says which pixels count): ``per_type`` per export in
     ``results.json`` (and ``counts.per_type``), one ``results.csv`` row per export and type after
     its pooled row (``defect_type`` column, ``all`` for the pooled one), and ``per_type.png`` (a
     bar chart). Datasets without types get exactly the pooled files.

@@ -86,6 +86,7 @@ from tfssim._io import progress_bar, save_array
 from tfssim.core import resize
 from tfssim.core.map_formula import FORMULAS, PLAIN, MapFormula
 from tfssim.core.ssim_params import WEIGHTINGS, SSIMParams
+from tfssim.core.tiling_params import DEFAULT_BLEND, DEFAULT_BORDER, DEFAULT_MAP_SIGMA
 from tfssim.data import defects
 from tfssim.errors import InputError, check_fpr, input_checks
 from tfssim.evaluation import metrics
@@ -161,8 +162,8 @@ class MapCandidate:
     window_size: int | None
     weighting: str | None
     map_sigma: float
-    border: str = "none"
-    blend: str = "mean"
+    border: str = DEFAULT_BORDER
+    blend: str = DEFAULT_BLEND
     formula: MapFormula = PLAIN
 
     @property
@@ -202,8 +203,8 @@ class TuningChoice:
     threshold_rule: str
     fpr: float
     val_fpr: float
-    border: str = "none"
-    blend: str = "mean"
+    border: str = DEFAULT_BORDER
+    blend: str = DEFAULT_BLEND
     map_formula: dict[str, Any] | None = None
     stride: int | None = None
 
@@ -378,7 +379,7 @@ def synthetic_copies(images: Sequence[np.ndarray], copies: int, *, seed: int, si
 
 
 def library_map(residual: str, image: np.ndarray, reconstruction: np.ndarray, *,
-                ssim_params: dict[str, Any] | None = None, map_sigma: float = 0.0,
+                ssim_params: dict[str, Any] | None = None, map_sigma: float = DEFAULT_MAP_SIGMA,
                 served_map: np.ndarray | None = None) -> np.ndarray:
     """The anomaly map of ``image`` from its reconstruction, as an export with these settings serves it.
 
@@ -1021,7 +1022,7 @@ class _Tuner:
                              f"{exported_sigma:g}); tune an export made without --map-sigma")
         # The served reconstruction of a mirrored-border export is cropped: the map at the border needs
         # the mirrored strip, so without the Keras model the served map is the one candidate too.
-        self.served = served = residual == "vae" or resized or (self.own_tiling[0] != "none" and source_model is None)
+        self.served = served = residual == "vae" or resized or (self.own_tiling[0] != DEFAULT_BORDER and source_model is None)
         if served and exported_sigma:
             raise InputError(f"export {model.path} mirrors its border and already smooths its maps (map_sigma "
                              f"{exported_sigma:g}); give its Keras model (tfssim-tune --model) or tune an export "

@@ -36,7 +36,8 @@ The package, by seam: :mod:`~tfssim.export.savedmodel` (:func:`export_model`, wh
 others together), :mod:`~tfssim.export.source` (loading a run folder or ``.keras`` file, its
 checkpoint), :mod:`~tfssim.export.graph` (the serving functions), :mod:`~tfssim.export.warmup`
 (the warm-up file), :mod:`~tfssim.export.layout` (the version-folder rule, what a version may
-hold, the no-replace rename, partial folders) and :mod:`~tfssim.export.calibrated`
+hold, the no-replace rename, partial folders), :mod:`~tfssim.export.metadata` (``assets/tfssim.json``:
+:class:`ExportMetadata`) and :mod:`~tfssim.export.calibrated`
 (:func:`write_calibrated_version`: a threshold as a new version).
 
 Importing this package loads no TensorFlow: the layout's names are imported at once (the
@@ -86,7 +87,7 @@ _LAZY = {
     "WARMUP_FILE": "tfssim.export.warmup",
     "ExportMetadata": "tfssim.export.metadata",
 }
-_SUBMODULES = ("calibrated", "graph", "layout", "savedmodel", "source", "warmup")
+_SUBMODULES = ("calibrated", "graph", "layout", "metadata", "savedmodel", "source", "warmup")
 
 __all__ = [
     "export_model",

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tfssim._io import atomic_write_json
 from tfssim.errors import InputError
 from tfssim.export.layout import (
     _fsync_tree,
@@ -109,8 +108,7 @@ def write_calibrated_version(export_dir: str | os.PathLike, threshold: float, fp
         _record_owner(tmp)
         copy = tmp / "export"
         copy_version(source, copy)
-        metadata = changed.replace(version=version).to_dict()
-        atomic_write_json(copy / METADATA_FILE, metadata)
+        changed.replace(version=version).write(copy)
         _fsync_tree(copy)
         destination = _move_into_place(copy, model_root, version, auto=True, renumber=renumber_export)
     finally:

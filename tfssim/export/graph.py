@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from tfssim.core import resize
+from tfssim.core.tiling_params import DEFAULT_BLEND, DEFAULT_BORDER, DEFAULT_MAP_SIGMA
 from tfssim.errors import InputError
 from tfssim.models import VariationalAutoencoder, scoring
 
@@ -51,11 +52,11 @@ class _Scorer:
     ssim_kwargs: dict[str, Any]
     vae_samples: int
     jit_compile: bool
-    map_sigma: float = 0.0
+    map_sigma: float = DEFAULT_MAP_SIGMA
     scale: float = 1.0
     image_size: tuple[int, int] | None = None
-    border: str = "none"
-    blend: str = "mean"
+    border: str = DEFAULT_BORDER
+    blend: str = DEFAULT_BLEND
     map_formula: dict[str, Any] | None = None
 
     def _size_message(self) -> tuple[int, str]:

@@ -36,7 +36,16 @@ from typing import Any, Mapping
 from tfssim._io import atomic_write_json
 from tfssim.core.map_formula import FORMULAS, MapFormula
 from tfssim.core.ssim_params import SSIMParams
-from tfssim.core.tiling_params import BLENDS, BORDERS, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
+from tfssim.core.tiling_params import (
+    BLENDS,
+    BORDERS,
+    DEFAULT_BLEND,
+    DEFAULT_BORDER,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAP_SIGMA,
+    MAX_CHUNK_SIZE,
+    is_chunk_size,
+)
 from tfssim.errors import InputError
 from tfssim.export.layout import (
     MAX_VERSION,
@@ -157,7 +166,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "patch_size": (f"a positive integer of at most {MAX_SIDE}", _int_in(1, MAX_SIDE)),
     "channels": ("1 or 3", lambda v: _is_int(v) and v in (1, 3)),
     "stride": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "chunk_size": (f"a positive integer of at most {MAX_CHUNK_SIZE}", _int_in(1, MAX_CHUNK_SIZE)),
+    "chunk_size": (f"a positive integer of at most {MAX_CHUNK_SIZE}", is_chunk_size),
     "ssim": ("an object of SSIM parameters", lambda v: isinstance(v, dict)),
     "ssim_padding": ("a line of text", _is_text),
     "vae_samples": (f"an integer from 1 to {MAX_VAE_SAMPLES}", _int_in(1, MAX_VAE_SAMPLES)),
@@ -317,9 +326,9 @@ class ExportMetadata:
     vae_samples: int | None = None
     vae_seed: int | None = None
     observation_std: float | None = None
-    map_sigma: float = 0.0
-    border: str = "none"
-    blend: str = "mean"
+    map_sigma: float = DEFAULT_MAP_SIGMA
+    border: str = DEFAULT_BORDER
+    blend: str = DEFAULT_BLEND
     map_formula: dict[str, Any] | None = None
     scale: float = 1.0
     image_size: list[int] | None = None
@@ -474,6 +483,19 @@ class ExportMetadata:
         values = json.loads(json.dumps(values))  # deep copy, tuples as lists: what a reader sees
         values.update(json.loads(json.dumps(self.extra)))
         return values
+
+    def write(self, version_dir: str | os.PathLike) -> Path:
+        """Write this metadata as ``version_dir/assets/tfssim.json``, atomically: the file's one writer.
+
+        Args:
+            version_dir: The export's version folder (or the folder it is built in).
+
+        Returns:
+            The file written.
+        """
+        path = Path(version_dir) / METADATA_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write_json(path, self.to_dict(), default=str)
 
     def replace(self, **changes: Any) -> "ExportMetadata":
         """A validated copy with some fields changed (e.g. ``threshold=0.4, threshold_fpr=0.01``)."""
@@ -644,5 +666,4 @@ def renumber_export(version_dir: str | os.PathLike, version: int) -> None:
         version: Its new version number.
     """
     path = Path(version_dir) / METADATA_FILE
-    renumbered = ExportMetadata.from_dict(read_json(path), source=path).replace(version=version)
-    atomic_write_json(path, renumbered.to_dict(), default=str)
+    ExportMetadata.from_dict(read_json(path), source=path).replace(version=version).write(version_dir)

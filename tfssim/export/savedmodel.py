@@ -31,13 +31,20 @@ from tfssim import __version__
 from tfssim.core import resize, tiling
 from tfssim.core.map_formula import MapFormula
 from tfssim.core.ssim_params import SSIMParams
-from tfssim.core.tiling_params import DEFAULT_CHUNK_SIZE, DEFAULT_STRIDE, check_blend, check_border
+from tfssim.core.tiling_params import (
+    DEFAULT_BLEND,
+    DEFAULT_BORDER,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAP_SIGMA,
+    DEFAULT_STRIDE,
+    check_blend,
+    check_border,
+)
 from tfssim.errors import InputError, input_checks
 from tfssim.export.graph import SIGNATURES, VAE_SEED, _model_geometry, _Scorer
 from tfssim.export.layout import (
     EXPORT_ROOT,
     MAX_VERSION,
-    METADATA_FILE,
     _move_into_place,
     _record_owner,
     _remove_dead_partials,
@@ -97,12 +104,12 @@ def export_model(
     vae_samples: int | None = None,
     jit_compile: bool = False,
     ssim_overrides: dict[str, Any] | None = None,
-    map_sigma: float = 0.0,
+    map_sigma: float = DEFAULT_MAP_SIGMA,
     extra_metadata: dict[str, Any] | None = None,
     scale: float | None = None,
     image_size: tuple[int, int] | list[int] | None = None,
-    border: str = "none",
-    blend: str = "mean",
+    border: str = DEFAULT_BORDER,
+    blend: str = DEFAULT_BLEND,
     map_formula: MapFormula | dict[str, Any] | str | None = None,
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
@@ -329,7 +336,7 @@ def _archive(model: keras.Model, settings: _Settings) -> keras.export.ExportArch
 
 
 def _metadata(model: keras.Model, settings: _Settings, *, name: str, version: int,
-              extra_metadata: dict[str, Any] | None, source: str | None, checkpoint: Any) -> dict[str, Any]:
+              extra_metadata: dict[str, Any] | None, source: str | None, checkpoint: Any) -> ExportMetadata:
     """The version's metadata (``assets/tfssim.json``), checked by :class:`ExportMetadata` before anything is built.
 
     Args:
@@ -379,10 +386,10 @@ def _metadata(model: keras.Model, settings: _Settings, *, name: str, version: in
     # ExportMetadata is the one definition of every key's type: what is written is checked first
     # (a bad extra_metadata value fails here, before anything is built). Values JSON cannot hold
     # (a Path in training_config) are written as strings, as before.
-    return ExportMetadata.from_dict(json.loads(json.dumps(metadata, default=str)), source="export metadata").to_dict()
+    return ExportMetadata.from_dict(json.loads(json.dumps(metadata, default=str)), source="export metadata")
 
 
-def _write_version(archive: keras.export.ExportArchive, metadata: dict[str, Any], model_root: Path, version: int,
+def _write_version(archive: keras.export.ExportArchive, metadata: ExportMetadata, model_root: Path, version: int,
                    *, auto: bool, name: str, settings: _Settings) -> Path:
     """Build the version in a hidden partial folder beside the others and rename it into place.
 
@@ -395,8 +402,7 @@ def _write_version(archive: keras.export.ExportArchive, metadata: dict[str, Any]
         _record_owner(tmp)
         export_dir = tmp / "export"
         archive.write_out(str(export_dir), verbose=False)
-        (export_dir / METADATA_FILE).parent.mkdir(exist_ok=True)
-        (export_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+        metadata.write(export_dir)
         # Warm-up images of 1.5 patches per side once resized (TF Serving refuses a version whose warm-up fails).
         p = settings.patch_size
         _write_warmup(export_dir / WARMUP_FILE, name, p, settings.channels, settings.stride,

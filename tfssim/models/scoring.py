@@ -33,7 +33,15 @@ import tensorflow as tf
 from tfssim.core import resize, tiling
 from tfssim.core.map_formula import MapFormula
 from tfssim.core.ssim import SSIMParams, ssim_maps
-from tfssim.core.tiling_params import DEFAULT_CHUNK_SIZE, DEFAULT_STRIDE, check_blend, check_border
+from tfssim.core.tiling_params import (
+    DEFAULT_BLEND,
+    DEFAULT_BORDER,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAP_SIGMA,
+    DEFAULT_STRIDE,
+    check_blend,
+    check_border,
+)
 from tfssim.errors import InputError
 from tfssim.models.registry import get_spec, kind_of
 from tfssim.models.vae import VariationalAutoencoder, reconstruction_nll
@@ -264,11 +272,11 @@ def anomaly_maps(
     vae_samples: int | None = None,
     vae_seed: int = 0,
     jit_compile: bool = False,
-    map_sigma: float = 0.0,
+    map_sigma: float = DEFAULT_MAP_SIGMA,
     scale: float = 1.0,
     image_size: tuple[int, int] | None = None,
-    border: str = "none",
-    blend: str = "mean",
+    border: str = DEFAULT_BORDER,
+    blend: str = DEFAULT_BLEND,
     map_formula: MapFormula | dict[str, Any] | str | None = None,
 ) -> dict[str, tf.Tensor]:
     """Reconstruction and anomaly maps of one whole image, by strided tiling and averaging.

@@ -76,8 +76,8 @@ def opening_footprint(diameter: int = 4) -> np.ndarray:
     return (yy - c) ** 2 + (xx - c) ** 2 <= (diameter / 2.0) ** 2
 
 
-def segment(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int = 4, convex_hull: bool = True,
-            min_area: int = 0) -> np.ndarray:
+def segment(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int = ExportMetadata.opening_diameter, convex_hull: bool = ExportMetadata.convex_hull,
+            min_area: int = ExportMetadata.min_area) -> np.ndarray:
     """Binary defect mask of one anomaly map: threshold, opening, convex hull per region.
 
     Args:
@@ -112,8 +112,8 @@ def _opened(anomaly_map: np.ndarray, threshold: float, opening_diameter: int) ->
     return mask
 
 
-def segment_regions(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int = 4,
-                    convex_hull: bool = True) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+def segment_regions(anomaly_map: np.ndarray, threshold: float, *, opening_diameter: int = ExportMetadata.opening_diameter,
+                    convex_hull: bool = ExportMetadata.convex_hull) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
     """The regions :func:`segment` makes of one map before its ``min_area`` filter.
 
     For callers that try several minimum areas on one segmentation (the tuner): threshold,
@@ -132,7 +132,7 @@ def segment_regions(anomaly_map: np.ndarray, threshold: float, *, opening_diamet
 
 
 def regions_mask(regions: Sequence[tuple[tuple[int, int, int, int], np.ndarray]], shape: tuple[int, ...],
-                 min_area: int = 0) -> np.ndarray:
+                 min_area: int = ExportMetadata.min_area) -> np.ndarray:
     """The ``[H, W]`` mask of the :func:`segment_regions` regions with at least ``min_area`` pixels."""
     out = np.zeros(shape[:2], bool)
     for (r0, c0, r1, c1), region in regions:

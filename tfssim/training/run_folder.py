@@ -26,6 +26,8 @@ from tfssim._io import atomic_write, atomic_write_text, machine_errno
 from tfssim.errors import InputError
 from tfssim.run_record import (
     BEST_MODEL_NAME,
+    CHECKPOINT_SUFFIX,
+    CHECKPOINT_TMP_NAME,
     CONFIG_NAME,
     HISTORY_NAME,
     LOCATION_KEYS,
@@ -34,6 +36,7 @@ from tfssim.run_record import (
     RESTART,
     STATE_DIR,
     check_same_data,
+    checkpoint_name,
     damaged,
     open_run_lock,
     read_run_record,
@@ -192,7 +195,7 @@ class _RunState(keras.callbacks.Callback):
         # and history rows beyond epochs_done are dropped on resume).
         state = self.run_dir / STATE_DIR
         state.mkdir(exist_ok=True)
-        weights = f"epoch-{epoch + 1:05d}.weights.h5"
+        weights = checkpoint_name(epoch + 1)
         _save_checkpoint(self.model, state, weights)
         if monitor < self.best:
             self.best = monitor
@@ -200,7 +203,7 @@ class _RunState(keras.callbacks.Callback):
         write_history(self.run_dir / HISTORY_NAME, self.rows)
         atomic_write_text(state / PROGRESS_NAME,
                            json.dumps({"epochs_done": epoch + 1, "best": self.best, "weights": weights}))
-        for old in state.glob("*.weights.h5"):
+        for old in state.glob("*" + CHECKPOINT_SUFFIX):
             if old.name != weights:
                 old.unlink(missing_ok=True)
         summary = "  ".join(f"{k} {v:.5f}" for k, v in logs.items() if k != "learning_rate")
@@ -241,7 +244,7 @@ def _save_checkpoint(model: keras.Model, state: Path, weights: str) -> None:
     import sys
     import traceback
 
-    tmp = state / "checkpoint.tmp.weights.h5"  # save_weights needs the .weights.h5 ending; one writer (the lock)
+    tmp = state / CHECKPOINT_TMP_NAME  # one writer: the lock
     hooks = sys.unraisablehook, sys.excepthook
     unraisable: list[Any] = []
     printed: list[tuple[Any, ...]] = []
