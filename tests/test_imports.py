@@ -14,7 +14,10 @@ TF_FREE = ["tfssim", "tfssim.serving.postprocess", "tfssim.evaluation.metrics", 
            "tfssim.run_record", "tfssim.evaluation.splits", "tfssim.evaluation.per_type",
            # the training settings with their defaults and choice lists (the CLIs' --help, the JAX script)
            "tfssim.training", "tfssim.training.config", "tfssim.models", "tfssim.models.kinds",
-           "tfssim.evaluation.calibration"]
+           "tfssim.evaluation.calibration",
+           # every command: its options and --help come without TensorFlow (the library loads it on use)
+           "tfssim.cli.train", "tfssim.cli.export", "tfssim.cli.calibrate", "tfssim.cli.tune", "tfssim.cli.predict",
+           "tfssim.cli.evaluate", "tfssim.cli.demo"]
 
 _USE_WITHOUT_TENSORFLOW = """
 import importlib, json, sys, tempfile
