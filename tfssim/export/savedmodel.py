@@ -28,18 +28,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfssim import __version__
-from tfssim.core import resize, tiling
+from tfssim.core import resize, tiling, tiling_params
 from tfssim.core.map_formula import MapFormula
 from tfssim.core.ssim_params import SSIMParams
-from tfssim.core.tiling_params import (
-    DEFAULT_BLEND,
-    DEFAULT_BORDER,
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_MAP_SIGMA,
-    DEFAULT_STRIDE,
-    check_blend,
-    check_border,
-)
 from tfssim.errors import InputError, input_checks
 from tfssim.export.graph import SIGNATURES, VAE_SEED, _model_geometry, _Scorer
 from tfssim.export.layout import (
@@ -94,22 +85,22 @@ def export_model(
     output_root: str | os.PathLike = EXPORT_ROOT,
     name: str = "tfssim",
     version: int | None = None,
-    stride: int = DEFAULT_STRIDE,
+    stride: int = tiling_params.DEFAULT_STRIDE,
     kind: str | None = None,
     ssim_kwargs: dict[str, Any] | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int = tiling_params.DEFAULT_CHUNK_SIZE,
     training_config: dict[str, Any] | None = None,
     threshold: float | None = None,
     *,
     vae_samples: int | None = None,
     jit_compile: bool = False,
     ssim_overrides: dict[str, Any] | None = None,
-    map_sigma: float = DEFAULT_MAP_SIGMA,
+    map_sigma: float = tiling_params.DEFAULT_MAP_SIGMA,
     extra_metadata: dict[str, Any] | None = None,
     scale: float | None = None,
     image_size: tuple[int, int] | list[int] | None = None,
-    border: str = DEFAULT_BORDER,
-    blend: str = DEFAULT_BLEND,
+    border: str = tiling_params.DEFAULT_BORDER,
+    blend: str = tiling_params.DEFAULT_BLEND,
     map_formula: MapFormula | dict[str, Any] | str | None = None,
 ) -> Path:
     """Write a TF Serving SavedModel of a trained model; return the version folder.
@@ -274,7 +265,7 @@ def _settings(model: keras.Model, info: dict[str, Any], *, kind: str | None, str
     check_value("vae_samples", vae_samples, "vae_samples")
     with input_checks():
         map_sigma = scoring.validate_map_sigma(map_sigma, patch_size)
-    border, blend = check_border(border), check_blend(blend)
+    border, blend = tiling_params.check_border(border), tiling_params.check_blend(blend)
     formula = MapFormula.of(map_formula).check_model(residual, patch_size)
     training_config = training_config if training_config is not None else info.get("training_config")
     scale, image_size = _resizing(scale, image_size, training_config, patch_size)
