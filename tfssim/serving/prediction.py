@@ -28,15 +28,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from tfssim._io import atomic_write, atomic_write_json, output_dir_lock, prepare_output_dir
-from tfssim.data.layouts import MASK_SUFFIXES, find_mask  # importable from here as before
 from tfssim.errors import InputError
 from tfssim.export.metadata import ExportMetadata
 from tfssim.serving.inference import ExportedModel, ServingTime
 from tfssim.serving.postprocess import PostProcessor
 
 __all__ = [
-    "MASK_SUFFIXES", "OUTPUT_SUFFIXES", "SUMMARY_FILE", "ImageResult", "PredictionPlan", "PredictionSummary", "expand_inputs",
-    "failure_message", "find_mask", "output_stems", "predict_files", "prepare_output_dir", "speed_line",
+    "OUTPUT_SUFFIXES", "SUMMARY_FILE", "ImageResult", "PredictionPlan", "PredictionSummary", "expand_inputs",
+    "failure_message", "output_stems", "predict_files", "speed_line",
     "write_stopped_summary", "write_summary",
 ]
 
