@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_client import no_proxy, stand_in  # noqa: F401 - fixtures: the stand-in TF Serving
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -36,6 +37,7 @@ def test_every_library_name_in_the_readme_resolves():
         assert _resolve(name) is not None, name
 
 
+@pytest.mark.slow  # a model built and fitted for one epoch
 def test_the_training_example_runs_on_a_small_dataset(dataset):
     # The example as written, on the tests' dataset and at a size a test can afford.
     code = PYTHON_BLOCKS[0]
@@ -49,6 +51,7 @@ def test_the_training_example_runs_on_a_small_dataset(dataset):
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
 
 
+@pytest.mark.slow  # exports loaded into a serving stand-in
 def test_the_serving_example_runs_against_a_serving_stand_in(stand_in, exports, no_proxy, tmp_path):  # noqa: F811
     from tfssim import export
 
