@@ -25,7 +25,7 @@ from tfssim.export.layout import (
     next_version,
     version_folder,
 )
-from tfssim.export.metadata import METADATA_FILE, ExportMetadata, check_value, read_export_metadata, renumber_export
+from tfssim.export.metadata import check_value, read_export_metadata, renumber_export
 
 __all__ = ["write_calibrated_version"]
 
@@ -96,9 +96,9 @@ def write_calibrated_version(export_dir: str | os.PathLike, threshold: float, fp
         raise FileNotFoundError(f"export {source} does not exist (or is not a folder)")
     model_root, from_version = version_folder(source)
     check_version_files(source)  # a link or device inside is refused before anything is read or written
-    read_export_metadata(source)  # the file's checks, naming it
-    # Every field but these is the source's, unknown keys (a newer tfssim's, tune's) included.
-    changed = ExportMetadata.read(source / METADATA_FILE).replace(
+    # The file's checks, naming it; every field but these is the source's, unknown keys (a newer
+    # tfssim's, tune's) included.
+    changed = read_export_metadata(source).replace(
         threshold=threshold, threshold_fpr=fpr, threshold_method=method, threshold_min_defect_area=min_defect_area,
         calibrated_from=from_version)
     version = next_version(model_root)  # refuses past int64 before anything is removed or written

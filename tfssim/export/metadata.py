@@ -624,6 +624,7 @@ def calibrated_versions(version_dir: str | os.PathLike) -> list[Path]:
                 found.append(folder)
     return found
 
+
 def read_export_metadata(export_dir: str | os.PathLike) -> ExportMetadata:
     """The tfssim metadata (``assets/tfssim.json``) of an export version folder, parsed and checked.
 
@@ -665,5 +666,4 @@ def renumber_export(version_dir: str | os.PathLike, version: int) -> None:
         version_dir: The finished export folder, not yet in place.
         version: Its new version number.
     """
-    path = Path(version_dir) / METADATA_FILE
-    ExportMetadata.from_dict(read_json(path), source=path).replace(version=version).write(version_dir)
+    read_export_metadata(version_dir).replace(version=version).write(version_dir)
